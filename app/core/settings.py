@@ -1,0 +1,112 @@
+"""The one place that reads environment variables: every process's configuration."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration for web, worker and inference processes.
+
+    Every URL has an embedded default (SQLite, kombu's SQLAlchemy transport) so that
+    `make run` needs no server; production sets the URLs to Postgres and Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LLMIDE_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 8001
+    inference_url: str | None = None
+    secret_key: str | None = None
+    cookie_secure: bool = False
+    session_max_age_s: int = 14 * 24 * 3600
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_line_bytes: int = 1024 * 1024
+    allowed_origins: list[str] = Field(default_factory=list)
+    metrics_poll_interval_s: float = 0.1
+    worker_queues: str = "gpu,cpu"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Accept the plain postgres URLs people paste; we talk psycopg 3.
+            if url.startswith("postgres://"):
+                url = "postgresql://" + url[len("postgres://") :]
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            return url
+        return f"sqlite:///{self.data_dir / 'llmide.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def broker_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def result_backend(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"db+sqlite:///{self.data_dir / 'results.db'}"
+
+    @property
+    def inference_base_url(self) -> str:
+        return self.inference_url or f"http://{self.inference_host}:{self.inference_port}"
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+
+    def resolved_secret_key(self) -> str:
+        """The signing key: from the environment, else generated once and kept in data_dir.
+
+        There is no default secret: a fresh install makes its own random one.
+        """
+        if self.secret_key:
+            if len(self.secret_key) < 32:
+                raise ValueError("LLMIDE_SECRET_KEY must be at least 32 characters long")
+            return self.secret_key
+        self.ensure_dirs()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip()
+
+    @property
+    def internal_token(self) -> str:
+        """Shared secret between web and inference processes (derived, never configured)."""
+        import hashlib
+
+        return hashlib.sha256(("inference:" + self.resolved_secret_key()).encode()).hexdigest()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
