@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     session_max_age_s: int = 14 * 24 * 3600
     max_upload_bytes: int = 50 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
-    allowed_origins: list[str] = Field(default_factory=list)
+    # Host names the web answers to; anything else is refused (DNS-rebinding defence).
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
     metrics_poll_interval_s: float = 0.1
     worker_queues: str = "gpu,cpu"
 

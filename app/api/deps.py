@@ -1,0 +1,119 @@
+"""Dependency aliases shared by every router: the session, the caller and their workspace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.core.errors import Forbidden, NotAuthenticated
+from app.core.security import constant_time_equals
+from app.db.models import Role, User
+from app.db.session import get_sessionmaker
+from app.services import tokens, workspaces
+from app.services.workspaces import WorkspaceContext
+
+WORKSPACE_HEADER = "X-LLMIDE-Workspace"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_session() -> Iterator[Session]:
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _check_csrf(request: Request) -> None:
+    """Cookie-authenticated writes must carry the session's CSRF token in a header.
+
+    htmx sends it on every request (`hx-headers` on <body>); plain HTML forms are checked by
+    the page routes against their hidden field.
+    """
+    if request.method in SAFE_METHODS:
+        return
+    expected = request.session.get("csrf")
+    sent = request.headers.get(CSRF_HEADER)
+    if not expected or not sent or not constant_time_equals(str(expected), str(sent)):
+        raise Forbidden("missing or invalid CSRF token; reload the page and try again")
+
+
+def optional_user(request: Request, session: SessionDep) -> User | None:
+    secret = _bearer(request)
+    if secret is not None:
+        user = tokens.user_for_secret(session=session, secret=secret)
+        if user is None:
+            raise NotAuthenticated("invalid or revoked API token")
+        request.state.auth = "token"
+        return user
+    user_id = request.session.get("user_id") if "session" in request.scope else None
+    if user_id is None:
+        return None
+    user = session.get(User, int(user_id))
+    if user is None or not user.is_active:
+        request.session.clear()
+        return None
+    request.state.auth = "session"
+    return user
+
+
+def current_user(request: Request, user: Annotated[User | None, Depends(optional_user)]) -> User:
+    if user is None:
+        raise NotAuthenticated("authentication required: sign in or send 'Authorization: Bearer <token>'")
+    if request.state.auth == "session":
+        _check_csrf(request)
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def admin_user(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise Forbidden("this needs an administrator")
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]
+
+
+def workspace_context(request: Request, session: SessionDep, user: CurrentUser) -> WorkspaceContext:
+    # OpenAI clients name a workspace as their "organization".
+    ref = (
+        request.headers.get(WORKSPACE_HEADER)
+        or request.headers.get("openai-organization")
+        or request.query_params.get("workspace")
+    )
+    if ref is None and request.state.auth == "session":
+        ref = request.session.get("workspace_id")
+    return workspaces.context_for(session=session, user=user, workspace_ref=ref)
+
+
+Workspace = Annotated[WorkspaceContext, Depends(workspace_context)]
+
+
+def editor_context(ctx: Workspace) -> WorkspaceContext:
+    ctx.require(Role.editor)
+    return ctx
+
+
+EditorWorkspace = Annotated[WorkspaceContext, Depends(editor_context)]

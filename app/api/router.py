@@ -1,0 +1,9 @@
+"""Aggregates the JSON API's routers; nothing else."""
+
+from fastapi import APIRouter
+
+from app.api.routes import auth, datasets, deployments, models, runs, system, tokens, workspaces
+
+api_router = APIRouter()
+for module in (system, auth, tokens, workspaces, datasets, runs, models, deployments):
+    api_router.include_router(module.router)

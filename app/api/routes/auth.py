@@ -1,0 +1,65 @@
+"""Sign-in for the JSON API and the dashboard: first-admin setup, login, logout, who am I."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+
+from app.api.deps import CurrentUser, SessionDep, Workspace
+from app.api.schemas import (
+    FirstAdminCreate,
+    LoginRequest,
+    MeRead,
+    SessionRead,
+    UserRead,
+    WorkspaceWithRole,
+)
+from app.core.errors import NotAuthenticated
+from app.services import login_throttle, sessions, users, workspaces
+
+router = APIRouter(prefix="/api/v1", tags=["auth"])
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.post("/setup", response_model=SessionRead, status_code=status.HTTP_201_CREATED)
+def create_first_admin(body: FirstAdminCreate, request: Request, session: SessionDep) -> SessionRead:
+    """Create the first administrator; refused once any user exists."""
+    user = users.create_first_admin(session=session, email=body.email, password=body.password)
+    session.commit()
+    sessions.sign_in(request, user)
+    return SessionRead(user=UserRead.model_validate(user), csrf_token=sessions.csrf_token(request))
+
+
+@router.post("/session", response_model=SessionRead)
+def login(body: LoginRequest, request: Request, session: SessionDep) -> SessionRead:
+    login_throttle.check(body.email, _client(request))
+    try:
+        user = users.authenticate(session=session, email=body.email, password=body.password)
+    except NotAuthenticated:
+        login_throttle.record_failure(body.email, _client(request))
+        raise
+    login_throttle.record_success(body.email, _client(request))
+    sessions.sign_in(request, user)
+    return SessionRead(user=UserRead.model_validate(user), csrf_token=sessions.csrf_token(request))
+
+
+@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
+def logout(request: Request, user: CurrentUser) -> None:
+    sessions.sign_out(request)
+
+
+@router.get("/me", response_model=MeRead)
+def read_me(session: SessionDep, ctx: Workspace) -> MeRead:
+    memberships = workspaces.list_for_user(session=session, user=ctx.user)
+    return MeRead(
+        user=UserRead.model_validate(ctx.user),
+        workspace=WorkspaceWithRole(
+            id=ctx.workspace.id, name=ctx.workspace.name, slug=ctx.workspace.slug, role=ctx.role
+        ),
+        workspaces=[
+            WorkspaceWithRole(id=ws.id, name=ws.name, slug=ws.slug, role=role)
+            for ws, role in memberships
+        ],
+    )

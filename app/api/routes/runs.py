@@ -1,0 +1,84 @@
+"""Runs: launch, list, inspect (metrics, log, checkpoints) and cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from app.api.deps import SessionDep, Workspace
+from app.api.schemas import (
+    CheckpointRead,
+    MetricPointRead,
+    RunCreate,
+    RunEventRead,
+    RunPage,
+    RunRead,
+)
+from app.services import runs
+
+router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
+
+
+@router.get("", response_model=RunPage)
+def read_runs(
+    session: SessionDep, ctx: Workspace,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+) -> RunPage:
+    items = runs.list_for_workspace(session=session, ctx=ctx, limit=limit, offset=offset)
+    return RunPage(
+        items=[RunRead.model_validate(r) for r in items],
+        total=runs.count_for_workspace(session=session, ctx=ctx),
+    )
+
+
+@router.post("", response_model=RunRead, status_code=status.HTTP_201_CREATED)
+def create_run(body: RunCreate, session: SessionDep, ctx: Workspace) -> RunRead:
+    run = runs.create_run(
+        session=session, ctx=ctx, dataset_id=body.dataset_id,
+        validation_dataset_id=body.validation_dataset_id, base_model=body.base_model,
+        config=body.config, name=body.name, suffix=body.suffix,
+    )
+    return RunRead.model_validate(run)
+
+
+@router.get("/{run_id}", response_model=RunRead)
+def read_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
+    return RunRead.model_validate(runs.get_for_member(session=session, ctx=ctx, run_id=run_id))
+
+
+@router.post("/{run_id}/cancel", response_model=RunRead)
+def cancel_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
+    return RunRead.model_validate(runs.cancel(session=session, ctx=ctx, run_id=run_id))
+
+
+@router.get("/{run_id}/metrics", response_model=list[MetricPointRead])
+def read_metrics(
+    run_id: int, session: SessionDep, ctx: Workspace,
+    after_step: Annotated[int, Query(ge=-1)] = -1,
+) -> list[MetricPointRead]:
+    """Every point after `after_step`, grouped by step (what a reconnecting chart asks for)."""
+    runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    rows = runs.metric_rows(session=session, run_id=run_id, after_step=after_step)
+    return [
+        MetricPointRead(step=int(p.pop("step")), values=p)  # type: ignore[arg-type]
+        for p in runs.group_by_step(rows)
+    ]
+
+
+@router.get("/{run_id}/events", response_model=list[RunEventRead])
+def read_events(
+    run_id: int, session: SessionDep, ctx: Workspace,
+    after_id: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[RunEventRead]:
+    runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    return [
+        RunEventRead.model_validate(e)
+        for e in runs.events(session=session, run_id=run_id, after_id=after_id, limit=limit)
+    ]
+
+
+@router.get("/{run_id}/checkpoints", response_model=list[CheckpointRead])
+def read_checkpoints(run_id: int, session: SessionDep, ctx: Workspace) -> list[CheckpointRead]:
+    runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    return [CheckpointRead.model_validate(c) for c in runs.checkpoints(session=session, run_id=run_id)]

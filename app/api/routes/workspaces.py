@@ -1,0 +1,51 @@
+"""Workspaces and their members; users are created by administrators."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from app.api.deps import AdminUser, CurrentUser, SessionDep, Workspace
+from app.api.schemas import (
+    MemberCreate,
+    MemberRead,
+    UserCreate,
+    UserRead,
+    WorkspaceCreate,
+    WorkspaceWithRole,
+)
+from app.services import users, workspaces
+
+router = APIRouter(prefix="/api/v1", tags=["workspaces"])
+
+
+@router.get("/workspaces", response_model=list[WorkspaceWithRole])
+def read_workspaces(session: SessionDep, user: CurrentUser) -> list[WorkspaceWithRole]:
+    return [
+        WorkspaceWithRole(id=ws.id, name=ws.name, slug=ws.slug, role=role)
+        for ws, role in workspaces.list_for_user(session=session, user=user)
+    ]
+
+
+@router.post("/workspaces", response_model=WorkspaceWithRole, status_code=status.HTTP_201_CREATED)
+def create_workspace(body: WorkspaceCreate, session: SessionDep, user: CurrentUser) -> WorkspaceWithRole:
+    ws = workspaces.create_workspace(session=session, name=body.name, owner=user)
+    return WorkspaceWithRole(id=ws.id, name=ws.name, slug=ws.slug, role="owner")
+
+
+@router.get("/members", response_model=list[MemberRead])
+def read_members(session: SessionDep, ctx: Workspace) -> list[MemberRead]:
+    members = workspaces.list_members(session=session, ctx=ctx)
+    return [MemberRead(user_id=m.user_id, email=m.user.email, role=m.role) for m in members]
+
+
+@router.post("/members", response_model=MemberRead, status_code=status.HTTP_201_CREATED)
+def add_member(body: MemberCreate, session: SessionDep, ctx: Workspace) -> MemberRead:
+    membership = workspaces.add_member(session=session, ctx=ctx, email=body.email, role=body.role)
+    return MemberRead(user_id=membership.user_id, email=membership.user.email, role=membership.role)
+
+
+@router.post("/users", response_model=UserRead, status_code=status.HTTP_201_CREATED)
+def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -> UserRead:
+    user = users.create_user(
+        session=session, email=body.email, password=body.password, is_admin=body.is_admin
+    )
+    return UserRead.model_validate(user)

@@ -1,0 +1,33 @@
+"""Celery settings shared by the web's thin client and the workers: one place for queue facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.settings import Settings
+
+TRAIN_TASK = "llmide.train_run"
+GPU_QUEUE = "gpu"
+CPU_QUEUE = "cpu"
+
+
+def celery_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # A dead worker's long task goes back to the queue and resumes from its checkpoint.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": CPU_QUEUE,
+        "result_expires": 3600,
+    }
+    if settings.redis_url:
+        # Redis redelivers an unacked task after this timeout; training can run for hours.
+        options["broker_transport_options"] = {"visibility_timeout": 12 * 3600}
+    return options

@@ -1,0 +1,104 @@
+"""Maps every error to one answer shape per surface: JSON under /api, OpenAI's under /v1, HTML pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from app.core.errors import DomainError
+from app.core.settings import get_settings
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+
+
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/") or request.url.path == "/v1"
+
+
+def _wants_html(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith(("/api/", "/v1", "/ws/")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def error_response(
+    request: Request, status_code: int, message: str, *, code: str | None = None,
+    param: str | None = None, headers: dict[str, str] | None = None,
+) -> Response:
+    if _is_openai(request):
+        body: dict[str, Any] = {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(status_code, "invalid_request_error"),
+                "param": param,
+                "code": code,
+            }
+        }
+        return JSONResponse(body, status_code=status_code, headers=headers)
+    if _wants_html(request):
+        from app.web.rendering import render_error_page
+
+        return render_error_page(request, status_code, message)
+    payload: dict[str, Any] = {"detail": message}
+    if code:
+        payload["code"] = code
+    if param:
+        payload["param"] = param
+    return JSONResponse(payload, status_code=status_code, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    parts = []
+    first_param = None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
+        where = ".".join(loc)
+        first_param = first_param or (loc[-1] if loc else None)
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request", first_param
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if exc.status_code == 401 and _wants_html(request):
+            from starlette.responses import RedirectResponse
+
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return error_response(
+            request, exc.status_code, exc.message, code=exc.code, param=exc.param, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        message, param = _validation_message(exc)
+        status = 400 if _is_openai(request) else 422
+        return error_response(request, status, message, code="invalid_value", param=param)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        message = str(exc.detail)
+        if exc.status_code == 413:
+            limit_mb = get_settings().max_upload_bytes // (1024 * 1024)
+            message = f"the request is larger than the upload limit of {limit_mb} MB"
+        elif exc.status_code == 404 and message == "Not Found":
+            message = f"no such page or endpoint: {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(request, exc.status_code, message, headers=exc.headers)

@@ -1,0 +1,32 @@
+"""The web side's thin Celery client: sends work by task name, never imports the workers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
+from app.core.errors import ServiceUnavailable
+from app.core.settings import get_settings
+
+
+@lru_cache
+def celery_client() -> Celery:
+    client = Celery("llmide-web")
+    client.conf.update(celery_options(get_settings()))
+    return client
+
+
+def enqueue_training(run_id: int) -> str:
+    try:
+        result = celery_client().send_task(
+            TRAIN_TASK, args=[run_id], queue=GPU_QUEUE, retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception as exc:  # kombu raises many transport-specific errors
+        raise ServiceUnavailable(
+            f"the job queue is not reachable ({type(exc).__name__}); the run was not launched, "
+            "try again shortly"
+        ) from exc
+    return str(result.id)

@@ -1,0 +1,76 @@
+"""The web application: JSON API, OpenAI facade, pages, websockets. Never loads torch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from app.api.router import api_router
+from app.core import error_handlers
+from app.core.middleware import OriginCheckMiddleware
+from app.core.settings import Settings, get_settings
+from app.realtime.hub import RunUpdateHub
+from app.realtime.routes import router as realtime_router
+from app.web.rendering import PROJECT_ROOT
+
+SESSION_COOKIE = "llmide_session"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    hub = RunUpdateHub(
+        redis_url=settings.redis_url, poll_interval_s=settings.metrics_poll_interval_s
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = FastAPI(
+        title="LLM IDE",
+        version="0.1.0",
+        description="Train, register and serve language models. Native API under /api/v1; "
+        "OpenAI-compatible API under /v1.",
+        lifespan=lifespan,
+        # Uploads are streamed and validated; anything larger is refused before it is read.
+        max_body_size=settings.max_upload_bytes + 64 * 1024,
+    )
+    app.state.hub = hub
+    app.state.settings = settings
+
+    error_handlers.install(app)
+    app.add_middleware(OriginCheckMiddleware)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.resolved_secret_key(),
+        session_cookie=SESSION_COOKIE,
+        max_age=settings.session_max_age_s,
+        same_site="lax",
+        https_only=settings.cookie_secure,
+    )
+    if "*" not in settings.allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+
+    app.mount("/static", StaticFiles(directory=str(PROJECT_ROOT / "static")), name="static")
+    app.include_router(api_router)
+    app.include_router(realtime_router)
+    _include_optional_routers(app)
+    return app
+
+
+def _include_optional_routers(app: FastAPI) -> None:
+    from app.openai.router import openai_router
+    from app.web.router import pages_router
+
+    app.include_router(openai_router)
+    app.include_router(pages_router)

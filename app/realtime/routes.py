@@ -1,0 +1,89 @@
+"""The run websocket: history first, then live points, log lines and status as they land."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from app.core.errors import DomainError
+from app.db.models import Run
+from app.db.session import session_scope
+from app.realtime.hub import RunUpdateHub
+from app.realtime.stream import Cursor, authenticate, next_messages
+from app.services import runs
+
+router = APIRouter()
+
+IDLE_WAKE_S = 5.0  # re-check now and then even without a wake-up (status, ETA)
+
+
+def _bearer(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _prepare(websocket: WebSocket, run_id: int, after_step: int) -> tuple[list[dict], bool, Cursor]:
+    session_data = websocket.scope.get("session") or {}
+    with session_scope() as session:
+        ctx = authenticate(
+            session=session,
+            user_id=session_data.get("user_id"),
+            bearer=_bearer(websocket),
+            workspace_ref=websocket.query_params.get("workspace") or session_data.get("workspace_id"),
+        )
+        run = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+        cursor = Cursor(after_step=after_step)
+        messages, done = next_messages(session=session, run=run, cursor=cursor)
+    return messages, done, cursor
+
+
+def _more(run_id: int, cursor: Cursor) -> tuple[list[dict], bool]:
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return [{"type": "status", "status": "deleted"}], True
+        return next_messages(session=session, run=run, cursor=cursor)
+
+
+@router.websocket("/ws/runs/{run_id}")
+async def run_updates(websocket: WebSocket, run_id: int, after_step: int = -1) -> None:
+    hub: RunUpdateHub = websocket.app.state.hub
+    try:
+        messages, done, cursor = await run_in_threadpool(_prepare, websocket, run_id, after_step)
+    except DomainError as exc:
+        # Accept, then close with 4401/4404 so the client can tell "sign in" from "no such run"
+        # (closing before accepting only shows the browser a bare handshake failure).
+        await websocket.accept()
+        await websocket.close(code=4000 + exc.status_code, reason=exc.message[:120])
+        return
+    await websocket.accept()
+    wake = hub.subscribe(run_id)
+    receiver = asyncio.create_task(_drain(websocket))
+    try:
+        for message in messages:
+            await websocket.send_json(message)
+        while not receiver.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=IDLE_WAKE_S if not done else 30.0)
+            wake.clear()
+            if receiver.done():
+                break
+            messages, done = await run_in_threadpool(_more, run_id, cursor)
+            for message in messages:
+                await websocket.send_json(message)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        hub.unsubscribe(run_id, wake)
+        receiver.cancel()
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) client messages so a disconnect is noticed promptly."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            await websocket.receive_text()

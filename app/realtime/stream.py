@@ -1,0 +1,69 @@
+"""Builds the messages a run's live view needs from the database (the source of truth)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.core.errors import NotAuthenticated
+from app.db.models import Run, RunStatus, User
+from app.services import runs, tokens, workspaces
+from app.services.workspaces import WorkspaceContext
+
+
+@dataclass
+class Cursor:
+    """What one connection has already been sent."""
+
+    after_step: int
+    metric_id: int = 0
+    event_id: int = 0
+    last_progress: dict[str, Any] = field(default_factory=dict)
+
+
+def authenticate(
+    *, session: Session, user_id: int | None, bearer: str | None, workspace_ref: str | None
+) -> WorkspaceContext:
+    user: User | None = None
+    if bearer:
+        user = tokens.user_for_secret(session=session, secret=bearer)
+    elif user_id is not None:
+        user = session.get(User, int(user_id))
+    if user is None or not user.is_active:
+        raise NotAuthenticated("authentication required")
+    return workspaces.context_for(session=session, user=user, workspace_ref=workspace_ref)
+
+
+def next_messages(*, session: Session, run: Run, cursor: Cursor) -> tuple[list[dict], bool]:
+    """Messages with everything new since `cursor` (advanced in place); True once the run ended.
+
+    A slow client simply gets one larger message next time: updates merge, nothing is dropped.
+    """
+    messages: list[dict[str, Any]] = []
+    rows = runs.metric_rows(
+        session=session, run_id=run.id, after_step=cursor.after_step, after_id=cursor.metric_id
+    )
+    if rows:
+        cursor.metric_id = rows[-1].id
+        messages.append({"type": "metrics", "points": runs.group_by_step(rows)})
+    new_events = runs.events(session=session, run_id=run.id, after_id=cursor.event_id)
+    if new_events:
+        cursor.event_id = new_events[-1].id
+        messages.append(
+            {
+                "type": "log",
+                "lines": [
+                    {"id": e.id, "level": e.level, "message": e.message,
+                     "at": e.created_at.isoformat()}
+                    for e in new_events
+                ],
+            }
+        )
+    session.refresh(run)
+    progress = runs.progress(run)
+    if progress != cursor.last_progress:
+        cursor.last_progress = progress
+        messages.append({"type": "status", **progress})
+    return messages, RunStatus(run.status).is_terminal

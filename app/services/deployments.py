@@ -1,0 +1,149 @@
+"""Deployments: model versions loaded in the inference process and reachable by name.
+
+The web process only records and routes; the weights live in the inference server, which this
+module drives through `inference_client`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import InvalidTransition, NotFound, ServiceUnavailable, ValidationFailed
+from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
+from app.services import artifacts, base_models, inference_client, registry
+from app.services.workspaces import WorkspaceContext
+
+
+def inference_key(version: ModelVersion) -> str:
+    """The name a version is loaded under in the inference server (globally unique)."""
+    return f"mv-{version.id}"
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    key: str
+    path: str
+    serving_name: str
+
+
+def target_for_version(version: ModelVersion) -> ServingTarget:
+    return ServingTarget(
+        key=inference_key(version),
+        path=str(artifacts.existing(version.storage_key)),
+        serving_name=version.serving_name,
+    )
+
+
+def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> ServingTarget:
+    """The version a `model` name in an OpenAI request means, deployed or not (loaded on demand)."""
+    version = registry.find_by_serving_name(session=session, ctx=ctx, name=name)
+    if version is None:
+        if name in base_models.CATALOG:
+            raise ValidationFailed(
+                f"{name} is a base architecture trained from scratch and has no weights to "
+                "serve; fine-tune it first and use the resulting ft:... model",
+                param="model",
+            )
+        raise NotFound(f"the model {name!r} does not exist in this workspace")
+    return target_for_version(version)
+
+
+def create(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deployment:
+    ctx.require(Role.editor)
+    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    artifacts.existing(version.storage_key)
+    deployment = session.scalar(
+        select(Deployment).where(
+            Deployment.model_version_id == version.id,
+            Deployment.status != DeploymentStatus.stopped,
+        )
+    )
+    if deployment is None:
+        deployment = Deployment(
+            workspace_id=ctx.workspace.id, model_version_id=version.id,
+            status=DeploymentStatus.loading, created_by_id=ctx.user.id,
+        )
+        session.add(deployment)
+    else:
+        deployment.status = DeploymentStatus.loading
+        deployment.error = None
+    session.commit()
+    return deployment
+
+
+async def start_loading(deployment: Deployment) -> dict:
+    """Ask the inference server to load the version; reports its status."""
+    target = target_for_version(deployment.model_version)
+    try:
+        return await inference_client.ensure_loaded(target.key, target.path)
+    except inference_client.InferenceUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from exc
+
+
+def get_for_member(*, session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or deployment.workspace_id != ctx.workspace.id:
+        raise NotFound(f"deployment {deployment_id} not found")
+    return deployment
+
+
+def list_for_workspace(*, session: Session, ctx: WorkspaceContext) -> list[Deployment]:
+    return list(
+        session.scalars(
+            select(Deployment)
+            .where(Deployment.workspace_id == ctx.workspace.id)
+            .order_by(Deployment.id.desc())
+        )
+    )
+
+
+def apply_server_status(
+    *, session: Session, deployments: list[Deployment], loaded: list[dict] | None
+) -> None:
+    """Bring recorded statuses in line with what the inference server reports."""
+    if loaded is None:
+        return
+    by_key = {entry["name"]: entry for entry in loaded}
+    changed = False
+    for deployment in deployments:
+        if deployment.status == DeploymentStatus.stopped:
+            continue
+        entry = by_key.get(inference_key(deployment.model_version))
+        if entry is None:
+            status, error = DeploymentStatus.failed, "not loaded in the inference server"
+            if deployment.status == DeploymentStatus.loading:
+                continue
+        else:
+            status, error = DeploymentStatus(entry["status"]), entry.get("error")
+        if deployment.status != status or deployment.error != error:
+            deployment.status, deployment.error = status, error
+            changed = True
+    if changed:
+        session.commit()
+
+
+async def loaded_models() -> list[dict] | None:
+    try:
+        return await inference_client.list_loaded()
+    except inference_client.InferenceUnavailable:
+        return None
+
+
+def mark_stopping(*, session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:
+    ctx.require(Role.editor)
+    deployment = get_for_member(session=session, ctx=ctx, deployment_id=deployment_id)
+    if deployment.status == DeploymentStatus.stopped:
+        raise InvalidTransition(f"deployment {deployment_id} is already stopped")
+    deployment.status = DeploymentStatus.stopped
+    session.commit()
+    return deployment
+
+
+async def unload(deployment: Deployment) -> None:
+    try:
+        await inference_client.unload(inference_key(deployment.model_version))
+    except inference_client.InferenceUnavailable:
+        pass  # a stopped inference server holds nothing

@@ -1,0 +1,142 @@
+"""The web side's client of the inference server process (httpx only: never torch).
+
+Every call sends the shared internal token; a refused connection becomes InferenceUnavailable
+(the process is down or restarting) and any 4xx/5xx answer becomes InferenceError, so the
+OpenAI facade can map both once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from app.core.settings import get_settings
+
+TOKEN_HEADER = "X-LLMIDE-Internal"
+UNAVAILABLE_MESSAGE = "the inference server is not reachable; it may be restarting, retry shortly"
+# Generation on a CPU can take minutes; connecting to a local process must not.
+CONTROL_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+GENERATE_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+
+
+class InferenceUnavailable(Exception):
+    """The inference process did not accept the connection or dropped it mid-answer."""
+
+    def __init__(self, message: str = UNAVAILABLE_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class InferenceError(Exception):
+    """The inference server answered with an error status; `detail` is its explanation."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        super().__init__(f"{status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+@asynccontextmanager
+async def _client(timeout: httpx.Timeout) -> AsyncIterator[httpx.AsyncClient]:
+    settings = get_settings()
+    async with httpx.AsyncClient(
+        base_url=settings.inference_base_url,
+        headers={TOKEN_HEADER: settings.internal_token},
+        timeout=timeout,
+    ) as client:
+        try:
+            yield client
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+            raise InferenceUnavailable() from exc
+        except httpx.ReadError as exc:
+            raise InferenceUnavailable() from exc
+        except httpx.TimeoutException as exc:
+            raise InferenceError(504, "the inference server did not answer in time") from exc
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text or response.reason_phrase
+    return body.get("detail", body) if isinstance(body, dict) else body
+
+
+def _checked(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise InferenceError(response.status_code, _detail(response))
+    return response.json()
+
+
+def _model_url(name: str) -> str:
+    return "/models/" + quote(name, safe="")
+
+
+async def ensure_loaded(name: str, path: str) -> dict[str, Any]:
+    """Ask the server to load `path` as `name` (idempotent); returns its status, e.g. "loading"."""
+    async with _client(CONTROL_TIMEOUT) as client:
+        return _checked(await client.put(_model_url(name), json={"path": path}))
+
+
+async def model_status(name: str) -> dict[str, Any]:
+    """One deployment's status; InferenceError(404) if the server does not hold it."""
+    async with _client(CONTROL_TIMEOUT) as client:
+        return _checked(await client.get(_model_url(name)))
+
+
+async def unload(name: str) -> dict[str, Any]:
+    """Drop a deployment and free its memory; InferenceError(404) if it is not loaded."""
+    async with _client(CONTROL_TIMEOUT) as client:
+        return _checked(await client.delete(_model_url(name)))
+
+
+async def list_loaded() -> list[dict[str, Any]]:
+    """Every deployment the server holds: name, path, status, error, loaded_at."""
+    async with _client(CONTROL_TIMEOUT) as client:
+        return _checked(await client.get("/models"))
+
+
+def _body(name: str, path: str | None, params: dict[str, Any], stream: bool) -> dict[str, Any]:
+    body = {key: value for key, value in params.items() if value is not None}
+    body.update(name=name, path=path, stream=stream)
+    return body
+
+
+async def generate(name: str, path: str | None, **params: Any) -> dict[str, Any]:
+    """One completion: params are prompt | messages, max_tokens, temperature, top_p, stop, seed.
+
+    Returns {"text", "finish_reason", "prompt_tokens", "completion_tokens"}. The model is
+    loaded from `path` first if the server does not hold it yet.
+    """
+    async with _client(GENERATE_TIMEOUT) as client:
+        return _checked(await client.post("/generate", json=_body(name, path, params, False)))
+
+
+async def generate_stream(name: str, path: str | None, **params: Any) -> AsyncIterator[dict]:
+    """Stream a completion: yields {"delta": str} events, then {"finish_reason", "prompt_tokens",
+    "completion_tokens"}; stops at [DONE]. An error event raises InferenceError.
+
+    Closing the iterator early closes the connection, which cancels the generation.
+    """
+    async with (
+        _client(GENERATE_TIMEOUT) as client,
+        client.stream("POST", "/generate", json=_body(name, path, params, True)) as response,
+    ):
+        if response.status_code >= 400:
+            await response.aread()
+            raise InferenceError(response.status_code, _detail(response))
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                return
+            event = json.loads(data)
+            if "error" in event:
+                error = event["error"]
+                raise InferenceError(int(error.get("status_code", 500)), error.get("detail"))
+            yield event

@@ -1,0 +1,121 @@
+"""The model registry: numbered versions of registered models, with lineage, scoped to a workspace."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.core.errors import NotFound
+from app.db.models import Checkpoint, ModelVersion, RegisteredModel, Run, Workspace
+from app.services.workspaces import WorkspaceContext
+
+
+def model_name_for_run(run: Run) -> str:
+    return run.suffix or f"{run.base_model}-run-{run.id}"
+
+
+def serving_name_for(run: Run, workspace_slug: str) -> str:
+    """OpenAI-style fine-tuned model id: ft:BASE:WORKSPACE[:SUFFIX]:RUN."""
+    parts = ["ft", run.base_model, workspace_slug]
+    if run.suffix:
+        parts.append(run.suffix)
+    parts.append(f"run-{run.id}")
+    return ":".join(parts)
+
+
+def register_checkpoint(*, session: Session, run: Run, checkpoint: Checkpoint) -> ModelVersion:
+    workspace = session.get(Workspace, run.workspace_id)
+    assert workspace is not None
+    name = model_name_for_run(run)
+    model = session.scalar(
+        select(RegisteredModel).where(
+            RegisteredModel.workspace_id == run.workspace_id, RegisteredModel.name == name
+        )
+    )
+    if model is None:
+        model = RegisteredModel(workspace_id=run.workspace_id, name=name)
+        session.add(model)
+        session.flush()
+    existing = session.scalar(
+        select(ModelVersion).where(ModelVersion.checkpoint_id == checkpoint.id)
+    )
+    if existing is not None:
+        return existing
+    next_version = (
+        session.scalar(
+            select(func.max(ModelVersion.version)).where(
+                ModelVersion.registered_model_id == model.id
+            )
+        )
+        or 0
+    ) + 1
+    serving_name = serving_name_for(run, workspace.slug)
+    if next_version > 1:
+        serving_name += f":v{next_version}"
+    version = ModelVersion(
+        workspace_id=run.workspace_id,
+        registered_model_id=model.id,
+        version=next_version,
+        serving_name=serving_name,
+        run_id=run.id,
+        checkpoint_id=checkpoint.id,
+        storage_key=checkpoint.storage_key,
+        lineage={
+            "run_id": run.id,
+            "run_name": run.name,
+            "base_model": run.base_model,
+            "dataset_id": run.dataset_id,
+            "validation_dataset_id": run.validation_dataset_id,
+            "config": run.config,
+            "step": checkpoint.step,
+            "metrics": checkpoint.metrics,
+        },
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def list_models(*, session: Session, ctx: WorkspaceContext) -> list[RegisteredModel]:
+    return list(
+        session.scalars(
+            select(RegisteredModel)
+            .where(RegisteredModel.workspace_id == ctx.workspace.id)
+            .order_by(RegisteredModel.id.desc())
+        )
+    )
+
+
+def list_versions(*, session: Session, ctx: WorkspaceContext) -> list[ModelVersion]:
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.workspace_id == ctx.workspace.id)
+            .order_by(ModelVersion.id.desc())
+        )
+    )
+
+
+def get_version_for_member(
+    *, session: Session, ctx: WorkspaceContext, version_id: int
+) -> ModelVersion:
+    version = session.get(ModelVersion, version_id)
+    if version is None or version.workspace_id != ctx.workspace.id:
+        raise NotFound(f"model version {version_id} not found")
+    return version
+
+
+def find_by_serving_name(
+    *, session: Session, ctx: WorkspaceContext, name: str
+) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion).where(
+            ModelVersion.workspace_id == ctx.workspace.id, ModelVersion.serving_name == name
+        )
+    )
+
+
+def version_for_run(*, session: Session, run_id: int) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.run_id == run_id).order_by(ModelVersion.id.desc())
+    )

@@ -1,0 +1,19 @@
+"""A run's hyperparameters: validated once here, with ranges a person can act on."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_LEARNING_RATE = 5e-4
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(DEFAULT_LEARNING_RATE, gt=0, le=1.0)
+    batch_size: int = Field(8, ge=1, le=512)
+    epochs: float = Field(1.0, gt=0, le=1000)
+    max_steps: int | None = Field(None, ge=1, le=1_000_000)
+    eval_split: float = Field(0.1, ge=0, le=0.5)
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    block_size: int = Field(128, ge=16, le=1024)

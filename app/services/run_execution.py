@@ -1,0 +1,138 @@
+"""What a worker does to a run's records: claim it, report progress, checkpoints and the outcome.
+
+Called by the Celery task (workers/tasks.py); every function takes its own short session so a
+long training job never holds a transaction open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
+from app.services import registry
+
+CLAIMABLE = (RunStatus.queued, RunStatus.interrupted)
+
+
+def claim(*, session: Session, run_id: int, task_id: str | None, redelivered: bool) -> Run | None:
+    """Atomically move a run to `running`; None when another worker has it or it was cancelled.
+
+    A redelivered task (its worker died) may also take over a run left `running`.
+    """
+    claimable = [s.value for s in CLAIMABLE]
+    if redelivered:
+        claimable.append(RunStatus.running.value)
+    now = utcnow()
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(claimable), Run.cancel_requested.is_(False))
+        .values(
+            status=RunStatus.running,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=Run.attempts + 1,
+            task_id=task_id,
+        )
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return session.get(Run, run_id)
+
+
+def add_event(*, session: Session, run_id: int, message: str, level: str = "info") -> None:
+    session.add(RunEvent(run_id=run_id, level=level, message=message[:4000]))
+
+
+def write_metrics(
+    *, session: Session, run_id: int, points: Iterable[tuple[int, str, float]]
+) -> None:
+    """Insert points, ignoring ones already stored (a resumed run may report a step again)."""
+    values = [
+        {"run_id": run_id, "step": step, "name": name, "value": float(value), "created_at": utcnow()}
+        for step, name, value in points
+    ]
+    if not values:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(MetricPoint).values(values).on_conflict_do_nothing(
+        index_elements=["run_id", "step", "name"]
+    )
+    session.execute(stmt)
+
+
+def update_progress(*, session: Session, run_id: int, step: int, total_steps: int | None) -> None:
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(step=step, total_steps=total_steps, heartbeat_at=utcnow())
+    )
+
+
+def cancel_requested(*, session: Session, run_id: int) -> bool:
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def record_checkpoint(
+    *, session: Session, run_id: int, step: int, storage_key: str, metrics: dict[str, Any],
+    is_final: bool = False,
+) -> Checkpoint:
+    checkpoint = session.scalar(
+        select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step)
+    )
+    if checkpoint is None:
+        checkpoint = Checkpoint(run_id=run_id, step=step, storage_key=storage_key)
+        session.add(checkpoint)
+    checkpoint.storage_key = storage_key
+    checkpoint.metrics = metrics
+    checkpoint.is_final = is_final
+    session.flush()
+    return checkpoint
+
+
+def latest_checkpoint(*, session: Session, run_id: int) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint)
+        .where(Checkpoint.run_id == run_id, Checkpoint.is_final.is_(False))
+        .order_by(Checkpoint.step.desc())
+        .limit(1)
+    )
+
+
+def finish(
+    *, session: Session, run_id: int, status: RunStatus, error: str | None = None,
+    final_checkpoint_key: str | None = None, final_step: int | None = None,
+    final_metrics: dict[str, Any] | None = None,
+) -> None:
+    """Close a run; a succeeded or cancelled run with a final model gets it registered."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return
+    run.status = status
+    run.error = error
+    run.finished_at = utcnow()
+    if final_checkpoint_key is not None and final_step is not None:
+        checkpoint = record_checkpoint(
+            session=session, run_id=run_id, step=final_step, storage_key=final_checkpoint_key,
+            metrics=final_metrics or {}, is_final=True,
+        )
+        if status == RunStatus.succeeded:
+            version = registry.register_checkpoint(session=session, run=run, checkpoint=checkpoint)
+            add_event(
+                session=session, run_id=run_id,
+                message=f"registered as {version.serving_name} (version {version.version})",
+            )
+    add_event(
+        session=session, run_id=run_id,
+        message=f"run {status}" + (f": {error}" if error else ""),
+        level="error" if status == RunStatus.failed else "info",
+    )
+    session.commit()

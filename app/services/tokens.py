@@ -1,0 +1,47 @@
+"""API tokens: created once (the secret is shown once), stored hashed, revocable at once."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import NotFound, ValidationFailed
+from app.core.security import hash_token, new_token_secret
+from app.db.base import utcnow
+from app.db.models import ApiToken, User
+
+
+def create_token(*, session: Session, user: User, name: str = "api") -> tuple[ApiToken, str]:
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise ValidationFailed("a token name must have 1 to 100 characters", param="name")
+    secret = new_token_secret()
+    token = ApiToken(user_id=user.id, name=name, token_hash=hash_token(secret), prefix=secret[:12])
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def user_for_secret(*, session: Session, secret: str) -> User | None:
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    if token is None or token.revoked_at is not None or not token.user.is_active:
+        return None
+    token.last_used_at = utcnow()
+    return token.user
+
+
+def list_tokens(*, session: Session, user: User) -> list[ApiToken]:
+    return list(
+        session.scalars(
+            select(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+            .order_by(ApiToken.id)
+        )
+    )
+
+
+def revoke_token(*, session: Session, user: User, token_id: int) -> None:
+    token = session.get(ApiToken, token_id)
+    if token is None or token.user_id != user.id or token.revoked_at is not None:
+        raise NotFound(f"token {token_id} not found")
+    token.revoked_at = utcnow()

@@ -1,0 +1,94 @@
+"""Users, login and the first-admin bootstrap."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, NotAuthenticated, ValidationFailed
+from app.core.security import (
+    DUMMY_PASSWORD_HASH,
+    MIN_PASSWORD_LENGTH,
+    hash_password,
+    verify_password,
+)
+from app.db.models import Role, User
+from app.services import workspaces
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _EMAIL_RE.match(email) or len(email) > 320:
+        raise ValidationFailed(f"{email!r} is not a valid e-mail address", param="email")
+    return email
+
+
+def check_password_rules(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationFailed(
+            f"the password must be at least {MIN_PASSWORD_LENGTH} characters long",
+            param="password",
+        )
+    if len(password) > 1024:
+        raise ValidationFailed("the password is too long (1024 characters at most)", param="password")
+    if password.isdigit() or password.isalpha():
+        raise ValidationFailed(
+            "the password must mix letters with digits or symbols", param="password"
+        )
+
+
+def has_any_user(*, session: Session) -> bool:
+    return (session.scalar(select(func.count()).select_from(User)) or 0) > 0
+
+
+def get_by_email(*, session: Session, email: str) -> User | None:
+    return session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
+def create_user(
+    *,
+    session: Session,
+    email: str,
+    password: str,
+    is_admin: bool = False,
+    workspace_name: str | None = None,
+) -> User:
+    """Create a user and their own workspace (they own it), so they can start working at once."""
+    email = normalize_email(email)
+    check_password_rules(password)
+    if get_by_email(session=session, email=email) is not None:
+        raise Conflict(f"a user with e-mail {email} already exists", param="email")
+    user = User(email=email, password_hash=hash_password(password), is_admin=is_admin)
+    session.add(user)
+    session.flush()
+    workspaces.create_workspace(
+        session=session,
+        name=workspace_name or f"{email.split('@')[0]}'s workspace",
+        owner=user,
+    )
+    return user
+
+
+def create_first_admin(*, session: Session, email: str, password: str) -> User:
+    if has_any_user(session=session):
+        raise Conflict("the first administrator has already been created; sign in instead")
+    return create_user(
+        session=session, email=email, password=password, is_admin=True, workspace_name="Default"
+    )
+
+
+def authenticate(*, session: Session, email: str, password: str) -> User:
+    user = get_by_email(session=session, email=email)
+    if user is None:
+        verify_password(DUMMY_PASSWORD_HASH, password)
+        raise NotAuthenticated("wrong e-mail or password")
+    if not user.is_active or not verify_password(user.password_hash, password):
+        raise NotAuthenticated("wrong e-mail or password")
+    return user
+
+
+__all__ = ["Role", "authenticate", "create_first_admin", "create_user", "has_any_user"]

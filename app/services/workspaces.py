@@ -1,0 +1,111 @@
+"""Workspaces, memberships and the role checks every scoped query relies on."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.db.models import Membership, Role, User, Workspace
+
+_ROLE_RANK = {Role.viewer: 0, Role.editor: 1, Role.owner: 2}
+
+
+@dataclass(frozen=True)
+class WorkspaceContext:
+    """Who is acting, in which workspace, with which role: passed to every scoped service."""
+
+    user: User
+    workspace: Workspace
+    role: Role
+
+    def require(self, minimum: Role) -> None:
+        if _ROLE_RANK[self.role] < _ROLE_RANK[minimum]:
+            raise Forbidden(
+                f"your role in workspace '{self.workspace.name}' is {self.role}; "
+                f"this needs {minimum} or higher"
+            )
+
+    @property
+    def can_edit(self) -> bool:
+        return _ROLE_RANK[self.role] >= _ROLE_RANK[Role.editor]
+
+
+def _slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "workspace"
+    return slug
+
+
+def create_workspace(*, session: Session, name: str, owner: User) -> Workspace:
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise ValidationFailed("a workspace name must have 1 to 100 characters", param="name")
+    slug = _slugify(name)
+    if session.scalar(select(Workspace).where(Workspace.slug == slug)) is not None:
+        slug = f"{slug}-{secrets.token_hex(3)}"
+    workspace = Workspace(name=name, slug=slug)
+    session.add(workspace)
+    session.flush()
+    session.add(Membership(user_id=owner.id, workspace_id=workspace.id, role=Role.owner))
+    session.flush()
+    return workspace
+
+
+def list_for_user(*, session: Session, user: User) -> list[tuple[Workspace, Role]]:
+    rows = session.execute(
+        select(Workspace, Membership.role)
+        .join(Membership, Membership.workspace_id == Workspace.id)
+        .where(Membership.user_id == user.id)
+        .order_by(Workspace.id)
+    ).all()
+    return [(ws, Role(role)) for ws, role in rows]
+
+
+def context_for(*, session: Session, user: User, workspace_ref: str | int | None) -> WorkspaceContext:
+    """Resolve the workspace a request acts in: the one named (id or slug), else the user's first.
+
+    An unknown workspace and one the user is not a member of look the same (404), so ids of
+    other teams' workspaces cannot be probed.
+    """
+    memberships = list_for_user(session=session, user=user)
+    if not memberships:
+        raise Forbidden("you are not a member of any workspace; ask an owner to invite you")
+    if workspace_ref in (None, ""):
+        workspace, role = memberships[0]
+        return WorkspaceContext(user=user, workspace=workspace, role=role)
+    for workspace, role in memberships:
+        if str(workspace.id) == str(workspace_ref) or workspace.slug == workspace_ref:
+            return WorkspaceContext(user=user, workspace=workspace, role=role)
+    raise NotFound(f"workspace {workspace_ref!r} not found")
+
+
+def list_members(*, session: Session, ctx: WorkspaceContext) -> list[Membership]:
+    return list(
+        session.scalars(
+            select(Membership)
+            .where(Membership.workspace_id == ctx.workspace.id)
+            .order_by(Membership.id)
+        )
+    )
+
+
+def add_member(*, session: Session, ctx: WorkspaceContext, email: str, role: Role) -> Membership:
+    ctx.require(Role.owner)
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        raise NotFound(f"no user with e-mail {email}; an administrator must create the account first")
+    existing = session.scalar(
+        select(Membership).where(
+            Membership.workspace_id == ctx.workspace.id, Membership.user_id == user.id
+        )
+    )
+    if existing is not None:
+        raise Conflict(f"{user.email} is already a member of this workspace")
+    membership = Membership(user_id=user.id, workspace_id=ctx.workspace.id, role=role)
+    session.add(membership)
+    session.flush()
+    return membership

@@ -1,0 +1,5 @@
+"""Aggregates the HTML pages' routers."""
+
+from fastapi import APIRouter
+
+pages_router = APIRouter()

@@ -1,0 +1,232 @@
+"""Shared fixtures: a real app on a real database (SQLite and Postgres), personas made via the API."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+POSTGRES_URL = os.environ.get("LLMIDE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("LLMIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PASSWORD = "correct-horse-42"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+POSTGRES_UP = _reachable("127.0.0.1", 5432)
+REDIS_UP = _reachable("127.0.0.1", 6379)
+
+
+def configure_environment(data_dir: Path, *, database_url: str | None, redis_url: str | None) -> None:
+    """Point every cached piece of configuration at one test installation."""
+    os.environ["LLMIDE_DATA_DIR"] = str(data_dir)
+    os.environ["LLMIDE_ALLOWED_HOSTS"] = '["127.0.0.1", "localhost", "testserver"]'
+    for key, value in (("LLMIDE_DATABASE_URL", database_url), ("LLMIDE_REDIS_URL", redis_url)):
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    from app.core import task_queue
+    from app.core.settings import get_settings
+    from app.db.session import reset_engine_cache
+    from app.services import login_throttle
+
+    get_settings.cache_clear()
+    reset_engine_cache()
+    task_queue.celery_client.cache_clear()
+    login_throttle.reset()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database, copied for each test (migrating once keeps tests fast)."""
+    from app.db.migrate import upgrade_to_head
+
+    path = tmp_path_factory.mktemp("template") / "llmide.db"
+    upgrade_to_head(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated() -> str:
+    if not POSTGRES_UP:
+        pytest.skip("Postgres is not running on 127.0.0.1:5432")
+    from sqlalchemy import text
+
+    from app.db.migrate import upgrade_to_head
+    from app.db.session import make_engine
+
+    url = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://")
+    engine = make_engine(url)
+    with engine.begin() as conn:  # migrations run from empty, every session
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade_to_head(url)
+    return url
+
+
+def _truncate_postgres(url: str) -> None:
+    from sqlalchemy import text
+
+    from app.db.base import Base
+    from app.db.session import make_engine
+
+    engine = make_engine(url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def installation(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[Path]:
+    """A fresh installation: its own data dir and database; Postgres+Redis or the embedded default.
+
+    Tests that take the `backend` fixture run on both; others run on the embedded default.
+    """
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_migrated")
+        if not REDIS_UP:
+            pytest.skip("Redis is not running on 127.0.0.1:6379")
+        _truncate_postgres(url)
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        configure_environment(data_dir, database_url=url, redis_url=REDIS_URL)
+    else:
+        shutil.copy(sqlite_template, data_dir / "llmide.db")
+        configure_environment(data_dir, database_url=None, redis_url=None)
+    yield data_dir
+    from app.db.session import reset_engine_cache
+
+    reset_engine_cache()
+
+
+@pytest.fixture
+def client(installation: Path) -> Iterator[TestClient]:
+    from app.main import create_app
+
+    with TestClient(create_app(), base_url="http://127.0.0.1") as test_client:
+        yield test_client
+
+
+@dataclass
+class Persona:
+    """A user with an API token, acting through the real API."""
+
+    email: str
+    token: str
+    client: TestClient
+    workspace_id: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "X-LLMIDE-Workspace": str(self.workspace_id)}
+
+    def get(self, url: str, **kw: Any) -> Any:
+        return self.client.get(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def post(self, url: str, **kw: Any) -> Any:
+        return self.client.post(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def delete(self, url: str, **kw: Any) -> Any:
+        return self.client.delete(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def upload(self, filename: str, content: bytes | str, **form: str) -> Any:
+        data = content.encode() if isinstance(content, str) else content
+        return self.post(
+            "/api/v1/datasets", files={"file": (filename, io.BytesIO(data))}, data=form
+        )
+
+
+def _token_for(client: TestClient, email: str, password: str) -> str:
+    client.cookies.clear()
+    login = client.post("/api/v1/session", json={"email": email, "password": password})
+    assert login.status_code == 200, login.text
+    created = client.post(
+        "/api/v1/tokens", json={"name": "tests"},
+        headers={"X-CSRF-Token": login.json()["csrf_token"]},
+    )
+    assert created.status_code == 201, created.text
+    client.cookies.clear()
+    return str(created.json()["token"])
+
+
+@dataclass
+class Team:
+    admin: Persona
+    owner: Persona
+    editor: Persona
+    viewer: Persona
+    outsider: Persona
+
+
+def make_user(client: TestClient, admin: Persona, email: str) -> Persona:
+    created = admin.post("/api/v1/users", json={"email": email, "password": PASSWORD})
+    assert created.status_code == 201, created.text
+    token = _token_for(client, email, PASSWORD)
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()
+    return Persona(email, token, client, me["workspace"]["id"])
+
+
+@pytest.fixture
+def team(client: TestClient) -> Team:
+    """Admin (first user), an owner with editor and viewer members, and an outsider."""
+    setup = client.post("/api/v1/setup", json={"email": "admin@example.com", "password": PASSWORD})
+    assert setup.status_code == 201, setup.text
+    client.cookies.clear()
+    admin_token = _token_for(client, "admin@example.com", PASSWORD)
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {admin_token}"}).json()
+    admin = Persona("admin@example.com", admin_token, client, me["workspace"]["id"])
+    owner = make_user(client, admin, "owner@example.com")
+    editor = make_user(client, admin, "editor@example.com")
+    viewer = make_user(client, admin, "viewer@example.com")
+    outsider = make_user(client, admin, "outsider@example.com")
+    for persona, role in ((editor, "editor"), (viewer, "viewer")):
+        added = owner.post("/api/v1/members", json={"email": persona.email, "role": role})
+        assert added.status_code == 201, added.text
+        persona.workspace_id = owner.workspace_id
+    return Team(admin, owner, editor, viewer, outsider)
+
+
+def text_jsonl(rows: int = 50) -> str:
+    sentences = [
+        "the cat sat on the mat", "a dog ran in the park", "the sun is warm today",
+        "we like to read books", "the bird sings a song",
+    ]
+    return "".join(json.dumps({"text": sentences[i % len(sentences)]}) + "\n" for i in range(rows))
+
+
+def chat_jsonl(rows: int = 20) -> str:
+    return "".join(
+        json.dumps({"messages": [
+            {"role": "user", "content": f"what is {i} plus one?"},
+            {"role": "assistant", "content": f"{i} plus one is {i + 1}."},
+        ]}) + "\n"
+        for i in range(rows)
+    )

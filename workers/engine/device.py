@@ -1,0 +1,95 @@
+"""Where a run trains: one chosen GPU or the CPU, with the precision and threads that suit it.
+
+In production the Celery worker sets CUDA_VISIBLE_DEVICES per task, so a task normally sees a
+single GPU and trains on "cuda:0"; an explicit "cuda:N" picks among the GPUs a process sees.
+A run never spans GPUs here: multi-GPU runs are launched by the worker through torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """The device decision for one run."""
+
+    kind: str  # "cpu" | "cuda"
+    cuda_index: int | None = None
+    bf16: bool = False
+
+    @property
+    def label(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.cuda_index}"
+
+
+def plan_device(spec: str) -> DevicePlan:
+    """Resolve "auto" | "cpu" | "cuda" | "cuda:N" against the hardware this process sees."""
+    if spec == "cpu":
+        return DevicePlan("cpu")
+    if not torch.cuda.is_available():
+        if spec == "auto":
+            return DevicePlan("cpu")
+        raise RuntimeError(f"device {spec!r} was requested but this worker sees no CUDA GPU")
+    index = int(spec.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+        raise RuntimeError(
+            f"device cuda:{index} was requested but only {count} GPU(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={visible})"
+        )
+    torch.cuda.set_device(index)
+    # Native bf16 only (Ampere and newer): emulated bf16 is slower than fp32 training.
+    return DevicePlan("cuda", index, bf16=torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+@dataclass
+class PinnedTrainingArguments(TrainingArguments):
+    """TrainingArguments that train on exactly the planned GPU.
+
+    Stock TrainingArguments always takes cuda:0 and, when it sees several GPUs, wraps the
+    model in DataParallel; this subclass moves to `cuda_index` and keeps a single device.
+    """
+
+    cuda_index: int | None = field(default=None, metadata={"help": "the one GPU to train on"})
+
+    @cached_property
+    def _setup_devices(self) -> torch.device:
+        device = TrainingArguments._setup_devices.func(self)
+        if self.cuda_index is None or device.type != "cuda":
+            return device
+        device = torch.device("cuda", self.cuda_index)
+        torch.cuda.set_device(device)
+        self._n_gpu = 1
+        return device
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    os.cpu_count() reports the host's cores inside a container; more torch threads than the
+    quota allows makes every matmul wait on throttled siblings.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def configure_cpu_threads() -> int:
+    """Use every available CPU for intra-op parallelism; returns the thread count set."""
+    threads = available_cpus()
+    torch.set_num_threads(threads)
+    return threads

@@ -1,0 +1,115 @@
+"""Translates the Trainer's events into the engine's TrainCallbacks, and relays stop requests."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from workers.engine.callbacks import TrainCallbacks
+from workers.engine.files import make_readable
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), saturating to infinity instead of raising for a diverged run."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+class ReportingCallback(TrainerCallback):
+    """Forwards metrics, progress, checkpoints and log lines; turns should_stop into a stop.
+
+    tokens_per_second counts the tokens of the steps since the previous log over the time spent
+    inside those steps, so evaluations and checkpoint writes don't show up as slow training.
+    """
+
+    def __init__(self, callbacks: TrainCallbacks, *, log_every: int) -> None:
+        self.callbacks = callbacks
+        self.log_every = max(1, log_every)
+        self.stopped = False
+        self.latest_train: dict[str, float] = {}
+        self.latest_eval: dict[str, float] = {}
+        self._tokens_at_last_log = 0
+        self._busy_seconds = 0.0
+        self._step_started: float | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # On resume the state (and its token count) comes from the checkpoint.
+        self._tokens_at_last_log = state.num_input_tokens_seen
+        if state.global_step:
+            self.callbacks.on_log("info", f"resumed at step {state.global_step}/{state.max_steps}")
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._step_started is not None:
+            self._busy_seconds += time.perf_counter() - self._step_started
+            self._step_started = None
+        self.callbacks.on_progress(state.global_step, state.max_steps)
+        if not self.stopped and self.callbacks.should_stop():
+            self.stopped = True
+            control.should_training_stop = True
+            # Trainer saves after on_step_end when asked, so the stop leaves a resumable checkpoint.
+            control.should_save = True
+            self.callbacks.on_log("info", f"stop requested: stopping at step {state.global_step}")
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        logs = logs or {}
+        step = state.global_step
+        if "loss" in logs:
+            self._report_training(step, state, logs)
+        elif "eval_loss" in logs:
+            eval_loss = float(logs["eval_loss"])
+            self.latest_eval = {"eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss)}
+            self.callbacks.on_metrics(step, dict(self.latest_eval))
+            self.callbacks.on_log(
+                "info",
+                f"eval at step {step}: loss {eval_loss:.4f} "
+                f"perplexity {self.latest_eval['eval_perplexity']:.2f}",
+            )
+
+    def _report_training(self, step: int, state: TrainerState, logs: dict[str, float]) -> None:
+        tokens = state.num_input_tokens_seen - self._tokens_at_last_log
+        rate = tokens / self._busy_seconds if self._busy_seconds > 0 else 0.0
+        self._tokens_at_last_log = state.num_input_tokens_seen
+        self._busy_seconds = 0.0
+        self.latest_train = {
+            "train_loss": float(logs["loss"]),
+            "learning_rate": float(logs.get("learning_rate", 0.0)),
+            "grad_norm": float(logs.get("grad_norm", math.nan)),
+            "tokens_per_second": rate,
+            "epoch": float(logs.get("epoch", state.epoch or 0.0)),
+        }
+        self.callbacks.on_metrics(step, dict(self.latest_train))
+        if step % self.log_every == 0 or step == 1 or step >= state.max_steps:
+            self.callbacks.on_log(
+                "info", f"step {step}/{state.max_steps} loss {self.latest_train['train_loss']:.4f}"
+            )
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        step = state.global_step
+        path = Path(args.output_dir) / f"checkpoint-{step}"
+        make_readable(path)
+        self.callbacks.on_checkpoint(step, path, {**self.latest_train, **self.latest_eval})
+        self.callbacks.on_log("info", f"checkpoint saved at step {step}")

@@ -1,0 +1,275 @@
+"""train(): one run from dataset files to checkpoints and a final model, on the HF Trainer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    PrinterCallback,
+    Trainer,
+    default_data_collator,
+    set_seed,
+)
+from transformers.utils import logging as hf_logging
+
+from workers.engine.callbacks import TrainCallbacks
+from workers.engine.config import TrainConfig
+from workers.engine.data import (
+    BlockDataset,
+    Row,
+    build_blocks,
+    read_rows,
+    render_rows,
+    split_rows,
+    tokenizer_corpus,
+)
+from workers.engine.device import (
+    DevicePlan,
+    PinnedTrainingArguments,
+    configure_cpu_threads,
+    plan_device,
+)
+from workers.engine.files import make_readable
+from workers.engine.reporting import ReportingCallback
+from workers.engine.scratch import scratch_config
+from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
+
+TRAINER_STATE_FILE = "trainer_state.json"  # what makes a directory a resumable checkpoint
+EVALUATIONS_PER_RUN = 10
+CHECKPOINTS_PER_RUN = 4
+LOG_LINES_PER_RUN = 20  # "step N/M loss X" lines in the log tail; every step goes to on_metrics
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    final_dir: Path  # loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained
+    global_step: int
+    metrics: dict[str, float]  # the latest training and evaluation values, plus train_runtime
+    stopped: bool  # True when should_stop() ended the run early
+
+
+@dataclass(frozen=True)
+class Schedule:
+    total_steps: int
+    eval_steps: int
+    save_steps: int
+
+
+def plan_schedule(config: TrainConfig, train_blocks: int) -> Schedule:
+    """Total optimizer steps and the eval/save cadence, fixed before training starts.
+
+    Fixing max_steps here (the Trainer would derive the same from epochs) lets progress,
+    defaults and a resumed run all agree on one number.
+    """
+    steps_per_epoch = math.ceil(train_blocks / config.batch_size)
+    total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    return Schedule(
+        total_steps=total,
+        eval_steps=config.eval_steps or max(1, math.ceil(total / EVALUATIONS_PER_RUN)),
+        save_steps=config.save_steps or max(1, math.ceil(total / CHECKPOINTS_PER_RUN)),
+    )
+
+
+def train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
+    """Run one training job to completion (or to a requested stop); raise on failure.
+
+    Everything the run writes lands under config.output_dir. Exceptions propagate after an
+    "error" log line, so the caller can mark the run failed.
+    """
+    config.validate()
+    # "Writing model shards" bars at every checkpoint would only clutter a worker's log.
+    hf_logging.disable_progress_bar()
+    try:
+        return _train(config, callbacks)
+    except Exception as exc:
+        callbacks.on_log("error", f"training failed: {exc}")
+        raise
+
+
+def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
+    device = plan_device(config.device)
+    if device.kind == "cpu":
+        threads = configure_cpu_threads()
+        callbacks.on_log("info", f"training on cpu with {threads} threads")
+    else:
+        precision = "bf16" if device.bf16 else "fp32"
+        callbacks.on_log("info", f"training on {device.label} ({precision})")
+    checkpoint = _checkpoint_to_resume(config)
+    set_seed(config.seed)
+
+    callbacks.on_log("info", "loading data")
+    train_rows, eval_rows = _load_rows(config)
+    callbacks.on_log(
+        "info", f"data loaded: {len(train_rows)} training and {len(eval_rows)} eval documents"
+    )
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(checkpoint)
+        callbacks.on_log("info", f"tokenizer loaded from {checkpoint.name}: vocab {len(tokenizer)}")
+    else:
+        tokenizer = train_tokenizer(
+            tokenizer_corpus(train_rows),
+            vocab_size=config.vocab_size,
+            model_max_length=config.block_size,
+        )
+        callbacks.on_log("info", f"tokenizer trained: vocab {len(tokenizer)}")
+
+    train_set, eval_set = _build_datasets(config, tokenizer, train_rows, eval_rows)
+    callbacks.on_log(
+        "info",
+        f"{train_set.num_tokens} training tokens in {len(train_set)} blocks of {config.block_size}"
+        + (f", {eval_set.num_tokens} eval tokens" if eval_set is not None else ", no eval set"),
+    )
+    schedule = plan_schedule(config, len(train_set))
+
+    model = _build_model(config, tokenizer, checkpoint)
+    callbacks.on_log("info", f"model {config.base_model}: {model.num_parameters():,} parameters")
+    reporter = ReportingCallback(
+        callbacks, log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN)
+    )
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(config, device, schedule, has_eval=eval_set is not None),
+        # Blocks are already equal-length tensors: stacking is all the collation they need.
+        data_collator=default_data_collator,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        # Saved into every checkpoint, so each one loads with AutoTokenizer on its own.
+        processing_class=tokenizer,
+        callbacks=[reporter],
+    )
+    # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
+    trainer.remove_callback(PrinterCallback)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    final_dir = _save_final(trainer, config.final_dir)
+    step = trainer.state.global_step
+    if reporter.stopped:
+        callbacks.on_log("info", f"stopped at step {step}; model saved to {final_dir.name}")
+    else:
+        callbacks.on_log("info", f"training finished at step {step}; model saved")
+    metrics = {
+        **reporter.latest_train,
+        **reporter.latest_eval,
+        "train_runtime": float(output.metrics.get("train_runtime", 0.0)),
+    }
+    return TrainResult(
+        final_dir=final_dir, global_step=step, metrics=metrics, stopped=reporter.stopped
+    )
+
+
+def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
+    if config.resume_from is None:
+        return None
+    if not (config.resume_from / TRAINER_STATE_FILE).is_file():
+        raise ValueError(f"cannot resume: {config.resume_from} is not a training checkpoint")
+    return config.resume_from
+
+
+def _load_rows(config: TrainConfig) -> tuple[list[Row], list[Row]]:
+    rows = read_rows(config.train_file, config.train_format)
+    if config.validation_file is not None:
+        validation_format = config.validation_format or config.train_format
+        return rows, read_rows(config.validation_file, validation_format)
+    return split_rows(rows, config.eval_split, config.seed)
+
+
+def _build_datasets(
+    config: TrainConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    train_rows: list[Row],
+    eval_rows: list[Row],
+) -> tuple[BlockDataset, BlockDataset | None]:
+    train_set = build_blocks(render_rows(train_rows, tokenizer), tokenizer, config.block_size)
+    eval_set = None
+    if eval_rows:
+        eval_set = build_blocks(render_rows(eval_rows, tokenizer), tokenizer, config.block_size)
+    elif config.validation_file is None and config.eval_split > 0:
+        # Too few documents to hold one out (e.g. a .txt without blank lines): split blocks.
+        train_set, eval_set = train_set.split(config.eval_split, config.seed)
+    if len(train_set) == 0:
+        raise ValueError(
+            f"the training data is too small: {train_set.num_tokens} tokens after tokenization"
+        )
+    if eval_set is not None and len(eval_set) == 0:
+        eval_set = None
+    return train_set, eval_set
+
+
+def _build_model(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerFast, checkpoint: Path | None
+) -> PreTrainedModel:
+    if checkpoint is not None:
+        # Same architecture as the checkpoint; Trainer loads its weights when it resumes.
+        model_config = AutoConfig.from_pretrained(checkpoint)
+    else:
+        model_config = scratch_config(
+            config.base_model,
+            vocab_size=len(tokenizer),
+            block_size=config.block_size,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    model = AutoModelForCausalLM.from_config(model_config)
+    # GPT-2's class name ("LMHeadModel") hides its loss type from transformers 5, which then
+    # warns on every run before falling back to this very loss.
+    model.loss_type = "ForCausalLM"
+    # Saved with every checkpoint: inference then stops at <|end|> and knows the pad id.
+    generation = model.generation_config
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = generation_eos_ids(tokenizer)
+    generation.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _training_arguments(
+    config: TrainConfig, device: DevicePlan, schedule: Schedule, *, has_eval: bool
+) -> PinnedTrainingArguments:
+    on_gpu = device.kind == "cuda"
+    return PinnedTrainingArguments(
+        output_dir=str(config.output_dir / "checkpoints"),
+        cuda_index=device.cuda_index,
+        use_cpu=not on_gpu,
+        bf16=device.bf16,
+        seed=config.seed,
+        data_seed=config.seed,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        max_steps=schedule.total_steps,
+        # GPT-style pretraining recipe: short linear warmup, cosine decay, clipped gradients.
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=schedule.eval_steps if has_eval else None,
+        # Logits of a whole eval set would be kept in memory otherwise; only the loss is used.
+        prediction_loss_only=True,
+        save_strategy="steps",
+        save_steps=schedule.save_steps,
+        save_total_limit=config.keep_checkpoints,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=on_gpu,
+        remove_unused_columns=False,
+    )
+
+
+def _save_final(trainer: Trainer, final_dir: Path) -> Path:
+    """Weights (safetensors), config, generation config and tokenizer in one loadable folder."""
+    trainer.save_model(str(final_dir))
+    # A pickled TrainingArguments is of no use to inference and no pickle ships with a model.
+    (final_dir / "training_args.bin").unlink(missing_ok=True)
+    make_readable(final_dir)
+    return final_dir

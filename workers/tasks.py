@@ -1,0 +1,83 @@
+"""Celery tasks: thin adapters that claim a run, build the engine config and report back."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from app.core.celery_config import TRAIN_TASK
+from app.db.models import Run, RunStatus
+from app.db.session import session_scope
+from app.services import artifacts, run_execution
+from workers.celery_app import celery_app
+from workers.metrics_sink import RunReporter
+
+log = logging.getLogger(__name__)
+
+
+def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyped-def]
+    from workers.engine import TrainConfig
+
+    config = dict(run.config)
+    validation = run.validation_dataset
+    return TrainConfig(
+        output_dir=artifacts.resolve(artifacts.run_dir_key(run.id)),
+        train_file=artifacts.existing(run.dataset.storage_key),
+        train_format=run.dataset.format,
+        validation_file=artifacts.existing(validation.storage_key) if validation else None,
+        validation_format=validation.format if validation else None,
+        base_model=run.base_model,
+        learning_rate=config["learning_rate"],
+        batch_size=config["batch_size"],
+        epochs=config["epochs"],
+        max_steps=config.get("max_steps"),
+        eval_split=config["eval_split"],
+        seed=config["seed"],
+        block_size=config["block_size"],
+        resume_from=resume_from,
+    )
+
+
+@celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Train one run to its end (succeeded, failed or cancelled) and register its final model."""
+    from workers.engine import train
+
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    with session_scope() as session:
+        run = run_execution.claim(
+            session=session, run_id=run_id, task_id=self.request.id, redelivered=redelivered
+        )
+        if run is None:
+            log.info("run %s is not claimable (cancelled or taken); skipping", run_id)
+            return "skipped"
+        checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
+        resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
+        config = _engine_config(run, resume_from)
+        run_execution.add_event(
+            session=session, run_id=run_id,
+            message=(f"resuming from step {checkpoint.step}" if checkpoint else "run started")
+            + f" (attempt {run.attempts})",
+        )
+
+    reporter = RunReporter(run_id)
+    try:
+        result = train(config, reporter)
+    except Exception as exc:
+        log.exception("run %s failed", run_id)
+        reporter.close()
+        with session_scope() as session:
+            run_execution.finish(
+                session=session, run_id=run_id, status=RunStatus.failed,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        return "failed"
+    reporter.close()
+    status = RunStatus.cancelled if result.stopped else RunStatus.succeeded
+    with session_scope() as session:
+        run_execution.finish(
+            session=session, run_id=run_id, status=status,
+            final_checkpoint_key=artifacts.key_for(result.final_dir),
+            final_step=result.global_step, final_metrics=result.metrics,
+        )
+    return str(status)
