@@ -12,13 +12,18 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.api.router import api_router
 from app.core import error_handlers
-from app.core.middleware import OriginCheckMiddleware
+from app.core.middleware import BodySizeLimitMiddleware, OriginCheckMiddleware
 from app.core.settings import Settings, get_settings
 from app.realtime.hub import RunUpdateHub
 from app.realtime.routes import router as realtime_router
 from app.web.rendering import PROJECT_ROOT
 
 SESSION_COOKIE = "llmide_session"
+
+
+def _body_limit(settings: Settings) -> int:
+    # Room for the multipart envelope around a file of exactly the upload limit.
+    return settings.max_upload_bytes + 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,14 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Train, register and serve language models. Native API under /api/v1; "
         "OpenAI-compatible API under /v1.",
         lifespan=lifespan,
-        # Uploads are streamed and validated; anything larger is refused before it is read.
-        max_body_size=settings.max_upload_bytes + 64 * 1024,
     )
     app.state.hub = hub
     app.state.settings = settings
 
     error_handlers.install(app)
     app.add_middleware(OriginCheckMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=_body_limit(settings))
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.resolved_secret_key(),

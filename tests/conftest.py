@@ -15,6 +15,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+# Argon2 at production cost takes ~0.2 s a hash; fixtures make many users, so tests use the
+# same algorithm at its minimum cost (verification reads the cost from each stored hash).
+from argon2 import PasswordHasher  # noqa: E402
+
+import app.core.security as _security  # noqa: E402
+
+_security._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
 POSTGRES_URL = os.environ.get("LLMIDE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("LLMIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct-horse-42"

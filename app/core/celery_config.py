@@ -14,7 +14,8 @@ CPU_QUEUE = "cpu"
 def celery_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend,
+        # No result backend: run state lives in the database, which both sides already share.
+        "task_ignore_result": True,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
@@ -22,10 +23,9 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_track_started": True,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
         "task_default_queue": CPU_QUEUE,
-        "result_expires": 3600,
     }
     if settings.redis_url:
         # Redis redelivers an unacked task after this timeout; training can run for hours.

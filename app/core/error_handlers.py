@@ -25,8 +25,33 @@ _OPENAI_TYPES = {
 }
 
 
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1"
+
+
 def _is_openai(request: Request) -> bool:
-    return request.url.path.startswith("/v1/") or request.url.path == "/v1"
+    return is_openai_path(request.url.path)
+
+
+def error_body(
+    path: str, status_code: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """The JSON error of a surface: OpenAI's shape under /v1, {"detail": ...} elsewhere."""
+    if is_openai_path(path):
+        return {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(status_code, "invalid_request_error"),
+                "param": param,
+                "code": code,
+            }
+        }
+    payload: dict[str, Any] = {"detail": message}
+    if code:
+        payload["code"] = code
+    if param:
+        payload["param"] = param
+    return payload
 
 
 def _wants_html(request: Request) -> bool:
@@ -40,26 +65,12 @@ def error_response(
     request: Request, status_code: int, message: str, *, code: str | None = None,
     param: str | None = None, headers: dict[str, str] | None = None,
 ) -> Response:
-    if _is_openai(request):
-        body: dict[str, Any] = {
-            "error": {
-                "message": message,
-                "type": _OPENAI_TYPES.get(status_code, "invalid_request_error"),
-                "param": param,
-                "code": code,
-            }
-        }
-        return JSONResponse(body, status_code=status_code, headers=headers)
     if _wants_html(request):
         from app.web.rendering import render_error_page
 
         return render_error_page(request, status_code, message)
-    payload: dict[str, Any] = {"detail": message}
-    if code:
-        payload["code"] = code
-    if param:
-        payload["param"] = param
-    return JSONResponse(payload, status_code=status_code, headers=headers)
+    body = error_body(request.url.path, status_code, message, code=code, param=param)
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -71,6 +82,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         first_param = first_param or (loc[-1] if loc else None)
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
     return "; ".join(parts) or "invalid request", first_param
+
+
+def upload_limit_message(max_bytes: int) -> str:
+    return f"the request is larger than the upload limit of {max_bytes / (1024 * 1024):g} MB"
 
 
 def install(app: FastAPI) -> None:
@@ -95,8 +110,7 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException) -> Response:
         message = str(exc.detail)
         if exc.status_code == 413:
-            limit_mb = get_settings().max_upload_bytes // (1024 * 1024)
-            message = f"the request is larger than the upload limit of {limit_mb} MB"
+            message = upload_limit_message(get_settings().max_upload_bytes)
         elif exc.status_code == 404 and message == "Not Found":
             message = f"no such page or endpoint: {request.url.path}"
         elif exc.status_code == 405:

@@ -1,11 +1,12 @@
-"""Origin checks for every state-changing request and websocket (cross-site and DNS rebinding)."""
+"""Guards in front of every route: origin checks (cross-site, DNS rebinding) and size limits."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -40,3 +41,45 @@ class OriginCheckMiddleware:
                 await send({"type": "websocket.close", "code": 4403})
                 return
         await self.app(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over the limit with a readable 413, reading none of an oversized one.
+
+    A declared Content-Length over the limit is answered at once; a body that lies about its
+    length (or streams without one) is cut off as soon as it passes the limit, by raising
+    HTTPException(413) from inside the route's read, which the error handlers then shape.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from app.core.error_handlers import error_body, upload_limit_message
+
+        for key, value in scope["headers"]:
+            if key.lower() == b"content-length" and value.isdigit():
+                if int(value) > self.max_bytes:
+                    body = error_body(
+                        scope["path"], 413, upload_limit_message(self.max_bytes),
+                        code="payload_too_large",
+                    )
+                    await JSONResponse(body, status_code=413)(scope, receive, send)
+                    return
+                break
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(status_code=413)
+            return message
+
+        await self.app(scope, counting_receive, send)

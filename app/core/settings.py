@@ -69,12 +69,6 @@ class Settings(BaseSettings):
         return f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
 
     @property
-    def result_backend(self) -> str:
-        if self.redis_url:
-            return self.redis_url
-        return f"db+sqlite:///{self.data_dir / 'results.db'}"
-
-    @property
     def inference_base_url(self) -> str:
         return self.inference_url or f"http://{self.inference_host}:{self.inference_port}"
 

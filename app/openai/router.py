@@ -1,5 +1,9 @@
-"""Aggregates the OpenAI-compatible facade's routers (under /v1)."""
+"""Aggregates the OpenAI-compatible facade's routers (under /v1); nothing else."""
 
 from fastapi import APIRouter
 
+from app.openai import chat, completions, files, fine_tuning, models
+
 openai_router = APIRouter()
+for module in (files, fine_tuning, models, chat, completions):
+    openai_router.include_router(module.router)

@@ -93,6 +93,20 @@ def list_for_workspace(
     )
 
 
+def page_for_workspace(
+    *, session: Session, ctx: WorkspaceContext, after_id: int | None = None, limit: int = 100,
+    ascending: bool = False, purpose: str | None = None,
+) -> list[Dataset]:
+    """A keyset page in id order, starting after `after_id` (the OpenAI facade's cursors)."""
+    query = select(Dataset).where(Dataset.workspace_id == ctx.workspace.id)
+    if purpose is not None:
+        query = query.where(Dataset.purpose == purpose)
+    if after_id is not None:
+        query = query.where(Dataset.id > after_id if ascending else Dataset.id < after_id)
+    order = Dataset.id.asc() if ascending else Dataset.id.desc()
+    return list(session.scalars(query.order_by(order).limit(limit)))
+
+
 def preview(*, dataset: Dataset, rows: int = PREVIEW_ROWS) -> list[dict[str, Any]]:
     path = artifacts.existing(dataset.storage_key)
     out: list[dict[str, Any]] = []

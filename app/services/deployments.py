@@ -47,7 +47,7 @@ def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> Serv
                 "serve; fine-tune it first and use the resulting ft:... model",
                 param="model",
             )
-        raise NotFound(f"the model {name!r} does not exist in this workspace")
+        raise NotFound(f"the model {name!r} does not exist in this workspace", param="model")
     return target_for_version(version)
 
 

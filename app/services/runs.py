@@ -90,6 +90,16 @@ def list_for_workspace(
     )
 
 
+def page_for_workspace(
+    *, session: Session, ctx: WorkspaceContext, before_id: int | None = None, limit: int = 20
+) -> list[Run]:
+    """Newest first, starting below `before_id` (the OpenAI facade's `after` cursor)."""
+    query = select(Run).where(Run.workspace_id == ctx.workspace.id)
+    if before_id is not None:
+        query = query.where(Run.id < before_id)
+    return list(session.scalars(query.order_by(Run.id.desc()).limit(limit)))
+
+
 def count_for_workspace(*, session: Session, ctx: WorkspaceContext) -> int:
     return session.scalar(
         select(func.count()).select_from(Run).where(Run.workspace_id == ctx.workspace.id)

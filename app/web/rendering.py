@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi.templating import Jinja2Templates
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 from app.services.sessions import csrf_token
 
@@ -21,17 +25,38 @@ def is_htmx(request: Request) -> bool:
 
 def render(
     request: Request, template: str, context: dict[str, Any] | None = None, *,
-    status_code: int = 200, block: str | None = None,
+    status_code: int = 200, block: str | Sequence[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """Render a page, or only `block` of it when htmx asks for a fragment."""
-    ctx = {"request": request, "csrf_token": csrf_token(request), **(context or {})}
-    if block and is_htmx(request):
-        tmpl = templates.get_template(template)
-        html = "".join(tmpl.blocks[block](tmpl.new_context(ctx)))
-        from starlette.responses import HTMLResponse
+    """Render a page, or only `block` (one name or several, concatenated) when htmx asks.
 
-        return HTMLResponse(html, status_code=status_code)
-    return templates.TemplateResponse(request, template, ctx, status_code=status_code)
+    Several blocks let one answer carry the swapped fragment plus out-of-band updates
+    (`hx-swap-oob`) of other parts of the same page.
+    """
+    ctx = {
+        "request": request,
+        "csrf_token": csrf_token(request),
+        # The signed-in person's navigation facts (set by the page dependency), if any.
+        "nav": getattr(request.state, "nav", None),
+        **(context or {}),
+    }
+    # The shared macros as `m`, bound to this request's context: available to whole pages and to
+    # blocks rendered alone (a block does not run its template's top-level imports).
+    ctx["m"] = templates.env.get_template("_macros.html").make_module(ctx)
+    if block is not None and is_htmx(request):
+        tmpl = templates.get_template(template)
+        names = [block] if isinstance(block, str) else list(block)
+        jinja_ctx = tmpl.new_context({**ctx, "fragment": True})
+        html = "".join("".join(tmpl.blocks[name](jinja_ctx)) for name in names)
+        response: Response = HTMLResponse(html, status_code=status_code, headers=headers)
+    else:
+        response = templates.TemplateResponse(
+            request, template, ctx, status_code=status_code, headers=headers
+        )
+    if block is not None:
+        # The same URL answers a full page or a fragment: caches must keep them apart.
+        response.headers["Vary"] = "HX-Request"
+    return response
 
 
 def render_error_page(request: Request, status_code: int, message: str) -> Response:
@@ -39,3 +64,62 @@ def render_error_page(request: Request, status_code: int, message: str) -> Respo
         request, "error.html", {"status_code": status_code, "message": message},
         status_code=status_code,
     )
+
+
+# --- filters ------------------------------------------------------------------------------
+def _filesize(value: int | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _datetime(value: datetime | None) -> str:
+    # Stored times are naive UTC.
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _metric(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "—" if value is None else str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+        return f"{value:.3g}"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _percent(step: int | None, total: int | None) -> int:
+    if not total or not step:
+        return 0
+    return max(0, min(100, round(100 * step / total)))
+
+
+def _pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+templates.env.filters.update(
+    filesize=_filesize, datetime=_datetime, duration=_duration, metric=_metric,
+    pretty_json=_pretty_json,
+)
+templates.env.globals.update(percent=_percent)

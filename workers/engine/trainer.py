@@ -102,29 +102,7 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         callbacks.on_log("info", f"training on {device.label} ({precision})")
     checkpoint = _checkpoint_to_resume(config)
     set_seed(config.seed)
-
-    callbacks.on_log("info", "loading data")
-    train_rows, eval_rows = _load_rows(config)
-    callbacks.on_log(
-        "info", f"data loaded: {len(train_rows)} training and {len(eval_rows)} eval documents"
-    )
-    if checkpoint is not None:
-        tokenizer = load_tokenizer(checkpoint)
-        callbacks.on_log("info", f"tokenizer loaded from {checkpoint.name}: vocab {len(tokenizer)}")
-    else:
-        tokenizer = train_tokenizer(
-            tokenizer_corpus(train_rows),
-            vocab_size=config.vocab_size,
-            model_max_length=config.block_size,
-        )
-        callbacks.on_log("info", f"tokenizer trained: vocab {len(tokenizer)}")
-
-    train_set, eval_set = _build_datasets(config, tokenizer, train_rows, eval_rows)
-    callbacks.on_log(
-        "info",
-        f"{train_set.num_tokens} training tokens in {len(train_set)} blocks of {config.block_size}"
-        + (f", {eval_set.num_tokens} eval tokens" if eval_set is not None else ", no eval set"),
-    )
+    tokenizer, train_set, eval_set = _prepare_data(config, checkpoint, callbacks)
     schedule = plan_schedule(config, len(train_set))
 
     model = _build_model(config, tokenizer, checkpoint)
@@ -169,6 +147,35 @@ def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
     if not (config.resume_from / TRAINER_STATE_FILE).is_file():
         raise ValueError(f"cannot resume: {config.resume_from} is not a training checkpoint")
     return config.resume_from
+
+
+def _prepare_data(
+    config: TrainConfig, checkpoint: Path | None, callbacks: TrainCallbacks
+) -> tuple[PreTrainedTokenizerFast, BlockDataset, BlockDataset | None]:
+    """Read the files, get the tokenizer (trained, or the checkpoint's) and build the blocks."""
+    callbacks.on_log("info", "loading data")
+    train_rows, eval_rows = _load_rows(config)
+    callbacks.on_log(
+        "info", f"data loaded: {len(train_rows)} training and {len(eval_rows)} eval documents"
+    )
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(checkpoint)
+        callbacks.on_log("info", f"tokenizer loaded from {checkpoint.name}: vocab {len(tokenizer)}")
+    else:
+        tokenizer = train_tokenizer(
+            tokenizer_corpus(train_rows),
+            vocab_size=config.vocab_size,
+            model_max_length=config.block_size,
+        )
+        callbacks.on_log("info", f"tokenizer trained: vocab {len(tokenizer)}")
+
+    train_set, eval_set = _build_datasets(config, tokenizer, train_rows, eval_rows)
+    callbacks.on_log(
+        "info",
+        f"{train_set.num_tokens} training tokens in {len(train_set)} blocks of {config.block_size}"
+        + (f", {eval_set.num_tokens} eval tokens" if eval_set is not None else ", no eval set"),
+    )
+    return tokenizer, train_set, eval_set
 
 
 def _load_rows(config: TrainConfig) -> tuple[list[Row], list[Row]]:

@@ -418,10 +418,15 @@ class _QueueStreamer(TextStreamer):
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
+            self._send(text)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+        self._send(None)
+
+    def _send(self, item: str | None) -> None:
+        # A closed loop means nobody listens any more; generation stops via `cancel` anyway.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 def _safe_length(text: str, stops: Sequence[str]) -> int:

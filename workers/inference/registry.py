@@ -128,12 +128,18 @@ def resolve_model_path(raw: str, settings: Settings) -> ModelSource:
             f"model path {raw!r} is a file but not a .gguf file; "
             "only safetensors or GGUF weights are loaded"
         )
-    return _check_weights_folder(resolved, raw)
+    return _check_weights_folder(resolved, raw, roots)
 
 
-def _check_weights_folder(folder: Path, raw: str) -> ModelSource:
+def _check_weights_folder(folder: Path, raw: str, roots: list[Path]) -> ModelSource:
     """Accept a folder with safetensors weights, or exactly one GGUF file; refuse pickles."""
     files = [p for p in folder.iterdir() if p.is_file()]
+    for path in files:
+        # A file symlinked out of the allowed roots would be read by from_pretrained.
+        if not any(path.resolve().is_relative_to(root) for root in roots):
+            raise ModelPathRefused(
+                f"model folder {raw!r} links {path.name!r} to a file outside the artifact root"
+            )
     if any(
         p.name.endswith(".safetensors") or p.name.endswith(".safetensors.index.json") for p in files
     ):
@@ -169,20 +175,26 @@ def pick_device() -> tuple[str, Any]:
 def _load_weights(source: ModelSource) -> tuple[Any, Any, str, int | None]:
     """Load model + tokenizer from a checked source; runs in a background thread."""
     import torch
+    import transformers
+    from packaging.version import Version
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device, dtype = pick_device()
+    # transformers 4.56 renamed torch_dtype to dtype; the old name warns from then on.
+    dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     directory = str(source.directory)
     if source.gguf_file:
         # GGUF is de-quantised by transformers; use_safetensors does not apply to it.
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=source.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(
-            directory, gguf_file=source.gguf_file, dtype=dtype
+            directory, gguf_file=source.gguf_file, **{dtype_key: dtype}
         )
     else:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         # use_safetensors=True: never fall back to a pickle checkpoint sitting beside it.
-        model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, use_safetensors=True, **{dtype_key: dtype}
+        )
     model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:

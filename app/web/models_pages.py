@@ -1,0 +1,100 @@
+"""Registry and deployment pages: versions with lineage, one-click deploy, status, stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from app.core.errors import ServiceUnavailable
+from app.db.models import Deployment, DeploymentStatus
+from app.services import deployments, inference_client, registry
+from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
+from app.web.rendering import is_htmx, render
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+def _models_context(session: Session, pc: PageContext) -> dict[str, Any]:
+    live = [
+        d for d in deployments.list_for_workspace(session=session, ctx=pc.ctx)
+        if d.status != DeploymentStatus.stopped
+    ]
+    return {
+        "models": registry.list_models(session=session, ctx=pc.ctx),
+        # The newest live deployment of each version (the list is newest first).
+        "deployed": {d.model_version_id: d for d in reversed(live)},
+    }
+
+
+@router.get("/models")
+def model_list(request: Request, session: DbDep, pc: PageDep) -> Response:
+    return render(request, "models.html", _models_context(session, pc))
+
+
+@router.post("/models/versions/{version_id}/deploy", dependencies=[CSRF])
+async def deploy_version(
+    version_id: int, request: Request, session: DbDep, pc: PageDep
+) -> Response:
+    """Record the deployment and ask the inference server to load it; say so if it is down."""
+    deployment: Deployment = await run_in_threadpool(
+        deployments.create, session=session, ctx=pc.ctx, version_id=version_id
+    )
+    serving_name = deployment.model_version.serving_name
+    try:
+        await deployments.start_loading(deployment)
+    except (ServiceUnavailable, inference_client.InferenceError) as exc:
+        # The deployment is recorded either way; the person is told why it is not loading.
+        if isinstance(exc, ServiceUnavailable):
+            message = f"{exc.message}. The deployment is recorded; its status shows on the "
+            message += "Deployments page once the server answers."
+        else:
+            message = f"the inference server refused to load it ({exc.detail})"
+        if is_htmx(request):
+            return render(request, "_deploy_result.html", {"error": message})
+        context = await run_in_threadpool(_models_context, session, pc)
+        return await run_in_threadpool(
+            render, request, "models.html", {**context, "deploy_error": message},
+            status_code=503 if isinstance(exc, ServiceUnavailable) else 502,
+        )
+    if is_htmx(request):
+        return render(request, "_deploy_result.html", {"serving_name": serving_name})
+    return redirect(request, "/deployments")
+
+
+def _deployments_page(
+    request: Request, session: Session, pc: PageContext, loaded: list[dict] | None
+) -> Response:
+    rows = deployments.list_for_workspace(session=session, ctx=pc.ctx)
+    deployments.apply_server_status(session=session, deployments=rows, loaded=loaded)
+    return render(
+        request, "deployments.html",
+        {
+            "deployments": rows,
+            "server_up": loaded is not None,
+            # Poll while something is loading and there is a server to ask.
+            "polling": loaded is not None
+            and any(d.status == DeploymentStatus.loading for d in rows),
+        },
+        block="deployments_table",
+    )
+
+
+@router.get("/deployments")
+async def deployment_list(request: Request, session: DbDep, pc: PageDep) -> Response:
+    loaded = await deployments.loaded_models()
+    return await run_in_threadpool(_deployments_page, request, session, pc, loaded)
+
+
+@router.post("/deployments/{deployment_id}/stop", dependencies=[CSRF])
+async def stop_deployment(
+    deployment_id: int, request: Request, session: DbDep, pc: PageDep
+) -> Response:
+    deployment = await run_in_threadpool(
+        deployments.mark_stopping, session=session, ctx=pc.ctx, deployment_id=deployment_id
+    )
+    await deployments.unload(deployment)
+    return redirect(request, "/deployments")

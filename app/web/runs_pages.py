@@ -1,0 +1,181 @@
+"""Run pages: the list, the launch form, one run's live view, cancel."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from app.core.errors import DomainError
+from app.db.models import Role, RunStatus
+from app.services import base_models, datasets, registry, runs
+from app.services.run_config import RunConfig
+from app.web.pages import (
+    CSRF,
+    DbDep,
+    PageContext,
+    PageDep,
+    PageRoute,
+    form_errors,
+    redirect,
+    rollback,
+)
+from app.web.rendering import is_htmx, render
+
+router = APIRouter(prefix="/runs", route_class=PageRoute, include_in_schema=False)
+
+PAGE_SIZE = 25
+ACTIVE = {RunStatus.queued, RunStatus.running, RunStatus.interrupted}
+# Service errors name the API's fields; the form's fields are named a little differently.
+_PARAM_TO_FIELD = {"model": "base_model"}
+
+
+class LaunchForm(BaseModel):
+    """The launch form as typed (strings): validated into a RunConfig by the route."""
+
+    name: str = ""
+    suffix: str = ""
+    dataset_id: str = ""
+    validation_dataset_id: str = ""
+    base_model: str = "scratch-tiny"
+    learning_rate: str = ""
+    batch_size: str = ""
+    epochs: str = ""
+    max_steps: str = ""
+    eval_split: str = ""
+    seed: str = ""
+    block_size: str = ""
+
+
+def _defaults(dataset_id: int | None) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        key: "" if value is None else str(value) for key, value in RunConfig().model_dump().items()
+    }
+    values.update(
+        name="", suffix="", base_model=next(iter(base_models.CATALOG)),
+        dataset_id="" if dataset_id is None else str(dataset_id), validation_dataset_id="",
+    )
+    return values
+
+
+def _form_page(
+    request: Request, session: Session, pc: PageContext, values: dict[str, Any],
+    errors: dict[str, str], status_code: int = 200,
+) -> Response:
+    return render(
+        request, "run_new.html",
+        {
+            "datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=500),
+            "base_models": list(base_models.CATALOG.values()),
+            "values": values,
+            "errors": errors,
+        },
+        block="launch_form",
+        # htmx swaps the re-rendered form only from a 2xx answer; a plain form gets the real code.
+        status_code=200 if is_htmx(request) else status_code,
+    )
+
+
+def _optional_id(raw: str, field: str, errors: dict[str, str]) -> int | None:
+    if not raw.strip():
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        errors[field] = "choose one of the listed datasets"
+        return None
+
+
+@router.get("")
+def run_list(
+    request: Request, session: DbDep, pc: PageDep,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    total = runs.count_for_workspace(session=session, ctx=pc.ctx)
+    items = runs.list_for_workspace(
+        session=session, ctx=pc.ctx, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
+    return render(
+        request, "runs.html",
+        {
+            "runs": items, "total": total, "page": page,
+            "pages": max(1, math.ceil(total / PAGE_SIZE)),
+            "page_url": f"/runs?page={page}",
+            "active_count": sum(1 for r in items if r.status in ACTIVE),
+        },
+        block="runs_table",
+    )
+
+
+@router.get("/new")
+def new_run(
+    request: Request, session: DbDep, pc: PageDep,
+    dataset_id: Annotated[int | None, Query()] = None,
+) -> Response:
+    pc.ctx.require(Role.editor)
+    return _form_page(request, session, pc, _defaults(dataset_id), {})
+
+
+@router.post("", dependencies=[CSRF])
+def launch_run(
+    request: Request, session: DbDep, pc: PageDep, form: Annotated[LaunchForm, Form()],
+) -> Response:
+    values = form.model_dump()
+    errors: dict[str, str] = {}
+    config_fields = {
+        key: value.strip() for key in RunConfig.model_fields
+        if (value := values.get(key, "")) and value.strip()
+    }
+    config: RunConfig | None = None
+    try:
+        config = RunConfig(**config_fields)
+    except ValidationError as exc:
+        errors.update(form_errors(exc))
+    dataset_id = _optional_id(form.dataset_id, "dataset_id", errors)
+    if dataset_id is None and "dataset_id" not in errors:
+        errors["dataset_id"] = "choose a dataset to train on"
+    validation_id = _optional_id(form.validation_dataset_id, "validation_dataset_id", errors)
+    if errors or config is None or dataset_id is None:
+        return _form_page(request, session, pc, values, errors, status_code=422)
+    try:
+        run = runs.create_run(
+            session=session, ctx=pc.ctx, dataset_id=dataset_id, config=config,
+            base_model=form.base_model, validation_dataset_id=validation_id,
+            name=form.name.strip() or None, suffix=form.suffix.strip() or None,
+        )
+    except DomainError as exc:
+        rollback(request)
+        field = _PARAM_TO_FIELD.get(exc.param or "", exc.param or "form")
+        return _form_page(
+            request, session, pc, values, {field: exc.message}, status_code=exc.status_code
+        )
+    return redirect(request, f"/runs/{run.id}")
+
+
+@router.get("/{run_id}")
+def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    """The live view; htmx asks for the side panel (checkpoints, model link, actions) only."""
+    run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
+    return render(
+        request, "run_detail.html",
+        {
+            "run": run,
+            "progress": runs.progress(run),
+            "latest": runs.latest_metrics(session=session, run_id=run.id),
+            "events": runs.events(session=session, run_id=run.id, limit=100),
+            "checkpoints": runs.checkpoints(session=session, run_id=run.id),
+            "version": registry.version_for_run(session=session, run_id=run.id),
+            "oob": is_htmx(request),
+        },
+        block=("run_side", "run_actions"),
+    )
+
+
+@router.post("/{run_id}/cancel", dependencies=[CSRF])
+def cancel_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    runs.cancel(session=session, ctx=pc.ctx, run_id=run_id)
+    return redirect(request, f"/runs/{run_id}")

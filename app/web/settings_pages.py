@@ -1,0 +1,102 @@
+"""Settings pages: the caller's API tokens and the workspace's members."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from app.core.errors import DomainError, ValidationFailed
+from app.db.models import Role
+from app.services import tokens, workspaces
+from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
+from app.web.rendering import is_htmx, render
+
+router = APIRouter(prefix="/settings", route_class=PageRoute, include_in_schema=False)
+
+
+# --- API tokens ---------------------------------------------------------------------------
+def _tokens_page(
+    request: Request, session: Session, pc: PageContext, status_code: int = 200, **extra: Any
+) -> Response:
+    return render(
+        request, "settings_tokens.html",
+        {"tokens": tokens.list_tokens(session=session, user=pc.user), **extra},
+        block="token_panel", status_code=200 if is_htmx(request) else status_code,
+    )
+
+
+@router.get("/tokens")
+def token_list(request: Request, session: DbDep, pc: PageDep) -> Response:
+    return _tokens_page(request, session, pc)
+
+
+@router.post("/tokens", dependencies=[CSRF])
+def create_token(
+    request: Request, session: DbDep, pc: PageDep,
+    name: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """The secret is in this one answer only: it is never stored, so never shown again."""
+    try:
+        token, secret = tokens.create_token(session=session, user=pc.user, name=name)
+    except DomainError as exc:
+        rollback(request)
+        return _tokens_page(request, session, pc, exc.status_code, error=exc.message)
+    session.commit()
+    response = _tokens_page(
+        request, session, pc, created_secret=secret, created_name=token.name
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/tokens/{token_id}/revoke", dependencies=[CSRF])
+def revoke_token(token_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    tokens.revoke_token(session=session, user=pc.user, token_id=token_id)
+    session.commit()
+    if not is_htmx(request):
+        return redirect(request, "/settings/tokens")
+    return _tokens_page(request, session, pc)
+
+
+# --- members ------------------------------------------------------------------------------
+def _members_page(
+    request: Request, session: Session, pc: PageContext, status_code: int = 200, **extra: Any
+) -> Response:
+    return render(
+        request, "settings_members.html",
+        {
+            "members": workspaces.list_members(session=session, ctx=pc.ctx),
+            "roles": [r.value for r in Role],
+            **extra,
+        },
+        block="members_panel", status_code=200 if is_htmx(request) else status_code,
+    )
+
+
+@router.get("/members")
+def member_list(request: Request, session: DbDep, pc: PageDep) -> Response:
+    return _members_page(request, session, pc)
+
+
+@router.post("/members", dependencies=[CSRF])
+def add_member(
+    request: Request, session: DbDep, pc: PageDep,
+    email: Annotated[str, Form(max_length=320)] = "",
+    role: Annotated[str, Form(max_length=20)] = Role.viewer.value,
+) -> Response:
+    try:
+        if role not in Role.__members__:
+            raise ValidationFailed(f"unknown role {role!r}", param="role")
+        membership = workspaces.add_member(
+            session=session, ctx=pc.ctx, email=email, role=Role(role)
+        )
+    except DomainError as exc:
+        rollback(request)
+        return _members_page(
+            request, session, pc, exc.status_code, error=exc.message, email=email, role=role
+        )
+    session.commit()
+    return _members_page(request, session, pc, added=membership.user.email)

@@ -1,0 +1,163 @@
+"""The whole path with real processes: upload → train → live points → registry → deploy → chat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import websockets
+
+from tests.e2e.processes import Server, running_server
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "correct-horse-42"
+SENTENCES = [
+    "the cat sat on the mat and looked at the door",
+    "a small dog ran across the green park",
+    "the sun rose over the quiet town",
+    "we read a book about the sea",
+]
+
+
+def corpus(rows: int) -> bytes:
+    return "".join(
+        json.dumps({"text": SENTENCES[i % len(SENTENCES)]}) + "\n" for i in range(rows)
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("e2e") / "data") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def token(server: Server) -> str:
+    server.cli("user", "create", "ada@example.com", "--password", PASSWORD, "--admin")
+    secret = server.cli("token", "create", "ada@example.com", "--name", "e2e").strip()
+    assert secret.startswith("llmide_") and "\n" not in secret
+    return secret
+
+
+@pytest.fixture(scope="module")
+def api(server: Server, token: str) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        yield client
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str, server: Server) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}\n--- server log ---\n{server.log_tail()}")
+
+
+async def collect_live_points(server: Server, token: str, run_id: int, stop_status: set[str]) -> dict:
+    url = server.base_url.replace("http://", "ws://") + f"/ws/runs/{run_id}"
+    points: dict[int, dict] = {}
+    statuses: list[str] = []
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=240))
+            if message["type"] == "metrics":
+                for point in message["points"]:
+                    points.setdefault(point["step"], {}).update(point)
+            elif message["type"] == "status":
+                statuses.append(message["status"])
+                if message["status"] in stop_status:
+                    return {"points": points, "statuses": statuses}
+
+
+def test_upload_train_watch_register_deploy_and_chat(server: Server, token: str, api: httpx.Client) -> None:
+    uploaded = api.post("/api/v1/datasets", files={"file": ("corpus.jsonl", corpus(400))})
+    assert uploaded.status_code == 201, uploaded.text
+    launched = api.post(
+        "/api/v1/runs",
+        json={
+            "dataset_id": uploaded.json()["id"], "suffix": "e2e",
+            "config": {"max_steps": 40, "batch_size": 8, "block_size": 32, "learning_rate": 3e-3},
+        },
+    )
+    assert launched.status_code == 201, launched.text
+    run_id = launched.json()["id"]
+
+    live = asyncio.run(collect_live_points(server, token, run_id, {"succeeded", "failed", "cancelled"}))
+    assert live["statuses"][-1] == "succeeded", server.log_tail()
+    losses = [live["points"][s]["train_loss"] for s in sorted(live["points"]) if "train_loss" in live["points"][s]]
+    assert len(losses) >= 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 * 0.8, losses
+    assert any("eval_loss" in p for p in live["points"].values())
+
+    # A browser reconnecting with the last step it saw gets exactly the missing points.
+    history = api.get(f"/api/v1/runs/{run_id}/metrics", params={"after_step": 20}).json()
+    assert [p["step"] for p in history] == sorted(s for s in live["points"] if s > 20)
+
+    run = api.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "succeeded" and run["step"] == 40
+    checkpoints = api.get(f"/api/v1/runs/{run_id}/checkpoints").json()
+    assert checkpoints and checkpoints[-1]["is_final"]
+
+    models = api.get("/api/v1/models").json()
+    version = models[0]["versions"][0]
+    assert version["run_id"] == run_id and version["lineage"]["dataset_id"] == uploaded.json()["id"]
+    final_dir = Path(server.env["LLMIDE_DATA_DIR"]) / "artifacts" / "runs" / str(run_id) / "final"
+    assert (final_dir / "model.safetensors").exists() and not (final_dir / "pytorch_model.bin").exists()
+
+    deployed = api.post("/api/v1/deployments", json={"model_version_id": version["id"]})
+    assert deployed.status_code == 202, deployed.text
+    wait_for(
+        lambda: api.get(f"/api/v1/deployments/{deployed.json()['id']}").json()["status"] == "ready",
+        timeout=120, what="deployment ready", server=server,
+    )
+
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=token, max_retries=0)
+    assert version["serving_name"] in {m.id for m in client.models.list()}
+    chat = client.chat.completions.create(
+        model=version["serving_name"], messages=[{"role": "user", "content": "the cat"}],
+        max_tokens=8, temperature=0,
+    )
+    assert chat.choices[0].message.content and chat.usage.completion_tokens > 0
+    completion = client.completions.create(
+        model=version["serving_name"], prompt="the cat sat", max_tokens=6, temperature=0
+    )
+    assert completion.choices[0].text
+    streamed = client.chat.completions.create(
+        model=version["serving_name"], messages=[{"role": "user", "content": "a small dog"}],
+        max_tokens=8, stream=True,
+    )
+    deltas = [c.choices[0].delta.content for c in streamed if c.choices and c.choices[0].delta.content]
+    assert deltas
+
+
+def test_cancel_stops_a_running_job_and_keeps_its_history(server: Server, token: str, api: httpx.Client) -> None:
+    uploaded = api.post("/api/v1/datasets", files={"file": ("long.jsonl", corpus(800))})
+    run_id = api.post(
+        "/api/v1/runs",
+        json={"dataset_id": uploaded.json()["id"], "config": {"max_steps": 5000, "block_size": 32}},
+    ).json()["id"]
+    wait_for(
+        lambda: api.get(f"/api/v1/runs/{run_id}").json()["step"] >= 3,
+        timeout=180, what="run to make progress", server=server,
+    )
+    cancelled_at = time.monotonic()
+    assert api.post(f"/api/v1/runs/{run_id}/cancel").status_code == 200
+    run = wait_for(
+        lambda: (r := api.get(f"/api/v1/runs/{run_id}").json())["status"] == "cancelled" and r,
+        timeout=60, what="run cancelled", server=server,
+    )
+    assert time.monotonic() - cancelled_at < 15
+    assert run["step"] < 5000
+    assert len(api.get(f"/api/v1/runs/{run_id}/metrics").json()) >= 3
