@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from app.core.errors import ValidationFailed
 
@@ -39,14 +40,40 @@ class FileDeleted(BaseModel):
 
 
 # --- fine-tuning jobs ---------------------------------------------------------------------
+# name: (smallest, largest, whole numbers only); OpenAI's ranges (a multiplier must be > 0).
+_HYPERPARAMETER_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "batch_size": (1, 256, True),
+    "n_epochs": (1, 50, True),
+    "learning_rate_multiplier": (0, None, False),
+}
+
+
 class HyperparametersIn(BaseModel):
     """OpenAI's ranges; "auto" keeps this server's default."""
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0)] = "auto"
-    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Auto | int = "auto"
+    learning_rate_multiplier: Auto | float = "auto"
+    n_epochs: Auto | int = "auto"
+
+    @field_validator("batch_size", "learning_rate_multiplier", "n_epochs", mode="before")
+    @classmethod
+    def _auto_or_in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        # One readable message instead of one error per member of the union.
+        low, high, whole = _HYPERPARAMETER_RANGES[str(info.field_name)]
+        if value == "auto":
+            return value
+        kind = "an integer" if whole else "a number"
+        span = f"from {low:g} to {high:g}" if high is not None else f"above {low:g}"
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and (not whole or float(value).is_integer())
+        ok = ok and (value >= low if whole else value > low) and (high is None or value <= high)
+        if not ok:
+            raise PydanticCustomError(
+                "auto_or_number", f'must be "auto" or {kind} {span}, not {value!r}'
+            )
+        return int(value) if whole else float(value)
 
 
 class SupervisedIn(BaseModel):

@@ -34,7 +34,9 @@ def dashboard(request: Request, session: DbDep) -> Response:
             "runs": recent,
             "run_count": runs.count_for_workspace(session=session, ctx=ctx),
             "active_count": sum(1 for r in recent if r.status in ACTIVE),
-            "dataset_count": len(datasets.list_for_workspace(session=session, ctx=ctx, limit=10_000)),
+            "dataset_count": len(
+                datasets.list_for_workspace(session=session, ctx=ctx, limit=10_000)
+            ),
             "model_count": len(registry.list_models(session=session, ctx=ctx)),
             "version_count": len(registry.list_versions(session=session, ctx=ctx)),
             "live_deployments": live,

@@ -26,7 +26,7 @@ CSRF_FIELD = "csrf_token"
 
 @dataclass(frozen=True)
 class NavInfo:
-    """Plain facts the layout shows; no ORM objects, so an error page can render after a rollback."""
+    """Plain facts the layout shows: no ORM objects, so an error page renders after a rollback."""
 
     email: str
     is_admin: bool

@@ -1,5 +1,20 @@
-"""Aggregates the HTML pages' routers."""
+"""Aggregates the HTML pages' routers; nothing else."""
 
 from fastapi import APIRouter
 
+from app.web import (
+    auth_pages,
+    dashboard_pages,
+    datasets_pages,
+    models_pages,
+    playground_pages,
+    runs_pages,
+    settings_pages,
+)
+
 pages_router = APIRouter()
+for module in (
+    auth_pages, dashboard_pages, datasets_pages, runs_pages, models_pages, playground_pages,
+    settings_pages,
+):
+    pages_router.include_router(module.router)

@@ -146,7 +146,9 @@ def test_viewer_can_read_files_but_not_upload_or_delete_them(
     viewer = openai_for(team.viewer)
     assert viewer.files.retrieve(file_id).id == file_id
     with pytest.raises(openai.PermissionDeniedError):
-        viewer.files.create(file=("t.jsonl", io.BytesIO(text_jsonl().encode())), purpose="fine-tune")
+        viewer.files.create(
+            file=("t.jsonl", io.BytesIO(text_jsonl().encode())), purpose="fine-tune"
+        )
     with pytest.raises(openai.PermissionDeniedError):
         viewer.files.delete(file_id)
     assert_openai_error(team.viewer.delete(f"/v1/files/{file_id}"), 403)

@@ -42,6 +42,7 @@ class TrainConfig:
     resume_from: Path | None = None  # a checkpoint dir; restores optimizer, scheduler and RNG
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     vocab_size: int = 4096
+    cpu_threads: int | None = None  # torch threads on CPU; None: all available CPUs but one
     # None keeps every checkpoint: each one reported through on_checkpoint stays on disk for
     # the registry. A number deletes the oldest beyond it (Trainer's save_total_limit).
     keep_checkpoints: int | None = None
@@ -89,7 +90,7 @@ class TrainConfig:
                 f"block size must be between 8 and {max_block} for {self.base_model} "
                 f"(got {self.block_size})"
             )
-        for name in ("eval_steps", "save_steps", "keep_checkpoints"):
+        for name in ("eval_steps", "save_steps", "keep_checkpoints", "cpu_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1 (got {value})")

@@ -88,8 +88,20 @@ def available_cpus() -> int:
     return cpus
 
 
-def configure_cpu_threads() -> int:
-    """Use every available CPU for intra-op parallelism; returns the thread count set."""
-    threads = available_cpus()
-    torch.set_num_threads(threads)
-    return threads
+def default_cpu_threads() -> int:
+    """All available CPUs but one (at least one).
+
+    The spare core keeps the process's own reporting thread and its neighbours (web server,
+    inference child in the embedded setup) from preempting a torch worker thread: libgomp's
+    busy-waiting barriers then stall every step (measured on 2 cores under load: 2 threads
+    fell to ~1/10 of the speed of 1 thread). A worker started with OMP_WAIT_POLICY=PASSIVE
+    can use every core safely; pass cpu_threads explicitly then.
+    """
+    return max(1, available_cpus() - 1)
+
+
+def configure_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count (default: default_cpu_threads()); returns it."""
+    count = threads or default_cpu_threads()
+    torch.set_num_threads(count)
+    return count

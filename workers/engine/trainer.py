@@ -95,7 +95,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
 def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     device = plan_device(config.device)
     if device.kind == "cpu":
-        threads = configure_cpu_threads()
+        threads = configure_cpu_threads(config.cpu_threads)
         callbacks.on_log("info", f"training on cpu with {threads} threads")
     else:
         precision = "bf16" if device.bf16 else "fp32"
