@@ -66,6 +66,9 @@ def worker(
     settings.ensure_dirs()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    # torch's OpenMP threads busy-wait by default, which starves everything else on a small
+    # machine (training slowed ~10x when another process competed for the cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     queue_list = queues or settings.worker_queues
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",

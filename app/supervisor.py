@@ -5,6 +5,7 @@ A child that dies is restarted with a back-off; Ctrl-C (or SIGTERM) stops every 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import subprocess
@@ -65,7 +66,7 @@ class Supervisor:
         for child in self.children:
             if child.process is not None and child.process.poll() is None:
                 child.process.terminate()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 10
         for child in self.children:
             if child.process is None:
                 continue
@@ -83,6 +84,8 @@ class Supervisor:
         watcher.start()
         # SIGTERM (docker stop, kill) behaves like Ctrl-C: uvicorn shuts down, then the children.
         signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+        # `kill -USR1 <pid>` prints every thread's stack: how to see where a stuck stop hangs.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         try:
             print(
                 f"[llmide] web on http://{self.settings.host}:{self.settings.port}", flush=True
@@ -90,6 +93,8 @@ class Supervisor:
             uvicorn.run(
                 "app.main:create_app", factory=True, host=self.settings.host,
                 port=self.settings.port, log_level="info", proxy_headers=False,
+                # Open websockets would otherwise hold a Ctrl-C for as long as browsers stay.
+                timeout_graceful_shutdown=3,
             )
         finally:
             self.stop_children()

@@ -23,6 +23,9 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # Every training run gets a fresh process: GPU memory, torch threads and CUDA pinning
+        # never leak from one run into the next.
+        "worker_max_tasks_per_child": 1,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 3,
         "task_default_queue": CPU_QUEUE,

@@ -21,7 +21,10 @@ _OPENAI_TYPES = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
     503: "service_unavailable_error",
+    504: "api_error",
 }
 
 

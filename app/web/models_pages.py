@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app.core.errors import ServiceUnavailable
 from app.db.models import Deployment, DeploymentStatus
-from app.services import deployments, inference_client, registry
+from app.services import datasets, deployments, inference_client, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
 from app.web.rendering import is_htmx, render
 
@@ -25,6 +25,10 @@ def _models_context(session: Session, pc: PageContext) -> dict[str, Any]:
     ]
     return {
         "models": registry.list_models(session=session, ctx=pc.ctx),
+        "dataset_names": {
+            d.id: d.name
+            for d in datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=10_000)
+        },
         # The newest live deployment of each version (the list is newest first).
         "deployed": {d.model_version_id: d for d in reversed(live)},
     }
@@ -49,8 +53,7 @@ async def deploy_version(
     except (ServiceUnavailable, inference_client.InferenceError) as exc:
         # The deployment is recorded either way; the person is told why it is not loading.
         if isinstance(exc, ServiceUnavailable):
-            message = f"{exc.message}. The deployment is recorded; its status shows on the "
-            message += "Deployments page once the server answers."
+            message = f"{exc.message}. Deploy again once it is running."
         else:
             message = f"the inference server refused to load it ({exc.detail})"
         if is_htmx(request):

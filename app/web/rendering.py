@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -114,12 +115,17 @@ def _percent(step: int | None, total: int | None) -> int:
     return max(0, min(100, round(100 * step / total)))
 
 
+def _breakable(value: Any) -> Markup:
+    """Escape, then allow line breaks after ':' (long serving names on narrow screens)."""
+    return Markup(str(escape(str(value))).replace(":", ":<wbr>"))
+
+
 def _pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
 
 
 templates.env.filters.update(
     filesize=_filesize, datetime=_datetime, duration=_duration, metric=_metric,
-    pretty_json=_pretty_json,
+    pretty_json=_pretty_json, breakable=_breakable,
 )
 templates.env.globals.update(percent=_percent)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+from app.api.schemas import RunCreate
 from app.core.errors import DomainError
 from app.db.models import Role, RunStatus
 from app.services import base_models, datasets, registry, runs
@@ -30,6 +31,8 @@ router = APIRouter(prefix="/runs", route_class=PageRoute, include_in_schema=Fals
 
 PAGE_SIZE = 25
 ACTIVE = {RunStatus.queued, RunStatus.running, RunStatus.interrupted}
+# The JSON API's default, preselected in the form.
+DEFAULT_BASE_MODEL = str(RunCreate.model_fields["base_model"].default)
 # Service errors name the API's fields; the form's fields are named a little differently.
 _PARAM_TO_FIELD = {"model": "base_model"}
 
@@ -56,7 +59,8 @@ def _defaults(dataset_id: int | None) -> dict[str, Any]:
         key: "" if value is None else str(value) for key, value in RunConfig().model_dump().items()
     }
     values.update(
-        name="", suffix="", base_model=next(iter(base_models.CATALOG)),
+        name="", suffix="", base_model=DEFAULT_BASE_MODEL
+        if DEFAULT_BASE_MODEL in base_models.CATALOG else next(iter(base_models.CATALOG)),
         dataset_id="" if dataset_id is None else str(dataset_id), validation_dataset_id="",
     )
     return values

@@ -84,5 +84,7 @@ def running_server(data_dir: Path, **extra_env: str) -> Iterator[Server]:
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)  # stacks into the log, for the failure report
+            time.sleep(1)
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

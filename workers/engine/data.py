@@ -43,7 +43,7 @@ def read_rows(path: Path, data_format: str) -> list[Row]:
 def _read_txt(path: Path) -> Iterator[str]:
     """Paragraphs (separated by blank lines) are the documents of a plain text file."""
     paragraph: list[str] = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line in handle:
             if line.strip():
                 paragraph.append(line.rstrip("\n"))
@@ -55,7 +55,7 @@ def _read_txt(path: Path) -> Iterator[str]:
 
 
 def _read_jsonl(path: Path, data_format: str) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

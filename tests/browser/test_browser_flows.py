@@ -1,0 +1,444 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright against uvicorn.
+
+One installation and one signed-in browser context for the module; the tests run in file order
+and build on each other (setup → upload → launch → live run page → registry → playground).
+No worker runs here: the test writes a run's metrics with the worker's own service functions,
+which proves the live path database → hub → websocket → chart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SHOTS = Path("/tmp/shots")
+ADMIN_EMAIL = "admin@example.com"
+VIEWER_EMAIL = "viewer@example.com"
+PASSWORD = "correct-horse-42"
+LAPTOP = {"width": 1366, "height": 768}
+PHONE = {"width": 390, "height": 844}
+TIMEOUT_MS = 10_000
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import (  # noqa: E402
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base_url: str
+    data_dir: Path
+    state: dict[str, int | str] = field(default_factory=dict)  # ids the later tests need
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
+    """uvicorn on a free port against a fresh data dir; the inference port answers nothing."""
+    from tests.conftest import configure_environment
+
+    data_dir = tmp_path_factory.mktemp("browser") / "data"
+    data_dir.mkdir()
+    shutil.copy(sqlite_template, data_dir / "llmide.db")
+    port = _free_port()
+    env = {
+        key: value for key, value in os.environ.items()
+        if key not in ("LLMIDE_DATABASE_URL", "LLMIDE_REDIS_URL", "LLMIDE_INFERENCE_URL")
+    }
+    env.update(
+        LLMIDE_DATA_DIR=str(data_dir),
+        LLMIDE_ALLOWED_HOSTS='["127.0.0.1", "localhost"]',
+        LLMIDE_INFERENCE_PORT=str(_free_port()),  # nothing listens: "not reachable" paths
+        PYTHONPATH=str(PROJECT_ROOT),
+    )
+    log = (data_dir / "uvicorn.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base_url + "/healthz", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "the app did not start:\n" + (data_dir / "uvicorn.log").read_text()
+                    ) from None
+                time.sleep(0.1)
+        # This process writes a run's metrics the way a worker does, into the same database.
+        configure_environment(data_dir, database_url=None, redis_url=None)
+        yield Server(base_url, data_dir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        from app.db.session import reset_engine_cache
+
+        reset_engine_cache()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+CONSOLE_ERRORS: list[str] = []
+# Chrome logs every 4xx document as a console error; a test names the ones it provokes on purpose
+# (a form refused with 400, a missing run's 404), so any other failed load still fails the test.
+EXPECTED_HTTP_ERRORS: set[tuple[str, int]] = set()
+_FAILED_LOAD = re.compile(r"^Failed to load resource: the server responded with a status of (\d+)")
+
+
+def _expect_http_error(path: str, status: int) -> None:
+    EXPECTED_HTTP_ERRORS.add((path, status))
+
+
+def _watch(page: Page) -> Page:
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type != "error":
+            return
+        failed = _FAILED_LOAD.match(msg.text)
+        if failed:
+            path = urlsplit(msg.location.get("url", "")).path
+            if (path, int(failed.group(1))) in EXPECTED_HTTP_ERRORS:
+                return
+        CONSOLE_ERRORS.append(f"{page.url}: {msg.text} ({msg.location.get('url')})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: CONSOLE_ERRORS.append(f"{page.url}: {exc}"))
+    page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    return page
+
+
+@pytest.fixture(scope="module")
+def context(browser: Browser, server: Server) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport=LAPTOP, base_url=server.base_url)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def page(context: BrowserContext) -> Page:
+    return _watch(context.new_page())
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors() -> Iterator[None]:
+    CONSOLE_ERRORS.clear()
+    EXPECTED_HTTP_ERRORS.clear()
+    yield
+    assert CONSOLE_ERRORS == [], "errors in the browser console:\n" + "\n".join(CONSOLE_ERRORS)
+
+
+def _shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _sign_in(page: Page, email: str) -> None:
+    page.get_by_label("E-mail").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def _upload(page: Page, name: str, content: str) -> None:
+    page.locator("#upload-form input[type=file]").set_input_files(
+        {"name": name, "mimeType": "application/jsonl", "buffer": content.encode()}
+    )
+    page.locator("#upload-form").get_by_role("button", name="Upload").click()
+
+
+# --- flows --------------------------------------------------------------------------------
+def test_a_fresh_install_asks_for_the_first_admin_and_signs_them_in(page: Page) -> None:
+    page.goto("/")
+    expect(page).to_have_url("/setup")
+    _shot(page, "setup")
+    page.get_by_label("E-mail").fill(ADMIN_EMAIL)
+    page.get_by_label("Password").fill("short")
+    _expect_http_error("/setup", 400)
+    page.get_by_role("button", name="Create administrator").click()
+    expect(page.locator(".field-error")).to_contain_text("at least 10 characters")
+
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create administrator").click()
+    expect(page).to_have_url("/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Default")
+    expect(page.get_by_test_id("role")).to_have_text("owner")
+    page.goto("/setup")  # done once: /setup → /login, which forwards a signed-in user home
+    expect(page).to_have_url("/")
+    _shot(page, "dashboard-empty")
+
+
+def test_logging_out_and_in_again_returns_to_the_page_asked_for(page: Page) -> None:
+    page.goto("/")
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url("/login")
+    page.goto("/runs")
+    expect(page).to_have_url("/login?next=/runs")
+    _shot(page, "login")
+    _sign_in(page, ADMIN_EMAIL)
+    expect(page).to_have_url("/runs")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Runs")
+
+
+def test_a_bad_jsonl_upload_names_the_failing_line(page: Page) -> None:
+    page.goto("/datasets")
+    bad = '{"text": "one"}\n{"text": "two"}\n{"text": broken}\n{"text": "four"}\n'
+    _upload(page, "broken.jsonl", bad)
+    error = page.locator("#upload-panel [role=alert]")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("line 3")
+    expect(error).to_contain_text("invalid JSON")
+    expect(page.locator("#dataset-table")).to_contain_text("No datasets yet")
+    _shot(page, "datasets-upload-error")
+
+
+def test_a_good_upload_shows_its_preview_and_joins_the_list(page: Page, server: Server) -> None:
+    from tests.conftest import text_jsonl
+
+    page.goto("/datasets")
+    _upload(page, "corpus.jsonl", text_jsonl(60))
+    expect(page.get_by_test_id("upload-success")).to_contain_text("60 rows")
+    expect(page.get_by_test_id("preview")).to_contain_text("the cat sat on the mat")
+    table = page.locator("#dataset-table")
+    expect(table).to_contain_text("corpus.jsonl")
+    _shot(page, "datasets")
+
+    table.get_by_role("link", name="corpus.jsonl").click()
+    expect(page).to_have_url("/datasets/1")
+    expect(page.get_by_test_id("preview")).to_contain_text("a dog ran in the park")
+    server.state["dataset_id"] = 1
+    _shot(page, "dataset-detail")
+
+
+def test_the_launch_form_shows_invalid_values_then_launches(page: Page, server: Server) -> None:
+    page.goto("/runs/new")
+    expect(page.get_by_label("Dataset", exact=True)).to_have_value("1")
+    page.get_by_label("Learning rate").fill("5")
+    page.get_by_label("Batch size").fill("0")
+    page.get_by_role("button", name="Launch run").click()
+    expect(page.get_by_test_id("launch-errors")).to_be_visible()
+    expect(page.locator("#e-learning_rate")).to_contain_text("less than or equal to 1")
+    expect(page.locator("#e-batch_size")).to_contain_text("greater than or equal to 1")
+    _shot(page, "run-new-errors")
+
+    page.get_by_label("Learning rate").fill("0.001")
+    page.get_by_label("Batch size").fill("8")
+    page.get_by_label("Max steps (optional)").fill("40")
+    page.get_by_label("Run name (optional)").fill("tiny on corpus")
+    page.get_by_label("Model suffix (optional)").fill("corpus-tiny")
+    page.get_by_role("button", name="Launch run").click()
+    expect(page).to_have_url("/runs/1")
+    server.state["run_id"] = 1
+
+
+def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
+    from app.db.models import RunStatus
+    from app.db.session import session_scope
+    from app.services import artifacts, run_execution
+
+    run_id = int(server.state["run_id"])
+    page.goto(f"/runs/{run_id}")
+    live = page.locator("#run-live")
+    expect(page.locator("#run-status")).to_have_text("queued")
+    expect(page.locator("#conn")).to_have_text("live")
+    expect(page.locator("#run-log")).to_contain_text("queued")
+    expect(live).to_have_attribute("data-points", "0")
+    expect(page.get_by_test_id("cancel-run")).to_be_visible()
+
+    with session_scope() as session:  # what the worker does when it picks the run up
+        run_execution.claim(session=session, run_id=run_id, task_id="browser-test",
+                            redelivered=False)
+    for first in (1, 11):
+        with session_scope() as session:
+            points = []
+            for step in range(first, first + 10):
+                points += [(step, "train_loss", 4.0 / step ** 0.3),
+                           (step, "learning_rate", 1e-3 * (1 - step / 40)),
+                           (step, "grad_norm", 1.5 / step ** 0.2),
+                           (step, "tokens_per_second", 900.0 + step)]
+            points += [(first + 9, "eval_loss", 3.9 / (first + 9) ** 0.25),
+                       (first + 9, "eval_perplexity", 40.0 / (first + 9) ** 0.3)]
+            run_execution.write_metrics(session=session, run_id=run_id, points=points)
+            run_execution.update_progress(session=session, run_id=run_id, step=first + 9,
+                                          total_steps=40)
+            run_execution.add_event(session=session, run_id=run_id,
+                                    message=f"step {first + 9}/40 loss {points[-6][2]:.4f}")
+        expect(live).to_have_attribute("data-points", str(first + 9))
+    expect(page.locator("#run-status")).to_have_text("running")
+    expect(page.locator("#run-step")).to_have_text("20")
+    expect(page.locator("#run-total")).to_have_text("40")
+    expect(page.locator("#run-percent")).to_have_text("50%")
+    expect(page.locator('[data-metric="tokens_per_second"]')).to_have_text("920")
+    expect(page.locator("#run-log")).to_contain_text("step 20/40")
+    # The server-rendered side panel is re-fetched when the status changes.
+    expect(page.get_by_test_id("run-started")).to_contain_text("UTC")
+    _shot(page, "run-live")
+
+    # The run ends with a final checkpoint: it is registered and the page links the model.
+    final = artifacts.resolve(f"{artifacts.run_dir_key(run_id)}/final")
+    final.mkdir(parents=True, exist_ok=True)
+    (final / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with session_scope() as session:
+        run_execution.update_progress(session=session, run_id=run_id, step=40, total_steps=40)
+        run_execution.finish(
+            session=session, run_id=run_id, status=RunStatus.succeeded,
+            final_checkpoint_key=artifacts.key_for(final), final_step=40,
+            final_metrics={"train_loss": 1.31, "eval_loss": 1.52, "eval_perplexity": 4.57},
+        )
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    expect(page.get_by_test_id("model-link")).to_contain_text("ft:scratch-tiny:default")
+    expect(page.get_by_test_id("cancel-run")).to_have_count(0)
+    expect(page.locator("#run-percent")).to_have_text("100%")
+    _shot(page, "run-succeeded")
+
+
+def test_deploying_says_when_the_inference_server_is_unreachable(page: Page) -> None:
+    page.goto("/models")
+    expect(page.locator(".version")).to_contain_text("ft:scratch-tiny:default:corpus-tiny:run-1")
+    page.get_by_test_id("deploy").click()
+    expect(page.get_by_test_id("deploy-error")).to_contain_text("not reachable")
+    _shot(page, "models")
+
+    page.goto("/deployments")
+    expect(page.locator("#deployments-table")).to_contain_text("loading")
+    expect(page.locator("#deployments-table")).to_contain_text("not reachable")
+    _shot(page, "deployments")
+
+
+def test_the_playground_shows_inference_errors_in_the_chat(page: Page) -> None:
+    page.goto("/playground")
+    expect(page.get_by_label("Model")).to_have_value("ft:scratch-tiny:default:corpus-tiny:run-1")
+    page.get_by_label("Message").fill("Hello there")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".bubble.user")).to_have_text("Hello there")
+    expect(page.locator(".bubble.error")).to_contain_text("not reachable")
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    _shot(page, "playground")
+
+
+def test_the_tokens_page_shows_a_new_token_once(page: Page) -> None:
+    page.goto("/settings/tokens")
+    page.get_by_label("Name").fill("laptop CLI")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.get_by_test_id("token-secret")
+    expect(secret).to_contain_text("llmide_")
+    token = secret.inner_text().strip()
+    expect(page.locator("#token-panel table")).to_contain_text("laptop CLI")
+    expect(page.get_by_label("Name")).to_have_value("")
+    _shot(page, "tokens")
+
+    answer = page.request.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert answer.ok and answer.json()["user"]["email"] == ADMIN_EMAIL
+    page.reload()
+    expect(page.get_by_test_id("token-secret")).to_have_count(0)
+
+
+def test_a_viewer_sees_no_buttons_that_change_things(
+    page: Page, browser: Browser, server: Server
+) -> None:
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content") or ""
+    created = page.request.post(
+        "/api/v1/users", data={"email": VIEWER_EMAIL, "password": PASSWORD},
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert created.status == 201, created.text()
+    page.goto("/settings/members")
+    page.get_by_label("E-mail").fill(VIEWER_EMAIL)
+    page.get_by_label("Role").select_option("viewer")
+    page.get_by_role("button", name="Add member").click()
+    expect(page.locator("#members-panel")).to_contain_text(f"{VIEWER_EMAIL} was added")
+    _shot(page, "members")
+
+    viewer_ctx = browser.new_context(viewport=LAPTOP, base_url=server.base_url)
+    try:
+        viewer = _watch(viewer_ctx.new_page())
+        viewer.goto("/login")
+        _sign_in(viewer, VIEWER_EMAIL)
+        viewer.get_by_label("Workspace").select_option(label="Default")
+        expect(viewer.get_by_test_id("role")).to_have_text("viewer")
+        viewer.goto("/runs")
+        expect(viewer.locator("#runs-table")).to_contain_text("tiny on corpus")
+        expect(viewer.get_by_role("link", name="New run")).to_have_count(0)
+        viewer.goto("/models")
+        expect(viewer.get_by_test_id("deploy")).to_have_count(0)
+        viewer.goto("/datasets")
+        expect(viewer.locator("#upload-form")).to_have_count(0)
+        _expect_http_error("/runs/new", 403)
+        viewer.goto("/runs/new")
+        expect(viewer.locator(".error-page")).to_contain_text("needs editor")
+    finally:
+        viewer_ctx.close()
+
+
+PAGES = [
+    "/", "/datasets", "/datasets/1", "/runs", "/runs/new", "/runs/1", "/models",
+    "/deployments", "/playground", "/settings/tokens", "/settings/members", "/runs/999",
+]
+
+
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_every_page_fits_laptop_and_phone_widths(page: Page, viewport: dict[str, int]) -> None:
+    _expect_http_error("/runs/999", 404)  # the error page is one of the pages checked
+    page.set_viewport_size(viewport)
+    try:
+        for path in PAGES:
+            page.goto(path)
+            page.wait_for_load_state("load")
+            width, inner = page.evaluate(
+                "[document.documentElement.scrollWidth, window.innerWidth]"
+            )
+            assert width <= inner, f"{path} overflows at {viewport['width']}px: {width} > {inner}"
+            name = path.strip("/").replace("/", "-") or "dashboard"
+            _shot(page, f"{name}-{viewport['width']}")
+    finally:
+        page.set_viewport_size(LAPTOP)

@@ -1,0 +1,47 @@
+"""OpenAI `models`: base models for new jobs and the workspace's registered model versions."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.conftest import Team
+from tests.openai.conftest import OpenAIFor, raw_json
+from tests.openai.openai_schema import assert_openai_error, assert_schema
+
+
+def test_models_list_contains_the_base_models_owned_by_llmide(
+    team: Team, openai_for: OpenAIFor
+) -> None:
+    oa = openai_for(team.viewer)
+    listed = raw_json(oa.models.with_raw_response.list(), "ListModelsResponse")
+    by_id = {m["id"]: m for m in listed["data"]}
+    assert by_id["scratch-tiny"]["owned_by"] == "llmide"
+    assert by_id["scratch-tiny"]["object"] == "model"
+    assert "scratch-tiny" in [m.id for m in oa.models.list()]
+
+    retrieved = raw_json(oa.models.with_raw_response.retrieve("scratch-tiny"), "Model")
+    assert retrieved == by_id["scratch-tiny"]
+
+
+def test_models_list_the_workspaces_fine_tuned_models_by_serving_name(
+    team: Team, openai_for: OpenAIFor, fine_tuned_model: str
+) -> None:
+    listed = assert_schema(team.owner.get("/v1/models").json(), "ListModelsResponse")
+    entry = next(m for m in listed["data"] if m["id"] == fine_tuned_model)
+    assert entry["owned_by"] == team.owner.get("/api/v1/me").json()["workspace"]["slug"]
+    # The id has ':' in it: it is matched as a whole path.
+    retrieved = team.viewer.get(f"/v1/models/{fine_tuned_model}").json()
+    assert assert_schema(retrieved, "Model")["id"] == fine_tuned_model
+    assert openai_for(team.viewer).models.retrieve(fine_tuned_model).id == fine_tuned_model
+
+    assert fine_tuned_model not in [m["id"] for m in team.outsider.get("/v1/models").json()["data"]]
+    assert_openai_error(team.outsider.get(f"/v1/models/{fine_tuned_model}"), 404)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "ft:scratch-tiny:nobody:run-1", "a/b/c"])
+def test_unknown_models_are_not_found(team: Team, openai_for: OpenAIFor, model: str) -> None:
+    error = assert_openai_error(team.owner.get(f"/v1/models/{model}"), 404)
+    assert error["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        openai_for(team.owner).models.retrieve(model)
