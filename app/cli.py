@@ -71,9 +71,22 @@ def worker(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     queue_list = queues or settings.worker_queues
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", queue_list, "-c", str(concurrency), "--prefetch-multiplier", "1",
-        "-l", "INFO", "-n", f"llmide-{os.getpid()}@%h",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        queue_list,
+        "-c",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "-l",
+        "INFO",
+        "-n",
+        f"llmide-{os.getpid()}@%h",
     ]
     os.execv(sys.executable, argv)
 
@@ -97,7 +110,9 @@ def user_create(
 
     try:
         with session_scope() as session:
-            user = users.create_user(session=session, email=email, password=password, is_admin=admin)
+            user = users.create_user(
+                session=session, email=email, password=password, is_admin=admin
+            )
             typer.echo(f"created user {user.email}" + (" (admin)" if admin else ""), err=True)
     except DomainError as exc:
         typer.echo(f"error: {exc.message}", err=True)
@@ -105,9 +120,7 @@ def user_create(
 
 
 @token_cli.command("create")
-def token_create(
-    email: str, name: Annotated[str, typer.Option("--name")] = "cli"
-) -> None:
+def token_create(email: str, name: Annotated[str, typer.Option("--name")] = "cli") -> None:
     """Create an API token for a user and print it alone on stdout (it is shown only once)."""
     from app.core.errors import DomainError
     from app.db.session import session_scope

@@ -87,12 +87,14 @@ class Supervisor:
         # `kill -USR1 <pid>` prints every thread's stack: how to see where a stuck stop hangs.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         try:
-            print(
-                f"[llmide] web on http://{self.settings.host}:{self.settings.port}", flush=True
-            )
+            print(f"[llmide] web on http://{self.settings.host}:{self.settings.port}", flush=True)
             uvicorn.run(
-                "app.main:create_app", factory=True, host=self.settings.host,
-                port=self.settings.port, log_level="info", proxy_headers=False,
+                "app.main:create_app",
+                factory=True,
+                host=self.settings.host,
+                port=self.settings.port,
+                log_level="info",
+                proxy_headers=False,
                 # Open websockets would otherwise hold a Ctrl-C for as long as browsers stay.
                 timeout_graceful_shutdown=3,
             )

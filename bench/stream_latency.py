@@ -63,27 +63,42 @@ def prepare(env: dict[str, str]) -> tuple[str, int]:
     get_settings().ensure_dirs()
     upgrade_to_head(get_settings().sqlalchemy_url)
     with session_scope() as session:
-        user = users.create_user(session=session, email="bench@example.com", password="bench-pass-123")
+        user = users.create_user(
+            session=session, email="bench@example.com", password="bench-pass-123"
+        )
         _, secret = tokens.create_token(session=session, user=user, name="bench")
         ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
         dataset = Dataset(
-            workspace_id=ctx.workspace.id, name="bench", filename="bench.jsonl", format="text",
-            sha256="0" * 64, size_bytes=1, num_rows=1, storage_key="datasets/bench.jsonl",
+            workspace_id=ctx.workspace.id,
+            name="bench",
+            filename="bench.jsonl",
+            format="text",
+            sha256="0" * 64,
+            size_bytes=1,
+            num_rows=1,
+            storage_key="datasets/bench.jsonl",
         )
         session.add(dataset)
         session.flush()
         run = Run(
-            workspace_id=ctx.workspace.id, name="bench", base_model="scratch-tiny",
-            dataset_id=dataset.id, config={}, status=RunStatus.running,
+            workspace_id=ctx.workspace.id,
+            name="bench",
+            base_model="scratch-tiny",
+            dataset_id=dataset.id,
+            config={},
+            status=RunStatus.running,
         )
         session.add(run)
         session.flush()
         return secret, run.id
 
 
-async def receive(url: str, token: str, arrivals: dict[int, float], ready: threading.Event,
-                  steps: int) -> None:
-    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+async def receive(
+    url: str, token: str, arrivals: dict[int, float], ready: threading.Event, steps: int
+) -> None:
+    async with websockets.connect(
+        url, additional_headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
         ready.set()
         while len(arrivals) < steps:
             message = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
@@ -105,8 +120,10 @@ def measure(mode: str, steps: int, interval_s: float) -> list[float]:
     token, run_id = prepare(env)
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--web-only", "--no-migrate"],
-        env={**os.environ, **env}, cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{env['LLMIDE_PORT']}"
     try:
@@ -120,8 +137,9 @@ def measure(mode: str, steps: int, interval_s: float) -> list[float]:
         ready = threading.Event()
         client = threading.Thread(
             target=lambda: asyncio.run(
-                receive(base.replace("http", "ws") + f"/ws/runs/{run_id}", token, arrivals,
-                        ready, steps)
+                receive(
+                    base.replace("http", "ws") + f"/ws/runs/{run_id}", token, arrivals, ready, steps
+                )
             ),
             daemon=True,
         )

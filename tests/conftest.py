@@ -1,4 +1,4 @@
-"""Shared fixtures: a real app on a real database (SQLite and Postgres), personas made via the API."""
+"""Shared fixtures: a real app on a real database (SQLite and Postgres), personas via the API."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 # Argon2 at production cost takes ~0.2 s a hash; fixtures make many users, so tests use the
 # same algorithm at its minimum cost (verification reads the cost from each stored hash).
 from argon2 import PasswordHasher  # noqa: E402
+from fastapi.testclient import TestClient
 
 import app.core.security as _security  # noqa: E402
 
 _security._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
-POSTGRES_URL = os.environ.get("LLMIDE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "LLMIDE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("LLMIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct-horse-42"
 
@@ -40,7 +42,9 @@ POSTGRES_UP = _reachable("127.0.0.1", 5432)
 REDIS_UP = _reachable("127.0.0.1", 6379)
 
 
-def configure_environment(data_dir: Path, *, database_url: str | None, redis_url: str | None) -> None:
+def configure_environment(
+    data_dir: Path, *, database_url: str | None, redis_url: str | None
+) -> None:
     """Point every cached piece of configuration at one test installation."""
     os.environ["LLMIDE_DATA_DIR"] = str(data_dir)
     os.environ["LLMIDE_ALLOWED_HOSTS"] = '["127.0.0.1", "localhost", "testserver"]'
@@ -154,7 +158,10 @@ class Persona:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}", "X-LLMIDE-Workspace": str(self.workspace_id)}
+        return {
+            "Authorization": f"Bearer {self.token}",
+            "X-LLMIDE-Workspace": str(self.workspace_id),
+        }
 
     def get(self, url: str, **kw: Any) -> Any:
         return self.client.get(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
@@ -177,7 +184,8 @@ def _token_for(client: TestClient, email: str, password: str) -> str:
     login = client.post("/api/v1/session", json={"email": email, "password": password})
     assert login.status_code == 200, login.text
     created = client.post(
-        "/api/v1/tokens", json={"name": "tests"},
+        "/api/v1/tokens",
+        json={"name": "tests"},
         headers={"X-CSRF-Token": login.json()["csrf_token"]},
     )
     assert created.status_code == 201, created.text
@@ -224,17 +232,25 @@ def team(client: TestClient) -> Team:
 
 def text_jsonl(rows: int = 50) -> str:
     sentences = [
-        "the cat sat on the mat", "a dog ran in the park", "the sun is warm today",
-        "we like to read books", "the bird sings a song",
+        "the cat sat on the mat",
+        "a dog ran in the park",
+        "the sun is warm today",
+        "we like to read books",
+        "the bird sings a song",
     ]
     return "".join(json.dumps({"text": sentences[i % len(sentences)]}) + "\n" for i in range(rows))
 
 
 def chat_jsonl(rows: int = 20) -> str:
     return "".join(
-        json.dumps({"messages": [
-            {"role": "user", "content": f"what is {i} plus one?"},
-            {"role": "assistant", "content": f"{i} plus one is {i + 1}."},
-        ]}) + "\n"
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"what is {i} plus one?"},
+                    {"role": "assistant", "content": f"{i} plus one is {i + 1}."},
+                ]
+            }
+        )
+        + "\n"
         for i in range(rows)
     )

@@ -19,7 +19,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["docker-compose", "-f", str(PROJECT_ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
@@ -35,7 +38,9 @@ def test_compose_file_is_valid_and_has_every_service() -> None:
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_compose_refuses_to_start_without_secrets() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "LLMIDE_SECRET_KEY")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "LLMIDE_SECRET_KEY")
+    }
     result = _compose_config(env)
     assert result.returncode != 0
     assert "POSTGRES_PASSWORD" in result.stderr
@@ -75,8 +80,12 @@ def test_migrations_match_the_models_on_postgres(postgres_migrated: str) -> None
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env,
-        cwd=PROJECT_ROOT, timeout=120,
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=120,
     )
 
 
@@ -84,7 +93,9 @@ def test_cli_migrates_creates_a_user_and_prints_only_the_token(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMIDE_")}
     env["LLMIDE_DATA_DIR"] = str(tmp_path / "data")
     assert _cli(env, "migrate").returncode == 0
-    created = _cli(env, "user", "create", "ops@example.com", "--password", "s3cret-enough", "--admin")
+    created = _cli(
+        env, "user", "create", "ops@example.com", "--password", "s3cret-enough", "--admin"
+    )
     assert created.returncode == 0, created.stderr
     token = _cli(env, "token", "create", "ops@example.com", "--name", "ci")
     assert token.returncode == 0

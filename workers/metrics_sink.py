@@ -63,8 +63,11 @@ class RunReporter:
         self.flush()
         with session_scope() as session:
             run_execution.record_checkpoint(
-                session=session, run_id=self.run_id, step=step,
-                storage_key=artifacts.key_for(path), metrics=metrics,
+                session=session,
+                run_id=self.run_id,
+                step=step,
+                storage_key=artifacts.key_for(path),
+                metrics=metrics,
             )
             run_execution.add_event(
                 session=session, run_id=self.run_id, message=f"checkpoint saved at step {step}"
@@ -98,7 +101,9 @@ class RunReporter:
                     )
                 if progress is not None:
                     run_execution.update_progress(
-                        session=session, run_id=self.run_id, step=progress[0],
+                        session=session,
+                        run_id=self.run_id,
+                        step=progress[0],
                         total_steps=progress[1],
                     )
                 self._cancel = run_execution.cancel_requested(session=session, run_id=self.run_id)

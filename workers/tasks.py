@@ -55,7 +55,8 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
         resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
         config = _engine_config(run, resume_from)
         run_execution.add_event(
-            session=session, run_id=run_id,
+            session=session,
+            run_id=run_id,
             message=(f"resuming from step {checkpoint.step}" if checkpoint else "run started")
             + f" (attempt {run.attempts})",
         )
@@ -68,7 +69,9 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
         reporter.close()
         with session_scope() as session:
             run_execution.finish(
-                session=session, run_id=run_id, status=RunStatus.failed,
+                session=session,
+                run_id=run_id,
+                status=RunStatus.failed,
                 error=f"{type(exc).__name__}: {exc}",
             )
         return "failed"
@@ -76,8 +79,11 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
     status = RunStatus.cancelled if result.stopped else RunStatus.succeeded
     with session_scope() as session:
         run_execution.finish(
-            session=session, run_id=run_id, status=status,
+            session=session,
+            run_id=run_id,
+            status=status,
             final_checkpoint_key=artifacts.key_for(result.final_dir),
-            final_step=result.global_step, final_metrics=result.metrics,
+            final_step=result.global_step,
+            final_metrics=result.metrics,
         )
     return str(status)

@@ -78,7 +78,9 @@ def optional_user(request: Request, session: SessionDep) -> User | None:
 
 def current_user(request: Request, user: Annotated[User | None, Depends(optional_user)]) -> User:
     if user is None:
-        raise NotAuthenticated("authentication required: sign in or send 'Authorization: Bearer <token>'")
+        raise NotAuthenticated(
+            "authentication required: sign in or send 'Authorization: Bearer <token>'"
+        )
     if request.state.auth == "session":
         _check_csrf(request)
     return user

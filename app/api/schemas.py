@@ -33,7 +33,7 @@ class UserRead(ORM):
 
 
 class SessionRead(BaseModel):
-    """A signed-in browser session; cookie-authenticated writes send `csrf_token` as X-CSRF-Token."""
+    """A signed-in session; cookie-authenticated writes send `csrf_token` as X-CSRF-Token."""
 
     user: UserRead
     csrf_token: str

@@ -1,4 +1,4 @@
-"""Maps every error to one answer shape per surface: JSON under /api, OpenAI's under /v1, HTML pages."""
+"""Maps every error to one shape per surface: JSON under /api, OpenAI's under /v1, HTML."""
 
 from __future__ import annotations
 
@@ -65,8 +65,13 @@ def _wants_html(request: Request) -> bool:
 
 
 def error_response(
-    request: Request, status_code: int, message: str, *, code: str | None = None,
-    param: str | None = None, headers: dict[str, str] | None = None,
+    request: Request,
+    status_code: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     if _wants_html(request):
         from app.web.rendering import render_error_page

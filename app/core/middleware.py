@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from starlette.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -30,8 +30,9 @@ class OriginCheckMiddleware:
                     await response(scope, receive, send)
                     return
             elif origin == "null":
-                response = JSONResponse({"detail": "requests from an opaque origin are refused"},
-                                        status_code=403)
+                response = JSONResponse(
+                    {"detail": "requests from an opaque origin are refused"}, status_code=403
+                )
                 await response(scope, receive, send)
                 return
         if scope["type"] == "websocket":
@@ -65,7 +66,9 @@ class BodySizeLimitMiddleware:
             if key.lower() == b"content-length" and value.isdigit():
                 if int(value) > self.max_bytes:
                     body = error_body(
-                        scope["path"], 413, upload_limit_message(self.max_bytes),
+                        scope["path"],
+                        413,
+                        upload_limit_message(self.max_bytes),
                         code="payload_too_large",
                     )
                     await JSONResponse(body, status_code=413)(scope, receive, send)

@@ -21,10 +21,17 @@ def celery_client() -> Celery:
 def enqueue_training(run_id: int) -> str:
     try:
         result = celery_client().send_task(
-            TRAIN_TASK, args=[run_id], queue=GPU_QUEUE, retry=True,
+            TRAIN_TASK,
+            args=[run_id],
+            queue=GPU_QUEUE,
+            retry=True,
             # Fail fast: a person is waiting for the launch button's answer.
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5,
-                          "interval_max": 1.0},
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.2,
+                "interval_step": 0.5,
+                "interval_max": 1.0,
+            },
         )
     except Exception as exc:  # kombu raises many transport-specific errors
         raise ServiceUnavailable(

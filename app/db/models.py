@@ -159,9 +159,7 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     dataset: Mapped[Dataset] = relationship(foreign_keys=[dataset_id])
-    validation_dataset: Mapped[Dataset | None] = relationship(
-        foreign_keys=[validation_dataset_id]
-    )
+    validation_dataset: Mapped[Dataset | None] = relationship(foreign_keys=[validation_dataset_id])
 
 
 class MetricPoint(Base):

@@ -33,7 +33,8 @@ def _prepare(websocket: WebSocket, run_id: int, after_step: int) -> tuple[list[d
             session=session,
             user_id=session_data.get("user_id"),
             bearer=_bearer(websocket),
-            workspace_ref=websocket.query_params.get("workspace") or session_data.get("workspace_id"),
+            workspace_ref=websocket.query_params.get("workspace")
+            or session_data.get("workspace_id"),
         )
         run = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
         cursor = Cursor(after_step=after_step)

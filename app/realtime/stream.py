@@ -55,8 +55,12 @@ def next_messages(*, session: Session, run: Run, cursor: Cursor) -> tuple[list[d
             {
                 "type": "log",
                 "lines": [
-                    {"id": e.id, "level": e.level, "message": e.message,
-                     "at": e.created_at.isoformat()}
+                    {
+                        "id": e.id,
+                        "level": e.level,
+                        "message": e.message,
+                        "at": e.created_at.isoformat(),
+                    }
                     for e in new_events
                 ],
             }

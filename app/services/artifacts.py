@@ -1,4 +1,4 @@
-"""The artifact store: files under one root, addressed by keys we generate, never by request paths."""
+"""The artifact store: files under one root, addressed by keys we make, never by request paths."""
 
 from __future__ import annotations
 

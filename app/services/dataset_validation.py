@@ -1,4 +1,4 @@
-"""Streaming validation of uploaded training files: one pass, bounded memory, line-numbered errors."""
+"""Streaming validation of uploaded training files: one pass, bounded memory, numbered errors."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def _detect_format(filename: str) -> str:
     if lower.endswith((".jsonl", ".json")):
         return "jsonl"
     raise ValidationFailed(
-        f"unsupported file type {filename!r}: upload a .jsonl file of {{\"text\": ...}} or "
-        "{\"messages\": [...]} rows, or a plain .txt file",
+        f'unsupported file type {filename!r}: upload a .jsonl file of {{"text": ...}} or '
+        '{"messages": [...]} rows, or a plain .txt file',
         param="file",
     )
 
@@ -39,7 +39,7 @@ def _detect_format(filename: str) -> str:
 def _check_chat(row: dict[str, Any], line_no: int) -> None:
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
-        raise ValidationFailed(f"line {line_no}: \"messages\" must be a non-empty list")
+        raise ValidationFailed(f'line {line_no}: "messages" must be a non-empty list')
     for index, message in enumerate(messages, start=1):
         if not isinstance(message, dict):
             raise ValidationFailed(f"line {line_no}: message {index} must be an object")
@@ -51,31 +51,35 @@ def _check_chat(row: dict[str, Any], line_no: int) -> None:
             )
         content = message.get("content")
         if role != "assistant" and not isinstance(content, str):
-            raise ValidationFailed(f"line {line_no}: message {index} needs a string \"content\"")
+            raise ValidationFailed(f'line {line_no}: message {index} needs a string "content"')
         if role == "assistant" and content is not None and not isinstance(content, str):
-            raise ValidationFailed(f"line {line_no}: message {index} \"content\" must be a string")
+            raise ValidationFailed(f'line {line_no}: message {index} "content" must be a string')
     if not any(m.get("role") == "assistant" for m in messages):
-        raise ValidationFailed(f"line {line_no}: a chat example needs at least one assistant message")
+        raise ValidationFailed(
+            f"line {line_no}: a chat example needs at least one assistant message"
+        )
 
 
 def _row_kind(row: Any, line_no: int) -> str:
     if not isinstance(row, dict):
-        raise ValidationFailed(f"line {line_no}: each line must be a JSON object, not {type(row).__name__}")
+        raise ValidationFailed(
+            f"line {line_no}: each line must be a JSON object, not {type(row).__name__}"
+        )
     if "messages" in row:
         _check_chat(row, line_no)
         return "chat"
     if "text" in row:
         if not isinstance(row["text"], str):
-            raise ValidationFailed(f"line {line_no}: \"text\" must be a string")
+            raise ValidationFailed(f'line {line_no}: "text" must be a string')
         if not row["text"].strip():
-            raise ValidationFailed(f"line {line_no}: \"text\" is empty")
+            raise ValidationFailed(f'line {line_no}: "text" is empty')
         return "text"
-    raise ValidationFailed(
-        f"line {line_no}: missing field: each row needs \"text\" or \"messages\""
-    )
+    raise ValidationFailed(f'line {line_no}: missing field: each row needs "text" or "messages"')
 
 
-def _lines(stream: IO[bytes], max_bytes: int, max_line_bytes: int, digest: Any) -> Iterator[tuple[int, bytes]]:
+def _lines(
+    stream: IO[bytes], max_bytes: int, max_line_bytes: int, digest: Any
+) -> Iterator[tuple[int, bytes]]:
     total = 0
     line_no = 0
     while True:
@@ -131,12 +135,14 @@ def validate_stream(
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValidationFailed(f"line {line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            raise ValidationFailed(
+                f"line {line_no}: invalid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
         row_kind = _row_kind(row, line_no)
         if report.format and row_kind != report.format:
             raise ValidationFailed(
-                f"line {line_no}: a {row_kind} row in a file whose first rows are {report.format} rows; "
-                "use one format per file"
+                f"line {line_no}: a {row_kind} row in a file whose first rows are "
+                f"{report.format} rows; use one format per file"
             )
         report.format = row_kind
         report.num_rows += 1

@@ -94,8 +94,13 @@ def list_for_workspace(
 
 
 def page_for_workspace(
-    *, session: Session, ctx: WorkspaceContext, after_id: int | None = None, limit: int = 100,
-    ascending: bool = False, purpose: str | None = None,
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    after_id: int | None = None,
+    limit: int = 100,
+    ascending: bool = False,
+    purpose: str | None = None,
 ) -> list[Dataset]:
     """A keyset page in id order, starting after `after_id` (the OpenAI facade's cursors)."""
     query = select(Dataset).where(Dataset.workspace_id == ctx.workspace.id)

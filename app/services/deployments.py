@@ -6,6 +6,7 @@ module drives through `inference_client`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -63,8 +64,10 @@ def create(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deplo
     )
     if deployment is None:
         deployment = Deployment(
-            workspace_id=ctx.workspace.id, model_version_id=version.id,
-            status=DeploymentStatus.loading, created_by_id=ctx.user.id,
+            workspace_id=ctx.workspace.id,
+            model_version_id=version.id,
+            status=DeploymentStatus.loading,
+            created_by_id=ctx.user.id,
         )
         session.add(deployment)
     else:
@@ -143,7 +146,6 @@ def mark_stopping(*, session: Session, ctx: WorkspaceContext, deployment_id: int
 
 
 async def unload(deployment: Deployment) -> None:
-    try:
+    # A stopped inference server holds nothing, so "unreachable" means "already unloaded".
+    with contextlib.suppress(inference_client.InferenceUnavailable):
         await inference_client.unload(inference_key(deployment.model_version))
-    except inference_client.InferenceUnavailable:
-        pass  # a stopped inference server holds nothing

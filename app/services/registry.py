@@ -1,4 +1,4 @@
-"""The model registry: numbered versions of registered models, with lineage, scoped to a workspace."""
+"""The model registry: numbered versions of registered models with lineage, per workspace."""
 
 from __future__ import annotations
 

@@ -56,15 +56,23 @@ def write_metrics(
 ) -> None:
     """Insert points, ignoring ones already stored (a resumed run may report a step again)."""
     values = [
-        {"run_id": run_id, "step": step, "name": name, "value": float(value), "created_at": utcnow()}
+        {
+            "run_id": run_id,
+            "step": step,
+            "name": name,
+            "value": float(value),
+            "created_at": utcnow(),
+        }
         for step, name, value in points
     ]
     if not values:
         return
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(MetricPoint).values(values).on_conflict_do_nothing(
-        index_elements=["run_id", "step", "name"]
+    stmt = (
+        insert(MetricPoint)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["run_id", "step", "name"])
     )
     session.execute(stmt)
 
@@ -82,7 +90,12 @@ def cancel_requested(*, session: Session, run_id: int) -> bool:
 
 
 def record_checkpoint(
-    *, session: Session, run_id: int, step: int, storage_key: str, metrics: dict[str, Any],
+    *,
+    session: Session,
+    run_id: int,
+    step: int,
+    storage_key: str,
+    metrics: dict[str, Any],
     is_final: bool = False,
 ) -> Checkpoint:
     checkpoint = session.scalar(
@@ -108,8 +121,13 @@ def latest_checkpoint(*, session: Session, run_id: int) -> Checkpoint | None:
 
 
 def finish(
-    *, session: Session, run_id: int, status: RunStatus, error: str | None = None,
-    final_checkpoint_key: str | None = None, final_step: int | None = None,
+    *,
+    session: Session,
+    run_id: int,
+    status: RunStatus,
+    error: str | None = None,
+    final_checkpoint_key: str | None = None,
+    final_step: int | None = None,
     final_metrics: dict[str, Any] | None = None,
 ) -> None:
     """Close a run; a succeeded or cancelled run with a final model gets it registered."""
@@ -121,17 +139,23 @@ def finish(
     run.finished_at = utcnow()
     if final_checkpoint_key is not None and final_step is not None:
         checkpoint = record_checkpoint(
-            session=session, run_id=run_id, step=final_step, storage_key=final_checkpoint_key,
-            metrics=final_metrics or {}, is_final=True,
+            session=session,
+            run_id=run_id,
+            step=final_step,
+            storage_key=final_checkpoint_key,
+            metrics=final_metrics or {},
+            is_final=True,
         )
         if status == RunStatus.succeeded:
             version = registry.register_checkpoint(session=session, run=run, checkpoint=checkpoint)
             add_event(
-                session=session, run_id=run_id,
+                session=session,
+                run_id=run_id,
                 message=f"registered as {version.serving_name} (version {version.version})",
             )
     add_event(
-        session=session, run_id=run_id,
+        session=session,
+        run_id=run_id,
         message=f"run {status}" + (f": {error}" if error else ""),
         level="error" if status == RunStatus.failed else "info",
     )

@@ -41,9 +41,7 @@ def create_run(
     if validation_dataset_id is not None:
         datasets.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
     if suffix is not None and not _SUFFIX_RE.match(suffix):
-        raise ValidationFailed(
-            "suffix must be 1 to 40 letters, digits, '-' or '_'", param="suffix"
-        )
+        raise ValidationFailed("suffix must be 1 to 40 letters, digits, '-' or '_'", param="suffix")
     run = Run(
         workspace_id=ctx.workspace.id,
         name=(name or "").strip()[:255] or f"{base_model} on {dataset.name}",
@@ -101,9 +99,12 @@ def page_for_workspace(
 
 
 def count_for_workspace(*, session: Session, ctx: WorkspaceContext) -> int:
-    return session.scalar(
-        select(func.count()).select_from(Run).where(Run.workspace_id == ctx.workspace.id)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(Run).where(Run.workspace_id == ctx.workspace.id)
+        )
+        or 0
+    )
 
 
 def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
@@ -161,9 +162,7 @@ def latest_metrics(*, session: Session, run_id: int) -> dict[str, float]:
     return latest
 
 
-def events(
-    *, session: Session, run_id: int, after_id: int = 0, limit: int = 200
-) -> list[RunEvent]:
+def events(*, session: Session, run_id: int, after_id: int = 0, limit: int = 200) -> list[RunEvent]:
     return list(
         session.scalars(
             select(RunEvent)
@@ -176,7 +175,9 @@ def events(
 
 def checkpoints(*, session: Session, run_id: int) -> list[Checkpoint]:
     return list(
-        session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step))
+        session.scalars(
+            select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)
+        )
     )
 
 

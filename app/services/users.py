@@ -34,7 +34,9 @@ def check_password_rules(password: str) -> None:
             param="password",
         )
     if len(password) > 1024:
-        raise ValidationFailed("the password is too long (1024 characters at most)", param="password")
+        raise ValidationFailed(
+            "the password is too long (1024 characters at most)", param="password"
+        )
     if password.isdigit() or password.isalpha():
         raise ValidationFailed(
             "the password must mix letters with digits or symbols", param="password"

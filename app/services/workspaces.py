@@ -65,7 +65,9 @@ def list_for_user(*, session: Session, user: User) -> list[tuple[Workspace, Role
     return [(ws, Role(role)) for ws, role in rows]
 
 
-def context_for(*, session: Session, user: User, workspace_ref: str | int | None) -> WorkspaceContext:
+def context_for(
+    *, session: Session, user: User, workspace_ref: str | int | None
+) -> WorkspaceContext:
     """Resolve the workspace a request acts in: the one named (id or slug), else the user's first.
 
     An unknown workspace and one the user is not a member of look the same (404), so ids of
@@ -97,7 +99,9 @@ def add_member(*, session: Session, ctx: WorkspaceContext, email: str, role: Rol
     ctx.require(Role.owner)
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
-        raise NotFound(f"no user with e-mail {email}; an administrator must create the account first")
+        raise NotFound(
+            f"no user with e-mail {email}; an administrator must create the account first"
+        )
     existing = session.scalar(
         select(Membership).where(
             Membership.workspace_id == ctx.workspace.id, Membership.user_id == user.id

@@ -54,7 +54,10 @@ def test_upload_rejects_jsonl_with_bad_line_and_reports_line_number(
         ('["a list"]\n', "line 1: each line must be a JSON object"),
         ('{"text": ""}\n', 'line 1: "text" is empty'),
         ('{"text": 5}\n', 'line 1: "text" must be a string'),
-        ('{"text": "ok"}\n{"messages": [{"role": "robot", "content": "x"}]}\n', "line 2: message 1 has role"),
+        (
+            '{"text": "ok"}\n{"messages": [{"role": "robot", "content": "x"}]}\n',
+            "line 2: message 1 has role",
+        ),
         ('{"messages": [{"role": "user", "content": "hi"}]}\n', "line 1: a chat example needs"),
         (b'{"text": "caf\xe9"}\n', "line 1: not valid UTF-8"),
     ],
@@ -109,7 +112,9 @@ def test_file_name_with_path_tricks_is_reduced_to_its_last_component(
     response = team.editor.upload("../../etc/passwd.jsonl", text_jsonl(2))
     assert response.status_code == 201
     assert response.json()["filename"] == "passwd.jsonl"
-    assert all(p.parent == installation / "artifacts" / "datasets" for p in stored_files(installation))
+    assert all(
+        p.parent == installation / "artifacts" / "datasets" for p in stored_files(installation)
+    )
 
 
 def test_viewer_cannot_upload(team: Team) -> None:

@@ -23,8 +23,12 @@ def test_launch_rejects_an_unknown_base_model(team: Team, dataset_id: int) -> No
 
 @pytest.mark.parametrize(
     ("config", "field"),
-    [({"learning_rate": -1}, "learning_rate"), ({"batch_size": 0}, "batch_size"),
-     ({"eval_split": 0.9}, "eval_split"), ({"warmup": 3}, "warmup")],
+    [
+        ({"learning_rate": -1}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"eval_split": 0.9}, "eval_split"),
+        ({"warmup": 3}, "warmup"),
+    ],
 )
 def test_launch_rejects_out_of_range_hyperparameters(
     team: Team, dataset_id: int, config: dict, field: str
@@ -80,18 +84,24 @@ def test_launch_fails_cleanly_when_the_queue_is_unreachable(
     assert team.editor.get("/api/v1/runs").json()["total"] == 0
 
 
-def test_metrics_after_a_step_return_exactly_the_missing_points(team: Team, dataset_id: int, backend: str) -> None:
+def test_metrics_after_a_step_return_exactly_the_missing_points(
+    team: Team, dataset_id: int, backend: str
+) -> None:
     from app.db.session import session_scope
     from app.services import run_execution
 
     run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]
     with session_scope() as session:
         run_execution.write_metrics(
-            session=session, run_id=run_id,
-            points=[(s, "train_loss", 5.0 - s / 10) for s in range(1, 11)] + [(10, "eval_loss", 4.2)],
+            session=session,
+            run_id=run_id,
+            points=[(s, "train_loss", 5.0 - s / 10) for s in range(1, 11)]
+            + [(10, "eval_loss", 4.2)],
         )
         # a resumed worker reporting a step again must not duplicate it
-        run_execution.write_metrics(session=session, run_id=run_id, points=[(10, "train_loss", 9.9)])
+        run_execution.write_metrics(
+            session=session, run_id=run_id, points=[(10, "train_loss", 9.9)]
+        )
     points = team.viewer.get(f"/api/v1/runs/{run_id}/metrics", params={"after_step": 7}).json()
     assert [p["step"] for p in points] == [8, 9, 10]
     assert points[-1]["values"] == {"train_loss": 4.0, "eval_loss": 4.2}

@@ -34,8 +34,13 @@ class Server:
     def cli(self, *args: str) -> str:
         """Run `llmide ...` against the same installation; returns stdout."""
         out = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args], env=self.env, cwd=PROJECT_ROOT,
-            capture_output=True, text=True, timeout=120, check=True,
+            [sys.executable, "-m", "app.cli", *args],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         return out.stdout
 
@@ -62,8 +67,12 @@ def running_server(data_dir: Path, **extra_env: str) -> Iterator[Server]:
     data_dir.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], env=env, cwd=PROJECT_ROOT,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Server(f"http://127.0.0.1:{env['LLMIDE_PORT']}", env, process, log_path)
     try:

@@ -65,11 +65,15 @@ def wait_for(predicate: Any, *, timeout: float, what: str, server: Server) -> An
     raise AssertionError(f"timed out waiting for {what}\n--- server log ---\n{server.log_tail()}")
 
 
-async def collect_live_points(server: Server, token: str, run_id: int, stop_status: set[str]) -> dict:
+async def collect_live_points(
+    server: Server, token: str, run_id: int, stop_status: set[str]
+) -> dict:
     url = server.base_url.replace("http://", "ws://") + f"/ws/runs/{run_id}"
     points: dict[int, dict] = {}
     statuses: list[str] = []
-    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+    async with websockets.connect(
+        url, additional_headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
         while True:
             message = json.loads(await asyncio.wait_for(ws.recv(), timeout=240))
             if message["type"] == "metrics":
@@ -81,22 +85,31 @@ async def collect_live_points(server: Server, token: str, run_id: int, stop_stat
                     return {"points": points, "statuses": statuses}
 
 
-def test_upload_train_watch_register_deploy_and_chat(server: Server, token: str, api: httpx.Client) -> None:
+def test_upload_train_watch_register_deploy_and_chat(
+    server: Server, token: str, api: httpx.Client
+) -> None:
     uploaded = api.post("/api/v1/datasets", files={"file": ("corpus.jsonl", corpus(400))})
     assert uploaded.status_code == 201, uploaded.text
     launched = api.post(
         "/api/v1/runs",
         json={
-            "dataset_id": uploaded.json()["id"], "suffix": "e2e",
+            "dataset_id": uploaded.json()["id"],
+            "suffix": "e2e",
             "config": {"max_steps": 40, "batch_size": 8, "block_size": 32, "learning_rate": 3e-3},
         },
     )
     assert launched.status_code == 201, launched.text
     run_id = launched.json()["id"]
 
-    live = asyncio.run(collect_live_points(server, token, run_id, {"succeeded", "failed", "cancelled"}))
+    live = asyncio.run(
+        collect_live_points(server, token, run_id, {"succeeded", "failed", "cancelled"})
+    )
     assert live["statuses"][-1] == "succeeded", server.log_tail()
-    losses = [live["points"][s]["train_loss"] for s in sorted(live["points"]) if "train_loss" in live["points"][s]]
+    losses = [
+        live["points"][s]["train_loss"]
+        for s in sorted(live["points"])
+        if "train_loss" in live["points"][s]
+    ]
     assert len(losses) >= 30
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 * 0.8, losses
     assert any("eval_loss" in p for p in live["points"].values())
@@ -114,20 +127,26 @@ def test_upload_train_watch_register_deploy_and_chat(server: Server, token: str,
     version = models[0]["versions"][0]
     assert version["run_id"] == run_id and version["lineage"]["dataset_id"] == uploaded.json()["id"]
     final_dir = Path(server.env["LLMIDE_DATA_DIR"]) / "artifacts" / "runs" / str(run_id) / "final"
-    assert (final_dir / "model.safetensors").exists() and not (final_dir / "pytorch_model.bin").exists()
+    assert (final_dir / "model.safetensors").exists() and not (
+        final_dir / "pytorch_model.bin"
+    ).exists()
 
     deployed = api.post("/api/v1/deployments", json={"model_version_id": version["id"]})
     assert deployed.status_code == 202, deployed.text
     wait_for(
         lambda: api.get(f"/api/v1/deployments/{deployed.json()['id']}").json()["status"] == "ready",
-        timeout=120, what="deployment ready", server=server,
+        timeout=120,
+        what="deployment ready",
+        server=server,
     )
 
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=token, max_retries=0)
     assert version["serving_name"] in {m.id for m in client.models.list()}
     chat = client.chat.completions.create(
-        model=version["serving_name"], messages=[{"role": "user", "content": "the cat"}],
-        max_tokens=8, temperature=0,
+        model=version["serving_name"],
+        messages=[{"role": "user", "content": "the cat"}],
+        max_tokens=8,
+        temperature=0,
     )
     assert chat.choices[0].message.content and chat.usage.completion_tokens > 0
     completion = client.completions.create(
@@ -135,14 +154,20 @@ def test_upload_train_watch_register_deploy_and_chat(server: Server, token: str,
     )
     assert completion.choices[0].text
     streamed = client.chat.completions.create(
-        model=version["serving_name"], messages=[{"role": "user", "content": "a small dog"}],
-        max_tokens=8, stream=True,
+        model=version["serving_name"],
+        messages=[{"role": "user", "content": "a small dog"}],
+        max_tokens=8,
+        stream=True,
     )
-    deltas = [c.choices[0].delta.content for c in streamed if c.choices and c.choices[0].delta.content]
+    deltas = [
+        c.choices[0].delta.content for c in streamed if c.choices and c.choices[0].delta.content
+    ]
     assert deltas
 
 
-def test_cancel_stops_a_running_job_and_keeps_its_history(server: Server, token: str, api: httpx.Client) -> None:
+def test_cancel_stops_a_running_job_and_keeps_its_history(
+    server: Server, token: str, api: httpx.Client
+) -> None:
     uploaded = api.post("/api/v1/datasets", files={"file": ("long.jsonl", corpus(800))})
     run_id = api.post(
         "/api/v1/runs",
@@ -150,13 +175,17 @@ def test_cancel_stops_a_running_job_and_keeps_its_history(server: Server, token:
     ).json()["id"]
     wait_for(
         lambda: api.get(f"/api/v1/runs/{run_id}").json()["step"] >= 3,
-        timeout=180, what="run to make progress", server=server,
+        timeout=180,
+        what="run to make progress",
+        server=server,
     )
     cancelled_at = time.monotonic()
     assert api.post(f"/api/v1/runs/{run_id}/cancel").status_code == 200
     run = wait_for(
         lambda: (r := api.get(f"/api/v1/runs/{run_id}").json())["status"] == "cancelled" and r,
-        timeout=60, what="run cancelled", server=server,
+        timeout=60,
+        what="run cancelled",
+        server=server,
     )
     assert time.monotonic() - cancelled_at < 15
     assert run["step"] < 5000

@@ -24,7 +24,9 @@ def _client(request: Request) -> str:
 
 
 @router.post("/setup", response_model=SessionRead, status_code=status.HTTP_201_CREATED)
-def create_first_admin(body: FirstAdminCreate, request: Request, session: SessionDep) -> SessionRead:
+def create_first_admin(
+    body: FirstAdminCreate, request: Request, session: SessionDep
+) -> SessionRead:
     """Create the first administrator; refused once any user exists."""
     user = users.create_first_admin(session=session, email=body.email, password=body.password)
     session.commit()

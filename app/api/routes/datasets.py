@@ -15,8 +15,10 @@ router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 @router.get("", response_model=list[DatasetRead])
 def read_datasets(
-    session: SessionDep, ctx: Workspace,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    session: SessionDep,
+    ctx: Workspace,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[DatasetRead]:
     rows = datasets.list_for_workspace(session=session, ctx=ctx, limit=limit, offset=offset)
     return [DatasetRead.model_validate(d) for d in rows]
@@ -26,7 +28,7 @@ def read_datasets(
 def upload_dataset(
     session: SessionDep,
     ctx: Workspace,
-    file: Annotated[UploadFile, File(description=".jsonl ({\"text\"} or {\"messages\"}) or .txt")],
+    file: Annotated[UploadFile, File(description='.jsonl ({"text"} or {"messages"}) or .txt')],
     name: Annotated[str | None, Form(max_length=255)] = None,
 ) -> DatasetDetail:
     dataset = datasets.create_from_upload(

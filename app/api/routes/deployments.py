@@ -15,9 +15,12 @@ router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 
 def to_read(deployment: Deployment) -> DeploymentRead:
     return DeploymentRead(
-        id=deployment.id, model_version_id=deployment.model_version_id,
-        serving_name=deployment.model_version.serving_name, status=deployment.status,
-        error=deployment.error, created_at=deployment.created_at,
+        id=deployment.id,
+        model_version_id=deployment.model_version_id,
+        serving_name=deployment.model_version.serving_name,
+        status=deployment.status,
+        error=deployment.error,
+        created_at=deployment.created_at,
     )
 
 
@@ -44,7 +47,9 @@ async def create_deployment(
 
 
 @router.get("/{deployment_id}", response_model=DeploymentRead)
-async def read_deployment(deployment_id: int, session: SessionDep, ctx: Workspace) -> DeploymentRead:
+async def read_deployment(
+    deployment_id: int, session: SessionDep, ctx: Workspace
+) -> DeploymentRead:
     deployment = await run_in_threadpool(
         deployments.get_for_member, session=session, ctx=ctx, deployment_id=deployment_id
     )
@@ -56,7 +61,9 @@ async def read_deployment(deployment_id: int, session: SessionDep, ctx: Workspac
 
 
 @router.delete("/{deployment_id}", response_model=DeploymentRead)
-async def stop_deployment(deployment_id: int, session: SessionDep, ctx: Workspace) -> DeploymentRead:
+async def stop_deployment(
+    deployment_id: int, session: SessionDep, ctx: Workspace
+) -> DeploymentRead:
     deployment = await run_in_threadpool(
         deployments.mark_stopping, session=session, ctx=ctx, deployment_id=deployment_id
     )

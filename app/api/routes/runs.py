@@ -22,8 +22,10 @@ router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
 @router.get("", response_model=RunPage)
 def read_runs(
-    session: SessionDep, ctx: Workspace,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    session: SessionDep,
+    ctx: Workspace,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> RunPage:
     items = runs.list_for_workspace(session=session, ctx=ctx, limit=limit, offset=offset)
     return RunPage(
@@ -35,9 +37,14 @@ def read_runs(
 @router.post("", response_model=RunRead, status_code=status.HTTP_201_CREATED)
 def create_run(body: RunCreate, session: SessionDep, ctx: Workspace) -> RunRead:
     run = runs.create_run(
-        session=session, ctx=ctx, dataset_id=body.dataset_id,
-        validation_dataset_id=body.validation_dataset_id, base_model=body.base_model,
-        config=body.config, name=body.name, suffix=body.suffix,
+        session=session,
+        ctx=ctx,
+        dataset_id=body.dataset_id,
+        validation_dataset_id=body.validation_dataset_id,
+        base_model=body.base_model,
+        config=body.config,
+        name=body.name,
+        suffix=body.suffix,
     )
     return RunRead.model_validate(run)
 
@@ -54,7 +61,9 @@ def cancel_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
 
 @router.get("/{run_id}/metrics", response_model=list[MetricPointRead])
 def read_metrics(
-    run_id: int, session: SessionDep, ctx: Workspace,
+    run_id: int,
+    session: SessionDep,
+    ctx: Workspace,
     after_step: Annotated[int, Query(ge=-1)] = -1,
 ) -> list[MetricPointRead]:
     """Every point after `after_step`, grouped by step (what a reconnecting chart asks for)."""
@@ -68,8 +77,11 @@ def read_metrics(
 
 @router.get("/{run_id}/events", response_model=list[RunEventRead])
 def read_events(
-    run_id: int, session: SessionDep, ctx: Workspace,
-    after_id: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    run_id: int,
+    session: SessionDep,
+    ctx: Workspace,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[RunEventRead]:
     runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
     return [
@@ -81,4 +93,6 @@ def read_events(
 @router.get("/{run_id}/checkpoints", response_model=list[CheckpointRead])
 def read_checkpoints(run_id: int, session: SessionDep, ctx: Workspace) -> list[CheckpointRead]:
     runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
-    return [CheckpointRead.model_validate(c) for c in runs.checkpoints(session=session, run_id=run_id)]
+    return [
+        CheckpointRead.model_validate(c) for c in runs.checkpoints(session=session, run_id=run_id)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
+
 from app.api.deps import AdminUser, CurrentUser, SessionDep, Workspace
 from app.api.schemas import (
     MemberCreate,
@@ -26,7 +27,9 @@ def read_workspaces(session: SessionDep, user: CurrentUser) -> list[WorkspaceWit
 
 
 @router.post("/workspaces", response_model=WorkspaceWithRole, status_code=status.HTTP_201_CREATED)
-def create_workspace(body: WorkspaceCreate, session: SessionDep, user: CurrentUser) -> WorkspaceWithRole:
+def create_workspace(
+    body: WorkspaceCreate, session: SessionDep, user: CurrentUser
+) -> WorkspaceWithRole:
     ws = workspaces.create_workspace(session=session, name=body.name, owner=user)
     return WorkspaceWithRole(id=ws.id, name=ws.name, slug=ws.slug, role="owner")
 
