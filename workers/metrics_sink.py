@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ class RunReporter:
         self._events: list[tuple[str, str]] = []
         self._progress: tuple[int, int | None] | None = None
         self._cancel = False
+        self._last_heartbeat = time.monotonic()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._redis = self._connect_redis()
@@ -106,6 +108,11 @@ class RunReporter:
                         step=progress[0],
                         total_steps=progress[1],
                     )
+                    self._last_heartbeat = time.monotonic()
+                elif time.monotonic() - self._last_heartbeat > run_execution.HEARTBEAT_EVERY_S:
+                    # Still alive during a long evaluation or checkpoint save.
+                    run_execution.heartbeat(session=session, run_id=self.run_id)
+                    self._last_heartbeat = time.monotonic()
                 self._cancel = run_execution.cancel_requested(session=session, run_id=self.run_id)
         except Exception:
             with self._lock:  # put them back so nothing is lost

@@ -43,11 +43,8 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
     """Train one run to its end (succeeded, failed or cancelled) and register its final model."""
     from workers.engine import train
 
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     with session_scope() as session:
-        run = run_execution.claim(
-            session=session, run_id=run_id, task_id=self.request.id, redelivered=redelivered
-        )
+        run = run_execution.claim(session=session, run_id=run_id, task_id=self.request.id)
         if run is None:
             log.info("run %s is not claimable (cancelled or taken); skipping", run_id)
             return "skipped"

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
     metrics_poll_interval_s: float = 0.1
     worker_queues: str = "gpu,cpu"
+    # A running run whose worker has been silent this long is resumed by another worker.
+    run_stale_after_s: float = Field(60.0, ge=2.0)
 
     @field_validator("data_dir")
     @classmethod

@@ -7,35 +7,49 @@ long training job never holds a transaction open.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
 from app.services import registry
 
 CLAIMABLE = (RunStatus.queued, RunStatus.interrupted)
+# Workers write a heartbeat at least this often, even during evaluation or checkpoint saving;
+# a run silent for settings.run_stale_after_s is taken to be orphaned.
+HEARTBEAT_EVERY_S = 1.0
 
 
-def claim(*, session: Session, run_id: int, task_id: str | None, redelivered: bool) -> Run | None:
+def _stale_before() -> datetime:
+    return utcnow() - timedelta(seconds=get_settings().run_stale_after_s)
+
+
+def claim(*, session: Session, run_id: int, task_id: str | None) -> Run | None:
     """Atomically move a run to `running`; None when another worker has it or it was cancelled.
 
-    A redelivered task (its worker died) may also take over a run left `running`.
+    One UPDATE decides, so two workers handed the same run (a redelivered message and a
+    recovery re-enqueue, say) cannot both train it: a live run's fresh heartbeat keeps it.
     """
-    claimable = [s.value for s in CLAIMABLE]
-    if redelivered:
-        claimable.append(RunStatus.running.value)
     now = utcnow()
     result = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status.in_(claimable), Run.cancel_requested.is_(False))
+        .where(
+            Run.id == run_id,
+            Run.cancel_requested.is_(False),
+            or_(
+                Run.status.in_([s.value for s in CLAIMABLE]),
+                and_(Run.status == RunStatus.running, Run.heartbeat_at < _stale_before()),
+            ),
+        )
         .values(
             status=RunStatus.running,
-            started_at=now,
+            started_at=func.coalesce(Run.started_at, now),
             heartbeat_at=now,
             attempts=Run.attempts + 1,
             task_id=task_id,
@@ -44,7 +58,43 @@ def claim(*, session: Session, run_id: int, task_id: str | None, redelivered: bo
     session.commit()
     if result.rowcount != 1:
         return None
-    return session.get(Run, run_id)
+    run = session.get(Run, run_id)
+    if run is not None:
+        session.refresh(run)
+    return run
+
+
+def heartbeat(*, session: Session, run_id: int) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
+
+
+def interrupt_orphaned_runs(*, session: Session) -> list[int]:
+    """Mark running runs whose worker went silent as interrupted; returns their ids.
+
+    Called when a worker starts: after a crash (kill -9, OOM, a lost machine) the run is
+    resumed from its last checkpoint instead of staying "running" for ever.
+    """
+    orphaned = list(
+        session.scalars(
+            select(Run.id).where(
+                Run.status == RunStatus.running,
+                or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < _stale_before()),
+            )
+        )
+    )
+    for run_id in orphaned:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.running)
+            .values(status=RunStatus.interrupted)
+        )
+        add_event(
+            session=session, run_id=run_id, level="warning",
+            message="the worker running this run stopped answering; it will resume from its "
+            "last checkpoint",
+        )
+    session.commit()
+    return orphaned
 
 
 def add_event(*, session: Session, run_id: int, message: str, level: str = "info") -> None:

@@ -5,18 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from app.core.errors import DomainError
+from app.core.settings import get_settings
 from app.services import datasets
-from app.web.pages import CSRF, DbDep, PageDep, PageRoute, redirect, rollback
+from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import is_htmx, render
 
 router = APIRouter(prefix="/datasets", route_class=PageRoute, include_in_schema=False)
 
 
-def _list_context(session: Any, pc: Any) -> dict[str, Any]:
-    return {"datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx)}
+def _list_context(session: Session, pc: PageContext) -> dict[str, Any]:
+    return {
+        "datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx),
+        "max_upload_bytes": get_settings().max_upload_bytes,
+    }
 
 
 @router.get("")

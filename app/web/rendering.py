@@ -21,7 +21,11 @@ templates = Jinja2Templates(directory=str(PROJECT_ROOT / "templates"))
 
 
 def is_htmx(request: Request) -> bool:
-    return request.headers.get("hx-request") == "true"
+    """An htmx request wanting a fragment (a history restore wants the whole page)."""
+    return (
+        request.headers.get("hx-request") == "true"
+        and request.headers.get("hx-history-restore-request") != "true"
+    )
 
 
 def render(

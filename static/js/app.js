@@ -3,15 +3,49 @@
 //   form[data-confirm]           asks before a plain form posts (cancel, delete, stop)
 //   [data-copy="#selector"]      copies the text of the element it names
 //   form[data-reset-on-success]  clears an htmx form once its request succeeded
+//   input[type=file][data-max-bytes]  refuses a file over the upload limit before sending it
+// A JSON error answering an htmx request (e.g. from the API's error handler) becomes an alert
+// in #flash instead of raw JSON swapped into the page.
 // Elements with class js-hide are no-JS fallbacks (e.g. the switcher's button).
 (function () {
   "use strict";
 
   document.documentElement.classList.add("js");
 
+  function flash(message) {
+    var box = document.getElementById("flash");
+    if (!box) return;
+    var alert = document.createElement("div");
+    alert.className = "alert alert-error";
+    alert.setAttribute("role", "alert");
+    alert.textContent = message;
+    box.replaceChildren(alert);
+  }
+
   document.addEventListener("change", function (event) {
     var el = event.target;
-    if (el.matches && el.matches("select[data-autosubmit]") && el.form) el.form.requestSubmit();
+    if (!el.matches) return;
+    if (el.matches("select[data-autosubmit]") && el.form) el.form.requestSubmit();
+    if (el.matches("input[type=file][data-max-bytes]")) {
+      var max = Number(el.dataset.maxBytes);
+      var file = el.files && el.files[0];
+      el.setCustomValidity(file && max && file.size > max
+        ? "This file is larger than the upload limit of " + Math.round(max / 1048576) + " MB."
+        : "");
+      el.reportValidity();
+    }
+  });
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr.status < 400 || (xhr.getResponseHeader("content-type") || "").indexOf("json") === -1) return;
+    event.detail.shouldSwap = false;
+    var message = "The request failed (HTTP " + xhr.status + ").";
+    try {
+      var body = JSON.parse(xhr.responseText);
+      if (body && body.detail) message = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    } catch (err) { /* keep the generic message */ }
+    flash(message);
   });
 
   document.addEventListener("submit", function (event) {

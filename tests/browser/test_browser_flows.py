@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,6 +48,7 @@ from playwright.sync_api import (  # noqa: E402
     BrowserContext,
     ConsoleMessage,
     Page,
+    WebSocketRoute,
     expect,
     sync_playwright,
 )
@@ -184,6 +185,14 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def _wait_until(page: Page, condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Wait for something only this process sees (Playwright's events arrive while it waits)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        page.wait_for_timeout(50)
+
+
 def _sign_in(page: Page, email: str) -> None:
     page.get_by_label("E-mail").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
@@ -287,6 +296,13 @@ def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
     from app.services import artifacts, run_execution
 
     run_id = int(server.state["run_id"])
+    sockets: list[WebSocketRoute] = []  # every connection run.js opens, passed through
+
+    def through(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    page.route_web_socket(re.compile(r"/ws/runs/"), through)
     page.goto(f"/runs/{run_id}")
     live = page.locator("#run-live")
     expect(page.locator("#run-status")).to_have_text("queued")
@@ -323,6 +339,20 @@ def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
     # The server-rendered side panel is re-fetched when the status changes.
     expect(page.get_by_test_id("run-started")).to_contain_text("UTC")
     _shot(page, "run-live")
+
+    # The connection drops: run.js reconnects asking again from its last step (which may have
+    # been half-sent), and merging by step keeps every point exactly once.
+    assert len(sockets) == 1 and "after_step=-1" in sockets[0].url
+    sockets[0].close(code=1012, reason="server restart")
+    _wait_until(page, lambda: len(sockets) == 2)
+    expect(page.locator("#conn")).to_have_text("live")
+    assert len(sockets) == 2 and "after_step=19" in sockets[1].url, [w.url for w in sockets]
+    with session_scope() as session:
+        run_execution.write_metrics(
+            session=session, run_id=run_id,
+            points=[(step, "train_loss", 4.0 / step ** 0.3) for step in range(21, 26)],
+        )
+    expect(live).to_have_attribute("data-points", "25")
 
     # The run ends with a final checkpoint: it is registered and the page links the model.
     final = artifacts.resolve(f"{artifacts.run_dir_key(run_id)}/final")
