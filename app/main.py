@@ -47,6 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Train, register and serve language models. Native API under /api/v1; "
         "OpenAI-compatible API under /v1.",
         lifespan=lifespan,
+        # The schema and docs are served by app/api/routes/docs.py, behind authentication.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.hub = hub
     app.state.settings = settings

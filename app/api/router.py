@@ -2,8 +2,18 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import auth, datasets, deployments, models, runs, system, tokens, workspaces
+from app.api.routes import (
+    auth,
+    datasets,
+    deployments,
+    docs,
+    models,
+    runs,
+    system,
+    tokens,
+    workspaces,
+)
 
 api_router = APIRouter()
-for module in (system, auth, tokens, workspaces, datasets, runs, models, deployments):
+for module in (system, docs, auth, tokens, workspaces, datasets, runs, models, deployments):
     api_router.include_router(module.router)
