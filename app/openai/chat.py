@@ -26,8 +26,11 @@ async def create_chat_completion(
     messages = body.plain_messages()
     target = await generation.resolve_target(session=session, ctx=ctx, model=body.model)
     params = generation.sampling(
-        max_tokens=body.token_limit, temperature=body.temperature, top_p=body.top_p,
-        stop=body.stop, seed=body.seed,
+        max_tokens=body.token_limit,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop,
+        seed=body.seed,
     )
     completion_id, created = generation.new_id("chatcmpl"), generation.now()
     if not body.stream:
@@ -36,17 +39,23 @@ async def create_chat_completion(
             id=completion_id,
             created=created,
             model=body.model,
-            choices=[ChatChoice(
-                message=ChatMessageOut(content=result["text"]),
-                finish_reason=result["finish_reason"],
-            )],
+            choices=[
+                ChatChoice(
+                    message=ChatMessageOut(content=result["text"]),
+                    finish_reason=result["finish_reason"],
+                )
+            ],
             usage=generation.usage(result),
         )
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
-            "id": completion_id, "object": "chat.completion.chunk", "created": created,
-            "model": body.model, "choices": choices, **extra,
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "choices": choices,
+            **extra,
         }
 
     def choice(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def parse_number(value: str, prefix: str) -> int | None:
     """The number in an id like `file-12`; None if the id is not one of ours."""
     if not value.startswith(prefix):
         return None
-    digits = value[len(prefix):]
+    digits = value[len(prefix) :]
     if not digits.isdigit() or len(digits) > 10 or int(digits) > _MAX_ID:
         return None
     return int(digits)

@@ -26,8 +26,11 @@ async def create_completion(
     prompt = body.prompt_text()
     target = await generation.resolve_target(session=session, ctx=ctx, model=body.model)
     params = generation.sampling(
-        max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-        stop=body.stop, seed=body.seed,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop,
+        seed=body.seed,
     )
     completion_id, created = generation.new_id("cmpl"), generation.now()
     if not body.stream:
@@ -42,18 +45,35 @@ async def create_completion(
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
-            "id": completion_id, "object": "text_completion", "created": created,
-            "model": body.model, "choices": choices, **extra,
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": choices,
+            **extra,
         }
 
     def on_event(event: dict[str, Any]) -> list[dict[str, Any]]:
         if "finish_reason" not in event:
             if not event.get("delta"):
                 return []
-            return [chunk([{"index": 0, "text": event["delta"], "logprobs": None,
-                            "finish_reason": None}])]
-        chunks = [chunk([{"index": 0, "text": "", "logprobs": None,
-                          "finish_reason": event["finish_reason"]}])]
+            return [
+                chunk(
+                    [{"index": 0, "text": event["delta"], "logprobs": None, "finish_reason": None}]
+                )
+            ]
+        chunks = [
+            chunk(
+                [
+                    {
+                        "index": 0,
+                        "text": "",
+                        "logprobs": None,
+                        "finish_reason": event["finish_reason"],
+                    }
+                ]
+            )
+        ]
         if body.include_usage:
             chunks.append(chunk([], usage=generation.usage(event).model_dump()))
         return chunks

@@ -50,7 +50,7 @@ def to_file(dataset: Dataset) -> FileObject:
 def create_file(
     session: SessionDep,
     ctx: Workspace,
-    file: Annotated[UploadFile, File(description=".jsonl ({\"messages\"} or {\"text\"}) or .txt")],
+    file: Annotated[UploadFile, File(description='.jsonl ({"messages"} or {"text"}) or .txt')],
     purpose: Annotated[str, Form()],
 ) -> FileObject:
     if purpose != SUPPORTED_PURPOSE:
@@ -81,8 +81,12 @@ def list_files(
         if after_id is None:
             raise ValidationFailed(f"after: {after!r} is not a file id", param="after")
     rows = datasets.page_for_workspace(
-        session=session, ctx=ctx, after_id=after_id, limit=limit + 1,
-        ascending=order == "asc", purpose=purpose,
+        session=session,
+        ctx=ctx,
+        after_id=after_id,
+        limit=limit + 1,
+        ascending=order == "asc",
+        purpose=purpose,
     )
     data = [to_file(d) for d in rows[:limit]]
     return FileList(

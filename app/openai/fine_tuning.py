@@ -162,8 +162,12 @@ def create_fine_tuning_job(
             session=session, ctx=ctx, file=body.validation_file, param="validation_file"
         )
     run = runs.create_run(
-        session=session, ctx=ctx, dataset_id=training.id, config=config,
-        base_model=body.model, validation_dataset_id=validation.id if validation else None,
+        session=session,
+        ctx=ctx,
+        dataset_id=training.id,
+        config=config,
+        base_model=body.model,
+        validation_dataset_id=validation.id if validation else None,
         suffix=body.suffix,
     )
     return to_job(session=session, ctx=ctx, run=run)

@@ -23,7 +23,9 @@ from app.services.workspaces import WorkspaceContext
 
 INFERENCE_ERRORS = (inference_client.InferenceUnavailable, inference_client.InferenceError)
 _ERROR_TYPES = {
-    400: "invalid_request_error", 404: "not_found_error", 503: "service_unavailable_error"
+    400: "invalid_request_error",
+    404: "not_found_error",
+    503: "service_unavailable_error",
 }
 
 # Turns one inference event ({"delta"} or the final {"finish_reason", ...}) into chunks.
@@ -56,13 +58,20 @@ async def resolve_target(*, session: Session, ctx: WorkspaceContext, model: str)
 
 
 def sampling(
-    *, max_tokens: int | None, temperature: float | None, top_p: float | None,
-    stop: str | list[str] | None, seed: int | None,
+    *,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop: str | list[str] | None,
+    seed: int | None,
 ) -> dict[str, Any]:
     """The inference client's parameters; unset ones are left to the server's defaults."""
     params = {
-        "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-        "stop": [stop] if isinstance(stop, str) else stop, "seed": seed,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "stop": [stop] if isinstance(stop, str) else stop,
+        "seed": seed,
     }
     return {key: value for key, value in params.items() if value is not None}
 
@@ -90,7 +99,10 @@ def _error_event(error: DomainError) -> dict[str, Any]:
 
 
 async def stream(
-    target: ServingTarget, *, opening: list[dict[str, Any]], on_event: ChunkMaker,
+    target: ServingTarget,
+    *,
+    opening: list[dict[str, Any]],
+    on_event: ChunkMaker,
     **params: Any,
 ) -> StreamingResponse:
     """An SSE response: `opening` chunks, then `on_event`'s chunks per event, then [DONE].

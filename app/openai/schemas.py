@@ -329,8 +329,9 @@ class CompletionCreate(_GenerationRequest):
                 "only one prompt per request is supported; send several requests instead",
                 param="prompt",
             )
-        raise ValidationFailed("prompt must be a string (token arrays are not supported)",
-                               param="prompt")
+        raise ValidationFailed(
+            "prompt must be a string (token arrays are not supported)", param="prompt"
+        )
 
 
 class Usage(BaseModel):

@@ -68,8 +68,14 @@ async def run_updates(websocket: WebSocket, run_id: int, after_step: int = -1) -
         for message in messages:
             await websocket.send_json(message)
         while not receiver.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=IDLE_WAKE_S if not done else 30.0)
+            # Wake on new data, on the client leaving, or now and then to refresh the ETA.
+            waiter = asyncio.create_task(wake.wait())
+            await asyncio.wait(
+                {waiter, receiver},
+                timeout=IDLE_WAKE_S if not done else 30.0,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            waiter.cancel()
             wake.clear()
             if receiver.done():
                 break

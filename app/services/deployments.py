@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import InvalidTransition, NotFound, ServiceUnavailable, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
@@ -77,13 +78,32 @@ def create(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deplo
     return deployment
 
 
-async def start_loading(deployment: Deployment) -> dict:
-    """Ask the inference server to load the version; reports its status."""
+async def deploy(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deployment:
+    """One click: record the deployment and ask the inference server to load the version.
+
+    If the server is down or refuses, the deployment is marked failed with the reason (never
+    left "loading") and the caller gets a clear, retryable error.
+    """
+    deployment = await run_in_threadpool(create, session=session, ctx=ctx, version_id=version_id)
     target = target_for_version(deployment.model_version)
     try:
-        return await inference_client.ensure_loaded(target.key, target.path)
+        await inference_client.ensure_loaded(target.key, target.path)
     except inference_client.InferenceUnavailable as exc:
-        raise ServiceUnavailable(str(exc)) from exc
+        await run_in_threadpool(_mark_failed, session, deployment, str(exc))
+        raise ServiceUnavailable(f"{exc}; deploy again once it is running") from exc
+    except inference_client.InferenceError as exc:
+        message = f"the inference server could not load {target.serving_name}: {exc.detail}"
+        await run_in_threadpool(_mark_failed, session, deployment, message)
+        if exc.status_code < 500:
+            raise ValidationFailed(message) from exc
+        raise ServiceUnavailable(message) from exc
+    return deployment
+
+
+def _mark_failed(session: Session, deployment: Deployment, error: str) -> None:
+    deployment.status = DeploymentStatus.failed
+    deployment.error = error
+    session.commit()
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:

@@ -6,6 +6,7 @@ long training job never holds a transaction open.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -89,7 +90,9 @@ def interrupt_orphaned_runs(*, session: Session) -> list[int]:
             .values(status=RunStatus.interrupted)
         )
         add_event(
-            session=session, run_id=run_id, level="warning",
+            session=session,
+            run_id=run_id,
+            level="warning",
             message="the worker running this run stopped answering; it will resume from its "
             "last checkpoint",
         )
@@ -104,7 +107,11 @@ def add_event(*, session: Session, run_id: int, message: str, level: str = "info
 def write_metrics(
     *, session: Session, run_id: int, points: Iterable[tuple[int, str, float]]
 ) -> None:
-    """Insert points, ignoring ones already stored (a resumed run may report a step again)."""
+    """Insert points, ignoring ones already stored (a resumed run may report a step again).
+
+    Non-finite values (a diverged loss, a grad norm the trainer did not compute) are left out:
+    neither SQL nor JSON can carry NaN, and a chart gap says the same thing.
+    """
     values = [
         {
             "run_id": run_id,
@@ -114,6 +121,7 @@ def write_metrics(
             "created_at": utcnow(),
         }
         for step, name, value in points
+        if math.isfinite(value)
     ]
     if not values:
         return

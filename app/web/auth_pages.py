@@ -33,7 +33,8 @@ def setup_page(request: Request, session: DbDep) -> Response:
 
 @router.post("/setup", dependencies=[CSRF])
 def create_first_admin(
-    request: Request, session: DbDep,
+    request: Request,
+    session: DbDep,
     email: Annotated[str, Form(max_length=320)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
@@ -45,7 +46,8 @@ def create_first_admin(
         rollback(request)
         errors = {exc.param: exc.message} if exc.param else {}
         return render(
-            request, "setup.html",
+            request,
+            "setup.html",
             {"errors": errors, "email": email, "error": None if exc.param else exc.message},
             status_code=exc.status_code,
         )
@@ -61,14 +63,16 @@ def login_page(request: Request, session: DbDep, next: str | None = None) -> Res
     if session_user(request, session) is not None:
         return _see_other(safe_next(next))
     return render(
-        request, "login.html",
+        request,
+        "login.html",
         {"next": safe_next(next), "email": "", "error": None, "notice": None},
     )
 
 
 @router.post("/login", dependencies=[CSRF])
 def login(
-    request: Request, session: DbDep,
+    request: Request,
+    session: DbDep,
     email: Annotated[str, Form(max_length=320)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/",
@@ -83,7 +87,8 @@ def login(
             raise
     except DomainError as exc:
         return render(
-            request, "login.html",
+            request,
+            "login.html",
             {"next": safe_next(next), "email": email, "error": exc.message, "notice": None},
             status_code=exc.status_code,
         )
@@ -100,7 +105,9 @@ def logout(request: Request) -> Response:
 
 @router.post("/workspace", dependencies=[CSRF])
 def switch_workspace(
-    request: Request, session: DbDep, pc: PageDep,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
     workspace_id: Annotated[int, Form()],
 ) -> Response:
     ctx = workspaces.context_for(session=session, user=pc.user, workspace_ref=workspace_id)
@@ -109,8 +116,13 @@ def switch_workspace(
 
 
 _SECTIONS = (
-    "/datasets", "/runs", "/models", "/deployments", "/playground",
-    "/settings/tokens", "/settings/members",
+    "/datasets",
+    "/runs",
+    "/models",
+    "/deployments",
+    "/playground",
+    "/settings/tokens",
+    "/settings/members",
 )
 
 

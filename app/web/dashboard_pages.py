@@ -25,11 +25,13 @@ def dashboard(request: Request, session: DbDep) -> Response:
     ctx = pc.ctx
     recent = runs.list_for_workspace(session=session, ctx=ctx, limit=RECENT_RUNS)
     live = [
-        d for d in deployments.list_for_workspace(session=session, ctx=ctx)
+        d
+        for d in deployments.list_for_workspace(session=session, ctx=ctx)
         if d.status != DeploymentStatus.stopped
     ]
     return render(
-        request, "dashboard.html",
+        request,
+        "dashboard.html",
         {
             "runs": recent,
             "run_count": runs.count_for_workspace(session=session, ctx=ctx),

@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app.core.errors import ServiceUnavailable
+from app.core.errors import ServiceUnavailable, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus
-from app.services import datasets, deployments, inference_client, registry
+from app.services import datasets, deployments, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
 from app.web.rendering import is_htmx, render
 
@@ -20,7 +20,8 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 def _models_context(session: Session, pc: PageContext) -> dict[str, Any]:
     live = [
-        d for d in deployments.list_for_workspace(session=session, ctx=pc.ctx)
+        d
+        for d in deployments.list_for_workspace(session=session, ctx=pc.ctx)
         if d.status != DeploymentStatus.stopped
     ]
     return {
@@ -44,25 +45,24 @@ async def deploy_version(
     version_id: int, request: Request, session: DbDep, pc: PageDep
 ) -> Response:
     """Record the deployment and ask the inference server to load it; say so if it is down."""
-    deployment: Deployment = await run_in_threadpool(
-        deployments.create, session=session, ctx=pc.ctx, version_id=version_id
-    )
-    serving_name = deployment.model_version.serving_name
     try:
-        await deployments.start_loading(deployment)
-    except (ServiceUnavailable, inference_client.InferenceError) as exc:
-        # The deployment is recorded either way; the person is told why it is not loading.
-        if isinstance(exc, ServiceUnavailable):
-            message = f"{exc.message}. Deploy again once it is running."
-        else:
-            message = f"the inference server refused to load it ({exc.detail})"
+        deployment: Deployment = await deployments.deploy(
+            session=session, ctx=pc.ctx, version_id=version_id
+        )
+    except (ServiceUnavailable, ValidationFailed) as exc:
+        # The deployment is recorded as failed with the reason; the person is told why.
+        message = exc.message
         if is_htmx(request):
             return render(request, "_deploy_result.html", {"error": message})
         context = await run_in_threadpool(_models_context, session, pc)
         return await run_in_threadpool(
-            render, request, "models.html", {**context, "deploy_error": message},
-            status_code=503 if isinstance(exc, ServiceUnavailable) else 502,
+            render,
+            request,
+            "models.html",
+            {**context, "deploy_error": message},
+            status_code=exc.status_code,
         )
+    serving_name = deployment.model_version.serving_name
     if is_htmx(request):
         return render(request, "_deploy_result.html", {"serving_name": serving_name})
     return redirect(request, "/deployments")
@@ -74,7 +74,8 @@ def _deployments_page(
     rows = deployments.list_for_workspace(session=session, ctx=pc.ctx)
     deployments.apply_server_status(session=session, deployments=rows, loaded=loaded)
     return render(
-        request, "deployments.html",
+        request,
+        "deployments.html",
         {
             "deployments": rows,
             "server_up": loaded is not None,

@@ -104,8 +104,12 @@ def page_context(request: Request, session: DbDep) -> PageContext:
         ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
     memberships = workspaces.list_for_user(session=session, user=user)
     request.state.nav = NavInfo(
-        email=user.email, is_admin=user.is_admin, workspace_id=ctx.workspace.id,
-        workspace_name=ctx.workspace.name, role=str(ctx.role), can_edit=ctx.can_edit,
+        email=user.email,
+        is_admin=user.is_admin,
+        workspace_id=ctx.workspace.id,
+        workspace_name=ctx.workspace.name,
+        role=str(ctx.role),
+        can_edit=ctx.can_edit,
         is_owner=ctx.role == Role.owner,
         workspaces=[(ws.id, ws.name, str(role)) for ws, role in memberships],
     )
@@ -170,7 +174,9 @@ def form_errors(exc: ValidationError) -> dict[str, str]:
 def error_fragment(request: Request, status_code: int, message: str) -> Response:
     """An htmx request's error: an alert swapped into the page's flash area, not a whole page."""
     return render(
-        request, "_alert.html", {"message": message, "status_code": status_code},
+        request,
+        "_alert.html",
+        {"message": message, "status_code": status_code},
         status_code=status_code,
         headers={"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"},
     )

@@ -36,19 +36,23 @@ class PlaygroundRequest(BaseModel):
 
 @router.get("")
 def playground(
-    request: Request, session: DbDep, pc: PageDep,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
     model: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Response:
     versions = registry.list_versions(session=session, ctx=pc.ctx)
     live = [
-        d for d in deployments.list_for_workspace(session=session, ctx=pc.ctx)
+        d
+        for d in deployments.list_for_workspace(session=session, ctx=pc.ctx)
         if d.status != DeploymentStatus.stopped
     ]
     deployed = {d.model_version_id: d for d in reversed(live)}
     # Ready deployments first: they answer without a load.
     versions.sort(key=lambda v: (v.id not in deployed, -v.id))
     return render(
-        request, "playground.html",
+        request,
+        "playground.html",
         {"versions": versions, "deployed": deployed, "selected": model},
     )
 
@@ -84,8 +88,11 @@ async def stream_chat(
     async def events() -> AsyncIterator[str]:
         try:
             async for event in inference_client.generate_stream(
-                target.key, target.path, messages=messages,
-                max_tokens=body.max_tokens, temperature=body.temperature,
+                target.key,
+                target.path,
+                messages=messages,
+                max_tokens=body.max_tokens,
+                temperature=body.temperature,
             ):
                 yield _sse(event)
         except inference_client.InferenceUnavailable as exc:

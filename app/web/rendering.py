@@ -29,8 +29,12 @@ def is_htmx(request: Request) -> bool:
 
 
 def render(
-    request: Request, template: str, context: dict[str, Any] | None = None, *,
-    status_code: int = 200, block: str | Sequence[str] | None = None,
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    block: str | Sequence[str] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Render a page, or only `block` (one name or several, concatenated) when htmx asks.
@@ -66,7 +70,9 @@ def render(
 
 def render_error_page(request: Request, status_code: int, message: str) -> Response:
     return render(
-        request, "error.html", {"status_code": status_code, "message": message},
+        request,
+        "error.html",
+        {"status_code": status_code, "message": message},
         status_code=status_code,
     )
 
@@ -129,7 +135,11 @@ def _pretty_json(value: Any) -> str:
 
 
 templates.env.filters.update(
-    filesize=_filesize, datetime=_datetime, duration=_duration, metric=_metric,
-    pretty_json=_pretty_json, breakable=_breakable,
+    filesize=_filesize,
+    datetime=_datetime,
+    duration=_duration,
+    metric=_metric,
+    pretty_json=_pretty_json,
+    breakable=_breakable,
 )
 templates.env.globals.update(percent=_percent)

@@ -14,7 +14,12 @@ from app.web import (
 
 pages_router = APIRouter()
 for module in (
-    auth_pages, dashboard_pages, datasets_pages, runs_pages, models_pages, playground_pages,
+    auth_pages,
+    dashboard_pages,
+    datasets_pages,
+    runs_pages,
+    models_pages,
+    playground_pages,
     settings_pages,
 ):
     pages_router.include_router(module.router)

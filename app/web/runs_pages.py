@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from app.api.schemas import RunCreate
-from app.core.errors import DomainError
+from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
 from app.services import base_models, datasets, registry, runs
 from app.services.run_config import RunConfig
@@ -59,19 +59,28 @@ def _defaults(dataset_id: int | None) -> dict[str, Any]:
         key: "" if value is None else str(value) for key, value in RunConfig().model_dump().items()
     }
     values.update(
-        name="", suffix="", base_model=DEFAULT_BASE_MODEL
-        if DEFAULT_BASE_MODEL in base_models.CATALOG else next(iter(base_models.CATALOG)),
-        dataset_id="" if dataset_id is None else str(dataset_id), validation_dataset_id="",
+        name="",
+        suffix="",
+        base_model=DEFAULT_BASE_MODEL
+        if DEFAULT_BASE_MODEL in base_models.CATALOG
+        else next(iter(base_models.CATALOG)),
+        dataset_id="" if dataset_id is None else str(dataset_id),
+        validation_dataset_id="",
     )
     return values
 
 
 def _form_page(
-    request: Request, session: Session, pc: PageContext, values: dict[str, Any],
-    errors: dict[str, str], status_code: int = 200,
+    request: Request,
+    session: Session,
+    pc: PageContext,
+    values: dict[str, Any],
+    errors: dict[str, str],
+    status_code: int = 200,
 ) -> Response:
     return render(
-        request, "run_new.html",
+        request,
+        "run_new.html",
         {
             "datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=500),
             "base_models": list(base_models.CATALOG.values()),
@@ -96,7 +105,9 @@ def _optional_id(raw: str, field: str, errors: dict[str, str]) -> int | None:
 
 @router.get("")
 def run_list(
-    request: Request, session: DbDep, pc: PageDep,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
     total = runs.count_for_workspace(session=session, ctx=pc.ctx)
@@ -104,9 +115,12 @@ def run_list(
         session=session, ctx=pc.ctx, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
     return render(
-        request, "runs.html",
+        request,
+        "runs.html",
         {
-            "runs": items, "total": total, "page": page,
+            "runs": items,
+            "total": total,
+            "page": page,
             "pages": max(1, math.ceil(total / PAGE_SIZE)),
             "page_url": f"/runs?page={page}",
             "active_count": sum(1 for r in items if r.status in ACTIVE),
@@ -117,7 +131,9 @@ def run_list(
 
 @router.get("/new")
 def new_run(
-    request: Request, session: DbDep, pc: PageDep,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
     dataset_id: Annotated[int | None, Query()] = None,
 ) -> Response:
     pc.ctx.require(Role.editor)
@@ -126,12 +142,16 @@ def new_run(
 
 @router.post("", dependencies=[CSRF])
 def launch_run(
-    request: Request, session: DbDep, pc: PageDep, form: Annotated[LaunchForm, Form()],
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    form: Annotated[LaunchForm, Form()],
 ) -> Response:
     values = form.model_dump()
     errors: dict[str, str] = {}
     config_fields = {
-        key: value.strip() for key in RunConfig.model_fields
+        key: value.strip()
+        for key in RunConfig.model_fields
         if (value := values.get(key, "")) and value.strip()
     }
     config: RunConfig | None = None
@@ -147,10 +167,17 @@ def launch_run(
         return _form_page(request, session, pc, values, errors, status_code=422)
     try:
         run = runs.create_run(
-            session=session, ctx=pc.ctx, dataset_id=dataset_id, config=config,
-            base_model=form.base_model, validation_dataset_id=validation_id,
-            name=form.name.strip() or None, suffix=form.suffix.strip() or None,
+            session=session,
+            ctx=pc.ctx,
+            dataset_id=dataset_id,
+            config=config,
+            base_model=form.base_model,
+            validation_dataset_id=validation_id,
+            name=form.name.strip() or None,
+            suffix=form.suffix.strip() or None,
         )
+    except Forbidden:
+        raise  # not a form mistake: the error page says what role is needed
     except DomainError as exc:
         rollback(request)
         field = _PARAM_TO_FIELD.get(exc.param or "", exc.param or "form")
@@ -165,7 +192,8 @@ def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Re
     """The live view; htmx asks for the side panel (checkpoints, model link, actions) only."""
     run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
     return render(
-        request, "run_detail.html",
+        request,
+        "run_detail.html",
         {
             "run": run,
             "progress": runs.progress(run),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Request
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from app.core.errors import DomainError, ValidationFailed
+from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.db.models import Role
 from app.services import tokens, workspaces
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
@@ -22,9 +22,11 @@ def _tokens_page(
     request: Request, session: Session, pc: PageContext, status_code: int = 200, **extra: Any
 ) -> Response:
     return render(
-        request, "settings_tokens.html",
+        request,
+        "settings_tokens.html",
         {"tokens": tokens.list_tokens(session=session, user=pc.user), **extra},
-        block="token_panel", status_code=200 if is_htmx(request) else status_code,
+        block="token_panel",
+        status_code=200 if is_htmx(request) else status_code,
     )
 
 
@@ -35,19 +37,21 @@ def token_list(request: Request, session: DbDep, pc: PageDep) -> Response:
 
 @router.post("/tokens", dependencies=[CSRF])
 def create_token(
-    request: Request, session: DbDep, pc: PageDep,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
     name: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     """The secret is in this one answer only: it is never stored, so never shown again."""
     try:
         token, secret = tokens.create_token(session=session, user=pc.user, name=name)
+    except Forbidden:
+        raise  # not a form mistake: the error page says what role is needed
     except DomainError as exc:
         rollback(request)
         return _tokens_page(request, session, pc, exc.status_code, error=exc.message)
     session.commit()
-    response = _tokens_page(
-        request, session, pc, created_secret=secret, created_name=token.name
-    )
+    response = _tokens_page(request, session, pc, created_secret=secret, created_name=token.name)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -66,13 +70,15 @@ def _members_page(
     request: Request, session: Session, pc: PageContext, status_code: int = 200, **extra: Any
 ) -> Response:
     return render(
-        request, "settings_members.html",
+        request,
+        "settings_members.html",
         {
             "members": workspaces.list_members(session=session, ctx=pc.ctx),
             "roles": [r.value for r in Role],
             **extra,
         },
-        block="members_panel", status_code=200 if is_htmx(request) else status_code,
+        block="members_panel",
+        status_code=200 if is_htmx(request) else status_code,
     )
 
 
@@ -83,7 +89,9 @@ def member_list(request: Request, session: DbDep, pc: PageDep) -> Response:
 
 @router.post("/members", dependencies=[CSRF])
 def add_member(
-    request: Request, session: DbDep, pc: PageDep,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
     email: Annotated[str, Form(max_length=320)] = "",
     role: Annotated[str, Form(max_length=20)] = Role.viewer.value,
 ) -> Response:
@@ -93,6 +101,8 @@ def add_member(
         membership = workspaces.add_member(
             session=session, ctx=pc.ctx, email=email, role=Role(role)
         )
+    except Forbidden:
+        raise  # not a form mistake: the error page says what role is needed
     except DomainError as exc:
         rollback(request)
         return _members_page(

@@ -92,7 +92,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     log = (data_dir / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+         "--timeout-graceful-shutdown", "2"],
         cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
@@ -312,8 +313,7 @@ def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
     expect(page.get_by_test_id("cancel-run")).to_be_visible()
 
     with session_scope() as session:  # what the worker does when it picks the run up
-        run_execution.claim(session=session, run_id=run_id, task_id="browser-test",
-                            redelivered=False)
+        assert run_execution.claim(session=session, run_id=run_id, task_id="browser-test")
     for first in (1, 11):
         with session_scope() as session:
             points = []

@@ -39,10 +39,9 @@ async def create_deployment(
     body: DeploymentCreate, session: SessionDep, ctx: Workspace
 ) -> DeploymentRead:
     """One click: record the deployment and start loading it; poll until `ready`."""
-    deployment = await run_in_threadpool(
-        deployments.create, session=session, ctx=ctx, version_id=body.model_version_id
+    deployment = await deployments.deploy(
+        session=session, ctx=ctx, version_id=body.model_version_id
     )
-    await deployments.start_loading(deployment)
     return to_read(deployment)
 
 
