@@ -380,7 +380,7 @@ def test_deploying_says_when_the_inference_server_is_unreachable(page: Page) -> 
     _shot(page, "models")
 
     page.goto("/deployments")
-    expect(page.locator("#deployments-table")).to_contain_text("loading")
+    expect(page.locator("#deployments-table")).to_contain_text("failed")
     expect(page.locator("#deployments-table")).to_contain_text("not reachable")
     _shot(page, "deployments")
 
