@@ -6,10 +6,10 @@ from logging.config import fileConfig
 
 from alembic import context
 
+from app.core.settings import get_settings
 from app.db import models  # noqa: F401  (registers every table on Base.metadata)
 from app.db.base import Base
 from app.db.session import make_engine
-from app.core.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

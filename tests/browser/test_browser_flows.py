@@ -24,13 +24,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path("/tmp/shots")
 ADMIN_EMAIL = "admin@example.com"
@@ -40,7 +37,7 @@ LAPTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 10_000
 
-if not Path(CHROMIUM).exists():
+if not HAVE_CHROMIUM:
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
 from playwright.sync_api import (  # noqa: E402
@@ -80,7 +77,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     shutil.copy(sqlite_template, data_dir / "llmide.db")
     port = _free_port()
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if key not in ("LLMIDE_DATABASE_URL", "LLMIDE_REDIS_URL", "LLMIDE_INFERENCE_URL")
     }
     env.update(
@@ -91,10 +89,25 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     )
     log = (data_dir / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--timeout-graceful-shutdown", "2"],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "2",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -318,17 +331,25 @@ def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
         with session_scope() as session:
             points = []
             for step in range(first, first + 10):
-                points += [(step, "train_loss", 4.0 / step ** 0.3),
-                           (step, "learning_rate", 1e-3 * (1 - step / 40)),
-                           (step, "grad_norm", 1.5 / step ** 0.2),
-                           (step, "tokens_per_second", 900.0 + step)]
-            points += [(first + 9, "eval_loss", 3.9 / (first + 9) ** 0.25),
-                       (first + 9, "eval_perplexity", 40.0 / (first + 9) ** 0.3)]
+                points += [
+                    (step, "train_loss", 4.0 / step**0.3),
+                    (step, "learning_rate", 1e-3 * (1 - step / 40)),
+                    (step, "grad_norm", 1.5 / step**0.2),
+                    (step, "tokens_per_second", 900.0 + step),
+                ]
+            points += [
+                (first + 9, "eval_loss", 3.9 / (first + 9) ** 0.25),
+                (first + 9, "eval_perplexity", 40.0 / (first + 9) ** 0.3),
+            ]
             run_execution.write_metrics(session=session, run_id=run_id, points=points)
-            run_execution.update_progress(session=session, run_id=run_id, step=first + 9,
-                                          total_steps=40)
-            run_execution.add_event(session=session, run_id=run_id,
-                                    message=f"step {first + 9}/40 loss {points[-6][2]:.4f}")
+            run_execution.update_progress(
+                session=session, run_id=run_id, step=first + 9, total_steps=40
+            )
+            run_execution.add_event(
+                session=session,
+                run_id=run_id,
+                message=f"step {first + 9}/40 loss {points[-6][2]:.4f}",
+            )
         expect(live).to_have_attribute("data-points", str(first + 9))
     expect(page.locator("#run-status")).to_have_text("running")
     expect(page.locator("#run-step")).to_have_text("20")
@@ -349,8 +370,9 @@ def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
     assert len(sockets) == 2 and "after_step=19" in sockets[1].url, [w.url for w in sockets]
     with session_scope() as session:
         run_execution.write_metrics(
-            session=session, run_id=run_id,
-            points=[(step, "train_loss", 4.0 / step ** 0.3) for step in range(21, 26)],
+            session=session,
+            run_id=run_id,
+            points=[(step, "train_loss", 4.0 / step**0.3) for step in range(21, 26)],
         )
     expect(live).to_have_attribute("data-points", "25")
 
@@ -361,8 +383,11 @@ def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
     with session_scope() as session:
         run_execution.update_progress(session=session, run_id=run_id, step=40, total_steps=40)
         run_execution.finish(
-            session=session, run_id=run_id, status=RunStatus.succeeded,
-            final_checkpoint_key=artifacts.key_for(final), final_step=40,
+            session=session,
+            run_id=run_id,
+            status=RunStatus.succeeded,
+            final_checkpoint_key=artifacts.key_for(final),
+            final_step=40,
             final_metrics={"train_loss": 1.31, "eval_loss": 1.52, "eval_perplexity": 4.57},
         )
     expect(page.locator("#run-status")).to_have_text("succeeded")
@@ -418,7 +443,8 @@ def test_a_viewer_sees_no_buttons_that_change_things(
 ) -> None:
     csrf = page.locator('meta[name="csrf-token"]').get_attribute("content") or ""
     created = page.request.post(
-        "/api/v1/users", data={"email": VIEWER_EMAIL, "password": PASSWORD},
+        "/api/v1/users",
+        data={"email": VIEWER_EMAIL, "password": PASSWORD},
         headers={"X-CSRF-Token": csrf},
     )
     assert created.status == 201, created.text()
@@ -451,8 +477,18 @@ def test_a_viewer_sees_no_buttons_that_change_things(
 
 
 PAGES = [
-    "/", "/datasets", "/datasets/1", "/runs", "/runs/new", "/runs/1", "/models",
-    "/deployments", "/playground", "/settings/tokens", "/settings/members", "/runs/999",
+    "/",
+    "/datasets",
+    "/datasets/1",
+    "/runs",
+    "/runs/new",
+    "/runs/1",
+    "/models",
+    "/deployments",
+    "/playground",
+    "/settings/tokens",
+    "/settings/members",
+    "/runs/999",
 ]
 
 

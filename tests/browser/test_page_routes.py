@@ -24,13 +24,17 @@ def _sign_in(client: TestClient, persona: Persona) -> str:
     """Sign in through the login form, act in the persona's workspace; returns the CSRF token."""
     client.cookies.clear()
     signed_in = client.post(
-        "/login", headers=HTML, follow_redirects=False,
+        "/login",
+        headers=HTML,
+        follow_redirects=False,
         data={"email": persona.email, "password": PASSWORD, "csrf_token": _csrf(client)},
     )
     assert signed_in.status_code == 303, signed_in.text
     token = _csrf(client, "/")
     switched = client.post(
-        "/workspace", headers=HTML, follow_redirects=False,
+        "/workspace",
+        headers=HTML,
+        follow_redirects=False,
         data={"workspace_id": str(persona.workspace_id), "csrf_token": token},
     )
     assert switched.status_code == 303, switched.text
@@ -80,20 +84,20 @@ def test_page_writes_need_the_csrf_token(client: TestClient, team: Team) -> None
     assert "<html" in refused.text  # a page, not JSON
 
 
-def test_a_viewer_cannot_launch_or_upload_through_the_pages(
-    client: TestClient, team: Team
-) -> None:
+def test_a_viewer_cannot_launch_or_upload_through_the_pages(client: TestClient, team: Team) -> None:
     uploaded = team.editor.upload("corpus.jsonl", text_jsonl(20))
     assert uploaded.status_code == 201, uploaded.text
     token = _sign_in(client, team.viewer)
     assert client.get("/runs/new", headers=HTML).status_code == 403
     launched = client.post(
-        "/runs", headers=HTML,
+        "/runs",
+        headers=HTML,
         data={"dataset_id": str(uploaded.json()["id"]), "csrf_token": token},
     )
     assert launched.status_code == 403 and "needs editor" in launched.text
     upload = client.post(
-        "/datasets", headers={**HTML, "X-CSRF-Token": token},
+        "/datasets",
+        headers={**HTML, "X-CSRF-Token": token},
         files={"file": ("c.jsonl", io.BytesIO(text_jsonl(5).encode()))},
     )
     assert upload.status_code == 403 and "needs editor" in upload.text

@@ -62,7 +62,9 @@ def test_killed_worker_run_resumes_from_checkpoint_without_gaps_or_duplicates(
     ).json()["id"]
     wait_for(
         lambda: api.get(f"/api/v1/runs/{run_id}/checkpoints").json(),
-        timeout=180, what="a first checkpoint", server=server,
+        timeout=180,
+        what="a first checkpoint",
+        server=server,
     )
     step_at_kill = api.get(f"/api/v1/runs/{run_id}").json()["step"]
     assert step_at_kill < 120
@@ -71,13 +73,18 @@ def test_killed_worker_run_resumes_from_checkpoint_without_gaps_or_duplicates(
 
     run = wait_for(
         lambda: (r := api.get(f"/api/v1/runs/{run_id}").json())["status"] == "succeeded" and r,
-        timeout=240, what="the run to resume and finish", server=server,
+        timeout=240,
+        what="the run to resume and finish",
+        server=server,
     )
     events = [e["message"] for e in api.get(f"/api/v1/runs/{run_id}/events").json()]
     assert any("stopped answering" in m for m in events), events
     assert any(m.startswith("resuming from step") for m in events), events
-    steps = [p["step"] for p in api.get(f"/api/v1/runs/{run_id}/metrics").json()
-             if "train_loss" in p["values"]]
+    steps = [
+        p["step"]
+        for p in api.get(f"/api/v1/runs/{run_id}/metrics").json()
+        if "train_loss" in p["values"]
+    ]
     assert steps == list(range(1, 121)), "every step exactly once"
     assert run["step"] == 120
     api.close()
