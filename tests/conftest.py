@@ -26,6 +26,7 @@ _security._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 POSTGRES_URL = os.environ.get(
     "LLMIDE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+# Redis database 15 by default; tests only flush that one.
 REDIS_URL = os.environ.get("LLMIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct-horse-42"
 
@@ -75,21 +76,32 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_migrated() -> str:
+def postgres_migrated() -> Iterator[str]:
+    """A database of this test session's own on the Postgres server, migrated from empty.
+
+    Its own database (not the shared `test` one) lets several test runs share the server.
+    """
     if not POSTGRES_UP:
         pytest.skip("Postgres is not running on 127.0.0.1:5432")
-    from sqlalchemy import text
+    import psycopg
 
     from app.db.migrate import upgrade_to_head
-    from app.db.session import make_engine
 
-    url = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://")
-    engine = make_engine(url)
-    with engine.begin() as conn:  # migrations run from empty, every session
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
+    name = f"llmide_test_{os.getpid()}"
+    admin = psycopg.connect(POSTGRES_URL, autocommit=True)
+    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.execute(f"CREATE DATABASE {name}")
+    url = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = f"{url}/{name}"
     upgrade_to_head(url)
-    return url
+    try:
+        yield url
+    finally:
+        from app.db.session import reset_engine_cache
+
+        reset_engine_cache()
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
 
 
 def _truncate_postgres(url: str) -> None:
@@ -119,6 +131,7 @@ def installation(
     Tests that take the `backend` fixture run on both; others run on the embedded default.
     """
     backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("LLMIDE_")}
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     if backend == "postgres":
@@ -134,9 +147,14 @@ def installation(
         shutil.copy(sqlite_template, data_dir / "llmide.db")
         configure_environment(data_dir, database_url=None, redis_url=None)
     yield data_dir
+    from app.core.settings import get_settings
     from app.db.session import reset_engine_cache
 
     reset_engine_cache()
+    for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
+        del os.environ[key]
+    os.environ.update(saved_env)
+    get_settings.cache_clear()
 
 
 @pytest.fixture
