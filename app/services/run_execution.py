@@ -104,6 +104,13 @@ def add_event(*, session: Session, run_id: int, message: str, level: str = "info
     session.add(RunEvent(run_id=run_id, level=level, message=message[:4000]))
 
 
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Drop NaN and infinities: JSON columns (Postgres) and JSON answers cannot carry them."""
+    return {
+        k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)
+    }
+
+
 def write_metrics(
     *, session: Session, run_id: int, points: Iterable[tuple[int, str, float]]
 ) -> None:
@@ -163,7 +170,7 @@ def record_checkpoint(
         checkpoint = Checkpoint(run_id=run_id, step=step, storage_key=storage_key)
         session.add(checkpoint)
     checkpoint.storage_key = storage_key
-    checkpoint.metrics = metrics
+    checkpoint.metrics = finite_metrics(metrics)
     checkpoint.is_final = is_final
     session.flush()
     return checkpoint

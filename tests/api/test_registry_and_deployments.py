@@ -102,3 +102,21 @@ def test_non_finite_metric_values_are_left_out_instead_of_breaking_the_run(
         )
     points = team.viewer.get(f"/api/v1/runs/{run_id}/metrics").json()
     assert points == [{"step": 1, "values": {"train_loss": 2.0}}]
+
+
+def test_checkpoint_metrics_with_nan_are_stored_without_it(team: Team, backend: str) -> None:
+    from app.db.session import session_scope
+    from app.services import run_execution
+
+    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
+    run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]
+    with session_scope() as session:
+        run_execution.record_checkpoint(
+            session=session,
+            run_id=run_id,
+            step=5,
+            storage_key=f"runs/{run_id}/checkpoints/c5",
+            metrics={"train_loss": 1.0, "grad_norm": float("nan"), "eval_perplexity": float("inf")},
+        )
+    checkpoints = team.viewer.get(f"/api/v1/runs/{run_id}/checkpoints").json()
+    assert checkpoints[0]["metrics"] == {"train_loss": 1.0}

@@ -81,7 +81,7 @@ def finish_like_the_worker(
     final_key = f"runs/{run_id}/final"
     artifacts.resolve(final_key).mkdir(parents=True)
     with session_scope() as session:
-        assert run_execution.claim(session=session, run_id=run_id, task_id="t", redelivered=False)
+        assert run_execution.claim(session=session, run_id=run_id, task_id="t")
         for step in checkpoint_steps:
             run_execution.record_checkpoint(
                 session=session, run_id=run_id, step=step,
