@@ -22,7 +22,11 @@ def _migrate() -> None:
 
     settings = get_settings()
     settings.ensure_dirs()
-    wait_for_database(settings.sqlalchemy_url)
+    wait_for_database(
+        settings.sqlalchemy_url,
+        attempts=settings.db_connect_attempts,
+        delay_s=settings.db_connect_delay_s,
+    )
     upgrade_to_head(settings.sqlalchemy_url)
 
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     worker_queues: str = "gpu,cpu"
     # A running run whose worker has been silent this long is resumed by another worker.
     run_stale_after_s: float = Field(60.0, ge=2.0)
+    # `migrate` and `serve` wait this long for the database (a compose start, a restarting
+    # server), then exit with one clear message rather than crash-looping.
+    db_connect_attempts: int = Field(30, ge=1)
+    db_connect_delay_s: float = Field(1.0, ge=0.0)
 
     @field_validator("data_dir")
     @classmethod

@@ -74,7 +74,8 @@ def test_a_person_uploads_trains_watches_deploys_and_chats_in_the_browser(page: 
 
     page.goto("/models")
     page.get_by_test_id("deploy").first.click()
-    page.goto("/deployments")
+    expect(page.locator(".deploy-msg").first).to_contain_text("Loading")
+    page.get_by_role("link", name="Deployments").last.click()
     expect(page.locator("#deployments-table")).to_contain_text("ready", timeout=60_000)
 
     page.goto("/playground")

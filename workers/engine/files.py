@@ -1,8 +1,10 @@
-"""File-system touches on what the engine writes, so other processes can read it."""
+"""File-system touches on what the engine writes: readable by other processes, published whole."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
 _DEFAULT_UMASK = 0o022
@@ -30,3 +32,28 @@ def make_readable(directory: Path) -> None:
             mode = path.stat().st_mode & 0o777
             if mode & read_bits != read_bits:
                 path.chmod(mode | read_bits)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_dir(staged: Path, target: Path) -> None:
+    """Give a completely written folder its final name with one rename.
+
+    Its files are flushed to disk first, so the name never points at data a crash could still
+    lose. A folder already at `target` is one no run record points to (a step saved again
+    after a resume, a final model whose run died before registering it) and is replaced.
+    """
+    for path in staged.iterdir():
+        if path.is_file():
+            _fsync(path)
+    _fsync(staged)
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(staged, target)
+    _fsync(target.parent)

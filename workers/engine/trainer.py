@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import (
     AutoConfig,
@@ -16,6 +18,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging as hf_logging
 
 from workers.engine.callbacks import TrainCallbacks
@@ -35,12 +38,15 @@ from workers.engine.device import (
     configure_cpu_threads,
     plan_device,
 )
-from workers.engine.files import make_readable
+from workers.engine.files import make_readable, publish_dir
 from workers.engine.reporting import ReportingCallback
 from workers.engine.scratch import scratch_config
 from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
 
 TRAINER_STATE_FILE = "trainer_state.json"  # what makes a directory a resumable checkpoint
+# Where a checkpoint is written before it is renamed into place; the Trainer's checkpoint-*
+# globbing (rotation, resume) never sees it.
+STAGING_DIR = ".staging"
 EVALUATIONS_PER_RUN = 10
 CHECKPOINTS_PER_RUN = 4
 LOG_LINES_PER_RUN = 20  # "step N/M loss X" lines in the log tail; every step goes to on_metrics
@@ -52,6 +58,57 @@ class TrainResult:
     global_step: int
     metrics: dict[str, float]  # the latest training and evaluation values, plus train_runtime
     stopped: bool  # True when should_stop() ended the run early
+
+
+class CheckpointSaveFailed(RuntimeError):
+    """Writing a checkpoint failed (a full disk, say); the checkpoints before it are intact."""
+
+
+class AtomicCheckpointTrainer(Trainer):
+    """A Trainer whose checkpoints appear whole or not at all.
+
+    The stock Trainer writes checkpoint-N in place, so a save that fails half way (a full disk,
+    a killed worker) leaves a folder that looks like a checkpoint but does not load. Here each
+    checkpoint is written into a staging folder and renamed into place once every file of it
+    is on disk; a failed save leaves nothing behind but the error.
+    """
+
+    _staging_root: Path | None = None
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # During a save the stock _save_checkpoint writes (and rotates) under the staging root.
+        if self._staging_root is not None:
+            return str(self._staging_root)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        if self.args.world_size > 1:  # every rank writes its own files: keep the stock layout
+            super()._save_checkpoint(model, trial)
+            return
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = run_dir / STAGING_DIR
+        shutil.rmtree(staging_root, ignore_errors=True)  # what an interrupted save left
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+            publish_dir(staging_root / name, run_dir / name)
+        except Exception as exc:
+            raise CheckpointSaveFailed(
+                f"could not write the checkpoint at step {self.state.global_step}: {exc}"
+            ) from exc
+        finally:
+            self._staging_root = None
+            shutil.rmtree(staging_root, ignore_errors=True)
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best).parent == staging_root:
+            self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+        rotate_checkpoints(
+            output_dir=str(run_dir),
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +167,7 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     reporter = ReportingCallback(
         callbacks, log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN)
     )
-    trainer = Trainer(
+    trainer = AtomicCheckpointTrainer(
         model=model,
         args=_training_arguments(config, device, schedule, has_eval=eval_set is not None),
         # Blocks are already equal-length tensors: stacking is all the collation they need.
@@ -274,9 +331,18 @@ def _training_arguments(
 
 
 def _save_final(trainer: Trainer, final_dir: Path) -> Path:
-    """Weights (safetensors), config, generation config and tokenizer in one loadable folder."""
-    trainer.save_model(str(final_dir))
-    # A pickled TrainingArguments is of no use to inference and no pickle ships with a model.
-    (final_dir / "training_args.bin").unlink(missing_ok=True)
-    make_readable(final_dir)
+    """Weights (safetensors), config, generation config and tokenizer in one loadable folder.
+
+    Written beside its final name and renamed into place, like the checkpoints.
+    """
+    staged = final_dir.with_name(f"{STAGING_DIR}-{final_dir.name}")
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        trainer.save_model(str(staged))
+        # A pickled TrainingArguments is of no use to inference and no pickle ships with a model.
+        (staged / "training_args.bin").unlink(missing_ok=True)
+        make_readable(staged)
+        publish_dir(staged, final_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return final_dir
