@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from app.core.errors import Forbidden, NotAuthenticated
 from app.core.security import constant_time_equals
 from app.db.models import Role, User
-from app.db.session import get_sessionmaker
-from app.services import tokens, workspaces
+from app.db.session import session_scope
+from app.services import sessions, tokens, workspaces
 from app.services.workspaces import WorkspaceContext
 
 WORKSPACE_HEADER = "X-LLMIDE-Workspace"
@@ -21,15 +21,8 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def get_session() -> Iterator[Session]:
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -65,14 +58,9 @@ def optional_user(request: Request, session: SessionDep) -> User | None:
             raise NotAuthenticated("invalid or revoked API token")
         request.state.auth = "token"
         return user
-    user_id = request.session.get("user_id") if "session" in request.scope else None
-    if user_id is None:
-        return None
-    user = session.get(User, int(user_id))
-    if user is None or not user.is_active:
-        request.session.clear()
-        return None
-    request.state.auth = "session"
+    user = sessions.session_user(request, session)
+    if user is not None:
+        request.state.auth = "session"
     return user
 
 

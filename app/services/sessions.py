@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection, Request
 
 from app.core.security import new_csrf_token
 from app.db.models import User
@@ -29,3 +30,17 @@ def sign_out(request: Request) -> None:
 
 def switch_workspace(request: Request, workspace_id: int) -> None:
     request.session["workspace_id"] = workspace_id
+
+
+def session_user(connection: HTTPConnection, session: Session) -> User | None:
+    """The active user a signed session cookie belongs to; a stale cookie is cleared."""
+    if "session" not in connection.scope:
+        return None
+    user_id = connection.session.get("user_id")
+    if user_id is None:
+        return None
+    user = session.get(User, int(user_id))
+    if user is None or not user.is_active:
+        connection.session.clear()
+        return None
+    return user

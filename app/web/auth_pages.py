@@ -10,7 +10,8 @@ from starlette.responses import RedirectResponse, Response
 
 from app.core.errors import DomainError, NotAuthenticated
 from app.services import login_throttle, sessions, users, workspaces
-from app.web.pages import CSRF, DbDep, PageDep, PageRoute, rollback, safe_next, session_user
+from app.services.sessions import session_user
+from app.web.pages import CSRF, DbDep, PageDep, PageRoute, rollback, safe_next
 from app.web.rendering import render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)

@@ -18,6 +18,7 @@ from app.core.errors import DomainError, Forbidden, NotAuthenticated, NotFound
 from app.core.security import constant_time_equals
 from app.db.models import Role, User, Workspace
 from app.services import workspaces
+from app.services.sessions import session_user
 from app.services.workspaces import WorkspaceContext
 from app.web.rendering import is_htmx, render, render_error_page
 
@@ -61,18 +62,6 @@ class PageContext:
     @property
     def is_owner(self) -> bool:
         return self.ctx.role == Role.owner
-
-
-def session_user(request: Request, session: Session) -> User | None:
-    """The user a browser session belongs to (pages use the cookie only, never a bearer token)."""
-    user_id = request.session.get("user_id")
-    if user_id is None:
-        return None
-    user = session.get(User, int(user_id))
-    if user is None or not user.is_active:
-        request.session.clear()
-        return None
-    return user
 
 
 def page_db(request: Request, session: SessionDep) -> Session:
