@@ -26,6 +26,12 @@ class RunReporter:
     def __init__(self, run_id: int) -> None:
         self.run_id = run_id
         self._lock = threading.Lock()
+        # One flush at a time (the flush thread and on_checkpoint both flush): a run's metric rows
+        # then commit in id order, which the live view's id cursor relies on. Two overlapping
+        # transactions on Postgres could commit the higher ids first, and a websocket reading in
+        # between would step over the lower ones for good.
+        self._flush_lock = threading.Lock()
+        self._publish_failing = False
         self._points: list[tuple[int, str, float]] = []
         self._events: list[tuple[str, str]] = []
         self._progress: tuple[int, int | None] | None = None
@@ -90,6 +96,10 @@ class RunReporter:
                 log.exception("flushing metrics of run %s failed; will retry", self.run_id)
 
     def flush(self) -> None:
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             points, self._points = self._points, []
             events, self._events = self._events, []
@@ -120,10 +130,25 @@ class RunReporter:
                 self._events[:0] = events
             raise
         if (points or events or progress) and self._redis is not None:
-            try:
-                self._redis.publish(RUN_UPDATES_CHANNEL, str(self.run_id))
-            except Exception:  # the hub falls back to polling; never block training on Redis
-                log.warning("could not publish update of run %s to Redis", self.run_id)
+            self._publish()
+
+    def _publish(self) -> None:
+        try:
+            self._redis.publish(RUN_UPDATES_CHANNEL, str(self.run_id))
+        except Exception as exc:  # the hub falls back to polling; never block training on Redis
+            # Once per outage, not ten times a second.
+            if not self._publish_failing:
+                log.warning(
+                    "could not publish updates of run %s to Redis (%s); the web polls the "
+                    "database until Redis is back",
+                    self.run_id,
+                    exc,
+                )
+            self._publish_failing = True
+            return
+        if self._publish_failing:
+            log.info("publishing updates of run %s to Redis again", self.run_id)
+            self._publish_failing = False
 
     def close(self) -> None:
         self._stop.set()

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,10 +100,8 @@ class LoggedProcess:
         """SIGKILL for the whole process tree, as an OOM killer or a lost machine would."""
         if self.process is None:
             return
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
@@ -187,9 +185,7 @@ class RedisServer:
         self.process.kill9()
 
 
-def wait_for(
-    predicate: Callable[[], T], *, timeout: float, what: str, log: Callable[[], str]
-) -> T:
+def wait_for(predicate: Callable[[], T], *, timeout: float, what: str, log: Callable[[], str]) -> T:
     """Poll until `predicate` returns something truthy; fail with the log tail otherwise."""
     deadline = time.monotonic() + timeout
     while True:

@@ -66,7 +66,7 @@ def test_a_redis_restart_mid_run_loses_no_training_and_no_live_point(
         killed_at = time.monotonic()
         # Without Redis the worker keeps training (it only loses its wake-up channel and its
         # broker connection) and the hub falls back to polling the database.
-        time.sleep(3)
+        time.sleep(4)
         redis_server.start()
         restarted_at = time.monotonic()
         step_at_restart = watcher.last_step()
@@ -92,6 +92,10 @@ def test_a_redis_restart_mid_run_loses_no_training_and_no_live_point(
         after_restart = [p for p in watcher.points if p.at > restarted_at]
         assert during_outage, "points kept coming while Redis was down (the hub polled)"
         assert max(p.step for p in after_restart) == STEPS > step_at_restart
+
+        # The worker said once that Redis was gone, not at every flush.
+        server_log = server.log_path.read_text(errors="replace")
+        assert server_log.count("could not publish updates of run") == 1, log()
 
         # The broker is back for the worker too: a new run is picked up and finishes.
         second = launch_run(api, rows=100, max_steps=3)
