@@ -43,6 +43,15 @@ def serve(
         bool, typer.Option("--web-only", help="Start only the web process (compose runs the rest).")
     ] = False,
     no_migrate: Annotated[bool, typer.Option("--no-migrate")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Web processes. One uses one core; live updates stay exact with several (each "
+            "has its own hub reading the database), but sign-in throttling counts per process.",
+        ),
+    ] = 1,
 ) -> None:
     """Start the product: web, plus an embedded worker and inference process unless --web-only."""
     from app.supervisor import Supervisor
@@ -54,7 +63,7 @@ def serve(
     if not web_only:
         supervisor.add("worker", [sys.executable, "-m", "app.cli", "worker"])
         supervisor.add("inference", [sys.executable, "-m", "app.cli", "inference"])
-    supervisor.run_web()
+    supervisor.run_web(workers=workers)
 
 
 @cli.command()

@@ -77,7 +77,10 @@ class Supervisor:
                 child.process.wait()
         print("[llmide] all processes stopped", flush=True)
 
-    def run_web(self) -> None:
+    def run_web(self, workers: int = 1) -> None:
+        if workers > 1:
+            # Made (or read) here, before the workers start: each must sign with the same key.
+            self.settings.resolved_secret_key()
         for child in self.children:
             self._start(child)
         watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
@@ -93,6 +96,7 @@ class Supervisor:
                 factory=True,
                 host=self.settings.host,
                 port=self.settings.port,
+                workers=workers,
                 log_level="info",
                 proxy_headers=False,
                 # Open websockets would otherwise hold a Ctrl-C for as long as browsers stay.

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import Forbidden, NotAuthenticated
 from app.core.security import constant_time_equals
 from app.db.models import Role, User
-from app.db.session import session_scope
+from app.db.session import REQUEST_SESSIONS, session_scope
 from app.services import sessions, tokens, workspaces
 from app.services.workspaces import WorkspaceContext
 
@@ -25,7 +25,13 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# A request holds its session (and, once it queries, a pooled connection) across several
+# thread-pool hops: its dependencies, the endpoint, the response. Unbounded, a burst deadlocked:
+# every worker thread waited for a connection while the requests holding the connections
+# waited for a thread, until the pool's 30 s timeout answered 500. So at most REQUEST_SESSIONS
+# requests (fewer than the pool's connections) hold a session at once; the others wait in the
+# event loop, without a thread. Every user of SessionDep shares this one limit.
+SessionDep = Annotated[Session, Depends(get_session, max_concurrency=REQUEST_SESSIONS)]
 
 
 def _bearer(request: Request) -> str | None:

@@ -107,6 +107,21 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class BrowserSession(Base):
+    """A signed-in browser. Its cookie is signed, not stored, so on its own a copy would stay
+    valid until it expires; the cookie therefore carries a random id whose SHA-256 is kept here,
+    and signing out deletes it: a cookie whose id is gone signs nobody in."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    sid_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Annotated
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import DomainError
+from app.db.base import MAX_ID
 from app.db.models import Run
 from app.db.session import session_scope
 from app.realtime.hub import RunUpdateHub
@@ -31,7 +33,7 @@ def _prepare(websocket: WebSocket, run_id: int, after_step: int) -> tuple[list[d
     with session_scope() as session:
         ctx = authenticate(
             session=session,
-            user_id=session_data.get("user_id"),
+            connection=websocket,
             bearer=_bearer(websocket),
             workspace_ref=websocket.query_params.get("workspace")
             or session_data.get("workspace_id"),
@@ -51,7 +53,11 @@ def _more(run_id: int, cursor: Cursor) -> tuple[list[dict], bool]:
 
 
 @router.websocket("/ws/runs/{run_id}")
-async def run_updates(websocket: WebSocket, run_id: int, after_step: int = -1) -> None:
+async def run_updates(
+    websocket: WebSocket,
+    run_id: int,
+    after_step: Annotated[int, Query(ge=-1, le=MAX_ID)] = -1,
+) -> None:
     hub: RunUpdateHub = websocket.app.state.hub
     try:
         messages, done, cursor = await run_in_threadpool(_prepare, websocket, run_id, after_step)

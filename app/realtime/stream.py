@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection
 
 from app.core.errors import NotAuthenticated
 from app.db.models import Run, RunStatus, User
-from app.services import runs, tokens, workspaces
+from app.services import runs, sessions, tokens, workspaces
 from app.services.workspaces import WorkspaceContext
 
 
@@ -24,13 +25,18 @@ class Cursor:
 
 
 def authenticate(
-    *, session: Session, user_id: int | None, bearer: str | None, workspace_ref: str | None
+    *,
+    session: Session,
+    connection: HTTPConnection,
+    bearer: str | None,
+    workspace_ref: str | None,
 ) -> WorkspaceContext:
+    """A bearer token, else the session cookie (only while its session is recorded)."""
     user: User | None = None
     if bearer:
         user = tokens.user_for_secret(session=session, secret=bearer)
-    elif user_id is not None:
-        user = session.get(User, int(user_id))
+    else:
+        user = sessions.session_user(connection, session)
     if user is None or not user.is_active:
         raise NotAuthenticated("authentication required")
     return workspaces.context_for(session=session, user=user, workspace_ref=workspace_ref)
@@ -42,11 +48,16 @@ def next_messages(*, session: Session, run: Run, cursor: Cursor) -> tuple[list[d
     A slow client simply gets one larger message next time: updates merge, nothing is dropped.
     """
     messages: list[dict[str, Any]] = []
-    rows = runs.metric_rows(
-        session=session, run_id=run.id, after_step=cursor.after_step, after_id=cursor.metric_id
-    )
+    if cursor.after_step < 0 and cursor.metric_id == 0:
+        # A new chart: the run's history, thinned if the run is long.
+        rows, cursor.metric_id = runs.history_rows(session=session, run_id=run.id)
+    else:
+        rows = runs.metric_rows(
+            session=session, run_id=run.id, after_step=cursor.after_step, after_id=cursor.metric_id
+        )
+        if rows:
+            cursor.metric_id = rows[-1].id
     if rows:
-        cursor.metric_id = rows[-1].id
         messages.append({"type": "metrics", "points": runs.group_by_step(rows)})
     new_events = runs.events(session=session, run_id=run.id, after_id=cursor.event_id)
     if new_events:

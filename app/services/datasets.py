@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.settings import get_settings
+from app.db.base import get_by_id
 from app.db.models import Dataset, Role, Run
 from app.services import artifacts
 from app.services.dataset_validation import PREVIEW_ROWS, validate_stream
@@ -73,7 +74,7 @@ def create_from_upload(
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, dataset_id: int) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
+    dataset = get_by_id(session, Dataset, dataset_id)
     if dataset is None or dataset.workspace_id != ctx.workspace.id:
         raise NotFound(f"dataset {dataset_id} not found")
     return dataset
@@ -91,6 +92,29 @@ def list_for_workspace(
             .offset(offset)
         )
     )
+
+
+def count_for_workspace(*, session: Session, ctx: WorkspaceContext) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Dataset)
+            .where(Dataset.workspace_id == ctx.workspace.id)
+        )
+        or 0
+    )
+
+
+def names_for(*, session: Session, ctx: WorkspaceContext, ids: set[int]) -> dict[int, str]:
+    """Names of the workspace's datasets among `ids` (what a page links to, not every one)."""
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Dataset.id, Dataset.name).where(
+            Dataset.workspace_id == ctx.workspace.id, Dataset.id.in_(ids)
+        )
+    )
+    return {dataset_id: name for dataset_id, name in rows}
 
 
 def page_for_workspace(

@@ -10,10 +10,11 @@ import contextlib
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import InvalidTransition, NotFound, ServiceUnavailable, ValidationFailed
+from app.db.base import get_by_id
 from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
 from app.services import artifacts, base_models, inference_client, registry
 from app.services.workspaces import WorkspaceContext
@@ -107,7 +108,7 @@ def _mark_failed(session: Session, deployment: Deployment, error: str) -> None:
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:
-    deployment = session.get(Deployment, deployment_id)
+    deployment = get_by_id(session, Deployment, deployment_id)
     if deployment is None or deployment.workspace_id != ctx.workspace.id:
         raise NotFound(f"deployment {deployment_id} not found")
     return deployment
@@ -117,6 +118,7 @@ def list_for_workspace(*, session: Session, ctx: WorkspaceContext) -> list[Deplo
     return list(
         session.scalars(
             select(Deployment)
+            .options(joinedload(Deployment.model_version))  # every list shows its name
             .where(Deployment.workspace_id == ctx.workspace.id)
             .order_by(Deployment.id.desc())
         )

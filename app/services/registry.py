@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from app.core.errors import NotFound
+from app.db.base import get_by_id
 from app.db.models import Checkpoint, ModelVersion, RegisteredModel, Run, Workspace
 from app.services.workspaces import WorkspaceContext
 
@@ -76,14 +77,13 @@ def register_checkpoint(*, session: Session, run: Run, checkpoint: Checkpoint) -
     return version
 
 
-def list_models(*, session: Session, ctx: WorkspaceContext) -> list[RegisteredModel]:
-    return list(
-        session.scalars(
-            select(RegisteredModel)
-            .where(RegisteredModel.workspace_id == ctx.workspace.id)
-            .order_by(RegisteredModel.id.desc())
-        )
-    )
+def list_models(
+    *, session: Session, ctx: WorkspaceContext, with_versions: bool = False
+) -> list[RegisteredModel]:
+    query = select(RegisteredModel).where(RegisteredModel.workspace_id == ctx.workspace.id)
+    if with_versions:  # all models' versions in one more query, not one per model
+        query = query.options(selectinload(RegisteredModel.versions))
+    return list(session.scalars(query.order_by(RegisteredModel.id.desc())))
 
 
 def list_versions(*, session: Session, ctx: WorkspaceContext) -> list[ModelVersion]:
@@ -96,10 +96,57 @@ def list_versions(*, session: Session, ctx: WorkspaceContext) -> list[ModelVersi
     )
 
 
+def newest_versions(
+    *, session: Session, ctx: WorkspaceContext, per_model: int | None, model_id: int | None = None
+) -> dict[int, list[ModelVersion]]:
+    """Each registered model's newest `per_model` versions (all if None), newest first.
+
+    One query for every model of the page, instead of loading each model's versions in turn.
+    """
+    rank = (
+        func.row_number()
+        .over(partition_by=ModelVersion.registered_model_id, order_by=ModelVersion.version.desc())
+        .label("rank")
+    )
+    ranked = select(ModelVersion.id, rank).where(ModelVersion.workspace_id == ctx.workspace.id)
+    if model_id is not None:
+        ranked = ranked.where(ModelVersion.registered_model_id == model_id)
+    ranked_sq = ranked.subquery()
+    query = select(ModelVersion).join(ranked_sq, ranked_sq.c.id == ModelVersion.id)
+    if per_model is not None:
+        query = query.where(ranked_sq.c.rank <= per_model)
+    by_model: dict[int, list[ModelVersion]] = {}
+    for version in session.scalars(
+        query.order_by(ModelVersion.registered_model_id, ModelVersion.version.desc())
+    ):
+        by_model.setdefault(version.registered_model_id, []).append(version)
+    return by_model
+
+
+def version_counts(*, session: Session, ctx: WorkspaceContext) -> dict[int, int]:
+    """How many versions each registered model of the workspace has."""
+    rows = session.execute(
+        select(ModelVersion.registered_model_id, func.count())
+        .where(ModelVersion.workspace_id == ctx.workspace.id)
+        .group_by(ModelVersion.registered_model_id)
+    )
+    return {model_id: count for model_id, count in rows}
+
+
+def count_models(*, session: Session, ctx: WorkspaceContext) -> int:
+    query = select(func.count()).select_from(RegisteredModel)
+    return session.scalar(query.where(RegisteredModel.workspace_id == ctx.workspace.id)) or 0
+
+
+def count_versions(*, session: Session, ctx: WorkspaceContext) -> int:
+    query = select(func.count()).select_from(ModelVersion)
+    return session.scalar(query.where(ModelVersion.workspace_id == ctx.workspace.id)) or 0
+
+
 def get_version_for_member(
     *, session: Session, ctx: WorkspaceContext, version_id: int
 ) -> ModelVersion:
-    version = session.get(ModelVersion, version_id)
+    version = get_by_id(session, ModelVersion, version_id)
     if version is None or version.workspace_id != ctx.workspace.id:
         raise NotFound(f"model version {version_id} not found")
     return version

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app.core import task_queue
 from app.core.errors import InvalidTransition, NotFound, ValidationFailed
-from app.db.base import utcnow
+from app.db.base import get_by_id, utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
 from app.services import base_models, datasets
 from app.services.run_config import RunConfig
 from app.services.workspaces import WorkspaceContext
 
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+# Steps a new chart is sent in full; a longer run's history is thinned to this many (see
+# history_rows): a 100k-point run's first message is no bigger than a 4k-point run's.
+HISTORY_STEPS = 2_000
 
 
 def create_run(
@@ -68,24 +71,24 @@ def create_run(
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
-    run = session.get(Run, run_id)
+    run = get_by_id(session, Run, run_id)
     if run is None or run.workspace_id != ctx.workspace.id:
         raise NotFound(f"run {run_id} not found")
     return run
 
 
 def list_for_workspace(
-    *, session: Session, ctx: WorkspaceContext, limit: int = 50, offset: int = 0
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    limit: int = 50,
+    offset: int = 0,
+    with_dataset: bool = False,
 ) -> list[Run]:
-    return list(
-        session.scalars(
-            select(Run)
-            .where(Run.workspace_id == ctx.workspace.id)
-            .order_by(Run.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-    )
+    query = select(Run).where(Run.workspace_id == ctx.workspace.id)
+    if with_dataset:  # the run tables show each run's dataset: one join, not one query per run
+        query = query.options(joinedload(Run.dataset))
+    return list(session.scalars(query.order_by(Run.id.desc()).limit(limit).offset(offset)))
 
 
 def page_for_workspace(
@@ -123,8 +126,7 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     return run
 
 
-@dataclass(frozen=True)
-class MetricRow:
+class MetricRow(NamedTuple):  # a tuple: a run's history is thousands of them
     id: int
     step: int
     name: str
@@ -148,6 +150,62 @@ def metric_rows(
     return [MetricRow(*row) for row in rows]
 
 
+def metric_page(
+    *, session: Session, run_id: int, after_step: int = -1, steps: int = 1_000
+) -> list[MetricRow]:
+    """Every point of the first `steps` steps after `after_step`: whole steps only, so a client
+    that asks again with `after_step` = the last step it got misses nothing."""
+    where = (MetricPoint.run_id == run_id, MetricPoint.step > after_step)
+    last_step = session.scalar(select(func.max(MetricPoint.step)).where(*where))
+    if last_step is not None and last_step - after_step > steps:  # maybe more than `steps`
+        last_step = session.scalar(
+            select(MetricPoint.step)
+            .where(*where)
+            .group_by(MetricPoint.step)
+            .order_by(MetricPoint.step)
+            .offset(steps - 1)
+            .limit(1)
+        )
+    query = select(MetricPoint.id, MetricPoint.step, MetricPoint.name, MetricPoint.value)
+    query = query.where(*where)
+    if last_step is not None:
+        query = query.where(MetricPoint.step <= last_step)
+    return [MetricRow(*row) for row in session.execute(query.order_by(MetricPoint.id))]
+
+
+def history_rows(
+    *, session: Session, run_id: int, max_steps: int = HISTORY_STEPS
+) -> tuple[list[MetricRow], int]:
+    """What a new chart starts from, and the newest point id it covers (the live cursor).
+
+    A run of up to `max_steps` steps: every point. A longer one (100k+ points): its steps cut
+    into `max_steps` equal ranges and the newest point of each metric in each range — the
+    curve's shape, every metric's latest value, a bounded message. A reconnecting chart asks
+    with `after_step` instead (`metric_rows`) and gets exactly the points it is missing.
+    """
+    where = MetricPoint.run_id == run_id
+    newest_id = session.scalar(select(func.max(MetricPoint.id)).where(where))
+    if newest_id is None:
+        return [], 0
+    first = session.scalar(select(func.min(MetricPoint.step)).where(where)) or 0
+    last = session.scalar(select(func.max(MetricPoint.step)).where(where)) or 0
+    if last - first < max_steps:
+        rows = metric_rows(session=session, run_id=run_id)
+        return rows, rows[-1].id if rows else 0
+    width = -(-(last - first + 1) // max_steps)  # ceiling division
+    picked = (
+        select(func.max(MetricPoint.id))
+        .where(where, MetricPoint.id <= newest_id)
+        .group_by(MetricPoint.name, (MetricPoint.step - first) // width)
+    )
+    rows = session.execute(
+        select(MetricPoint.id, MetricPoint.step, MetricPoint.name, MetricPoint.value)
+        .where(MetricPoint.id.in_(picked))
+        .order_by(MetricPoint.id)
+    ).all()
+    return [MetricRow(*row) for row in rows], newest_id
+
+
 def group_by_step(rows: list[MetricRow]) -> list[dict[str, float | int]]:
     points: dict[int, dict[str, float | int]] = {}
     for row in rows:
@@ -156,10 +214,16 @@ def group_by_step(rows: list[MetricRow]) -> list[dict[str, float | int]]:
 
 
 def latest_metrics(*, session: Session, run_id: int) -> dict[str, float]:
-    latest: dict[str, float] = {}
-    for row in metric_rows(session=session, run_id=run_id):
-        latest[row.name] = row.value
-    return latest
+    """Each metric's newest value: one aggregate query, not every point of the run."""
+    newest = (
+        select(func.max(MetricPoint.id))
+        .where(MetricPoint.run_id == run_id)
+        .group_by(MetricPoint.name)
+    )
+    rows = session.execute(
+        select(MetricPoint.name, MetricPoint.value).where(MetricPoint.id.in_(newest))
+    )
+    return {name: value for name, value in rows}
 
 
 def events(*, session: Session, run_id: int, after_id: int = 0, limit: int = 200) -> list[RunEvent]:

@@ -1,12 +1,24 @@
-"""Browser sessions: what a signed-in cookie holds, set and cleared in one place."""
+"""Browser sessions: what a signed-in cookie holds, set and cleared in one place.
+
+The cookie is signed, not stored: a copy of it (a shared computer, a stolen backup) would stay
+valid until it expires even after sign-out. So each sign-in also records a random session id,
+hashed, in `browser_sessions`; sign-out deletes that row, and a cookie whose id is gone signs
+nobody in.
+"""
 
 from __future__ import annotations
 
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection, Request
 
-from app.core.security import new_csrf_token
-from app.db.models import User
+from app.core.security import hash_token, new_csrf_token
+from app.core.settings import get_settings
+from app.db.base import utcnow
+from app.db.models import BrowserSession, User
 
 
 def csrf_token(request: Request) -> str:
@@ -18,13 +30,28 @@ def csrf_token(request: Request) -> str:
     return str(token)
 
 
-def sign_in(request: Request, user: User) -> None:
+def sign_in(request: Request, user: User, *, session: Session) -> None:
     request.session.clear()  # a fresh session on login: no fixation
+    sid = secrets.token_urlsafe(32)
+    expired = utcnow() - timedelta(seconds=get_settings().session_max_age_s)
+    session.execute(
+        delete(BrowserSession).where(
+            BrowserSession.user_id == user.id, BrowserSession.created_at < expired
+        )
+    )
+    session.add(BrowserSession(user_id=user.id, sid_hash=hash_token(sid)))
+    # Committed now: the browser may send the cookie before this request's session closes.
+    session.commit()
     request.session["user_id"] = user.id
+    request.session["sid"] = sid
     request.session["csrf"] = new_csrf_token()
 
 
-def sign_out(request: Request) -> None:
+def sign_out(request: Request, *, session: Session) -> None:
+    sid = request.session.get("sid")
+    if isinstance(sid, str):
+        session.execute(delete(BrowserSession).where(BrowserSession.sid_hash == hash_token(sid)))
+        session.commit()
     request.session.clear()
 
 
@@ -33,13 +60,19 @@ def switch_workspace(request: Request, workspace_id: int) -> None:
 
 
 def session_user(connection: HTTPConnection, session: Session) -> User | None:
-    """The active user a signed session cookie belongs to; a stale cookie is cleared."""
+    """The active user a signed session cookie belongs to, while its session is still recorded;
+    a stale cookie is cleared."""
     if "session" not in connection.scope:
         return None
-    user_id = connection.session.get("user_id")
+    user_id, sid = connection.session.get("user_id"), connection.session.get("sid")
     if user_id is None:
         return None
-    user = session.get(User, int(user_id))
+    record = None
+    if isinstance(sid, str):
+        record = session.scalar(
+            select(BrowserSession).where(BrowserSession.sid_hash == hash_token(sid))
+        )
+    user = record.user if record is not None and record.user_id == int(user_id) else None
     if user is None or not user.is_active:
         connection.session.clear()
         return None

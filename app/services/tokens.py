@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app.core.errors import NotFound, ValidationFailed
 from app.core.security import hash_token, new_token_secret
-from app.db.base import utcnow
+from app.db.base import get_by_id, utcnow
 from app.db.models import ApiToken, User
 
 
@@ -22,11 +24,23 @@ def create_token(*, session: Session, user: User, name: str = "api") -> tuple[Ap
     return token, secret
 
 
+# How stale a token's `last_used_at` may be (the tokens page shows it to the minute). Writing it
+# on every request made each API read a write transaction: a row lock and a commit on Postgres,
+# the whole database's write lock on SQLite.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
 def user_for_secret(*, session: Session, secret: str) -> User | None:
-    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    token = session.scalar(
+        select(ApiToken)
+        .options(joinedload(ApiToken.user))
+        .where(ApiToken.token_hash == hash_token(secret))
+    )
     if token is None or token.revoked_at is not None or not token.user.is_active:
         return None
-    token.last_used_at = utcnow()
+    now = utcnow()
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+        token.last_used_at = now
     return token.user
 
 
@@ -41,7 +55,7 @@ def list_tokens(*, session: Session, user: User) -> list[ApiToken]:
 
 
 def revoke_token(*, session: Session, user: User, token_id: int) -> None:
-    token = session.get(ApiToken, token_id)
+    token = get_by_id(session, ApiToken, token_id)
     if token is None or token.user_id != user.id or token.revoked_at is not None:
         raise NotFound(f"token {token_id} not found")
     token.revoked_at = utcnow()

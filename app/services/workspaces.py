@@ -66,14 +66,19 @@ def list_for_user(*, session: Session, user: User) -> list[tuple[Workspace, Role
 
 
 def context_for(
-    *, session: Session, user: User, workspace_ref: str | int | None
+    *,
+    session: Session,
+    user: User,
+    workspace_ref: str | int | None,
+    memberships: list[tuple[Workspace, Role]] | None = None,
 ) -> WorkspaceContext:
     """Resolve the workspace a request acts in: the one named (id or slug), else the user's first.
 
     An unknown workspace and one the user is not a member of look the same (404), so ids of
-    other teams' workspaces cannot be probed.
+    other teams' workspaces cannot be probed. `memberships`: the user's, if already loaded.
     """
-    memberships = list_for_user(session=session, user=user)
+    if memberships is None:
+        memberships = list_for_user(session=session, user=user)
     if not memberships:
         raise Forbidden("you are not a member of any workspace; ask an owner to invite you")
     if workspace_ref in (None, ""):

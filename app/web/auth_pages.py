@@ -53,7 +53,7 @@ def create_first_admin(
             status_code=exc.status_code,
         )
     session.commit()
-    sessions.sign_in(request, user)
+    sessions.sign_in(request, user, session=session)
     return _see_other("/")
 
 
@@ -94,13 +94,13 @@ def login(
             status_code=exc.status_code,
         )
     login_throttle.record_success(email, client)
-    sessions.sign_in(request, user)
+    sessions.sign_in(request, user, session=session)
     return _see_other(safe_next(next))
 
 
 @router.post("/logout", dependencies=[CSRF])
-def logout(request: Request) -> Response:
-    sessions.sign_out(request)
+def logout(request: Request, session: DbDep) -> Response:
+    sessions.sign_out(request, session=session)
     return _see_other("/login")
 
 

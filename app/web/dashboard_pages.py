@@ -23,7 +23,7 @@ def dashboard(request: Request, session: DbDep) -> Response:
         return RedirectResponse("/setup", status_code=303)
     pc = page_context(request, session)
     ctx = pc.ctx
-    recent = runs.list_for_workspace(session=session, ctx=ctx, limit=RECENT_RUNS)
+    recent = runs.list_for_workspace(session=session, ctx=ctx, limit=RECENT_RUNS, with_dataset=True)
     live = [
         d
         for d in deployments.list_for_workspace(session=session, ctx=ctx)
@@ -36,11 +36,9 @@ def dashboard(request: Request, session: DbDep) -> Response:
             "runs": recent,
             "run_count": runs.count_for_workspace(session=session, ctx=ctx),
             "active_count": sum(1 for r in recent if r.status in ACTIVE),
-            "dataset_count": len(
-                datasets.list_for_workspace(session=session, ctx=ctx, limit=10_000)
-            ),
-            "model_count": len(registry.list_models(session=session, ctx=ctx)),
-            "version_count": len(registry.list_versions(session=session, ctx=ctx)),
+            "dataset_count": datasets.count_for_workspace(session=session, ctx=ctx),
+            "model_count": registry.count_models(session=session, ctx=ctx),
+            "version_count": registry.count_versions(session=session, ctx=ctx),
             "live_deployments": live,
             "ready_count": sum(1 for d in live if d.status == DeploymentStatus.ready),
         },

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app.core.errors import ServiceUnavailable, ValidationFailed
+from app.core.errors import NotFound, ServiceUnavailable, ValidationFailed
+from app.db.base import MAX_ID
 from app.db.models import Deployment, DeploymentStatus
 from app.services import datasets, deployments, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
@@ -18,26 +19,55 @@ from app.web.rendering import is_htmx, render
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 
-def _models_context(session: Session, pc: PageContext) -> dict[str, Any]:
+# Versions shown per model on the registry page; `?model=<id>` shows all of one model's.
+# (A workspace registers a version per successful run: a thousand runs made a 2 MB page.)
+VERSIONS_SHOWN = 3
+
+
+def _models_context(
+    session: Session, pc: PageContext, model_id: int | None = None
+) -> dict[str, Any]:
     live = [
         d
         for d in deployments.list_for_workspace(session=session, ctx=pc.ctx)
         if d.status != DeploymentStatus.stopped
     ]
+    models = registry.list_models(session=session, ctx=pc.ctx)
+    if model_id is not None:
+        models = [m for m in models if m.id == model_id]
+        if not models:
+            raise NotFound(f"registered model {model_id} not found")
+    versions = registry.newest_versions(
+        session=session,
+        ctx=pc.ctx,
+        per_model=None if model_id is not None else VERSIONS_SHOWN,
+        model_id=model_id,
+    )
+    dataset_ids = {
+        int(v.lineage["dataset_id"])
+        for shown in versions.values()
+        for v in shown
+        if isinstance(v.lineage, dict) and isinstance(v.lineage.get("dataset_id"), int)
+    }
     return {
-        "models": registry.list_models(session=session, ctx=pc.ctx),
-        "dataset_names": {
-            d.id: d.name
-            for d in datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=10_000)
-        },
+        "models": models,
+        "versions": versions,
+        "version_counts": registry.version_counts(session=session, ctx=pc.ctx),
+        "one_model": model_id is not None,
+        "dataset_names": datasets.names_for(session=session, ctx=pc.ctx, ids=dataset_ids),
         # The newest live deployment of each version (the list is newest first).
         "deployed": {d.model_version_id: d for d in reversed(live)},
     }
 
 
 @router.get("/models")
-def model_list(request: Request, session: DbDep, pc: PageDep) -> Response:
-    return render(request, "models.html", _models_context(session, pc))
+def model_list(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    model: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> Response:
+    return render(request, "models.html", _models_context(session, pc, model))
 
 
 @router.post("/models/versions/{version_id}/deploy", dependencies=[CSRF])

@@ -85,13 +85,18 @@ def page_context(request: Request, session: DbDep) -> PageContext:
     if user is None:
         raise NotAuthenticated("sign in to continue")
     ref = request.session.get("workspace_id")
+    # Loaded once: the context and the workspace switcher both need them.
+    memberships = workspaces.list_for_user(session=session, user=user)
     try:
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=ref)
+        ctx = workspaces.context_for(
+            session=session, user=user, workspace_ref=ref, memberships=memberships
+        )
     except NotFound:
         # The remembered workspace is gone (or the membership was removed): fall back.
         request.session.pop("workspace_id", None)
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
-    memberships = workspaces.list_for_user(session=session, user=user)
+        ctx = workspaces.context_for(
+            session=session, user=user, workspace_ref=None, memberships=memberships
+        )
     request.state.nav = NavInfo(
         email=user.email,
         is_admin=user.is_admin,

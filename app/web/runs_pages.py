@@ -112,7 +112,11 @@ def run_list(
 ) -> Response:
     total = runs.count_for_workspace(session=session, ctx=pc.ctx)
     items = runs.list_for_workspace(
-        session=session, ctx=pc.ctx, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        session=session,
+        ctx=pc.ctx,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
+        with_dataset=True,
     )
     return render(
         request,

@@ -30,7 +30,7 @@ def create_first_admin(
     """Create the first administrator; refused once any user exists."""
     user = users.create_first_admin(session=session, email=body.email, password=body.password)
     session.commit()
-    sessions.sign_in(request, user)
+    sessions.sign_in(request, user, session=session)
     return SessionRead(user=UserRead.model_validate(user), csrf_token=sessions.csrf_token(request))
 
 
@@ -43,13 +43,13 @@ def login(body: LoginRequest, request: Request, session: SessionDep) -> SessionR
         login_throttle.record_failure(body.email, _client(request))
         raise
     login_throttle.record_success(body.email, _client(request))
-    sessions.sign_in(request, user)
+    sessions.sign_in(request, user, session=session)
     return SessionRead(user=UserRead.model_validate(user), csrf_token=sessions.csrf_token(request))
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
-def logout(request: Request, user: CurrentUser) -> None:
-    sessions.sign_out(request)
+def logout(request: Request, session: SessionDep, user: CurrentUser) -> None:
+    sessions.sign_out(request, session=session)
 
 
 @router.get("/me", response_model=MeRead)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
 from app.api.deps import SessionDep, Workspace
 from app.api.schemas import DatasetDetail, DatasetRead
+from app.db.base import MAX_ID
 from app.services import datasets
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
@@ -18,7 +19,7 @@ def read_datasets(
     session: SessionDep,
     ctx: Workspace,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[DatasetRead]:
     rows = datasets.list_for_workspace(session=session, ctx=ctx, limit=limit, offset=offset)
     return [DatasetRead.model_validate(d) for d in rows]

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["registry"])
 def read_models(session: SessionDep, ctx: Workspace) -> list[RegisteredModelRead]:
     return [
         RegisteredModelRead.model_validate(m)
-        for m in registry.list_models(session=session, ctx=ctx)
+        for m in registry.list_models(session=session, ctx=ctx, with_versions=True)
     ]
 
 

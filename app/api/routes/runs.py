@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
@@ -15,6 +15,7 @@ from app.api.schemas import (
     RunPage,
     RunRead,
 )
+from app.db.base import MAX_ID
 from app.services import runs
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
@@ -25,7 +26,7 @@ def read_runs(
     session: SessionDep,
     ctx: Workspace,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> RunPage:
     items = runs.list_for_workspace(session=session, ctx=ctx, limit=limit, offset=offset)
     return RunPage(
@@ -64,15 +65,18 @@ def read_metrics(
     run_id: int,
     session: SessionDep,
     ctx: Workspace,
-    after_step: Annotated[int, Query(ge=-1)] = -1,
-) -> list[MetricPointRead]:
-    """Every point after `after_step`, grouped by step (what a reconnecting chart asks for)."""
+    after_step: Annotated[int, Query(ge=-1, le=MAX_ID)] = -1,
+    limit: Annotated[int, Query(ge=1, le=50_000)] = 1_000,
+) -> list[dict[str, Any]]:
+    """Every point after `after_step`, grouped by step (what a reconnecting chart asks for).
+
+    At most `limit` steps, always whole: ask again with `after_step` = the last step returned
+    until fewer than `limit` steps come back.
+    """
     runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
-    rows = runs.metric_rows(session=session, run_id=run_id, after_step=after_step)
-    return [
-        MetricPointRead(step=int(p.pop("step")), values=p)  # type: ignore[arg-type]
-        for p in runs.group_by_step(rows)
-    ]
+    rows = runs.metric_page(session=session, run_id=run_id, after_step=after_step, steps=limit)
+    # Plain dicts: FastAPI validates them once against the response model.
+    return [{"step": p.pop("step"), "values": p} for p in runs.group_by_step(rows)]
 
 
 @router.get("/{run_id}/events", response_model=list[RunEventRead])
@@ -80,7 +84,7 @@ def read_events(
     run_id: int,
     session: SessionDep,
     ctx: Workspace,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[RunEventRead]:
     runs.get_for_member(session=session, ctx=ctx, run_id=run_id)

@@ -1,0 +1,351 @@
+"""One installation per test module: a team, the owner's things, signed-in browsers, raw requests.
+
+The root `team` fixture is per test; the security modules send hundreds of requests against the
+same people and things, so they build them once per module here (the same way: through the API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import PASSWORD, Persona, Team, configure_environment, text_jsonl
+
+HTML = {"Accept": "text/html"}
+SESSION_COOKIE = "llmide_session"
+CSRF_HEADER = "X-CSRF-Token"
+# Names of the owner's things: none of them may ever reach a non-member.
+DATASET_NAME = "owner-corpus-7c1e"
+DATASET_FILE = "owner-file-7c1e.jsonl"
+RUN_NAME = "owner-run-7c1e"
+RUN_SUFFIX = "ownersfx7c1e"
+TOKEN_NAME = "owner-key-7c1e"
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: the inference server is "down" for these tests."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class BrowserSession:
+    """A browser's signed session cookie and the CSRF token its pages carry."""
+
+    cookie: str
+    csrf: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Cookie": f"{SESSION_COOKIE}={self.cookie}", CSRF_HEADER: self.csrf, **HTML}
+
+
+@dataclass
+class Site:
+    """A running installation, its team, and the owner's things (ids by kind)."""
+
+    client: TestClient
+    data_dir: Path
+    team: Team
+    ids: dict[str, Any] = field(default_factory=dict)
+    browsers: dict[str, BrowserSession] = field(default_factory=dict)
+    _counter: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    def persona(self, name: str) -> Persona:
+        return getattr(self.team, name)  # type: ignore[no-any-return]
+
+    def unique(self, stem: str) -> str:
+        return f"{stem}-{next(self._counter)}"
+
+    # --- requests as a persona ------------------------------------------------------------
+    def api(self, who: str | None, method: str, url: str, **kw: Any) -> httpx.Response:
+        """A JSON/OpenAI request with the persona's bearer token (None: anonymous)."""
+        headers = dict(kw.pop("headers", None) or {})
+        if who is not None:
+            headers = {**self.persona(who).headers, **headers}
+        self.client.cookies.clear()
+        return self.client.request(method, url, headers=headers, follow_redirects=False, **kw)
+
+    def page(self, who: str, method: str, url: str, **kw: Any) -> httpx.Response:
+        """A browser request with the persona's cookie and CSRF token ("anonymous" has one too)."""
+        headers = {**self.browsers[who].headers, **(kw.pop("headers", None) or {})}
+        self.client.cookies.clear()
+        return self.client.request(method, url, headers=headers, follow_redirects=False, **kw)
+
+    def sign_in_browser(self, email: str, workspace_id: int | None = None) -> BrowserSession:
+        """Sign in through the JSON API (as the dashboard's login does), then pick a workspace."""
+        self.client.cookies.clear()
+        login = self.client.post("/api/v1/session", json={"email": email, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        csrf = login.json()["csrf_token"]
+        if workspace_id is not None:
+            switched = self.client.post(
+                "/workspace",
+                data={"workspace_id": str(workspace_id)},
+                headers={**HTML, CSRF_HEADER: csrf},
+                follow_redirects=False,
+            )
+            assert switched.status_code == 303, switched.text
+        cookie = self.client.cookies.get(SESSION_COOKIE)
+        assert cookie
+        self.client.cookies.clear()
+        return BrowserSession(cookie, csrf)
+
+    def anonymous_browser(self) -> BrowserSession:
+        """A visitor who opened the login page: a session with a CSRF token and nobody in it."""
+        self.client.cookies.clear()
+        page = self.client.get("/login", headers=HTML)
+        match = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+        assert match, page.text[:300]
+        cookie = self.client.cookies.get(SESSION_COOKIE)
+        assert cookie
+        self.client.cookies.clear()
+        return BrowserSession(cookie, match.group(1))
+
+    # --- the owner's things ---------------------------------------------------------------
+    def new_dataset(self, name: str | None = None, filename: str = "corpus.jsonl") -> int:
+        created = self.team.owner.upload(filename, text_jsonl(8), name=name or self.unique("ds"))
+        assert created.status_code == 201, created.text
+        return int(created.json()["id"])
+
+    def new_run(self, **extra: Any) -> int:
+        body = {"dataset_id": self.ids["dataset"], "config": {"max_steps": 2}, **extra}
+        created = self.api("owner", "POST", "/api/v1/runs", json=body)
+        assert created.status_code == 201, created.text
+        return int(created.json()["id"])
+
+    def new_token(self, name: str = "spare") -> int:
+        created = self.api("owner", "POST", "/api/v1/tokens", json={"name": name})
+        assert created.status_code == 201, created.text
+        return int(created.json()["id"])
+
+    def new_deployment(self) -> int:
+        """A recorded (failed) deployment of the owner's version, as a down server leaves one."""
+        from app.db.models import Deployment, DeploymentStatus, ModelVersion
+        from app.db.session import session_scope
+
+        with session_scope() as session:
+            version = session.get(ModelVersion, self.ids["version"])
+            assert version is not None
+            deployment = Deployment(
+                workspace_id=version.workspace_id,
+                model_version_id=version.id,
+                status=DeploymentStatus.failed,
+                error="the inference server is not reachable",
+            )
+            session.add(deployment)
+            session.flush()
+            return int(deployment.id)
+
+    def new_user(self) -> str:
+        email = f"{self.unique('member')}@example.com"
+        created = self.api(
+            "admin", "POST", "/api/v1/users", json={"email": email, "password": PASSWORD}
+        )
+        assert created.status_code == 201, created.text
+        return email
+
+    def finished_run_with_version(self) -> tuple[int, int, str]:
+        """A run the worker finished with a (dummy) safetensors model: (run, version, name)."""
+        from app.db.models import ModelVersion, RunStatus
+        from app.db.session import session_scope
+        from app.services import run_execution
+
+        run_id = self.new_run(suffix=RUN_SUFFIX)
+        final = self.artifact_root / "runs" / str(run_id) / "final"
+        final.mkdir(parents=True)
+        (final / "config.json").write_text('{"model_type": "gpt2"}')
+        (final / "model.safetensors").write_bytes(b"not really weights")
+        with session_scope() as session:
+            assert run_execution.claim(session=session, run_id=run_id, task_id="t") is not None
+            run_execution.finish(
+                session=session,
+                run_id=run_id,
+                status=RunStatus.succeeded,
+                final_checkpoint_key=f"runs/{run_id}/final",
+                final_step=4,
+                final_metrics={"eval_loss": 2.5},
+            )
+        with session_scope() as session:
+            version = session.query(ModelVersion).filter_by(run_id=run_id).one()
+            return run_id, int(version.id), str(version.serving_name)
+
+    # --- raw requests, as a server hands them to the app ----------------------------------
+    def raw(
+        self,
+        method: str,
+        raw_path: bytes,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send a request path exactly as given: no client-side `..` folding or re-encoding.
+
+        httpx folds `/a/../b` before sending and the test client decodes `%25` twice; uvicorn
+        does neither (it percent-decodes `path` once and passes `raw_path` through), so the
+        traversal corpus goes through this instead.
+        """
+        path_part, _, query = raw_path.partition(b"?")
+        path_part = path_part.split(b"#", 1)[0]  # a fragment never reaches a server
+        all_headers = {"host": "127.0.0.1", **(headers or {})}
+        if body:
+            all_headers["content-length"] = str(len(body))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": unquote(path_part.decode("latin-1")),
+            "raw_path": path_part,
+            "root_path": "",
+            "query_string": query,
+            "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in all_headers.items()],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+        return self.client.portal.call(_asgi_call, self.client.app, scope, body)  # type: ignore[union-attr]
+
+
+async def _asgi_call(
+    app: Any, scope: dict[str, Any], body: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    status = 0
+    headers: dict[str, str] = {}
+    chunks: list[bytes] = []
+    done = asyncio.Event()
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers.update((k.decode().lower(), v.decode("latin-1")) for k, v in message["headers"])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                done.set()
+
+    try:
+        await app(scope, receive, send)
+    except Exception:  # the server would answer 500: that is what the tests look for
+        status = status or 500
+        if status < 500:
+            status = 500
+    return status, headers, b"".join(chunks)
+
+
+def _api_token(client: TestClient, email: str) -> str:
+    client.cookies.clear()
+    login = client.post("/api/v1/session", json={"email": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    created = client.post(
+        "/api/v1/tokens", json={"name": "tests"}, headers={CSRF_HEADER: login.json()["csrf_token"]}
+    )
+    assert created.status_code == 201, created.text
+    client.cookies.clear()
+    return str(created.json()["token"])
+
+
+def _persona(client: TestClient, email: str) -> Persona:
+    token = _api_token(client, email)
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()
+    return Persona(email, token, client, me["workspace"]["id"])
+
+
+def build_team(client: TestClient) -> Team:
+    """Admin (first user), an owner with an editor and a viewer, and an outsider (as `team`)."""
+    setup = client.post("/api/v1/setup", json={"email": "admin@example.com", "password": PASSWORD})
+    assert setup.status_code == 201, setup.text
+    admin = _persona(client, "admin@example.com")
+    people = {}
+    for name in ("owner", "editor", "viewer", "outsider"):
+        email = f"{name}@example.com"
+        created = admin.post("/api/v1/users", json={"email": email, "password": PASSWORD})
+        assert created.status_code == 201, created.text
+        people[name] = _persona(client, email)
+    owner = people["owner"]
+    for name in ("editor", "viewer"):
+        added = owner.post("/api/v1/members", json={"email": people[name].email, "role": name})
+        assert added.status_code == 201, added.text
+        people[name].workspace_id = owner.workspace_id
+    return Team(admin, owner, people["editor"], people["viewer"], people["outsider"])
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Site]:
+    """A fresh embedded installation (SQLite) for one test module, with the inference server down.
+
+    The owner's workspace holds a dataset, a queued run, a registered model version, a
+    deployment and an API token, all named with markers no non-member may ever see.
+    """
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("LLMIDE_")}
+    base = tmp_path_factory.mktemp("security")
+    data_dir = base / "data"
+    data_dir.mkdir()
+    shutil.copy(sqlite_template, data_dir / "llmide.db")
+    os.environ["LLMIDE_INFERENCE_URL"] = f"http://127.0.0.1:{closed_port()}"
+    configure_environment(data_dir, database_url=None, redis_url=None)
+    from app.core.settings import get_settings
+    from app.db.session import reset_engine_cache
+    from app.main import create_app
+
+    try:
+        with TestClient(create_app(), base_url="http://127.0.0.1") as client:
+            site = Site(client=client, data_dir=data_dir, team=build_team(client))
+            ids = site.ids
+            ids["workspace"] = site.team.owner.workspace_id
+            ids["dataset"] = site.new_dataset(DATASET_NAME, DATASET_FILE)
+            ids["run"] = site.new_run(name=RUN_NAME)
+            ids["finished_run"], ids["version"], ids["serving_name"] = (
+                site.finished_run_with_version()
+            )
+            ids["deployment"] = site.new_deployment()
+            ids["token"] = site.new_token(TOKEN_NAME)
+            # Someone who exists but belongs to nobody else's workspace (member invitations).
+            ids["member_email"] = site.new_user()
+            # An address nobody has: refused user creations must leave it unused.
+            ids["new_email"] = "never-created@example.com"
+            site.browsers["anonymous"] = site.anonymous_browser()
+            for name in ("admin", "owner", "editor", "viewer", "outsider"):
+                persona = site.persona(name)
+                site.browsers[name] = site.sign_in_browser(persona.email, persona.workspace_id)
+            yield site
+    finally:
+        reset_engine_cache()
+        for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
+            del os.environ[key]
+        os.environ.update(saved_env)
+        get_settings.cache_clear()
+
+
+def upload(filename: str, content: str | None = None) -> dict[str, Any]:
+    """The `files=` of a small valid JSONL upload under `filename`."""
+    return {"file": (filename, io.BytesIO((content or text_jsonl(4)).encode()))}
