@@ -10,13 +10,12 @@ from typing import IO, Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.errors import Conflict, ValidationFailed
 from app.core.settings import get_settings
-from app.db.base import get_by_id
 from app.db.models import Dataset, Role, Run
 from app.services import artifacts
 from app.services.dataset_validation import PREVIEW_ROWS, validate_stream
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 _EXTENSION = {"txt": "txt", "text": "jsonl", "chat": "jsonl"}
 
@@ -74,10 +73,9 @@ def create_from_upload(
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, dataset_id: int) -> Dataset:
-    dataset = get_by_id(session, Dataset, dataset_id)
-    if dataset is None or dataset.workspace_id != ctx.workspace.id:
-        raise NotFound(f"dataset {dataset_id} not found")
-    return dataset
+    return get_in_workspace(
+        session=session, ctx=ctx, model=Dataset, row_id=dataset_id, what="dataset"
+    )
 
 
 def list_for_workspace(

@@ -14,10 +14,9 @@ from sqlalchemy.orm import Session, joinedload
 from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import InvalidTransition, NotFound, ServiceUnavailable, ValidationFailed
-from app.db.base import get_by_id
 from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
 from app.services import artifacts, base_models, inference_client, registry
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 
 def inference_key(version: ModelVersion) -> str:
@@ -108,10 +107,9 @@ def _mark_failed(session: Session, deployment: Deployment, error: str) -> None:
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:
-    deployment = get_by_id(session, Deployment, deployment_id)
-    if deployment is None or deployment.workspace_id != ctx.workspace.id:
-        raise NotFound(f"deployment {deployment_id} not found")
-    return deployment
+    return get_in_workspace(
+        session=session, ctx=ctx, model=Deployment, row_id=deployment_id, what="deployment"
+    )
 
 
 def list_for_workspace(*, session: Session, ctx: WorkspaceContext) -> list[Deployment]:

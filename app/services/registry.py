@@ -5,10 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.core.errors import NotFound
-from app.db.base import get_by_id
 from app.db.models import Checkpoint, ModelVersion, RegisteredModel, Run, Workspace
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 
 def model_name_for_run(run: Run) -> str:
@@ -146,10 +144,9 @@ def count_versions(*, session: Session, ctx: WorkspaceContext) -> int:
 def get_version_for_member(
     *, session: Session, ctx: WorkspaceContext, version_id: int
 ) -> ModelVersion:
-    version = get_by_id(session, ModelVersion, version_id)
-    if version is None or version.workspace_id != ctx.workspace.id:
-        raise NotFound(f"model version {version_id} not found")
-    return version
+    return get_in_workspace(
+        session=session, ctx=ctx, model=ModelVersion, row_id=version_id, what="model version"
+    )
 
 
 def find_by_serving_name(

@@ -9,12 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from app.core import task_queue
-from app.core.errors import InvalidTransition, NotFound, ValidationFailed
-from app.db.base import get_by_id, utcnow
+from app.core.errors import InvalidTransition, ValidationFailed
+from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
 from app.services import base_models, datasets
 from app.services.run_config import RunConfig
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 # Steps a new chart is sent in full; a longer run's history is thinned to this many (see
@@ -71,10 +71,7 @@ def create_run(
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
-    run = get_by_id(session, Run, run_id)
-    if run is None or run.workspace_id != ctx.workspace.id:
-        raise NotFound(f"run {run_id} not found")
-    return run
+    return get_in_workspace(session=session, ctx=ctx, model=Run, row_id=run_id, what="run")
 
 
 def list_for_workspace(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.db.base import get_by_id
 from app.db.models import Membership, Role, User, Workspace
+
+ScopedT = TypeVar("ScopedT")
 
 _ROLE_RANK = {Role.viewer: 0, Role.editor: 1, Role.owner: 2}
 
@@ -118,3 +122,16 @@ def add_member(*, session: Session, ctx: WorkspaceContext, email: str, role: Rol
     session.add(membership)
     session.flush()
     return membership
+
+
+def get_in_workspace(
+    *, session: Session, ctx: WorkspaceContext, model: type[ScopedT], row_id: int, what: str
+) -> ScopedT:
+    """The row with this id in the caller's workspace, or NotFound.
+
+    Another workspace's id answers exactly like an unknown one, so ids cannot be probed.
+    """
+    row = get_by_id(session, model, row_id)
+    if row is None or row.workspace_id != ctx.workspace.id:  # type: ignore[attr-defined]
+        raise NotFound(f"{what} {row_id} not found")
+    return row
