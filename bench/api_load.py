@@ -34,9 +34,6 @@ import json
 import os
 import random
 import re
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,10 +47,11 @@ import websockets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from bench._support import free_port, fresh_postgres_url, percentile, web_server  # noqa: E402
+
 TARGET_MS = 200.0
 PASSWORD = "bench-pass-123"
 EMAIL = "load@example.com"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DB = "llmide_load"
 METRIC_NAMES = ("train_loss", "learning_rate")
 LIST_ROUTES = ["/", "/runs", "/datasets", "/models", "/api/v1/runs", "/api/v1/datasets"]
@@ -77,24 +75,6 @@ class Stats:
     def fail(self, route: str, why: str) -> None:
         self.errors[route] += 1
         self.samples.setdefault(route, why)  # the first failure of each route
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def postgres_url() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {PG_DB}")
-        return f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
-    except Exception:
-        return None
 
 
 # --- seeding (not measured) -------------------------------------------------------------------
@@ -488,10 +468,6 @@ async def drive(
 
 
 # --- reporting ------------------------------------------------------------------------------
-def percentile(values: list[float], pct: float) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
 
 
 def report(stats: Stats, floor_route: str) -> float:
@@ -524,7 +500,7 @@ def measure(mode: str, args: argparse.Namespace) -> float:
     }
     label = "SQLite (embedded, polling)"
     if mode == "postgres":
-        url = postgres_url()
+        url = fresh_postgres_url(PG_DB)
         if url is None:
             print("postgres: not reachable on 127.0.0.1:5432; skipped")
             return 0.0
@@ -542,34 +518,12 @@ def measure(mode: str, args: argparse.Namespace) -> float:
         flush=True,
     )
     log_path = data_dir.parent / "server.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "app.cli", "serve", "--web-only", "--no-migrate"),
-                *("--workers", str(args.server_workers)),
-            ],
-            env={**os.environ, **env},
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{env['LLMIDE_PORT']}"
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+    with (
+        log_path.open("wb") as log,
+        web_server(env, "--workers", str(args.server_workers), log=log) as server,
+    ):
         stats, burst, wall = asyncio.run(drive(base, seeded, args, server.pid))
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     errors = sum(stats.errors.values()) + sum(burst.errors.values())
     print(f"  errors={errors}; floor = GET /healthz under the same load", flush=True)
     if errors:

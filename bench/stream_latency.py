@@ -14,39 +14,19 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import websockets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from bench._support import free_port, fresh_postgres_url, percentile, web_server  # noqa: E402
+
 TARGETS_MS = {"embedded": 1000.0, "redis": 250.0}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def postgres_url() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-            c.execute("DROP DATABASE IF EXISTS llmide_bench WITH (FORCE)")
-            c.execute("CREATE DATABASE llmide_bench")
-        return "postgresql://postgres@127.0.0.1:5432/llmide_bench"
-    except Exception:
-        return None
 
 
 def prepare(env: dict[str, str]) -> tuple[str, int]:
@@ -113,26 +93,13 @@ def measure(mode: str, steps: int, interval_s: float) -> list[float]:
     env = {"LLMIDE_DATA_DIR": str(data_dir), "LLMIDE_PORT": str(free_port())}
     if mode == "redis":
         env["LLMIDE_REDIS_URL"] = "redis://127.0.0.1:6379/14"
-        if url := postgres_url():
+        if url := fresh_postgres_url("llmide_bench"):
             env["LLMIDE_DATABASE_URL"] = url
     for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
         del os.environ[key]
     token, run_id = prepare(env)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--web-only", "--no-migrate"],
-        env={**os.environ, **env},
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     base = f"http://127.0.0.1:{env['LLMIDE_PORT']}"
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
+    with web_server(env):
         arrivals: dict[int, float] = {}
         ready = threading.Event()
         client = threading.Thread(
@@ -156,17 +123,10 @@ def measure(mode: str, steps: int, interval_s: float) -> list[float]:
             time.sleep(interval_s)
         reporter.close()
         client.join(timeout=30)
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
     missing = [s for s in emitted if s not in arrivals]
     if missing:
         raise SystemExit(f"{mode}: {len(missing)} points never arrived (first: {missing[:5]})")
     return [(arrivals[s] - emitted[s]) * 1000 for s in emitted]
-
-
-def percentile(values: list[float], pct: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
 
 
 def main() -> None:
