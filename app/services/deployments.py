@@ -148,6 +148,14 @@ def apply_server_status(
         session.commit()
 
 
+async def refresh_status(*, session: Session, deployments: list[Deployment]) -> None:
+    """Ask the inference server what it holds and record it on these deployments."""
+    loaded = await loaded_models()
+    await run_in_threadpool(
+        apply_server_status, session=session, deployments=deployments, loaded=loaded
+    )
+
+
 async def loaded_models() -> list[dict] | None:
     try:
         return await inference_client.list_loaded()

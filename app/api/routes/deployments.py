@@ -27,10 +27,7 @@ def to_read(deployment: Deployment) -> DeploymentRead:
 @router.get("", response_model=list[DeploymentRead])
 async def read_deployments(session: SessionDep, ctx: Workspace) -> list[DeploymentRead]:
     rows = await run_in_threadpool(deployments.list_for_workspace, session=session, ctx=ctx)
-    loaded = await deployments.loaded_models()
-    await run_in_threadpool(
-        deployments.apply_server_status, session=session, deployments=rows, loaded=loaded
-    )
+    await deployments.refresh_status(session=session, deployments=rows)
     return [to_read(d) for d in rows]
 
 
@@ -52,10 +49,7 @@ async def read_deployment(
     deployment = await run_in_threadpool(
         deployments.get_for_member, session=session, ctx=ctx, deployment_id=deployment_id
     )
-    loaded = await deployments.loaded_models()
-    await run_in_threadpool(
-        deployments.apply_server_status, session=session, deployments=[deployment], loaded=loaded
-    )
+    await deployments.refresh_status(session=session, deployments=[deployment])
     return to_read(deployment)
 
 
