@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import random
+import re
 from datetime import datetime, timedelta
 
 import pytest
@@ -299,3 +300,27 @@ def test_metrics_download_of_a_run_without_points_is_an_empty_table(
     )
     body = team.viewer.get(f"/api/v1/runs/{run_id}/metrics/download?format=json").json()
     assert body["points"] == []
+
+
+# --- pages --------------------------------------------------------------------------------
+def test_the_runs_list_offers_compare_and_the_compare_page_shows_both_runs_and_their_diff(
+    team: Team, dataset_id: int
+) -> None:
+    from tests.api.test_bounded_reads import _signed_in_page
+
+    first = _launch(team, dataset_id, learning_rate=0.001)
+    second = _launch(team, dataset_id, learning_rate=0.0003, seed=7)
+    _bulk_insert(first, "train_loss", [2.0, 1.0])
+
+    runs_page = _signed_in_page(team, "/runs")
+    assert '<form id="compare-form" method="get" action="/compare"' in runs_page
+    for run_id in (first, second):
+        assert f'name="run" value="{run_id}" form="compare-form"' in runs_page
+
+    page = _signed_in_page(team, f"/compare?run={first}&run={second}")
+    assert re.findall(r'<tr data-key="([^"]+)">', page) == ["learning_rate", "seed"]
+    assert f"/api/v1/compare/series?run_ids={first}&amp;run_ids={second}" in page
+    assert f'href="/runs/{first}"' in page and f'href="/runs/{second}"' in page
+    assert '<option value="train_loss" selected>' in page
+    run_page = _signed_in_page(team, f"/runs/{first}")
+    assert f'href="/api/v1/runs/{first}/metrics/download?format=csv"' in run_page
