@@ -194,7 +194,7 @@ def history_rows(
     picked = downsample.extremes_query(
         where=(where, MetricPoint.id <= newest_id),
         bucket=(MetricPoint.step - first) // width,
-        partition=(MetricPoint.name,),
+        by_name=True,
     ).subquery()
     rows = session.execute(
         select(picked.c.id, picked.c.step, picked.c.name, picked.c.value).order_by(picked.c.id)
