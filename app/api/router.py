@@ -8,6 +8,7 @@ from app.api.routes import (
     deployments,
     docs,
     models,
+    run_compare,
     runs,
     system,
     tokens,
@@ -17,3 +18,4 @@ from app.api.routes import (
 api_router = APIRouter()
 for module in (system, docs, auth, tokens, workspaces, datasets, runs, models, deployments):
     api_router.include_router(module.router)
+api_router.include_router(run_compare.router)

@@ -12,7 +12,7 @@ from app.core import task_queue
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
-from app.services import base_models, datasets
+from app.services import base_models, datasets, downsample
 from app.services.run_config import RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -175,10 +175,11 @@ def history_rows(
 ) -> tuple[list[MetricRow], int]:
     """What a new chart starts from, and the newest point id it covers (the live cursor).
 
-    A run of up to `max_steps` steps: every point. A longer one (100k+ points): its steps cut
-    into `max_steps` equal ranges and the newest point of each metric in each range — the
-    curve's shape, every metric's latest value, a bounded message. A reconnecting chart asks
-    with `after_step` instead (`metric_rows`) and gets exactly the points it is missing.
+    A run of up to `max_steps` steps: every point. A longer one (100k+ points): each metric
+    downsampled to at most `max_steps` points, keeping the first, last, lowest and highest
+    point of each step range (`downsample.extremes_query`): the curve's shape with its spikes,
+    every metric's latest value, a bounded message. A reconnecting chart asks with
+    `after_step` instead (`metric_rows`) and gets exactly the points it is missing.
     """
     where = MetricPoint.run_id == run_id
     newest_id = session.scalar(select(func.max(MetricPoint.id)).where(where))
@@ -189,16 +190,14 @@ def history_rows(
     if last - first < max_steps:
         rows = metric_rows(session=session, run_id=run_id)
         return rows, rows[-1].id if rows else 0
-    width = -(-(last - first + 1) // max_steps)  # ceiling division
-    picked = (
-        select(func.max(MetricPoint.id))
-        .where(where, MetricPoint.id <= newest_id)
-        .group_by(MetricPoint.name, (MetricPoint.step - first) // width)
-    )
+    width = downsample.bucket_width(first, last, max_steps // downsample.POINTS_PER_BUCKET)
+    picked = downsample.extremes_query(
+        where=(where, MetricPoint.id <= newest_id),
+        bucket=(MetricPoint.step - first) // width,
+        by_name=True,
+    ).subquery()
     rows = session.execute(
-        select(MetricPoint.id, MetricPoint.step, MetricPoint.name, MetricPoint.value)
-        .where(MetricPoint.id.in_(picked))
-        .order_by(MetricPoint.id)
+        select(picked.c.id, picked.c.step, picked.c.name, picked.c.value).order_by(picked.c.id)
     ).all()
     return [MetricRow(*row) for row in rows], newest_id
 

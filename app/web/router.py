@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from app.web import (
     auth_pages,
+    compare_pages,
     dashboard_pages,
     datasets_pages,
     models_pages,
@@ -18,6 +19,7 @@ for module in (
     dashboard_pages,
     datasets_pages,
     runs_pages,
+    compare_pages,
     models_pages,
     playground_pages,
     settings_pages,

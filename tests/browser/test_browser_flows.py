@@ -483,6 +483,7 @@ PAGES = [
     "/runs",
     "/runs/new",
     "/runs/1",
+    "/compare?run=1",
     "/models",
     "/deployments",
     "/playground",

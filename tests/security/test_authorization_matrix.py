@@ -136,6 +136,13 @@ RULES: dict[tuple[str, str], Rule] = {
         A.VIEWER, "id", url="/api/v1/runs/{finished_run}/checkpoints"
     ),
     ("WS", "/ws/runs/{run_id}"): R(A.VIEWER, "id", url="/ws/runs/{run}"),
+    ("GET", "/api/v1/runs/{run_id}/metrics/download"): R(
+        A.VIEWER, "id", url="/api/v1/runs/{run}/metrics/download?format=json"
+    ),
+    ("GET", "/api/v1/compare"): R(A.VIEWER, "id", url="/api/v1/compare?run_ids={run}"),
+    ("GET", "/api/v1/compare/series"): R(
+        A.VIEWER, "id", url="/api/v1/compare/series?run_ids={run}&run_ids={finished_run}"
+    ),
     # --- registry and deployments -----------------------------------------------------------
     ("GET", "/api/v1/models"): R(A.VIEWER, "list"),
     ("GET", "/api/v1/model-versions/{version_id}"): R(
@@ -207,6 +214,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/runs/new"): R(A.EDITOR),
     ("POST", "/runs"): R(A.EDITOR, "id", 303, form={"dataset_id": "{dataset}"}),
     ("GET", "/runs/{run_id}"): R(A.VIEWER, "id", url="/runs/{run}"),
+    ("GET", "/compare"): R(A.VIEWER, "id", url="/compare?run={run}&run={finished_run}"),
     ("POST", "/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", 303, url="/runs/{run}/cancel", consumes="run"
     ),

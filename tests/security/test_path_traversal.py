@@ -92,6 +92,7 @@ ID_ROUTES = [
     ("GET", "/api/v1/runs/{p}"),
     ("POST", "/api/v1/runs/{p}/cancel"),
     ("GET", "/api/v1/runs/{p}/metrics"),
+    ("GET", "/api/v1/runs/{p}/metrics/download"),
     ("GET", "/api/v1/runs/{p}/events"),
     ("GET", "/api/v1/runs/{p}/checkpoints"),
     ("GET", "/api/v1/model-versions/{p}"),
@@ -282,6 +283,9 @@ def test_huge_numbers_in_query_cursors_are_refused_not_a_crash(site: Site) -> No
         "/api/v1/datasets?offset=99999999999999999999",
         "/v1/files?after=file-99999999999999999999",
         "/v1/fine_tuning/jobs?after=ftjob-99999999999999999999",
+        f"/api/v1/compare?run_ids={run}&run_ids=99999999999999999999",
+        f"/api/v1/compare/series?run_ids={run}&run_ids=-99999999999999999999",
+        "/compare?run=99999999999999999999",
     ):
         status, _, body = site.raw("GET", query.encode(), site.team.owner.headers)
         assert status < 500, (query, status, body[:200])
