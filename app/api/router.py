@@ -7,6 +7,7 @@ from app.api.routes import (
     datasets,
     deployments,
     docs,
+    model_versions,
     models,
     runs,
     system,
@@ -15,5 +16,16 @@ from app.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (system, docs, auth, tokens, workspaces, datasets, runs, models, deployments):
+for module in (
+    system,
+    docs,
+    auth,
+    tokens,
+    workspaces,
+    datasets,
+    runs,
+    models,
+    model_versions,
+    deployments,
+):
     api_router.include_router(module.router)
