@@ -189,3 +189,56 @@ def test_merging_needs_a_lora_adapter(
         f"/api/v1/model-versions/{version['id']}/exports", json={"kind": kind}
     )
     assert refused.status_code == 400 and "LoRA adapter" in refused.json()["detail"]
+
+
+def test_a_lora_adapter_exports_as_adapter_or_merged_into_its_base(
+    team: Team, installation: Path, trained: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from workers.registry_tasks import export_version
+
+    run_id, _ = run_with_trained_model(team, installation, trained)
+    base_dir = installation / "artifacts" / "runs" / str(run_id) / "final"
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), lora)
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    files = {p.name: p.read_bytes() for p in adapter_dir.iterdir()}
+    created = team.editor.post(
+        "/api/v1/models/import/upload",
+        files={"file": ("adapter.zip", io.BytesIO(_zip(files)))},
+        data={"name": "adder-lora"},
+    )
+    assert created.status_code == 201, created.text
+    version = created.json()
+    assert version["lineage"]["format"] == "peft-adapter"
+    as_adapter = team.viewer.get(f"/api/v1/model-versions/{version['id']}/download")
+    names = {Path(n).name for n in zipfile.ZipFile(io.BytesIO(as_adapter.content)).namelist()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+
+    queued = team.editor.post(
+        f"/api/v1/model-versions/{version['id']}/exports", json={"kind": "merged"}
+    )
+    assert queued.status_code == 202, queued.text
+    assert export_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+    merged_dir = installation / "artifacts" / "exports" / str(queued.json()["id"])
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, use_safetensors=True).eval()
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir
+    ).eval()
+    ids = torch.tensor([[5, 17, 42, 8, 99]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, reference(ids).logits, atol=1e-4)
+    assert (merged_dir / "tokenizer.json").is_file()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
