@@ -8,6 +8,7 @@ from app.web import (
     datasets_pages,
     models_pages,
     playground_pages,
+    registry_pages,
     runs_pages,
     settings_pages,
 )
@@ -19,6 +20,7 @@ for module in (
     datasets_pages,
     runs_pages,
     models_pages,
+    registry_pages,
     playground_pages,
     settings_pages,
 ):
