@@ -8,8 +8,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from app.core.celery_config import EVALUATE_TASK, EXPORT_TASK
-from app.db.models import Evaluation, ModelExport, ModelVersion
+from app.db.models import Dataset, Evaluation, ModelExport, ModelVersion
 from app.db.session import session_scope
 from app.services import artifacts, model_jobs
 from workers.celery_app import celery_app
@@ -37,6 +39,18 @@ def _fail(job_type: type[ModelExport] | type[Evaluation], job_id: int, exc: Exce
         )
 
 
+def _training_sample(session: Session, version: ModelVersion) -> tuple[Path, str] | None:
+    """The version's training data (file, format), for the export's quality rows, if present."""
+    dataset_id = (version.lineage or {}).get("dataset_id")
+    dataset = session.get(Dataset, dataset_id) if isinstance(dataset_id, int) else None
+    if dataset is None or dataset.workspace_id != version.workspace_id:
+        return None
+    try:
+        return artifacts.existing(dataset.storage_key), dataset.format
+    except Exception:  # a missing file only costs the report its meaningful rows
+        return None
+
+
 @celery_app.task(name=EXPORT_TASK, acks_late=True, reject_on_worker_lost=True)
 def export_version(export_id: int) -> str:
     """Build the export's files under exports/<id>/ and record the size/speed/quality report."""
@@ -51,6 +65,7 @@ def export_version(export_id: int) -> str:
         assert export is not None and version is not None
         kind, options = export.kind, dict(export.options)
         source = artifacts.existing(version.storage_key)
+        sample = _training_sample(session, version)
     key = f"exports/{int(export_id)}"
     out_dir = artifacts.resolve(key)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -58,7 +73,11 @@ def export_version(export_id: int) -> str:
     try:
         if kind == "onnx":
             results = export_onnx(
-                source, out_dir, quantize=bool(options.get("quantize")), progress=progress
+                source,
+                out_dir,
+                quantize=bool(options.get("quantize")),
+                progress=progress,
+                sample=sample,
             )
         else:
             from app.core.settings import get_settings

@@ -497,3 +497,13 @@ def get_model_for_member(
     return get_in_workspace(
         session=session, ctx=ctx, model=RegisteredModel, row_id=model_id, what="registered model"
     )
+
+
+def versions_by_checkpoint(*, session: Session, run_id: int) -> dict[int, ModelVersion]:
+    """The versions registered from a run's checkpoints, by checkpoint id (the run page)."""
+    rows = session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.run_id == run_id, ModelVersion.checkpoint_id.is_not(None)
+        )
+    )
+    return {int(v.checkpoint_id): v for v in rows if v.checkpoint_id is not None}

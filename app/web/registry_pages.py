@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from app.core.errors import DomainError, NotFound
+from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
 from app.db.models import JobStatus, ModelStage, ModelVersion, Role
-from app.services import artifacts, datasets, model_jobs, registry, runs
+from app.services import artifacts, datasets, model_import, model_jobs, registry, runs
 from app.services.model_files import is_adapter
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render
@@ -198,5 +198,37 @@ def register_checkpoint(
     if version.run_id != run.id:
         rollback(request)
         raise NotFound(f"checkpoint {checkpoint_id} not found in run {run_id}")
+    session.commit()
+    return redirect(request, f"/models/versions/{version.id}")
+
+
+@router.post("/models/import", dependencies=[CSRF])
+def import_model(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    name: Annotated[str, Form(max_length=64)],
+    path: Annotated[str, Form(max_length=1024)] = "",
+    file: Annotated[UploadFile | None, File()] = None,
+) -> Response:
+    """The registry page's import form: a path under the import folder, or an uploaded file."""
+    from app.web.models_pages import models_page_with_error
+
+    try:
+        if file is not None and file.filename:
+            version = model_import.import_from_upload(
+                session=session, ctx=pc.ctx, name=name, stream=file.file, filename=file.filename
+            )
+        elif path.strip():
+            version = model_import.import_from_path(
+                session=session, ctx=pc.ctx, name=name, path=path.strip()
+            )
+        else:
+            raise ValidationFailed("give a path under the import folder or choose a file")
+    except Forbidden:
+        raise
+    except DomainError as exc:
+        rollback(request)
+        return models_page_with_error(request, session, pc, exc.message, exc.status_code)
     session.commit()
     return redirect(request, f"/models/versions/{version.id}")

@@ -77,3 +77,32 @@ def test_a_version_page_offers_the_moves_the_role_allows_and_keeps_its_history(
     assert "candidate" in page.text and "12.5" in page.text
     model_page = owner.get(f"/models?model={version['registered_model_id']}", headers=HTML)
     assert 'data-testid="eval-compare"' in model_page.text and "12.5" in model_page.text
+
+
+def test_the_registry_page_imports_an_upload_and_says_why_a_pickle_is_refused(
+    team: Team, installation: Path
+) -> None:
+    import io
+
+    client = team.editor.client
+    token = _sign_in(client, team.editor)
+    assert "Import a model" in client.get("/models", headers=HTML).text
+    gguf = b"GGUF\x03\x00\x00\x00" + b"\x00" * 16
+    imported = client.post(
+        "/models/import",
+        headers=HTML,
+        data={"name": "tiny", "csrf_token": token},
+        files={"file": ("tiny.gguf", io.BytesIO(gguf))},
+        follow_redirects=False,
+    )
+    assert imported.status_code == 303, imported.text
+    assert imported.headers["location"].startswith("/models/versions/")
+    refused = client.post(
+        "/models/import",
+        headers=HTML,
+        data={"name": "old", "csrf_token": token},
+        files={"file": ("pytorch_model.bin", io.BytesIO(b"\x80\x04"))},
+    )
+    assert refused.status_code == 400
+    assert 'data-testid="import-error"' in refused.text and "pickle weights" in refused.text
+    assert [m["name"] for m in team.viewer.get("/api/v1/models").json()] == ["tiny"]

@@ -284,6 +284,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/runs/{run_id}/checkpoints/{checkpoint_id}/register"): R(
         A.EDITOR, "id", 303, url="/runs/{finished_run}/checkpoints/{checkpoint}/register"
     ),
+    # A .bin upload is a pickle: the form comes back with the reason (400).
+    ("POST", "/models/import"): R(A.EDITOR, ok=400, files="model.bin", form={"name": "imp"}),
     ("GET", "/deployments"): R(A.VIEWER, "list"),
     ("POST", "/deployments/{deployment_id}/stop"): R(
         A.EDITOR, "id", 303, url="/deployments/{deployment}/stop", consumes="deployment"

@@ -22,6 +22,7 @@ SIDE_FILES = (
     "special_tokens_map.json",
     "chat_template.jinja",
 )
+QUALITY_ROWS = 8
 QUALITY_TEXTS = (
     "the cat sat on the mat",
     "we like to read books in the park",
@@ -66,11 +67,20 @@ class _LogitsOnly:
         return Wrapper().eval()
 
 
-def export_onnx(source: Path, out_dir: Path, *, quantize: bool, progress: Progress) -> dict:
+def export_onnx(
+    source: Path,
+    out_dir: Path,
+    *,
+    quantize: bool,
+    progress: Progress,
+    sample: tuple[Path, str] | None = None,
+) -> dict:
     """model.onnx (+ model.int8.onnx) in out_dir, and a side-by-side report.
 
     The report compares torch fp32, ONNX fp32 and ONNX int8 on the same token rows: file size,
-    mean latency of a forward pass, max |logits difference| against torch, and perplexity.
+    median latency of a forward pass, max |logits difference| against torch, and perplexity.
+    The rows are the first few of `sample` (the version's training data: file, format) when
+    given, so perplexity means something; generic sentences otherwise.
     """
     import numpy as np
     import onnxruntime as ort
@@ -103,7 +113,12 @@ def export_onnx(source: Path, out_dir: Path, *, quantize: bool, progress: Progre
         if (source / name).is_file():
             shutil.copyfile(source / name, out_dir / name)
 
-    rows = [tokenizer(text, return_tensors="pt")["input_ids"] for text in QUALITY_TEXTS]
+    texts: list[str] = list(QUALITY_TEXTS)
+    if sample is not None:
+        from workers.engine.data import read_rows, render_rows
+
+        texts = list(render_rows(read_rows(*sample)[:QUALITY_ROWS], tokenizer)) or texts
+    rows = [tokenizer(text, return_tensors="pt")["input_ids"] for text in texts]
     rows = [r[:, : int(context)] for r in rows if r.shape[1] >= 2]
 
     def torch_logits(ids: Any) -> Any:
