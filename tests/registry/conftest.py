@@ -10,27 +10,31 @@ import pytest
 from tests.conftest import Team, chat_jsonl, text_jsonl
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch GPT-2 trained with the project's engine on chat rows until it ends its replies
-    with <|end|>: the run folder (checkpoints/checkpoint-N and final/)."""
+    with <|end|>: the run folder (checkpoints/checkpoint-N and final/). Trained once per session;
+    tests copy it and never change it."""
+    import torch
+
     from workers.engine import NullCallbacks, TrainConfig, train
 
     base = tmp_path_factory.mktemp("trained")
     data = base / "chat.jsonl"
     data.write_text(chat_jsonl(20))
-    result = train(
-        TrainConfig(
-            output_dir=base / "run",
-            train_file=data,
-            train_format="chat",
-            learning_rate=3e-3,
-            max_steps=60,
-            block_size=64,
-            batch_size=8,
-        ),
-        NullCallbacks(),
-    )
+    with torch.enable_grad():  # a loader elsewhere in the process may have turned it off
+        result = train(
+            TrainConfig(
+                output_dir=base / "run",
+                train_file=data,
+                train_format="chat",
+                learning_rate=3e-3,
+                max_steps=60,
+                block_size=64,
+                batch_size=8,
+            ),
+            NullCallbacks(),
+        )
     assert result.final_dir.is_dir()
     return base / "run"
 

@@ -42,7 +42,11 @@ def deployed_answer(folder: Path) -> dict:
 
     from workers.inference.registry import ModelSource, _load_weights
 
-    model, tokenizer, _, _ = _load_weights(ModelSource(folder))
+    grad = torch.is_grad_enabled()
+    try:
+        model, tokenizer, _, _ = _load_weights(ModelSource(folder))
+    finally:
+        torch.set_grad_enabled(grad)  # the server's loader turns autograd off process-wide
     ids = tokenizer.apply_chat_template(
         PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
