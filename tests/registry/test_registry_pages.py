@@ -45,6 +45,19 @@ def test_a_version_page_offers_the_moves_the_role_allows_and_keeps_its_history(
     )
     assert bad.status_code == 400 and "must be 1-40 letters" in bad.text
 
+    # A queued export: htmx polls just the jobs block; the download link works with the cookie.
+    queued = team.editor.post(
+        f"/api/v1/model-versions/{version['id']}/exports", json={"kind": "onnx"}
+    )
+    assert queued.status_code == 202
+    fragment = client.get(
+        f"/models/versions/{version['id']}", headers={**HTML, "HX-Request": "true"}
+    )
+    assert fragment.text.lstrip().startswith('<div id="jobs"') and "every 2s" in fragment.text
+    assert "<html" not in fragment.text
+    download = client.get(f"/api/v1/model-versions/{version['id']}/download")
+    assert download.status_code == 200 and download.content.startswith(b"PK")
+
     # The run page registers a non-final checkpoint with one button.
     run_page = client.get(f"/runs/{run_id}", headers=HTML)
     assert 'data-testid="register-2"' in run_page.text
