@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.services.model_files import zip_stream
 from tests.conftest import Team, chat_jsonl
 from tests.registry.conftest import run_with_trained_model
 
@@ -75,6 +76,10 @@ def test_the_streamed_zip_loads_elsewhere_with_the_same_logits_template_and_eos(
         declared = int(response.headers["content-length"])
         body = b"".join(response.iter_bytes())
     assert len(body) == declared
+    # Produced piece by piece: no chunk holds more than a read buffer of the 7 MB archive.
+    chunks, size = zip_stream(installation / "artifacts" / "runs" / str(run_id) / "final", "m")
+    sizes = [len(chunk) for chunk in chunks]
+    assert sum(sizes) == size and max(sizes) <= 64 * 1024 < size
     archive = zipfile.ZipFile(io.BytesIO(body))
     names = {Path(n).name for n in archive.namelist()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
