@@ -35,7 +35,10 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
         adapter = is_adapter(artifacts.existing(version.storage_key))
     except DomainError:
         adapter = False
-    gate_ok, gate_message = registry.gate_status(session=session, version=version)
+    try:
+        gate_ok, gate_message = registry.gate_status(session=session, version=version)
+    except ValidationFailed as exc:  # a malformed server setting: say so, keep the page
+        gate_ok, gate_message = False, exc.message
     allowed = []
     for stage, label in STAGE_ACTIONS.items():
         if stage == version.stage or not pc.can_edit:
