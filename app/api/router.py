@@ -7,6 +7,7 @@ from app.api.routes import (
     datasets,
     deployments,
     docs,
+    model_versions,
     models,
     run_compare,
     runs,
@@ -16,6 +17,17 @@ from app.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (system, docs, auth, tokens, workspaces, datasets, runs, models, deployments):
+for module in (
+    system,
+    docs,
+    auth,
+    tokens,
+    workspaces,
+    datasets,
+    runs,
+    models,
+    model_versions,
+    deployments,
+):
     api_router.include_router(module.router)
 api_router.include_router(run_compare.router)

@@ -170,8 +170,15 @@ class ModelVersionRead(ORM):
     version: int
     serving_name: str
     run_id: int | None
+    checkpoint_id: int | None = None
     lineage: dict[str, Any]
     created_at: datetime
+    stage: str = "none"
+    tags: list[str] = []
+    source: str = "run"
+    size_bytes: int | None = None
+    content_sha256: str | None = None
+    code_version: str | None = None
 
 
 class RegisteredModelRead(ORM):
@@ -192,3 +199,74 @@ class DeploymentRead(ORM):
     status: str
     error: str | None
     created_at: datetime
+
+
+# --- registry: registering, stages, tags, imports, exports, evaluations ------------------------
+class VersionRegister(BaseModel):
+    checkpoint_id: int = Field(ge=1, le=2**31 - 1)
+
+
+class StageUpdate(BaseModel):
+    stage: str = Field(max_length=20)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class StageChangeRead(ORM):
+    id: int
+    from_stage: str
+    to_stage: str
+    reason: str | None
+    user_email: str | None = None
+    created_at: datetime
+
+
+class TagsUpdate(BaseModel):
+    tags: list[str] = Field(max_length=50)
+
+
+class ModelImportFromPath(BaseModel):
+    name: str = Field(max_length=64)
+    path: str = Field(max_length=1024)
+
+
+class ExportCreate(BaseModel):
+    kind: str = Field(default="onnx", max_length=20)
+    quantize: bool = False
+
+
+class ExportRead(ORM):
+    id: int
+    model_version_id: int
+    kind: str
+    options: dict[str, Any]
+    status: str
+    progress: float
+    size_bytes: int | None
+    results: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class EvaluationCreate(BaseModel):
+    dataset_id: int = Field(ge=1, le=2**31 - 1)
+    dataset_version_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    max_rows: int = Field(default=200, ge=1, le=5000)
+    max_new_tokens: int = Field(default=32, ge=1, le=256)
+    prompts: list[str] | None = Field(default=None, max_length=10)
+
+
+class EvaluationRead(ORM):
+    id: int
+    model_version_id: int
+    dataset_id: int | None
+    dataset_sha256: str
+    dataset_version_id: int | None
+    options: dict[str, Any]
+    status: str
+    progress: float
+    metrics: dict[str, Any]
+    samples: list[dict[str, Any]]
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None

@@ -7,6 +7,9 @@ from typing import Any
 from app.core.settings import Settings
 
 TRAIN_TASK = "llmide.train_run"
+# Registry jobs (queue cpu): ONNX / merged exports and evaluations of a model version.
+EXPORT_TASK = "llmide.export_version"
+EVALUATE_TASK = "llmide.evaluate_version"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

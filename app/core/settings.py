@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)
     db_connect_delay_s: float = Field(1.0, ge=0.0)
+    # Registry: a folder on the server whose model directories / GGUF files may be imported by
+    # path (nothing outside it, symlinks resolved); None turns imports by path off.
+    import_dir: Path | None = None
+    # Model uploads (zip of a HF folder, or a GGUF file) may be far larger than datasets.
+    max_model_upload_bytes: int = 8 * 1024**3
+    # Promoting to production needs a finished evaluation passing this gate, e.g.
+    # "perplexity<=40" or "accuracy>=0.9"; None: no evaluation is required.
+    production_gate: str | None = None
 
     @field_validator("data_dir")
     @classmethod

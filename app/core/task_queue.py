@@ -39,3 +39,21 @@ def enqueue_training(run_id: int) -> str:
             "try again shortly"
         ) from exc
     return str(result.id)
+
+
+def enqueue(task_name: str, args: list[int], queue: str) -> str:
+    """Send a registry job (export, evaluation) by name; a refused send is a clear 503."""
+    try:
+        result = celery_client().send_task(
+            task_name,
+            args=args,
+            queue=queue,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_max": 1.0},
+        )
+    except Exception as exc:  # kombu raises many transport-specific errors
+        raise ServiceUnavailable(
+            f"the job queue is not reachable ({type(exc).__name__}); nothing was started, "
+            "try again shortly"
+        ) from exc
+    return str(result.id)

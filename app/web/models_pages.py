@@ -10,9 +10,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app.core.errors import NotFound, ServiceUnavailable, ValidationFailed
+from app.core.settings import get_settings
 from app.db.base import MAX_ID
 from app.db.models import Deployment, DeploymentStatus
-from app.services import datasets, deployments, registry
+from app.services import datasets, deployments, model_jobs, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
 from app.web.rendering import is_htmx, render
 
@@ -57,7 +58,22 @@ def _models_context(
         "dataset_names": datasets.names_for(session=session, ctx=pc.ctx, ids=dataset_ids),
         # The newest live deployment of each version (the list is newest first).
         "deployed": {d.model_version_id: d for d in reversed(live)},
+        "import_dir": get_settings().import_dir,
+        # One model's page compares its versions side by side on the same evaluations.
+        "comparison": (
+            model_jobs.comparison(session=session, ctx=pc.ctx, model_id=model_id)
+            if model_id is not None
+            else None
+        ),
     }
+
+
+def models_page_with_error(
+    request: Request, session: Session, pc: PageContext, message: str, status_code: int
+) -> Response:
+    """The registry page again with the reason an import was refused."""
+    context = {**_models_context(session, pc), "import_error": message}
+    return render(request, "models.html", context, status_code=status_code)
 
 
 @router.get("/models")

@@ -9,6 +9,7 @@ from app.web import (
     datasets_pages,
     models_pages,
     playground_pages,
+    registry_pages,
     runs_pages,
     settings_pages,
 )
@@ -21,6 +22,7 @@ for module in (
     runs_pages,
     compare_pages,
     models_pages,
+    registry_pages,
     playground_pages,
     settings_pages,
 ):

@@ -205,6 +205,7 @@ def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Re
             "events": runs.events(session=session, run_id=run.id, limit=100),
             "checkpoints": runs.checkpoints(session=session, run_id=run.id),
             "version": registry.version_for_run(session=session, run_id=run.id),
+            "registered": registry.versions_by_checkpoint(session=session, run_id=run.id),
             "oob": is_htmx(request),
         },
         block=("run_side", "run_actions"),

@@ -156,6 +156,33 @@ class Site:
             session.flush()
             return int(deployment.id)
 
+    def registry_things(self) -> dict[str, int]:
+        """The checkpoint behind the owner's version, its model, and a queued export and
+        evaluation of it (recorded as the API records them; no worker runs here)."""
+        from app.db.models import Evaluation, ModelExport, ModelVersion
+        from app.db.session import session_scope
+
+        with session_scope() as session:
+            version = session.get(ModelVersion, self.ids["version"])
+            assert version is not None and version.checkpoint_id is not None
+            export = ModelExport(
+                workspace_id=version.workspace_id, model_version_id=version.id, kind="onnx"
+            )
+            evaluation = Evaluation(
+                workspace_id=version.workspace_id,
+                model_version_id=version.id,
+                dataset_id=self.ids["dataset"],
+                dataset_sha256="0" * 64,
+            )
+            session.add_all([export, evaluation])
+            session.flush()
+            return {
+                "checkpoint": int(version.checkpoint_id),
+                "model": int(version.registered_model_id),
+                "export": int(export.id),
+                "evaluation": int(evaluation.id),
+            }
+
     def new_user(self) -> str:
         email = f"{self.unique('member')}@example.com"
         created = self.api(
@@ -328,6 +355,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
                 site.finished_run_with_version()
             )
             ids["deployment"] = site.new_deployment()
+            ids.update(site.registry_things())
             ids["token"] = site.new_token(TOKEN_NAME)
             # Someone who exists but belongs to nobody else's workspace (member invitations).
             ids["member_email"] = site.new_user()

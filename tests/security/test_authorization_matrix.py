@@ -148,6 +148,56 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/model-versions/{version_id}"): R(
         A.VIEWER, "id", url="/api/v1/model-versions/{version}"
     ),
+    # Registering any checkpoint (the owner's is registered already: 200 with its version).
+    ("POST", "/api/v1/models/versions"): R(A.EDITOR, "id", json={"checkpoint_id": "{checkpoint}"}),
+    # Imports: path imports are off here and a .bin upload is a pickle: both a clear 400.
+    ("POST", "/api/v1/models/import"): R(A.EDITOR, ok=400, json={"name": "imp", "path": "m"}),
+    ("POST", "/api/v1/models/import/upload"): R(
+        A.EDITOR, ok=400, files="model.bin", form={"name": "imp"}
+    ),
+    # Editors move versions between none/staging/archived; production is the owner's
+    # (tests/registry/test_versions_and_stages.py); moving to the current stage is a no-op.
+    ("POST", "/api/v1/model-versions/{version_id}/stage"): R(
+        A.EDITOR, "id", url="/api/v1/model-versions/{version}/stage", json={"stage": "staging"}
+    ),
+    ("GET", "/api/v1/model-versions/{version_id}/history"): R(
+        A.VIEWER, "id", url="/api/v1/model-versions/{version}/history"
+    ),
+    ("PUT", "/api/v1/model-versions/{version_id}/tags"): R(
+        A.EDITOR, "id", url="/api/v1/model-versions/{version}/tags", json={"tags": ["matrix"]}
+    ),
+    ("GET", "/api/v1/model-versions/{version_id}/download"): R(
+        A.VIEWER, "id", url="/api/v1/model-versions/{version}/download"
+    ),
+    ("POST", "/api/v1/model-versions/{version_id}/exports"): R(
+        A.EDITOR, "id", 202, url="/api/v1/model-versions/{version}/exports", json={"kind": "onnx"}
+    ),
+    ("GET", "/api/v1/model-versions/{version_id}/exports"): R(
+        A.VIEWER, "id", url="/api/v1/model-versions/{version}/exports"
+    ),
+    ("GET", "/api/v1/model-exports/{export_id}"): R(
+        A.VIEWER, "id", url="/api/v1/model-exports/{export}"
+    ),
+    # The export is still queued: a 409 that says so.
+    ("GET", "/api/v1/model-exports/{export_id}/download"): R(
+        A.VIEWER, "id", 409, url="/api/v1/model-exports/{export}/download"
+    ),
+    ("POST", "/api/v1/model-versions/{version_id}/evaluations"): R(
+        A.EDITOR,
+        "id",
+        202,
+        url="/api/v1/model-versions/{version}/evaluations",
+        json={"dataset_id": "{dataset}"},
+    ),
+    ("GET", "/api/v1/model-versions/{version_id}/evaluations"): R(
+        A.VIEWER, "id", url="/api/v1/model-versions/{version}/evaluations"
+    ),
+    ("GET", "/api/v1/evaluations/{evaluation_id}"): R(
+        A.VIEWER, "id", url="/api/v1/evaluations/{evaluation}"
+    ),
+    ("GET", "/api/v1/models/{model_id}/comparison"): R(
+        A.VIEWER, "id", url="/api/v1/models/{model}/comparison"
+    ),
     ("GET", "/api/v1/deployments"): R(A.VIEWER, "list"),
     ("POST", "/api/v1/deployments"): R(
         A.EDITOR, "id", json={"model_version_id": "{version}"}, inference=True
@@ -222,6 +272,28 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/models/versions/{version_id}/deploy"): R(
         A.EDITOR, "id", url="/models/versions/{version}/deploy", inference=True
     ),
+    ("GET", "/models/versions/{version_id}"): R(A.VIEWER, "id", url="/models/versions/{version}"),
+    ("POST", "/models/versions/{version_id}/stage"): R(
+        A.EDITOR, "id", 303, url="/models/versions/{version}/stage", form={"stage": "staging"}
+    ),
+    ("POST", "/models/versions/{version_id}/tags"): R(
+        A.EDITOR, "id", 303, url="/models/versions/{version}/tags", form={"tags": "matrix"}
+    ),
+    ("POST", "/models/versions/{version_id}/exports"): R(
+        A.EDITOR, "id", 303, url="/models/versions/{version}/exports", form={"kind": "onnx"}
+    ),
+    ("POST", "/models/versions/{version_id}/evaluations"): R(
+        A.EDITOR,
+        "id",
+        303,
+        url="/models/versions/{version}/evaluations",
+        form={"dataset_id": "{dataset}"},
+    ),
+    ("POST", "/runs/{run_id}/checkpoints/{checkpoint_id}/register"): R(
+        A.EDITOR, "id", 303, url="/runs/{finished_run}/checkpoints/{checkpoint}/register"
+    ),
+    # A .bin upload is a pickle: the form comes back with the reason (400).
+    ("POST", "/models/import"): R(A.EDITOR, ok=400, files="model.bin", form={"name": "imp"}),
     ("GET", "/deployments"): R(A.VIEWER, "list"),
     ("POST", "/deployments/{deployment_id}/stop"): R(
         A.EDITOR, "id", 303, url="/deployments/{deployment}/stop", consumes="deployment"

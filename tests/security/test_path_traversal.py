@@ -96,6 +96,17 @@ ID_ROUTES = [
     ("GET", "/api/v1/runs/{p}/events"),
     ("GET", "/api/v1/runs/{p}/checkpoints"),
     ("GET", "/api/v1/model-versions/{p}"),
+    ("GET", "/api/v1/model-versions/{p}/history"),
+    ("GET", "/api/v1/model-versions/{p}/download"),
+    ("GET", "/api/v1/model-versions/{p}/exports"),
+    ("POST", "/api/v1/model-versions/{p}/stage"),
+    ("GET", "/api/v1/model-exports/{p}"),
+    ("GET", "/api/v1/model-exports/{p}/download"),
+    ("GET", "/api/v1/evaluations/{p}"),
+    ("GET", "/api/v1/models/{p}/comparison"),
+    ("GET", "/models/versions/{p}"),
+    ("POST", "/models/versions/{p}/stage"),
+    ("POST", "/runs/{p}/checkpoints/{p}/register"),
     ("GET", "/api/v1/deployments/{p}"),
     ("DELETE", "/api/v1/deployments/{p}"),
     ("DELETE", "/api/v1/tokens/{p}"),
@@ -546,5 +557,72 @@ def test_a_version_whose_storage_key_leaves_the_store_is_never_deployed_or_serve
             .where(Deployment.model_version_id == version_id)
         )
     assert recorded == 0, "a refused version was recorded as a deployment"
-    for answer_text in (deploy.text, page.text, stream.text):
+    download = site.client.get(f"/api/v1/model-versions/{version_id}/download", headers=owner)
+    assert download.status_code == 400, download.text
+    for answer_text in (deploy.text, page.text, stream.text, download.text):
         assert planted.sentinel.read_text() not in answer_text
+
+
+# --- imports by path (LLMIDE_IMPORT_DIR) -----------------------------------------------------
+def _import_paths(planted: Planted, imports: Path) -> list[str]:
+    return [
+        "..",
+        "../outside",
+        "../../outside",
+        str(planted.folder),
+        str(planted.sentinel),
+        "/etc/passwd",
+        "escape",  # a link inside the import folder to the planted folder
+        "half",  # a folder whose weights file links out
+        "escape/../../outside",
+        "%2e%2e/outside",
+        "..\\outside",
+        "C:\\Windows\\win.ini",
+        "x\x00",
+        "",
+        str(imports / ".." / "outside"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def import_folder(site: Site, planted: Planted) -> Path:
+    """The configured import folder, with links out of it to the planted folder."""
+    imports = site.data_dir.parent / "imports"
+    imports.mkdir()
+    (imports / "escape").symlink_to(planted.folder, target_is_directory=True)
+    (imports / "half").mkdir()
+    (imports / "half" / "config.json").write_text("{}")
+    (imports / "half" / "model.safetensors").symlink_to(planted.folder / "model.safetensors")
+    return imports
+
+
+def test_imports_by_path_never_leave_the_import_folder(
+    site: Site, planted: Planted, import_folder: Path, untouched: None
+) -> None:
+    import os
+
+    from sqlalchemy import func, select
+
+    from app.core.settings import get_settings
+    from app.db.models import ModelVersion
+    from app.db.session import session_scope
+
+    imports = import_folder
+    os.environ["LLMIDE_IMPORT_DIR"] = str(imports)
+    get_settings.cache_clear()
+    try:
+        with session_scope() as session:
+            before = session.scalar(select(func.count()).select_from(ModelVersion))
+        for path in _import_paths(planted, imports):
+            body = json.dumps({"name": "imported", "path": path}).encode()
+            headers = {**site.team.owner.headers, "content-type": "application/json"}
+            status, answer_headers, answer = site.raw(
+                "POST", b"/api/v1/models/import", headers, body
+            )
+            _assert_safe(planted, f"import {path!r}", status, answer_headers, answer)
+            assert status in (400, 422), (path, status, answer[:200])
+        with session_scope() as session:
+            assert session.scalar(select(func.count()).select_from(ModelVersion)) == before
+    finally:
+        del os.environ["LLMIDE_IMPORT_DIR"]
+        get_settings.cache_clear()

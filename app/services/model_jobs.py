@@ -1,0 +1,234 @@
+"""Exports (ONNX, int8 ONNX, merged LoRA) and evaluations of model versions: records, queueing,
+and the status updates the workers make."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core import task_queue
+from app.core.celery_config import CPU_QUEUE, EVALUATE_TASK, EXPORT_TASK
+from app.core.errors import ValidationFailed
+from app.db.base import utcnow
+from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role
+from app.services import artifacts, datasets, registry
+from app.services.model_files import is_adapter
+from app.services.workspaces import WorkspaceContext, get_in_workspace
+
+EXPORT_KINDS = ("onnx", "merged")
+# What every evaluation generates from unless the request brings its own prompts: the same
+# prompts for every version, so samples compare side by side.
+DEFAULT_PROMPTS = (
+    "Hello! Who are you?",
+    "Write one sentence about the weather.",
+    "What is two plus two?",
+)
+MAX_PROMPTS = 10
+
+
+def create_export(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    version_id: int,
+    kind: str,
+    quantize: bool = False,
+) -> ModelExport:
+    ctx.require(Role.editor)
+    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    if kind not in EXPORT_KINDS:
+        raise ValidationFailed(
+            f"export kind must be one of {', '.join(EXPORT_KINDS)}", param="kind"
+        )
+    folder = artifacts.existing(version.storage_key)
+    fmt = (version.lineage or {}).get("format")
+    if kind == "merged" and not is_adapter(folder):
+        raise ValidationFailed(
+            "only a LoRA adapter version (with adapter_config.json) can be merged", param="kind"
+        )
+    if kind == "onnx" and (fmt == "gguf" or any(folder.glob("*.gguf"))):
+        raise ValidationFailed("ONNX export needs safetensors weights, not GGUF", param="kind")
+    export = ModelExport(
+        workspace_id=ctx.workspace.id,
+        model_version_id=version.id,
+        kind=kind,
+        options={"quantize": bool(quantize)} if kind == "onnx" else {},
+        status=JobStatus.queued,
+        progress=0.0,
+        results={},
+        created_by_id=ctx.user.id,
+    )
+    session.add(export)
+    session.flush()
+    session.commit()
+    _send(session, export, EXPORT_TASK)
+    return export
+
+
+def create_evaluation(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    version_id: int,
+    dataset_id: int,
+    max_rows: int = 200,
+    prompts: list[str] | None = None,
+    max_new_tokens: int = 32,
+    dataset_version_id: int | None = None,
+) -> Evaluation:
+    ctx.require(Role.editor)
+    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    chosen = [p.strip() for p in (prompts or DEFAULT_PROMPTS) if p.strip()]
+    if len(chosen) > MAX_PROMPTS or any(len(p) > 1000 for p in chosen):
+        raise ValidationFailed(
+            f"at most {MAX_PROMPTS} prompts of up to 1000 characters", param="prompts"
+        )
+    evaluation = Evaluation(
+        workspace_id=ctx.workspace.id,
+        model_version_id=version.id,
+        dataset_id=dataset.id,
+        dataset_sha256=dataset.sha256,
+        dataset_version_id=dataset_version_id,
+        options={"max_rows": max_rows, "prompts": chosen, "max_new_tokens": max_new_tokens},
+        status=JobStatus.queued,
+        progress=0.0,
+        metrics={},
+        samples=[],
+        created_by_id=ctx.user.id,
+    )
+    session.add(evaluation)
+    session.flush()
+    session.commit()
+    _send(session, evaluation, EVALUATE_TASK)
+    return evaluation
+
+
+def _send(session: Session, job: ModelExport | Evaluation, task: str) -> None:
+    """Queue the job; if the broker refuses, the record goes again (no job that never runs)."""
+    try:
+        job.task_id = task_queue.enqueue(task, [job.id], CPU_QUEUE)
+    except Exception:
+        session.delete(job)
+        session.commit()
+        raise
+    session.commit()
+
+
+def list_exports(*, session: Session, version: ModelVersion) -> list[ModelExport]:
+    return list(
+        session.scalars(
+            select(ModelExport)
+            .where(ModelExport.model_version_id == version.id)
+            .order_by(ModelExport.id.desc())
+        )
+    )
+
+
+def list_evaluations(*, session: Session, version: ModelVersion) -> list[Evaluation]:
+    return list(
+        session.scalars(
+            select(Evaluation)
+            .where(Evaluation.model_version_id == version.id)
+            .order_by(Evaluation.id.desc())
+        )
+    )
+
+
+def get_export(*, session: Session, ctx: WorkspaceContext, export_id: int) -> ModelExport:
+    return get_in_workspace(
+        session=session, ctx=ctx, model=ModelExport, row_id=export_id, what="export"
+    )
+
+
+def get_evaluation(*, session: Session, ctx: WorkspaceContext, evaluation_id: int) -> Evaluation:
+    return get_in_workspace(
+        session=session, ctx=ctx, model=Evaluation, row_id=evaluation_id, what="evaluation"
+    )
+
+
+def comparison(*, session: Session, ctx: WorkspaceContext, model_id: int) -> dict[str, Any]:
+    """The newest finished evaluation of each version, grouped by dataset (same data = same
+    sha256), so versions compare side by side on the same evaluation."""
+    model = registry.get_model_for_member(session=session, ctx=ctx, model_id=model_id)
+    rows = session.execute(
+        select(Evaluation, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+        .where(
+            ModelVersion.registered_model_id == model.id,
+            Evaluation.status == JobStatus.succeeded,
+        )
+        .order_by(Evaluation.id)
+    ).all()
+    names = datasets.names_for(
+        session=session, ctx=ctx, ids={e.dataset_id for e, _ in rows if e.dataset_id}
+    )
+    groups: dict[str, dict[str, Any]] = {}
+    for evaluation, number in rows:
+        group = groups.setdefault(
+            evaluation.dataset_sha256,
+            {
+                "dataset_id": evaluation.dataset_id,
+                "dataset_name": names.get(evaluation.dataset_id or -1, "deleted dataset"),
+                "dataset_sha256": evaluation.dataset_sha256,
+                "metrics": [],
+                "versions": {},
+            },
+        )
+        group["versions"][number] = {"evaluation_id": evaluation.id, **evaluation.metrics}
+        for key in evaluation.metrics:
+            if key not in group["metrics"]:
+                group["metrics"].append(key)
+    for group in groups.values():
+        group["versions"] = dict(sorted(group["versions"].items()))
+    return {"model_id": model.id, "name": model.name, "datasets": list(groups.values())}
+
+
+# --- the workers' side -----------------------------------------------------------------------
+def claim(*, session: Session, job_type: type[ModelExport] | type[Evaluation], job_id: int) -> bool:
+    """queued -> running, once: a redelivered task finds it taken and leaves it."""
+    result = session.execute(
+        update(job_type)
+        .where(job_type.id == job_id, job_type.status == JobStatus.queued)
+        .values(status=JobStatus.running, progress=0.01)
+    )
+    session.commit()
+    return bool(result.rowcount)
+
+
+def report_progress(
+    *,
+    session: Session,
+    job_type: type[ModelExport] | type[Evaluation],
+    job_id: int,
+    progress: float,
+) -> None:
+    session.execute(
+        update(job_type).where(job_type.id == job_id).values(progress=max(0.0, min(progress, 1.0)))
+    )
+    session.commit()
+
+
+def finish(
+    *,
+    session: Session,
+    job_type: type[ModelExport] | type[Evaluation],
+    job_id: int,
+    error: str | None = None,
+    **values: Any,
+) -> None:
+    status = JobStatus.failed if error else JobStatus.succeeded
+    session.execute(
+        update(job_type)
+        .where(job_type.id == job_id)
+        .values(
+            status=status,
+            error=error,
+            progress=1.0 if not error else job_type.progress,
+            finished_at=utcnow(),
+            **values,
+        )
+    )
+    session.commit()

@@ -1,0 +1,201 @@
+"""Exports of a saved model: ONNX (checked against torch with onnxruntime), int8 dynamic
+quantisation for CPU, and LoRA adapters merged into their base. Paths in, results out."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Progress = Callable[[float], None]
+# Tokenizer and generation files copied beside the ONNX graph so the export is self-contained.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+QUALITY_ROWS = 8
+QUALITY_TEXTS = (
+    "the cat sat on the mat",
+    "we like to read books in the park",
+    "hello, how are you today?",
+    "one two three four five six seven",
+)
+
+
+def load_causal_lm(folder: Path) -> tuple[Any, Any]:
+    """Model (fp32, eval) and tokenizer from a safetensors folder or a folder with one GGUF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    if ggufs:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0])
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0])
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+    model.eval()
+    return model, tokenizer
+
+
+class _LogitsOnly:
+    """input_ids + attention_mask -> logits, no cache: the graph ONNX consumers run."""
+
+    @staticmethod
+    def wrap(model: Any) -> Any:
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                )
+                return out.logits
+
+        return Wrapper().eval()
+
+
+def export_onnx(
+    source: Path,
+    out_dir: Path,
+    *,
+    quantize: bool,
+    progress: Progress,
+    sample: tuple[Path, str] | None = None,
+) -> dict:
+    """model.onnx (+ model.int8.onnx) in out_dir, and a side-by-side report.
+
+    The report compares torch fp32, ONNX fp32 and ONNX int8 on the same token rows: file size,
+    median latency of a forward pass, max |logits difference| against torch, and perplexity.
+    The rows are the first few of `sample` (the version's training data: file, format) when
+    given, so perplexity means something; generic sentences otherwise.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load_causal_lm(source)
+    wrapper = _LogitsOnly.wrap(model)
+    progress(0.1)
+    context = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", 1024
+    )
+    example = torch.randint(0, model.config.vocab_size, (2, 8))
+    batch, seq = Dim("batch", min=1, max=64), Dim("sequence", min=2, max=int(context))
+    program = torch.onnx.export(
+        wrapper,
+        (example, torch.ones_like(example)),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        dynamo=True,
+        optimize=True,
+    )
+    fp32_path = out_dir / "model.onnx"
+    program.save(str(fp32_path), external_data=False)
+    progress(0.5)
+    for name in SIDE_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out_dir / name)
+
+    texts: list[str] = list(QUALITY_TEXTS)
+    if sample is not None:
+        from workers.engine.data import read_rows, render_rows
+
+        texts = list(render_rows(read_rows(*sample)[:QUALITY_ROWS], tokenizer)) or texts
+    rows = [tokenizer(text, return_tensors="pt")["input_ids"] for text in texts]
+    rows = [r[:, : int(context)] for r in rows if r.shape[1] >= 2]
+
+    def torch_logits(ids: Any) -> Any:
+        with torch.no_grad():
+            return wrapper(ids, torch.ones_like(ids)).numpy()
+
+    def onnx_runner(path: Path) -> Callable[[Any], Any]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda ids: session.run(
+            None, {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
+        )[0]
+
+    variants: dict[str, tuple[Callable[[Any], Any], int]] = {
+        "torch_fp32": (torch_logits, sum(p.stat().st_size for p in source.glob("*.safetensors"))),
+        "onnx_fp32": (onnx_runner(fp32_path), fp32_path.stat().st_size),
+    }
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        int8_path = out_dir / "model.int8.onnx"
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        variants["onnx_int8"] = (onnx_runner(int8_path), int8_path.stat().st_size)
+    progress(0.7)
+    reference = [torch_logits(ids) for ids in rows]
+    report: dict[str, Any] = {}
+    for name, (run, size) in variants.items():
+        outputs = [run(ids) for ids in rows]
+        timings = []
+        for _ in range(3):
+            for ids in rows:
+                started = time.perf_counter()
+                run(ids)
+                timings.append((time.perf_counter() - started) * 1000)
+        diff = max(float(np.abs(o - r).max()) for o, r in zip(outputs, reference, strict=True))
+        report[name] = {
+            "size_bytes": int(size),
+            "latency_ms": round(statistics.median(timings), 3),
+            "max_abs_logits_diff": diff,
+            "perplexity": _perplexity(outputs, rows),
+        }
+    progress(0.95)
+    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _perplexity(logits: list[Any], rows: list[Any]) -> float:
+    import numpy as np
+
+    from workers.engine.eval_metrics import perplexity
+
+    nll, count = 0.0, 0
+    for out, ids in zip(logits, rows, strict=True):
+        scores = out[0, :-1].astype("float64")
+        targets = ids[0, 1:].numpy()
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        log_probs = scores - np.log(np.exp(scores).sum(axis=-1, keepdims=True))
+        nll -= float(log_probs[np.arange(len(targets)), targets].sum())
+        count += len(targets)
+    value = perplexity(nll, count)
+    return value if math.isfinite(value) else float("nan")
+
+
+def merge_adapter(adapter: Path, base: Path, out_dir: Path, progress: Progress) -> dict:
+    """A LoRA adapter merged into its base model: a plain Hugging Face folder (safetensors)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    model, _ = load_causal_lm(base)
+    progress(0.3)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    progress(0.7)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
+    ggufs = sorted(p.name for p in tokenizer_dir.glob("*.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(tokenizer_dir), **({"gguf_file": ggufs[0]} if ggufs else {})
+    )
+    tokenizer.save_pretrained(str(out_dir))
+    return {"parameters": int(merged.num_parameters())}
