@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.api.routes import (
+    audit,
     auth,
     datasets,
     deployments,
@@ -15,5 +16,7 @@ from app.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (system, docs, auth, tokens, workspaces, datasets, runs, models, deployments):
+for module in (
+    system, docs, auth, tokens, workspaces, datasets, runs, models, deployments, audit
+):
     api_router.include_router(module.router)

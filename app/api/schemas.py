@@ -192,3 +192,22 @@ class DeploymentRead(ORM):
     status: str
     error: str | None
     created_at: datetime
+
+
+class AuditEventRead(ORM):
+    id: int
+    action: str = Field(description="`<resource>.<verb>`, e.g. `run.launch` (docs/trust.md).")
+    actor_id: int | None
+    actor_email: str | None = None
+    target_type: str
+    target_id: str
+    detail: dict[str, Any]
+    ip: str | None
+    created_at: datetime
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventRead]
+    next_before_id: int | None = Field(
+        description="Pass as `before_id` for the next (older) page; null on the last page."
+    )

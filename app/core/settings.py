@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -94,10 +95,18 @@ class Settings(BaseSettings):
         self.ensure_dirs()
         path = self.data_dir / "secret_key"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            # Several web workers may start at once: each writes its own temporary file and
+            # links it into place; a link never replaces an existing file, so the first one
+            # wins and every process reads the same key.
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(secrets.token_urlsafe(48))
             tmp.chmod(0o600)
-            tmp.replace(path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
         return path.read_text().strip()
 
     @property

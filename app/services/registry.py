@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.db.models import Checkpoint, ModelVersion, RegisteredModel, Run, Workspace
+from app.db.models import Checkpoint, ModelVersion, RegisteredModel, Run, User, Workspace
+from app.services import audit
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 
@@ -72,6 +73,18 @@ def register_checkpoint(*, session: Session, run: Run, checkpoint: Checkpoint) -
     )
     session.add(version)
     session.flush()
+    # Registration is automatic when a run succeeds: it is recorded as done by the person who
+    # launched the run (the worker acts on their behalf).
+    launcher = session.get(User, run.created_by_id) if run.created_by_id is not None else None
+    audit.record(
+        session=session,
+        actor=launcher,
+        action="model.register",
+        target_type="model_version",
+        target_id=version.id,
+        detail={"serving_name": serving_name, "version": next_version, "run_id": run.id},
+        workspace_id=run.workspace_id,
+    )
     return version
 
 
