@@ -22,6 +22,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Web processes `llmide serve` starts (one uses at most one core). Every piece of shared
+    # state lives in the database or Redis (sessions, sign-in throttle, live updates), so
+    # several are safe; see docs/trust.md.
+    web_workers: int = Field(default=2, ge=1, le=64)
     data_dir: Path = Path("data")
     database_url: str | None = None
     redis_url: str | None = None

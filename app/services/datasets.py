@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import Dataset, Role, Run
-from app.services import artifacts
+from app.services import artifacts, audit
 from app.services.dataset_validation import PREVIEW_ROWS, validate_stream
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
