@@ -14,8 +14,9 @@ from app.api.routes import (
     tokens,
     workspaces,
 )
+from app.api.schemas import API_ERRORS
 
-api_router = APIRouter()
+api_router = APIRouter(responses=API_ERRORS)
 for module in (
     system, docs, auth, tokens, workspaces, datasets, runs, models, deployments, audit
 ):
