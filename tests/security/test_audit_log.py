@@ -32,7 +32,7 @@ def owner_log(team: Team, **params: Any) -> dict[str, Any]:
 
 
 def test_launch_cancel_upload_delete_and_invite_are_each_logged_with_actor_target_and_address(
-    team: Team,
+    backend: str, team: Team
 ) -> None:
     dataset = team.editor.upload("corpus.jsonl", text_jsonl(8), name="audited").json()
     spare = team.editor.upload("spare.jsonl", text_jsonl(9), name="spare").json()
@@ -61,7 +61,7 @@ def test_launch_cancel_upload_delete_and_invite_are_each_logged_with_actor_targe
     assert events[0]["detail"] == {"email": team.outsider.email, "role": "viewer"}
 
 
-def test_a_refused_or_failed_change_leaves_no_audit_row(team: Team) -> None:
+def test_a_refused_or_failed_change_leaves_no_audit_row(backend: str, team: Team) -> None:
     dataset = team.owner.upload("corpus.jsonl", text_jsonl(8)).json()
     team.owner.post("/api/v1/runs", json={"dataset_id": dataset["id"], "config": {"max_steps": 2}})
     before = len(audit_rows())
@@ -190,3 +190,28 @@ def test_the_audit_page_shows_owners_the_events_and_refuses_editors(team: Team) 
     assert "page-corpus" not in refused.text
     members = client.get("/settings/members", headers=editor)
     assert 'href="/settings/audit"' not in members.text  # nor the menu entry
+
+
+def test_sign_in_failures_are_logged_and_counted_and_a_success_starts_the_count_over(
+    backend: str, team: Team
+) -> None:
+    client = team.owner.client
+    client.cookies.clear()
+
+    def sign_in(password: str) -> int:
+        answer = client.post(
+            "/api/v1/session", json={"email": " Viewer@Example.com", "password": password}
+        )
+        client.cookies.clear()
+        return int(answer.status_code)
+
+    assert [sign_in("wrong-password-1") for _ in range(4)] == [401] * 4
+    assert sign_in(PASSWORD) == 200  # the fifth attempt is allowed, and resets the count
+    assert [sign_in("wrong-password-1") for _ in range(5)] == [401] * 5
+    assert sign_in(PASSWORD) == 429
+
+    failed = audit_rows(action="auth.login_failed")
+    assert len(failed) == 9
+    assert {(r.target_id, r.ip, r.workspace_id, r.actor_id) for r in failed} == {
+        ("viewer@example.com", "testclient", None, None)
+    }
