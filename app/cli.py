@@ -44,14 +44,15 @@ def serve(
     ] = False,
     no_migrate: Annotated[bool, typer.Option("--no-migrate")] = False,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--workers",
             min=1,
-            help="Web processes. One uses one core; live updates stay exact with several (each "
-            "has its own hub reading the database), but sign-in throttling counts per process.",
+            help="Web processes (default LLMIDE_WEB_WORKERS, 2). One uses at most one core; "
+            "sessions, the sign-in throttle and live updates are shared through the database "
+            "(or Redis), so several behave as one.",
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Start the product: web, plus an embedded worker and inference process unless --web-only."""
     from app.supervisor import Supervisor
@@ -63,7 +64,7 @@ def serve(
     if not web_only:
         supervisor.add("worker", [sys.executable, "-m", "app.cli", "worker"])
         supervisor.add("inference", [sys.executable, "-m", "app.cli", "inference"])
-    supervisor.run_web(workers=workers)
+    supervisor.run_web(workers=workers or settings.web_workers)
 
 
 @cli.command()

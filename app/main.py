@@ -12,7 +12,11 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.api.router import api_router
 from app.core import error_handlers
-from app.core.middleware import BodySizeLimitMiddleware, OriginCheckMiddleware
+from app.core.middleware import (
+    BodySizeLimitMiddleware,
+    ClientAddressMiddleware,
+    OriginCheckMiddleware,
+)
 from app.core.settings import Settings, get_settings
 from app.realtime.hub import RunUpdateHub
 from app.realtime.routes import router as realtime_router
@@ -68,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if "*" not in settings.allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(ClientAddressMiddleware)
 
     app.mount("/static", StaticFiles(directory=str(PROJECT_ROOT / "static")), name="static")
     app.include_router(api_router)

@@ -1,7 +1,7 @@
 """The API and pages under load: 50 dashboard users, then a burst of 200 dataset uploads.
 
-A real `llmide serve --web-only` process (one process, as `llmide serve` runs it) serves one
-workspace: 1,000 runs of 500 steps x 2 metrics (1M points) plus one big run of 100k points, five
+A real `llmide serve --web-only` (two web processes, as `llmide serve` runs by default) serves
+one workspace: 1,000 runs of 500 steps x 2 metrics (1M points) plus one big run of 100k points, five
 log lines per run, 20 datasets, 20 registered models with ~950 versions (every successful run
 registers one). The bulk rows are seeded in bulk (COPY on Postgres, executemany on SQLite):
 seeding is not what is measured. Then, all on 127.0.0.1:
@@ -551,7 +551,9 @@ def main() -> None:
         "--think-ms", type=float, default=500.0, help="mean pause between a user's requests"
     )
     parser.add_argument("--uploads", type=int, default=200)
-    parser.add_argument("--server-workers", type=int, default=1, help="llmide serve --workers")
+    parser.add_argument(
+        "--server-workers", type=int, default=2, help="llmide serve --workers (2, the default)"
+    )
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=500, help="steps per run (2 points each)")
     parser.add_argument("--big-steps", type=int, default=50_000, help="steps of the big run")

@@ -57,12 +57,10 @@ def configure_environment(
     from app.core import task_queue
     from app.core.settings import get_settings
     from app.db.session import reset_engine_cache
-    from app.services import login_throttle
 
     get_settings.cache_clear()
     reset_engine_cache()
     task_queue.celery_client.cache_clear()
-    login_throttle.reset()
 
 
 @pytest.fixture(scope="session")

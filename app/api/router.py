@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.api.routes import (
+    audit,
     auth,
     datasets,
     deployments,
@@ -15,8 +16,9 @@ from app.api.routes import (
     tokens,
     workspaces,
 )
+from app.api.schemas import API_ERRORS
 
-api_router = APIRouter()
+api_router = APIRouter(responses=API_ERRORS)
 for module in (
     system,
     docs,
@@ -25,9 +27,10 @@ for module in (
     workspaces,
     datasets,
     runs,
+    run_compare,
     models,
     model_versions,
     deployments,
+    audit,
 ):
     api_router.include_router(module.router)
-api_router.include_router(run_compare.router)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.db.models import Role
 from app.services.run_config import RunConfig
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# The database keeps naive UTC times; a bare "2026-11-23T16:26:23" is not an RFC 3339
+# date-time (the schema's `format`), and a client would read it as local time. So every time
+# the API answers carries its offset: "2026-11-23T16:26:23+00:00".
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class ORM(BaseModel):
@@ -84,8 +94,8 @@ class TokenRead(ORM):
     id: int
     name: str
     prefix: str
-    created_at: datetime
-    last_used_at: datetime | None
+    created_at: UtcDateTime
+    last_used_at: UtcDateTime | None
 
 
 class TokenCreated(TokenRead):
@@ -102,7 +112,7 @@ class DatasetRead(ORM):
     sha256: str
     size_bytes: int
     num_rows: int
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class DatasetDetail(DatasetRead):
@@ -133,9 +143,9 @@ class RunRead(ORM):
     error: str | None
     step: int
     total_steps: int | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
 
 class RunPage(BaseModel):
@@ -152,7 +162,7 @@ class RunEventRead(ORM):
     id: int
     level: str
     message: str
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class CheckpointRead(ORM):
@@ -160,7 +170,7 @@ class CheckpointRead(ORM):
     step: int
     is_final: bool
     metrics: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 # --- registry and deployments -------------------------------------------------------------
@@ -172,7 +182,7 @@ class ModelVersionRead(ORM):
     run_id: int | None
     checkpoint_id: int | None = None
     lineage: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDateTime
     stage: str = "none"
     tags: list[str] = []
     source: str = "run"
@@ -184,7 +194,7 @@ class ModelVersionRead(ORM):
 class RegisteredModelRead(ORM):
     id: int
     name: str
-    created_at: datetime
+    created_at: UtcDateTime
     versions: list[ModelVersionRead]
 
 
@@ -198,7 +208,7 @@ class DeploymentRead(ORM):
     serving_name: str
     status: str
     error: str | None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 # --- registry: registering, stages, tags, imports, exports, evaluations ------------------------
@@ -217,7 +227,7 @@ class StageChangeRead(ORM):
     to_stage: str
     reason: str | None
     user_email: str | None = None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class TagsUpdate(BaseModel):
@@ -244,8 +254,8 @@ class ExportRead(ORM):
     size_bytes: int | None
     results: dict[str, Any]
     error: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    finished_at: UtcDateTime | None
 
 
 class EvaluationCreate(BaseModel):
@@ -268,5 +278,69 @@ class EvaluationRead(ORM):
     metrics: dict[str, Any]
     samples: list[dict[str, Any]]
     error: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    finished_at: UtcDateTime | None
+
+
+class AuditEventRead(ORM):
+    id: int
+    action: str = Field(description="`<resource>.<verb>`, e.g. `run.launch` (docs/trust.md).")
+    actor_id: int | None
+    actor_email: str | None = None
+    target_type: str
+    target_id: str
+    detail: dict[str, Any]
+    ip: str | None
+    created_at: UtcDateTime
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventRead]
+    next_before_id: int | None = Field(
+        description="Pass as `before_id` for the next (older) page; null on the last page."
+    )
+
+
+# --- errors -------------------------------------------------------------------------------
+class ApiError(BaseModel):
+    """Every error of the native API (app/core/error_handlers.py), validation errors included."""
+
+    detail: str = Field(description="What went wrong, in words a person can act on.")
+    code: str | None = Field(default=None, description="A stable machine-readable code.")
+    param: str | None = Field(default=None, description="The field at fault, if one is.")
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error shape, answered by everything under /v1."""
+
+    error: OpenAIErrorBody
+
+
+_ERROR_WORDS = {
+    400: "Invalid request",
+    401: "Not signed in, or the token is invalid or revoked",
+    403: "Not allowed (role too low, CSRF token or origin refused)",
+    404: "Not found (or not in your workspace)",
+    409: "Conflicts with the current state",
+    413: "Request body over the upload limit",
+    422: "A parameter or the body failed validation",
+    429: "Too many attempts; retry later",
+    503: "A dependency (inference server, broker) is unavailable; retry later",
+}
+
+
+def error_responses(model: type[BaseModel], codes: tuple[int, ...]) -> dict[int | str, Any]:
+    """The error answers every route may give, declared once per router (the OpenAPI schema
+    otherwise only names FastAPI's default 422, whose shape ours is not)."""
+    return {code: {"model": model, "description": _ERROR_WORDS[code]} for code in codes}
+
+
+API_ERRORS = error_responses(ApiError, (400, 401, 403, 404, 409, 413, 422, 429, 503))
+OPENAI_ERRORS = error_responses(OpenAIError, (400, 401, 403, 404, 409, 413, 429, 503))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
@@ -86,3 +87,28 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+# The client address of the request being handled, for the audit log: services record events
+# without each taking the request as a parameter. A ContextVar set here (outermost, in the
+# request's own task) is seen by the endpoint, also in the thread pool (Starlette copies the
+# context into it).
+client_ip: ContextVar[str | None] = ContextVar("client_ip", default=None)
+
+
+class ClientAddressMiddleware:
+    """Make the request's client address available to the audit log (see `client_ip`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        token = client_ip.set(client[0] if client else None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            client_ip.reset(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Web processes `llmide serve` starts (one uses at most one core). Every piece of shared
+    # state lives in the database or Redis (sessions, sign-in throttle, live updates), so
+    # several are safe; see docs/trust.md.
+    web_workers: int = Field(default=2, ge=1, le=64)
     data_dir: Path = Path("data")
     database_url: str | None = None
     redis_url: str | None = None
@@ -102,10 +107,18 @@ class Settings(BaseSettings):
         self.ensure_dirs()
         path = self.data_dir / "secret_key"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            # Several web workers may start at once: each writes its own temporary file and
+            # links it into place; a link never replaces an existing file, so the first one
+            # wins and every process reads the same key.
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(secrets.token_urlsafe(48))
             tmp.chmod(0o600)
-            tmp.replace(path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
         return path.read_text().strip()
 
     @property

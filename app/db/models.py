@@ -399,3 +399,34 @@ class Deployment(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     model_version: Mapped[ModelVersion] = relationship()
+
+
+class AuditEvent(Base):
+    """Who did what to which object, written in the same transaction as the change itself.
+
+    Append-only. `workspace_id` is NULL for server-level events (sign-in failures, API tokens,
+    user accounts); `actor_id` is NULL when no one is signed in (a failed sign-in). Rows outlive
+    the objects they name: targets are a type and an id, not foreign keys.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_workspace_id_id", "workspace_id", "id"),
+        Index("ix_audit_events_action_target_id_created_at", "action", "target_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int | None] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=True
+    )
+    actor_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(40))
+    target_id: Mapped[str] = mapped_column(String(320))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    actor: Mapped[User | None] = relationship()

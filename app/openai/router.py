@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 
+from app.api.schemas import OPENAI_ERRORS
 from app.openai import chat, completions, files, fine_tuning, models
 
-openai_router = APIRouter()
+openai_router = APIRouter(responses=OPENAI_ERRORS)
 for module in (files, fine_tuning, models, chat, completions):
     openai_router.include_router(module.router)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import Dataset, Role, Run
-from app.services import artifacts
+from app.services import artifacts, audit
 from app.services.dataset_validation import PREVIEW_ROWS, validate_stream
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -69,6 +69,14 @@ def create_from_upload(
     )
     session.add(dataset)
     session.flush()
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="dataset.upload",
+        target_type="dataset",
+        target_id=dataset.id,
+        detail={"name": dataset.name, "rows": dataset.num_rows, "bytes": dataset.size_bytes},
+    )
     return dataset
 
 
@@ -159,6 +167,14 @@ def delete(*, session: Session, ctx: WorkspaceContext, dataset_id: int) -> None:
         .where(Dataset.storage_key == dataset.storage_key, Dataset.id != dataset.id)
     )
     session.delete(dataset)
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="dataset.delete",
+        target_type="dataset",
+        target_id=dataset.id,
+        detail={"name": dataset.name},
+    )
     session.flush()
     if not shared:
         artifacts.delete(dataset.storage_key)

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import InvalidTransition, NotFound, ServiceUnavailable, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
-from app.services import artifacts, base_models, inference_client, registry
+from app.services import artifacts, audit, base_models, inference_client, registry
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 
@@ -74,6 +74,15 @@ def create(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deplo
     else:
         deployment.status = DeploymentStatus.loading
         deployment.error = None
+    session.flush()
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="deployment.create",
+        target_type="deployment",
+        target_id=deployment.id,
+        detail={"model_version_id": version.id, "serving_name": version.serving_name},
+    )
     session.commit()
     return deployment
 
@@ -169,6 +178,14 @@ def mark_stopping(*, session: Session, ctx: WorkspaceContext, deployment_id: int
     if deployment.status == DeploymentStatus.stopped:
         raise InvalidTransition(f"deployment {deployment_id} is already stopped")
     deployment.status = DeploymentStatus.stopped
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="deployment.delete",
+        target_type="deployment",
+        target_id=deployment.id,
+        detail={"model_version_id": deployment.model_version_id},
+    )
     session.commit()
     return deployment
 

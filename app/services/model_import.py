@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ModelStage, ModelVersion, Role
-from app.services import artifacts, registry
+from app.services import artifacts, audit, registry
 from app.services.model_files import is_model_file, is_pickle, model_files
 from app.services.workspaces import WorkspaceContext
 
@@ -283,4 +283,12 @@ def _register(
     )
     session.add(version)
     session.flush()
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="model.import",
+        target_type="model_version",
+        target_id=version.id,
+        detail={"serving_name": version.serving_name, "format": fmt},
+    )
     return version

@@ -12,8 +12,8 @@ from app.core import task_queue
 from app.core.celery_config import CPU_QUEUE, EVALUATE_TASK, EXPORT_TASK
 from app.core.errors import ValidationFailed
 from app.db.base import utcnow
-from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role
-from app.services import artifacts, datasets, registry
+from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role, User
+from app.services import artifacts, audit, datasets, registry
 from app.services.model_files import is_adapter
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -114,6 +114,16 @@ def _send(session: Session, job: ModelExport | Evaluation, task: str) -> None:
         session.delete(job)
         session.commit()
         raise
+    # Recorded once the job is really queued: a refused one leaves no audit row.
+    audit.record(
+        session=session,
+        actor=session.get(User, job.created_by_id) if job.created_by_id else None,
+        action="model.evaluate" if isinstance(job, Evaluation) else "model.export",
+        target_type="model_version",
+        target_id=job.model_version_id,
+        detail={"job_id": job.id, **({"kind": job.kind} if isinstance(job, ModelExport) else {})},
+        workspace_id=job.workspace_id,
+    )
     session.commit()
 
 

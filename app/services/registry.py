@@ -28,7 +28,7 @@ from app.db.models import (
     User,
     Workspace,
 )
-from app.services import artifacts
+from app.services import artifacts, audit
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 # Files that make up a model's weights: what the content hash covers.
@@ -177,6 +177,19 @@ def register_checkpoint(
     )
     session.add(version)
     session.flush()
+    # Registration is automatic when a run succeeds: it is then recorded as done by the person
+    # who launched the run (the worker acts on their behalf); a manual one by whoever asked.
+    actor_id = user_id if user_id is not None else run.created_by_id
+    actor = session.get(User, actor_id) if actor_id is not None else None
+    audit.record(
+        session=session,
+        actor=actor,
+        action="model.register",
+        target_type="model_version",
+        target_id=version.id,
+        detail={"serving_name": serving_name, "version": next_version, "run_id": run.id},
+        workspace_id=run.workspace_id,
+    )
     return version
 
 
@@ -424,6 +437,14 @@ def _record(
             user_id=ctx.user.id,
             created_at=utcnow(),
         )
+    )
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="model.promote" if target == ModelStage.production else "model.stage",
+        target_type="model_version",
+        target_id=version.id,
+        detail={"from": str(version.stage), "to": str(target), "reason": reason},
     )
     version.stage = target
 

@@ -12,7 +12,7 @@ from app.core import task_queue
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
-from app.services import base_models, datasets, downsample
+from app.services import audit, base_models, datasets, downsample
 from app.services.run_config import RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -59,10 +59,20 @@ def create_run(
     session.add(run)
     session.flush()
     session.add(RunEvent(run_id=run.id, message=f"run created by {ctx.user.email}; queued"))
+    event = audit.record(
+        session=session,
+        actor=ctx,
+        action="run.launch",
+        target_type="run",
+        target_id=run.id,
+        detail={"name": run.name, "base_model": base_model, "dataset_id": dataset.id},
+    )
     session.commit()
     try:
         run.task_id = task_queue.enqueue_training(run.id)
     except Exception:
+        # The launch did not happen: neither the run nor its audit row stays.
+        session.delete(event)
         session.delete(run)
         session.commit()
         raise
@@ -119,6 +129,14 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         run.finished_at = utcnow()
     run.cancel_requested = True
     session.add(RunEvent(run_id=run.id, message=f"cancellation requested by {ctx.user.email}"))
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="run.cancel",
+        target_type="run",
+        target_id=run.id,
+        detail={"status_before": str(status)},
+    )
     session.commit()
     return run
 

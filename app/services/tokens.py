@@ -11,6 +11,7 @@ from app.core.errors import NotFound, ValidationFailed
 from app.core.security import hash_token, new_token_secret
 from app.db.base import get_by_id, utcnow
 from app.db.models import ApiToken, User
+from app.services import audit
 
 
 def create_token(*, session: Session, user: User, name: str = "api") -> tuple[ApiToken, str]:
@@ -21,6 +22,14 @@ def create_token(*, session: Session, user: User, name: str = "api") -> tuple[Ap
     token = ApiToken(user_id=user.id, name=name, token_hash=hash_token(secret), prefix=secret[:12])
     session.add(token)
     session.flush()
+    audit.record(
+        session=session,
+        actor=user,
+        action="token.create",
+        target_type="token",
+        target_id=token.id,
+        detail={"name": name, "prefix": token.prefix},
+    )
     return token, secret
 
 
@@ -59,3 +68,11 @@ def revoke_token(*, session: Session, user: User, token_id: int) -> None:
     if token is None or token.user_id != user.id or token.revoked_at is not None:
         raise NotFound(f"token {token_id} not found")
     token.revoked_at = utcnow()
+    audit.record(
+        session=session,
+        actor=user,
+        action="token.revoke",
+        target_type="token",
+        target_id=token.id,
+        detail={"name": token.name},
+    )

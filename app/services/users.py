@@ -15,7 +15,7 @@ from app.core.security import (
     verify_password,
 )
 from app.db.models import Role, User
-from app.services import workspaces
+from app.services import audit, workspaces
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -58,6 +58,7 @@ def create_user(
     password: str,
     is_admin: bool = False,
     workspace_name: str | None = None,
+    created_by: User | None = None,
 ) -> User:
     """Create a user and their own workspace (they own it), so they can start working at once."""
     email = normalize_email(email)
@@ -67,6 +68,14 @@ def create_user(
     user = User(email=email, password_hash=hash_password(password), is_admin=is_admin)
     session.add(user)
     session.flush()
+    audit.record(
+        session=session,
+        actor=created_by,
+        action="user.create",
+        target_type="user",
+        target_id=user.id,
+        detail={"email": email, "is_admin": is_admin},
+    )
     workspaces.create_workspace(
         session=session,
         name=workspace_name or f"{email.split('@')[0]}'s workspace",

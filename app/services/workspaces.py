@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.db.base import get_by_id
 from app.db.models import Membership, Role, User, Workspace
+from app.services import audit
 
 ScopedT = TypeVar("ScopedT")
 
@@ -55,6 +56,15 @@ def create_workspace(*, session: Session, name: str, owner: User) -> Workspace:
     session.add(workspace)
     session.flush()
     session.add(Membership(user_id=owner.id, workspace_id=workspace.id, role=Role.owner))
+    audit.record(
+        session=session,
+        actor=owner,
+        action="workspace.create",
+        target_type="workspace",
+        target_id=workspace.id,
+        detail={"name": name},
+        workspace_id=workspace.id,
+    )
     session.flush()
     return workspace
 
@@ -120,6 +130,14 @@ def add_member(*, session: Session, ctx: WorkspaceContext, email: str, role: Rol
         raise Conflict(f"{user.email} is already a member of this workspace")
     membership = Membership(user_id=user.id, workspace_id=ctx.workspace.id, role=role)
     session.add(membership)
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="member.invite",
+        target_type="user",
+        target_id=user.id,
+        detail={"email": user.email, "role": str(role)},
+    )
     session.flush()
     return membership
 

@@ -80,11 +80,11 @@ def login(
 ) -> Response:
     client = _client(request)
     try:
-        login_throttle.check(email, client)
+        login_throttle.check(session=session, email=email, client=client)
         try:
             user = users.authenticate(session=session, email=email, password=password)
         except NotAuthenticated:
-            login_throttle.record_failure(email, client)
+            login_throttle.record_failure(session=session, email=email, client=client)
             raise
     except DomainError as exc:
         return render(
@@ -93,7 +93,7 @@ def login(
             {"next": safe_next(next), "email": email, "error": exc.message, "notice": None},
             status_code=exc.status_code,
         )
-    login_throttle.record_success(email, client)
+    login_throttle.record_success(session=session, user=user, email=email, client=client)
     sessions.sign_in(request, user, session=session)
     return _see_other(safe_next(next))
 

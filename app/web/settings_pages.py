@@ -1,16 +1,17 @@
-"""Settings pages: the caller's API tokens and the workspace's members."""
+"""Settings pages: the caller's API tokens, the workspace's members and its audit log."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden, ValidationFailed
+from app.db.base import MAX_ID
 from app.db.models import Role
-from app.services import tokens, workspaces
+from app.services import audit, tokens, workspaces
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import is_htmx, render
 
@@ -110,3 +111,33 @@ def add_member(
         )
     session.commit()
     return _members_page(request, session, pc, added=membership.user.email)
+
+
+# --- audit log ----------------------------------------------------------------------------
+AUDIT_PAGE_SIZE = 50
+
+
+@router.get("/audit")
+def audit_log(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> Response:
+    """Owners only (the service refuses others with a 403 page naming the role needed)."""
+    events = audit.page_for_workspace(
+        session=session, ctx=pc.ctx, action=action, before_id=before_id, limit=AUDIT_PAGE_SIZE
+    )
+    return render(
+        request,
+        "settings_audit.html",
+        {
+            "events": events,
+            "action": action or "",
+            "before_id": before_id,
+            "next_before_id": events[-1].id if len(events) == AUDIT_PAGE_SIZE else None,
+            "actions": audit.KNOWN_ACTIONS,
+        },
+        block="audit_panel",
+    )

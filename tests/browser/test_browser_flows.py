@@ -34,7 +34,7 @@ ADMIN_EMAIL = "admin@example.com"
 VIEWER_EMAIL = "viewer@example.com"
 PASSWORD = "correct-horse-42"
 LAPTOP = {"width": 1366, "height": 768}
-PHONE = {"width": 390, "height": 844}
+PHONE = {"width": 375, "height": 812}  # the narrowest common phone
 TIMEOUT_MS = 10_000
 
 if not HAVE_CHROMIUM:
@@ -476,6 +476,77 @@ def test_a_viewer_sees_no_buttons_that_change_things(
         viewer_ctx.close()
 
 
+def test_the_owner_finds_the_invitation_in_the_audit_log(page: Page) -> None:
+    page.goto("/settings/audit")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Audit log")
+    table = page.locator("#audit-panel table")
+    expect(table).to_contain_text("member.invite")
+    expect(table).to_contain_text(VIEWER_EMAIL)
+    expect(table).to_contain_text("run.launch")
+    page.get_by_label("Action").select_option("member.invite")  # filters on change
+    expect(page).to_have_url(re.compile(r"action=member\.invite"))
+    expect(table).not_to_contain_text("run.launch")
+    _shot(page, "audit")
+
+
+# What shows keyboard focus: an outline or a ring (box-shadow) on the focused element.
+_FOCUS_SHOWN = """() => {
+    const el = document.activeElement;
+    if (!el || el === document.body) return null;
+    const style = getComputedStyle(el);
+    const outline = style.outlineStyle !== "none" && parseFloat(style.outlineWidth) > 0;
+    return {tag: el.tagName, id: el.id, text: (el.textContent || "").trim().slice(0, 40),
+            shown: outline || style.boxShadow !== "none"};
+}"""
+
+
+def _tab_to(page: Page, selector: str, max_tabs: int = 60) -> list[dict[str, object]]:
+    """Press Tab until `selector` has the focus; every element passed on the way is returned."""
+    passed = []
+    for _ in range(max_tabs):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(_FOCUS_SHOWN)
+        if focused is not None:
+            passed.append(focused)
+        if page.evaluate(f"document.activeElement.matches({json.dumps(selector)})"):
+            return passed
+    raise AssertionError(f"{selector} never got the focus; focus went through {passed}")
+
+
+def test_signing_in_and_launching_work_from_the_keyboard_with_visible_focus(
+    page: Page, browser: Browser, server: Server
+) -> None:
+    visitor_ctx = browser.new_context(viewport=PHONE, base_url=server.base_url)
+    try:
+        visitor = _watch(visitor_ctx.new_page())
+        visitor.goto("/login")
+        width, inner = visitor.evaluate("[document.scrollingElement.scrollWidth, innerWidth]")
+        assert width <= inner, f"/login overflows at {PHONE['width']}px: {width} > {inner}"
+        expect(visitor.get_by_label("E-mail")).to_be_focused()  # autofocus: type at once
+        visitor.keyboard.type(ADMIN_EMAIL)
+        passed = _tab_to(visitor, "#f-password")
+        visitor.keyboard.type(PASSWORD)
+        passed += _tab_to(visitor, "button[type=submit]")
+        unseen = [p for p in passed if not p["shown"]]
+        assert not unseen, f"focus is invisible on {unseen}"
+        visitor.keyboard.press("Shift+Tab")
+        visitor.keyboard.press("Enter")  # Enter in the password field submits
+        expect(visitor).to_have_url("/")
+    finally:
+        visitor_ctx.close()
+
+    page.goto("/runs/new")
+    page.locator("body").focus()
+    passed = _tab_to(page, "#f-dataset_id")  # through the menu, to the form's first field
+    passed += _tab_to(page, "#f-name")
+    page.keyboard.type("typed run")
+    unseen = [p for p in passed if not p["shown"]]
+    assert not unseen, f"focus is invisible on {unseen}"
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/runs/\d+$"))
+    expect(page.get_by_role("heading", level=1)).to_contain_text("typed run")
+
+
 PAGES = [
     "/",
     "/datasets",
@@ -489,6 +560,7 @@ PAGES = [
     "/playground",
     "/settings/tokens",
     "/settings/members",
+    "/settings/audit",
     "/runs/999",
 ]
 
@@ -502,7 +574,7 @@ def test_every_page_fits_laptop_and_phone_widths(page: Page, viewport: dict[str,
             page.goto(path)
             page.wait_for_load_state("load")
             width, inner = page.evaluate(
-                "[document.documentElement.scrollWidth, window.innerWidth]"
+                "[document.scrollingElement.scrollWidth, window.innerWidth]"
             )
             assert width <= inner, f"{path} overflows at {viewport['width']}px: {width} > {inner}"
             name = path.strip("/").replace("/", "-") or "dashboard"

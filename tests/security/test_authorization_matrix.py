@@ -116,6 +116,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/users"): R(
         A.ADMIN, ok=201, json={"email": "{new_email}", "password": PASSWORD}, consumes="new_email"
     ),
+    ("GET", "/api/v1/audit"): R(A.OWNER, "list"),
     # --- datasets ---------------------------------------------------------------------------
     ("GET", "/api/v1/datasets"): R(A.VIEWER, "list"),
     ("POST", "/api/v1/datasets"): R(A.EDITOR, ok=201, files="corpus.jsonl"),
@@ -314,6 +315,7 @@ RULES: dict[tuple[str, str], Rule] = {
         A.OWN, "id", 303, url="/settings/tokens/{token}/revoke", consumes="token"
     ),
     ("GET", "/settings/members"): R(A.VIEWER, "list"),
+    ("GET", "/settings/audit"): R(A.OWNER, "list"),
     ("POST", "/settings/members"): R(
         A.OWNER, form={"email": "{member_email}", "role": "viewer"}, consumes="member_email"
     ),

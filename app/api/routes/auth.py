@@ -36,13 +36,14 @@ def create_first_admin(
 
 @router.post("/session", response_model=SessionRead)
 def login(body: LoginRequest, request: Request, session: SessionDep) -> SessionRead:
-    login_throttle.check(body.email, _client(request))
+    client = _client(request)
+    login_throttle.check(session=session, email=body.email, client=client)
     try:
         user = users.authenticate(session=session, email=body.email, password=body.password)
     except NotAuthenticated:
-        login_throttle.record_failure(body.email, _client(request))
+        login_throttle.record_failure(session=session, email=body.email, client=client)
         raise
-    login_throttle.record_success(body.email, _client(request))
+    login_throttle.record_success(session=session, user=user, email=body.email, client=client)
     sessions.sign_in(request, user, session=session)
     return SessionRead(user=UserRead.model_validate(user), csrf_token=sessions.csrf_token(request))
 

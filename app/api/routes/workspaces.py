@@ -49,6 +49,10 @@ def add_member(body: MemberCreate, session: SessionDep, ctx: Workspace) -> Membe
 @router.post("/users", response_model=UserRead, status_code=status.HTTP_201_CREATED)
 def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -> UserRead:
     user = users.create_user(
-        session=session, email=body.email, password=body.password, is_admin=body.is_admin
+        session=session,
+        email=body.email,
+        password=body.password,
+        is_admin=body.is_admin,
+        created_by=admin,
     )
     return UserRead.model_validate(user)
