@@ -213,7 +213,8 @@ class DeploymentRead(ORM):
 
 # --- registry: registering, stages, tags, imports, exports, evaluations ------------------------
 class VersionRegister(BaseModel):
-    checkpoint_id: int = Field(ge=1, le=2**31 - 1)
+    # strict: JSON `true` is not checkpoint 1.
+    checkpoint_id: int = Field(ge=1, le=2**31 - 1, strict=True)
 
 
 class StageUpdate(BaseModel):
@@ -259,8 +260,8 @@ class ExportRead(ORM):
 
 
 class EvaluationCreate(BaseModel):
-    dataset_id: int = Field(ge=1, le=2**31 - 1)
-    dataset_version_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    dataset_id: int = Field(ge=1, le=2**31 - 1, strict=True)
+    dataset_version_id: int | None = Field(default=None, ge=1, le=2**31 - 1, strict=True)
     max_rows: int = Field(default=200, ge=1, le=5000)
     max_new_tokens: int = Field(default=32, ge=1, le=256)
     prompts: list[str] | None = Field(default=None, max_length=10)

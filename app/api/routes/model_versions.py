@@ -112,7 +112,11 @@ def _safe_top(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)[:100] or "model"
 
 
-@router.get("/model-versions/{version_id}/download")
+@router.get(
+    "/model-versions/{version_id}/download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "A streamed zip."}},
+)
 def download_version(version_id: int, session: SessionDep, ctx: Workspace) -> StreamingResponse:
     """The version as a Hugging Face folder in a zip, streamed (adapters as the adapter)."""
     version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
@@ -146,7 +150,11 @@ def read_export(export_id: int, session: SessionDep, ctx: Workspace) -> ExportRe
     )
 
 
-@router.get("/model-exports/{export_id}/download")
+@router.get(
+    "/model-exports/{export_id}/download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "A streamed zip."}},
+)
 def download_export(export_id: int, session: SessionDep, ctx: Workspace) -> StreamingResponse:
     export = model_jobs.get_export(session=session, ctx=ctx, export_id=export_id)
     if export.status != JobStatus.succeeded or not export.storage_key:

@@ -124,7 +124,16 @@ def read_comparison_series(
     )
 
 
-@router.get("/api/v1/runs/{run_id}/metrics/download")
+@router.get(
+    "/api/v1/runs/{run_id}/metrics/download",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/csv": {}, "application/json": {}},
+            "description": "Every metric point of the run, oldest first, streamed.",
+        }
+    },
+)
 def download_metrics(
     run_id: int,
     session: SessionDep,
