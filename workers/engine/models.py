@@ -108,7 +108,19 @@ def load_pretrained_model(
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if source.gguf_file:
+        _forget_gguf_quantization(model)
     return model
+
+
+def _forget_gguf_quantization(model: PreTrainedModel) -> None:
+    """transformers de-quantises GGUF weights to fp32 on load but keeps a GGUF "quantizer"
+    marker, which makes the Trainer refuse to train and would be saved into config.json. The
+    weights in memory are plain tensors, so the marker is dropped."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def quantization_kwargs() -> dict[str, Any]:
