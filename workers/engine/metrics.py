@@ -5,6 +5,8 @@ Pure functions of predictions and references, so tests check them against hand-c
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,16 +59,52 @@ def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in report.items() if isinstance(v, int | float)}
 
 
+def _rouge_tokens(text: str) -> list[str]:
+    """rouge-score's default tokenisation: lower case, runs of letters and digits."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _f1(overlap: int, predicted: int, reference: int) -> float:
+    if not overlap:
+        return 0.0
+    precision, recall = overlap / predicted, overlap / reference
+    return 2 * precision * recall / (precision + recall)
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures of one pair (as rouge-score computes them
+    without stemming; written here to spare the workers nltk, which rouge-score imports)."""
+    pred, ref = _rouge_tokens(prediction), _rouge_tokens(reference)
+    scores = {}
+    for n in (1, 2):
+        p, r = _ngrams(pred, n), _ngrams(ref, n)
+        scores[f"rouge{n}"] = _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
+    scores["rougeL"] = _f1(_lcs_length(pred, ref), len(pred), len(ref))
+    return scores
+
+
 def generation_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu, 0-100) and mean ROUGE-1/2/L F-measures (rouge-score, 0-1)."""
+    """Corpus BLEU (sacrebleu, 0-100) and mean ROUGE-1/2/L F-measures (0-1)."""
     import sacrebleu
-    from rouge_score import rouge_scorer
 
     bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for prediction, reference in zip(predictions, references, strict=True):
-        for name, score in scorer.score(reference, prediction).items():
-            totals[name] += score.fmeasure
+        for name, value in rouge(prediction, reference).items():
+            totals[name] += value
     n = max(1, len(predictions))
     return {"bleu": float(bleu), **{name: value / n for name, value in totals.items()}}
