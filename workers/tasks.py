@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from app.core.celery_config import TRAIN_TASK
+from app.core.errors import ValidationFailed
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
 from app.services import artifacts, base_models, run_execution
@@ -76,7 +77,13 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             return "skipped"
         checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
         resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
-        config = _engine_config(run, resume_from)
+        try:
+            config = _engine_config(run, resume_from)
+        except ValidationFailed as exc:  # e.g. a local base model removed since the launch
+            run_execution.finish(
+                session=session, run_id=run_id, status=RunStatus.failed, error=exc.message
+            )
+            return "failed"
         run_execution.add_event(
             session=session,
             run_id=run_id,

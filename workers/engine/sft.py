@@ -67,10 +67,8 @@ def mask_conversation(
     )
     input_ids: list[int] = list(encoded["input_ids"])[:max_length]
     labels: list[int] = []
-    for token_id, (start, end) in zip(input_ids, encoded["offset_mapping"], strict=False):
-        # A zero-width token (a special token some tokenizers report as (0, 0)) takes the
-        # position of its neighbour; its start still says where it is.
-        inside = any(lo <= start < hi for lo, hi in spans) and end >= start
+    for token_id, (start, _end) in zip(input_ids, encoded["offset_mapping"], strict=False):
+        inside = any(lo <= start < hi for lo, hi in spans)
         labels.append(token_id if inside else IGNORE_INDEX)
     return input_ids, labels
 
