@@ -460,3 +460,10 @@ def test_smollm2_from_gguf_fine_tunes_with_lora(tmp_path: Path) -> None:
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     merged_config = json.loads((result.final_dir / "config.json").read_text())
     assert merged_config["model_type"] == "llama" and "quantization_config" not in merged_config
+    # SmolLM2's own template: the loss covers the answer and its <|im_end|>, nothing else.
+    tokenizer = AutoTokenizer.from_pretrained(result.final_dir)
+    chat = [{"role": "user", "content": "Say red."}, {"role": "assistant", "content": "red"}]
+    input_ids, labels = mask_conversation(chat, tokenizer, max_length=128)
+    trained = [t for t in labels if t != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "red<|im_end|>\n"
+    assert trained == input_ids[len(input_ids) - len(trained) :]
