@@ -459,8 +459,10 @@ def _build_model(
     if prepared.source is not None:
         # The base's weights; on resume the Trainer then loads the checkpoint's over them.
         return load_pretrained_model(config, prepared.source, task, tokenizer, prepared.labels)
-    if checkpoint is not None:
+    if checkpoint is not None and (checkpoint / "config.json").is_file():
         # Same architecture as the checkpoint; Trainer loads its weights when it resumes.
+        # (A LoRA checkpoint holds only its adapter: its base is rebuilt below from the same
+        # seed, hence the same initial weights, and the adapter is loaded over it.)
         model_config = AutoConfig.from_pretrained(checkpoint)
     else:
         model_config = scratch_config(
