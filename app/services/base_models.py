@@ -4,7 +4,7 @@ The web process never imports the engine (it would load torch), so the scratch c
 here and tests/engine/test_catalog_matches_engine.py fails if it ever disagrees with the
 engine's. Local and packaged models are discovered here without transformers: facts come from
 config.json and the safetensors header (a JSON block before the weights) for a Hugging Face
-directory, and from the GGUF header (the pure-python `gguf` reader, numpy only) for a .gguf file.
+directory, and from the GGUF header (a small reader of its metadata here) for a .gguf file.
 The same test checks those facts against what the engine builds with transformers.
 """
 
@@ -152,7 +152,12 @@ def _tasks_for(model_type: str) -> tuple[str, ...]:
 
 
 def describe_hf_dir(
-    directory: Path, *, name: str, source: str, license: str | None = None
+    directory: Path,
+    *,
+    name: str,
+    source: str,
+    license: str | None = None,
+    title: str | None = None,
 ) -> BaseModel | None:
     """A Hugging Face model directory (config.json + safetensors), or None if it is not one."""
     try:
@@ -167,7 +172,8 @@ def describe_hf_dir(
     kind = "encoder" if model_type in _ENCODER_TYPES else "decoder"
     return BaseModel(
         name=name,
-        description=f"{model_type} {kind} from {directory.name}",
+        description=f"{title or directory.name}: a pretrained {model_type} {kind}"
+        + (" (classification only)" if kind == "encoder" else ""),
         parameters=parameters_label(count) if count else "?",
         context_length=int(context),
         architecture=model_type,
@@ -179,29 +185,92 @@ def describe_hf_dir(
     )
 
 
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_header(file: Path) -> tuple[dict[str, object], int]:
+    """The scalar and string metadata of a GGUF file, and its parameter count.
+
+    A small reader of the header (GGUF v2/v3: magic, counts, key/values, tensor infos) that
+    skips arrays (the vocabulary, tens of thousands of strings) instead of decoding them: the
+    `gguf` package's reader builds a numpy view per field and takes seconds on such a file.
+    """
+    with file.open("rb") as handle:
+
+        def unpack(fmt: str) -> object:
+            size = struct.calcsize(fmt)
+            return struct.unpack(fmt, handle.read(size))[0]
+
+        def string() -> str:
+            length = int(unpack("<Q"))  # type: ignore[call-overload]
+            return handle.read(length).decode("utf-8", errors="replace")
+
+        def value(kind: int) -> object:
+            if kind == _GGUF_STRING:
+                return string()
+            if kind == _GGUF_ARRAY:
+                inner, count = int(unpack("<I")), int(unpack("<Q"))  # type: ignore[call-overload]
+                if inner == _GGUF_STRING:
+                    for _ in range(count):
+                        handle.seek(int(unpack("<Q")), os.SEEK_CUR)  # type: ignore[call-overload]
+                elif inner in _GGUF_SCALARS:
+                    handle.seek(count * struct.calcsize(_GGUF_SCALARS[inner]), os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        value(inner)
+                return None
+            return unpack(_GGUF_SCALARS[kind])
+
+        if handle.read(4) != b"GGUF":
+            raise ValueError(f"{file.name} is not a GGUF file")
+        version = int(unpack("<I"))  # type: ignore[call-overload]
+        if version < 2:
+            raise ValueError(f"{file.name}: GGUF version {version} is not supported")
+        tensors, entries = int(unpack("<Q")), int(unpack("<Q"))  # type: ignore[call-overload]
+        fields: dict[str, object] = {}
+        for _ in range(entries):
+            key = string()
+            item = value(int(unpack("<I")))  # type: ignore[call-overload]
+            if item is not None:
+                fields[key] = item
+        parameters = 0
+        for _ in range(tensors):
+            string()
+            dims = int(unpack("<I"))  # type: ignore[call-overload]
+            parameters += math.prod(int(unpack("<Q")) for _ in range(dims))  # type: ignore[call-overload]
+            handle.read(4 + 8)  # the tensor's type and offset
+    return fields, parameters
+
+
 def describe_gguf(file: Path, *, name: str, source: str) -> BaseModel | None:
-    """A GGUF file, read from its header (the weights are memory-mapped, never loaded)."""
-    from gguf import GGUFReader  # numpy only; imported here to keep the web's start-up light
-
+    """A GGUF file, read from its header (the weights are never read)."""
     try:
-        reader = GGUFReader(file)
-    except Exception:  # not a GGUF file, or a version the reader does not know
+        fields, count = read_gguf_header(file)
+    except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError):
         return None
-
-    def field(key: str) -> object:
-        entry = reader.fields.get(key)
-        return entry.contents() if entry is not None else None
-
-    arch = str(field("general.architecture") or "unknown")
-    count = sum(int(t.n_elements) for t in reader.tensors)
-    title = field("general.name") or file.stem
+    arch = str(fields.get("general.architecture") or "unknown")
+    title = fields.get("general.name") or file.stem
+    license = fields.get("general.license")
     return BaseModel(
         name=name,
         description=f"{title} ({arch}, GGUF, de-quantised to fp32 for training)",
         parameters=parameters_label(count),
-        context_length=int(field(f"{arch}.context_length") or 0),
+        context_length=int(fields.get(f"{arch}.context_length") or 0),  # type: ignore[call-overload]
         architecture=arch,
-        license=str(field("general.license")) if field("general.license") else None,
+        license=str(license) if license else None,
         tasks=_tasks_for(arch),
         source=source,
         path=str(file.parent),
@@ -229,7 +298,7 @@ def package_models(only: str | None = None) -> list[BaseModel]:
         if spec is None or not spec.submodule_search_locations:
             continue
         target = Path(next(iter(spec.submodule_search_locations))) / inner
-        entry = _describe(target, name=PACKAGE_PREFIX + package, source="package")
+        entry = _describe(target, name=PACKAGE_PREFIX + package, source="package", title=package)
         if entry is not None and entry.license is None:
             entry = _with_license(entry, _package_license(package))
         if entry is not None:
@@ -243,11 +312,13 @@ def _with_license(entry: BaseModel, license: str | None) -> BaseModel:
     return replace(entry, license=license)
 
 
-def _describe(target: Path, *, name: str, source: str) -> BaseModel | None:
+def _describe(
+    target: Path, *, name: str, source: str, title: str | None = None
+) -> BaseModel | None:
     if target.is_file() and target.suffix == ".gguf":
         return _cached_gguf(str(target), target.stat().st_mtime_ns, name, source)
     if target.is_dir():
-        return describe_hf_dir(target, name=name, source=source)
+        return describe_hf_dir(target, name=name, source=source, title=title)
     return None
 
 
