@@ -87,7 +87,6 @@ CATALOG: dict[str, BaseModel] = {
             "small data; trains in seconds on a CPU.",
             "≈395K",
             512,
-            license="trained by you",
         ),
         BaseModel(
             "scratch-tiny",
@@ -95,14 +94,12 @@ CATALOG: dict[str, BaseModel] = {
             "BPE tokenizer fitted on your data; minutes on a CPU.",
             "≈2.8M",
             1024,
-            license="trained by you",
         ),
         BaseModel(
             "scratch-small",
             "GPT-2-style decoder (6 layers, width 384) trained from scratch; meant for a GPU.",
             "≈12.6M",
             1024,
-            license="trained by you",
         ),
         BaseModel(
             "scratch-lstm",
@@ -111,7 +108,6 @@ CATALOG: dict[str, BaseModel] = {
             "≈2.1M",
             1024,
             architecture="lstm",
-            license="trained by you",
             tasks=LSTM_TASKS,
         ),
     )

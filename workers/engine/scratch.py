@@ -25,7 +25,7 @@ class BaseModelSpec:
     n_embd: int
     context_length: int  # the longest block_size this size accepts (GPT-2's n_positions)
     architecture: str = "gpt2"  # "gpt2" | "lstm" (n_embd is then the LSTM's width)
-    license: str = "trained by you"
+    license: str | None = None  # your own weights: no licence to state
     tasks: tuple[str, ...] = ("causal_lm", "sft", "classification", "seq2seq")
 
     def parameter_count(
