@@ -6,13 +6,34 @@ import logging
 from pathlib import Path
 
 from app.core.celery_config import TRAIN_TASK
+from app.core.errors import ValidationFailed
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
-from app.services import artifacts, run_execution
+from app.services import artifacts, base_models, run_execution
 from workers.celery_app import celery_app
 from workers.metrics_sink import RunReporter
 
 log = logging.getLogger(__name__)
+
+
+# Run config keys handed to the engine as they are (a run created before a key existed
+# keeps the engine's default for it).
+_ENGINE_KEYS = (
+    "task_type",
+    "method",
+    "lr_scheduler",
+    "warmup_steps",
+    "warmup_ratio",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "precision",
+    "eval_steps",
+    "save_steps",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+)
 
 
 def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyped-def]
@@ -20,7 +41,13 @@ def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyp
 
     config = dict(run.config)
     validation = run.validation_dataset
+    # Packaged and local models are found again on this worker (its own packages and models
+    # folder); hub ids go to the engine as they are.
+    model = base_models.require_known(run.base_model)
     return TrainConfig(
+        base_model_path=Path(model.path) if model.path else None,
+        gguf_file=model.gguf_file,
+        **{key: config[key] for key in _ENGINE_KEYS if config.get(key) is not None},
         output_dir=artifacts.resolve(artifacts.run_dir_key(run.id)),
         train_file=artifacts.existing(run.dataset.storage_key),
         train_format=run.dataset.format,
@@ -50,7 +77,13 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             return "skipped"
         checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
         resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
-        config = _engine_config(run, resume_from)
+        try:
+            config = _engine_config(run, resume_from)
+        except ValidationFailed as exc:  # e.g. a local base model removed since the launch
+            run_execution.finish(
+                session=session, run_id=run_id, status=RunStatus.failed, error=exc.message
+            )
+            return "failed"
         run_execution.add_event(
             session=session,
             run_id=run_id,
@@ -81,6 +114,11 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             status=status,
             final_checkpoint_key=artifacts.key_for(result.final_dir),
             final_step=result.global_step,
-            final_metrics=result.metrics,
+            # The full evaluation (a confusion matrix, per-class scores) rides along with the
+            # final checkpoint's metrics, which the run page shows.
+            final_metrics={
+                **result.metrics,
+                **({"evaluation": result.report} if result.report else {}),
+            },
         )
     return str(status)

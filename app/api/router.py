@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from app.api.routes import (
     audit,
     auth,
+    base_models,
     datasets,
     deployments,
     docs,
@@ -28,6 +29,7 @@ for module in (
     datasets,
     runs,
     run_compare,
+    base_models,
     models,
     model_versions,
     deployments,

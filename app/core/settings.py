@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
     metrics_poll_interval_s: float = 0.1
     worker_queues: str = "gpu,cpu"
+    # Base models: Hugging Face directories and .gguf files under models_dir are offered for
+    # runs (None: none); hub ids only where the server may download (hub_enabled).
+    models_dir: Path | None = None
+    hub_enabled: bool = False
     # A running run whose worker has been silent this long is resumed by another worker.
     run_stale_after_s: float = Field(60.0, ge=2.0)
     # `migrate` and `serve` wait this long for the database (a compose start, a restarting

@@ -1,19 +1,72 @@
-"""A run's hyperparameters: validated once here, with ranges a person can act on."""
+"""A run's hyperparameters: validated once here, with ranges a person can act on.
+
+The engine's TrainConfig checks the same ranges again (it is used without the web too);
+tests/engine/test_catalog_matches_engine.py keeps the choices below equal to the engine's.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_LEARNING_RATE = 5e-4
+TASK_TYPES = ("auto", "causal_lm", "sft", "classification", "seq2seq")
+SCHEDULERS = ("constant", "linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+METHODS = ("full", "lora", "qlora")
+# The task a dataset schema trains by default, and the schemas each task reads (the engine's
+# DEFAULT_TASK and TASK_SCHEMAS; "txt" is the old plain-text format).
+DEFAULT_TASK = {
+    "text": "causal_lm",
+    "txt": "causal_lm",
+    "chat": "sft",
+    "prompt_completion": "sft",
+    "instruction": "sft",
+    "classification": "classification",
+    "seq2seq": "seq2seq",
+}
+TASK_SCHEMAS = {
+    "causal_lm": ("text", "txt", "chat", "prompt_completion", "instruction"),
+    "sft": ("chat", "prompt_completion", "instruction"),
+    "classification": ("classification",),
+    "seq2seq": ("seq2seq",),
+}
 
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    task_type: Literal["auto", "causal_lm", "sft", "classification", "seq2seq"] = "auto"
+    method: Literal["full", "lora", "qlora"] = "full"
     learning_rate: float = Field(DEFAULT_LEARNING_RATE, gt=0, le=1.0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0, le=1_000_000)  # overrides warmup_ratio
+    warmup_ratio: float = Field(0.05, ge=0, le=0.5)
     batch_size: int = Field(8, ge=1, le=512)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     epochs: float = Field(1.0, gt=0, le=1000)
     max_steps: int | None = Field(None, ge=1, le=1_000_000)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, ge=0, le=1000)  # 0: no clipping
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     eval_split: float = Field(0.1, ge=0, le=0.5)
+    eval_steps: int | None = Field(None, ge=1, le=1_000_000)
+    save_steps: int | None = Field(None, ge=1, le=1_000_000)
     seed: int = Field(42, ge=0, le=2**31 - 1)
-    block_size: int = Field(128, ge=16, le=1024)
+    block_size: int = Field(128, ge=16, le=8192)  # the training sequence length
+    lora_r: int = Field(8, ge=1, le=512)
+    lora_alpha: int = Field(16, ge=1, le=4096)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _warmup_within_steps(self) -> RunConfig:
+        if self.max_steps and self.warmup_steps and self.warmup_steps > self.max_steps:
+            raise ValueError("warm-up steps cannot exceed max steps")
+        return self
+
+    def task_for(self, schema: str) -> str:
+        """The task a run of this config trains on a dataset of `schema`."""
+        if self.task_type != "auto":
+            return self.task_type
+        return DEFAULT_TASK.get(schema, "causal_lm")

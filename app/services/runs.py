@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
@@ -13,7 +13,7 @@ from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
 from app.services import audit, base_models, datasets, downsample
-from app.services.run_config import RunConfig
+from app.services.run_config import TASK_SCHEMAS, RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -39,8 +39,9 @@ def create_run(
     broker refuses the task the row is deleted again, so a failed launch leaves nothing.
     """
     ctx.require(Role.editor)
-    base_models.require_known(base_model)
+    model = base_models.require_known(base_model)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    check_fit(model=model, schema=dataset.format, config=config)
     if validation_dataset_id is not None:
         datasets.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
     if suffix is not None and not _SUFFIX_RE.match(suffix):
@@ -78,6 +79,37 @@ def create_run(
         raise
     session.commit()
     return run
+
+
+def check_fit(*, model: base_models.BaseModel, schema: str, config: RunConfig) -> None:
+    """Refuse a run whose data, task, model and method do not go together, naming the field."""
+    task = config.task_for(schema)
+    if schema not in TASK_SCHEMAS[task]:
+        raise ValidationFailed(
+            f"a {task} run needs a dataset of {' or '.join(TASK_SCHEMAS[task])} rows; "
+            f"this one holds {schema} rows",
+            param="task_type",
+        )
+    if task not in model.tasks:
+        raise ValidationFailed(
+            f"{model.name} cannot be trained for {task} (it supports {', '.join(model.tasks)})",
+            param="model",
+        )
+    if config.method != "full" and not model.supports_lora:
+        raise ValidationFailed(
+            "LoRA needs a transformer; train the LSTM with method full", param="method"
+        )
+    if config.method == "qlora" and model.source == "scratch":
+        raise ValidationFailed(
+            "QLoRA quantises a pretrained base; scratch models train with method full or lora",
+            param="method",
+        )
+    if model.context_length and config.block_size > model.context_length:
+        raise ValidationFailed(
+            f"sequence length {config.block_size} exceeds {model.name}'s context length "
+            f"of {model.context_length} tokens",
+            param="block_size",
+        )
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
@@ -257,6 +289,16 @@ def checkpoints(*, session: Session, run_id: int) -> list[Checkpoint]:
             select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)
         )
     )
+
+
+def final_evaluation(checkpoints: list[Checkpoint]) -> dict[str, Any] | None:
+    """The final checkpoint's full evaluation (a classification report with its confusion
+    matrix, or generation scores), as the worker stored it; None before there is one."""
+    for checkpoint in reversed(checkpoints):
+        evaluation = (checkpoint.metrics or {}).get("evaluation")
+        if checkpoint.is_final and isinstance(evaluation, dict):
+            return evaluation
+    return None
 
 
 def progress(run: Run) -> dict[str, float | int | str | None]:

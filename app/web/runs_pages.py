@@ -52,6 +52,20 @@ class LaunchForm(BaseModel):
     eval_split: str = ""
     seed: str = ""
     block_size: str = ""
+    task_type: str = ""
+    method: str = ""
+    lr_scheduler: str = ""
+    warmup_steps: str = ""
+    warmup_ratio: str = ""
+    gradient_accumulation_steps: str = ""
+    weight_decay: str = ""
+    max_grad_norm: str = ""
+    precision: str = ""
+    eval_steps: str = ""
+    save_steps: str = ""
+    lora_r: str = ""
+    lora_alpha: str = ""
+    lora_dropout: str = ""
 
 
 def _defaults(dataset_id: int | None) -> dict[str, Any]:
@@ -83,7 +97,7 @@ def _form_page(
         "run_new.html",
         {
             "datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=500),
-            "base_models": list(base_models.CATALOG.values()),
+            "base_models": list(base_models.available().values()),
             "values": values,
             "errors": errors,
         },
@@ -203,7 +217,8 @@ def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Re
             "progress": runs.progress(run),
             "latest": runs.latest_metrics(session=session, run_id=run.id),
             "events": runs.events(session=session, run_id=run.id, limit=100),
-            "checkpoints": runs.checkpoints(session=session, run_id=run.id),
+            "checkpoints": (checkpoints := runs.checkpoints(session=session, run_id=run.id)),
+            "evaluation": runs.final_evaluation(checkpoints),
             "version": registry.version_for_run(session=session, run_id=run.id),
             "registered": registry.versions_by_checkpoint(session=session, run_id=run.id),
             "oob": is_htmx(request),

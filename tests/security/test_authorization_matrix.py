@@ -125,6 +125,7 @@ RULES: dict[tuple[str, str], Rule] = {
         A.EDITOR, "id", 204, url="/api/v1/datasets/{dataset}", consumes="dataset"
     ),
     # --- runs -------------------------------------------------------------------------------
+    ("GET", "/api/v1/base-models"): R(A.SIGNED_IN),
     ("GET", "/api/v1/runs"): R(A.VIEWER, "list"),
     ("POST", "/api/v1/runs"): R(A.EDITOR, "id", 201, json={"dataset_id": "{dataset}"}),
     ("GET", "/api/v1/runs/{run_id}"): R(A.VIEWER, "id", url="/api/v1/runs/{run}"),

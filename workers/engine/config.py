@@ -7,9 +7,30 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.engine.data import SCHEMAS
 from workers.engine.scratch import KNOWN_BASE_MODELS
 
-DATA_FORMATS = ("text", "chat", "txt")
+DATA_FORMATS = (*SCHEMAS, "txt")
+TASK_TYPES = ("causal_lm", "sft", "classification", "seq2seq")
+# The task each schema trains by default ("auto"), and the tasks it can feed.
+DEFAULT_TASK = {
+    "text": "causal_lm",
+    "txt": "causal_lm",
+    "chat": "sft",
+    "prompt_completion": "sft",
+    "instruction": "sft",
+    "classification": "classification",
+    "seq2seq": "seq2seq",
+}
+TASK_SCHEMAS = {
+    "causal_lm": ("text", "txt", "chat", "prompt_completion", "instruction"),
+    "sft": ("chat", "prompt_completion", "instruction"),
+    "classification": ("classification",),
+    "seq2seq": ("seq2seq",),
+}
+SCHEDULERS = ("constant", "linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+METHODS = ("full", "lora", "qlora")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 # A byte-level BPE needs its 256 byte symbols plus the special tokens before any merge.
@@ -25,11 +46,16 @@ class TrainConfig:
     """
 
     output_dir: Path  # checkpoints in output_dir/checkpoints/checkpoint-{step}, model in /final
-    train_file: Path  # JSONL of {"text"} or {"messages"} rows, or plain .txt
-    train_format: str  # "text" | "chat" | "txt"
+    train_file: Path  # canonical JSONL rows of one schema (DATA_CONTRACT.md), or plain .txt
+    train_format: str  # a schema name, or "txt"
     validation_file: Path | None = None
     validation_format: str | None = None  # None: same as train_format
+    # A scratch size (KNOWN_BASE_MODELS), or any name for a pretrained base found at
+    # base_model_path (a HF directory, or the folder of gguf_file), or "hf:org/model" (hub).
     base_model: str = "scratch-tiny"
+    base_model_path: Path | None = None
+    gguf_file: str | None = None
+    task_type: str = "auto"  # "auto" (from the schema) or one of TASK_TYPES
     learning_rate: float = 5e-4
     batch_size: int = 8
     epochs: float = 1.0
@@ -46,6 +72,33 @@ class TrainConfig:
     # None keeps every checkpoint: each one reported through on_checkpoint stays on disk for
     # the registry. A number deletes the oldest beyond it (Trainer's save_total_limit).
     keep_checkpoints: int | None = None
+    lr_scheduler: str = "cosine"
+    warmup_steps: int | None = None  # when set, overrides warmup_ratio
+    warmup_ratio: float = 0.05
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    precision: str = "auto"  # auto: bf16 where the GPU supports it natively, else fp32
+    method: str = "full"  # "full" | "lora" | "qlora" (4-bit base, CUDA + bitsandbytes)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] | None = None  # None: per architecture (models.py)
+    generation_eval_rows: int = 32  # seq2seq: eval rows generated for BLEU/ROUGE at the end
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.base_model in KNOWN_BASE_MODELS
+
+    @property
+    def hub_id(self) -> str | None:
+        return self.base_model[3:] if self.base_model.startswith("hf:") else None
+
+    @property
+    def resolved_task(self) -> str:
+        if self.task_type != "auto":
+            return self.task_type
+        return DEFAULT_TASK.get(self.train_format, "causal_lm")
 
     def validate(self) -> None:
         """Raise ValueError listing every out-of-range value, in words a user can act on."""
@@ -65,11 +118,13 @@ class TrainConfig:
                 f"(got {self.validation_format!r})"
             )
         spec = KNOWN_BASE_MODELS.get(self.base_model)
-        if spec is None:
+        if spec is None and self.base_model_path is None and self.hub_id is None:
             problems.append(
                 f"unknown base model {self.base_model!r}; available: "
                 + ", ".join(sorted(KNOWN_BASE_MODELS))
+                + ", a local model folder, or hf:organisation/model"
             )
+        problems += self._task_problems(spec)
         if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1):
             problems.append(
                 f"learning rate must be greater than 0 and at most 1 (got {self.learning_rate})"
@@ -84,7 +139,7 @@ class TrainConfig:
             problems.append(f"eval split must be between 0 and 0.5 (got {self.eval_split})")
         if self.seed < 0:
             problems.append(f"seed must not be negative (got {self.seed})")
-        max_block = spec.context_length if spec else 1024
+        max_block = spec.context_length if spec else 32768
         if not 8 <= self.block_size <= max_block:
             problems.append(
                 f"block size must be between 8 and {max_block} for {self.base_model} "
@@ -100,6 +155,51 @@ class TrainConfig:
             problems.append(
                 f"vocabulary size must be between {MIN_VOCAB_SIZE} and {MAX_VOCAB_SIZE} "
                 f"(got {self.vocab_size})"
+            )
+        return problems
+
+    def _task_problems(self, spec: object) -> list[str]:
+        problems: list[str] = []
+        task = self.resolved_task
+        if self.task_type != "auto" and self.task_type not in TASK_TYPES:
+            problems.append(f"task type must be auto or one of {', '.join(TASK_TYPES)}")
+        elif self.train_format in DATA_FORMATS and self.train_format not in TASK_SCHEMAS[task]:
+            problems.append(
+                f"a {task} run needs {' or '.join(TASK_SCHEMAS[task])} rows "
+                f"(the dataset is {self.train_format})"
+            )
+        if spec is not None and task in TASK_TYPES and task not in spec.tasks:  # type: ignore[attr-defined]
+            problems.append(f"{self.base_model} cannot be trained for {task}")
+        if self.lr_scheduler not in SCHEDULERS:
+            problems.append(f"scheduler must be one of {', '.join(SCHEDULERS)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            problems.append(f"warm-up steps must not be negative (got {self.warmup_steps})")
+        if not 0 <= self.warmup_ratio <= 0.5:
+            problems.append(f"warm-up ratio must be between 0 and 0.5 (got {self.warmup_ratio})")
+        if not 1 <= self.gradient_accumulation_steps <= 1024:
+            problems.append("gradient accumulation must be between 1 and 1024 steps")
+        if not 0 <= self.weight_decay <= 1:
+            problems.append(f"weight decay must be between 0 and 1 (got {self.weight_decay})")
+        if not 0 <= self.max_grad_norm <= 1000:
+            problems.append(
+                f"gradient clipping must be between 0 and 1000 (got {self.max_grad_norm})"
+            )
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}")
+        elif self.method != "full" and spec is not None:
+            if getattr(spec, "architecture", "") == "lstm":
+                problems.append("LoRA needs a transformer; train the LSTM with method full")
+            elif self.method == "qlora":
+                problems.append("QLoRA quantises a pretrained base; scratch models train in full")
+        if not 1 <= self.lora_r <= 512:
+            problems.append(f"LoRA r must be between 1 and 512 (got {self.lora_r})")
+        if not 1 <= self.lora_alpha <= 4096:
+            problems.append(f"LoRA alpha must be between 1 and 4096 (got {self.lora_alpha})")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(
+                f"LoRA dropout must be at least 0 and below 1 (got {self.lora_dropout})"
             )
         return problems
 

@@ -6,6 +6,7 @@ import json
 import random
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,10 +14,31 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 Message = dict[str, str]
-# A document: plain text, or a chat conversation (rendered through the chat template later).
-Row = str | list[Message]
 
-CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+@dataclass(frozen=True)
+class LabeledText:
+    """A `classification` row."""
+
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A `seq2seq` row: the source to read and the target to produce."""
+
+    source: str
+    target: str
+
+
+# A document: plain text, a chat conversation (rendered through the chat template later;
+# prompt_completion and instruction rows become conversations), a labelled text or a pair.
+Row = str | list[Message] | LabeledText | Pair
+
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+# The canonical schemas of DATA_CONTRACT.md, plus the old "txt" (a plain text file).
+SCHEMAS = ("text", "chat", "prompt_completion", "instruction", "classification", "seq2seq")
 IGNORE_INDEX = -100  # labels the loss skips (padding of the last block)
 _ENCODE_BATCH = 1000  # documents per call into the Rust tokenizer: fast, and bounded memory
 
@@ -31,7 +53,7 @@ def read_rows(path: Path, data_format: str) -> list[Row]:
         raise DatasetError(f"dataset file not found: {path}")
     if data_format == "txt":
         rows: list[Row] = list(_read_txt(path))
-    elif data_format in ("text", "chat"):
+    elif data_format in SCHEMAS:
         rows = list(_read_jsonl(path, data_format))
     else:
         raise DatasetError(f"unknown dataset format {data_format!r}")
@@ -66,16 +88,44 @@ def _read_jsonl(path: Path, data_format: str) -> Iterator[Row]:
                     f"{path.name} line {line_no}: not valid JSON ({exc.msg})"
                 ) from None
             where = f"{path.name} line {line_no}"
-            if data_format == "text":
-                yield _text_row(record, where)
-            else:
-                yield _chat_row(record, where)
+            yield _ROW_READERS[data_format](record, where)
+
+
+def _strings(record: object, where: str, keys: tuple[str, ...]) -> list[str]:
+    """The string values of `keys`, or an error naming what the schema expects."""
+    if isinstance(record, dict) and all(isinstance(record.get(k), str) for k in keys):
+        return [record[k] for k in keys]
+    expected = ", ".join(f'"{k}"' for k in keys)
+    noun = "a string" if len(keys) == 1 else "strings"
+    raise DatasetError(f"{where}: expected an object with {noun} {expected}")
 
 
 def _text_row(record: object, where: str) -> str:
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise DatasetError(f'{where}: expected an object with a string "text"')
-    return record["text"]
+    return _strings(record, where, ("text",))[0]
+
+
+def _prompt_completion_row(record: object, where: str) -> list[Message]:
+    prompt, completion = _strings(record, where, ("prompt", "completion"))
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
+def _instruction_row(record: object, where: str) -> list[Message]:
+    instruction, given, output = _strings(record, where, ("instruction", "input", "output"))
+    # Alpaca's convention: the optional input follows the instruction after a blank line.
+    prompt = f"{instruction}\n\n{given}" if given.strip() else instruction
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+
+
+def _classification_row(record: object, where: str) -> LabeledText:
+    text, label = _strings(record, where, ("text", "label"))
+    if not label.strip():
+        raise DatasetError(f"{where}: the label is empty")
+    return LabeledText(text, label)
+
+
+def _seq2seq_row(record: object, where: str) -> Pair:
+    source, target = _strings(record, where, ("source", "target"))
+    return Pair(source, target)
 
 
 def _chat_row(record: object, where: str) -> list[Message]:
@@ -88,12 +138,24 @@ def _chat_row(record: object, where: str) -> list[Message]:
             raise DatasetError(f"{where}: each message must be an object")
         role, content = message.get("role"), message.get("content")
         if role not in CHAT_ROLES:
-            raise DatasetError(f"{where}: unsupported role {role!r} (use system, user, assistant)")
+            raise DatasetError(
+                f"{where}: unsupported role {role!r} (use system, user, assistant or tool)"
+            )
         if not isinstance(content, str):
             raise DatasetError(f'{where}: a {role} message needs a string "content"')
         # Other keys (name, weight, ...) have no place in the template, so they are dropped.
         row.append({"role": role, "content": content})
     return row
+
+
+_ROW_READERS = {
+    "text": _text_row,
+    "chat": _chat_row,
+    "prompt_completion": _prompt_completion_row,
+    "instruction": _instruction_row,
+    "classification": _classification_row,
+    "seq2seq": _seq2seq_row,
+}
 
 
 def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
@@ -118,6 +180,11 @@ def tokenizer_corpus(rows: Iterable[Row]) -> Iterator[str]:
     for row in rows:
         if isinstance(row, str):
             yield row
+        elif isinstance(row, LabeledText):
+            yield row.text
+        elif isinstance(row, Pair):
+            yield row.source
+            yield row.target
         else:
             for message in row:
                 yield message["content"]
@@ -129,6 +196,10 @@ def render_rows(rows: Iterable[Row], tokenizer: PreTrainedTokenizerFast) -> Iter
     for row in rows:
         if isinstance(row, str):
             yield row
+        elif isinstance(row, LabeledText):
+            yield row.text
+        elif isinstance(row, Pair):
+            yield f"{row.source}\n{row.target}"
         else:
             yield tokenizer.apply_chat_template(row, tokenize=False)
 

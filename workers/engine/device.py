@@ -105,3 +105,18 @@ def configure_cpu_threads(threads: int | None = None) -> int:
     count = threads or default_cpu_threads()
     torch.set_num_threads(count)
     return count
+
+
+def resolve_precision(requested: str, device: DevicePlan) -> str:
+    """The precision a run trains in: "fp32" | "bf16" | "fp16", or a ValueError saying why not.
+
+    bf16 runs on the CPU (autocast) and on GPUs with native support; fp16 needs CUDA (its
+    loss scaling has no CPU path in the Trainer).
+    """
+    if requested == "auto":
+        return "bf16" if device.bf16 else "fp32"
+    if requested == "fp16" and device.kind != "cuda":
+        raise ValueError("fp16 training needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    if requested == "bf16" and device.kind == "cuda" and not device.bf16:
+        raise ValueError("this GPU has no native bf16 support; use fp16 or fp32")
+    return requested

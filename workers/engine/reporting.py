@@ -80,6 +80,15 @@ class ReportingCallback(TrainerCallback):
         elif "eval_loss" in logs:
             eval_loss = float(logs["eval_loss"])
             self.latest_eval = {"eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss)}
+            # Task metrics (eval_accuracy, eval_f1_macro, ...), not the Trainer's timings.
+            self.latest_eval.update(
+                (key, float(value))
+                for key, value in logs.items()
+                if key.startswith("eval_")
+                and key not in self.latest_eval
+                and not key.endswith(("_runtime", "_per_second"))
+                and isinstance(value, int | float)
+            )
             self.callbacks.on_metrics(step, dict(self.latest_eval))
             self.callbacks.on_log(
                 "info",

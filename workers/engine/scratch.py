@@ -1,4 +1,4 @@
-"""Named GPT-2-style model sizes trained from scratch: the base models that need no download."""
+"""Named model sizes trained from scratch (GPT-2-style and an LSTM): no download needed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from transformers import GPT2Config
+from transformers import GPT2Config, PretrainedConfig
+
+from workers.engine.lstm import LstmConfig
 
 # The vocabulary size a listing assumes; a run's real size is that of the tokenizer it trains.
 DEFAULT_VOCAB_SIZE = 4096
@@ -22,12 +24,17 @@ class BaseModelSpec:
     n_head: int
     n_embd: int
     context_length: int  # the longest block_size this size accepts (GPT-2's n_positions)
+    architecture: str = "gpt2"  # "gpt2" | "lstm" (n_embd is then the LSTM's width)
+    license: str | None = None  # your own weights: no licence to state
+    tasks: tuple[str, ...] = ("causal_lm", "sft", "classification", "seq2seq")
 
     def parameter_count(
         self, vocab_size: int = DEFAULT_VOCAB_SIZE, n_positions: int | None = None
     ) -> int:
         """Exact parameter count of the built model (input and output embeddings are tied)."""
         d = self.n_embd
+        if self.architecture == "lstm":
+            return vocab_size * d + self.n_layer * 4 * (2 * d * d + 2 * d)
         positions = self.context_length if n_positions is None else n_positions
         # Per block: two LayerNorms (4d), qkv (3d²+3d), attention out (d²+d), MLP (8d²+5d).
         per_layer = 12 * d * d + 13 * d
@@ -75,6 +82,17 @@ _SPECS = (
         n_embd=384,
         context_length=1024,
     ),
+    BaseModelSpec(
+        name="scratch-lstm",
+        description="A 2-layer LSTM language model (width 256) trained from scratch: the "
+        "recurrent baseline to measure the GPT-2-style sizes against.",
+        n_layer=2,
+        n_head=0,
+        n_embd=256,
+        context_length=1024,
+        architecture="lstm",
+        tasks=("causal_lm", "sft", "seq2seq"),
+    ),
 )
 
 KNOWN_BASE_MODELS: Mapping[str, BaseModelSpec] = MappingProxyType({s.name: s for s in _SPECS})
@@ -88,7 +106,7 @@ def scratch_config(
     bos_token_id: int,
     eos_token_id: int,
     pad_token_id: int,
-) -> GPT2Config:
+) -> PretrainedConfig:
     """The GPT2Config for a named size, sized to the run's tokenizer and block size.
 
     n_positions is the block size rather than the size's maximum context: a position
@@ -102,6 +120,16 @@ def scratch_config(
     if block_size > spec.context_length:
         raise ValueError(
             f"block_size {block_size} exceeds {name}'s context length of {spec.context_length}"
+        )
+    if spec.architecture == "lstm":
+        return LstmConfig(
+            vocab_size=vocab_size,
+            hidden_size=spec.n_embd,
+            num_hidden_layers=spec.n_layer,
+            max_position_embeddings=block_size,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
         )
     return GPT2Config(
         vocab_size=vocab_size,

@@ -13,16 +13,18 @@ SYSTEM_TOKEN = "<|system|>"
 USER_TOKEN = "<|user|>"
 ASSISTANT_TOKEN = "<|assistant|>"
 END_TOKEN = "<|end|>"
-CHAT_TOKENS = (SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN)
+TOOL_TOKEN = "<|tool|>"
+CHAT_TOKENS = (SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN, TOOL_TOKEN)
 # EOS first so that it gets id 0 in every tokenizer the engine trains.
 SPECIAL_TOKENS = (EOS_TOKEN, *CHAT_TOKENS)
 
-# Each turn is "<|role|>\n{content}<|end|>\n". A generation prompt opens an assistant turn, and
+# Each turn is "<|role|>\n{content}<|end|>\n" (role: system, user, assistant or tool).
+# A generation prompt opens an assistant turn, and
 # generation stops at <|end|> (the trainer lists it among the eos ids of generation_config).
 # Unknown roles fail loudly rather than being rendered as text the model never saw.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
     "{{ raise_exception('unsupported chat role: ' + message['role']) }}"
     "{%- endif -%}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     PreTrainedModel,
-    PreTrainedTokenizerFast,
+    PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
     default_data_collator,
@@ -22,9 +23,18 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging as hf_logging
 
 from workers.engine.callbacks import TrainCallbacks
+from workers.engine.classify import (
+    ClassificationCollator,
+    ClassificationEvaluator,
+    LabeledDataset,
+    label_names,
+)
 from workers.engine.config import TrainConfig
 from workers.engine.data import (
     BlockDataset,
+    LabeledText,
+    Message,
+    Pair,
     Row,
     build_blocks,
     read_rows,
@@ -37,10 +47,21 @@ from workers.engine.device import (
     PinnedTrainingArguments,
     configure_cpu_threads,
     plan_device,
+    resolve_precision,
 )
 from workers.engine.files import make_readable, publish_dir
+from workers.engine.metrics import generation_scores, scalar_metrics
+from workers.engine.models import (
+    Source,
+    apply_lora,
+    load_pretrained_model,
+    load_pretrained_tokenizer,
+    merged_model,
+    pretrained_source,
+)
 from workers.engine.reporting import ReportingCallback
 from workers.engine.scratch import scratch_config
+from workers.engine.sft import PadCollator, build_sft_dataset
 from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
 
 TRAINER_STATE_FILE = "trainer_state.json"  # what makes a directory a resumable checkpoint
@@ -50,6 +71,7 @@ STAGING_DIR = ".staging"
 EVALUATIONS_PER_RUN = 10
 CHECKPOINTS_PER_RUN = 4
 LOG_LINES_PER_RUN = 20  # "step N/M loss X" lines in the log tail; every step goes to on_metrics
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter, beside the merged final model
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,11 @@ class TrainResult:
     global_step: int
     metrics: dict[str, float]  # the latest training and evaluation values, plus train_runtime
     stopped: bool  # True when should_stop() ended the run early
+    task: str = "causal_lm"
+    # The final evaluation in full: a classification report (per class, confusion matrix) or
+    # seq2seq generation scores; {} when there was no eval set.
+    report: dict[str, Any] = field(default_factory=dict)
+    adapter_dir: Path | None = None  # LoRA runs: the adapter alone (final_dir is merged)
 
 
 class CheckpointSaveFailed(RuntimeError):
@@ -124,7 +151,9 @@ def plan_schedule(config: TrainConfig, train_blocks: int) -> Schedule:
     Fixing max_steps here (the Trainer would derive the same from epochs) lets progress,
     defaults and a resumed run all agree on one number.
     """
-    steps_per_epoch = math.ceil(train_blocks / config.batch_size)
+    steps_per_epoch = math.ceil(
+        train_blocks / (config.batch_size * config.gradient_accumulation_steps)
+    )
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     return Schedule(
         total_steps=total,
@@ -149,41 +178,93 @@ def train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         raise
 
 
+@dataclass
+class Prepared:
+    """The task's data, tokenizer and model inputs, built before the model."""
+
+    task: str
+    tokenizer: PreTrainedTokenizerBase
+    train_set: Any  # BlockDataset | ExampleDataset | LabeledDataset
+    eval_set: Any | None
+    collator: Any
+    source: Source | None  # None: a scratch model
+    labels: list[str] | None = None
+    eval_rows: list[Row] = field(default_factory=list)
+
+
 def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     device = plan_device(config.device)
+    precision = resolve_precision(config.precision, device)
     if device.kind == "cpu":
         threads = configure_cpu_threads(config.cpu_threads)
-        callbacks.on_log("info", f"training on cpu with {threads} threads")
+        callbacks.on_log("info", f"training on cpu with {threads} threads ({precision})")
     else:
-        precision = "bf16" if device.bf16 else "fp32"
         callbacks.on_log("info", f"training on {device.label} ({precision})")
     checkpoint = _checkpoint_to_resume(config)
     set_seed(config.seed)
-    tokenizer, train_set, eval_set = _prepare_data(config, checkpoint, callbacks)
-    schedule = plan_schedule(config, len(train_set))
+    prepared = _prepare_data(config, checkpoint, callbacks)
+    schedule = plan_schedule(config, len(prepared.train_set))
 
-    model = _build_model(config, tokenizer, checkpoint)
-    callbacks.on_log("info", f"model {config.base_model}: {model.num_parameters():,} parameters")
+    model = _build_model(config, prepared, checkpoint)
+    callbacks.on_log(
+        "info",
+        f"model {config.base_model} for {prepared.task}: {model.num_parameters():,} parameters",
+    )
+    if config.method != "full":
+        model = apply_lora(model, config, prepared.task)
+        trainable, total = model.get_nb_trainable_parameters()
+        callbacks.on_log(
+            "info",
+            f"{config.method}: {trainable:,} of {total:,} parameters train (r={config.lora_r})",
+        )
+    evaluator = (
+        ClassificationEvaluator(prepared.labels or [])
+        if prepared.task == "classification"
+        else None
+    )
     reporter = ReportingCallback(
         callbacks, log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN)
     )
     trainer = AtomicCheckpointTrainer(
         model=model,
-        args=_training_arguments(config, device, schedule, has_eval=eval_set is not None),
-        # Blocks are already equal-length tensors: stacking is all the collation they need.
-        data_collator=default_data_collator,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        args=_training_arguments(
+            config,
+            device,
+            schedule,
+            has_eval=prepared.eval_set is not None,
+            precision=precision,
+            predictions=evaluator is not None,
+        ),
+        data_collator=prepared.collator,
+        train_dataset=prepared.train_set,
+        eval_dataset=prepared.eval_set,
         # Saved into every checkpoint, so each one loads with AutoTokenizer on its own.
-        processing_class=tokenizer,
+        processing_class=prepared.tokenizer,
+        compute_metrics=evaluator,
         callbacks=[reporter],
     )
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-    final_dir = _save_final(trainer, config.final_dir)
     step = trainer.state.global_step
+
+    report: dict[str, Any] = {}
+    if evaluator is not None and prepared.eval_set is not None:
+        evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
+        if not evaluated or evaluated[-1] != step:
+            trainer.evaluate()  # the report describes the final weights
+        report = evaluator.latest
+    elif prepared.task == "seq2seq" and prepared.eval_rows:
+        report = _generation_eval(config, trainer.model, prepared, callbacks)
+        callbacks.on_metrics(step, {f"eval_{k}": v for k, v in report.items()})
+
+    adapter_dir = None
+    if config.method != "full":
+        adapter_dir = config.output_dir / ADAPTER_DIR
+        trainer.model.save_pretrained(str(adapter_dir))
+        make_readable(adapter_dir)
+        trainer.model = merged_model(trainer.model, config, prepared.source, prepared.task)
+    final_dir = _save_final(trainer, config.final_dir)
     if reporter.stopped:
         callbacks.on_log("info", f"stopped at step {step}; model saved to {final_dir.name}")
     else:
@@ -191,11 +272,60 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     metrics = {
         **reporter.latest_train,
         **reporter.latest_eval,
+        **{f"eval_{k}": v for k, v in scalar_metrics(report).items()},
         "train_runtime": float(output.metrics.get("train_runtime", 0.0)),
     }
     return TrainResult(
-        final_dir=final_dir, global_step=step, metrics=metrics, stopped=reporter.stopped
+        final_dir=final_dir,
+        global_step=step,
+        metrics=metrics,
+        stopped=reporter.stopped,
+        task=prepared.task,
+        report=report,
+        adapter_dir=adapter_dir,
     )
+
+
+def _generation_eval(
+    config: TrainConfig, model: Any, prepared: Prepared, callbacks: TrainCallbacks
+) -> dict[str, float]:
+    """Greedy answers to the first eval sources, scored against their targets (BLEU, ROUGE).
+
+    Run once at the end: generating is far slower than an eval loss, so the periodic
+    evaluations report loss only.
+    """
+    import torch
+
+    tokenizer = prepared.tokenizer
+    pairs = [row for row in prepared.eval_rows if isinstance(row, Pair)]
+    pairs = pairs[: config.generation_eval_rows]
+    model.eval()
+    device = next(model.parameters()).device
+    predictions: list[str] = []
+    for pair in pairs:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": pair.source}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = ids[:, -config.block_size // 2 :].to(device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=min(64, config.block_size // 2),
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        predictions.append(
+            tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        )
+    scores = generation_scores(predictions, [pair.target for pair in pairs])
+    callbacks.on_log(
+        "info",
+        f"generation eval on {len(pairs)} rows: BLEU {scores['bleu']:.2f} "
+        f"ROUGE-L {scores['rougeL']:.3f}",
+    )
+    return scores
 
 
 def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
@@ -208,14 +338,20 @@ def _checkpoint_to_resume(config: TrainConfig) -> Path | None:
 
 def _prepare_data(
     config: TrainConfig, checkpoint: Path | None, callbacks: TrainCallbacks
-) -> tuple[PreTrainedTokenizerFast, BlockDataset, BlockDataset | None]:
-    """Read the files, get the tokenizer (trained, or the checkpoint's) and build the blocks."""
+) -> Prepared:
+    """Read the files, get the tokenizer (the base's, trained, or the checkpoint's) and build
+    the task's datasets."""
+    task = config.resolved_task
     callbacks.on_log("info", "loading data")
     train_rows, eval_rows = _load_rows(config)
     callbacks.on_log(
         "info", f"data loaded: {len(train_rows)} training and {len(eval_rows)} eval documents"
     )
-    if checkpoint is not None:
+    source = None if config.is_scratch else pretrained_source(config)
+    if source is not None:
+        tokenizer = load_pretrained_tokenizer(source, config.block_size)
+        callbacks.on_log("info", f"tokenizer of {config.base_model}: vocab {len(tokenizer)}")
+    elif checkpoint is not None:
         tokenizer = load_tokenizer(checkpoint)
         callbacks.on_log("info", f"tokenizer loaded from {checkpoint.name}: vocab {len(tokenizer)}")
     else:
@@ -225,14 +361,65 @@ def _prepare_data(
             model_max_length=config.block_size,
         )
         callbacks.on_log("info", f"tokenizer trained: vocab {len(tokenizer)}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    train_set, eval_set = _build_datasets(config, tokenizer, train_rows, eval_rows)
+    labels: list[str] | None = None
+    if task == "causal_lm":
+        train_set, eval_set = _build_datasets(config, tokenizer, train_rows, eval_rows)
+        collator: Any = default_data_collator  # equal-length blocks: stacking is all they need
+        unit = f"blocks of {config.block_size}"
+    elif task == "classification":
+        labelled = [r for r in train_rows if isinstance(r, LabeledText)]
+        held = [r for r in eval_rows if isinstance(r, LabeledText)]
+        labels = label_names(labelled, held)
+        if len(labels) < 2:
+            raise ValueError(f"classification needs at least 2 labels (found {labels})")
+        train_set = LabeledDataset(labelled, tokenizer, labels, config.block_size)
+        eval_set = LabeledDataset(held, tokenizer, labels, config.block_size) if held else None
+        collator = ClassificationCollator(pad_id)
+        unit = f"texts, {len(labels)} labels"
+    else:  # sft, seq2seq: conversations masked to the answers
+        train_set = build_sft_dataset(_conversations(train_rows), tokenizer, config.block_size)
+        eval_set = None
+        if eval_rows:
+            eval_set = build_sft_dataset(_conversations(eval_rows), tokenizer, config.block_size)
+        collator = PadCollator(pad_id)
+        unit = "conversations (loss on the answers)"
+    if len(train_set) == 0:
+        raise ValueError("the training data is too small: no example left after tokenization")
+    if eval_set is not None and len(eval_set) == 0:
+        eval_set = None
     callbacks.on_log(
         "info",
-        f"{train_set.num_tokens} training tokens in {len(train_set)} blocks of {config.block_size}"
+        f"{train_set.num_tokens} training tokens in {len(train_set)} {unit}"
         + (f", {eval_set.num_tokens} eval tokens" if eval_set is not None else ", no eval set"),
     )
-    return tokenizer, train_set, eval_set
+    return Prepared(
+        task=task,
+        tokenizer=tokenizer,
+        train_set=train_set,
+        eval_set=eval_set,
+        collator=collator,
+        source=source,
+        labels=labels,
+        eval_rows=eval_rows,
+    )
+
+
+def _conversations(rows: list[Row]) -> list[list[Message]]:
+    """SFT and seq2seq rows as conversations; a seq2seq pair is one user turn and its answer."""
+    conversations: list[list[Message]] = []
+    for row in rows:
+        if isinstance(row, Pair):
+            conversations.append(
+                [
+                    {"role": "user", "content": row.source},
+                    {"role": "assistant", "content": row.target},
+                ]
+            )
+        elif isinstance(row, list):
+            conversations.append(row)
+    return conversations
 
 
 def _load_rows(config: TrainConfig) -> tuple[list[Row], list[Row]]:
@@ -245,7 +432,7 @@ def _load_rows(config: TrainConfig) -> tuple[list[Row], list[Row]]:
 
 def _build_datasets(
     config: TrainConfig,
-    tokenizer: PreTrainedTokenizerFast,
+    tokenizer: PreTrainedTokenizerBase,
     train_rows: list[Row],
     eval_rows: list[Row],
 ) -> tuple[BlockDataset, BlockDataset | None]:
@@ -266,10 +453,16 @@ def _build_datasets(
 
 
 def _build_model(
-    config: TrainConfig, tokenizer: PreTrainedTokenizerFast, checkpoint: Path | None
+    config: TrainConfig, prepared: Prepared, checkpoint: Path | None
 ) -> PreTrainedModel:
-    if checkpoint is not None:
+    task, tokenizer = prepared.task, prepared.tokenizer
+    if prepared.source is not None:
+        # The base's weights; on resume the Trainer then loads the checkpoint's over them.
+        return load_pretrained_model(config, prepared.source, task, tokenizer, prepared.labels)
+    if checkpoint is not None and (checkpoint / "config.json").is_file():
         # Same architecture as the checkpoint; Trainer loads its weights when it resumes.
+        # (A LoRA checkpoint holds only its adapter: its base is rebuilt below from the same
+        # seed, hence the same initial weights, and the adapter is loaded over it.)
         model_config = AutoConfig.from_pretrained(checkpoint)
     else:
         model_config = scratch_config(
@@ -280,6 +473,12 @@ def _build_model(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
+    if task == "classification":
+        labels = prepared.labels or []
+        model_config.num_labels = len(labels)
+        model_config.id2label = dict(enumerate(labels))
+        model_config.label2id = {label: i for i, label in enumerate(labels)}
+        return AutoModelForSequenceClassification.from_config(model_config)
     model = AutoModelForCausalLM.from_config(model_config)
     # GPT-2's class name ("LMHeadModel") hides its loss type from transformers 5, which then
     # warns on every run before falling back to this very loss.
@@ -293,31 +492,45 @@ def _build_model(
 
 
 def _training_arguments(
-    config: TrainConfig, device: DevicePlan, schedule: Schedule, *, has_eval: bool
+    config: TrainConfig,
+    device: DevicePlan,
+    schedule: Schedule,
+    *,
+    has_eval: bool,
+    precision: str = "fp32",
+    predictions: bool = False,
 ) -> PinnedTrainingArguments:
     on_gpu = device.kind == "cuda"
+    warmup: float = config.warmup_steps if config.warmup_steps is not None else config.warmup_ratio
     return PinnedTrainingArguments(
         output_dir=str(config.output_dir / "checkpoints"),
         cuda_index=device.cuda_index,
         use_cpu=not on_gpu,
-        bf16=device.bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         seed=config.seed,
         data_seed=config.seed,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         max_steps=schedule.total_steps,
-        # GPT-style pretraining recipe: short linear warmup, cosine decay, clipped gradients.
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        weight_decay=0.01,
-        max_grad_norm=1.0,
+        # Defaults follow the GPT-style recipe: short linear warmup, cosine decay, clipping.
+        # "constant" still warms up (the Trainer's constant_with_warmup).
+        lr_scheduler_type=(
+            "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+        ),
+        # transformers 5: a float below 1 is a ratio of the total steps, an int a step count.
+        warmup_steps=warmup,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
         logging_strategy="steps",
         logging_steps=1,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=schedule.eval_steps if has_eval else None,
-        # Logits of a whole eval set would be kept in memory otherwise; only the loss is used.
-        prediction_loss_only=True,
+        # Language-model logits of a whole eval set would be kept in memory; only the loss is
+        # used. A classifier's logits are small and make its metrics.
+        prediction_loss_only=not predictions,
         save_strategy="steps",
         save_steps=schedule.save_steps,
         save_total_limit=config.keep_checkpoints,
