@@ -50,7 +50,9 @@ def to_file(dataset: Dataset) -> FileObject:
 def create_file(
     session: SessionDep,
     ctx: Workspace,
-    file: Annotated[UploadFile, File(description="JSONL, JSON, CSV, TSV, Parquet or text; optionally .gz")],
+    file: Annotated[
+        UploadFile, File(description="JSONL, JSON, CSV, TSV, Parquet or text; optionally .gz")
+    ],
     purpose: Annotated[str, Form()],
 ) -> FileObject:
     if purpose != SUPPORTED_PURPOSE:
