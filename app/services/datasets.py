@@ -23,7 +23,7 @@ from app.services import dataset_ingest as ingest
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 
-def _clean_filename(filename: str | None) -> str:
+def clean_filename(filename: str | None) -> str:
     # Only the last path component is kept, for display: stored files are named by hashes.
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip().replace("\x00", "")
     if not name:
@@ -91,7 +91,7 @@ def ingest_upload(
 ) -> UploadOutcome:
     """Store the upload's bytes in a temporary file (hashed, size-checked), then ingest it."""
     ctx.require(Role.editor)
-    filename = _clean_filename(filename)
+    filename = clean_filename(filename)
     ingest.source_format(filename)  # an unsupported type is refused before reading the body
     fd, tmp = artifacts.temp_file()
     try:
@@ -131,7 +131,7 @@ def ingest_file(
     dataset is recorded with its version 1, in the caller's transaction.
     """
     ctx.require(Role.editor)
-    filename = _clean_filename(filename)
+    filename = clean_filename(filename)
     existing = find_duplicate(session=session, ctx=ctx, sha256=sha256)
     if existing is not None:
         return UploadOutcome(existing, duplicate=True)
