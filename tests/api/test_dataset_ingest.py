@@ -177,7 +177,7 @@ def test_columns_are_mapped_by_hand_when_the_names_are_unknown(team: Team) -> No
     assert canonical_rows(team.editor, mapped.json()["id"]) == [
         {"prompt": "Wie geht's?", "completion": "Gut."}
     ]
-    other = content + "Wer?,Ich.\n".encode()
+    other = content + b"Wer?,Ich.\n"
     wrong = upload(team.editor, "de2.csv", other, schema="seq2seq", column_map='{"source": "nope"}')
     assert wrong.status_code == 400 and "no column 'nope'" in wrong.json()["detail"]
 
@@ -206,7 +206,7 @@ def _chat(*turns: tuple[str, str]) -> str:
             _chat(
                 ("user", "a"),
             ),
-            "needs at least one assistant message",
+            "a chat example needs at least one assistant message",
         ),
         (_chat(("user", "  "), ("assistant", "b")), "message 1 (user) has empty text"),
         ('{"messages": {"role": "user"}}', '"messages" must be a non-empty list'),
