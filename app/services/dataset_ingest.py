@@ -721,11 +721,17 @@ _MAX_LABELS = 1000
 _MAX_DUP_HASHES = 2_000_000
 
 
-def script_of(text: str, sample: int = 256) -> str:
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+
+
+def script_of(text: str, sample: int = 128) -> str:
     """The dominant script of a text's first letters: a cheap language-mix signal that needs
     no word splitting (Chinese and Japanese have no spaces)."""
+    head = text[:sample]
+    if head.isascii():  # the common case, without a loop in Python
+        return "Latin" if _ASCII_LETTER.search(head) else "None"
     counts: Counter[str] = Counter()
-    for char in text[:sample]:
+    for char in head:
         code = ord(char)
         if code < 0x41 or not char.isalpha():
             continue
