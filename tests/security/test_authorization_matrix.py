@@ -234,6 +234,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/datasets"): R(A.VIEWER, "list"),
     ("POST", "/datasets"): R(A.EDITOR, ok=303, files="corpus.jsonl"),
     ("GET", "/datasets/{dataset_id}"): R(A.VIEWER, "id", url="/datasets/{dataset}"),
+    ("GET", "/datasets/{dataset_id}/rows"): R(A.VIEWER, "id", url="/datasets/{dataset}/rows?q=cat"),
     ("POST", "/datasets/{dataset_id}/delete"): R(
         A.EDITOR, "id", 303, url="/datasets/{dataset}/delete", consumes="dataset"
     ),
