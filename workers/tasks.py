@@ -49,8 +49,12 @@ def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyp
         gguf_file=model.gguf_file,
         **{key: config[key] for key in _ENGINE_KEYS if config.get(key) is not None},
         output_dir=artifacts.resolve(artifacts.run_dir_key(run.id)),
-        train_file=artifacts.existing(run.dataset.storage_key),
-        train_format=run.dataset.format,
+        # The exact dataset version the run was launched on (runs from before versions: the
+        # dataset's own file, which is its version 1).
+        train_file=artifacts.existing(
+            run.dataset_version.storage_key if run.dataset_version else run.dataset.storage_key
+        ),
+        train_format=run.dataset_version.schema if run.dataset_version else run.dataset.format,
         validation_file=artifacts.existing(validation.storage_key) if validation else None,
         validation_format=validation.format if validation else None,
         base_model=run.base_model,

@@ -15,6 +15,7 @@ from app.api.routes import (
     runs,
     system,
     tokens,
+    uploads,
     workspaces,
 )
 from app.api.schemas import API_ERRORS
@@ -27,6 +28,7 @@ for module in (
     tokens,
     workspaces,
     datasets,
+    uploads,
     runs,
     run_compare,
     base_models,

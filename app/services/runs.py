@@ -12,7 +12,7 @@ from app.core import task_queue
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
-from app.services import audit, base_models, datasets, downsample
+from app.services import audit, base_models, dataset_versions, datasets, downsample
 from app.services.run_config import TASK_SCHEMAS, RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -32,6 +32,7 @@ def create_run(
     validation_dataset_id: int | None = None,
     name: str | None = None,
     suffix: str | None = None,
+    dataset_version_id: int | None = None,
 ) -> Run:
     """Record a queued run and hand it to the `gpu` queue.
 
@@ -41,7 +42,10 @@ def create_run(
     ctx.require(Role.editor)
     model = base_models.require_known(base_model)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
-    check_fit(model=model, schema=dataset.format, config=config)
+    version = dataset_versions.version_for_run(
+        session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
+    )
+    check_fit(model=model, schema=version.schema, config=config)
     if validation_dataset_id is not None:
         datasets.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
     if suffix is not None and not _SUFFIX_RE.match(suffix):
@@ -52,6 +56,7 @@ def create_run(
         base_model=base_model,
         dataset_id=dataset.id,
         validation_dataset_id=validation_dataset_id,
+        dataset_version_id=version.id if version is not None else None,
         config=config.model_dump(),
         suffix=suffix,
         status=RunStatus.queued,
