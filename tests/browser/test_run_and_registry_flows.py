@@ -258,7 +258,10 @@ def test_a_big_file_is_chosen_and_sent_in_chunks_from_the_keyboard_on_a_phone(
         _wait_until(page, lambda: len(held) == 1)
         progress = page.locator("#upload-progress")
         expect(progress).to_be_visible()
-        expect(progress.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+        bar = progress.get_by_role("progressbar")
+        expect(bar).to_have_attribute("aria-valuenow", "100")
+        expect(bar.locator("span")).to_have_attribute("style", re.compile(r"width: 100%"))
+        page.wait_for_timeout(500)  # the bar's width eases in over .4 s (for the screenshot)
         expect(page.get_by_test_id("upload-progress-text")).to_have_text("checking rows…")
         width, inner = overflow(page)
         assert width <= inner, f"the upload progress overflows a phone: {width} > {inner}"
