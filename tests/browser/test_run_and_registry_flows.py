@@ -204,6 +204,11 @@ def test_the_stage_buttons_promote_and_archive_from_the_keyboard(
     page.locator("body").focus()
     _key_to(page, "input[name=reason]")
     page.keyboard.type("beats v1 on held-out loss")
+    page.keyboard.press("Enter")  # no stage is chosen by the Enter key: nothing moves
+    page.wait_for_timeout(300)
+    expect(page.get_by_test_id("stage")).to_have_text("none")
+    expect(page.get_by_text("Never moved.")).to_be_visible()
+    expect(page.locator("input[name=reason]")).to_have_value("beats v1 on held-out loss")
     _key_to(page, "[data-testid=stage-production]")
     page.keyboard.press("Enter")
     expect(page.get_by_test_id("stage")).to_have_text("production")
