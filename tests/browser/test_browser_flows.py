@@ -605,3 +605,27 @@ def assert_pages_fit(page: Page, paths: list[str], viewport: dict[str, int]) -> 
 def test_every_page_fits_laptop_and_phone_widths(page: Page, viewport: dict[str, int]) -> None:
     _expect_http_error("/runs/999", 404)  # the error page is one of the pages checked
     assert_pages_fit(page, PAGES, viewport)
+
+
+def test_every_focus_stop_on_every_page_shows_the_focus(page: Page) -> None:
+    """Tab through each page (up to 80 stops): wherever the focus lands, it can be seen."""
+    _expect_http_error("/runs/999", 404)
+    unseen: list[str] = []
+    for path in PAGES:
+        page.goto(path)
+        page.wait_for_load_state("load")
+        page.locator("body").focus()
+        seen_ids: set[str] = set()
+        for _ in range(80):
+            page.keyboard.press("Tab")
+            focused = page.evaluate(_FOCUS_SHOWN)
+            if focused is None:  # back past the last element: the page is done
+                break
+            key = json.dumps(focused, sort_keys=True)
+            if key in seen_ids:
+                break
+            seen_ids.add(key)
+            if not focused["shown"]:
+                unseen.append(f"{path}: {focused}")
+        assert len(seen_ids) >= 5, f"{path}: Tab reached only {sorted(seen_ids)}"  # the menu
+    assert not unseen, "focus is invisible on:\n" + "\n".join(unseen)
