@@ -239,11 +239,35 @@ def test_runs_are_ticked_and_compared_from_the_keyboard(page: Page, runs: dict[s
     expect(page.get_by_test_id("final-metrics")).to_contain_text("train_loss")
 
 
+def _big_jsonl(rows: int = 500, bad_line: int | None = None) -> bytes:
+    lines = [json.dumps({"text": f"line {i} " + "words " * 30}) for i in range(rows)]
+    if bad_line is not None:
+        lines[bad_line - 1] = '{"text": broken}'
+    content = ("\n".join(lines) + "\n").encode()
+    assert len(content) > UPLOAD_LIMIT  # bigger than one request may be: only chunks get there
+    return content
+
+
+def test_a_chunked_upload_with_a_bad_line_names_the_line(page: Page) -> None:
+    page.goto("/datasets")
+    page.locator("#upload-form input[type=file]").set_input_files(
+        {"name": "bad.jsonl", "mimeType": "application/jsonl", "buffer": _big_jsonl(bad_line=321)}
+    )
+    flows._expect_http_error("/api/v1/uploads/1/complete", 400)
+    page.locator("#upload-form").get_by_role("button", name="Upload").click()
+    error = page.locator("#upload-message [role=alert]")
+    expect(error).to_contain_text("line 321")
+    expect(error).to_contain_text("invalid JSON")
+    expect(page.locator("#upload-progress")).to_be_hidden()  # no "checking rows…" left behind
+    expect(page.locator("#upload-form button[type=submit]")).to_be_enabled()
+    expect(page).to_have_url("/datasets")
+    _shot(page, "datasets-chunked-error")
+
+
 def test_a_big_file_is_chosen_and_sent_in_chunks_from_the_keyboard_on_a_phone(
     page: Page, server: Server
 ) -> None:
-    rows = "".join(json.dumps({"text": f"line {i} " + "words " * 30}) + "\n" for i in range(500))
-    assert len(rows) > UPLOAD_LIMIT  # bigger than one request may be: only chunks get it there
+    rows = _big_jsonl()
     held: list[Route] = []
     page.route("**/api/v1/uploads/*/complete", lambda route: held.append(route))
     page.set_viewport_size(PHONE)
@@ -254,7 +278,7 @@ def test_a_big_file_is_chosen_and_sent_in_chunks_from_the_keyboard_on_a_phone(
         with page.expect_file_chooser() as chooser:
             page.keyboard.press("Space")
         chooser.value.set_files(
-            {"name": "big.jsonl", "mimeType": "application/jsonl", "buffer": rows.encode()}
+            {"name": "big.jsonl", "mimeType": "application/jsonl", "buffer": rows}
         )
         _key_to(page, "#upload-form button[type=submit]")
         page.keyboard.press("Enter")
