@@ -31,6 +31,7 @@ from workers.inference.generation import (
     render_chat,
     stream,
 )
+from workers.inference.generation import generate as generate_async
 from workers.inference.registry import LoadedModel, resolve_model_path
 from workers.inference.server import TOKEN_HEADER, create_app
 
@@ -435,9 +436,11 @@ def test_a_cancelled_request_stops_at_the_next_token(client: TestClient) -> None
     assert result.finish_reason == "stop"
 
 
-def test_closing_a_stream_cancels_it_and_frees_the_model(client: TestClient) -> None:
+def test_closing_a_stream_cancels_its_row_and_the_lane_takes_the_next_request(
+    client: TestClient,
+) -> None:
     shared = client.app.state.inference.registry.get("tiny")
-    # A private entry (own asyncio.Lock) so this loop never touches the app's lock.
+    # A private entry (own lane thread) so this loop never shares the app's queues.
     entry = LoadedModel(
         name="copy",
         path=TINY,
@@ -448,8 +451,12 @@ def test_closing_a_stream_cancels_it_and_frees_the_model(client: TestClient) -> 
         device=shared.device,
         context_length=shared.context_length,
     )
+    entry.start_lanes()
     request = PreparedRequest(
         shared.tokenizer("the cat")["input_ids"], SamplingParams(max_tokens=50, temperature=0)
+    )
+    after = PreparedRequest(
+        shared.tokenizer("a dog")["input_ids"], SamplingParams(max_tokens=3, temperature=0)
     )
 
     async def scenario() -> None:
@@ -457,13 +464,15 @@ def test_closing_a_stream_cancels_it_and_frees_the_model(client: TestClient) -> 
         assert isinstance(await anext(events), str)
         await events.aclose()
         assert request.cancel.is_set()
-        for _ in range(200):
-            if not entry.lock.locked():
-                break
-            await asyncio.sleep(0.025)
-        assert not entry.lock.locked()
+        # The lane is free again: the next request is answered whole.
+        result = await generate_async(entry, after)
+        assert result.completion_tokens == 3
+        assert request.cancelled
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        entry.close_lanes()
 
 
 def test_concurrent_requests_are_all_answered_as_if_alone(client: TestClient) -> None:
