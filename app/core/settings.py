@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)
     db_connect_delay_s: float = Field(1.0, ge=0.0)
+    # Serving (docs/serving.md): after a redeploy switches, the old version keeps its weights
+    # this long so requests already routed to it finish; the web re-checks live deployments
+    # against the inference server this often (0 turns the reconciler off).
+    deployment_drain_s: float = Field(5.0, ge=0.0)
+    deployment_reconcile_interval_s: float = Field(10.0, ge=0.0)
 
     @field_validator("data_dir")
     @classmethod

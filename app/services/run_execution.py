@@ -106,9 +106,7 @@ def add_event(*, session: Session, run_id: int, message: str, level: str = "info
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Drop NaN and infinities: JSON columns (Postgres) and JSON answers cannot carry them."""
-    return {
-        k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)
-    }
+    return {k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)}
 
 
 def write_metrics(

@@ -90,7 +90,9 @@ def test_chat_completion_through_the_openai_package_maps_model_errors(
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 9}, "n"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
          "messages[0].content"),

@@ -40,6 +40,8 @@ class PredictRequest(BaseModel):
 
     name: str = Field(min_length=1, max_length=128)
     path: str | None = Field(default=None, max_length=4096)
+    replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
     inputs: str | list[str] = Field(description="a text or up to 64 texts")
 
     @field_validator("inputs")
@@ -88,7 +90,10 @@ class GenerateRequest(BaseModel):
     stop: list[str] | None = None
     seed: int | None = None
     stream: bool = False
-    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported for now")
+    n: int = Field(default=1, ge=1, le=1, description="the web facade fans n out")
+    # Used only when this request loads the model (on demand, e.g. after a restart).
+    replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
 
     @field_validator("stop", mode="before")
     @classmethod

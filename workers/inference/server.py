@@ -103,14 +103,27 @@ def _ensure(
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
 
-async def get_ready_model(state: InferenceState, name: str, path: str | None) -> LoadedModel:
+async def get_ready_model(
+    state: InferenceState, name: str, path: str | None, body: Any = None
+) -> LoadedModel:
     """The named model once it is ready, loading it from `path` first if needed; else raise.
 
     404: not loaded and no path; 409: still loading after the wait limit; 503: load failed.
     """
     if path is not None:
         # A failed load is not retried on every request: PUT /models/{name} retries explicitly.
-        entry = _ensure(state, name, path, retry_failed=False)
+        found = state.registry.get(name)
+        if found is not None and found.path == path and found.status != "failed":
+            entry = found  # the usual case: no path resolution on every request
+        else:
+            entry = _ensure(
+                state,
+                name,
+                path,
+                retry_failed=False,
+                replicas=getattr(body, "replicas", None),
+                max_batch_size=getattr(body, "max_batch_size", None),
+            )
     else:
         found = state.registry.get(name)
         if found is None:
@@ -189,7 +202,7 @@ def _require_kind(entry: LoadedModel, kind: str) -> None:
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[str, Any]:
     arrived = time.perf_counter()
-    entry = await get_ready_model(state, body.name, body.path)
+    entry = await get_ready_model(state, body.name, body.path, body)
     _require_kind(entry, "causal-lm")
     try:
         prepared = await asyncio.to_thread(
@@ -323,7 +336,7 @@ async def _sse_events(
 async def predict(body: PredictRequest, state: StateDep) -> dict[str, Any]:
     """Labels and scores (softmax) from a sequence-classification model."""
     arrived = time.perf_counter()
-    entry = await get_ready_model(state, body.name, body.path)
+    entry = await get_ready_model(state, body.name, body.path, body)
     _require_kind(entry, "classifier")
     tracker = _Tracker(state, entry, arrived, stream=False)
     try:
