@@ -51,7 +51,9 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TINY = "models/tiny"  # relative to the artifact root
 
 
-def build_tiny_model(folder: Path, *, chat_template: str | None = CHAT_TEMPLATE) -> None:
+def build_tiny_model(
+    folder: Path, *, chat_template: str | None = CHAT_TEMPLATE, positions: int = 64, seed: int = 0
+) -> None:
     """Train a byte-level BPE tokenizer and save a 1-layer GPT-2 beside it, in safetensors."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -71,13 +73,13 @@ def build_tiny_model(folder: Path, *, chat_template: str | None = CHAT_TEMPLATE)
     if chat_template:
         tokenizer.chat_template = chat_template
     eos = tokenizer.eos_token_id
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_layer=1,
         n_head=2,
         n_embd=32,
-        n_positions=64,
+        n_positions=positions,
         bos_token_id=eos,
         eos_token_id=eos,
     )

@@ -401,11 +401,13 @@ class Lane:
         get_model: Callable[[], tuple[Any, Any, str, int | None]],
         max_batch: int,
         on_batch: Callable[[int], None] | None = None,
+        on_result: Callable[[PreparedRequest, GenerationResult], None] | None = None,
     ) -> None:
         self.name = name
         self.max_batch = max_batch
         self._get_model = get_model
         self._on_batch = on_batch
+        self._on_result = on_result
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -493,6 +495,9 @@ class Lane:
                 job.send(exc)
             return
         for job, result in zip(batch, results, strict=True):
+            if self._on_result is not None:
+                # Counted here, not by the request: a client that left still cost these tokens.
+                self._on_result(job.request, result)
             job.send(result)
 
 

@@ -118,6 +118,7 @@ class LoadedModel:
     lanes: list[Any] = field(default_factory=list)
     stats: ServingStats = field(default_factory=ServingStats)
     on_batch: Any = None
+    on_result: Any = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -143,12 +144,25 @@ class LoadedModel:
             return
         while len(self.lanes) < self.replicas:
             self.lanes.append(
-                Lane(self.name, len(self.lanes), self._weights, self.max_batch_size, self.on_batch)
+                Lane(
+                    self.name,
+                    len(self.lanes),
+                    self._weights,
+                    self.max_batch_size,
+                    self.on_batch,
+                    self._count_result,
+                )
             )
         while len(self.lanes) > self.replicas:
             self.lanes.pop().close()
         for lane in self.lanes:
             lane.max_batch = self.max_batch_size
+
+    def _count_result(self, request: Any, result: Any) -> None:
+        if request.cancelled:
+            self.stats.cancelled += 1
+        if self.on_result is not None:
+            self.on_result(self.name, request, result)
 
     def submit(self, job: Any) -> None:
         """Queue a generation on the least busy lane."""
@@ -339,6 +353,7 @@ class ModelRegistry:
         self._models: dict[str, LoadedModel] = {}
         self._mutex = threading.Lock()
         self.on_batch: Any = None  # called with each batch's size (a metrics hook)
+        self.on_result: Any = None  # called with (name, request, result) per finished row
 
     def get(self, name: str) -> LoadedModel | None:
         with self._mutex:
@@ -383,6 +398,7 @@ class ModelRegistry:
                 replicas=replicas or 1,
                 max_batch_size=max_batch_size or 8,
                 on_batch=self.on_batch,
+                on_result=self.on_result,
             )
             self._models[name] = entry
         if current is not None:

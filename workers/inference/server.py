@@ -59,8 +59,16 @@ class InferenceState:
         self.token = settings.internal_token
         self.registry = ModelRegistry(settings)
         self.metrics = InferenceMetrics()
-        self.registry.on_batch = self.metrics.batch_size.observe
         self.load_wait_s = load_wait_s
+        self.registry.on_batch = self.metrics.batch_size.observe
+        self.registry.on_result = self._count_result
+
+    def _count_result(self, name: str, request: PreparedRequest, result: GenerationResult) -> None:
+        """Every decoded row, finished or cancelled: tokens actually generated, cancellations."""
+        self.metrics.prompt_tokens.labels(name).inc(result.prompt_tokens)
+        self.metrics.completion_tokens.labels(name).inc(result.completion_tokens)
+        if request.cancelled:
+            self.metrics.cancelled.labels(name).inc()
 
 
 def get_state(request: Request) -> InferenceState:
@@ -220,7 +228,7 @@ async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[st
         raise HTTPException(status_code=400, detail=f"cannot build the prompt: {exc}") from exc
     tracker = _Tracker(state, entry, arrived, stream=body.stream)
     if body.stream:
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             _sse_events(tracker, entry, prepared),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -239,6 +247,22 @@ async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[st
     tracker.first_token()
     tracker.finish(result, cancelled=prepared.cancelled)
     return result.as_dict()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator however the response ends, a client disconnect included.
+
+    Starlette stops iterating when a send fails but leaves the generator to the garbage
+    collector; closing it here runs its `finally` at once, which cancels the generation.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 class _Tracker:
@@ -272,16 +296,11 @@ class _Tracker:
         self.done = True
         name = self.entry.name
         elapsed = time.perf_counter() - self.arrived
-        if cancelled:
-            self.entry.stats.cancelled += 1
-            self.metrics.cancelled.labels(name).inc()
         self.metrics.model_requests.labels(name, "cancelled" if cancelled else "ok").inc()
         self.metrics.model_latency.labels(name).observe(elapsed)
         self.metrics.generation_seconds.labels(name, str(self.stream).lower()).observe(elapsed)
         if result is None:
             return
-        self.metrics.prompt_tokens.labels(name).inc(result.prompt_tokens)
-        self.metrics.completion_tokens.labels(name).inc(result.completion_tokens)
         # Decoding time: from the first token on (a request's own wait and prefill excluded).
         decode_s = elapsed - (self.ttft or 0.0)
         tokens = max(0, result.completion_tokens - 1)
