@@ -17,7 +17,13 @@ import pytest
 
 from tests.conftest import Team
 from tests.inference.test_inference_server import REPO_ROOT, build_tiny_model, free_port
-from tests.openai.conftest import create_job, finish_like_the_worker, run_id_of, upload_file
+from tests.openai.conftest import (  # noqa: F401 - openai_for is a fixture re-exported here
+    create_job,
+    finish_like_the_worker,
+    openai_for,
+    run_id_of,
+    upload_file,
+)
 
 TOKEN_HEADER = "X-LLMIDE-Internal"
 
