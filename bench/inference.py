@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._support import PROJECT_ROOT, free_port, percentile  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MAX_TOKENS = 48
-REPEATS = 3
+MAX_TOKENS = 32
+REPEATS = 2
 TOPICS = ["a lighthouse", "a robot", "the sea", "a forest", "a city", "a cat", "winter", "a ship"]
 
 

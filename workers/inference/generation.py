@@ -30,9 +30,11 @@ logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
 MAX_BATCH = 8
-# How long an idle lane waits for companions before it starts a batch: requests sent at the
-# same moment (a client's n, a burst) then share one batch instead of queueing behind it.
-GATHER_WINDOW_S = 0.004
+# How long a lane waits for companions before it starts a batch: it keeps waiting while new
+# requests arrive less than GATHER_GAP_S apart, at most GATHER_MAX_S in all, so requests sent
+# together (a client's n, a burst) share one batch instead of queueing behind it.
+GATHER_GAP_S = 0.005
+GATHER_MAX_S = 0.05
 # The torch CPU generator is process-wide: seeded batches hold this lock while they sample so
 # another lane's sampling cannot advance the shared random stream (greedy batches don't).
 _RNG_LOCK = threading.Lock()
@@ -442,8 +444,14 @@ class Lane:
                 self._cond.wait()
             if self._closed:
                 return None
-            if len(self._queue) < self.max_batch:
-                self._cond.wait(GATHER_WINDOW_S)
+            deadline = time.monotonic() + GATHER_MAX_S
+            while len(self._queue) < self.max_batch:
+                seen, remaining = len(self._queue), deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(GATHER_GAP_S, remaining))
+                if len(self._queue) == seen:
+                    break
             if not self._queue:
                 return []
             first = self._queue.popleft()
