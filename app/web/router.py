@@ -6,6 +6,7 @@ from app.web import (
     auth_pages,
     dashboard_pages,
     datasets_pages,
+    deployments_pages,
     models_pages,
     playground_pages,
     runs_pages,
@@ -19,6 +20,7 @@ for module in (
     datasets_pages,
     runs_pages,
     models_pages,
+    deployments_pages,
     playground_pages,
     settings_pages,
 ):

@@ -151,6 +151,24 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/deployments/{deployment_id}"): R(
         A.EDITOR, "id", url="/api/v1/deployments/{deployment}", consumes="deployment"
     ),
+    ("PATCH", "/api/v1/deployments/{deployment_id}"): R(
+        A.EDITOR, "id", url="/api/v1/deployments/{deployment}", json={"replicas": 1}
+    ),
+    # The owner's deployment already serves {version}: allowed callers reach that check (409).
+    ("POST", "/api/v1/deployments/{deployment_id}/redeploy"): R(
+        A.EDITOR,
+        "id",
+        409,
+        url="/api/v1/deployments/{deployment}/redeploy",
+        json={"model_version_id": "{version}"},
+    ),
+    ("POST", "/api/v1/deployments/{deployment_id}/predict"): R(
+        A.VIEWER,
+        "id",
+        url="/api/v1/deployments/{deployment}/predict",
+        json={"inputs": "hello"},
+        inference=True,
+    ),
     # --- the OpenAI facade ------------------------------------------------------------------
     ("GET", "/v1/files"): R(A.VIEWER, "list"),
     ("POST", "/v1/files"): R(A.EDITOR, files="train.jsonl", form={"purpose": "fine-tune"}),
@@ -215,6 +233,19 @@ RULES: dict[tuple[str, str], Rule] = {
         A.EDITOR, "id", url="/models/versions/{version}/deploy", inference=True
     ),
     ("GET", "/deployments"): R(A.VIEWER, "list"),
+    ("POST", "/deployments"): R(
+        A.EDITOR, "id", form={"model_version_id": "{version}"}, inference=True
+    ),
+    ("POST", "/deployments/{deployment_id}/scale"): R(
+        A.EDITOR, "id", 303, url="/deployments/{deployment}/scale", form={"replicas": "1"}
+    ),
+    ("POST", "/deployments/{deployment_id}/redeploy"): R(
+        A.EDITOR,
+        "id",
+        409,
+        url="/deployments/{deployment}/redeploy",
+        form={"model_version_id": "{version}"},
+    ),
     ("POST", "/deployments/{deployment_id}/stop"): R(
         A.EDITOR, "id", 303, url="/deployments/{deployment}/stop", consumes="deployment"
     ),
@@ -483,6 +514,7 @@ VIEWER_WRITES = {
     ("POST", "/v1/chat/completions"): "using a registered model (it may be loaded on demand)",
     ("POST", "/v1/completions"): "using a registered model (it may be loaded on demand)",
     ("POST", "/playground/stream"): "using a registered model (it may be loaded on demand)",
+    ("POST", "/api/v1/deployments/{deployment_id}/predict"): "using a deployed classifier",
 }
 
 
