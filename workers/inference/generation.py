@@ -33,8 +33,8 @@ MAX_BATCH = 8
 # How long a lane waits for companions before it starts a batch: it keeps waiting while new
 # requests arrive less than GATHER_GAP_S apart, at most GATHER_MAX_S in all, so requests sent
 # together (a client's n, a burst) share one batch instead of queueing behind it.
-GATHER_GAP_S = 0.005
-GATHER_MAX_S = 0.05
+GATHER_GAP_S = 0.02
+GATHER_MAX_S = 0.1
 # The torch CPU generator is process-wide: seeded batches hold this lock while they sample so
 # another lane's sampling cannot advance the shared random stream (greedy batches don't).
 _RNG_LOCK = threading.Lock()
