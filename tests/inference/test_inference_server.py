@@ -477,6 +477,54 @@ def test_closing_a_stream_cancels_its_row_and_the_lane_takes_the_next_request(
         entry.close_lanes()
 
 
+def test_concurrent_streams_share_one_batch_and_each_gets_its_own_answer(
+    client: TestClient,
+) -> None:
+    shared = client.app.state.inference.registry.get("tiny")
+    batches: list[int] = []
+    entry = LoadedModel(
+        name="batched",
+        path=TINY,
+        source=shared.source,
+        status="ready",
+        model=shared.model,
+        tokenizer=shared.tokenizer,
+        device=shared.device,
+        context_length=shared.context_length,
+        on_batch=batches.append,
+    )
+    entry.start_lanes()
+    prompts = ["the cat", "a dog ran", "we like to read", "hello"]
+
+    def prepared(prompt: str, max_tokens: int) -> PreparedRequest:
+        ids = shared.tokenizer(prompt)["input_ids"]
+        return PreparedRequest(ids, SamplingParams(max_tokens=max_tokens, temperature=0))
+
+    async def collect(request: PreparedRequest) -> tuple[str, Any]:
+        text, final = "", None
+        async for item in stream(entry, request):
+            if isinstance(item, str):
+                text += item
+            else:
+                final = item
+        return text, final
+
+    async def scenario() -> None:
+        alone = [await generate_async(entry, prepared(p, 3 + i)) for i, p in enumerate(prompts)]
+        batches.clear()
+        together = await asyncio.gather(
+            *(collect(prepared(p, 3 + i)) for i, p in enumerate(prompts))
+        )
+        assert batches == [4]
+        for (text, final), single in zip(together, alone, strict=True):
+            assert final == single and text == single.text
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        entry.close_lanes()
+
+
 def test_concurrent_requests_are_all_answered_as_if_alone(client: TestClient) -> None:
     prompts = ["the cat", "a dog ran", "we like to read", "hello"]
     alone = {p: generate(client, prompt=p, max_tokens=6, temperature=0).json() for p in prompts}
