@@ -143,8 +143,10 @@ def test_a_deployment_serves_with_its_settings_scales_and_redeploys_with_zero_fa
         assert texts[0] == old_text and texts[-1] != old_text
         # The old version is unloaded after the drain delay; the new one serves alone.
         wait_until(
-            lambda: [m["name"] for m in inference_get(serving_env, "/models").json()]
-            == [f"mv-{new['id']}"],
+            lambda: (
+                [m["name"] for m in inference_get(serving_env, "/models").json()]
+                == [f"mv-{new['id']}"]
+            ),
             "the old version to be unloaded",
         )
 
@@ -156,13 +158,18 @@ def test_a_deployment_serves_with_its_settings_scales_and_redeploys_with_zero_fa
         assert metric(
             exposed, "llmide_deployment_requests_total", deployment="support-bot", status="200"
         ) >= len(statuses)
-        assert metric(exposed, "llmide_deployment_requests_total",
-                      deployment="support-bot", status="400") == 1
+        assert (
+            metric(
+                exposed, "llmide_deployment_requests_total", deployment="support-bot", status="400"
+            )
+            == 1
+        )
         assert 'llmide_deployment_time_to_first_token_seconds_bucket{deployment="support-bot"' in (
             exposed
         )
-        assert metric(exposed, "llmide_deployment_completion_tokens_total",
-                      deployment="support-bot") >= 6 * len(statuses)
+        assert metric(
+            exposed, "llmide_deployment_completion_tokens_total", deployment="support-bot"
+        ) >= 6 * len(statuses)
 
         stopped = team.owner.delete(f"/api/v1/deployments/{dep['id']}")
         assert stopped.json()["status"] == "stopped"
@@ -182,12 +189,19 @@ def test_the_openai_facade_streams_what_it_answers_whole_and_honours_n_seed_and_
         dep = deploy(team, model_version_id=version["id"], name="long", max_new_tokens=1000)
         oa = openai_for(team.owner)
 
-        whole = oa.chat.completions.create(model="long", messages=HELLO, max_tokens=24,
-                                           temperature=0)
-        chunks = list(oa.chat.completions.create(
-            model="long", messages=HELLO, max_tokens=24, temperature=0, stream=True,
-            stream_options={"include_usage": True},
-        ))
+        whole = oa.chat.completions.create(
+            model="long", messages=HELLO, max_tokens=24, temperature=0
+        )
+        chunks = list(
+            oa.chat.completions.create(
+                model="long",
+                messages=HELLO,
+                max_tokens=24,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == whole.choices[0].message.content
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
@@ -195,8 +209,9 @@ def test_the_openai_facade_streams_what_it_answers_whole_and_honours_n_seed_and_
 
         # n choices, reproducible with a seed; each choice differs (seed+index).
         def sampled() -> list[str]:
-            answer = oa.chat.completions.create(model="long", messages=HELLO, max_tokens=8,
-                                                temperature=1.0, n=3, seed=5)
+            answer = oa.chat.completions.create(
+                model="long", messages=HELLO, max_tokens=8, temperature=1.0, n=3, seed=5
+            )
             assert [c.index for c in answer.choices] == [0, 1, 2]
             assert answer.usage.completion_tokens == 24
             return [c.message.content for c in answer.choices]
@@ -204,8 +219,9 @@ def test_the_openai_facade_streams_what_it_answers_whole_and_honours_n_seed_and_
         first = sampled()
         assert sampled() == first
         assert len(set(first)) > 1
-        streamed_n = oa.completions.create(model="long", prompt="a dog", max_tokens=5,
-                                           temperature=0, n=2, stream=True)
+        streamed_n = oa.completions.create(
+            model="long", prompt="a dog", max_tokens=5, temperature=0, n=2, stream=True
+        )
         per_choice: dict[int, str] = {0: "", 1: ""}
         for chunk in streamed_n:
             for choice in chunk.choices:
@@ -213,22 +229,36 @@ def test_the_openai_facade_streams_what_it_answers_whole_and_honours_n_seed_and_
         assert per_choice[0] == per_choice[1] != ""
 
         # A stop string cuts the answer (whole and streamed) and finishes with "stop".
-        base = oa.completions.create(model="long", prompt="the sun", max_tokens=16,
-                                     temperature=0).choices[0].text
+        base = (
+            oa.completions.create(model="long", prompt="the sun", max_tokens=16, temperature=0)
+            .choices[0]
+            .text
+        )
         stop = base[3:5]
         expected = base[: base.find(stop)]
-        cut = oa.completions.create(model="long", prompt="the sun", max_tokens=16,
-                                    temperature=0, stop=[stop]).choices[0]
+        cut = oa.completions.create(
+            model="long", prompt="the sun", max_tokens=16, temperature=0, stop=[stop]
+        ).choices[0]
         assert (cut.text, cut.finish_reason) == (expected, "stop")
-        cut_stream = list(oa.completions.create(model="long", prompt="the sun", max_tokens=16,
-                                                temperature=0, stop=[stop], stream=True))
+        cut_stream = list(
+            oa.completions.create(
+                model="long",
+                prompt="the sun",
+                max_tokens=16,
+                temperature=0,
+                stop=[stop],
+                stream=True,
+            )
+        )
         assert "".join(c.choices[0].text for c in cut_stream) == expected
 
         # Bad requests: OpenAI-shaped 4xx naming the problem.
         negative = chat(team, "long", max_tokens=-1)
         assert assert_openai_error(negative, 400)["param"] == "max_tokens"
-        oversized = team.owner.post("/v1/completions", json={
-            "model": "long", "prompt": "the cat sat on the mat " * 300, "max_tokens": 10})
+        oversized = team.owner.post(
+            "/v1/completions",
+            json={"model": "long", "prompt": "the cat sat on the mat " * 300, "max_tokens": 10},
+        )
         assert "maximum context length" in assert_openai_error(oversized, 400)["message"]
         assert assert_openai_error(chat(team, "nobody-here"), 404)["param"] == "model"
         bad_n = chat(team, "long", n=0)
@@ -244,17 +274,24 @@ def test_the_openai_facade_streams_what_it_answers_whole_and_honours_n_seed_and_
             "POST",
             f"http://127.0.0.1:{serving_env}/generate",
             headers={TOKEN_HEADER: get_settings().internal_token},
-            json={"name": key, "prompt": "the cat", "max_tokens": 900, "temperature": 0,
-                  "stream": True},
+            json={
+                "name": key,
+                "prompt": "the cat",
+                "max_tokens": 900,
+                "temperature": 0,
+                "stream": True,
+            },
             timeout=30,
         ) as response:
             for line in response.iter_lines():
                 if line.startswith("data: ") and "delta" in json.loads(line[6:]):
                     break
         after = wait_until(
-            lambda: (text := inference_get(serving_env, "/metrics").text)
-            and metric(text, "llmide_inference_cancelled_total", model=key) == 1
-            and text,
+            lambda: (
+                (text := inference_get(serving_env, "/metrics").text)
+                and metric(text, "llmide_inference_cancelled_total", model=key) == 1
+                and text
+            ),
             "the cancellation to be counted",
         )
         generated = metric(after, "llmide_inference_tokens_generated_total", model=key)
@@ -275,8 +312,9 @@ def test_a_classifier_predicts_and_deployments_come_back_after_an_inference_rest
     texts = ["the cat sat on the mat", "a dog"]
     with inference_process(installation, serving_env) as process:
         dep = deploy(team, model_version_id=version["id"])
-        answer = team.viewer.post(f"/api/v1/deployments/{dep['id']}/predict",
-                                  json={"inputs": texts})
+        answer = team.viewer.post(
+            f"/api/v1/deployments/{dep['id']}/predict", json={"inputs": texts}
+        )
         assert answer.status_code == 200, answer.text
         predictions = answer.json()["predictions"]
 
@@ -302,13 +340,16 @@ def test_a_classifier_predicts_and_deployments_come_back_after_an_inference_rest
     with inference_process(installation, serving_env):
         # Nobody calls the web: its reconciler notices the empty server and loads it again.
         wait_until(
-            lambda: [(m["name"], m["status"]) for m in inference_get(serving_env, "/models").json()]
-            == [(f"mv-{version['id']}", "ready")],
+            lambda: (
+                [(m["name"], m["status"]) for m in inference_get(serving_env, "/models").json()]
+                == [(f"mv-{version['id']}", "ready")]
+            ),
             "the deployment to be re-loaded by the reconciler",
         )
         assert deployment(team, dep["id"])["status"] == "ready"
-        again = team.viewer.post(f"/api/v1/deployments/{dep['id']}/predict",
-                                 json={"inputs": "a dog"})
+        again = team.viewer.post(
+            f"/api/v1/deployments/{dep['id']}/predict", json={"inputs": "a dog"}
+        )
         assert again.json()["predictions"][0]["scores"]["negative"] == pytest.approx(
             predictions[1]["scores"]["negative"], abs=1e-5
         )
