@@ -257,6 +257,7 @@ def test_a_model_that_fails_to_load_answers_503_with_the_reason(client: TestClie
     answer = generate(client, name="broken", prompt="hi")
     assert answer.status_code == 503
     assert "failed to load" in answer.json()["detail"]
+    assert answer.headers["Retry-After"] == "2"
 
 
 def test_an_unknown_model_without_a_path_is_404(client: TestClient) -> None:

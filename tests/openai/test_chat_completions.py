@@ -127,6 +127,7 @@ def test_chat_completion_when_the_inference_server_is_down_is_a_503_to_retry(
         )
         error = assert_openai_error(response, 503)
         assert error["message"] == "the inference server is not reachable; retry shortly"
+        assert response.headers["Retry-After"] == "2"
     with pytest.raises(openai.InternalServerError):
         openai_for(team.owner).chat.completions.create(model=fine_tuned_model, messages=HELLO)
 
