@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.test_bounded_reads import _signed_in_page
 from tests.conftest import Team
 from tests.inference.test_inference_server import build_tiny_model
 from tests.openai.conftest import OpenAIFor
@@ -170,6 +171,14 @@ def test_a_deployment_serves_with_its_settings_scales_and_redeploys_with_zero_fa
         assert metric(
             exposed, "llmide_deployment_completion_tokens_total", deployment="support-bot"
         ) >= 6 * len(statuses)
+
+        # The deployments page shows it with its figures and examples to copy; the
+        # playground offers it by name (viewers see both, without the edit forms).
+        page = _signed_in_page(team, "/deployments")
+        assert "support-bot" in page and "req ·" in page and "tok/s" in page
+        assert "curl http://127.0.0.1/v1/chat/completions" in page
+        assert "from openai import OpenAI" in page and "/scale" not in page
+        assert '<option value="support-bot"' in _signed_in_page(team, "/playground")
 
         stopped = team.owner.delete(f"/api/v1/deployments/{dep['id']}")
         assert stopped.json()["status"] == "stopped"
