@@ -410,6 +410,8 @@ def apply_server_status(
                 actions.load.append(target_for_version(pending, deployment))
             elif entry["status"] == "ready":
                 actions.unload_later.append(inference_key(deployment.model_version))
+                # Settings changed while it loaded (a scale) are applied in place.
+                actions.load.append(target_for_version(pending, deployment))
                 deployment.model_version_id = pending.id
                 deployment.model_version = pending
                 deployment.pending_model_version_id = None
