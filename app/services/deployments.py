@@ -387,6 +387,15 @@ def _keys_in_use(session: Session) -> set[str]:
     return keys
 
 
+def _queue_load(actions: Actions, version: ModelVersion, deployment: Deployment) -> str | None:
+    """Ask for `version` to be (re)loaded; the reason instead if its files are gone."""
+    try:
+        actions.load.append(target_for_version(version, deployment))
+    except NotFound as exc:
+        return exc.message
+    return None
+
+
 def apply_server_status(
     *, session: Session, deployments: list[Deployment], loaded: list[dict] | None
 ) -> Actions:
@@ -407,11 +416,11 @@ def apply_server_status(
         if pending is not None:
             entry = by_key.get(inference_key(pending))
             if entry is None:
-                actions.load.append(target_for_version(pending, deployment))
+                _queue_load(actions, pending, deployment)
             elif entry["status"] == "ready":
                 actions.unload_later.append(inference_key(deployment.model_version))
                 # Settings changed while it loaded (a scale) are applied in place.
-                actions.load.append(target_for_version(pending, deployment))
+                _queue_load(actions, pending, deployment)
                 deployment.model_version_id = pending.id
                 deployment.model_version = pending
                 deployment.pending_model_version_id = None
@@ -428,8 +437,8 @@ def apply_server_status(
         entry = by_key.get(inference_key(deployment.model_version))
         if entry is None:
             # The server restarted (or dropped it): load it again rather than show "failed".
-            actions.load.append(target_for_version(deployment.model_version, deployment))
-            status, error = DeploymentStatus.loading, None
+            error = _queue_load(actions, deployment.model_version, deployment)
+            status = DeploymentStatus.failed if error else DeploymentStatus.loading
         else:
             status = DeploymentStatus(entry["status"])
             error = entry.get("error") or (deployment.error if pending is not None else None)
