@@ -87,6 +87,11 @@ def target_for_version(
     )
 
 
+def live_for_workspace(*, session: Session, ctx: WorkspaceContext) -> list[Deployment]:
+    """The workspace's deployments that are not stopped, newest first."""
+    return _live(session, ctx)
+
+
 def _live(session: Session, ctx: WorkspaceContext) -> list[Deployment]:
     return list(
         session.scalars(

@@ -86,6 +86,9 @@ def test_a_deployment_serves_with_its_settings_scales_and_redeploys_with_zero_fa
             temperature=0,
         )
         assert dep["name"] == "support-bot"
+        listed = [m["id"] for m in team.viewer.get("/v1/models").json()["data"]]
+        assert "support-bot" in listed and old["serving_name"] in listed
+        assert team.viewer.get("/v1/models/support-bot").json()["id"] == "support-bot"
         assert dep["url"] == "http://127.0.0.1/v1"
 
         # The deployment's defaults apply: greedy, 6 new tokens; asking for more is a 400.
