@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # Promoting to production needs a finished evaluation passing this gate, e.g.
     # "perplexity<=40" or "accuracy>=0.9"; None: no evaluation is required.
     production_gate: str | None = None
+    # Serving (docs/serving.md): after a redeploy switches, the old version keeps its weights
+    # this long so requests already routed to it finish; the web re-checks live deployments
+    # against the inference server this often (0 turns the reconciler off).
+    deployment_drain_s: float = Field(5.0, ge=0.0)
+    deployment_reconcile_interval_s: float = Field(10.0, ge=0.0)
 
     @field_validator("data_dir")
     @classmethod

@@ -458,8 +458,22 @@ class Deployment(Base):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Serving settings (docs/serving.md). `name` routes OpenAI requests to whichever version
+    # is live; `pending_model_version_id` is loading for a zero-downtime redeploy.
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    max_batch_size: Mapped[int] = mapped_column(Integer, default=8, server_default="8")
+    max_new_tokens: Mapped[int] = mapped_column(Integer, default=256, server_default="256")
+    temperature: Mapped[float] = mapped_column(Float, default=0.7, server_default="0.7")
+    top_p: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    pending_model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
+    )
 
-    model_version: Mapped[ModelVersion] = relationship()
+    model_version: Mapped[ModelVersion] = relationship(foreign_keys=[model_version_id])
+    pending_model_version: Mapped[ModelVersion | None] = relationship(
+        foreign_keys=[pending_model_version_id]
+    )
 
 
 class AuditEvent(Base):

@@ -7,6 +7,7 @@ from app.web import (
     compare_pages,
     dashboard_pages,
     datasets_pages,
+    deployments_pages,
     models_pages,
     playground_pages,
     registry_pages,
@@ -23,6 +24,7 @@ for module in (
     compare_pages,
     models_pages,
     registry_pages,
+    deployments_pages,
     playground_pages,
     settings_pages,
 ):

@@ -244,6 +244,24 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/deployments/{deployment_id}"): R(
         A.EDITOR, "id", url="/api/v1/deployments/{deployment}", consumes="deployment"
     ),
+    ("PATCH", "/api/v1/deployments/{deployment_id}"): R(
+        A.EDITOR, "id", url="/api/v1/deployments/{deployment}", json={"replicas": 1}
+    ),
+    # The owner's deployment already serves {version}: allowed callers reach that check (409).
+    ("POST", "/api/v1/deployments/{deployment_id}/redeploy"): R(
+        A.EDITOR,
+        "id",
+        409,
+        url="/api/v1/deployments/{deployment}/redeploy",
+        json={"model_version_id": "{version}"},
+    ),
+    ("POST", "/api/v1/deployments/{deployment_id}/predict"): R(
+        A.VIEWER,
+        "id",
+        url="/api/v1/deployments/{deployment}/predict",
+        json={"inputs": "hello"},
+        inference=True,
+    ),
     # --- the OpenAI facade ------------------------------------------------------------------
     ("GET", "/v1/files"): R(A.VIEWER, "list"),
     ("POST", "/v1/files"): R(A.EDITOR, files="train.jsonl", form={"purpose": "fine-tune"}),
@@ -332,6 +350,19 @@ RULES: dict[tuple[str, str], Rule] = {
     # A .bin upload is a pickle: the form comes back with the reason (400).
     ("POST", "/models/import"): R(A.EDITOR, ok=400, files="model.bin", form={"name": "imp"}),
     ("GET", "/deployments"): R(A.VIEWER, "list"),
+    ("POST", "/deployments"): R(
+        A.EDITOR, "id", form={"model_version_id": "{version}"}, inference=True
+    ),
+    ("POST", "/deployments/{deployment_id}/scale"): R(
+        A.EDITOR, "id", 303, url="/deployments/{deployment}/scale", form={"replicas": "1"}
+    ),
+    ("POST", "/deployments/{deployment_id}/redeploy"): R(
+        A.EDITOR,
+        "id",
+        409,
+        url="/deployments/{deployment}/redeploy",
+        form={"model_version_id": "{version}"},
+    ),
     ("POST", "/deployments/{deployment_id}/stop"): R(
         A.EDITOR, "id", 303, url="/deployments/{deployment}/stop", consumes="deployment"
     ),
@@ -607,6 +638,7 @@ VIEWER_WRITES = {
     ("PUT", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
     ("POST", "/api/v1/uploads/{upload_id}/complete"): "their own chunked upload",
     ("DELETE", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
+    ("POST", "/api/v1/deployments/{deployment_id}/predict"): "using a deployed classifier",
 }
 
 
