@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
 from app.core.settings import get_settings
@@ -49,3 +51,21 @@ def start_orphan_sweeper(sender: Any = None, **_: Any) -> None:
     threading.Thread(
         target=_sweep_forever, args=(interval,), name="orphan-sweeper", daemon=True
     ).start()
+
+
+@worker_shutting_down.connect
+def checkpoint_running_tasks(sig: str = "", how: str = "", exitcode: int = 0, **_: Any) -> None:
+    """On a warm shutdown (SIGTERM to the worker), pass SIGTERM on to the pool processes.
+
+    Celery would otherwise wait for a training run to finish, for hours, until the
+    orchestrator's SIGKILL loses everything since the last checkpoint. A training task traps
+    SIGTERM (workers/tasks.py): it saves a checkpoint, hands the run back (interrupted,
+    re-queued) and returns, and the worker then exits. Idle pool processes just exit.
+    """
+    if how != "Warm":
+        return
+    import psutil
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signal.SIGTERM)

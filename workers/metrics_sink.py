@@ -36,6 +36,8 @@ class RunReporter:
         self._events: list[tuple[str, str]] = []
         self._progress: tuple[int, int | None] | None = None
         self._cancel = False
+        self._keep = False  # "stop and keep" asked from the page or API
+        self._shutdown = threading.Event()  # the worker is shutting down (SIGTERM)
         self._last_heartbeat = time.monotonic()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -82,7 +84,26 @@ class RunReporter:
             )
 
     def should_stop(self) -> bool:
-        return self._cancel
+        return self._cancel or self._keep or self._shutdown.is_set()
+
+    def request_shutdown(self) -> None:
+        """Called from a SIGTERM handler: stop after this step with a checkpoint, so the run
+        can resume on another worker without losing work. Only sets a flag (signal-safe)."""
+        self._shutdown.set()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why should_stop() said yes: "cancel", "shutdown" or "keep" (None: it did not).
+
+        Cancel wins over the others: a person who cancelled does not want the model kept.
+        """
+        if self._cancel:
+            return "cancel"
+        if self._shutdown.is_set():
+            return "shutdown"
+        if self._keep:
+            return "keep"
+        return None
 
     # --- flushing -------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -123,7 +144,9 @@ class RunReporter:
                     # Still alive during a long evaluation or checkpoint save.
                     run_execution.heartbeat(session=session, run_id=self.run_id)
                     self._last_heartbeat = time.monotonic()
-                self._cancel = run_execution.cancel_requested(session=session, run_id=self.run_id)
+                self._cancel, self._keep = run_execution.stop_flags(
+                    session=session, run_id=self.run_id
+                )
         except Exception:
             with self._lock:  # put them back so nothing is lost
                 self._points[:0] = points

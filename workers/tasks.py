@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from app.core.celery_config import TRAIN_TASK
+from app.core.celery_config import GPU_QUEUE, TRAIN_TASK
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
 from app.services import artifacts, run_execution
@@ -35,18 +41,46 @@ def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyp
         seed=config["seed"],
         block_size=config["block_size"],
         resume_from=resume_from,
+        early_stopping_patience=config.get("early_stopping_patience"),
+        early_stopping_metric=config.get("early_stopping_metric") or "eval_loss",
+        early_stopping_mode=config.get("early_stopping_mode") or "min",
     )
+
+
+@contextmanager
+def _checkpoint_on_sigterm(reporter: RunReporter) -> Iterator[None]:
+    """While training, SIGTERM (a worker's warm shutdown, forwarded to its pool process by
+    workers.celery_app) asks the engine to stop after this step with a checkpoint instead of
+    killing the process, so a planned restart loses no work."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (eager tests, threads)
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        reporter.request_shutdown()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
-    """Train one run to its end (succeeded, failed or cancelled) and register its final model."""
+    """Train one run to its end (succeeded, failed or cancelled) and register its final model.
+
+    A worker shutting down hands the run back instead (interrupted, re-queued) after saving a
+    checkpoint.
+    """
     from workers.engine import train
 
     with session_scope() as session:
+        # The lease: claim() only takes a run that is queued, interrupted, or running with a
+        # stale heartbeat, so a redelivered message whose run is alive elsewhere ends here.
         run = run_execution.claim(session=session, run_id=run_id, task_id=self.request.id)
         if run is None:
-            log.info("run %s is not claimable (cancelled or taken); skipping", run_id)
+            log.info("run %s is not claimable (cancelled, finished or alive elsewhere)", run_id)
             return "skipped"
         checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
         resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
@@ -60,20 +94,33 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
 
     reporter = RunReporter(run_id)
     try:
-        result = train(config, reporter)
+        with _checkpoint_on_sigterm(reporter):
+            result = train(config, reporter)
     except Exception as exc:
         log.exception("run %s failed", run_id)
         reporter.close()
+        error, detail = run_execution.describe_failure(exc, traceback.format_exc())
         with session_scope() as session:
             run_execution.finish(
                 session=session,
                 run_id=run_id,
                 status=RunStatus.failed,
-                error=f"{type(exc).__name__}: {exc}",
+                error=error,
+                error_detail=detail,
             )
         return "failed"
     reporter.close()
-    status = RunStatus.cancelled if result.stopped else RunStatus.succeeded
+    reason = reporter.stop_reason if result.stopped else None
+    if reason == "shutdown":
+        with session_scope() as session:
+            requeue = run_execution.interrupt_for_shutdown(
+                session=session, run_id=run_id, step=result.global_step
+            )
+        if requeue:
+            celery_app.send_task(TRAIN_TASK, args=[run_id], queue=GPU_QUEUE)
+        return "interrupted"
+    # Stop-and-keep and early stopping end as succeeded: the model is kept and registered.
+    status = RunStatus.cancelled if reason == "cancel" else RunStatus.succeeded
     with session_scope() as session:
         run_execution.finish(
             session=session,

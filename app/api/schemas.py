@@ -131,8 +131,11 @@ class RunRead(ORM):
     suffix: str | None
     status: str
     error: str | None
+    error_detail: str | None = None  # the traceback's last lines of a failed run
     step: int
     total_steps: int | None
+    attempts: int = 0
+    stop_requested: bool = False
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     worker_queues: str = "gpu,cpu"
     # A running run whose worker has been silent this long is resumed by another worker.
     run_stale_after_s: float = Field(60.0, ge=2.0)
+    # Automatic restarts of a run whose worker died (kill -9, OOM) before it is marked failed:
+    # an out-of-memory crash cannot loop. A person can still resume it by hand.
+    run_max_restarts: int = Field(3, ge=0, le=100)
     # `migrate` and `serve` wait this long for the database (a compose start, a restarting
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_LEARNING_RATE = 5e-4
@@ -17,3 +19,7 @@ class RunConfig(BaseModel):
     eval_split: float = Field(0.1, ge=0, le=0.5)
     seed: int = Field(42, ge=0, le=2**31 - 1)
     block_size: int = Field(128, ge=16, le=1024)
+    # Early stopping on an evaluation metric (needs an eval set): off unless patience is set.
+    early_stopping_patience: int | None = Field(None, ge=1, le=1000)
+    early_stopping_metric: str = Field("eval_loss", pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    early_stopping_mode: Literal["min", "max"] = "min"

@@ -46,6 +46,11 @@ class TrainConfig:
     # None keeps every checkpoint: each one reported through on_checkpoint stays on disk for
     # the registry. A number deletes the oldest beyond it (Trainer's save_total_limit).
     keep_checkpoints: int | None = None
+    # Early stopping: end the run when this evaluation metric has not improved (lower for
+    # "min", higher for "max") for `patience` evaluations. None: off.
+    early_stopping_patience: int | None = None
+    early_stopping_metric: str = "eval_loss"
+    early_stopping_mode: str = "min"
 
     def validate(self) -> None:
         """Raise ValueError listing every out-of-range value, in words a user can act on."""
@@ -90,7 +95,17 @@ class TrainConfig:
                 f"block size must be between 8 and {max_block} for {self.base_model} "
                 f"(got {self.block_size})"
             )
-        for name in ("eval_steps", "save_steps", "keep_checkpoints", "cpu_threads"):
+        if self.early_stopping_mode not in ("min", "max"):
+            problems.append(
+                f"early stopping mode must be min or max (got {self.early_stopping_mode!r})"
+            )
+        for name in (
+            "eval_steps",
+            "save_steps",
+            "keep_checkpoints",
+            "cpu_threads",
+            "early_stopping_patience",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1 (got {value})")

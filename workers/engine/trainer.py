@@ -39,6 +39,7 @@ from workers.engine.device import (
     plan_device,
 )
 from workers.engine.files import make_readable, publish_dir
+from workers.engine.lifecycle import EarlyStoppingOnMetric
 from workers.engine.reporting import ReportingCallback
 from workers.engine.scratch import scratch_config
 from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
@@ -176,7 +177,7 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         eval_dataset=eval_set,
         # Saved into every checkpoint, so each one loads with AutoTokenizer on its own.
         processing_class=tokenizer,
-        callbacks=[reporter],
+        callbacks=[reporter, *_lifecycle_callbacks(config, callbacks)],
     )
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
@@ -196,6 +197,20 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     return TrainResult(
         final_dir=final_dir, global_step=step, metrics=metrics, stopped=reporter.stopped
     )
+
+
+def _lifecycle_callbacks(config: TrainConfig, callbacks: TrainCallbacks) -> list[Any]:
+    """Callbacks that may end a run on their own (early stopping)."""
+    if config.early_stopping_patience is None:
+        return []
+    return [
+        EarlyStoppingOnMetric(
+            callbacks,
+            metric=config.early_stopping_metric,
+            patience=config.early_stopping_patience,
+            mode=config.early_stopping_mode,
+        )
+    ]
 
 
 def _checkpoint_to_resume(config: TrainConfig) -> Path | None:

@@ -60,6 +60,18 @@ def cancel_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
     return RunRead.model_validate(runs.cancel(session=session, ctx=ctx, run_id=run_id))
 
 
+@router.post("/{run_id}/stop", response_model=RunRead)
+def stop_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
+    """Stop and keep: end early, save the model, finish as succeeded (unlike cancel)."""
+    return RunRead.model_validate(runs.stop_and_keep(session=session, ctx=ctx, run_id=run_id))
+
+
+@router.post("/{run_id}/resume", response_model=RunRead)
+def resume_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
+    """Queue an interrupted or failed run again, from its last checkpoint."""
+    return RunRead.model_validate(runs.resume(session=session, ctx=ctx, run_id=run_id))
+
+
 @router.get("/{run_id}/metrics", response_model=list[MetricPointRead])
 def read_metrics(
     run_id: int,
