@@ -215,3 +215,16 @@ def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Re
 def cancel_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     runs.cancel(session=session, ctx=pc.ctx, run_id=run_id)
     return redirect(request, f"/runs/{run_id}")
+
+
+@router.post("/{run_id}/stop", dependencies=[CSRF])
+def stop_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    """Stop and keep: the run ends early as succeeded, its model registered."""
+    runs.stop_and_keep(session=session, ctx=pc.ctx, run_id=run_id)
+    return redirect(request, f"/runs/{run_id}")
+
+
+@router.post("/{run_id}/resume", dependencies=[CSRF])
+def resume_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    runs.resume(session=session, ctx=pc.ctx, run_id=run_id)
+    return redirect(request, f"/runs/{run_id}")

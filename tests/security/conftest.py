@@ -133,6 +133,21 @@ class Site:
         assert created.status_code == 201, created.text
         return int(created.json()["id"])
 
+    def new_run_in(self, status: str) -> int:
+        """A run a worker has claimed ("running") or that then failed ("failed")."""
+        from app.db.models import RunStatus
+        from app.db.session import session_scope
+        from app.services import run_execution
+
+        run_id = self.new_run()
+        with session_scope() as session:
+            assert run_execution.claim(session=session, run_id=run_id, task_id="t") is not None
+            if status == "failed":
+                run_execution.finish(
+                    session=session, run_id=run_id, status=RunStatus.failed, error="boom"
+                )
+        return run_id
+
     def new_token(self, name: str = "spare") -> int:
         created = self.api("owner", "POST", "/api/v1/tokens", json={"name": name})
         assert created.status_code == 201, created.text
@@ -324,6 +339,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             ids["workspace"] = site.team.owner.workspace_id
             ids["dataset"] = site.new_dataset(DATASET_NAME, DATASET_FILE)
             ids["run"] = site.new_run(name=RUN_NAME)
+            ids["running_run"] = site.new_run_in("running")
+            ids["failed_run"] = site.new_run_in("failed")
             ids["finished_run"], ids["version"], ids["serving_name"] = (
                 site.finished_run_with_version()
             )

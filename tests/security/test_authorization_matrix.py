@@ -130,6 +130,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", url="/api/v1/runs/{run}/cancel", consumes="run"
     ),
+    ("POST", "/api/v1/runs/{run_id}/stop"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{running_run}/stop", consumes="running_run"
+    ),
+    ("POST", "/api/v1/runs/{run_id}/resume"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{failed_run}/resume", consumes="failed_run"
+    ),
     ("GET", "/api/v1/runs/{run_id}/metrics"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/metrics"),
     ("GET", "/api/v1/runs/{run_id}/events"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/events"),
     ("GET", "/api/v1/runs/{run_id}/checkpoints"): R(
@@ -209,6 +215,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/runs/{run_id}"): R(A.VIEWER, "id", url="/runs/{run}"),
     ("POST", "/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", 303, url="/runs/{run}/cancel", consumes="run"
+    ),
+    ("POST", "/runs/{run_id}/stop"): R(
+        A.EDITOR, "id", 303, url="/runs/{running_run}/stop", consumes="running_run"
+    ),
+    ("POST", "/runs/{run_id}/resume"): R(
+        A.EDITOR, "id", 303, url="/runs/{failed_run}/resume", consumes="failed_run"
     ),
     ("GET", "/models"): R(A.VIEWER, "list"),
     ("POST", "/models/versions/{version_id}/deploy"): R(
@@ -331,6 +343,8 @@ def fresh(site: Site, kind: str) -> Any:
     return {
         "dataset": site.new_dataset,
         "run": site.new_run,
+        "running_run": lambda: site.new_run_in("running"),
+        "failed_run": lambda: site.new_run_in("failed"),
         "deployment": site.new_deployment,
         "token": site.new_token,
         "member_email": site.new_user,
