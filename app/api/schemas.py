@@ -121,6 +121,32 @@ class RunCreate(BaseModel):
     config: RunConfig = Field(default_factory=RunConfig)
 
 
+class RunEstimateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: int | None = None
+    base_model: str = "scratch-tiny"
+    config: RunConfig = Field(default_factory=RunConfig)
+
+
+class RunEstimate(BaseModel):
+    base_model: str
+    parameters: int | None
+    weights_bytes: int | None
+    gradients_bytes: int | None
+    optimizer_bytes: int | None
+    activations_bytes: int | None
+    total_bytes: int | None
+    device_bytes: int | None
+    device_label: str
+    fits: bool | None
+    warning: str | None
+    suggestions: list[str]
+    total_steps: int | None
+    tokens_per_second: float | None
+    duration_s: float | None
+
+
 class RunRead(ORM):
     id: int
     name: str

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Automatic restarts of a run whose worker died (kill -9, OOM) before it is marked failed:
     # an out-of-memory crash cannot loop. A person can still resume it by hand.
     run_max_restarts: int = Field(3, ge=0, le=100)
+    # Memory of one training device (a GPU's, in GiB) for the launch form's estimate; unset:
+    # this machine's RAM (the embedded setup trains on the CPU).
+    train_device_memory_gb: float | None = Field(None, gt=0)
     # `migrate` and `serve` wait this long for the database (a compose start, a restarting
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from app.api.schemas import RunCreate
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
-from app.services import base_models, datasets, registry, runs
+from app.services import base_models, datasets, estimate, registry, runs
 from app.services.run_config import RunConfig
 from app.web.pages import (
     CSRF,
@@ -142,6 +142,37 @@ def new_run(
 ) -> Response:
     pc.ctx.require(Role.editor)
     return _form_page(request, session, pc, _defaults(dataset_id), {})
+
+
+@router.post("/estimate", dependencies=[CSRF])
+def estimate_run(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    form: Annotated[LaunchForm, Form()],
+) -> Response:
+    """The launch form's estimate panel, re-rendered by htmx as the fields change."""
+    values = form.model_dump()
+    config_fields = {
+        key: value.strip()
+        for key in RunConfig.model_fields
+        if (value := values.get(key, "")) and value.strip()
+    }
+    result = None
+    problem = None
+    try:
+        result = estimate.for_launch(
+            session=session,
+            ctx=pc.ctx,
+            base_model=form.base_model,
+            config=RunConfig(**config_fields),
+            dataset_id=_optional_id(form.dataset_id, "dataset_id", {}),
+        )
+    except ValidationError:
+        problem = "Fix the highlighted values to see an estimate."
+    except DomainError as exc:
+        problem = exc.message
+    return render(request, "_estimate.html", {"estimate": result, "problem": problem})
 
 
 @router.post("", dependencies=[CSRF])

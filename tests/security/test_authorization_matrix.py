@@ -126,6 +126,7 @@ RULES: dict[tuple[str, str], Rule] = {
     # --- runs -------------------------------------------------------------------------------
     ("GET", "/api/v1/runs"): R(A.VIEWER, "list"),
     ("POST", "/api/v1/runs"): R(A.EDITOR, "id", 201, json={"dataset_id": "{dataset}"}),
+    ("POST", "/api/v1/runs/estimate"): R(A.VIEWER, json={"config": {"batch_size": 4}}),
     ("GET", "/api/v1/runs/{run_id}"): R(A.VIEWER, "id", url="/api/v1/runs/{run}"),
     ("POST", "/api/v1/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", url="/api/v1/runs/{run}/cancel", consumes="run"
@@ -212,6 +213,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/runs"): R(A.VIEWER, "list"),
     ("GET", "/runs/new"): R(A.EDITOR),
     ("POST", "/runs"): R(A.EDITOR, "id", 303, form={"dataset_id": "{dataset}"}),
+    ("POST", "/runs/estimate"): R(A.VIEWER, form={"batch_size": "4"}),
     ("GET", "/runs/{run_id}"): R(A.VIEWER, "id", url="/runs/{run}"),
     ("POST", "/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", 303, url="/runs/{run}/cancel", consumes="run"

@@ -11,12 +11,14 @@ from app.api.schemas import (
     CheckpointRead,
     MetricPointRead,
     RunCreate,
+    RunEstimate,
+    RunEstimateRequest,
     RunEventRead,
     RunPage,
     RunRead,
 )
 from app.db.base import MAX_ID
-from app.services import runs
+from app.services import estimate, runs
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -48,6 +50,20 @@ def create_run(body: RunCreate, session: SessionDep, ctx: Workspace) -> RunRead:
         suffix=body.suffix,
     )
     return RunRead.model_validate(run)
+
+
+@router.post("/estimate", response_model=RunEstimate)
+def estimate_run(body: RunEstimateRequest, session: SessionDep, ctx: Workspace) -> RunEstimate:
+    """Memory (weights, gradients, AdamW states, activations) against the device, and the
+    expected duration when a run of the same shape has been measured; launches nothing."""
+    result = estimate.for_launch(
+        session=session,
+        ctx=ctx,
+        base_model=body.base_model,
+        config=body.config,
+        dataset_id=body.dataset_id,
+    )
+    return RunEstimate(**result.as_dict())
 
 
 @router.get("/{run_id}", response_model=RunRead)
