@@ -137,6 +137,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/runs/{run_id}/resume"): R(
         A.EDITOR, "id", url="/api/v1/runs/{failed_run}/resume", consumes="failed_run"
     ),
+    ("GET", "/api/v1/runs/{run_id}/config"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/config"),
+    ("POST", "/api/v1/runs/{run_id}/clone"): R(A.EDITOR, "id", 201, url="/api/v1/runs/{run}/clone"),
     ("GET", "/api/v1/runs/{run_id}/metrics"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/metrics"),
     ("GET", "/api/v1/runs/{run_id}/events"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/events"),
     ("GET", "/api/v1/runs/{run_id}/checkpoints"): R(
@@ -214,6 +216,14 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/runs/new"): R(A.EDITOR),
     ("POST", "/runs"): R(A.EDITOR, "id", 303, form={"dataset_id": "{dataset}"}),
     ("POST", "/runs/estimate"): R(A.VIEWER, form={"batch_size": "4"}),
+    ("GET", "/runs/{run_id}/config"): R(A.VIEWER, "id", url="/runs/{run}/config"),
+    ("POST", "/runs/{run_id}/config"): R(
+        A.EDITOR,
+        "id",
+        303,
+        url="/runs/{run}/config",
+        form={"config_text": "dataset_id: {dataset}\nconfig: {{max_steps: 2}}"},
+    ),
     ("GET", "/runs/{run_id}"): R(A.VIEWER, "id", url="/runs/{run}"),
     ("POST", "/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", 303, url="/runs/{run}/cancel", consumes="run"
