@@ -42,6 +42,7 @@ from workers.engine.files import make_readable, publish_dir
 from workers.engine.lifecycle import EarlyStoppingOnMetric
 from workers.engine.reporting import ReportingCallback
 from workers.engine.scratch import scratch_config
+from workers.engine.system_metrics import SystemSampler
 from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
 
 TRAINER_STATE_FILE = "trainer_state.json"  # what makes a directory a resumable checkpoint
@@ -166,7 +167,9 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     model = _build_model(config, tokenizer, checkpoint)
     callbacks.on_log("info", f"model {config.base_model}: {model.num_parameters():,} parameters")
     reporter = ReportingCallback(
-        callbacks, log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN)
+        callbacks,
+        log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN),
+        sampler=SystemSampler(parameters=model.num_parameters(), cuda_index=device.cuda_index),
     )
     trainer = AtomicCheckpointTrainer(
         model=model,
