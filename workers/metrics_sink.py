@@ -7,6 +7,7 @@ thread flushes it at most every FLUSH_INTERVAL_S and publishes a wake-up on Redi
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 class RunReporter:
     """Implements the engine's TrainCallbacks protocol for one run."""
 
-    def __init__(self, run_id: int) -> None:
+    def __init__(self, run_id: int, retention: dict[str, Any] | None = None) -> None:
         self.run_id = run_id
+        # keep_last_checkpoints / keep_best_metric / keep_best_mode from the run's config.
+        self.retention = retention or {}
         self._lock = threading.Lock()
         # One flush at a time (the flush thread and on_checkpoint both flush): a run's metric rows
         # then commit in id order, which the live view's id cursor relies on. Two overlapping
@@ -82,6 +85,17 @@ class RunReporter:
             run_execution.add_event(
                 session=session, run_id=self.run_id, message=f"checkpoint saved at step {step}"
             )
+            doomed = run_execution.apply_retention(
+                session=session,
+                run_id=self.run_id,
+                keep_last=self.retention.get("keep_last_checkpoints"),
+                best_metric=self.retention.get("keep_best_metric"),
+                best_mode=self.retention.get("keep_best_mode") or "min",
+            )
+        # Marked in the database first: a crash between the two leaves files nobody offers,
+        # never an offered checkpoint without files.
+        for key in doomed:
+            shutil.rmtree(artifacts.resolve(key), ignore_errors=True)
 
     def should_stop(self) -> bool:
         return self._cancel or self._keep or self._shutdown.is_set()

@@ -85,6 +85,7 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
         checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
         resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
         config = _engine_config(run, resume_from)
+        retention = {k: v for k, v in run.config.items() if k.startswith("keep_")}
         run_execution.add_event(
             session=session,
             run_id=run_id,
@@ -92,7 +93,7 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             + f" (attempt {run.attempts})",
         )
 
-    reporter = RunReporter(run_id)
+    reporter = RunReporter(run_id, retention=retention)
     try:
         with _checkpoint_on_sigterm(reporter):
             result = train(config, reporter)

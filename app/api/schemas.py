@@ -190,6 +190,7 @@ class CheckpointRead(ORM):
     is_final: bool
     metrics: dict[str, Any]
     created_at: datetime
+    deleted_at: datetime | None = None  # removed from disk by the retention policy
 
 
 # --- registry and deployments -------------------------------------------------------------

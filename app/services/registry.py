@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from app.core.errors import InvalidTransition
 from app.db.models import Checkpoint, ModelVersion, RegisteredModel, Run, Workspace
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -23,6 +24,10 @@ def serving_name_for(run: Run, workspace_slug: str) -> str:
 
 
 def register_checkpoint(*, session: Session, run: Run, checkpoint: Checkpoint) -> ModelVersion:
+    if checkpoint.deleted_at is not None:
+        raise InvalidTransition(
+            f"checkpoint at step {checkpoint.step} was removed by the retention policy"
+        )
     workspace = session.get(Workspace, run.workspace_id)
     assert workspace is not None
     name = model_name_for_run(run)

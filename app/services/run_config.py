@@ -23,3 +23,7 @@ class RunConfig(BaseModel):
     early_stopping_patience: int | None = Field(None, ge=1, le=1000)
     early_stopping_metric: str = Field("eval_loss", pattern=r"^[a-z][a-z0-9_]{0,63}$")
     early_stopping_mode: Literal["min", "max"] = "min"
+    # Checkpoint retention: keep the newest N and the best by a metric; None keeps all.
+    keep_last_checkpoints: int | None = Field(None, ge=1, le=1000)
+    keep_best_metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    keep_best_mode: Literal["min", "max"] = "min"

@@ -276,6 +276,46 @@ def record_checkpoint(
     return checkpoint
 
 
+def apply_retention(
+    *,
+    session: Session,
+    run_id: int,
+    keep_last: int | None,
+    best_metric: str | None = None,
+    best_mode: str = "min",
+) -> list[str]:
+    """Keep the newest `keep_last` checkpoints and the best by `best_metric`; mark the rest
+    deleted and return their storage keys for the worker to remove from disk.
+
+    None keeps everything. The newest checkpoint always stays (a resume needs it); the final
+    model is not a checkpoint here and is never touched.
+    """
+    if keep_last is None:
+        return []
+    live = list(
+        session.scalars(
+            select(Checkpoint)
+            .where(
+                Checkpoint.run_id == run_id,
+                Checkpoint.is_final.is_(False),
+                Checkpoint.deleted_at.is_(None),
+            )
+            .order_by(Checkpoint.step.desc())
+        )
+    )
+    keep = {c.id for c in live[: max(1, keep_last)]}
+    if best_metric:
+        scored = [c for c in live if isinstance(c.metrics.get(best_metric), int | float)]
+        if scored:
+            pick = min if best_mode == "min" else max
+            keep.add(pick(scored, key=lambda c: c.metrics[best_metric]).id)
+    doomed = [c for c in live if c.id not in keep]
+    for checkpoint in doomed:
+        checkpoint.deleted_at = utcnow()
+    session.flush()
+    return [c.storage_key for c in doomed]
+
+
 def latest_checkpoint(*, session: Session, run_id: int) -> Checkpoint | None:
     return session.scalar(
         select(Checkpoint)

@@ -211,3 +211,40 @@ def test_sigterm_saves_a_checkpoint_hands_the_run_back_and_it_resumes_without_ga
         if "train_loss" in p["values"]
     ]
     assert steps == list(range(1, 41)), "every step exactly once"
+
+
+def test_retention_keeps_the_last_n_and_the_best_and_marks_the_rest_deleted(
+    team: Team, run_id: int, installation: Path
+) -> None:
+    from app.core.errors import InvalidTransition
+    from app.db.models import Checkpoint, Run
+    from app.db.session import session_scope
+    from app.services import registry
+    from workers.metrics_sink import RunReporter
+
+    claim(run_id)
+    reporter = RunReporter(
+        run_id, retention={"keep_last_checkpoints": 2, "keep_best_metric": "eval_loss"}
+    )
+    folders = {}
+    try:
+        for step, eval_loss in ((2, 3.0), (4, 1.0), (6, 2.0), (8, 2.5)):
+            folder = installation / "artifacts" / "runs" / str(run_id) / "checkpoints"
+            folders[step] = folder / f"checkpoint-{step}"
+            folders[step].mkdir(parents=True)
+            (folders[step] / "model.safetensors").write_bytes(b"weights")
+            reporter.on_checkpoint(step, folders[step], {"eval_loss": eval_loss})
+    finally:
+        reporter.close()
+
+    assert [s for s, f in folders.items() if f.exists()] == [4, 6, 8]
+    listed = team.viewer.get(f"/api/v1/runs/{run_id}/checkpoints").json()
+    assert [(c["step"], c["deleted_at"] is not None) for c in listed] == [
+        (2, True), (4, False), (6, False), (8, False),
+    ]  # fmt: skip
+    with session_scope() as session:
+        deleted = session.query(Checkpoint).filter_by(run_id=run_id, step=2).one()
+        with pytest.raises(InvalidTransition, match="removed by the retention policy"):
+            registry.register_checkpoint(
+                session=session, run=session.get(Run, run_id), checkpoint=deleted
+            )
