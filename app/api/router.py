@@ -11,9 +11,21 @@ from app.api.routes import (
     runs,
     system,
     tokens,
+    workers,
     workspaces,
 )
 
 api_router = APIRouter()
-for module in (system, docs, auth, tokens, workspaces, datasets, runs, models, deployments):
+for module in (
+    system,
+    docs,
+    auth,
+    tokens,
+    workspaces,
+    datasets,
+    runs,
+    models,
+    deployments,
+    workers,
+):
     api_router.include_router(module.router)

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Memory of one training device (a GPU's, in GiB) for the launch form's estimate; unset:
     # this machine's RAM (the embedded setup trains on the CPU).
     train_device_memory_gb: float | None = Field(None, gt=0)
+    # GPUs a worker hands out, one per pool process ("0,1,2,3" with `-c 4`); empty: no pinning.
+    worker_gpus: str = ""
     # `migrate` and `serve` wait this long for the database (a compose start, a restarting
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)

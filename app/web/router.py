@@ -10,6 +10,7 @@ from app.web import (
     playground_pages,
     runs_pages,
     settings_pages,
+    workers_pages,
 )
 
 pages_router = APIRouter()
@@ -21,5 +22,6 @@ for module in (
     models_pages,
     playground_pages,
     settings_pages,
+    workers_pages,
 ):
     pages_router.include_router(module.router)

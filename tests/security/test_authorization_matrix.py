@@ -125,6 +125,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     # --- runs -------------------------------------------------------------------------------
     ("GET", "/api/v1/runs"): R(A.VIEWER, "list"),
+    ("GET", "/api/v1/workers"): R(A.VIEWER),
     ("POST", "/api/v1/runs"): R(A.EDITOR, "id", 201, json={"dataset_id": "{dataset}"}),
     ("POST", "/api/v1/runs/estimate"): R(A.VIEWER, json={"config": {"batch_size": 4}}),
     ("GET", "/api/v1/runs/{run_id}"): R(A.VIEWER, "id", url="/api/v1/runs/{run}"),
@@ -213,6 +214,7 @@ RULES: dict[tuple[str, str], Rule] = {
         A.EDITOR, "id", 303, url="/datasets/{dataset}/delete", consumes="dataset"
     ),
     ("GET", "/runs"): R(A.VIEWER, "list"),
+    ("GET", "/workers"): R(A.VIEWER),
     ("GET", "/runs/new"): R(A.EDITOR),
     ("POST", "/runs"): R(A.EDITOR, "id", 303, form={"dataset_id": "{dataset}"}),
     ("POST", "/runs/estimate"): R(A.VIEWER, form={"batch_size": "4"}),
