@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.core.celery_config import GPU_QUEUE, TRAIN_TASK
+from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_TASK
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
-from app.services import artifacts, run_execution
+from app.services import artifacts, estimate, run_execution
 from workers.celery_app import celery_app
 from workers.metrics_sink import RunReporter
 
@@ -132,3 +132,16 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             final_metrics=result.metrics,
         )
     return str(status)
+
+
+@celery_app.task(name=CALIBRATE_TASK)
+def calibrate_training(base_model: str, batch_size: int, block_size: int) -> float:
+    """Time a few training steps of this shape on this worker's device and cache the result
+    for the launch estimate (on the gpu queue: the device that will train is the one timed)."""
+    from workers.engine.calibrate import measure_throughput
+
+    rate, device = measure_throughput(base_model, batch_size=batch_size, block_size=block_size)
+    estimate.write_calibration(
+        base_model, batch_size, block_size, tokens_per_second=rate, device=device
+    )
+    return rate

@@ -145,6 +145,8 @@ class RunEstimate(BaseModel):
     total_steps: int | None
     tokens_per_second: float | None
     duration_s: float | None
+    duration_source: str | None = None
+    calibrating: bool = False
 
 
 class RunRead(ORM):

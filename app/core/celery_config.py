@@ -7,6 +7,7 @@ from typing import Any
 from app.core.settings import Settings
 
 TRAIN_TASK = "llmide.train_run"
+CALIBRATE_TASK = "llmide.calibrate_training"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

@@ -14,7 +14,9 @@ little more or less, so a margin of 10% is required before "it fits".
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import time
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 GIB = 1024**3
@@ -60,8 +62,10 @@ class Estimate:
     warning: str | None
     suggestions: list[str]
     total_steps: int | None
-    tokens_per_second: float | None  # from a calibration, when one is cached
+    tokens_per_second: float | None  # measured: a calibration or an earlier run
     duration_s: float | None
+    duration_source: str | None = None  # "calibration" | "earlier run"
+    calibrating: bool = False  # a worker is timing this shape; ask again shortly
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,6 +220,21 @@ def for_launch(
         dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
         dataset_bytes = int(dataset.size_bytes)
     device_bytes, label = device_memory()
+    shape = (base_model, config.batch_size, config.block_size)
+    rate = measured_throughput(
+        session=session,
+        workspace_id=ctx.workspace.id,
+        base_model=base_model,
+        batch_size=config.batch_size,
+        block_size=config.block_size,
+    )
+    source = "earlier run" if rate else None
+    calibrating = False
+    if rate is None:
+        rate = read_calibration(*shape)
+        source = "calibration" if rate else None
+    if rate is None and base_model in ARCHITECTURES:
+        calibrating = request_calibration(*shape)
     steps = (
         planned_steps(
             max_steps=config.max_steps,
@@ -227,18 +246,65 @@ def for_launch(
         if dataset_id is not None or config.max_steps
         else None
     )
-    return estimate(
+    result = estimate(
         base_model=base_model,
         batch_size=config.batch_size,
         block_size=config.block_size,
         device_bytes=device_bytes,
         device_label=label,
         total_steps=steps,
-        tokens_per_second=measured_throughput(
-            session=session,
-            workspace_id=ctx.workspace.id,
-            base_model=base_model,
-            batch_size=config.batch_size,
-            block_size=config.block_size,
-        ),
+        tokens_per_second=rate,
     )
+    return replace(result, duration_source=source, calibrating=calibrating)
+
+
+# --- calibration: a worker times a few steps of a shape; the answer is cached as a file ----
+CALIBRATION_RETRY_S = 600  # a request nobody answered (no worker up) is sent again after this
+
+
+def calibration_key(base_model: str, batch_size: int, block_size: int) -> str:
+    return f"calibration/{base_model}-b{batch_size}-s{block_size}.json"
+
+
+def read_calibration(base_model: str, batch_size: int, block_size: int) -> float | None:
+    from app.services import artifacts
+
+    path = artifacts.resolve(calibration_key(base_model, batch_size, block_size))
+    try:
+        return float(json.loads(path.read_text())["tokens_per_second"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_calibration(
+    base_model: str, batch_size: int, block_size: int, *, tokens_per_second: float, device: str
+) -> None:
+    """Called by the worker's calibration task; atomic, so a reader never sees half a file."""
+    from app.services import artifacts
+
+    path = artifacts.resolve(calibration_key(base_model, batch_size, block_size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_suffix(".tmp")
+    staged.write_text(json.dumps({"tokens_per_second": tokens_per_second, "device": device}))
+    staged.replace(path)
+    path.with_suffix(".pending").unlink(missing_ok=True)
+
+
+def request_calibration(base_model: str, batch_size: int, block_size: int) -> bool:
+    """Send one calibration task per shape (not one per keystroke); True while one is pending."""
+    from app.core import task_queue
+    from app.services import artifacts
+
+    marker = artifacts.resolve(calibration_key(base_model, batch_size, block_size)).with_suffix(
+        ".pending"
+    )
+    try:
+        if time.time() - marker.stat().st_mtime < CALIBRATION_RETRY_S:
+            return True
+    except OSError:
+        pass
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    if not task_queue.enqueue_calibration(base_model, batch_size, block_size):
+        return False
+    marker.touch()
+    return True

@@ -82,3 +82,25 @@ def test_the_launch_form_shows_the_estimate_partial(team: Team) -> None:
         "/runs/estimate", headers=HTML, data={"csrf_token": token, "batch_size": "-3"}
     )
     assert "Fix the highlighted values" in bad.text
+
+
+def test_a_calibration_on_the_worker_gives_the_estimate_a_duration(team: Team) -> None:
+    from workers.tasks import calibrate_training
+
+    dataset_id = team.editor.upload("c.jsonl", text_jsonl(200)).json()["id"]
+    ask = {
+        "dataset_id": dataset_id,
+        "base_model": "scratch-nano",
+        "config": {"batch_size": 4, "block_size": 16},
+    }
+    first = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    assert first["calibrating"] is True and first["duration_s"] is None
+    again = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    assert again["calibrating"] is True, "one pending calibration, not one per request"
+
+    rate = calibrate_training.apply(args=["scratch-nano", 4, 16]).result  # what a worker runs
+    assert rate > 0
+    done = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    assert done["calibrating"] is False and done["duration_source"] == "calibration"
+    assert done["tokens_per_second"] == pytest.approx(rate)
+    assert done["duration_s"] == pytest.approx(done["total_steps"] * 4 * 16 / rate)
