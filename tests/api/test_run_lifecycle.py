@@ -171,7 +171,7 @@ def test_a_failed_run_shows_its_error_and_traceback_on_its_page(
     assert 'data-testid="run-traceback"' in page.text and "_checkpoint_to_resume" in page.text
 
 
-def test_sigterm_saves_a_checkpoint_hands_the_run_back_and_it_resumes_without_gaps(
+def test_sigterm_hands_the_run_back_with_a_checkpoint_and_stop_and_keep_ends_it_succeeded(
     team: Team, run_id: int, tmp_path: Path
 ) -> None:
     """A worker's warm shutdown forwards SIGTERM to the process running the task (see
@@ -200,17 +200,37 @@ def test_sigterm_saves_a_checkpoint_hands_the_run_back_and_it_resumes_without_ga
     events = [e["message"] for e in team.viewer.get(f"/api/v1/runs/{run_id}/events").json()]
     assert any("shutting down" in m for m in events)
 
+    # The next worker resumes it; the user then ends it early with "stop and keep".
+    import threading
+
     from workers.tasks import train_run
 
-    assert train_run.apply(args=[run_id], task_id="next-worker").result == "succeeded"
+    outcome: list[str] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(train_run.apply(args=[run_id], task_id="next").result)
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while team.viewer.get(f"/api/v1/runs/{run_id}").json()["step"] < stopped_at + 3:
+        assert worker.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert team.editor.post(f"/api/v1/runs/{run_id}/stop").status_code == 200
+    worker.join(timeout=120)
+    assert outcome == ["succeeded"]
+
+    run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "succeeded" and stopped_at + 3 <= run["step"] < 40
     events = [e["message"] for e in team.viewer.get(f"/api/v1/runs/{run_id}/events").json()]
     assert f"resuming from step {stopped_at} (attempt 1)" in events
+    assert any(m.startswith("registered as") for m in events), "stop-and-keep keeps the model"
+    final = [c for c in team.viewer.get(f"/api/v1/runs/{run_id}/checkpoints").json()]
+    assert final[-1]["is_final"] and final[-1]["step"] == run["step"]
     steps = [
         p["step"]
         for p in team.viewer.get(f"/api/v1/runs/{run_id}/metrics").json()
         if "train_loss" in p["values"]
     ]
-    assert steps == list(range(1, 41)), "every step exactly once"
+    assert steps == list(range(1, run["step"] + 1)), "every step exactly once"
 
 
 def test_retention_keeps_the_last_n_and_the_best_and_marks_the_rest_deleted(
