@@ -7,9 +7,10 @@ parameter) plus activations, which grow with batch × sequence length; LoRA trai
 adapters, so their gradients and moments are negligible.
 
 Activation bytes per layer follow Korthikanti et al. 2022 ("Reducing Activation Recomputation
-in Large Transformer Models"): s·b·h·(34 + 5·a·s/h) at 2 bytes a value, doubled for fp32,
-plus the logits and their softmax (b·s·V, fp32, twice). It is an estimate: frameworks keep a
-little more or less, so a margin of 10% is required before "it fits".
+in Large Transformer Models"): 34·s·b·h at 2 bytes a value, doubled for fp32, plus the logits
+and their softmax (b·s·V, fp32, twice). Their 5·a·s²·b attention-matrix term is left out:
+transformers 5 runs GPT-2 with SDPA attention, which never stores that matrix. It is an
+estimate: frameworks keep a little more or less, so 10% headroom is required to "fit".
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def estimate(
     gradients = trainable * 4
     optimizer = trainable * 8
     act_scale = 1 if precision in ("bf16", "fp16") else 2
-    s, b, h, a = block_size, batch_size, arch.n_embd, arch.n_head
-    per_layer = s * b * h * (34 + 5 * a * s / h) * act_scale
+    s, b, h = block_size, batch_size, arch.n_embd
+    per_layer = 34 * s * b * h * act_scale
     logits = 2 * b * s * arch.vocab_size * 4
     activations = int(arch.n_layer * per_layer + logits)
     total = weights + gradients + optimizer + activations
