@@ -86,6 +86,12 @@ def test_a_run_killed_mid_epoch_resumes_on_the_next_batch_and_ends_with_the_same
     expected = train_losses_by_step(straight)
     for step, loss in train_losses_by_step(resumed).items():
         assert loss == pytest.approx(expected[step], rel=1e-4, abs=1e-5), f"step {step}"
+    # The token count (kept on the device between logs) survives the kill and the resume.
+    def tokens_seen(run_dir: Path) -> int:
+        state = run_dir / "checkpoints" / f"checkpoint-{TOTAL_STEPS}" / "trainer_state.json"
+        return int(json.loads(state.read_text())["num_input_tokens_seen"])
+
+    assert tokens_seen(killed_dir) == tokens_seen(tmp_path / "straight") > 0
     ours = load_file(str(result.final_dir / "model.safetensors"))
     theirs = load_file(str(straight_result.final_dir / "model.safetensors"))
     assert ours.keys() == theirs.keys()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -76,6 +77,36 @@ class AtomicCheckpointTrainer(Trainer):
     """
 
     _staging_root: Path | None = None
+    _pending_tokens: Any = 0  # tokens counted on the device since the last read-back
+
+    def _track_num_input_tokens(self, inputs: Any) -> None:
+        # The stock count calls .item() on a device tensor every step: a GPU→CPU sync per
+        # step even between logs. Here the count stays on the device and is read back (one
+        # sync) only when the Trainer is about to log, evaluate or save.
+        if (
+            self.args.world_size > 1
+            or self.args.include_num_input_tokens_seen != "non_padding"
+            or "attention_mask" not in inputs
+        ):
+            super()._track_num_input_tokens(inputs)
+            return
+        self._pending_tokens = self._pending_tokens + inputs["attention_mask"].sum()
+
+    def _flush_token_count(self) -> None:
+        if isinstance(self._pending_tokens, torch.Tensor):
+            self.state.num_input_tokens_seen += int(self._pending_tokens.item())
+        self._pending_tokens = 0
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        control = self.control
+        if (
+            control.should_log
+            or control.should_save
+            or control.should_evaluate
+            or control.should_training_stop
+        ):
+            self._flush_token_count()
+        super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def _get_output_dir(self, trial: Any) -> str:
         # During a save the stock _save_checkpoint writes (and rotates) under the staging root.
