@@ -203,6 +203,34 @@ class RunCreate(BaseModel):
     config: RunConfig = Field(default_factory=RunConfig)
 
 
+class RunEstimateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: int | None = None
+    base_model: str = "scratch-tiny"
+    config: RunConfig = Field(default_factory=RunConfig)
+
+
+class RunEstimate(BaseModel):
+    base_model: str
+    parameters: int | None
+    weights_bytes: int | None
+    gradients_bytes: int | None
+    optimizer_bytes: int | None
+    activations_bytes: int | None
+    total_bytes: int | None
+    device_bytes: int | None
+    device_label: str
+    fits: bool | None
+    warning: str | None
+    suggestions: list[str]
+    total_steps: int | None
+    tokens_per_second: float | None
+    duration_s: float | None
+    duration_source: str | None = None
+    calibrating: bool = False
+
+
 class RunRead(ORM):
     id: int
     name: str
@@ -214,8 +242,11 @@ class RunRead(ORM):
     suffix: str | None
     status: str
     error: str | None
+    error_detail: str | None = None  # the traceback's last lines of a failed run
     step: int
     total_steps: int | None
+    attempts: int = 0
+    stop_requested: bool = False
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
@@ -244,6 +275,7 @@ class CheckpointRead(ORM):
     is_final: bool
     metrics: dict[str, Any]
     created_at: UtcDateTime
+    deleted_at: UtcDateTime | None = None  # removed from disk by the retention policy
 
 
 # --- registry and deployments -------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -221,6 +222,10 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(20), default=RunStatus.queued, index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "Stop and keep": end early, keep the model, finish as succeeded (unlike cancel).
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The traceback's last lines of a failed run, shown under its error on the run page.
+    error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -279,6 +284,8 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     is_final: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Set when the retention policy removed its files: kept as history, never offered again.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class RegisteredModel(Base):

@@ -13,6 +13,7 @@ from app.web import (
     registry_pages,
     runs_pages,
     settings_pages,
+    workers_pages,
 )
 
 pages_router = APIRouter()
@@ -27,5 +28,6 @@ for module in (
     deployments_pages,
     playground_pages,
     settings_pages,
+    workers_pages,
 ):
     pages_router.include_router(module.router)
