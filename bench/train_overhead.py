@@ -33,6 +33,7 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from bench._support import seed_bench_run  # noqa: E402
 
 WARMUP = 5
 ROUNDS = 2
@@ -54,42 +55,10 @@ def prepare_database(data_dir: Path, dataset_file: Path) -> int:
     for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
         del os.environ[key]
     os.environ["LLMIDE_DATA_DIR"] = str(data_dir)
-    from app.core.settings import get_settings
-    from app.db.migrate import upgrade_to_head
-    from app.db.models import Dataset, Run, RunStatus
-    from app.db.session import reset_engine_cache, session_scope
-    from app.services import users, workspaces
-
-    get_settings.cache_clear()
-    reset_engine_cache()
-    get_settings().ensure_dirs()
-    upgrade_to_head(get_settings().sqlalchemy_url)
-    with session_scope() as session:
-        user = users.create_user(session=session, email="b@example.com", password="bench-pass-1")
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
-        dataset = Dataset(
-            workspace_id=ctx.workspace.id,
-            name="bench",
-            filename=dataset_file.name,
-            format="text",
-            sha256="0" * 64,
-            size_bytes=dataset_file.stat().st_size,
-            num_rows=1,
-            storage_key="datasets/bench.jsonl",
-        )
-        session.add(dataset)
-        session.flush()
-        run = Run(
-            workspace_id=ctx.workspace.id,
-            name="bench",
-            base_model="scratch-tiny",
-            dataset_id=dataset.id,
-            config={},
-            status=RunStatus.running,
-        )
-        session.add(run)
-        session.commit()
-        return int(run.id)
+    _, run_id = seed_bench_run(
+        status="running", filename=dataset_file.name, size_bytes=dataset_file.stat().st_size
+    )
+    return run_id
 
 
 class Timed:
