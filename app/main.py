@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -40,9 +42,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        reconciler = None
+        if settings.deployment_reconcile_interval_s > 0:
+            # Deployments come back by themselves after an inference restart (docs/serving.md).
+            from app.services.deployments import reconcile_forever
+
+            reconciler = asyncio.create_task(
+                reconcile_forever(settings.deployment_reconcile_interval_s)
+            )
         try:
             yield
         finally:
+            if reconciler is not None:
+                reconciler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciler
             await hub.stop()
 
     app = FastAPI(

@@ -79,3 +79,52 @@ def web_server(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def seed_bench_run(
+    *, status: str, filename: str = "bench.jsonl", size_bytes: int = 1
+) -> tuple[str, int]:
+    """Migrate the configured database and create a user (with an API token), a dataset record
+    and one run in `status`, through the services where they exist; (token secret, run id).
+
+    The caller sets LLMIDE_* in os.environ first: the settings are read afresh here.
+    """
+    from app.core.settings import get_settings
+    from app.db.migrate import upgrade_to_head
+    from app.db.models import Dataset, Run
+    from app.db.session import reset_engine_cache, session_scope
+    from app.services import tokens, users, workspaces
+
+    get_settings.cache_clear()
+    reset_engine_cache()
+    get_settings().ensure_dirs()
+    upgrade_to_head(get_settings().sqlalchemy_url)
+    with session_scope() as session:
+        user = users.create_user(
+            session=session, email="bench@example.com", password="bench-pass-123"
+        )
+        _, secret = tokens.create_token(session=session, user=user, name="bench")
+        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
+        dataset = Dataset(
+            workspace_id=ctx.workspace.id,
+            name="bench",
+            filename=filename,
+            format="text",
+            sha256="0" * 64,
+            size_bytes=size_bytes,
+            num_rows=1,
+            storage_key="datasets/bench.jsonl",
+        )
+        session.add(dataset)
+        session.flush()
+        run = Run(
+            workspace_id=ctx.workspace.id,
+            name="bench",
+            base_model="scratch-tiny",
+            dataset_id=dataset.id,
+            config={},
+            status=status,
+        )
+        session.add(run)
+        session.commit()
+        return secret, int(run.id)

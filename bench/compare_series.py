@@ -22,7 +22,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
-from bench._support import fresh_postgres_url  # noqa: E402
+from bench._support import fresh_postgres_url, seed_bench_run  # noqa: E402
 
 
 def prepare(points: int) -> int:
@@ -32,44 +32,10 @@ def prepare(points: int) -> int:
 
     from sqlalchemy import insert
 
-    from app.core.settings import get_settings
-    from app.db.migrate import upgrade_to_head
-    from app.db.models import Dataset, MetricPoint, Run, RunStatus
-    from app.db.session import reset_engine_cache, session_scope
-    from app.services import users, workspaces
+    from app.db.models import MetricPoint, RunStatus
+    from app.db.session import session_scope
 
-    get_settings.cache_clear()
-    reset_engine_cache()
-    get_settings().ensure_dirs()
-    upgrade_to_head(get_settings().sqlalchemy_url)
-    with session_scope() as session:
-        user = users.create_user(
-            session=session, email="bench@example.com", password="bench-pass-123"
-        )
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
-        dataset = Dataset(
-            workspace_id=ctx.workspace.id,
-            name="bench",
-            filename="bench.jsonl",
-            format="text",
-            sha256="0" * 64,
-            size_bytes=1,
-            num_rows=1,
-            storage_key="datasets/bench.jsonl",
-        )
-        session.add(dataset)
-        session.flush()
-        run = Run(
-            workspace_id=ctx.workspace.id,
-            name="bench",
-            base_model="scratch-tiny",
-            dataset_id=dataset.id,
-            config={},
-            status=RunStatus.succeeded,
-        )
-        session.add(run)
-        session.flush()
-        run_id = run.id
+    _, run_id = seed_bench_run(status=RunStatus.succeeded)
     rng = random.Random(0)
     start = datetime(2026, 1, 1)
     chunk = 50_000

@@ -24,7 +24,13 @@ import websockets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
-from bench._support import free_port, fresh_postgres_url, percentile, web_server  # noqa: E402
+from bench._support import (  # noqa: E402
+    free_port,
+    fresh_postgres_url,
+    percentile,
+    seed_bench_run,
+    web_server,
+)
 
 TARGETS_MS = {"embedded": 1000.0, "redis": 250.0}
 
@@ -32,45 +38,7 @@ TARGETS_MS = {"embedded": 1000.0, "redis": 250.0}
 def prepare(env: dict[str, str]) -> tuple[str, int]:
     """Migrate, create a user, token, dataset and a running run through the services."""
     os.environ.update(env)
-    from app.core.settings import get_settings
-    from app.db.migrate import upgrade_to_head
-    from app.db.models import Dataset, Run, RunStatus
-    from app.db.session import reset_engine_cache, session_scope
-    from app.services import tokens, users, workspaces
-
-    get_settings.cache_clear()
-    reset_engine_cache()
-    get_settings().ensure_dirs()
-    upgrade_to_head(get_settings().sqlalchemy_url)
-    with session_scope() as session:
-        user = users.create_user(
-            session=session, email="bench@example.com", password="bench-pass-123"
-        )
-        _, secret = tokens.create_token(session=session, user=user, name="bench")
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
-        dataset = Dataset(
-            workspace_id=ctx.workspace.id,
-            name="bench",
-            filename="bench.jsonl",
-            format="text",
-            sha256="0" * 64,
-            size_bytes=1,
-            num_rows=1,
-            storage_key="datasets/bench.jsonl",
-        )
-        session.add(dataset)
-        session.flush()
-        run = Run(
-            workspace_id=ctx.workspace.id,
-            name="bench",
-            base_model="scratch-tiny",
-            dataset_id=dataset.id,
-            config={},
-            status=RunStatus.running,
-        )
-        session.add(run)
-        session.flush()
-        return secret, run.id
+    return seed_bench_run(status="running")
 
 
 async def receive(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.worker.control import inspect_command
 
 from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
 from app.core.settings import get_settings
@@ -49,3 +52,72 @@ def start_orphan_sweeper(sender: Any = None, **_: Any) -> None:
     threading.Thread(
         target=_sweep_forever, args=(interval,), name="orphan-sweeper", daemon=True
     ).start()
+
+
+@worker_shutting_down.connect
+def checkpoint_running_tasks(sig: str = "", how: str = "", exitcode: int = 0, **_: Any) -> None:
+    """On a warm shutdown (SIGTERM to the worker), pass SIGTERM on to the pool processes.
+
+    Celery would otherwise wait for a training run to finish, for hours, until the
+    orchestrator's SIGKILL loses everything since the last checkpoint. A training task traps
+    SIGTERM (workers/tasks.py): it saves a checkpoint, hands the run back (interrupted,
+    re-queued) and returns, and the worker then exits. Idle pool processes just exit.
+    """
+    if how != "Warm":
+        return
+    import psutil
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signal.SIGTERM)
+
+
+def gpu_for_child(index: int, gpus: list[str]) -> str | None:
+    """The GPU a pool process trains on: one per child, by the child's pool index."""
+    return gpus[index % len(gpus)] if gpus else None
+
+
+@worker_process_init.connect
+def pin_one_gpu_per_child(**_: Any) -> None:
+    """With LLMIDE_WORKER_GPUS="0,1,2,3" and `-c 4`, pool process i sees only GPU i.
+
+    Set before the task imports torch, so CUDA only ever sees that device (cuda:0). A child
+    that replaces a finished one (max_tasks_per_child=1) inherits its index, hence its GPU.
+    """
+    import os
+
+    from billiard.process import current_process
+
+    gpus = [g.strip() for g in get_settings().worker_gpus.split(",") if g.strip()]
+    gpu = gpu_for_child(getattr(current_process(), "index", 0) or 0, gpus)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+@inspect_command(name="llmide_gpus")
+def llmide_gpus(state: Any) -> dict[str, Any]:
+    """What GPUs this worker's machine has (NVML), for the dashboard's workers page."""
+    import os
+
+    found: list[dict[str, Any]] = []
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            found.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_total_mb": memory.total // 2**20,
+                    "memory_used_mb": memory.used // 2**20,
+                    "utilization": util.gpu,
+                }
+            )
+    except Exception:  # no NVML, no driver: a CPU worker
+        pass
+    return {"gpus": found, "pinned": get_settings().worker_gpus or None, "pid": os.getpid()}

@@ -7,6 +7,7 @@ thread flushes it at most every FLUSH_INTERVAL_S and publishes a wake-up on Redi
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 class RunReporter:
     """Implements the engine's TrainCallbacks protocol for one run."""
 
-    def __init__(self, run_id: int) -> None:
+    def __init__(self, run_id: int, retention: dict[str, Any] | None = None) -> None:
         self.run_id = run_id
+        # keep_last_checkpoints / keep_best_metric / keep_best_mode from the run's config.
+        self.retention = retention or {}
         self._lock = threading.Lock()
         # One flush at a time (the flush thread and on_checkpoint both flush): a run's metric rows
         # then commit in id order, which the live view's id cursor relies on. Two overlapping
@@ -36,6 +39,8 @@ class RunReporter:
         self._events: list[tuple[str, str]] = []
         self._progress: tuple[int, int | None] | None = None
         self._cancel = False
+        self._keep = False  # "stop and keep" asked from the page or API
+        self._shutdown = threading.Event()  # the worker is shutting down (SIGTERM)
         self._last_heartbeat = time.monotonic()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -80,9 +85,39 @@ class RunReporter:
             run_execution.add_event(
                 session=session, run_id=self.run_id, message=f"checkpoint saved at step {step}"
             )
+            doomed = run_execution.apply_retention(
+                session=session,
+                run_id=self.run_id,
+                keep_last=self.retention.get("keep_last_checkpoints"),
+                best_metric=self.retention.get("keep_best_metric"),
+                best_mode=self.retention.get("keep_best_mode") or "min",
+            )
+        # Marked in the database first: a crash between the two leaves files nobody offers,
+        # never an offered checkpoint without files.
+        for key in doomed:
+            shutil.rmtree(artifacts.resolve(key), ignore_errors=True)
 
     def should_stop(self) -> bool:
-        return self._cancel
+        return self._cancel or self._keep or self._shutdown.is_set()
+
+    def request_shutdown(self) -> None:
+        """Called from a SIGTERM handler: stop after this step with a checkpoint, so the run
+        can resume on another worker without losing work. Only sets a flag (signal-safe)."""
+        self._shutdown.set()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why should_stop() said yes: "cancel", "shutdown" or "keep" (None: it did not).
+
+        Cancel wins over the others: a person who cancelled does not want the model kept.
+        """
+        if self._cancel:
+            return "cancel"
+        if self._shutdown.is_set():
+            return "shutdown"
+        if self._keep:
+            return "keep"
+        return None
 
     # --- flushing -------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -123,7 +158,9 @@ class RunReporter:
                     # Still alive during a long evaluation or checkpoint save.
                     run_execution.heartbeat(session=session, run_id=self.run_id)
                     self._last_heartbeat = time.monotonic()
-                self._cancel = run_execution.cancel_requested(session=session, run_id=self.run_id)
+                self._cancel, self._keep = run_execution.stop_flags(
+                    session=session, run_id=self.run_id
+                )
         except Exception:
             with self._lock:  # put them back so nothing is lost
                 self._points[:0] = points

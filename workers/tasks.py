@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from app.core.celery_config import TRAIN_TASK
+from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_TASK
 from app.core.errors import ValidationFailed
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
-from app.services import artifacts, base_models, run_execution
+from app.services import artifacts, base_models, estimate, run_execution
 from workers.celery_app import celery_app
 from workers.metrics_sink import RunReporter
 
@@ -66,18 +72,46 @@ def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyp
         seed=config["seed"],
         block_size=config["block_size"],
         resume_from=resume_from,
+        early_stopping_patience=config.get("early_stopping_patience"),
+        early_stopping_metric=config.get("early_stopping_metric") or "eval_loss",
+        early_stopping_mode=config.get("early_stopping_mode") or "min",
     )
+
+
+@contextmanager
+def _checkpoint_on_sigterm(reporter: RunReporter) -> Iterator[None]:
+    """While training, SIGTERM (a worker's warm shutdown, forwarded to its pool process by
+    workers.celery_app) asks the engine to stop after this step with a checkpoint instead of
+    killing the process, so a planned restart loses no work."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (eager tests, threads)
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        reporter.request_shutdown()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
-    """Train one run to its end (succeeded, failed or cancelled) and register its final model."""
+    """Train one run to its end (succeeded, failed or cancelled) and register its final model.
+
+    A worker shutting down hands the run back instead (interrupted, re-queued) after saving a
+    checkpoint.
+    """
     from workers.engine import train
 
     with session_scope() as session:
+        # The lease: claim() only takes a run that is queued, interrupted, or running with a
+        # stale heartbeat, so a redelivered message whose run is alive elsewhere ends here.
         run = run_execution.claim(session=session, run_id=run_id, task_id=self.request.id)
         if run is None:
-            log.info("run %s is not claimable (cancelled or taken); skipping", run_id)
+            log.info("run %s is not claimable (cancelled, finished or alive elsewhere)", run_id)
             return "skipped"
         checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
         resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
@@ -88,6 +122,7 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
                 session=session, run_id=run_id, status=RunStatus.failed, error=exc.message
             )
             return "failed"
+        retention = {k: v for k, v in run.config.items() if k.startswith("keep_")}
         run_execution.add_event(
             session=session,
             run_id=run_id,
@@ -95,22 +130,35 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             + f" (attempt {run.attempts})",
         )
 
-    reporter = RunReporter(run_id)
+    reporter = RunReporter(run_id, retention=retention)
     try:
-        result = train(config, reporter)
+        with _checkpoint_on_sigterm(reporter):
+            result = train(config, reporter)
     except Exception as exc:
         log.exception("run %s failed", run_id)
         reporter.close()
+        error, detail = run_execution.describe_failure(exc, traceback.format_exc())
         with session_scope() as session:
             run_execution.finish(
                 session=session,
                 run_id=run_id,
                 status=RunStatus.failed,
-                error=f"{type(exc).__name__}: {exc}",
+                error=error,
+                error_detail=detail,
             )
         return "failed"
     reporter.close()
-    status = RunStatus.cancelled if result.stopped else RunStatus.succeeded
+    reason = reporter.stop_reason if result.stopped else None
+    if reason == "shutdown":
+        with session_scope() as session:
+            requeue = run_execution.interrupt_for_shutdown(
+                session=session, run_id=run_id, step=result.global_step
+            )
+        if requeue:
+            celery_app.send_task(TRAIN_TASK, args=[run_id], queue=GPU_QUEUE)
+        return "interrupted"
+    # Stop-and-keep and early stopping end as succeeded: the model is kept and registered.
+    status = RunStatus.cancelled if reason == "cancel" else RunStatus.succeeded
     with session_scope() as session:
         run_execution.finish(
             session=session,
@@ -126,3 +174,16 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             },
         )
     return str(status)
+
+
+@celery_app.task(name=CALIBRATE_TASK)
+def calibrate_training(base_model: str, batch_size: int, block_size: int) -> float:
+    """Time a few training steps of this shape on this worker's device and cache the result
+    for the launch estimate (on the gpu queue: the device that will train is the one timed)."""
+    from workers.engine.calibrate import measure_throughput
+
+    rate, device = measure_throughput(base_model, batch_size=batch_size, block_size=block_size)
+    estimate.write_calibration(
+        base_model, batch_size, block_size, tokens_per_second=rate, device=device
+    )
+    return rate

@@ -16,6 +16,7 @@ from app.api.routes import (
     system,
     tokens,
     uploads,
+    workers,
     workspaces,
 )
 from app.api.schemas import API_ERRORS
@@ -36,5 +37,6 @@ for module in (
     model_versions,
     deployments,
     audit,
+    workers,
 ):
     api_router.include_router(module.router)

@@ -141,7 +141,7 @@ class DatasetVersionRead(ORM):
     status: str
     progress: float
     error: str | None
-    created_at: datetime
+    created_at: UtcDateTime
 
     model_config = ConfigDict(from_attributes=True, populate_by_name=True)
 
@@ -184,8 +184,8 @@ class UploadRead(ORM):
     received: int
     status: str
     dataset_id: int | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -203,6 +203,34 @@ class RunCreate(BaseModel):
     config: RunConfig = Field(default_factory=RunConfig)
 
 
+class RunEstimateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: int | None = None
+    base_model: str = "scratch-tiny"
+    config: RunConfig = Field(default_factory=RunConfig)
+
+
+class RunEstimate(BaseModel):
+    base_model: str
+    parameters: int | None
+    weights_bytes: int | None
+    gradients_bytes: int | None
+    optimizer_bytes: int | None
+    activations_bytes: int | None
+    total_bytes: int | None
+    device_bytes: int | None
+    device_label: str
+    fits: bool | None
+    warning: str | None
+    suggestions: list[str]
+    total_steps: int | None
+    tokens_per_second: float | None
+    duration_s: float | None
+    duration_source: str | None = None
+    calibrating: bool = False
+
+
 class RunRead(ORM):
     id: int
     name: str
@@ -214,8 +242,11 @@ class RunRead(ORM):
     suffix: str | None
     status: str
     error: str | None
+    error_detail: str | None = None  # the traceback's last lines of a failed run
     step: int
     total_steps: int | None
+    attempts: int = 0
+    stop_requested: bool = False
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
@@ -244,6 +275,7 @@ class CheckpointRead(ORM):
     is_final: bool
     metrics: dict[str, Any]
     created_at: UtcDateTime
+    deleted_at: UtcDateTime | None = None  # removed from disk by the retention policy
 
 
 # --- registry and deployments -------------------------------------------------------------
@@ -271,17 +303,65 @@ class RegisteredModelRead(ORM):
     versions: list[ModelVersionRead]
 
 
-class DeploymentCreate(BaseModel):
+class DeploymentSettingsIn(BaseModel):
+    """Serving settings; every field optional so PATCH changes only what it names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int | None = Field(None, ge=1, le=8)
+    max_batch_size: int | None = Field(None, ge=1, le=64)
+    max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+
+
+class DeploymentCreate(DeploymentSettingsIn):
     model_version_id: int
+    name: str | None = Field(
+        None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$"
+    )
+
+
+class DeploymentRedeploy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_version_id: int
+
+
+class DeploymentPredict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str | list[str] = Field(description="a text or up to 64 texts")
+
+
+class DeploymentStats(BaseModel):
+    requests: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    completion_tokens: int = 0
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
+    tokens_per_s: float | None = None
 
 
 class DeploymentRead(ORM):
     id: int
+    name: str
     model_version_id: int
     serving_name: str
     status: str
     error: str | None
     created_at: UtcDateTime
+    replicas: int
+    max_batch_size: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    pending_model_version_id: int | None
+    url: str
+    stats: DeploymentStats | None = None
 
 
 # --- registry: registering, stages, tags, imports, exports, evaluations ------------------------

@@ -10,6 +10,7 @@ TRAIN_TASK = "llmide.train_run"
 # Registry jobs (queue cpu): ONNX / merged exports and evaluations of a model version.
 EXPORT_TASK = "llmide.export_version"
 EVALUATE_TASK = "llmide.evaluate_version"
+CALIBRATE_TASK = "llmide.calibrate_training"
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

@@ -12,6 +12,8 @@ from starlette.responses import JSONResponse, Response
 from app.core.errors import DomainError
 from app.core.settings import get_settings
 
+RETRY_AFTER_S = 2
+
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -100,6 +102,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if exc.status_code == 503:
+            # The inference server or broker is restarting: tell clients when to try again.
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
         if exc.status_code == 401 and _wants_html(request):
             from starlette.responses import RedirectResponse
 

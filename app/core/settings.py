@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     hub_enabled: bool = False
     # A running run whose worker has been silent this long is resumed by another worker.
     run_stale_after_s: float = Field(60.0, ge=2.0)
+    # Automatic restarts of a run whose worker died (kill -9, OOM) before it is marked failed:
+    # an out-of-memory crash cannot loop. A person can still resume it by hand.
+    run_max_restarts: int = Field(3, ge=0, le=100)
+    # Memory of one training device (a GPU's, in GiB) for the launch form's estimate; unset:
+    # this machine's RAM (the embedded setup trains on the CPU).
+    train_device_memory_gb: float | None = Field(None, gt=0)
+    # GPUs a worker hands out, one per pool process ("0,1,2,3" with `-c 4`); empty: no pinning.
+    worker_gpus: str = ""
     # `migrate` and `serve` wait this long for the database (a compose start, a restarting
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)
@@ -69,6 +77,11 @@ class Settings(BaseSettings):
     # Promoting to production needs a finished evaluation passing this gate, e.g.
     # "perplexity<=40" or "accuracy>=0.9"; None: no evaluation is required.
     production_gate: str | None = None
+    # Serving (docs/serving.md): after a redeploy switches, the old version keeps its weights
+    # this long so requests already routed to it finish; the web re-checks live deployments
+    # against the inference server this often (0 turns the reconciler off).
+    deployment_drain_s: float = Field(5.0, ge=0.0)
+    deployment_reconcile_interval_s: float = Field(10.0, ge=0.0)
 
     @field_validator("data_dir")
     @classmethod

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
+from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_TASK, celery_options
 from app.core.errors import ServiceUnavailable
 from app.core.settings import get_settings
 
@@ -57,3 +57,18 @@ def enqueue(task_name: str, args: list[int], queue: str) -> str:
             "try again shortly"
         ) from exc
     return str(result.id)
+
+
+def enqueue_calibration(base_model: str, batch_size: int, block_size: int) -> bool:
+    """Ask a training worker to time a few steps of this shape; False if the queue is down
+    (the estimate then just has no duration yet)."""
+    try:
+        celery_client().send_task(
+            CALIBRATE_TASK,
+            args=[base_model, batch_size, block_size],
+            queue=GPU_QUEUE,
+            retry=False,
+        )
+    except Exception:  # kombu raises many transport-specific errors
+        return False
+    return True

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -221,6 +222,10 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(20), default=RunStatus.queued, index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "Stop and keep": end early, keep the model, finish as succeeded (unlike cancel).
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The traceback's last lines of a failed run, shown under its error on the run page.
+    error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -279,6 +284,8 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     is_final: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Set when the retention policy removed its files: kept as history, never offered again.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class RegisteredModel(Base):
@@ -458,8 +465,22 @@ class Deployment(Base):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Serving settings (docs/serving.md). `name` routes OpenAI requests to whichever version
+    # is live; `pending_model_version_id` is loading for a zero-downtime redeploy.
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    replicas: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    max_batch_size: Mapped[int] = mapped_column(Integer, default=8, server_default="8")
+    max_new_tokens: Mapped[int] = mapped_column(Integer, default=256, server_default="256")
+    temperature: Mapped[float] = mapped_column(Float, default=0.7, server_default="0.7")
+    top_p: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    pending_model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
+    )
 
-    model_version: Mapped[ModelVersion] = relationship()
+    model_version: Mapped[ModelVersion] = relationship(foreign_keys=[model_version_id])
+    pending_model_version: Mapped[ModelVersion | None] = relationship(
+        foreign_keys=[pending_model_version_id]
+    )
 
 
 class AuditEvent(Base):

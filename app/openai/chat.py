@@ -26,26 +26,30 @@ async def create_chat_completion(
     messages = body.plain_messages()
     target = await generation.resolve_target(session=session, ctx=ctx, model=body.model)
     params = generation.sampling(
+        target,
         max_tokens=body.token_limit,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stop,
         seed=body.seed,
     )
+    n = body.n or 1
     completion_id, created = generation.new_id("chatcmpl"), generation.now()
     if not body.stream:
-        result = await generation.generate(target, messages=messages, **params)
+        results = await generation.generate(target, n, messages=messages, **params)
         return ChatCompletion(
             id=completion_id,
             created=created,
             model=body.model,
             choices=[
                 ChatChoice(
+                    index=index,
                     message=ChatMessageOut(content=result["text"]),
                     finish_reason=result["finish_reason"],
                 )
+                for index, result in enumerate(results)
             ],
-            usage=generation.usage(result),
+            usage=generation.usage(*results),
         )
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -58,20 +62,26 @@ async def create_chat_completion(
             **extra,
         }
 
-    def choice(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def choice(index: int, delta: dict[str, str], finish_reason: str | None = None) -> dict:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-    def on_event(event: dict[str, Any]) -> list[dict[str, Any]]:
+    finals: list[dict[str, Any]] = []
+
+    def on_event(index: int, event: dict[str, Any]) -> list[dict[str, Any]]:
         if "finish_reason" not in event:
-            return [chunk([choice({"content": event["delta"]})])] if event.get("delta") else []
-        chunks = [chunk([choice({}, event["finish_reason"])])]
-        if body.include_usage:
-            chunks.append(chunk([], usage=generation.usage(event).model_dump()))
+            if not event.get("delta"):
+                return []
+            return [chunk([choice(index, {"content": event["delta"]})])]
+        finals.append(event)
+        chunks = [chunk([choice(index, {}, event["finish_reason"])])]
+        if body.include_usage and len(finals) == n:
+            chunks.append(chunk([], usage=generation.usage(*finals).model_dump()))
         return chunks
 
     return await generation.stream(
         target,
-        opening=[chunk([choice({"role": "assistant", "content": ""})])],
+        n=n,
+        opening=[chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(n)])],
         on_event=on_event,
         messages=messages,
         **params,

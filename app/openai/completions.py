@@ -26,21 +26,28 @@ async def create_completion(
     prompt = body.prompt_text()
     target = await generation.resolve_target(session=session, ctx=ctx, model=body.model)
     params = generation.sampling(
+        target,
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stop,
         seed=body.seed,
     )
+    n = body.n or 1
     completion_id, created = generation.new_id("cmpl"), generation.now()
     if not body.stream:
-        result = await generation.generate(target, prompt=prompt, **params)
+        results = await generation.generate(target, n, prompt=prompt, **params)
         return Completion(
             id=completion_id,
             created=created,
             model=body.model,
-            choices=[CompletionChoice(text=result["text"], finish_reason=result["finish_reason"])],
-            usage=generation.usage(result),
+            choices=[
+                CompletionChoice(
+                    index=index, text=result["text"], finish_reason=result["finish_reason"]
+                )
+                for index, result in enumerate(results)
+            ],
+            usage=generation.usage(*results),
         )
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -53,29 +60,20 @@ async def create_completion(
             **extra,
         }
 
-    def on_event(event: dict[str, Any]) -> list[dict[str, Any]]:
+    def choice(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    finals: list[dict[str, Any]] = []
+
+    def on_event(index: int, event: dict[str, Any]) -> list[dict[str, Any]]:
         if "finish_reason" not in event:
-            if not event.get("delta"):
-                return []
-            return [
-                chunk(
-                    [{"index": 0, "text": event["delta"], "logprobs": None, "finish_reason": None}]
-                )
-            ]
-        chunks = [
-            chunk(
-                [
-                    {
-                        "index": 0,
-                        "text": "",
-                        "logprobs": None,
-                        "finish_reason": event["finish_reason"],
-                    }
-                ]
-            )
-        ]
-        if body.include_usage:
-            chunks.append(chunk([], usage=generation.usage(event).model_dump()))
+            return [chunk([choice(index, event["delta"])])] if event.get("delta") else []
+        finals.append(event)
+        chunks = [chunk([choice(index, "", event["finish_reason"])])]
+        if body.include_usage and len(finals) == n:
+            chunks.append(chunk([], usage=generation.usage(*finals).model_dump()))
         return chunks
 
-    return await generation.stream(target, opening=[], on_event=on_event, prompt=prompt, **params)
+    return await generation.stream(
+        target, n=n, opening=[], on_event=on_event, prompt=prompt, **params
+    )

@@ -3,6 +3,7 @@ server, and relaying its stream as OpenAI server-sent events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -14,10 +15,10 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from app.core.errors import DomainError
+from app.core.errors import DomainError, ValidationFailed
 from app.openai.common import inference_error
 from app.openai.schemas import Usage
-from app.services import deployments, inference_client
+from app.services import deployments, inference_client, serving_metrics
 from app.services.deployments import ServingTarget
 from app.services.workspaces import WorkspaceContext
 
@@ -28,8 +29,8 @@ _ERROR_TYPES = {
     503: "service_unavailable_error",
 }
 
-# Turns one inference event ({"delta"} or the final {"finish_reason", ...}) into chunks.
-ChunkMaker = Callable[[dict[str, Any]], list[dict[str, Any]]]
+# Turns choice i's inference event ({"delta"} or the final {"finish_reason", ...}) into chunks.
+ChunkMaker = Callable[[int, dict[str, Any]], list[dict[str, Any]]]
 
 
 def new_id(prefix: str) -> str:
@@ -40,8 +41,10 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(result: dict[str, Any]) -> Usage:
-    prompt, completion = int(result["prompt_tokens"]), int(result["completion_tokens"])
+def usage(*results: dict[str, Any]) -> Usage:
+    """Token usage of one or n choices (the prompt is counted once, as OpenAI does)."""
+    prompt = int(results[0]["prompt_tokens"])
+    completion = sum(int(r["completion_tokens"]) for r in results)
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
@@ -58,6 +61,7 @@ async def resolve_target(*, session: Session, ctx: WorkspaceContext, model: str)
 
 
 def sampling(
+    target: ServingTarget,
     *,
     max_tokens: int | None,
     temperature: float | None,
@@ -65,22 +69,58 @@ def sampling(
     stop: str | list[str] | None,
     seed: int | None,
 ) -> dict[str, Any]:
-    """The inference client's parameters; unset ones are left to the server's defaults."""
+    """The inference client's parameters: the request's, else the deployment's defaults.
+
+    A deployment's max new tokens is also its limit: asking for more is a 400 naming
+    max_tokens. Unset parameters of an undeployed version are left to the server's defaults.
+    """
+    chosen = target.settings
+    if chosen is not None:
+        if max_tokens is not None and max_tokens > chosen.max_new_tokens:
+            serving_metrics.REQUESTS.labels(target.serving_name, "400").inc()
+            raise ValidationFailed(
+                f"max_tokens={max_tokens} is above this deployment's limit of "
+                f"{chosen.max_new_tokens} new tokens",
+                param="max_tokens",
+            )
+        max_tokens = max_tokens or chosen.max_new_tokens
+        temperature = chosen.temperature if temperature is None else temperature
+        top_p = chosen.top_p if top_p is None else top_p
     params = {
         "max_tokens": max_tokens,
         "temperature": temperature,
         "top_p": top_p,
         "stop": [stop] if isinstance(stop, str) else stop,
         "seed": seed,
+        **target.load_options,
     }
     return {key: value for key, value in params.items() if value is not None}
 
 
-async def generate(target: ServingTarget, **params: Any) -> dict[str, Any]:
+def _choice_params(params: dict[str, Any], index: int) -> dict[str, Any]:
+    """Choice `index` of n: a seeded request gets seed+index, so choices differ reproducibly."""
+    if index and params.get("seed") is not None:
+        return {**params, "seed": params["seed"] + index}
+    return params
+
+
+async def generate(target: ServingTarget, n: int = 1, **params: Any) -> list[dict[str, Any]]:
+    """n whole completions (sent together, so the server batches them); one result per choice."""
+    timer = serving_metrics.RequestTimer(target.serving_name)
     try:
-        return await inference_client.generate(target.key, target.path, **params)
+        results = await asyncio.gather(
+            *(
+                inference_client.generate(target.key, target.path, **_choice_params(params, i))
+                for i in range(n)
+            )
+        )
     except INFERENCE_ERRORS as exc:
-        raise inference_error(exc) from exc
+        error = inference_error(exc)
+        timer.done(error.status_code)
+        raise error from exc
+    timer.first_token()
+    timer.done(200, sum(int(r["completion_tokens"]) for r in results))
+    return list(results)
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -98,40 +138,102 @@ def _error_event(error: DomainError) -> dict[str, Any]:
     }
 
 
+async def _merged(
+    target: ServingTarget, n: int, params: dict[str, Any]
+) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """Events of n upstream streams as (choice index, event), in arrival order."""
+    upstreams = [
+        inference_client.generate_stream(target.key, target.path, **_choice_params(params, i))
+        for i in range(n)
+    ]
+    if n == 1:
+        try:
+            async for event in upstreams[0]:
+                yield 0, event
+        finally:
+            with anyio.CancelScope(shield=True):
+                await upstreams[0].aclose()
+        return
+    queue: asyncio.Queue[tuple[int, dict[str, Any] | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        try:
+            async for event in upstreams[index]:
+                await queue.put((index, event))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            await queue.put((index, exc))
+        else:
+            await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(n)]
+    try:
+        remaining = n
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for upstream in upstreams:
+                await upstream.aclose()
+
+
 async def stream(
     target: ServingTarget,
     *,
+    n: int = 1,
     opening: list[dict[str, Any]],
     on_event: ChunkMaker,
     **params: Any,
 ) -> StreamingResponse:
     """An SSE response: `opening` chunks, then `on_event`'s chunks per event, then [DONE].
 
-    The first event is awaited before answering, so an unreachable server or a refused
-    request still gets a proper error status; a failure after that becomes an error event.
+    `on_event(index, event)` turns choice `index`'s event into chunks. The first event is
+    awaited before answering, so an unreachable server or a refused request still gets a
+    proper error status; a failure after that becomes an error event. A client that goes away
+    closes the upstream streams, which cancels their generation in the inference server.
     """
-    upstream = inference_client.generate_stream(target.key, target.path, **params)
+    timer = serving_metrics.RequestTimer(target.serving_name)
+    upstream = _merged(target, n, params)
     try:
         first = await anext(upstream, None)
     except INFERENCE_ERRORS as exc:
-        raise inference_error(exc) from exc
+        error = inference_error(exc)
+        timer.done(error.status_code)
+        raise error from exc
 
     async def events() -> AsyncIterator[str]:
+        tokens = 0
         try:
             for chunk in opening:
                 yield _sse(chunk)
-            event = first
-            while event is not None:
-                for chunk in on_event(event):
+            item = first
+            while item is not None:
+                index, event = item
+                if event.get("delta"):
+                    timer.first_token()
+                tokens += int(event.get("completion_tokens", 0))
+                for chunk in on_event(index, event):
                     yield _sse(chunk)
-                event = await anext(upstream, None)
+                item = await anext(upstream, None)
+            timer.done(200, tokens)
         except INFERENCE_ERRORS as exc:
-            yield _sse(_error_event(inference_error(exc)))
+            error = inference_error(exc)
+            timer.done(error.status_code, tokens)
+            yield _sse(_error_event(error))
             return
         finally:
-            # Closing the upstream stream stops the generation (also when the client left).
+            # Closing the upstream streams stops the generation (also when the client left).
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
+            timer.done(499, tokens)  # no-op after a normal end; 499: the client went away
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(

@@ -1,15 +1,17 @@
-"""OpenAI `models`: the base models runs start from, and the workspace's registered versions."""
+"""OpenAI `models`: base models, deployments by their own names, and registered versions."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, Workspace
 from app.core.errors import NotFound
-from app.db.models import ModelVersion
+from app.db.models import Deployment, ModelVersion
 from app.openai.common import unix
 from app.openai.schemas import Model, ModelList
-from app.services import base_models, registry
+from app.services import base_models, deployments, registry
+from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/models", tags=["openai: models"])
 
@@ -27,11 +29,25 @@ def _version_model(version: ModelVersion, owner: str) -> Model:
     return Model(id=version.serving_name, created=unix(version.created_at), owned_by=owner)
 
 
+def _deployment_model(deployment: Deployment, owner: str) -> Model:
+    return Model(id=str(deployment.name), created=unix(deployment.created_at), owned_by=owner)
+
+
+def _named_deployments(session: Session, ctx: WorkspaceContext) -> list[Deployment]:
+    """Live deployments served under a name of their own (not their version's serving name)."""
+    return [
+        d
+        for d in deployments.live_for_workspace(session=session, ctx=ctx)
+        if d.name and d.name != d.model_version.serving_name
+    ]
+
+
 @router.get("", response_model=ModelList)
 def list_models(session: SessionDep, ctx: Workspace) -> ModelList:
     versions = registry.list_versions(session=session, ctx=ctx)
     return ModelList(
         data=[_base_model(name) for name in base_models.CATALOG]
+        + [_deployment_model(d, ctx.workspace.slug) for d in _named_deployments(session, ctx)]
         + [_version_model(v, ctx.workspace.slug) for v in versions]
     )
 
@@ -41,6 +57,9 @@ def list_models(session: SessionDep, ctx: Workspace) -> ModelList:
 def retrieve_model(model: str, session: SessionDep, ctx: Workspace) -> Model:
     if model in base_models.CATALOG:
         return _base_model(model)
+    for deployment in _named_deployments(session, ctx):
+        if deployment.name == model:
+            return _deployment_model(deployment, ctx.workspace.slug)
     version = registry.find_by_serving_name(session=session, ctx=ctx, name=model)
     if version is None:
         raise NotFound(f"the model {model!r} does not exist in this workspace", param="model")

@@ -239,18 +239,12 @@ class _GenerationRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    n: int | None = None
-    seed: int | None = None
+    n: int | None = Field(None, ge=1, le=8)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 
     def check_supported(self) -> None:
-        if self.n not in (None, 1):
-            raise ValidationFailed(
-                f"n={self.n} is not supported: this server returns one choice per request "
-                "(n=1); send several requests instead",
-                param="n",
-            )
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValidationFailed("at most 4 stop sequences are allowed", param="stop")
 

@@ -32,6 +32,8 @@ KNOWN_ACTIONS = (
     "model.export",
     "model.evaluate",
     "deployment.create",
+    "deployment.scale",
+    "deployment.redeploy",
     "deployment.delete",
     "member.invite",
     "workspace.create",

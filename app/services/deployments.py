@@ -1,22 +1,38 @@
 """Deployments: model versions loaded in the inference process and reachable by name.
 
 The web process only records and routes; the weights live in the inference server, which this
-module drives through `inference_client`.
+module drives through `inference_client`. A deployment has a serving name of its own that
+routes to its live version; a redeploy loads the new version beside the old one and switches
+the name over only once the new one is ready (docs/serving.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from dataclasses import dataclass
+import dataclasses
+import logging
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 from starlette.concurrency import run_in_threadpool
 
-from app.core.errors import InvalidTransition, NotFound, ServiceUnavailable, ValidationFailed
+from app.core.errors import (
+    InvalidTransition,
+    NotFound,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from app.core.settings import get_settings
 from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
 from app.services import artifacts, audit, base_models, inference_client, registry
 from app.services.workspaces import WorkspaceContext, get_in_workspace
+
+logger = logging.getLogger(__name__)
+
+# Strong references to background tasks (asyncio keeps only weak ones).
+_TASKS: set[asyncio.Task[None]] = set()
 
 
 def inference_key(version: ModelVersion) -> str:
@@ -25,22 +41,82 @@ def inference_key(version: ModelVersion) -> str:
 
 
 @dataclass(frozen=True)
+class DeploymentSettings:
+    """What a person chooses when deploying; also the defaults of an on-demand load."""
+
+    replicas: int = 1
+    max_batch_size: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
 class ServingTarget:
     key: str
     path: str
     serving_name: str
+    deployment_id: int | None = None
+    settings: DeploymentSettings | None = field(default=None)
+
+    @property
+    def load_options(self) -> dict[str, int]:
+        if self.settings is None:
+            return {}
+        return {"replicas": self.settings.replicas, "max_batch_size": self.settings.max_batch_size}
 
 
-def target_for_version(version: ModelVersion) -> ServingTarget:
+def settings_of(deployment: Deployment) -> DeploymentSettings:
+    return DeploymentSettings(
+        replicas=deployment.replicas,
+        max_batch_size=deployment.max_batch_size,
+        max_new_tokens=deployment.max_new_tokens,
+        temperature=deployment.temperature,
+        top_p=deployment.top_p,
+    )
+
+
+def target_for_version(
+    version: ModelVersion, deployment: Deployment | None = None
+) -> ServingTarget:
     return ServingTarget(
         key=inference_key(version),
         path=str(artifacts.existing(version.storage_key)),
-        serving_name=version.serving_name,
+        serving_name=deployment.name if deployment and deployment.name else version.serving_name,
+        deployment_id=deployment.id if deployment else None,
+        settings=settings_of(deployment) if deployment else None,
+    )
+
+
+def live_for_workspace(*, session: Session, ctx: WorkspaceContext) -> list[Deployment]:
+    """The workspace's deployments that are not stopped, newest first."""
+    return _live(session, ctx)
+
+
+def _live(session: Session, ctx: WorkspaceContext) -> list[Deployment]:
+    return list(
+        session.scalars(
+            select(Deployment)
+            .options(joinedload(Deployment.model_version))
+            .where(
+                Deployment.workspace_id == ctx.workspace.id,
+                Deployment.status != DeploymentStatus.stopped,
+            )
+            .order_by(Deployment.id.desc())
+        )
     )
 
 
 def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> ServingTarget:
-    """The version a `model` name in an OpenAI request means, deployed or not (loaded on demand)."""
+    """The version a `model` name in an OpenAI request means, deployed or not (loaded on demand).
+
+    A deployment's name routes to its live version (the old one until a redeploy's new version
+    is ready); a version's own serving name works too, with its deployment's settings if any.
+    """
+    live = _live(session, ctx)
+    for deployment in live:
+        if deployment.name == name:
+            return target_for_version(deployment.model_version, deployment)
     version = registry.find_by_serving_name(session=session, ctx=ctx, name=name)
     if version is None:
         if name in base_models.CATALOG:
@@ -50,19 +126,47 @@ def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> Serv
                 param="model",
             )
         raise NotFound(f"the model {name!r} does not exist in this workspace", param="model")
-    return target_for_version(version)
+    deployment = next((d for d in live if d.model_version_id == version.id), None)
+    return target_for_version(version, deployment)
 
 
-def create(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deployment:
+def _check_name(session: Session, ctx: WorkspaceContext, name: str, own_id: int | None) -> None:
+    for other in _live(session, ctx):
+        if other.id != own_id and (other.name == name):
+            raise ValidationFailed(
+                f"another live deployment is already called {name!r}", param="name"
+            )
+    version = registry.find_by_serving_name(session=session, ctx=ctx, name=name)
+    if version is not None and own_id is None:
+        return  # a version's own serving name is fine as its deployment's name
+    if version is not None:
+        deployment = session.get(Deployment, own_id)
+        if deployment is None or deployment.model_version_id != version.id:
+            raise ValidationFailed(
+                f"{name!r} is the serving name of another model version", param="name"
+            )
+
+
+def create(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    version_id: int,
+    name: str | None = None,
+    settings: DeploymentSettings | None = None,
+) -> Deployment:
     ctx.require(Role.editor)
     version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
     artifacts.existing(version.storage_key)
+    chosen = settings or DeploymentSettings()
+    name = name or version.serving_name
     deployment = session.scalar(
         select(Deployment).where(
             Deployment.model_version_id == version.id,
             Deployment.status != DeploymentStatus.stopped,
         )
     )
+    _check_name(session, ctx, name, deployment.id if deployment else None)
     if deployment is None:
         deployment = Deployment(
             workspace_id=ctx.workspace.id,
@@ -74,6 +178,12 @@ def create(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deplo
     else:
         deployment.status = DeploymentStatus.loading
         deployment.error = None
+    deployment.name = name
+    deployment.replicas = chosen.replicas
+    deployment.max_batch_size = chosen.max_batch_size
+    deployment.max_new_tokens = chosen.max_new_tokens
+    deployment.temperature = chosen.temperature
+    deployment.top_p = chosen.top_p
     session.flush()
     audit.record(
         session=session,
@@ -81,22 +191,16 @@ def create(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deplo
         action="deployment.create",
         target_type="deployment",
         target_id=deployment.id,
-        detail={"model_version_id": version.id, "serving_name": version.serving_name},
+        detail={"model_version_id": version.id, "serving_name": name},
     )
     session.commit()
     return deployment
 
 
-async def deploy(*, session: Session, ctx: WorkspaceContext, version_id: int) -> Deployment:
-    """One click: record the deployment and ask the inference server to load the version.
-
-    If the server is down or refuses, the deployment is marked failed with the reason (never
-    left "loading") and the caller gets a clear, retryable error.
-    """
-    deployment = await run_in_threadpool(create, session=session, ctx=ctx, version_id=version_id)
-    target = target_for_version(deployment.model_version)
+async def _load(target: ServingTarget, session: Session, deployment: Deployment) -> None:
+    """Ask the server to load (or rescale) `target`; a refusal marks the deployment failed."""
     try:
-        await inference_client.ensure_loaded(target.key, target.path)
+        await inference_client.ensure_loaded(target.key, target.path, **target.load_options)
     except inference_client.InferenceUnavailable as exc:
         await run_in_threadpool(_mark_failed, session, deployment, str(exc))
         raise ServiceUnavailable(f"{exc}; deploy again once it is running") from exc
@@ -106,6 +210,25 @@ async def deploy(*, session: Session, ctx: WorkspaceContext, version_id: int) ->
         if exc.status_code < 500:
             raise ValidationFailed(message) from exc
         raise ServiceUnavailable(message) from exc
+
+
+async def deploy(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    version_id: int,
+    name: str | None = None,
+    settings: DeploymentSettings | None = None,
+) -> Deployment:
+    """One click: record the deployment and ask the inference server to load the version.
+
+    If the server is down or refuses, the deployment is marked failed with the reason (never
+    left "loading") and the caller gets a clear, retryable error.
+    """
+    deployment = await run_in_threadpool(
+        create, session=session, ctx=ctx, version_id=version_id, name=name, settings=settings
+    )
+    await _load(target_for_version(deployment.model_version, deployment), session, deployment)
     return deployment
 
 
@@ -113,6 +236,147 @@ def _mark_failed(session: Session, deployment: Deployment, error: str) -> None:
     deployment.status = DeploymentStatus.failed
     deployment.error = error
     session.commit()
+
+
+def _editable(session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:
+    ctx.require(Role.editor)
+    deployment = get_for_member(session=session, ctx=ctx, deployment_id=deployment_id)
+    if deployment.status == DeploymentStatus.stopped:
+        raise InvalidTransition(f"deployment {deployment_id} is stopped; deploy it again")
+    return deployment
+
+
+def update_settings(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    deployment_id: int,
+    replicas: int | None = None,
+    max_batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+) -> Deployment:
+    deployment = _editable(session, ctx, deployment_id)
+    for column, value in (
+        ("replicas", replicas),
+        ("max_batch_size", max_batch_size),
+        ("max_new_tokens", max_new_tokens),
+        ("temperature", temperature),
+        ("top_p", top_p),
+    ):
+        if value is not None:
+            setattr(deployment, column, value)
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="deployment.scale",
+        target_type="deployment",
+        target_id=deployment.id,
+        detail=dataclasses.asdict(settings_of(deployment)),
+    )
+    session.commit()
+    return deployment
+
+
+async def scale(
+    *, session: Session, ctx: WorkspaceContext, deployment_id: int, **changes: object
+) -> Deployment:
+    """Change replicas / batch size / defaults; the server applies them in place (no reload)."""
+    deployment = await run_in_threadpool(
+        update_settings, session=session, ctx=ctx, deployment_id=deployment_id, **changes
+    )
+    if deployment.status != DeploymentStatus.failed:
+        await _load(target_for_version(deployment.model_version, deployment), session, deployment)
+    return deployment
+
+
+def mark_redeploy(
+    *, session: Session, ctx: WorkspaceContext, deployment_id: int, version_id: int
+) -> Deployment:
+    deployment = _editable(session, ctx, deployment_id)
+    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    artifacts.existing(version.storage_key)
+    if version.id == deployment.model_version_id:
+        raise InvalidTransition(f"deployment {deployment_id} already serves version {version.id}")
+    deployment.pending_model_version_id = version.id
+    deployment.error = None
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="deployment.redeploy",
+        target_type="deployment",
+        target_id=deployment.id,
+        detail={"from_version_id": deployment.model_version_id, "to_version_id": version.id},
+    )
+    session.commit()
+    session.refresh(deployment)
+    return deployment
+
+
+async def redeploy(
+    *, session: Session, ctx: WorkspaceContext, deployment_id: int, version_id: int
+) -> Deployment:
+    """Load `version_id` beside the live version; the name switches once it is ready.
+
+    The old version keeps serving meanwhile; once the new one is ready the deployment points at
+    it and the old one is unloaded after a drain delay (requests already routed to it finish).
+    """
+    deployment = await run_in_threadpool(
+        mark_redeploy, session=session, ctx=ctx, deployment_id=deployment_id, version_id=version_id
+    )
+    pending = deployment.pending_model_version
+    assert pending is not None
+    target = target_for_version(pending, deployment)
+    try:
+        await inference_client.ensure_loaded(target.key, target.path, **target.load_options)
+    except (inference_client.InferenceUnavailable, inference_client.InferenceError) as exc:
+        await run_in_threadpool(_clear_pending, session, deployment, f"redeploy failed: {exc}")
+        raise ServiceUnavailable(f"the new version could not be loaded: {exc}") from exc
+    _spawn(_watch_redeploy(deployment.id))
+    return deployment
+
+
+def _clear_pending(session: Session, deployment: Deployment, error: str) -> None:
+    deployment.pending_model_version_id = None
+    deployment.error = error
+    session.commit()
+
+
+def _spawn(coro: object) -> None:
+    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+async def _watch_redeploy(deployment_id: int, interval_s: float = 0.2) -> None:
+    """Poll until the pending version is ready (switch) or failed (keep the old one)."""
+    from app.db.session import session_scope
+
+    while True:
+        await asyncio.sleep(interval_s)
+        loaded = await loaded_models()
+        if loaded is None:
+            continue
+
+        def step(loaded: list[dict]) -> tuple[Actions, bool]:
+            with session_scope() as session:
+                deployment = session.get(Deployment, deployment_id)
+                if deployment is None or deployment.pending_model_version_id is None:
+                    return Actions(), True
+                actions = apply_server_status(
+                    session=session, deployments=[deployment], loaded=loaded
+                )
+                return actions, deployment.pending_model_version_id is None
+
+        try:
+            actions, finished = await run_in_threadpool(step, loaded)
+        except Exception:  # a database hiccup: the periodic reconciler will catch up
+            logger.exception("watching the redeploy of deployment %s failed", deployment_id)
+            return
+        await perform(actions)
+        if finished:
+            return
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:
@@ -132,37 +396,191 @@ def list_for_workspace(*, session: Session, ctx: WorkspaceContext) -> list[Deplo
     )
 
 
+@dataclass
+class Actions:
+    """What reconciling asks of the inference server: (re)loads and delayed unloads."""
+
+    load: list[ServingTarget] = field(default_factory=list)
+    unload_later: list[str] = field(default_factory=list)
+
+
+def _keys_in_use(session: Session) -> set[str]:
+    rows = session.execute(
+        select(Deployment.model_version_id, Deployment.pending_model_version_id).where(
+            Deployment.status != DeploymentStatus.stopped
+        )
+    )
+    keys = set()
+    for current, pending in rows:
+        keys.add(f"mv-{current}")
+        if pending is not None:
+            keys.add(f"mv-{pending}")
+    return keys
+
+
+def _queue_load(actions: Actions, version: ModelVersion, deployment: Deployment) -> str | None:
+    """Ask for `version` to be (re)loaded; the reason instead if its files are gone."""
+    try:
+        actions.load.append(target_for_version(version, deployment))
+    except NotFound as exc:
+        return exc.message
+    return None
+
+
 def apply_server_status(
     *, session: Session, deployments: list[Deployment], loaded: list[dict] | None
-) -> None:
-    """Bring recorded statuses in line with what the inference server reports."""
+) -> Actions:
+    """Bring recorded statuses in line with what the inference server reports.
+
+    A live deployment the server does not hold (it restarted) is loaded again and shows
+    "loading"; a redeploy whose new version is ready switches over.
+    """
+    actions = Actions()
     if loaded is None:
-        return
+        return actions
     by_key = {entry["name"]: entry for entry in loaded}
     changed = False
     for deployment in deployments:
         if deployment.status == DeploymentStatus.stopped:
             continue
+        pending = deployment.pending_model_version
+        if pending is not None:
+            entry = by_key.get(inference_key(pending))
+            if entry is None:
+                _queue_load(actions, pending, deployment)
+            elif entry["status"] == "ready":
+                actions.unload_later.append(inference_key(deployment.model_version))
+                # Settings changed while it loaded (a scale) are applied in place.
+                _queue_load(actions, pending, deployment)
+                deployment.model_version_id = pending.id
+                deployment.model_version = pending
+                deployment.pending_model_version_id = None
+                deployment.pending_model_version = None
+                changed = True
+            elif entry["status"] == "failed":
+                deployment.error = (
+                    f"redeploy to {pending.serving_name} failed: {entry.get('error')}"
+                )
+                deployment.pending_model_version_id = None
+                deployment.pending_model_version = None
+                actions.unload_later.append(inference_key(pending))
+                changed = True
         entry = by_key.get(inference_key(deployment.model_version))
         if entry is None:
-            status, error = DeploymentStatus.failed, "not loaded in the inference server"
-            if deployment.status == DeploymentStatus.loading:
-                continue
+            # The server restarted (or dropped it): load it again rather than show "failed".
+            error = _queue_load(actions, deployment.model_version, deployment)
+            status = DeploymentStatus.failed if error else DeploymentStatus.loading
         else:
-            status, error = DeploymentStatus(entry["status"]), entry.get("error")
+            status = DeploymentStatus(entry["status"])
+            error = entry.get("error") or (deployment.error if pending is not None else None)
         if deployment.status != status or deployment.error != error:
             deployment.status, deployment.error = status, error
             changed = True
     if changed:
         session.commit()
+    if actions.unload_later:
+        in_use = _keys_in_use(session)
+        actions.unload_later = [key for key in actions.unload_later if key not in in_use]
+    return actions
 
 
-async def refresh_status(*, session: Session, deployments: list[Deployment]) -> None:
-    """Ask the inference server what it holds and record it on these deployments."""
+async def perform(actions: Actions) -> None:
+    """Carry out reconciling's requests; the server being away just postpones them."""
+    for target in actions.load:
+        with contextlib.suppress(inference_client.InferenceUnavailable):
+            try:
+                await inference_client.ensure_loaded(target.key, target.path, **target.load_options)
+            except inference_client.InferenceError as exc:
+                logger.warning("re-loading %s failed: %s", target.serving_name, exc.detail)
+    for key in actions.unload_later:
+        _spawn(_unload_after(key, get_settings().deployment_drain_s))
+
+
+async def _unload_after(key: str, delay_s: float) -> None:
+    # Requests routed to the old version just before the switch finish on it first.
+    await asyncio.sleep(delay_s)
+    with contextlib.suppress(
+        inference_client.InferenceUnavailable, inference_client.InferenceError
+    ):
+        await inference_client.unload(key)
+
+
+async def refresh_status(
+    *, session: Session, deployments: list[Deployment]
+) -> dict[int, dict] | None:
+    """Ask the inference server what it holds, record it, and re-load what it lost.
+
+    Returns each deployment's live figures (requests, latency, TTFT, tokens/s) by id, or None
+    when the server is not reachable.
+    """
     loaded = await loaded_models()
-    await run_in_threadpool(
+    actions = await run_in_threadpool(
         apply_server_status, session=session, deployments=deployments, loaded=loaded
     )
+    await perform(actions)
+    return stats_by_deployment(deployments, loaded)
+
+
+def stats_by_deployment(
+    deployments: list[Deployment], loaded: list[dict] | None
+) -> dict[int, dict] | None:
+    if loaded is None:
+        return None
+    by_key = {entry["name"]: entry.get("stats") or {} for entry in loaded}
+    return {d.id: by_key.get(inference_key(d.model_version), {}) for d in deployments}
+
+
+async def predict(
+    *, session: Session, ctx: WorkspaceContext, deployment_id: int, inputs: str | list[str]
+) -> dict:
+    """Labels and scores from a deployed classification model."""
+    deployment = await run_in_threadpool(
+        get_for_member, session=session, ctx=ctx, deployment_id=deployment_id
+    )
+    if deployment.status == DeploymentStatus.stopped:
+        raise InvalidTransition(f"deployment {deployment_id} is stopped")
+    target = target_for_version(deployment.model_version, deployment)
+    await run_in_threadpool(session.commit)  # give the connection back during inference
+    try:
+        return await inference_client.predict(
+            target.key, target.path, inputs, **target.load_options
+        )
+    except inference_client.InferenceUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from exc
+    except inference_client.InferenceError as exc:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code < 500:
+            raise ValidationFailed(detail) from exc
+        raise ServiceUnavailable(detail) from exc
+
+
+async def reconcile_all() -> None:
+    """Every workspace's live deployments against the server (the web's periodic reconciler)."""
+    from app.db.session import session_scope
+
+    loaded = await loaded_models()
+    if loaded is None:
+        return  # nothing to compare with; the next round tries again
+
+    def step() -> Actions:
+        with session_scope() as session:
+            rows = list(
+                session.scalars(
+                    select(Deployment).where(Deployment.status != DeploymentStatus.stopped)
+                )
+            )
+            return apply_server_status(session=session, deployments=rows, loaded=loaded)
+
+    await perform(await run_in_threadpool(step))
+
+
+async def reconcile_forever(interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await reconcile_all()
+        except Exception:  # keep reconciling: one failed round is logged, not fatal
+            logger.exception("reconciling deployments failed")
 
 
 async def loaded_models() -> list[dict] | None:
@@ -192,5 +610,13 @@ def mark_stopping(*, session: Session, ctx: WorkspaceContext, deployment_id: int
 
 async def unload(deployment: Deployment) -> None:
     # A stopped inference server holds nothing, so "unreachable" means "already unloaded".
-    with contextlib.suppress(inference_client.InferenceUnavailable):
-        await inference_client.unload(inference_key(deployment.model_version))
+    keys = [inference_key(deployment.model_version)]
+    if deployment.pending_model_version is not None:
+        keys.append(inference_key(deployment.pending_model_version))
+    for key in keys:
+        with contextlib.suppress(inference_client.InferenceUnavailable):
+            try:
+                await inference_client.unload(key)
+            except inference_client.InferenceError as exc:
+                if exc.status_code != 404:
+                    raise

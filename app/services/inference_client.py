@@ -76,10 +76,25 @@ def _model_url(name: str) -> str:
     return "/models/" + quote(name, safe="")
 
 
-async def ensure_loaded(name: str, path: str) -> dict[str, Any]:
-    """Ask the server to load `path` as `name` (idempotent); returns its status, e.g. "loading"."""
+async def ensure_loaded(
+    name: str, path: str, *, replicas: int | None = None, max_batch_size: int | None = None
+) -> dict[str, Any]:
+    """Ask the server to load `path` as `name` (idempotent; new replicas / batch size are applied
+    in place); returns its status, e.g. "loading"."""
+    body: dict[str, Any] = {"path": path}
+    if replicas is not None:
+        body["replicas"] = replicas
+    if max_batch_size is not None:
+        body["max_batch_size"] = max_batch_size
     async with _client(CONTROL_TIMEOUT) as client:
-        return _checked(await client.put(_model_url(name), json={"path": path}))
+        return _checked(await client.put(_model_url(name), json=body))
+
+
+async def predict(name: str, path: str | None, inputs: str | list[str], **load: Any) -> dict:
+    """Labels and scores from a classification model: {"predictions": [{label, score, scores}]}."""
+    body = {"name": name, "path": path, "inputs": inputs, **load}
+    async with _client(GENERATE_TIMEOUT) as client:
+        return _checked(await client.post("/predict", json=body))
 
 
 async def model_status(name: str) -> dict[str, Any]:

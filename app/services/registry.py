@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.core.errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import (
@@ -115,6 +115,10 @@ def register_checkpoint(
 
     Registering the same checkpoint again returns its existing version.
     """
+    if checkpoint.deleted_at is not None:
+        raise InvalidTransition(
+            f"checkpoint at step {checkpoint.step} was removed by the retention policy"
+        )
     workspace = session.get(Workspace, run.workspace_id)
     assert workspace is not None
     name = model_name_for_run(run)

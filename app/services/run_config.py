@@ -58,6 +58,14 @@ class RunConfig(BaseModel):
     lora_r: int = Field(8, ge=1, le=512)
     lora_alpha: int = Field(16, ge=1, le=4096)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
+    # Early stopping on an evaluation metric (needs an eval set): off unless patience is set.
+    early_stopping_patience: int | None = Field(None, ge=1, le=1000)
+    early_stopping_metric: str = Field("eval_loss", pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    early_stopping_mode: Literal["min", "max"] = "min"
+    # Checkpoint retention: keep the newest N and the best by a metric; None keeps all.
+    keep_last_checkpoints: int | None = Field(None, ge=1, le=1000)
+    keep_best_metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    keep_best_mode: Literal["min", "max"] = "min"
 
     @model_validator(mode="after")
     def _warmup_within_steps(self) -> RunConfig:

@@ -70,34 +70,109 @@ def heartbeat(*, session: Session, run_id: int) -> None:
 
 
 def interrupt_orphaned_runs(*, session: Session) -> list[int]:
-    """Mark running runs whose worker went silent as interrupted; returns their ids.
+    """Mark running runs whose worker went silent as interrupted; returns the ids to re-queue.
 
-    Called when a worker starts: after a crash (kill -9, OOM, a lost machine) the run is
-    resumed from its last checkpoint instead of staying "running" for ever.
+    Called by every worker's sweeper: after a crash (kill -9, OOM, a lost machine) the run is
+    resumed from its last checkpoint instead of staying "running" for ever. A run that has
+    already used its automatic restarts (settings.run_max_restarts) is marked failed instead,
+    so a run that crashes its worker every time (out of memory, say) cannot loop.
     """
+    max_restarts = get_settings().run_max_restarts
     orphaned = list(
-        session.scalars(
-            select(Run.id).where(
+        session.execute(
+            select(Run.id, Run.attempts, Run.step).where(
                 Run.status == RunStatus.running,
                 or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < _stale_before()),
             )
         )
     )
-    for run_id in orphaned:
-        session.execute(
+    requeue: list[int] = []
+    for run_id, attempts, step in orphaned:
+        # attempts counts claims: the first start plus each restart so far.
+        if attempts > max_restarts:
+            error = (
+                f"the worker running this run died {attempts} times (last at step {step}); "
+                f"automatic restarts are capped at {max_restarts}. If it ran out of memory, "
+                "try a smaller batch size or gradient accumulation; Resume tries again from "
+                "the last checkpoint."
+            )
+            marked = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.running)
+                .values(status=RunStatus.failed, error=error, finished_at=utcnow())
+            )
+            if marked.rowcount == 1:
+                add_event(
+                    session=session, run_id=run_id, level="error", message=f"run failed: {error}"
+                )
+            continue
+        marked = session.execute(
             update(Run)
             .where(Run.id == run_id, Run.status == RunStatus.running)
             .values(status=RunStatus.interrupted)
         )
+        if marked.rowcount != 1:
+            continue  # another worker's sweeper got there first
+        requeue.append(run_id)
         add_event(
             session=session,
             run_id=run_id,
             level="warning",
             message="the worker running this run stopped answering; it will resume from its "
-            "last checkpoint",
+            f"last checkpoint (restart {attempts} of {max_restarts})",
         )
     session.commit()
-    return orphaned
+    return requeue
+
+
+def interrupt_for_shutdown(*, session: Session, run_id: int, step: int) -> bool:
+    """A worker shutting down (SIGTERM) saved a checkpoint and hands the run back.
+
+    A planned restart is not a crash: it does not use up one of the automatic restarts.
+    True when the run should be re-queued (it was still this worker's and not cancelled).
+    """
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.running)
+        .values(
+            status=RunStatus.interrupted,
+            attempts=Run.attempts - 1,  # a claimed run has attempts >= 1
+            step=step,
+        )
+    )
+    if result.rowcount == 1:
+        add_event(
+            session=session,
+            run_id=run_id,
+            level="warning",
+            message=f"the worker is shutting down: checkpoint saved at step {step}; the run "
+            "will resume on the next worker",
+        )
+    session.commit()
+    return result.rowcount == 1
+
+
+OOM_SUGGESTION = (
+    "The run ran out of memory: try a smaller batch size with gradient accumulation to keep "
+    "the effective batch, a shorter sequence length, LoRA, or bf16."
+)
+TRACEBACK_LINES = 12
+
+
+def describe_failure(exc: BaseException, traceback_text: str) -> tuple[str, str]:
+    """(error, detail) for a failed run: the error a person reads first (with a suggestion
+    when the cause is known) and the traceback's last lines for the run page.
+
+    Out-of-memory is recognised by name and message (torch.OutOfMemoryError, "CUDA out of
+    memory", MemoryError), so this needs no torch import.
+    """
+    error = f"{type(exc).__name__}: {exc}".strip()
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    text = str(exc).lower()
+    if names & {"OutOfMemoryError", "MemoryError"} or "out of memory" in text:
+        error = f"{error.splitlines()[0][:500]}\n{OOM_SUGGESTION}"
+    lines = [line for line in traceback_text.rstrip().splitlines() if line.strip()]
+    return error[:4000], "\n".join(lines[-TRACEBACK_LINES:])[:8000]
 
 
 def add_event(*, session: Session, run_id: int, message: str, level: str = "info") -> None:
@@ -152,6 +227,31 @@ def cancel_requested(*, session: Session, run_id: int) -> bool:
     return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
 
 
+def stop_flags(*, session: Session, run_id: int) -> tuple[bool, bool]:
+    """(cancel requested, stop-and-keep requested), read in one query by the reporter."""
+    row = session.execute(
+        select(Run.cancel_requested, Run.stop_requested).where(Run.id == run_id)
+    ).one_or_none()
+    return (bool(row[0]), bool(row[1])) if row is not None else (True, False)
+
+
+def mark_checkpoints_deleted(*, session: Session, run_id: int, steps: Iterable[int]) -> None:
+    """The retention policy removed these checkpoints' files: keep the rows as history, but
+    nothing (resume, the registry) may offer them again."""
+    steps = list(steps)
+    if steps:
+        session.execute(
+            update(Checkpoint)
+            .where(
+                Checkpoint.run_id == run_id,
+                Checkpoint.step.in_(steps),
+                Checkpoint.is_final.is_(False),
+                Checkpoint.deleted_at.is_(None),
+            )
+            .values(deleted_at=utcnow())
+        )
+
+
 def record_checkpoint(
     *,
     session: Session,
@@ -174,10 +274,54 @@ def record_checkpoint(
     return checkpoint
 
 
+def apply_retention(
+    *,
+    session: Session,
+    run_id: int,
+    keep_last: int | None,
+    best_metric: str | None = None,
+    best_mode: str = "min",
+) -> list[str]:
+    """Keep the newest `keep_last` checkpoints and the best by `best_metric`; mark the rest
+    deleted and return their storage keys for the worker to remove from disk.
+
+    None keeps everything. The newest checkpoint always stays (a resume needs it); the final
+    model is not a checkpoint here and is never touched.
+    """
+    if keep_last is None:
+        return []
+    live = list(
+        session.scalars(
+            select(Checkpoint)
+            .where(
+                Checkpoint.run_id == run_id,
+                Checkpoint.is_final.is_(False),
+                Checkpoint.deleted_at.is_(None),
+            )
+            .order_by(Checkpoint.step.desc())
+        )
+    )
+    keep = {c.id for c in live[: max(1, keep_last)]}
+    if best_metric:
+        scored = [c for c in live if isinstance(c.metrics.get(best_metric), int | float)]
+        if scored:
+            pick = min if best_mode == "min" else max
+            keep.add(pick(scored, key=lambda c: c.metrics[best_metric]).id)
+    doomed = [c for c in live if c.id not in keep]
+    for checkpoint in doomed:
+        checkpoint.deleted_at = utcnow()
+    session.flush()
+    return [c.storage_key for c in doomed]
+
+
 def latest_checkpoint(*, session: Session, run_id: int) -> Checkpoint | None:
     return session.scalar(
         select(Checkpoint)
-        .where(Checkpoint.run_id == run_id, Checkpoint.is_final.is_(False))
+        .where(
+            Checkpoint.run_id == run_id,
+            Checkpoint.is_final.is_(False),
+            Checkpoint.deleted_at.is_(None),
+        )
         .order_by(Checkpoint.step.desc())
         .limit(1)
     )
@@ -189,6 +333,7 @@ def finish(
     run_id: int,
     status: RunStatus,
     error: str | None = None,
+    error_detail: str | None = None,
     final_checkpoint_key: str | None = None,
     final_step: int | None = None,
     final_metrics: dict[str, Any] | None = None,
@@ -199,6 +344,7 @@ def finish(
         return
     run.status = status
     run.error = error
+    run.error_detail = error_detail
     run.finished_at = utcnow()
     if final_checkpoint_key is not None and final_step is not None:
         checkpoint = record_checkpoint(

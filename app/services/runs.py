@@ -178,6 +178,61 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     return run
 
 
+def stop_and_keep(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
+    """End a running run early but keep it: the worker saves a checkpoint and the final model,
+    the run finishes as succeeded and is registered like any other (cancel discards instead)."""
+    ctx.require(Role.editor)
+    run = get_for_member(session=session, ctx=ctx, run_id=run_id)
+    if run.status != RunStatus.running or run.cancel_requested:
+        raise InvalidTransition(
+            f"run {run.id} is {run.status}; only a running run can be stopped and kept "
+            "(cancel a queued one)"
+        )
+    if not run.stop_requested:
+        run.stop_requested = True
+        session.add(
+            RunEvent(run_id=run.id, message=f"stop and keep requested by {ctx.user.email}")
+        )
+    session.commit()
+    return run
+
+
+RESUMABLE = (RunStatus.interrupted, RunStatus.failed)
+
+
+def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
+    """Queue an interrupted or failed run again; it continues from its last checkpoint.
+
+    A person asking gives it a fresh budget of automatic restarts. If the broker refuses,
+    the run is put back as it was.
+    """
+    ctx.require(Role.editor)
+    run = get_for_member(session=session, ctx=ctx, run_id=run_id)
+    before = RunStatus(run.status)
+    if before not in RESUMABLE:
+        raise InvalidTransition(
+            f"run {run.id} is {before}; only an interrupted or failed run can be resumed"
+        )
+    saved = (run.error, run.error_detail, run.finished_at, run.attempts)
+    run.status = RunStatus.queued
+    run.error = None
+    run.error_detail = None
+    run.finished_at = None
+    run.attempts = 0
+    run.stop_requested = False
+    session.add(RunEvent(run_id=run.id, message=f"resume requested by {ctx.user.email}; queued"))
+    session.commit()
+    try:
+        run.task_id = task_queue.enqueue_training(run.id)
+    except Exception:
+        run.status = before
+        run.error, run.error_detail, run.finished_at, run.attempts = saved
+        session.commit()
+        raise
+    session.commit()
+    return run
+
+
 class MetricRow(NamedTuple):  # a tuple: a run's history is thousands of them
     id: int
     step: int

@@ -115,28 +115,34 @@ async def deploy_version(
 
 
 def _deployments_page(
-    request: Request, session: Session, pc: PageContext, loaded: list[dict] | None
-) -> Response:
+    request: Request,
+    session: Session,
+    pc: PageContext,
+    loaded: list[dict] | None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> tuple[Response, deployments.Actions]:
+    from app.web.deployments_pages import deployments_context
+
     rows = deployments.list_for_workspace(session=session, ctx=pc.ctx)
-    deployments.apply_server_status(session=session, deployments=rows, loaded=loaded)
-    return render(
+    actions = deployments.apply_server_status(session=session, deployments=rows, loaded=loaded)
+    context = deployments_context(request, session, pc, rows, loaded)
+    response = render(
         request,
         "deployments.html",
-        {
-            "deployments": rows,
-            "server_up": loaded is not None,
-            # Poll while something is loading and there is a server to ask.
-            "polling": loaded is not None
-            and any(d.status == DeploymentStatus.loading for d in rows),
-        },
+        {**context, "deploy_error": error},
         block="deployments_table",
+        status_code=status_code,
     )
+    return response, actions
 
 
 @router.get("/deployments")
 async def deployment_list(request: Request, session: DbDep, pc: PageDep) -> Response:
     loaded = await deployments.loaded_models()
-    return await run_in_threadpool(_deployments_page, request, session, pc, loaded)
+    response, actions = await run_in_threadpool(_deployments_page, request, session, pc, loaded)
+    await deployments.perform(actions)
+    return response
 
 
 @router.post("/deployments/{deployment_id}/stop", dependencies=[CSRF])

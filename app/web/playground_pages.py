@@ -31,6 +31,7 @@ class PlaygroundRequest(BaseModel):
     model: str = Field(min_length=1, max_length=255)
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(128, ge=1, le=4096)
 
 
@@ -40,6 +41,7 @@ def playground(
     session: DbDep,
     pc: PageDep,
     model: Annotated[str | None, Query(max_length=255)] = None,
+    compare: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Response:
     versions = registry.list_versions(session=session, ctx=pc.ctx)
     live = [
@@ -50,10 +52,24 @@ def playground(
     deployed = {d.model_version_id: d for d in reversed(live)}
     # Ready deployments first: they answer without a load.
     versions.sort(key=lambda v: (v.id not in deployed, -v.id))
+    # Deployments by their own serving name first; a name routes to the live version.
+    named = [d for d in live if d.name]
+    deployment_names = {d.name for d in named}
+    names = [d.name for d in named] + [
+        v.serving_name for v in versions if v.serving_name not in deployment_names
+    ]
     return render(
         request,
         "playground.html",
-        {"versions": versions, "deployed": deployed, "selected": model},
+        {
+            "versions": versions,
+            "deployed": deployed,
+            "selected": model,
+            "compare": compare,
+            "named": named,
+            "deployment_names": deployment_names,
+            "names": names,
+        },
     )
 
 
@@ -93,6 +109,8 @@ async def stream_chat(
                 messages=messages,
                 max_tokens=body.max_tokens,
                 temperature=body.temperature,
+                top_p=body.top_p,
+                **target.load_options,
             ):
                 yield _sse(event)
         except inference_client.InferenceUnavailable as exc:

@@ -7,11 +7,13 @@ from app.web import (
     compare_pages,
     dashboard_pages,
     datasets_pages,
+    deployments_pages,
     models_pages,
     playground_pages,
     registry_pages,
     runs_pages,
     settings_pages,
+    workers_pages,
 )
 
 pages_router = APIRouter()
@@ -23,7 +25,9 @@ for module in (
     compare_pages,
     models_pages,
     registry_pages,
+    deployments_pages,
     playground_pages,
     settings_pages,
+    workers_pages,
 ):
     pages_router.include_router(module.router)

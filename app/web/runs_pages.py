@@ -13,7 +13,7 @@ from starlette.responses import Response
 from app.api.schemas import RunCreate
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
-from app.services import base_models, datasets, registry, runs
+from app.services import base_models, datasets, estimate, registry, run_spec, runs
 from app.services.run_config import RunConfig
 from app.web.pages import (
     CSRF,
@@ -153,9 +153,53 @@ def new_run(
     session: DbDep,
     pc: PageDep,
     dataset_id: Annotated[int | None, Query()] = None,
+    clone: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> Response:
+    """The launch form; `?clone=ID` opens it pre-filled with that run's config."""
     pc.ctx.require(Role.editor)
-    return _form_page(request, session, pc, _defaults(dataset_id), {})
+    values = _defaults(dataset_id)
+    if clone is not None:
+        spec = run_spec.spec_of(runs.get_for_member(session=session, ctx=pc.ctx, run_id=clone))
+        values.update(
+            {k: "" if v is None else str(v) for k, v in spec["config"].items() if k in values},
+            name=f"{spec['name']} (clone)"[:255],
+            suffix=spec["suffix"] or "",
+            base_model=spec["base_model"],
+            dataset_id=str(spec["dataset_id"]),
+            validation_dataset_id=str(spec["validation_dataset_id"] or ""),
+        )
+    return _form_page(request, session, pc, values, {})
+
+
+@router.post("/estimate", dependencies=[CSRF])
+def estimate_run(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    form: Annotated[LaunchForm, Form()],
+) -> Response:
+    """The launch form's estimate panel, re-rendered by htmx as the fields change."""
+    values = form.model_dump()
+    config_fields = {
+        key: value.strip()
+        for key in RunConfig.model_fields
+        if (value := values.get(key, "")) and value.strip()
+    }
+    result = None
+    problem = None
+    try:
+        result = estimate.for_launch(
+            session=session,
+            ctx=pc.ctx,
+            base_model=form.base_model,
+            config=RunConfig(**config_fields),
+            dataset_id=_optional_id(form.dataset_id, "dataset_id", {}),
+        )
+    except ValidationError:
+        problem = "Fix the highlighted values to see an estimate."
+    except DomainError as exc:
+        problem = exc.message
+    return render(request, "_estimate.html", {"estimate": result, "problem": problem})
 
 
 @router.post("", dependencies=[CSRF])
@@ -231,3 +275,54 @@ def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Re
 def cancel_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     runs.cancel(session=session, ctx=pc.ctx, run_id=run_id)
     return redirect(request, f"/runs/{run_id}")
+
+
+@router.post("/{run_id}/stop", dependencies=[CSRF])
+def stop_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    """Stop and keep: the run ends early as succeeded, its model registered."""
+    runs.stop_and_keep(session=session, ctx=pc.ctx, run_id=run_id)
+    return redirect(request, f"/runs/{run_id}")
+
+
+@router.post("/{run_id}/resume", dependencies=[CSRF])
+def resume_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    runs.resume(session=session, ctx=pc.ctx, run_id=run_id)
+    return redirect(request, f"/runs/{run_id}")
+
+
+def _config_page(
+    request: Request, run: Any, text: str, error: str | None, status_code: int = 200
+) -> Response:
+    return render(
+        request,
+        "run_config.html",
+        {"run": run, "text": text, "error": error},
+        status_code=200 if is_htmx(request) else status_code,
+    )
+
+
+@router.get("/{run_id}/config")
+def run_config(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    """The run's config as YAML, editable: launching it starts a new run (a clone)."""
+    run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
+    return _config_page(request, run, run_spec.dump(run_spec.spec_of(run), "yaml"), None)
+
+
+@router.post("/{run_id}/config", dependencies=[CSRF])
+def launch_from_config(
+    run_id: int,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    config_text: Annotated[str, Form(max_length=run_spec.MAX_SPEC_BYTES)],
+) -> Response:
+    run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
+    try:
+        spec = run_spec.validate(run_spec.parse(config_text))
+        new = run_spec.launch(session=session, ctx=pc.ctx, spec=spec)
+    except Forbidden:
+        raise
+    except DomainError as exc:
+        rollback(request)
+        return _config_page(request, run, config_text, exc.message, status_code=exc.status_code)
+    return redirect(request, f"/runs/{new.id}")

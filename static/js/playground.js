@@ -8,28 +8,42 @@
 
   var url = root.dataset.streamUrl;
   var csrf = document.querySelector('meta[name="csrf-token"]').content;
-  var log = document.getElementById("chat-log");
-  var empty = document.getElementById("chat-empty");
+  var logs = document.getElementById("chat-logs");
   var form = document.getElementById("chat-form");
   var input = document.getElementById("chat-input");
   var send = document.getElementById("chat-send");
   var stop = document.getElementById("chat-stop");
   var clear = document.getElementById("chat-clear");
-  var model = document.getElementById("pg-model");
   var system = document.getElementById("pg-system");
   var temperature = document.getElementById("pg-temperature");
+  var topP = document.getElementById("pg-top-p");
   var maxTokens = document.getElementById("pg-max-tokens");
+  var compare = document.getElementById("pg-compare");
 
-  var history = []; // the conversation so far: {role, content}
-  var controller = null;
+  // One pane per model: its own log and conversation. The second shows only when comparing.
+  var panes = [
+    { log: document.getElementById("chat-log"), model: document.getElementById("pg-model"), history: [] },
+    { log: document.getElementById("chat-log-b"), model: compare, history: [] },
+  ];
+  var controllers = [];
 
-  function bubble(kind, text) {
-    if (empty) { empty.remove(); empty = null; }
+  function comparing() { return compare && compare.value !== ""; }
+
+  function layout() {
+    panes[1].log.hidden = !comparing();
+    logs.classList.toggle("split", comparing());
+  }
+  if (compare) compare.addEventListener("change", layout);
+  layout();
+
+  function bubble(pane, kind, text) {
+    var empty = pane.log.querySelector(".empty");
+    if (empty) empty.remove();
     var div = document.createElement("div");
     div.className = "bubble " + kind;
     div.textContent = text;
-    log.appendChild(div);
-    log.scrollTop = log.scrollHeight;
+    pane.log.appendChild(div);
+    pane.log.scrollTop = pane.log.scrollHeight;
     return div;
   }
 
@@ -78,24 +92,28 @@
     }
   }
 
-  async function ask(text) {
-    history.push({ role: "user", content: text });
-    bubble("user", text);
-    var answer = bubble("assistant streaming", "");
+  // Streams one answer into a pane; shows finish reason, tokens, time to first token, tokens/s.
+  async function askPane(pane, text) {
+    pane.history.push({ role: "user", content: text });
+    bubble(pane, "user", text);
+    var answer = bubble(pane, "assistant streaming", "");
     var content = "";
-    var messages = history.slice();
+    var messages = pane.history.slice();
     if (system.value.trim()) messages.unshift({ role: "system", content: system.value.trim() });
-    controller = new AbortController();
-    setBusy(true);
+    var controller = new AbortController();
+    controllers.push(controller);
+    var started = performance.now();
+    var firstAt = null;
     try {
       var res = await fetch(url, {
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "Accept": "text/event-stream", "X-CSRF-Token": csrf },
         body: JSON.stringify({
-          model: model.value,
+          model: pane.model.value,
           messages: messages,
           temperature: numberOr(temperature, 0.7),
+          top_p: numberOr(topP, 1),
           max_tokens: Math.round(numberOr(maxTokens, 128)),
         }),
         signal: controller.signal,
@@ -107,30 +125,47 @@
       await readEvents(res, function (event) {
         if (event.error) throw new Error(event.error);
         if (event.delta) {
+          if (firstAt === null) firstAt = performance.now();
           content += event.delta;
           answer.textContent = content;
-          log.scrollTop = log.scrollHeight;
+          pane.log.scrollTop = pane.log.scrollHeight;
         }
         if (event.finish_reason) finish = event;
       });
       if (finish) {
+        var ended = performance.now();
+        var parts = [finish.finish_reason];
+        if (finish.completion_tokens != null) parts.push(finish.completion_tokens + " tokens");
+        if (firstAt !== null) {
+          parts.push("TTFT " + Math.round(firstAt - started) + " ms");
+          var decoding = (ended - firstAt) / 1000;
+          if (finish.completion_tokens > 1 && decoding > 0) {
+            parts.push(((finish.completion_tokens - 1) / decoding).toFixed(1) + " tokens/s");
+          }
+        }
         var meta = document.createElement("span");
         meta.className = "meta";
-        meta.textContent = finish.finish_reason + (finish.completion_tokens != null ? " · " + finish.completion_tokens + " tokens" : "");
+        meta.textContent = parts.join(" · ");
         answer.appendChild(meta);
       }
-      history.push({ role: "assistant", content: content });
+      pane.history.push({ role: "assistant", content: content });
     } catch (err) {
-      history.pop(); // the question was not answered: a retry should not send it twice
+      pane.history.pop(); // the question was not answered: a retry should not send it twice
       if (!content) answer.remove();
-      if (err.name === "AbortError") {
-        bubble("error", "Stopped.");
-      } else {
-        bubble("error", err.message || String(err));
-      }
+      bubble(pane, "error", err.name === "AbortError" ? "Stopped." : (err.message || String(err)));
     } finally {
       answer.classList.remove("streaming");
-      controller = null;
+    }
+  }
+
+  async function ask(text) {
+    setBusy(true);
+    var active = comparing() ? panes : [panes[0]];
+    try {
+      // The same prompt goes to both models at once.
+      await Promise.all(active.map(function (pane) { return askPane(pane, text); }));
+    } finally {
+      controllers = [];
       setBusy(false);
       input.focus();
     }
@@ -139,7 +174,7 @@
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = input.value.trim();
-    if (!text || controller) return;
+    if (!text || controllers.length) return;
     input.value = "";
     ask(text);
   });
@@ -149,10 +184,11 @@
       form.requestSubmit();
     }
   });
-  stop.addEventListener("click", function () { if (controller) controller.abort(); });
+  stop.addEventListener("click", function () {
+    controllers.forEach(function (c) { c.abort(); });
+  });
   clear.addEventListener("click", function () {
-    if (controller) controller.abort();
-    history = [];
-    log.textContent = "";
+    controllers.forEach(function (c) { c.abort(); });
+    panes.forEach(function (pane) { pane.history = []; pane.log.textContent = ""; });
   });
 })();

@@ -8,7 +8,10 @@
   var root = document.getElementById("run-live");
   if (!root) return;
 
-  var SMALL = ["learning_rate", "grad_norm", "tokens_per_second", "eval_perplexity"];
+  // Every small chart on the page (training and system metrics), named by data-chart.
+  var SMALL = Array.prototype.map.call(document.querySelectorAll("[data-chart]"), function (e) {
+    return e.getAttribute("data-chart");
+  });
   var COLORS = { train: "#4f46e5", eval: "#e8590c", small: "#4f46e5" };
   var MAX_LOG_LINES = 1000;
 

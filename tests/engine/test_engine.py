@@ -25,6 +25,7 @@ from workers.engine import (
 from workers.engine.data import build_blocks, read_rows, split_rows
 from workers.engine.device import plan_device
 from workers.engine.scratch import scratch_config
+from workers.engine.system_metrics import SYSTEM_METRIC_KEYS
 from workers.engine.tokenizer import train_tokenizer
 
 SUBJECTS = ["the cat", "the dog", "a small bird", "my friend", "the old teacher"]
@@ -124,7 +125,13 @@ def test_training_reduces_loss_and_saves_loadable_safetensors_checkpoints(
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
     assert recorder.eval_losses(), "no evaluation was reported"
     for _, metrics in recorder.metrics:
-        assert set(metrics) in (set(TRAIN_METRIC_KEYS), set(EVAL_METRIC_KEYS))
+        assert set(metrics) in (set(TRAIN_METRIC_KEYS), set(EVAL_METRIC_KEYS)) or set(
+            metrics
+        ) <= set(SYSTEM_METRIC_KEYS)
+    system = [m for _, m in recorder.metrics if "cpu_percent" in m]
+    assert system, "system metrics were not reported"
+    assert all(m["ram_mb"] > 10 and m["samples_per_second"] > 0 for m in system)
+    assert not any("gpu_utilization" in m or "mfu" in m for m in system), "no GPU here"
     assert all(m["tokens_per_second"] > 0 for _, m in recorder.metrics if "train_loss" in m)
     assert recorder.progress[-1] == (30, 30)
     assert any(message.startswith("tokenizer trained: vocab") for _, message in recorder.logs)

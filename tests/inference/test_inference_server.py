@@ -31,6 +31,7 @@ from workers.inference.generation import (
     render_chat,
     stream,
 )
+from workers.inference.generation import generate as generate_async
 from workers.inference.registry import LoadedModel, resolve_model_path
 from workers.inference.server import TOKEN_HEADER, create_app
 
@@ -50,7 +51,9 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TINY = "models/tiny"  # relative to the artifact root
 
 
-def build_tiny_model(folder: Path, *, chat_template: str | None = CHAT_TEMPLATE) -> None:
+def build_tiny_model(
+    folder: Path, *, chat_template: str | None = CHAT_TEMPLATE, positions: int = 64, seed: int = 0
+) -> None:
     """Train a byte-level BPE tokenizer and save a 1-layer GPT-2 beside it, in safetensors."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -70,13 +73,13 @@ def build_tiny_model(folder: Path, *, chat_template: str | None = CHAT_TEMPLATE)
     if chat_template:
         tokenizer.chat_template = chat_template
     eos = tokenizer.eos_token_id
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_layer=1,
         n_head=2,
         n_embd=32,
-        n_positions=64,
+        n_positions=positions,
         bos_token_id=eos,
         eos_token_id=eos,
     )
@@ -254,6 +257,7 @@ def test_a_model_that_fails_to_load_answers_503_with_the_reason(client: TestClie
     answer = generate(client, name="broken", prompt="hi")
     assert answer.status_code == 503
     assert "failed to load" in answer.json()["detail"]
+    assert answer.headers["Retry-After"] == "2"
 
 
 def test_an_unknown_model_without_a_path_is_404(client: TestClient) -> None:
@@ -435,9 +439,11 @@ def test_a_cancelled_request_stops_at_the_next_token(client: TestClient) -> None
     assert result.finish_reason == "stop"
 
 
-def test_closing_a_stream_cancels_it_and_frees_the_model(client: TestClient) -> None:
+def test_closing_a_stream_cancels_its_row_and_the_lane_takes_the_next_request(
+    client: TestClient,
+) -> None:
     shared = client.app.state.inference.registry.get("tiny")
-    # A private entry (own asyncio.Lock) so this loop never touches the app's lock.
+    # A private entry (own lane thread) so this loop never shares the app's queues.
     entry = LoadedModel(
         name="copy",
         path=TINY,
@@ -448,8 +454,12 @@ def test_closing_a_stream_cancels_it_and_frees_the_model(client: TestClient) -> 
         device=shared.device,
         context_length=shared.context_length,
     )
+    entry.start_lanes()
     request = PreparedRequest(
         shared.tokenizer("the cat")["input_ids"], SamplingParams(max_tokens=50, temperature=0)
+    )
+    after = PreparedRequest(
+        shared.tokenizer("a dog")["input_ids"], SamplingParams(max_tokens=3, temperature=0)
     )
 
     async def scenario() -> None:
@@ -457,13 +467,63 @@ def test_closing_a_stream_cancels_it_and_frees_the_model(client: TestClient) -> 
         assert isinstance(await anext(events), str)
         await events.aclose()
         assert request.cancel.is_set()
-        for _ in range(200):
-            if not entry.lock.locked():
-                break
-            await asyncio.sleep(0.025)
-        assert not entry.lock.locked()
+        # The lane is free again: the next request is answered whole.
+        result = await generate_async(entry, after)
+        assert result.completion_tokens == 3
+        assert request.cancelled
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        entry.close_lanes()
+
+
+def test_concurrent_streams_share_one_batch_and_each_gets_its_own_answer(
+    client: TestClient,
+) -> None:
+    shared = client.app.state.inference.registry.get("tiny")
+    batches: list[int] = []
+    entry = LoadedModel(
+        name="batched",
+        path=TINY,
+        source=shared.source,
+        status="ready",
+        model=shared.model,
+        tokenizer=shared.tokenizer,
+        device=shared.device,
+        context_length=shared.context_length,
+        on_batch=batches.append,
+    )
+    entry.start_lanes()
+    prompts = ["the cat", "a dog ran", "we like to read", "hello"]
+
+    def prepared(prompt: str, max_tokens: int) -> PreparedRequest:
+        ids = shared.tokenizer(prompt)["input_ids"]
+        return PreparedRequest(ids, SamplingParams(max_tokens=max_tokens, temperature=0))
+
+    async def collect(request: PreparedRequest) -> tuple[str, Any]:
+        text, final = "", None
+        async for item in stream(entry, request):
+            if isinstance(item, str):
+                text += item
+            else:
+                final = item
+        return text, final
+
+    async def scenario() -> None:
+        alone = [await generate_async(entry, prepared(p, 3 + i)) for i, p in enumerate(prompts)]
+        batches.clear()
+        together = await asyncio.gather(
+            *(collect(prepared(p, 3 + i)) for i, p in enumerate(prompts))
+        )
+        assert batches == [4]
+        for (text, final), single in zip(together, alone, strict=True):
+            assert final == single and text == single.text
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        entry.close_lanes()
 
 
 def test_concurrent_requests_are_all_answered_as_if_alone(client: TestClient) -> None:

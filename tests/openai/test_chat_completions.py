@@ -90,7 +90,9 @@ def test_chat_completion_through_the_openai_package_maps_model_errors(
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 9}, "n"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
          "messages[0].content"),
@@ -125,6 +127,7 @@ def test_chat_completion_when_the_inference_server_is_down_is_a_503_to_retry(
         )
         error = assert_openai_error(response, 503)
         assert error["message"] == "the inference server is not reachable; retry shortly"
+        assert response.headers["Retry-After"] == "2"
     with pytest.raises(openai.InternalServerError):
         openai_for(team.owner).chat.completions.create(model=fine_tuned_model, messages=HELLO)
 

@@ -155,6 +155,21 @@ class Site:
         assert created.status_code == 201, created.text
         return int(created.json()["id"])
 
+    def new_run_in(self, status: str) -> int:
+        """A run a worker has claimed ("running") or that then failed ("failed")."""
+        from app.db.models import RunStatus
+        from app.db.session import session_scope
+        from app.services import run_execution
+
+        run_id = self.new_run()
+        with session_scope() as session:
+            assert run_execution.claim(session=session, run_id=run_id, task_id="t") is not None
+            if status == "failed":
+                run_execution.finish(
+                    session=session, run_id=run_id, status=RunStatus.failed, error="boom"
+                )
+        return run_id
+
     def new_token(self, name: str = "spare") -> int:
         created = self.api("owner", "POST", "/api/v1/tokens", json={"name": name})
         assert created.status_code == 201, created.text
@@ -378,6 +393,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             ids["upload"] = site.new_upload()
             ids["sent_upload"] = site.new_sent_upload()
             ids["run"] = site.new_run(name=RUN_NAME)
+            ids["running_run"] = site.new_run_in("running")
+            ids["failed_run"] = site.new_run_in("failed")
             ids["finished_run"], ids["version"], ids["serving_name"] = (
                 site.finished_run_with_version()
             )

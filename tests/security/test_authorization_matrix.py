@@ -161,11 +161,21 @@ RULES: dict[tuple[str, str], Rule] = {
     # --- runs -------------------------------------------------------------------------------
     ("GET", "/api/v1/base-models"): R(A.SIGNED_IN),
     ("GET", "/api/v1/runs"): R(A.VIEWER, "list"),
+    ("GET", "/api/v1/workers"): R(A.VIEWER),
     ("POST", "/api/v1/runs"): R(A.EDITOR, "id", 201, json={"dataset_id": "{dataset}"}),
+    ("POST", "/api/v1/runs/estimate"): R(A.VIEWER, json={"config": {"batch_size": 4}}),
     ("GET", "/api/v1/runs/{run_id}"): R(A.VIEWER, "id", url="/api/v1/runs/{run}"),
     ("POST", "/api/v1/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", url="/api/v1/runs/{run}/cancel", consumes="run"
     ),
+    ("POST", "/api/v1/runs/{run_id}/stop"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{running_run}/stop", consumes="running_run"
+    ),
+    ("POST", "/api/v1/runs/{run_id}/resume"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{failed_run}/resume", consumes="failed_run"
+    ),
+    ("GET", "/api/v1/runs/{run_id}/config"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/config"),
+    ("POST", "/api/v1/runs/{run_id}/clone"): R(A.EDITOR, "id", 201, url="/api/v1/runs/{run}/clone"),
     ("GET", "/api/v1/runs/{run_id}/metrics"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/metrics"),
     ("GET", "/api/v1/runs/{run_id}/events"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/events"),
     ("GET", "/api/v1/runs/{run_id}/checkpoints"): R(
@@ -244,6 +254,24 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/deployments/{deployment_id}"): R(
         A.EDITOR, "id", url="/api/v1/deployments/{deployment}", consumes="deployment"
     ),
+    ("PATCH", "/api/v1/deployments/{deployment_id}"): R(
+        A.EDITOR, "id", url="/api/v1/deployments/{deployment}", json={"replicas": 1}
+    ),
+    # The owner's deployment already serves {version}: allowed callers reach that check (409).
+    ("POST", "/api/v1/deployments/{deployment_id}/redeploy"): R(
+        A.EDITOR,
+        "id",
+        409,
+        url="/api/v1/deployments/{deployment}/redeploy",
+        json={"model_version_id": "{version}"},
+    ),
+    ("POST", "/api/v1/deployments/{deployment_id}/predict"): R(
+        A.VIEWER,
+        "id",
+        url="/api/v1/deployments/{deployment}/predict",
+        json={"inputs": "hello"},
+        inference=True,
+    ),
     # --- the OpenAI facade ------------------------------------------------------------------
     ("GET", "/v1/files"): R(A.VIEWER, "list"),
     ("POST", "/v1/files"): R(A.EDITOR, files="train.jsonl", form={"purpose": "fine-tune"}),
@@ -298,12 +326,28 @@ RULES: dict[tuple[str, str], Rule] = {
         A.EDITOR, "id", 303, url="/datasets/{dataset}/delete", consumes="dataset"
     ),
     ("GET", "/runs"): R(A.VIEWER, "list"),
+    ("GET", "/workers"): R(A.VIEWER),
     ("GET", "/runs/new"): R(A.EDITOR),
     ("POST", "/runs"): R(A.EDITOR, "id", 303, form={"dataset_id": "{dataset}"}),
+    ("POST", "/runs/estimate"): R(A.VIEWER, form={"batch_size": "4"}),
+    ("GET", "/runs/{run_id}/config"): R(A.VIEWER, "id", url="/runs/{run}/config"),
+    ("POST", "/runs/{run_id}/config"): R(
+        A.EDITOR,
+        "id",
+        303,
+        url="/runs/{run}/config",
+        form={"config_text": "dataset_id: {dataset}\nconfig: {{max_steps: 2}}"},
+    ),
     ("GET", "/runs/{run_id}"): R(A.VIEWER, "id", url="/runs/{run}"),
     ("GET", "/compare"): R(A.VIEWER, "id", url="/compare?run={run}&run={finished_run}"),
     ("POST", "/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", 303, url="/runs/{run}/cancel", consumes="run"
+    ),
+    ("POST", "/runs/{run_id}/stop"): R(
+        A.EDITOR, "id", 303, url="/runs/{running_run}/stop", consumes="running_run"
+    ),
+    ("POST", "/runs/{run_id}/resume"): R(
+        A.EDITOR, "id", 303, url="/runs/{failed_run}/resume", consumes="failed_run"
     ),
     ("GET", "/models"): R(A.VIEWER, "list"),
     ("POST", "/models/versions/{version_id}/deploy"): R(
@@ -332,6 +376,19 @@ RULES: dict[tuple[str, str], Rule] = {
     # A .bin upload is a pickle: the form comes back with the reason (400).
     ("POST", "/models/import"): R(A.EDITOR, ok=400, files="model.bin", form={"name": "imp"}),
     ("GET", "/deployments"): R(A.VIEWER, "list"),
+    ("POST", "/deployments"): R(
+        A.EDITOR, "id", form={"model_version_id": "{version}"}, inference=True
+    ),
+    ("POST", "/deployments/{deployment_id}/scale"): R(
+        A.EDITOR, "id", 303, url="/deployments/{deployment}/scale", form={"replicas": "1"}
+    ),
+    ("POST", "/deployments/{deployment_id}/redeploy"): R(
+        A.EDITOR,
+        "id",
+        409,
+        url="/deployments/{deployment}/redeploy",
+        form={"model_version_id": "{version}"},
+    ),
     ("POST", "/deployments/{deployment_id}/stop"): R(
         A.EDITOR, "id", 303, url="/deployments/{deployment}/stop", consumes="deployment"
     ),
@@ -451,6 +508,8 @@ def fresh(site: Site, kind: str) -> Any:
         "run": site.new_run,
         "upload": site.new_upload,
         "sent_upload": site.new_sent_upload,
+        "running_run": lambda: site.new_run_in("running"),
+        "failed_run": lambda: site.new_run_in("failed"),
         "deployment": site.new_deployment,
         "token": site.new_token,
         "member_email": site.new_user,
@@ -607,6 +666,7 @@ VIEWER_WRITES = {
     ("PUT", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
     ("POST", "/api/v1/uploads/{upload_id}/complete"): "their own chunked upload",
     ("DELETE", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
+    ("POST", "/api/v1/deployments/{deployment_id}/predict"): "using a deployed classifier",
 }
 
 

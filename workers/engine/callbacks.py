@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 # Keys on_metrics sends. Training logs carry TRAIN_METRIC_KEYS, evaluations EVAL_METRIC_KEYS.
 TRAIN_METRIC_KEYS = ("train_loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
 EVAL_METRIC_KEYS = ("eval_loss", "eval_perplexity")
+# System metrics (workers/engine/system_metrics.py) come as their own report, at most once a
+# second: a subset of SYSTEM_METRIC_KEYS (GPU keys and mfu only where they can be measured).
 
 
 @runtime_checkable

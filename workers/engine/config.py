@@ -85,6 +85,11 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] | None = None  # None: per architecture (models.py)
     generation_eval_rows: int = 32  # seq2seq: eval rows generated for BLEU/ROUGE at the end
+    # Early stopping: end the run when this evaluation metric has not improved (lower for
+    # "min", higher for "max") for `patience` evaluations. None: off.
+    early_stopping_patience: int | None = None
+    early_stopping_metric: str = "eval_loss"
+    early_stopping_mode: str = "min"
 
     @property
     def is_scratch(self) -> bool:
@@ -145,7 +150,17 @@ class TrainConfig:
                 f"block size must be between 8 and {max_block} for {self.base_model} "
                 f"(got {self.block_size})"
             )
-        for name in ("eval_steps", "save_steps", "keep_checkpoints", "cpu_threads"):
+        if self.early_stopping_mode not in ("min", "max"):
+            problems.append(
+                f"early stopping mode must be min or max (got {self.early_stopping_mode!r})"
+            )
+        for name in (
+            "eval_steps",
+            "save_steps",
+            "keep_checkpoints",
+            "cpu_threads",
+            "early_stopping_patience",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1 (got {value})")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workers.engine import eval_metrics
+from workers.engine import metrics as engine_metrics
 from workers.engine.data import read_rows, render_rows
 from workers.engine.export import load_causal_lm
 
@@ -45,7 +45,7 @@ def evaluate(
             tokens += ids.shape[1] - 1
             progress(0.6 * (index + 1) / max(len(rows), 1))
     metrics: dict[str, float] = {
-        "perplexity": eval_metrics.perplexity(nll, tokens),
+        "perplexity": engine_metrics.perplexity(nll, tokens),
         "eval_loss": nll / tokens if tokens else float("nan"),
         "eval_tokens": float(tokens),
         "eval_rows": float(len(rows)),
@@ -56,8 +56,10 @@ def evaluate(
         for row in chats[:REFERENCE_ROWS]:
             hypotheses.append(_generate(model, tokenizer, row[:-1], max_new_tokens))
             references.append(row[-1]["content"])
-        metrics["bleu"] = eval_metrics.bleu(hypotheses, references)
-        metrics["rouge_l"] = eval_metrics.rouge_l(hypotheses, references)
+        # The same BLEU and ROUGE as training-time evaluation (one definition of each).
+        scores = engine_metrics.generation_scores(hypotheses, references)
+        metrics.update(scores)
+        metrics["rouge_l"] = scores["rougeL"]
     progress(0.8)
     samples = [
         {"prompt": prompt, "output": _generate(model, tokenizer, prompt, max_new_tokens)}

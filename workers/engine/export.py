@@ -167,7 +167,7 @@ def export_onnx(
 def _perplexity(logits: list[Any], rows: list[Any]) -> float:
     import numpy as np
 
-    from workers.engine.eval_metrics import perplexity
+    from workers.engine.metrics import perplexity
 
     nll, count = 0.0, 0
     for out, ids in zip(logits, rows, strict=True):

@@ -5,6 +5,7 @@ Pure functions of predictions and references, so tests check them against hand-c
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -52,6 +53,13 @@ def classification_report(
         "labels": list(labels),
         "confusion_matrix": confusion,
     }
+
+
+def perplexity(total_nll: float, total_tokens: int) -> float:
+    """exp(mean negative log-likelihood per predicted token), capped so it stays finite."""
+    if total_tokens <= 0:
+        return float("nan")
+    return math.exp(min(total_nll / total_tokens, 50.0))
 
 
 def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -11,6 +11,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from workers.engine.callbacks import TrainCallbacks
 from workers.engine.files import make_readable
+from workers.engine.system_metrics import SystemSampler
 
 
 def perplexity(loss: float) -> float:
@@ -28,8 +29,12 @@ class ReportingCallback(TrainerCallback):
     inside those steps, so evaluations and checkpoint writes don't show up as slow training.
     """
 
-    def __init__(self, callbacks: TrainCallbacks, *, log_every: int) -> None:
+    def __init__(
+        self, callbacks: TrainCallbacks, *, log_every: int, sampler: SystemSampler | None = None
+    ) -> None:
         self.callbacks = callbacks
+        self.sampler = sampler
+        self._steps_since_log = 0
         self.log_every = max(1, log_every)
         self.stopped = False
         self.latest_train: dict[str, float] = {}
@@ -57,6 +62,7 @@ class ReportingCallback(TrainerCallback):
         if self._step_started is not None:
             self._busy_seconds += time.perf_counter() - self._step_started
             self._step_started = None
+            self._steps_since_log += 1
         self.callbacks.on_progress(state.global_step, state.max_steps)
         if not self.stopped and self.callbacks.should_stop():
             self.stopped = True
@@ -99,8 +105,11 @@ class ReportingCallback(TrainerCallback):
     def _report_training(self, step: int, state: TrainerState, logs: dict[str, float]) -> None:
         tokens = state.num_input_tokens_seen - self._tokens_at_last_log
         rate = tokens / self._busy_seconds if self._busy_seconds > 0 else 0.0
+        samples = self._steps_since_log * state.train_batch_size if state.train_batch_size else 0
+        samples_rate = samples / self._busy_seconds if self._busy_seconds > 0 else 0.0
         self._tokens_at_last_log = state.num_input_tokens_seen
         self._busy_seconds = 0.0
+        self._steps_since_log = 0
         self.latest_train = {
             "train_loss": float(logs["loss"]),
             "learning_rate": float(logs.get("learning_rate", 0.0)),
@@ -109,6 +118,10 @@ class ReportingCallback(TrainerCallback):
             "epoch": float(logs.get("epoch", state.epoch or 0.0)),
         }
         self.callbacks.on_metrics(step, dict(self.latest_train))
+        if self.sampler is not None and self.sampler.due():
+            # Its own report (separate keys), at most once a second: see system_metrics.
+            system = self.sampler.sample(tokens_per_second=rate, samples_per_second=samples_rate)
+            self.callbacks.on_metrics(step, system)
         if step % self.log_every == 0 or step == 1 or step >= state.max_steps:
             self.callbacks.on_log(
                 "info", f"step {step}/{state.max_steps} loss {self.latest_train['train_loss']:.4f}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -50,6 +51,7 @@ from workers.engine.device import (
     resolve_precision,
 )
 from workers.engine.files import make_readable, publish_dir
+from workers.engine.lifecycle import EarlyStoppingOnMetric
 from workers.engine.metrics import generation_scores, scalar_metrics
 from workers.engine.models import (
     Source,
@@ -62,6 +64,7 @@ from workers.engine.models import (
 from workers.engine.reporting import ReportingCallback
 from workers.engine.scratch import scratch_config
 from workers.engine.sft import PadCollator, build_sft_dataset
+from workers.engine.system_metrics import SystemSampler
 from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
 
 TRAINER_STATE_FILE = "trainer_state.json"  # what makes a directory a resumable checkpoint
@@ -101,6 +104,36 @@ class AtomicCheckpointTrainer(Trainer):
     """
 
     _staging_root: Path | None = None
+    _pending_tokens: Any = 0  # tokens counted on the device since the last read-back
+
+    def _track_num_input_tokens(self, inputs: Any) -> None:
+        # The stock count calls .item() on a device tensor every step: a GPU→CPU sync per
+        # step even between logs. Here the count stays on the device and is read back (one
+        # sync) only when the Trainer is about to log, evaluate or save.
+        if (
+            self.args.world_size > 1
+            or self.args.include_num_input_tokens_seen != "non_padding"
+            or "attention_mask" not in inputs
+        ):
+            super()._track_num_input_tokens(inputs)
+            return
+        self._pending_tokens = self._pending_tokens + inputs["attention_mask"].sum()
+
+    def _flush_token_count(self) -> None:
+        if isinstance(self._pending_tokens, torch.Tensor):
+            self.state.num_input_tokens_seen += int(self._pending_tokens.item())
+        self._pending_tokens = 0
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        control = self.control
+        if (
+            control.should_log
+            or control.should_save
+            or control.should_evaluate
+            or control.should_training_stop
+        ):
+            self._flush_token_count()
+        super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def _get_output_dir(self, trial: Any) -> str:
         # During a save the stock _save_checkpoint writes (and rotates) under the staging root.
@@ -223,7 +256,9 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         else None
     )
     reporter = ReportingCallback(
-        callbacks, log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN)
+        callbacks,
+        log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN),
+        sampler=SystemSampler(parameters=model.num_parameters(), cuda_index=device.cuda_index),
     )
     trainer = AtomicCheckpointTrainer(
         model=model,
@@ -241,7 +276,7 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         # Saved into every checkpoint, so each one loads with AutoTokenizer on its own.
         processing_class=prepared.tokenizer,
         compute_metrics=evaluator,
-        callbacks=[reporter],
+        callbacks=[reporter, *_lifecycle_callbacks(config, callbacks)],
     )
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
@@ -326,6 +361,20 @@ def _generation_eval(
         f"ROUGE-L {scores['rougeL']:.3f}",
     )
     return scores
+
+
+def _lifecycle_callbacks(config: TrainConfig, callbacks: TrainCallbacks) -> list[Any]:
+    """Callbacks that may end a run on their own (early stopping)."""
+    if config.early_stopping_patience is None:
+        return []
+    return [
+        EarlyStoppingOnMetric(
+            callbacks,
+            metric=config.early_stopping_metric,
+            patience=config.early_stopping_patience,
+            mode=config.early_stopping_mode,
+        )
+    ]
 
 
 def _checkpoint_to_resume(config: TrainConfig) -> Path | None:

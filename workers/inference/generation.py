@@ -1,9 +1,12 @@
 """Text generation on a loaded model: prompt rendering, batched decoding, streaming, stop strings.
 
-Concurrency model: one generation runs per model at a time (an asyncio.Lock that is released
-by the worker thread only when `model.generate` has returned, so a cancelled request can never
-let two generations overlap). Non-streaming requests that queue up behind a running one are
-decoded together as one left-padded batch when their sampling settings match.
+Concurrency model (dynamic batching): each replica of a deployment is a *lane*, one thread that
+owns a queue. The lane takes the oldest waiting request plus every queued request with the same
+sampling settings (up to the deployment's max batch size), decodes them as one left-padded
+batch with `model.generate`, and hands each row's tokens to its request as they are decoded, so
+streamed and whole answers batch alike. A short gathering window after the lane wakes lets
+requests sent together start together. Cancelling a request (its client went away) stops its
+row at the next decoding step; the rest of the batch carries on.
 """
 
 from __future__ import annotations
@@ -12,19 +15,29 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from workers.inference.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 FinishReason = Literal["stop", "length"]
 MAX_BATCH = 8
+# How long a lane waits for companions before it starts a batch: it keeps waiting while new
+# requests arrive less than GATHER_GAP_S apart, at most GATHER_MAX_S in all, so requests sent
+# together (a client's n, a burst) share one batch instead of queueing behind it.
+GATHER_GAP_S = 0.02
+GATHER_MAX_S = 0.1
+# The torch CPU generator is process-wide: seeded batches hold this lock while they sample so
+# another lane's sampling cannot advance the shared random stream (greedy batches don't).
+_RNG_LOCK = threading.Lock()
 
 
 class PromptRejected(ValueError):
@@ -66,6 +79,7 @@ class PreparedRequest:
     input_ids: list[int]
     params: SamplingParams
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False  # set by the lane when its row was stopped by `cancel`
 
 
 @dataclass(frozen=True)
@@ -172,7 +186,9 @@ class _RowStopper(StoppingCriteria):
         flags = []
         for row, request in enumerate(self.requests):
             if self.stopped_at[row] is None:
-                done = request.cancel.is_set() or generated >= request.params.max_tokens
+                if request.cancel.is_set():
+                    request.cancelled = True
+                done = request.cancelled or generated >= request.params.max_tokens
                 if not done and request.params.stop and generated > 0:
                     start = max(self.prompt_len, input_ids.shape[1] - self.windows[row])
                     tail = self.tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
@@ -209,7 +225,8 @@ def generate_batch(
 ) -> list[GenerationResult]:
     """Decode several prompts as one left-padded batch; all share requests[0]'s sampling settings.
 
-    Blocking: call it from a worker thread. A streamer is only allowed for a batch of one.
+    Blocking: call it from a worker thread. `streamer` is a BatchStreamer (one sink per row) or
+    any transformers streamer for a batch of one.
     """
     import torch
     from transformers import GenerationConfig
@@ -242,10 +259,12 @@ def generate_batch(
         eos_token_id=eos or None,
     )
     stopper = _RowStopper(tokenizer, longest, requests)
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
+    if isinstance(streamer, BatchStreamer):
+        streamer.stopper = stopper
     try:
-        with torch.inference_mode():
+        with _RNG_LOCK if sample else contextlib.nullcontext(), torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
             output = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -285,148 +304,53 @@ def generate_batch(
     return results
 
 
-# --------------------------------------------------------------------------- scheduling (async)
+# --------------------------------------------------------------------------- streaming rows
 
 
-def _run_holding_lock(lock: asyncio.Lock, fn: Callable[[], T]) -> asyncio.Future[T]:
-    """Run `fn` in a thread; the caller already holds `lock`, the thread releases it when done.
+class BatchStreamer(BaseStreamer):
+    """Hands each row's newly decoded text to its sink while `model.generate` runs.
 
-    Releasing from the thread's completion, not from the awaiting coroutine, is what keeps a
-    cancelled request from starting the next generation while this one still runs.
+    transformers calls `put` with the prompt first, then with one token per row per step (rows
+    that already finished get padding). A row's text is re-decoded whole each step and only a
+    piece that no longer ends in an incomplete character is sent.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
 
-    def finish(result: Any, error: BaseException | None) -> None:
-        lock.release()
-        if future.done():
+    def __init__(
+        self, tokenizer: Any, sinks: Sequence[Callable[[str], None]], eos: Sequence[int]
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.sinks = sinks
+        self.eos = set(eos)
+        self.tokens: list[list[int]] = [[] for _ in sinks]
+        self.sent = [0] * len(sinks)
+        self.finished = [False] * len(sinks)
+        self.stopper: _RowStopper | None = None
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
             return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def target() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as exc:  # handed to the awaiting coroutine
-            result, error = None, exc
-        # A closed loop means the server is shutting down; nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(finish, result, error)
-
-    try:
-        threading.Thread(target=target, name="generate", daemon=True).start()
-    except BaseException:
-        lock.release()
-        raise
-    return future
-
-
-@dataclass
-class _Pending:
-    request: PreparedRequest
-    future: asyncio.Future[GenerationResult]
-
-
-def _take_batch(entry: LoadedModel, first: _Pending) -> list[_Pending]:
-    """`first` plus waiting requests it can share a batch with (same settings, fits context)."""
-    if first in entry.pending:
-        entry.pending.remove(first)
-    batch = [first]
-    key = first.request.params.batch_key
-    if key is None:
-        return batch
-    for other in list(entry.pending):
-        if len(batch) >= MAX_BATCH:
-            break
-        if other.future.done():
-            entry.pending.remove(other)
-            continue
-        if other.request.params.batch_key != key:
-            continue
-        members = [*batch, other]
-        longest = max(len(p.request.input_ids) for p in members)
-        new_tokens = max(p.request.params.max_tokens for p in members)
-        if entry.context_length and longest + new_tokens > entry.context_length:
-            continue
-        entry.pending.remove(other)
-        batch.append(other)
-    return batch
-
-
-async def generate(
-    entry: LoadedModel,
-    request: PreparedRequest,
-    on_batch: Callable[[int], None] | None = None,
-) -> GenerationResult:
-    """Generate one completion, sharing a batch with compatible requests queued on the model."""
-    loop = asyncio.get_running_loop()
-    item = _Pending(request, loop.create_future())
-    entry.pending.append(item)
-    try:
-        await entry.lock.acquire()
-    except asyncio.CancelledError:
-        if item in entry.pending:
-            entry.pending.remove(item)
-        raise
-    if item.future.done():
-        # A request ahead of us took ours into its batch.
-        entry.lock.release()
-        return item.future.result()
-    batch = _take_batch(entry, item)
-    model, tokenizer = entry.model, entry.tokenizer
-    if model is None or tokenizer is None:
-        entry.lock.release()
-        error = ModelNotReady(f"model {entry.name!r} was unloaded")
-        for member in batch:
-            if not member.future.done():
-                member.future.set_exception(error)
-        return item.future.result()
-    if on_batch is not None:
-        on_batch(len(batch))
-    requests = [member.request for member in batch]
-    running = _run_holding_lock(
-        entry.lock, lambda: generate_batch(model, tokenizer, entry.device, requests)
-    )
-
-    def distribute(done: asyncio.Future[list[GenerationResult]]) -> None:
-        error = done.exception()
-        for index, member in enumerate(batch):
-            if member.future.done():
+        column = value.reshape(-1).tolist()
+        for row, token in enumerate(column):
+            if self.finished[row]:
                 continue
-            if error is not None:
-                member.future.set_exception(error)
-            else:
-                member.future.set_result(done.result()[index])
+            if self.stopper is not None and self.stopper.stopped_at[row] is not None:
+                self.finished[row] = True
+                continue
+            if token in self.eos:
+                self.finished[row] = True
+                continue
+            self.tokens[row].append(int(token))
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                continue  # half of a multi-byte character: wait for the rest
+            if len(text) > self.sent[row]:
+                self.sinks[row](text[self.sent[row] :])
+                self.sent[row] = len(text)
 
-    running.add_done_callback(distribute)
-    try:
-        return await asyncio.shield(item.future)
-    except asyncio.CancelledError:
-        request.cancel.set()  # stops only this row; the rest of the batch carries on
-        raise
-
-
-class _QueueStreamer(TextStreamer):
-    """TextStreamer that hands finished text pieces to the event loop instead of printing."""
-
-    def __init__(self, tokenizer: Any, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.loop = loop
-        self.queue = queue
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self._send(text)
-
-    def close(self) -> None:
-        self._send(None)
-
-    def _send(self, item: str | None) -> None:
-        # A closed loop means nobody listens any more; generation stops via `cancel` anyway.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def end(self) -> None:
+        pass
 
 
 def _safe_length(text: str, stops: Sequence[str]) -> int:
@@ -443,44 +367,190 @@ def _safe_length(text: str, stops: Sequence[str]) -> int:
     return len(text) - hold
 
 
-async def stream(
-    entry: LoadedModel, request: PreparedRequest
-) -> AsyncIterator[str | GenerationResult]:
+# --------------------------------------------------------------------------- lanes (threads)
+
+
+# What a job's queue carries: text pieces, then one GenerationResult or one exception.
+Event = str | GenerationResult | BaseException
+
+
+@dataclass
+class Job:
+    """One request waiting in, or running on, a lane; events go to the asyncio side."""
+
+    request: PreparedRequest
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event]
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def send(self, item: Event) -> None:
+        # A closed loop means the server is shutting down; nobody listens any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class Lane:
+    """One decoding thread over shared read-only weights: a replica of the deployment.
+
+    Several lanes on one model decode batches in parallel (torch releases the GIL in its
+    kernels); on a CPU they share the cores, on a GPU they overlap host work with kernels.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        get_model: Callable[[], tuple[Any, Any, str, int | None]],
+        max_batch: int,
+        on_batch: Callable[[int], None] | None = None,
+        on_result: Callable[[PreparedRequest, GenerationResult], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.max_batch = max_batch
+        self._get_model = get_model
+        self._on_batch = on_batch
+        self._on_result = on_result
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.running = 0
+        self._thread = threading.Thread(target=self._loop, name=f"lane-{name}-{index}", daemon=True)
+        self._thread.start()
+
+    @property
+    def load(self) -> int:
+        return len(self._queue) + self.running
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closed:
+                raise ModelNotReady(f"model {self.name!r} was unloaded")
+            self._queue.append(job)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop taking work; the batch already running finishes, queued jobs are refused."""
+        with self._cond:
+            self._closed = True
+            waiting = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in waiting:
+            job.send(ModelNotReady(f"model {self.name!r} was unloaded"))
+
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            deadline = time.monotonic() + GATHER_MAX_S
+            while len(self._queue) < self.max_batch:
+                seen, remaining = len(self._queue), deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(GATHER_GAP_S, remaining))
+                if len(self._queue) == seen:
+                    break
+            if not self._queue:
+                return []
+            first = self._queue.popleft()
+            batch = [first]
+            key = first.request.params.batch_key
+            _, _, _, context = self._get_model()
+            if key is not None:
+                for job in list(self._queue):
+                    if len(batch) >= self.max_batch:
+                        break
+                    if job.request.cancel.is_set():
+                        self._queue.remove(job)
+                        job.request.cancelled = True
+                        job.send(ModelNotReady("cancelled before it started"))
+                        continue
+                    if job.request.params.batch_key != key:
+                        continue
+                    members = [*batch, job]
+                    longest = max(len(j.request.input_ids) for j in members)
+                    new_tokens = max(j.request.params.max_tokens for j in members)
+                    if context and longest + new_tokens > context:
+                        continue
+                    self._queue.remove(job)
+                    batch.append(job)
+            self.running = len(batch)
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            if batch:
+                self._run(batch)
+            self.running = 0
+
+    def _run(self, batch: list[Job]) -> None:
+        model, tokenizer, device, _ = self._get_model()
+        if model is None or tokenizer is None:
+            for job in batch:
+                job.send(ModelNotReady(f"model {self.name!r} was unloaded"))
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        streamer = BatchStreamer(tokenizer, [job.send for job in batch], _eos_ids(model, tokenizer))
+        try:
+            results = generate_batch(
+                model, tokenizer, device, [job.request for job in batch], streamer=streamer
+            )
+        except BaseException as exc:  # handed to every waiting request
+            for job in batch:
+                job.send(exc)
+            return
+        for job, result in zip(batch, results, strict=True):
+            if self._on_result is not None:
+                # Counted here, not by the request: a client that left still cost these tokens.
+                self._on_result(job.request, result)
+            job.send(result)
+
+
+# --------------------------------------------------------------------------- async side
+
+
+async def stream(lanes_of: Any, request: PreparedRequest) -> AsyncIterator[str | GenerationResult]:
     """Yield text deltas as they are decoded, then the GenerationResult.
 
-    Closing the iterator (the client went away) cancels the generation at its next step.
+    `lanes_of` is the LoadedModel (anything with `submit(job)`). Closing the iterator (the
+    client went away) cancels the request: its row stops at the next decoding step.
     """
-    await entry.lock.acquire()
-    model, tokenizer = entry.model, entry.tokenizer
-    if model is None or tokenizer is None:
-        entry.lock.release()
-        raise ModelNotReady(f"model {entry.name!r} was unloaded")
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-    streamer = _QueueStreamer(tokenizer, loop, queue)
-
-    def run() -> GenerationResult:
-        try:
-            return generate_batch(model, tokenizer, entry.device, [request], streamer=streamer)[0]
-        finally:
-            streamer.close()
-
-    running = _run_holding_lock(entry.lock, run)
+    job = Job(request, loop, asyncio.Queue())
+    lanes_of.submit(job)
     stops = request.params.stop
     raw, sent = "", 0
     try:
-        while (piece := await queue.get()) is not None:
-            raw += piece
+        while True:
+            item = await job.events.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, GenerationResult):
+                if len(item.text) > sent and item.text.startswith(raw[:sent]):
+                    yield item.text[sent:]
+                yield item
+                return
+            raw += item
             safe = _safe_length(raw, stops)
             if safe > sent:
                 yield raw[sent:safe]
                 sent = safe
-        result = await running
-        if len(result.text) > sent and result.text.startswith(raw[:sent]):
-            yield result.text[sent:]
-        yield result
     finally:
-        request.cancel.set()
-        if not running.done():
-            # Nobody will read it; keep asyncio from reporting an unretrieved exception.
-            running.add_done_callback(lambda f: f.cancelled() or f.exception())
+        request.cancel.set()  # a no-op once finished; stops the row if we left early
+
+
+async def generate(lanes_of: Any, request: PreparedRequest) -> GenerationResult:
+    """One whole completion (batched with whatever else is queued on the model)."""
+    result: GenerationResult | None = None
+    events = stream(lanes_of, request)
+    try:
+        async for item in events:
+            if isinstance(item, GenerationResult):
+                result = item
+    finally:
+        await events.aclose()
+    assert result is not None
+    return result

@@ -62,8 +62,34 @@ class InferenceMetrics:
         )
         self.batch_size = Histogram(
             "llmide_inference_batch_size",
-            "Requests decoded together in one non-streaming batch.",
-            buckets=(1, 2, 3, 4, 6, 8),
+            "Requests decoded together in one batch.",
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.model_requests = Counter(
+            "llmide_inference_model_requests",
+            "Generation and predict requests per deployment, by outcome (ok, error, cancelled).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.model_latency = Histogram(
+            "llmide_inference_model_latency_seconds",
+            "Whole-request latency per deployment.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "llmide_inference_time_to_first_token_seconds",
+            "Time from a request's arrival to its first generated text, per deployment.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cancelled = Counter(
+            "llmide_inference_cancelled",
+            "Generations stopped early because their client went away, per deployment.",
+            ["model"],
             registry=self.registry,
         )
         self.models = Gauge(

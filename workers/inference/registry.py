@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import importlib.util
 import logging
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +18,10 @@ from app.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 Status = Literal["loading", "ready", "failed"]
+Kind = Literal["causal-lm", "classifier"]
+MAX_REPLICAS = 8
+MAX_BATCH_SIZE = 64
+STATS_WINDOW = 500  # recent requests kept for the dashboard's percentiles
 
 # Deployment names travel in URLs and Prometheus labels; keep them boring.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
@@ -45,27 +49,76 @@ class ModelSource:
         return str(self.directory / self.gguf_file) if self.gguf_file else str(self.directory)
 
 
+def _pct(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+@dataclass
+class ServingStats:
+    """Per-deployment figures for the dashboard: totals, and percentiles of recent requests."""
+
+    requests: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    tokens: int = 0
+    recent: deque[tuple[float, float | None, int, float]] = field(
+        default_factory=lambda: deque(maxlen=STATS_WINDOW)
+    )
+
+    def record(self, *, latency: float, ttft: float | None, tokens: int, decode_s: float) -> None:
+        self.requests += 1
+        self.tokens += tokens
+        self.recent.append((latency, ttft, tokens, decode_s))
+
+    def summary(self) -> dict[str, Any]:
+        latencies = [r[0] for r in self.recent]
+        ttfts = [r[1] for r in self.recent if r[1] is not None]
+        tokens = sum(r[2] for r in self.recent)
+        busy = sum(r[3] for r in self.recent)
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "cancelled": self.cancelled,
+            "completion_tokens": self.tokens,
+            "latency_p50_s": _pct(latencies, 50),
+            "latency_p95_s": _pct(latencies, 95),
+            "ttft_p50_s": _pct(ttfts, 50),
+            "ttft_p95_s": _pct(ttfts, 95),
+            # Per request: tokens over its own decoding time, averaged over the window.
+            "tokens_per_s": (tokens / busy) if busy > 0 else None,
+        }
+
+
 @dataclass
 class LoadedModel:
     """One deployment: its state machine (loading -> ready | failed) and, when ready, the weights.
 
-    `lock` serialises generation on this model; `pending` holds non-streaming requests waiting
-    to be batched together (see generation.Scheduler).
+    A causal LM is served by `replicas` lanes (generation.Lane: a decoding thread with its own
+    batch queue over the shared read-only weights); a classifier answers /predict directly.
     """
 
     name: str
     path: str
     source: ModelSource
+    replicas: int = 1
+    max_batch_size: int = 8
     status: Status = "loading"
     error: str | None = None
     loaded_at: float | None = None
     model: Any = None
     tokenizer: Any = None
+    kind: Kind = "causal-lm"
     device: str = "cpu"
     context_length: int | None = None
+    labels: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: list[Any] = field(default_factory=list)
+    lanes: list[Any] = field(default_factory=list)
+    stats: ServingStats = field(default_factory=ServingStats)
+    on_batch: Any = None
+    on_result: Any = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -74,7 +127,56 @@ class LoadedModel:
             "status": self.status,
             "error": self.error,
             "loaded_at": self.loaded_at,
+            "kind": self.kind,
+            "replicas": self.replicas,
+            "max_batch_size": self.max_batch_size,
+            "stats": self.stats.summary(),
         }
+
+    def _weights(self) -> tuple[Any, Any, str, int | None]:
+        return self.model, self.tokenizer, self.device, self.context_length
+
+    def start_lanes(self) -> None:
+        """Bring the lane count to `replicas` (more: new threads; fewer: drain and close)."""
+        from workers.inference.generation import Lane
+
+        if self.kind != "causal-lm":
+            return
+        while len(self.lanes) < self.replicas:
+            self.lanes.append(
+                Lane(
+                    self.name,
+                    len(self.lanes),
+                    self._weights,
+                    self.max_batch_size,
+                    self.on_batch,
+                    self._count_result,
+                )
+            )
+        while len(self.lanes) > self.replicas:
+            self.lanes.pop().close()
+        for lane in self.lanes:
+            lane.max_batch = self.max_batch_size
+
+    def _count_result(self, request: Any, result: Any) -> None:
+        if request.cancelled:
+            self.stats.cancelled += 1
+        if self.on_result is not None:
+            self.on_result(self.name, request, result)
+
+    def submit(self, job: Any) -> None:
+        """Queue a generation on the least busy lane."""
+        from workers.inference.generation import ModelNotReady
+
+        lanes = list(self.lanes)
+        if not lanes or self.model is None:
+            raise ModelNotReady(f"model {self.name!r} is not loaded")
+        min(lanes, key=lambda lane: lane.load).submit(job)
+
+    def close_lanes(self) -> None:
+        lanes, self.lanes = self.lanes, []
+        for lane in lanes:
+            lane.close()
 
 
 def allowed_roots(settings: Settings) -> list[Path]:
@@ -172,17 +274,51 @@ def pick_device() -> tuple[str, Any]:
     return "cpu", torch.float32
 
 
-def _load_weights(source: ModelSource) -> tuple[Any, Any, str, int | None]:
+def is_classifier(directory: Path) -> bool:
+    """A folder whose config names a *ForSequenceClassification architecture."""
+    import json
+
+    config = directory / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def _load_weights(
+    source: ModelSource,
+) -> tuple[Any, Any, str, int | None, Kind, list[str]]:
     """Load model + tokenizer from a checked source; runs in a background thread."""
     import torch
     import transformers
     from packaging.version import Version
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     device, dtype = pick_device()
     # transformers 4.56 renamed torch_dtype to dtype; the old name warns from then on.
     dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     directory = str(source.directory)
+    if not source.gguf_file and is_classifier(source.directory):
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            directory, use_safetensors=True, **{dtype_key: dtype}
+        )
+        model.to(device)
+        model.eval()
+        id2label = getattr(model.config, "id2label", None) or {}
+        labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(model.config.num_labels)]
+        context = getattr(tokenizer, "model_max_length", None)
+        if not context or context > 1_000_000:  # "no limit" sentinel of some tokenizers
+            context = getattr(model.config, "max_position_embeddings", None)
+        torch.set_grad_enabled(False)
+        return model, tokenizer, device, context, "classifier", labels
     if source.gguf_file:
         # GGUF is de-quantised by transformers; use_safetensors does not apply to it.
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=source.gguf_file)
@@ -206,7 +342,7 @@ def _load_weights(source: ModelSource) -> tuple[Any, Any, str, int | None]:
         config, "max_position_embeddings", None
     )
     torch.set_grad_enabled(False)
-    return model, tokenizer, device, context
+    return model, tokenizer, device, context, "causal-lm", []
 
 
 class ModelRegistry:
@@ -216,6 +352,8 @@ class ModelRegistry:
         self._settings = settings
         self._models: dict[str, LoadedModel] = {}
         self._mutex = threading.Lock()
+        self.on_batch: Any = None  # called with each batch's size (a metrics hook)
+        self.on_result: Any = None  # called with (name, request, result) per finished row
 
     def get(self, name: str) -> LoadedModel | None:
         with self._mutex:
@@ -225,10 +363,19 @@ class ModelRegistry:
         with self._mutex:
             return sorted(self._models.values(), key=lambda entry: entry.name)
 
-    def ensure(self, name: str, raw_path: str, *, retry_failed: bool = True) -> LoadedModel:
+    def ensure(
+        self,
+        name: str,
+        raw_path: str,
+        *,
+        retry_failed: bool = True,
+        replicas: int | None = None,
+        max_batch_size: int | None = None,
+    ) -> LoadedModel:
         """Start loading `raw_path` as `name` unless it is already there (idempotent).
 
-        The same path keeps the current entry (a failed one is retried only if asked); a
+        The same path keeps the current entry (a failed one is retried only if asked) and
+        applies new `replicas` / `max_batch_size` in place (scaling without a reload); a
         different path replaces it, and requests already running on the old one finish on it.
         """
         validate_name(name)
@@ -237,8 +384,22 @@ class ModelRegistry:
             current = self._models.get(name)
             same = current is not None and current.source == source
             if same and (current.status != "failed" or not retry_failed):
+                if replicas is not None:
+                    current.replicas = replicas
+                if max_batch_size is not None:
+                    current.max_batch_size = max_batch_size
+                if current.status == "ready":
+                    current.start_lanes()
                 return current
-            entry = LoadedModel(name=name, path=raw_path, source=source)
+            entry = LoadedModel(
+                name=name,
+                path=raw_path,
+                source=source,
+                replicas=replicas or 1,
+                max_batch_size=max_batch_size or 8,
+                on_batch=self.on_batch,
+                on_result=self.on_result,
+            )
             self._models[name] = entry
         if current is not None:
             self._release(current)
@@ -262,7 +423,7 @@ class ModelRegistry:
     def _load(self, entry: LoadedModel) -> None:
         started = time.monotonic()
         try:
-            model, tokenizer, device, context = _load_weights(entry.source)
+            model, tokenizer, device, context, kind, labels = _load_weights(entry.source)
         except Exception as exc:  # any loader failure becomes the entry's visible error
             logger.exception("loading %s from %s failed", entry.name, entry.source.display)
             entry.error = f"{type(exc).__name__}: {exc}"
@@ -274,7 +435,9 @@ class ModelRegistry:
             if still_current:
                 entry.model, entry.tokenizer = model, tokenizer
                 entry.device, entry.context_length = device, context
+                entry.kind, entry.labels = kind, labels
                 entry.loaded_at = time.time()
+                entry.start_lanes()
                 entry.status = "ready"
         if not still_current:
             # Unloaded or replaced while loading: drop the weights we just built.
@@ -294,7 +457,8 @@ class ModelRegistry:
 
     @staticmethod
     def _release(entry: LoadedModel) -> None:
-        # In-flight generations keep their own references; memory goes when they finish.
+        # In-flight batches keep their own references; memory goes when they finish.
+        entry.close_lanes()
         entry.model = None
         entry.tokenizer = None
         if entry.status == "ready":

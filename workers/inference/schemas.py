@@ -7,12 +7,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers.inference.generation import SamplingParams
+from workers.inference.registry import MAX_BATCH_SIZE, MAX_REPLICAS
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_PREDICT_INPUTS = 64
 
 
 class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     path: str = Field(min_length=1, max_length=4096)
+    replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
 
 
 class ModelRead(BaseModel):
@@ -21,6 +27,45 @@ class ModelRead(BaseModel):
     status: Literal["loading", "ready", "failed"]
     error: str | None
     loaded_at: float | None
+    kind: Literal["causal-lm", "classifier"] = "causal-lm"
+    replicas: int = 1
+    max_batch_size: int = 8
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class PredictRequest(BaseModel):
+    """Classify one text or a list of texts with a sequence-classification model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    path: str | None = Field(default=None, max_length=4096)
+    replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    inputs: str | list[str] = Field(description="a text or up to 64 texts")
+
+    @field_validator("inputs")
+    @classmethod
+    def _check_inputs(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("give at least one input text")
+        if len(texts) > MAX_PREDICT_INPUTS:
+            raise ValueError(f"at most {MAX_PREDICT_INPUTS} inputs per request")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
 
 
 class ChatMessage(BaseModel):
@@ -45,7 +90,10 @@ class GenerateRequest(BaseModel):
     stop: list[str] | None = None
     seed: int | None = None
     stream: bool = False
-    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported for now")
+    n: int = Field(default=1, ge=1, le=1, description="the web facade fans n out")
+    # Used only when this request loads the model (on demand, e.g. after a restart).
+    replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
 
     @field_validator("stop", mode="before")
     @classmethod

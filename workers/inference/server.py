@@ -36,7 +36,14 @@ from workers.inference.registry import (
     ModelPathRefused,
     ModelRegistry,
 )
-from workers.inference.schemas import GenerateRequest, GenerateResponse, LoadRequest, ModelRead
+from workers.inference.schemas import (
+    GenerateRequest,
+    GenerateResponse,
+    LoadRequest,
+    ModelRead,
+    PredictRequest,
+    PredictResponse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,15 @@ class InferenceState:
         self.registry = ModelRegistry(settings)
         self.metrics = InferenceMetrics()
         self.load_wait_s = load_wait_s
+        self.registry.on_batch = self.metrics.batch_size.observe
+        self.registry.on_result = self._count_result
+
+    def _count_result(self, name: str, request: PreparedRequest, result: GenerationResult) -> None:
+        """Every decoded row, finished or cancelled: tokens actually generated, cancellations."""
+        self.metrics.prompt_tokens.labels(name).inc(result.prompt_tokens)
+        self.metrics.completion_tokens.labels(name).inc(result.completion_tokens)
+        if request.cancelled:
+            self.metrics.cancelled.labels(name).inc()
 
 
 def get_state(request: Request) -> InferenceState:
@@ -74,21 +90,48 @@ def require_internal_token(
 router = APIRouter(dependencies=[Depends(require_internal_token)])
 
 
-def _ensure(state: InferenceState, name: str, path: str, *, retry_failed: bool) -> LoadedModel:
+def _ensure(
+    state: InferenceState,
+    name: str,
+    path: str,
+    *,
+    retry_failed: bool,
+    replicas: int | None = None,
+    max_batch_size: int | None = None,
+) -> LoadedModel:
     try:
-        return state.registry.ensure(name, path, retry_failed=retry_failed)
+        return state.registry.ensure(
+            name,
+            path,
+            retry_failed=retry_failed,
+            replicas=replicas,
+            max_batch_size=max_batch_size,
+        )
     except (ModelPathRefused, InvalidModelName) as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
 
-async def get_ready_model(state: InferenceState, name: str, path: str | None) -> LoadedModel:
+async def get_ready_model(
+    state: InferenceState, name: str, path: str | None, body: Any = None
+) -> LoadedModel:
     """The named model once it is ready, loading it from `path` first if needed; else raise.
 
     404: not loaded and no path; 409: still loading after the wait limit; 503: load failed.
     """
     if path is not None:
         # A failed load is not retried on every request: PUT /models/{name} retries explicitly.
-        entry = _ensure(state, name, path, retry_failed=False)
+        found = state.registry.get(name)
+        if found is not None and found.path == path and found.status != "failed":
+            entry = found  # the usual case: no path resolution on every request
+        else:
+            entry = _ensure(
+                state,
+                name,
+                path,
+                retry_failed=False,
+                replicas=getattr(body, "replicas", None),
+                max_batch_size=getattr(body, "max_batch_size", None),
+            )
     else:
         found = state.registry.get(name)
         if found is None:
@@ -107,7 +150,7 @@ async def get_ready_model(state: InferenceState, name: str, path: str | None) ->
             )
         await asyncio.sleep(0.05)
     if entry.status == "failed":
-        raise HTTPException(status_code=503, detail=f"model {name!r} failed to load: {entry.error}")
+        raise _unavailable(f"model {name!r} failed to load: {entry.error}")
     return entry
 
 
@@ -127,7 +170,14 @@ async def read_model(name: str, state: StateDep) -> dict[str, Any]:
 @router.put("/models/{name:path}", response_model=ModelRead)
 async def load_model(name: str, body: LoadRequest, state: StateDep) -> JSONResponse:
     """Start loading (202) or report the model already there with this path (200)."""
-    entry = _ensure(state, name, body.path, retry_failed=True)
+    entry = _ensure(
+        state,
+        name,
+        body.path,
+        retry_failed=True,
+        replicas=body.replicas,
+        max_batch_size=body.max_batch_size,
+    )
     status_code = 202 if entry.status == "loading" else 200
     return JSONResponse(entry.describe(), status_code=status_code)
 
@@ -140,9 +190,28 @@ async def unload_model(name: str, state: StateDep) -> dict[str, Any]:
     return {"name": name, "path": entry.path, "status": "unloaded"}
 
 
+RETRY_AFTER = {"Retry-After": "2"}
+
+
+def _unavailable(detail: str) -> HTTPException:
+    """503 with Retry-After: the model is going away or coming back; the client should retry."""
+    return HTTPException(status_code=503, detail=detail, headers=RETRY_AFTER)
+
+
+def _require_kind(entry: LoadedModel, kind: str) -> None:
+    if entry.kind != kind:
+        other = "/predict" if entry.kind == "classifier" else "/generate"
+        raise HTTPException(
+            status_code=400,
+            detail=f"model {entry.name!r} is a {entry.kind} model; use {other} for it",
+        )
+
+
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[str, Any]:
-    entry = await get_ready_model(state, body.name, body.path)
+    arrived = time.perf_counter()
+    entry = await get_ready_model(state, body.name, body.path, body)
+    _require_kind(entry, "causal-lm")
     try:
         prepared = await asyncio.to_thread(
             prepare_request,
@@ -154,42 +223,90 @@ async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[st
     except PromptRejected as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
     except ModelNotReady as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from exc
+        raise _unavailable(str(exc)) from exc
     except Exception as exc:  # a chat template that cannot render these messages, say
         raise HTTPException(status_code=400, detail=f"cannot build the prompt: {exc}") from exc
+    tracker = _Tracker(state, entry, arrived, stream=body.stream)
     if body.stream:
-        return StreamingResponse(
-            _sse_events(state, entry, prepared),
+        return ClosingStreamingResponse(
+            _sse_events(tracker, entry, prepared),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    started = time.perf_counter()
     try:
-        result = await generation.generate(
-            entry, prepared, on_batch=state.metrics.batch_size.observe
-        )
+        result = await generation.generate(entry, prepared)
     except ModelNotReady as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from exc
+        tracker.failed()
+        raise _unavailable(str(exc)) from exc
     except GenerationFailed as exc:
+        tracker.failed()
         raise HTTPException(status_code=500, detail=str(exc)) from exc
-    _count(state, entry, result, started, stream=False)
+    except asyncio.CancelledError:
+        tracker.finish(None, cancelled=True)
+        raise
+    tracker.first_token()
+    tracker.finish(result, cancelled=prepared.cancelled)
     return result.as_dict()
 
 
-def _count(
-    state: InferenceState,
-    entry: LoadedModel,
-    result: GenerationResult,
-    started: float,
-    *,
-    stream: bool,
-) -> None:
-    metrics = state.metrics
-    metrics.prompt_tokens.labels(entry.name).inc(result.prompt_tokens)
-    metrics.completion_tokens.labels(entry.name).inc(result.completion_tokens)
-    metrics.generation_seconds.labels(entry.name, str(stream).lower()).observe(
-        time.perf_counter() - started
-    )
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator however the response ends, a client disconnect included.
+
+    Starlette stops iterating when a send fails but leaves the generator to the garbage
+    collector; closing it here runs its `finally` at once, which cancels the generation.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class _Tracker:
+    """Per-request bookkeeping: Prometheus series and the deployment's dashboard figures."""
+
+    def __init__(
+        self, state: InferenceState, entry: LoadedModel, arrived: float, *, stream: bool
+    ) -> None:
+        self.metrics = state.metrics
+        self.entry = entry
+        self.arrived = arrived
+        self.stream = stream
+        self.ttft: float | None = None
+        self.done = False
+
+    def first_token(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.perf_counter() - self.arrived
+            self.metrics.ttft.labels(self.entry.name).observe(self.ttft)
+
+    def failed(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.entry.stats.errors += 1
+        self.metrics.model_requests.labels(self.entry.name, "error").inc()
+
+    def finish(self, result: GenerationResult | None, *, cancelled: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        name = self.entry.name
+        elapsed = time.perf_counter() - self.arrived
+        self.metrics.model_requests.labels(name, "cancelled" if cancelled else "ok").inc()
+        self.metrics.model_latency.labels(name).observe(elapsed)
+        self.metrics.generation_seconds.labels(name, str(self.stream).lower()).observe(elapsed)
+        if result is None:
+            return
+        # Decoding time: from the first token on (a request's own wait and prefill excluded).
+        decode_s = elapsed - (self.ttft or 0.0)
+        tokens = max(0, result.completion_tokens - 1)
+        self.entry.stats.record(
+            latency=elapsed, ttft=self.ttft, tokens=tokens, decode_s=decode_s if tokens else 0.0
+        )
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
@@ -198,20 +315,22 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 
 async def _sse_events(
-    state: InferenceState, entry: LoadedModel, prepared: PreparedRequest
+    tracker: _Tracker, entry: LoadedModel, prepared: PreparedRequest
 ) -> AsyncIterator[str]:
     """Server-sent events: deltas, then a final usage event, then [DONE].
 
     Errors after the headers went out cannot change the status code, so they become an
-    `{"error": {"status_code", "detail"}}` event before [DONE].
+    `{"error": {"status_code", "detail"}}` event before [DONE]. When the client goes away the
+    response stops iterating this generator; closing it cancels the request's row.
     """
-    started = time.perf_counter()
+    events = generation.stream(entry, prepared)
     try:
-        async for item in generation.stream(entry, prepared):
+        async for item in events:
             if isinstance(item, str):
+                tracker.first_token()
                 yield _sse({"delta": item})
             else:
-                _count(state, entry, item, started, stream=True)
+                tracker.finish(item, cancelled=prepared.cancelled)
                 yield _sse(
                     {
                         "finish_reason": item.finish_reason,
@@ -221,9 +340,57 @@ async def _sse_events(
                 )
     except (ModelNotReady, GenerationFailed) as exc:
         status = 503 if isinstance(exc, ModelNotReady) else 500
-        state.metrics.errors.labels("/generate", "stream").inc()
+        tracker.failed()
+        tracker.metrics.errors.labels("/generate", "stream").inc()
         yield _sse({"error": {"status_code": status, "detail": str(exc)}})
+    finally:
+        await events.aclose()
+        if not tracker.done:
+            # The client left mid-stream: the row was cancelled; count it once it stopped.
+            tracker.finish(None, cancelled=True)
     yield _sse("[DONE]")
+
+
+@router.post("/predict", response_model=PredictResponse)
+async def predict(body: PredictRequest, state: StateDep) -> dict[str, Any]:
+    """Labels and scores (softmax) from a sequence-classification model."""
+    arrived = time.perf_counter()
+    entry = await get_ready_model(state, body.name, body.path, body)
+    _require_kind(entry, "classifier")
+    tracker = _Tracker(state, entry, arrived, stream=False)
+    try:
+        predictions = await asyncio.to_thread(classify, entry, body.texts())
+    except ModelNotReady as exc:
+        tracker.failed()
+        raise _unavailable(str(exc)) from exc
+    tracker.first_token()
+    tracker.finish(None, cancelled=False)
+    return {"predictions": predictions}
+
+
+def classify(entry: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
+    """Blocking: run the classifier on a batch of texts (truncated to its context)."""
+    import torch
+
+    model, tokenizer = entry.model, entry.tokenizer
+    if model is None or tokenizer is None:
+        raise ModelNotReady(f"model {entry.name!r} was unloaded")
+    encoded = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=entry.context_length or 512,
+        return_tensors="pt",
+    ).to(entry.device)
+    with torch.inference_mode():
+        probs = torch.softmax(model(**encoded).logits.float(), dim=-1).tolist()
+    labels = entry.labels
+    out = []
+    for row in probs:
+        scores = {labels[i]: float(p) for i, p in enumerate(row)}
+        best = max(range(len(row)), key=row.__getitem__)
+        out.append({"label": labels[best], "score": float(row[best]), "scores": scores})
+    return out
 
 
 class MetricsMiddleware:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
+from fastapi.responses import PlainTextResponse
 
 from app.api.deps import SessionDep, Workspace
 from app.api.schemas import (
     CheckpointRead,
     MetricPointRead,
     RunCreate,
+    RunEstimate,
+    RunEstimateRequest,
     RunEventRead,
     RunPage,
     RunRead,
 )
 from app.db.base import MAX_ID
-from app.services import runs
+from app.services import estimate, run_spec, runs
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -51,6 +54,20 @@ def create_run(body: RunCreate, session: SessionDep, ctx: Workspace) -> RunRead:
     return RunRead.model_validate(run)
 
 
+@router.post("/estimate", response_model=RunEstimate)
+def estimate_run(body: RunEstimateRequest, session: SessionDep, ctx: Workspace) -> RunEstimate:
+    """Memory (weights, gradients, AdamW states, activations) against the device, and the
+    expected duration when a run of the same shape has been measured; launches nothing."""
+    result = estimate.for_launch(
+        session=session,
+        ctx=ctx,
+        base_model=body.base_model,
+        config=body.config,
+        dataset_id=body.dataset_id,
+    )
+    return RunEstimate(**result.as_dict())
+
+
 @router.get("/{run_id}", response_model=RunRead)
 def read_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
     return RunRead.model_validate(runs.get_for_member(session=session, ctx=ctx, run_id=run_id))
@@ -59,6 +76,48 @@ def read_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
 @router.post("/{run_id}/cancel", response_model=RunRead)
 def cancel_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
     return RunRead.model_validate(runs.cancel(session=session, ctx=ctx, run_id=run_id))
+
+
+@router.post("/{run_id}/stop", response_model=RunRead)
+def stop_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
+    """Stop and keep: end early, save the model, finish as succeeded (unlike cancel)."""
+    return RunRead.model_validate(runs.stop_and_keep(session=session, ctx=ctx, run_id=run_id))
+
+
+@router.post("/{run_id}/resume", response_model=RunRead)
+def resume_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
+    """Queue an interrupted or failed run again, from its last checkpoint."""
+    return RunRead.model_validate(runs.resume(session=session, ctx=ctx, run_id=run_id))
+
+
+@router.get("/{run_id}/config", response_class=PlainTextResponse)
+def read_config(
+    run_id: int,
+    session: SessionDep,
+    ctx: Workspace,
+    format: Annotated[str, Query(pattern="^(json|yaml)$")] = "yaml",  # noqa: A002
+) -> PlainTextResponse:
+    """The run's launch config as a file; POST it back (JSON) or edit and clone it."""
+    run = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    media = "application/json" if format == "json" else "application/yaml"
+    return PlainTextResponse(
+        run_spec.dump(run_spec.spec_of(run), format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="run-{run.id}.{format}"'},
+    )
+
+
+@router.post("/{run_id}/clone", response_model=RunRead, status_code=status.HTTP_201_CREATED)
+def clone_run(
+    run_id: int,
+    session: SessionDep,
+    ctx: Workspace,
+    overrides: Annotated[dict[str, Any] | None, Body()] = None,
+) -> RunRead:
+    """Launch a new run with this run's config; `overrides` (same fields as a launch, config
+    merged key by key) change what differs."""
+    run = run_spec.clone(session=session, ctx=ctx, run_id=run_id, overrides=overrides or {})
+    return RunRead.model_validate(run)
 
 
 @router.get("/{run_id}/metrics", response_model=list[MetricPointRead])

@@ -1,0 +1,311 @@
+"""Before launch: will this run fit on the device, and how long will it take? Pure arithmetic.
+
+The web process never imports torch, so the sizes of the from-scratch models are restated here
+(tests/engine/test_estimate_matches_engine.py checks them against the engine's). Memory for
+full training with AdamW is weights + gradients + two optimizer moments (all fp32: 16 bytes a
+parameter) plus activations, which grow with batch × sequence length; LoRA trains only
+adapters, so their gradients and moments are negligible.
+
+Activation bytes per layer follow Korthikanti et al. 2022 ("Reducing Activation Recomputation
+in Large Transformer Models"): 34·s·b·h at 2 bytes a value, doubled for fp32, plus the logits
+and their softmax (b·s·V, fp32, twice). Their 5·a·s²·b attention-matrix term is left out:
+transformers 5 runs GPT-2 with SDPA attention, which never stores that matrix. It is an
+estimate: frameworks keep a little more or less, so 10% headroom is required to "fit".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+GIB = 1024**3
+DEFAULT_VOCAB = 4096
+MARGIN = 1.10
+# Adapter parameters LoRA (r=8 on the attention projections) trains, as a share of the model.
+LORA_TRAINABLE_SHARE = 0.005
+
+
+@dataclass(frozen=True)
+class Architecture:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int = DEFAULT_VOCAB
+
+    def parameters(self, block_size: int) -> int:
+        """Exact for our GPT-2 configs (tied embeddings, n_positions = block size)."""
+        d = self.n_embd
+        return self.vocab_size * d + block_size * d + self.n_layer * (12 * d * d + 13 * d) + 2 * d
+
+
+# The engine's from-scratch sizes (workers/engine/scratch.py).
+ARCHITECTURES: dict[str, Architecture] = {
+    "scratch-nano": Architecture(n_layer=2, n_head=2, n_embd=64),
+    "scratch-tiny": Architecture(n_layer=4, n_head=4, n_embd=192),
+    "scratch-small": Architecture(n_layer=6, n_head=6, n_embd=384),
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    base_model: str
+    parameters: int | None
+    weights_bytes: int | None
+    gradients_bytes: int | None
+    optimizer_bytes: int | None
+    activations_bytes: int | None
+    total_bytes: int | None
+    device_bytes: int | None
+    device_label: str
+    fits: bool | None  # None: not known (model size or device memory unknown)
+    warning: str | None
+    suggestions: list[str]
+    total_steps: int | None
+    tokens_per_second: float | None  # measured: a calibration or an earlier run
+    duration_s: float | None
+    duration_source: str | None = None  # "calibration" | "earlier run"
+    calibrating: bool = False  # a worker is timing this shape; ask again shortly
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _suggestions(*, batch_size: int, precision: str, lora: bool) -> list[str]:
+    out: list[str] = []
+    if batch_size > 1:
+        out.append(
+            f"a smaller batch (e.g. {max(1, batch_size // 2)}) with gradient accumulation "
+            f"of {2 if batch_size > 1 else 1} keeps the effective batch"
+        )
+    if not lora:
+        out.append("LoRA trains only small adapters: no gradients or optimizer states for the rest")
+    if precision == "fp32":
+        out.append("bf16 halves the activations (on GPUs that support it)")
+    out.append("a shorter sequence length")
+    return out
+
+
+def estimate(
+    *,
+    base_model: str,
+    batch_size: int,
+    block_size: int,
+    precision: str = "fp32",
+    lora: bool = False,
+    device_bytes: int | None,
+    device_label: str,
+    total_steps: int | None = None,
+    tokens_per_second: float | None = None,
+) -> Estimate:
+    """Memory by part against the device's memory, and a duration when a calibration is known."""
+    arch = ARCHITECTURES.get(base_model)
+    duration = None
+    if total_steps and tokens_per_second:
+        duration = total_steps * batch_size * block_size / tokens_per_second
+    if arch is None:
+        return Estimate(
+            base_model, None, None, None, None, None, None, device_bytes, device_label, None,
+            None, [], total_steps, tokens_per_second, duration,
+        )  # fmt: skip
+    params = arch.parameters(block_size)
+    trainable = int(params * LORA_TRAINABLE_SHARE) if lora else params
+    weights = params * 4
+    gradients = trainable * 4
+    optimizer = trainable * 8
+    act_scale = 1 if precision in ("bf16", "fp16") else 2
+    s, b, h = block_size, batch_size, arch.n_embd
+    per_layer = 34 * s * b * h * act_scale
+    logits = 2 * b * s * arch.vocab_size * 4
+    activations = int(arch.n_layer * per_layer + logits)
+    total = weights + gradients + optimizer + activations
+    fits = None if device_bytes is None else total * MARGIN <= device_bytes
+    warning = None
+    suggestions: list[str] = []
+    if fits is False:
+        warning = (
+            f"needs about {total / GIB:.1f} GiB but {device_label} has "
+            f"{device_bytes / GIB:.1f} GiB: it will run out of memory"  # type: ignore[operator]
+        )
+        suggestions = _suggestions(batch_size=batch_size, precision=precision, lora=lora)
+    return Estimate(
+        base_model=base_model,
+        parameters=params,
+        weights_bytes=weights,
+        gradients_bytes=gradients,
+        optimizer_bytes=optimizer,
+        activations_bytes=activations,
+        total_bytes=total,
+        device_bytes=device_bytes,
+        device_label=device_label,
+        fits=fits,
+        warning=warning,
+        suggestions=suggestions,
+        total_steps=total_steps,
+        tokens_per_second=tokens_per_second,
+        duration_s=duration,
+    )
+
+
+def planned_steps(
+    *, max_steps: int | None, epochs: float, dataset_bytes: int, batch_size: int, block_size: int
+) -> int:
+    """Steps the run will take: max_steps, or epochs over the data at ~4 bytes a token (the
+    engine's tokenizer is trained on the data, so the real count is known only at run time)."""
+    if max_steps:
+        return max_steps
+    blocks = max(1, dataset_bytes // 4 // block_size)
+    return max(1, int(epochs * -(-blocks // batch_size)))
+
+
+def device_memory() -> tuple[int | None, str]:
+    """The training device's memory: the setting (what the gpu workers have), else this
+    machine's RAM (the embedded setup trains on the CPU next to the web process)."""
+    from app.core.settings import get_settings
+
+    configured = get_settings().train_device_memory_gb
+    if configured:
+        return int(configured * GIB), "the training device"
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total), "this server's RAM"
+    except Exception:  # psutil missing or /proc unreadable: say we do not know
+        return None, "the training device"
+
+
+def measured_throughput(
+    *, session: Any, workspace_id: int, base_model: str, batch_size: int, block_size: int
+) -> float | None:
+    """Tokens/s of the newest run in this workspace with the same model, batch and sequence
+    length: a real measurement on the real workers, better than any guess."""
+    from sqlalchemy import select
+
+    from app.db.models import MetricPoint, Run
+
+    runs = session.scalars(
+        select(Run)
+        .where(Run.workspace_id == workspace_id, Run.base_model == base_model, Run.step > 5)
+        .order_by(Run.id.desc())
+        .limit(20)
+    )
+    for run in runs:
+        if run.config.get("batch_size") != batch_size or run.config.get("block_size") != block_size:
+            continue
+        value = session.scalar(
+            select(MetricPoint.value)
+            .where(MetricPoint.run_id == run.id, MetricPoint.name == "tokens_per_second")
+            .order_by(MetricPoint.step.desc())
+            .limit(1)
+        )
+        if value:
+            return float(value)
+    return None
+
+
+def for_launch(
+    *,
+    session: Any,
+    ctx: Any,
+    base_model: str,
+    config: Any,
+    dataset_id: int | None = None,
+) -> Estimate:
+    """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start."""
+    from app.services import base_models, datasets
+
+    base_models.require_known(base_model)
+    dataset_bytes = 0
+    if dataset_id is not None:
+        dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+        dataset_bytes = int(dataset.size_bytes)
+    device_bytes, label = device_memory()
+    shape = (base_model, config.batch_size, config.block_size)
+    rate = measured_throughput(
+        session=session,
+        workspace_id=ctx.workspace.id,
+        base_model=base_model,
+        batch_size=config.batch_size,
+        block_size=config.block_size,
+    )
+    source = "earlier run" if rate else None
+    calibrating = False
+    if rate is None:
+        rate = read_calibration(*shape)
+        source = "calibration" if rate else None
+    if rate is None and base_model in ARCHITECTURES:
+        calibrating = request_calibration(*shape)
+    steps = (
+        planned_steps(
+            max_steps=config.max_steps,
+            epochs=config.epochs,
+            dataset_bytes=dataset_bytes,
+            batch_size=config.batch_size,
+            block_size=config.block_size,
+        )
+        if dataset_id is not None or config.max_steps
+        else None
+    )
+    result = estimate(
+        base_model=base_model,
+        batch_size=config.batch_size,
+        block_size=config.block_size,
+        device_bytes=device_bytes,
+        device_label=label,
+        total_steps=steps,
+        tokens_per_second=rate,
+    )
+    return replace(result, duration_source=source, calibrating=calibrating)
+
+
+# --- calibration: a worker times a few steps of a shape; the answer is cached as a file ----
+CALIBRATION_RETRY_S = 600  # a request nobody answered (no worker up) is sent again after this
+
+
+def calibration_key(base_model: str, batch_size: int, block_size: int) -> str:
+    return f"calibration/{base_model}-b{batch_size}-s{block_size}.json"
+
+
+def read_calibration(base_model: str, batch_size: int, block_size: int) -> float | None:
+    from app.services import artifacts
+
+    path = artifacts.resolve(calibration_key(base_model, batch_size, block_size))
+    try:
+        return float(json.loads(path.read_text())["tokens_per_second"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_calibration(
+    base_model: str, batch_size: int, block_size: int, *, tokens_per_second: float, device: str
+) -> None:
+    """Called by the worker's calibration task; atomic, so a reader never sees half a file."""
+    from app.services import artifacts
+
+    path = artifacts.resolve(calibration_key(base_model, batch_size, block_size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_suffix(".tmp")
+    staged.write_text(json.dumps({"tokens_per_second": tokens_per_second, "device": device}))
+    staged.replace(path)
+    path.with_suffix(".pending").unlink(missing_ok=True)
+
+
+def request_calibration(base_model: str, batch_size: int, block_size: int) -> bool:
+    """Send one calibration task per shape (not one per keystroke); True while one is pending."""
+    from app.core import task_queue
+    from app.services import artifacts
+
+    marker = artifacts.resolve(calibration_key(base_model, batch_size, block_size)).with_suffix(
+        ".pending"
+    )
+    try:
+        if time.time() - marker.stat().st_mtime < CALIBRATION_RETRY_S:
+            return True
+    except OSError:
+        pass
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    if not task_queue.enqueue_calibration(base_model, batch_size, block_size):
+        return False
+    marker.touch()
+    return True

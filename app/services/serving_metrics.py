@@ -1,0 +1,61 @@
+"""Prometheus series of the OpenAI facade, labelled by deployment (the `model` name served).
+
+They live in the web process's default registry, which `/metrics` exposes. With several web
+processes (`llmide serve --workers N`) each process counts its own requests: see
+docs/serving.md for how to scrape them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+
+BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "llmide_deployment_requests",
+    "OpenAI-facade generation requests per deployment, by HTTP status.",
+    ["deployment", "status"],
+)
+LATENCY = Histogram(
+    "llmide_deployment_request_seconds",
+    "Whole-request latency per deployment (for streams: until the last token).",
+    ["deployment"],
+    buckets=BUCKETS,
+)
+TTFT = Histogram(
+    "llmide_deployment_time_to_first_token_seconds",
+    "Time to the first generated text per deployment (whole answers: the answer's time).",
+    ["deployment"],
+    buckets=BUCKETS,
+)
+TOKENS = Counter(
+    "llmide_deployment_completion_tokens",
+    "Completion tokens generated per deployment; rate() of it is tokens/s.",
+    ["deployment"],
+)
+
+
+class RequestTimer:
+    """Times one facade request; call first_token(), then done(status, tokens)."""
+
+    def __init__(self, deployment: str) -> None:
+        self.deployment = deployment
+        self.started = time.perf_counter()
+        self._first: float | None = None
+        self._done = False
+
+    def first_token(self) -> None:
+        if self._first is None:
+            self._first = time.perf_counter() - self.started
+            TTFT.labels(self.deployment).observe(self._first)
+
+    def done(self, status: int, tokens: int = 0) -> None:
+        if self._done:
+            return
+        self._done = True
+        REQUESTS.labels(self.deployment, str(status)).inc()
+        LATENCY.labels(self.deployment).observe(time.perf_counter() - self.started)
+        if tokens:
+            TOKENS.labels(self.deployment).inc(tokens)

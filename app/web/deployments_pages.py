@@ -1,0 +1,161 @@
+"""Deployment pages' actions: deploy with settings, scale, redeploy (zero downtime).
+
+The list itself (`GET /deployments`) and stop live in models_pages; this module adds the forms
+and the context the deployments page shows (figures, examples to copy).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from app.core.errors import DomainError, Forbidden
+from app.db.models import Deployment, DeploymentStatus
+from app.services import deployments, registry
+from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
+
+router = APIRouter(prefix="/deployments", route_class=PageRoute, include_in_schema=False)
+
+
+def examples(base_url: str, name: str) -> dict[str, str]:
+    """Copyable calls of a deployment: curl and the openai Python package."""
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}]})
+    curl = (
+        f"curl {base_url}/chat/completions \\\n"
+        '  -H "Authorization: Bearer $LLMIDE_TOKEN" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        f"  -d '{body}'"
+    )
+    python = (
+        "from openai import OpenAI\n\n"
+        f'client = OpenAI(base_url="{base_url}", api_key=os.environ["LLMIDE_TOKEN"])\n'
+        "answer = client.chat.completions.create(\n"
+        f'    model="{name}",\n'
+        '    messages=[{"role": "user", "content": "Hello!"}],\n'
+        ")\n"
+        "print(answer.choices[0].message.content)"
+    )
+    return {"curl": curl, "python": "import os\n" + python}
+
+
+def deployments_context(
+    request: Request,
+    session: Session,
+    pc: PageContext,
+    rows: list[Deployment],
+    loaded: list[dict] | None,
+) -> dict[str, Any]:
+    base_url = str(request.base_url).rstrip("/") + "/v1"
+    return {
+        "deployments": rows,
+        "server_up": loaded is not None,
+        # Poll while something is loading or switching and there is a server to ask.
+        "polling": loaded is not None
+        and any(
+            d.status == DeploymentStatus.loading or d.pending_model_version_id is not None
+            for d in rows
+        ),
+        "stats": deployments.stats_by_deployment(rows, loaded) or {},
+        "versions": registry.list_versions(session=session, ctx=pc.ctx),
+        "base_url": base_url,
+        "examples": {
+            d.id: examples(base_url, d.name or d.model_version.serving_name) for d in rows
+        },
+    }
+
+
+async def _page_with_error(
+    request: Request, session: Session, pc: PageContext, exc: DomainError
+) -> Response:
+    from app.web.models_pages import _deployments_page
+
+    rollback(request)
+    loaded = await deployments.loaded_models()
+    response, _ = await run_in_threadpool(
+        _deployments_page, request, session, pc, loaded, exc.message, exc.status_code
+    )
+    return response
+
+
+@router.post("", dependencies=[CSRF])
+async def create_deployment(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    model_version_id: Annotated[int, Form(ge=1, le=2**31 - 1)],
+    name: Annotated[str, Form(max_length=255)] = "",
+    replicas: Annotated[int, Form(ge=1, le=8)] = 1,
+    max_batch_size: Annotated[int, Form(ge=1, le=64)] = 8,
+    max_new_tokens: Annotated[int, Form(ge=1, le=4096)] = 256,
+    temperature: Annotated[float, Form(ge=0, le=2)] = 0.7,
+    top_p: Annotated[float, Form(gt=0, le=1)] = 1.0,
+) -> Response:
+    """Deploy a version with its serving settings in one click."""
+    settings = deployments.DeploymentSettings(
+        replicas=replicas,
+        max_batch_size=max_batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    try:
+        await deployments.deploy(
+            session=session,
+            ctx=pc.ctx,
+            version_id=model_version_id,
+            name=name.strip() or None,
+            settings=settings,
+        )
+    except Forbidden:
+        raise
+    except DomainError as exc:
+        return await _page_with_error(request, session, pc, exc)
+    return redirect(request, "/deployments")
+
+
+@router.post("/{deployment_id}/scale", dependencies=[CSRF])
+async def scale_deployment(
+    deployment_id: int,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    replicas: Annotated[int, Form(ge=1, le=8)],
+    max_batch_size: Annotated[int | None, Form(ge=1, le=64)] = None,
+) -> Response:
+    try:
+        await deployments.scale(
+            session=session,
+            ctx=pc.ctx,
+            deployment_id=deployment_id,
+            replicas=replicas,
+            max_batch_size=max_batch_size,
+        )
+    except (Forbidden, deployments.NotFound):
+        raise
+    except DomainError as exc:
+        return await _page_with_error(request, session, pc, exc)
+    return redirect(request, "/deployments")
+
+
+@router.post("/{deployment_id}/redeploy", dependencies=[CSRF])
+async def redeploy_deployment(
+    deployment_id: int,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    model_version_id: Annotated[int, Form(ge=1, le=2**31 - 1)],
+) -> Response:
+    try:
+        await deployments.redeploy(
+            session=session, ctx=pc.ctx, deployment_id=deployment_id, version_id=model_version_id
+        )
+    except (Forbidden, deployments.NotFound):
+        raise
+    except DomainError as exc:
+        return await _page_with_error(request, session, pc, exc)
+    return redirect(request, "/deployments")

@@ -1,0 +1,231 @@
+"""Training overhead of the product's engine against a bare PyTorch loop, in the same run.
+
+(a) the engine: `workers.engine.train` (HF Trainer, our callbacks, atomic checkpointing) with
+    the real `RunReporter` writing every metric, progress and log line to a real, migrated
+    database (SQLite under a temporary data dir) — what a Celery worker runs, minus Celery's
+    fork; (b) a bare loop: the same GPT-2-style model built from the same config, the same
+    blocks, batch, sequence length and AdamW settings, forward/backward/clip/step, no logging.
+
+Throughput is tokens per second over the steady-state steps (the first WARMUP steps and the
+last one, where the engine writes its checkpoint, are left out), timed by wall clock from
+outside the step, so every callback and reporter cost of the engine counts. The two run
+alternately ROUNDS times and the best round of each is compared (a shared CPU is noisy).
+
+    python bench/train_overhead.py [--steps 40] [--batch 8] [--block 128] [--model scratch-tiny]
+                                   [--device auto]
+
+Target: ratio >= 0.95. Last line: train_overhead_ratio=<engine tokens/s ÷ bare tokens/s>.
+On a GPU it also prints the MFU of each (6·params·tokens/s ÷ the device's peak bf16 FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+from bench._support import seed_bench_run  # noqa: E402
+
+WARMUP = 5
+ROUNDS = 2
+TARGET = 0.95
+# Dense bf16 tensor-core peaks (no sparsity), by device name fragment.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def corpus(path: Path, rows: int = 3000) -> Path:
+    rng = random.Random(0)
+    words = ["the", "a", "cat", "dog", "bird", "sees", "likes", "finds", "red", "big", "tree"]
+    lines = [json.dumps({"text": " ".join(rng.choices(words, k=24)) + "."}) for _ in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def prepare_database(data_dir: Path, dataset_file: Path) -> int:
+    """Migrate a fresh SQLite database and record a running run for the reporter to write to."""
+    for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
+        del os.environ[key]
+    os.environ["LLMIDE_DATA_DIR"] = str(data_dir)
+    _, run_id = seed_bench_run(
+        status="running", filename=dataset_file.name, size_bytes=dataset_file.stat().st_size
+    )
+    return run_id
+
+
+class Timed:
+    """Wraps the real reporter: records when each optimizer step ended (wall clock)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.ends: dict[int, float] = {}
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        self.ends[step] = time.perf_counter()
+        self.inner.on_progress(step, total_steps)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def steady_rate(ends: dict[int, float], tokens_per_step: int, steps: int) -> float:
+    first, last = WARMUP, steps - 1  # step `steps` is followed by the final checkpoint
+    return (last - first) * tokens_per_step / (ends[last] - ends[first])
+
+
+def run_engine(args: argparse.Namespace, train_file: Path, out: Path, run_id: int) -> float:
+    from workers.engine import TrainConfig, train
+    from workers.metrics_sink import RunReporter
+
+    config = TrainConfig(
+        output_dir=out,
+        train_file=train_file,
+        train_format="text",
+        base_model=args.model,
+        batch_size=args.batch,
+        block_size=args.block,
+        max_steps=args.steps,
+        eval_split=0.0,
+        save_steps=args.steps,  # one checkpoint, after the timed window
+        device=args.device,
+        seed=1,
+    )
+    reporter = RunReporter(run_id)
+    timed = Timed(reporter)
+    try:
+        train(config, timed)  # type: ignore[arg-type]
+    finally:
+        reporter.close()
+    return steady_rate(timed.ends, args.batch * args.block, args.steps)
+
+
+def run_bare(args: argparse.Namespace, train_file: Path) -> tuple[float, int]:
+    """The same model, data and optimizer in a plain loop; returns (tokens/s, parameters)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workers.engine.data import build_blocks, read_rows, render_rows, tokenizer_corpus
+    from workers.engine.device import configure_cpu_threads, plan_device
+    from workers.engine.scratch import scratch_config
+    from workers.engine.tokenizer import train_tokenizer
+
+    device = plan_device(args.device)
+    if device.kind == "cpu":
+        configure_cpu_threads()
+    torch.manual_seed(1)
+    rows = read_rows(train_file, "text")
+    tokenizer = train_tokenizer(
+        tokenizer_corpus(rows), vocab_size=4096, model_max_length=args.block
+    )
+    blocks = build_blocks(render_rows(rows, tokenizer), tokenizer, args.block)
+    config = scratch_config(
+        args.model,
+        vocab_size=len(tokenizer),
+        block_size=args.block,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    target = torch.device("cuda", device.cuda_index or 0) if device.kind == "cuda" else "cpu"
+    model = AutoModelForCausalLM.from_config(config).to(target)
+    model.loss_type = "ForCausalLM"  # as the engine sets it
+    model.train()
+    # What the Trainer builds from our TrainingArguments: AdamW, weight decay 0.01 except
+    # biases and norms, cosine schedule with 5% warm-up, gradients clipped at 1.0.
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=5e-4,
+        fused=device.kind == "cuda",
+    )
+    warm = max(1, math.ceil(0.05 * args.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            s / warm
+            if s < warm
+            else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm)))
+        ),
+    )
+    generator = torch.Generator().manual_seed(1)
+    order = torch.randperm(len(blocks), generator=generator)
+    ends: dict[int, float] = {}
+    for step in range(1, args.steps + 1):
+        start = ((step - 1) * args.batch) % max(1, len(blocks) - args.batch)
+        index = order[start : start + args.batch]
+        input_ids = blocks.input_ids[index].to(target, non_blocking=True)
+        mask = blocks.attention_mask[index].to(target, non_blocking=True)
+        labels = input_ids.masked_fill(mask == 0, -100)
+        with torch.autocast(
+            target.type if device.kind == "cuda" else "cpu",
+            dtype=torch.bfloat16,
+            enabled=device.bf16,
+        ):
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.kind == "cuda":
+            torch.cuda.synchronize()  # a step ends when the GPU is done, as in the engine's log
+        ends[step] = time.perf_counter()
+    return steady_rate(ends, args.batch * args.block, args.steps), model.num_parameters()
+
+
+def peak_flops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--model", default="scratch-tiny")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="llmide-bench-train-"))
+    train_file = corpus(root / "corpus.jsonl")
+    run_id = prepare_database(root / "data", train_file)
+    engine_rates, bare_rates = [], []
+    params = 0
+    for round_ in range(ROUNDS):
+        out = root / "data" / "artifacts" / "runs" / f"{run_id}-{round_}"
+        engine_rates.append(run_engine(args, train_file, out, run_id))
+        rate, params = run_bare(args, train_file)
+        bare_rates.append(rate)
+        print(
+            f"round {round_ + 1}: engine {engine_rates[-1]:,.0f} tokens/s, "
+            f"bare loop {bare_rates[-1]:,.0f} tokens/s",
+            flush=True,
+        )
+    engine, bare = max(engine_rates), max(bare_rates)
+    ratio = engine / bare
+    print(f"model {args.model} ({params:,} parameters), batch {args.batch} x {args.block} tokens")
+    print(f"engine (workers.engine.train + RunReporter -> SQLite): {engine:,.0f} tokens/s")
+    print(f"bare PyTorch loop:                                   {bare:,.0f} tokens/s")
+    if (peak := peak_flops()) is not None:
+        for label, rate in (("engine", engine), ("bare", bare)):
+            print(f"MFU {label}: {6 * params * rate / peak:.1%} of {peak / 1e12:.0f} TFLOPS bf16")
+    print(f"target >= {TARGET} x the bare loop: {'met' if ratio >= TARGET else 'NOT met'}")
+    print(f"train_overhead_ratio={ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

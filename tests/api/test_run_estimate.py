@@ -1,0 +1,106 @@
+"""Before launch: the estimate of memory (by part, against the device) and duration."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Team, text_jsonl
+
+
+def test_estimate_splits_memory_into_weights_gradients_adamw_and_activations(team: Team) -> None:
+    answer = team.viewer.post(
+        "/api/v1/runs/estimate",
+        json={"base_model": "scratch-tiny", "config": {"batch_size": 8, "block_size": 128}},
+    )
+    assert answer.status_code == 200, answer.text
+    e = answer.json()
+    params = e["parameters"]
+    assert params > 1_000_000
+    assert e["weights_bytes"] == 4 * params and e["gradients_bytes"] == 4 * params
+    assert e["optimizer_bytes"] == 8 * params  # AdamW: two fp32 moments
+    assert e["total_bytes"] == sum(
+        e[k] for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes")
+    )
+    bigger = team.viewer.post(
+        "/api/v1/runs/estimate",
+        json={"base_model": "scratch-tiny", "config": {"batch_size": 64, "block_size": 128}},
+    ).json()
+    assert bigger["activations_bytes"] > 7 * e["activations_bytes"]  # linear in the batch
+    assert bigger["weights_bytes"] == e["weights_bytes"]
+    assert e["fits"] is True and e["warning"] is None
+
+
+def test_a_run_too_big_for_the_device_gets_a_warning_with_suggestions(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "train_device_memory_gb", 0.25)
+    e = team.viewer.post(
+        "/api/v1/runs/estimate",
+        json={"base_model": "scratch-small", "config": {"batch_size": 256, "block_size": 1024}},
+    ).json()
+    assert e["fits"] is False and e["device_bytes"] == 256 * 1024**2
+    assert "will run out of memory" in e["warning"]
+    text = " ".join(e["suggestions"])
+    for hint in ("smaller batch", "gradient accumulation", "LoRA", "bf16"):
+        assert hint in text
+
+
+def test_estimate_plans_the_steps_from_the_dataset_and_validates_like_launch(team: Team) -> None:
+    dataset_id = team.editor.upload("c.jsonl", text_jsonl(400)).json()["id"]
+    e = team.viewer.post(
+        "/api/v1/runs/estimate",
+        json={"dataset_id": dataset_id, "config": {"batch_size": 4, "block_size": 16}},
+    ).json()
+    assert e["total_steps"] and e["total_steps"] > 10
+    assert e["duration_s"] is None  # no run of this shape has been measured yet
+    bad = team.viewer.post("/api/v1/runs/estimate", json={"config": {"batch_size": 0}})
+    assert bad.status_code == 422 and "batch_size" in bad.text
+    unknown = team.viewer.post("/api/v1/runs/estimate", json={"base_model": "gpt-17"})
+    assert unknown.status_code == 400
+    other = team.outsider.post("/api/v1/runs/estimate", json={"dataset_id": dataset_id})
+    assert other.status_code == 404
+
+
+def test_the_launch_form_shows_the_estimate_partial(team: Team) -> None:
+    from tests.browser.test_page_routes import HTML, _sign_in
+
+    team.editor.upload("c.jsonl", text_jsonl(20))
+    token = _sign_in(team.editor.client, team.editor)
+    page = team.editor.client.get("/runs/new", headers=HTML)
+    assert 'hx-post="/runs/estimate"' in page.text
+    partial = team.editor.client.post(
+        "/runs/estimate",
+        headers={**HTML, "HX-Request": "true"},
+        data={"csrf_token": token, "base_model": "scratch-tiny", "batch_size": "8",
+              "block_size": "128"},
+    )  # fmt: skip
+    assert partial.status_code == 200
+    assert 'data-testid="run-estimate"' in partial.text and "Optimizer (AdamW)" in partial.text
+    bad = team.editor.client.post(
+        "/runs/estimate", headers=HTML, data={"csrf_token": token, "batch_size": "-3"}
+    )
+    assert "Fix the highlighted values" in bad.text
+
+
+def test_a_calibration_on_the_worker_gives_the_estimate_a_duration(team: Team) -> None:
+    from workers.tasks import calibrate_training
+
+    dataset_id = team.editor.upload("c.jsonl", text_jsonl(200)).json()["id"]
+    ask = {
+        "dataset_id": dataset_id,
+        "base_model": "scratch-nano",
+        "config": {"batch_size": 4, "block_size": 16},
+    }
+    first = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    assert first["calibrating"] is True and first["duration_s"] is None
+    again = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    assert again["calibrating"] is True, "one pending calibration, not one per request"
+
+    rate = calibrate_training.apply(args=["scratch-nano", 4, 16]).result  # what a worker runs
+    assert rate > 0
+    done = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    assert done["calibrating"] is False and done["duration_source"] == "calibration"
+    assert done["tokens_per_second"] == pytest.approx(rate)
+    assert done["duration_s"] == pytest.approx(done["total_steps"] * 4 * 16 / rate)

@@ -1,0 +1,136 @@
+"""Serving fixtures: the real inference process beside the in-process web app, and registered
+model versions whose folders hold tiny from-scratch models (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Team
+from tests.inference.test_inference_server import REPO_ROOT, build_tiny_model, free_port
+from tests.openai.conftest import (  # noqa: F401 - openai_for is a fixture re-exported here
+    create_job,
+    finish_like_the_worker,
+    openai_for,
+    run_id_of,
+    upload_file,
+)
+
+TOKEN_HEADER = "X-LLMIDE-Internal"
+
+
+@pytest.fixture
+def serving_env(installation: Path) -> Iterator[int]:
+    """The inference port and quick serving timings, set before the web app is created."""
+    from app.core.settings import get_settings
+
+    port = free_port()
+    os.environ["LLMIDE_INFERENCE_PORT"] = str(port)
+    os.environ["LLMIDE_DEPLOYMENT_DRAIN_S"] = "1"
+    os.environ["LLMIDE_DEPLOYMENT_RECONCILE_INTERVAL_S"] = "0.5"
+    get_settings.cache_clear()
+    yield port
+    get_settings.cache_clear()
+
+
+@contextmanager
+def inference_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m workers.inference` on `port`, sharing the installation's data dir (and token)."""
+    env = {
+        **os.environ,
+        "LLMIDE_DATA_DIR": str(data_dir),
+        "LLMIDE_INFERENCE_PORT": str(port),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workers.inference"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "the inference server exited at start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the inference server did not start in 60 s"
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def inference_get(port: int, path: str) -> httpx.Response:
+    from app.core.settings import get_settings
+
+    return httpx.get(
+        f"http://127.0.0.1:{port}{path}",
+        headers={TOKEN_HEADER: get_settings().internal_token},
+        timeout=10,
+    )
+
+
+def build_tiny_classifier(folder: Path) -> None:
+    """A 1-layer BERT sequence classifier (labels negative/positive) with a trained tokenizer."""
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    with tempfile.TemporaryDirectory() as scratch:
+        build_tiny_model(Path(scratch))
+        tokenizer = AutoTokenizer.from_pretrained(scratch)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = BertForSequenceClassification(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+RegisterVersion = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def register_version(team: Team) -> RegisterVersion:
+    """Register a version in the owner's workspace whose folder holds the model `build` makes."""
+    from app.services import artifacts
+
+    def register(build: Callable[[Path], None] = build_tiny_model) -> dict[str, Any]:
+        job = create_job(team.owner, upload_file(team.owner))
+        run_id = run_id_of(job["id"])
+        finish_like_the_worker(run_id)
+        build(artifacts.resolve(f"runs/{run_id}/final"))
+        models = team.owner.get("/api/v1/models").json()
+        versions = [v for m in models for v in m["versions"] if v.get("run_id") == run_id]
+        assert len(versions) == 1, models
+        return dict(versions[0])
+
+    return register
