@@ -572,10 +572,12 @@ PAGES = [
     "/runs",
     "/runs/new",
     "/runs/1",
+    "/runs/1/config",
     "/compare?run=1",
     "/models",
     "/models/versions/1",  # registered when run 1 ended
     "/deployments",
+    "/workers",
     "/playground",
     "/settings/tokens",
     "/settings/members",
