@@ -1,0 +1,225 @@
+"""Tokenize a dataset version once: cached on disk by (version sha256, tokenizer id, settings).
+
+A cache entry is a folder `<cache_root>/<key>/` holding the tokenizer, the token ids (uint32),
+a loss mask (uint8: 1 where the token is trained, from `masking`) and `meta.json`. It is written
+in a staging folder and renamed into place, so a folder that exists is complete: a second run
+with the same key opens it and does no work.
+
+With packing (causal LM), documents are joined (each ends in EOS) and cut into sequences of
+exactly `max_length` tokens, the last one padded with a zero mask; without it each row is
+truncated at `max_length` and row starts are kept in `offsets.bin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from app.core.prep_recipe import TokenizeSettings
+from workers.dataprep import fields, masking
+from workers.dataprep.tokenizers import load_packaged, tokenizer_id, train_scratch
+
+Row = dict[str, Any]
+ENCODE_BATCH = 1000  # rows per call into the Rust tokenizer: fast, and bounded memory
+META = "meta.json"
+
+
+@dataclass
+class TokenizedInfo:
+    key: str
+    directory: str
+    cache_hit: bool
+    tokenizer_id: str
+    num_rows: int
+    num_tokens: int
+    trained_tokens: int
+    truncated_rows: int
+    num_sequences: int
+    sequence_length: int
+    packing: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cache_key(version_sha256: str, settings: TokenizeSettings) -> str:
+    ident = tokenizer_id(settings.tokenizer, vocab_size=settings.vocab_size)
+    payload = json.dumps(
+        {"version": version_sha256, "tokenizer": ident, "settings": settings.model_dump()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def load_cached(cache_root: Path, key: str) -> TokenizedInfo | None:
+    meta = cache_root / key / META
+    if not meta.is_file():
+        return None
+    info = TokenizedInfo(**json.loads(meta.read_text()))
+    info.cache_hit = True
+    info.directory = str(cache_root / key)
+    return info
+
+
+def _loss_mask(encoding: Any, item: masking.Rendered) -> np.ndarray:
+    n = len(encoding.ids)
+    if not item.trains or not item.trained:
+        return np.zeros(n, dtype=np.uint8)
+    if item.trained == [(0, len(item.text))]:
+        return np.ones(n, dtype=np.uint8)
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    mask = np.zeros(n, dtype=bool)
+    for s, e in item.trained:  # same rule as masking._in_spans, vectorised
+        overlap = np.minimum(ends, e) - np.maximum(starts, s)
+        empty = ends <= starts
+        mask |= np.where(
+            empty, (starts >= s) & (starts < e), (overlap > 0) & (overlap * 2 >= ends - starts)
+        )
+    return mask.astype(np.uint8)
+
+
+class _Writer:
+    """Appends ids and mask; with packing emits exact `length`-token sequences."""
+
+    def __init__(self, folder: Path, *, length: int, packing: bool, pad_id: int) -> None:
+        self.ids: IO[bytes] = (folder / "ids.bin").open("wb")
+        self.mask: IO[bytes] = (folder / "loss_mask.bin").open("wb")
+        self.offsets: IO[bytes] | None = None if packing else (folder / "offsets.bin").open("wb")
+        self.length, self.packing, self.pad_id = length, packing, pad_id
+        self.carry_ids = np.zeros(0, dtype=np.uint32)
+        self.carry_mask = np.zeros(0, dtype=np.uint8)
+        self.written = 0  # tokens in ids.bin
+        self.sequences = 0
+
+    def add(self, ids: np.ndarray, mask: np.ndarray) -> None:
+        if not self.packing:
+            assert self.offsets is not None
+            np.asarray([self.written], dtype=np.uint64).tofile(self.offsets)
+            ids.tofile(self.ids)
+            mask.tofile(self.mask)
+            self.written += ids.size
+            self.sequences += 1
+            return
+        self.carry_ids = np.concatenate([self.carry_ids, ids])
+        self.carry_mask = np.concatenate([self.carry_mask, mask])
+        full = self.carry_ids.size // self.length * self.length
+        if full:
+            self.carry_ids[:full].tofile(self.ids)
+            self.carry_mask[:full].tofile(self.mask)
+            self.written += full
+            self.sequences += full // self.length
+            self.carry_ids, self.carry_mask = self.carry_ids[full:], self.carry_mask[full:]
+
+    def close(self) -> None:
+        if self.packing and self.carry_ids.size:
+            pad = self.length - self.carry_ids.size
+            np.concatenate([self.carry_ids, np.full(pad, self.pad_id, np.uint32)]).tofile(self.ids)
+            np.concatenate([self.carry_mask, np.zeros(pad, np.uint8)]).tofile(self.mask)
+            self.written += self.length
+            self.sequences += 1
+        if self.offsets is not None:
+            np.asarray([self.written], dtype=np.uint64).tofile(self.offsets)
+            self.offsets.close()
+        self.ids.close()
+        self.mask.close()
+
+
+def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    iterator = iter(rows)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def tokenize_version(
+    *,
+    rows: Callable[[], Iterable[Row]],
+    schema: str,
+    version_sha256: str,
+    settings: TokenizeSettings,
+    cache_root: Path,
+    on_progress: Callable[[int], None] | None = None,
+) -> TokenizedInfo:
+    """Tokenize every row (or open the cache entry that already holds the result)."""
+    key = cache_key(version_sha256, settings)
+    cached = load_cached(cache_root, key)
+    if cached is not None:
+        return cached
+    if settings.tokenizer == "scratch":
+        corpus = (text for row in rows() for text in fields.texts(row, schema))
+        tokenizer = train_scratch(
+            corpus, vocab_size=settings.vocab_size, max_length=settings.max_length
+        )
+    else:
+        tokenizer = load_packaged(settings.tokenizer)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=cache_root))
+    try:
+        tokenizer.save_pretrained(str(staging / "tokenizer"))
+        pad_id = tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
+        writer = _Writer(
+            staging, length=settings.max_length, packing=settings.packing, pad_id=pad_id
+        )
+        backend = tokenizer.backend_tokenizer
+        counts = {"rows": 0, "tokens": 0, "trained": 0, "truncated": 0}
+        for batch in _batches(rows(), ENCODE_BATCH):
+            rendered = [
+                masking.render_row(tokenizer, row, schema, chat_template=settings.chat_template)
+                for row in batch
+            ]
+            encodings = backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
+            for item, encoding in zip(rendered, encodings, strict=True):
+                ids = np.asarray(encoding.ids, dtype=np.uint32)
+                mask = _loss_mask(encoding, item)
+                counts["tokens"] += ids.size
+                if not settings.packing and ids.size > settings.max_length:
+                    counts["truncated"] += 1
+                    ids, mask = ids[: settings.max_length], mask[: settings.max_length]
+                counts["trained"] += int(mask.sum())
+                writer.add(ids, mask)
+            counts["rows"] += len(batch)
+            if on_progress is not None:
+                on_progress(counts["rows"])
+        writer.close()
+        info = TokenizedInfo(
+            key=key,
+            directory=str(cache_root / key),
+            cache_hit=False,
+            tokenizer_id=tokenizer_id(settings.tokenizer, vocab_size=settings.vocab_size),
+            num_rows=counts["rows"],
+            num_tokens=counts["tokens"],
+            trained_tokens=counts["trained"],
+            truncated_rows=counts["truncated"],
+            num_sequences=writer.sequences,
+            sequence_length=settings.max_length,
+            packing=settings.packing,
+        )
+        (staging / META).write_text(json.dumps(info.as_dict(), indent=1))
+        try:
+            os.rename(staging, cache_root / key)
+        except OSError:  # another worker finished the same key first: theirs is as good
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return info
+
+
+def read_sequences(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Packed ids and loss mask as [sequences, length] arrays (memory-mapped)."""
+    meta = json.loads((directory / META).read_text())
+    length = meta["sequence_length"]
+    ids = np.memmap(directory / "ids.bin", dtype=np.uint32, mode="r").reshape(-1, length)
+    mask = np.memmap(directory / "loss_mask.bin", dtype=np.uint8, mode="r").reshape(-1, length)
+    return ids, mask
