@@ -29,14 +29,14 @@ def _token_rows(tokenizer: Any, encoded: masking.Encoded) -> list[dict[str, Any]
     special = set(tokenizer.all_special_ids)
     stops = masking.stop_token_ids(tokenizer)
     tokens = []
-    previous: tuple[int, int] | None = None
+    shown_upto = 0
     for token_id, label, (start, end) in zip(
         encoded.input_ids, encoded.labels, encoded.offsets, strict=True
     ):
-        # Byte-level BPE can split one character (a Chinese one, say) over several tokens that
-        # share its offsets: the character is shown on the first of them.
-        shown = "" if (start, end) == previous else encoded.text[start:end]
-        previous = (start, end)
+        # Byte-level BPE can split one character (a Chinese one, say) over tokens whose
+        # offsets overlap: each character is shown once, on the first token that reaches it.
+        shown = encoded.text[max(start, shown_upto) : end]
+        shown_upto = max(shown_upto, end)
         tokens.append(
             {
                 "text": shown,
