@@ -141,6 +141,89 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield batch
 
 
+class TokenSink:
+    """Tokenizes batches of rows into a staging folder; `finish(version_sha256)` files the
+    result under its cache key. Used by `tokenize_version`, and by a preparation that tokenizes
+    its output rows in the same pass as it writes them (no second read of the file)."""
+
+    def __init__(
+        self, *, tokenizer: Any, schema: str, settings: TokenizeSettings, cache_root: Path
+    ) -> None:
+        self.tokenizer, self.schema, self.settings = tokenizer, schema, settings
+        self.cache_root = cache_root
+        cache_root.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_root))
+        tokenizer.save_pretrained(str(self.staging / "tokenizer"))
+        pad_id = tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
+        self.writer = _Writer(
+            self.staging, length=settings.max_length, packing=settings.packing, pad_id=pad_id
+        )
+        self.backend = tokenizer.backend_tokenizer
+        self.counts = {"rows": 0, "tokens": 0, "trained": 0, "truncated": 0}
+
+    def add(self, batch: list[Row]) -> None:
+        settings = self.settings
+        rendered = [
+            masking.render_row(
+                self.tokenizer, row, self.schema, chat_template=settings.chat_template
+            )
+            for row in batch
+        ]
+        # Offsets are only needed to mask part of a row; without them encoding is faster.
+        partial = any(r.trains and r.trained and r.trained != [(0, len(r.text))] for r in rendered)
+        encode = self.backend.encode_batch if partial else self.backend.encode_batch_fast
+        encodings = encode([r.text for r in rendered], add_special_tokens=False)
+        counts = self.counts
+        for item, encoding in zip(rendered, encodings, strict=True):
+            ids = np.asarray(encoding.ids, dtype=np.uint32)
+            mask = _loss_mask(encoding, item)
+            counts["tokens"] += ids.size
+            if not settings.packing and ids.size > settings.max_length:
+                counts["truncated"] += 1
+                ids, mask = ids[: settings.max_length], mask[: settings.max_length]
+            counts["trained"] += int(mask.sum())
+            self.writer.add(ids, mask)
+        counts["rows"] += len(batch)
+
+    def finish(self, version_sha256: str) -> TokenizedInfo:
+        self.writer.close()
+        settings = self.settings
+        key = cache_key(version_sha256, settings)
+        info = TokenizedInfo(
+            key=key,
+            directory=str(self.cache_root / key),
+            cache_hit=False,
+            tokenizer_id=tokenizer_id(settings.tokenizer, vocab_size=settings.vocab_size),
+            num_rows=self.counts["rows"],
+            num_tokens=self.counts["tokens"],
+            trained_tokens=self.counts["trained"],
+            truncated_rows=self.counts["truncated"],
+            num_sequences=self.writer.sequences,
+            sequence_length=settings.max_length,
+            packing=settings.packing,
+        )
+        (self.staging / META).write_text(json.dumps(info.as_dict(), indent=1))
+        try:
+            os.rename(self.staging, self.cache_root / key)
+        except OSError:  # the same key is already there (another worker, an earlier run)
+            shutil.rmtree(self.staging, ignore_errors=True)
+        return info
+
+    def abort(self) -> None:
+        self.writer.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def load_tokenizer(settings: TokenizeSettings, texts: Callable[[], Iterable[str]]) -> Any:
+    """The packaged tokenizer, or a scratch one trained on `texts` (one pass)."""
+    if settings.tokenizer == "scratch":
+        return train_scratch(
+            texts(), vocab_size=settings.vocab_size, max_length=settings.max_length
+        )
+    return load_packaged(settings.tokenizer)
+
+
 def tokenize_version(
     *,
     rows: Callable[[], Iterable[Row]],
@@ -151,69 +234,22 @@ def tokenize_version(
     on_progress: Callable[[int], None] | None = None,
 ) -> TokenizedInfo:
     """Tokenize every row (or open the cache entry that already holds the result)."""
-    key = cache_key(version_sha256, settings)
-    cached = load_cached(cache_root, key)
+    cached = load_cached(cache_root, cache_key(version_sha256, settings))
     if cached is not None:
         return cached
-    if settings.tokenizer == "scratch":
-        corpus = (text for row in rows() for text in fields.texts(row, schema))
-        tokenizer = train_scratch(
-            corpus, vocab_size=settings.vocab_size, max_length=settings.max_length
-        )
-    else:
-        tokenizer = load_packaged(settings.tokenizer)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=cache_root))
+    tokenizer = load_tokenizer(
+        settings, lambda: (text for row in rows() for text in fields.texts(row, schema))
+    )
+    sink = TokenSink(tokenizer=tokenizer, schema=schema, settings=settings, cache_root=cache_root)
     try:
-        tokenizer.save_pretrained(str(staging / "tokenizer"))
-        pad_id = tokenizer.pad_token_id
-        pad_id = pad_id if pad_id is not None else (tokenizer.eos_token_id or 0)
-        writer = _Writer(
-            staging, length=settings.max_length, packing=settings.packing, pad_id=pad_id
-        )
-        backend = tokenizer.backend_tokenizer
-        counts = {"rows": 0, "tokens": 0, "trained": 0, "truncated": 0}
         for batch in _batches(rows(), ENCODE_BATCH):
-            rendered = [
-                masking.render_row(tokenizer, row, schema, chat_template=settings.chat_template)
-                for row in batch
-            ]
-            encodings = backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
-            for item, encoding in zip(rendered, encodings, strict=True):
-                ids = np.asarray(encoding.ids, dtype=np.uint32)
-                mask = _loss_mask(encoding, item)
-                counts["tokens"] += ids.size
-                if not settings.packing and ids.size > settings.max_length:
-                    counts["truncated"] += 1
-                    ids, mask = ids[: settings.max_length], mask[: settings.max_length]
-                counts["trained"] += int(mask.sum())
-                writer.add(ids, mask)
-            counts["rows"] += len(batch)
+            sink.add(batch)
             if on_progress is not None:
-                on_progress(counts["rows"])
-        writer.close()
-        info = TokenizedInfo(
-            key=key,
-            directory=str(cache_root / key),
-            cache_hit=False,
-            tokenizer_id=tokenizer_id(settings.tokenizer, vocab_size=settings.vocab_size),
-            num_rows=counts["rows"],
-            num_tokens=counts["tokens"],
-            trained_tokens=counts["trained"],
-            truncated_rows=counts["truncated"],
-            num_sequences=writer.sequences,
-            sequence_length=settings.max_length,
-            packing=settings.packing,
-        )
-        (staging / META).write_text(json.dumps(info.as_dict(), indent=1))
-        try:
-            os.rename(staging, cache_root / key)
-        except OSError:  # another worker finished the same key first: theirs is as good
-            shutil.rmtree(staging, ignore_errors=True)
+                on_progress(sink.counts["rows"])
+        return sink.finish(version_sha256)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        sink.abort()
         raise
-    return info
 
 
 def read_sequences(directory: Path) -> tuple[np.ndarray, np.ndarray]:
