@@ -7,6 +7,8 @@ from typing import Any
 from app.core.settings import Settings
 
 TRAIN_TASK = "llmide.train_run"
+PREPARE_TASK = "llmide.prepare_dataset"  # a new dataset version from its parent and a recipe
+MODEL_VIEW_TASK = "llmide.model_view"  # rows as a model sees them, stored as a JSON artifact
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

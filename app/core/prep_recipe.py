@@ -172,3 +172,14 @@ def recipe_errors(exc: Exception) -> str:
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
+
+
+class ModelViewSettings(_Strict):
+    """How to show rows as a model sees them: whose tokenizer, how long, which template."""
+
+    tokenizer: Literal["scratch", "smollm2", "minilm"] = "scratch"
+    vocab_size: int = Field(default=4096, ge=300, le=65536)  # scratch only
+    max_length: int = Field(default=512, ge=8, le=32768)
+    chat_template: bool = True
+    sample_rows: int = Field(default=500, ge=1, le=5000)  # counted for warnings and rates
+    detail_rows: int = Field(default=8, ge=1, le=50)  # shown token by token
