@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from app.api.routes import (
     auth,
+    dataset_versions,
     datasets,
     deployments,
     docs,
@@ -15,5 +16,16 @@ from app.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (system, docs, auth, tokens, workspaces, datasets, runs, models, deployments):
+for module in (
+    system,
+    docs,
+    auth,
+    tokens,
+    workspaces,
+    datasets,
+    dataset_versions,
+    runs,
+    models,
+    deployments,
+):
     api_router.include_router(module.router)

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from app.web import (
     auth_pages,
     dashboard_pages,
+    dataset_prep_pages,
     datasets_pages,
     models_pages,
     playground_pages,
@@ -17,6 +18,7 @@ for module in (
     auth_pages,
     dashboard_pages,
     datasets_pages,
+    dataset_prep_pages,
     runs_pages,
     models_pages,
     playground_pages,
