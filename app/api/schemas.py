@@ -115,6 +115,9 @@ class RunCreate(BaseModel):
 
     dataset_id: int
     validation_dataset_id: int | None = None
+    dataset_version_id: int | None = Field(
+        None, description="A ready version of the dataset; default: its newest ready version."
+    )
     base_model: str = "scratch-tiny"
     name: str | None = Field(None, max_length=255)
     suffix: str | None = Field(None, max_length=40)
@@ -127,6 +130,7 @@ class RunRead(ORM):
     base_model: str
     dataset_id: int
     validation_dataset_id: int | None
+    dataset_version_id: int | None = None
     config: dict[str, Any]
     suffix: str | None
     status: str

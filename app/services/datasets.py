@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, ValidationFailed
 from app.core.settings import get_settings
-from app.db.models import Dataset, Role, Run
+from app.db.models import Dataset, DatasetVersion, Role, Run
 from app.services import artifacts
 from app.services.dataset_validation import PREVIEW_ROWS, validate_stream
 from app.services.workspaces import WorkspaceContext, get_in_workspace
@@ -68,6 +68,24 @@ def create_from_upload(
         created_by_id=ctx.user.id,
     )
     session.add(dataset)
+    session.flush()
+    session.add(
+        DatasetVersion(
+            workspace_id=ctx.workspace.id,
+            dataset_id=dataset.id,
+            version=1,
+            schema=report.format,
+            sha256=report.sha256,
+            storage_key=key,
+            num_rows=report.num_rows,
+            size_bytes=report.size_bytes,
+            recipe={},
+            report={},
+            status="ready",
+            progress=1.0,
+            created_by_id=ctx.user.id,
+        )
+    )
     session.flush()
     return dataset
 

@@ -12,7 +12,7 @@ from app.core import task_queue
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
-from app.services import base_models, datasets
+from app.services import base_models, dataset_versions, datasets
 from app.services.run_config import RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -32,6 +32,7 @@ def create_run(
     validation_dataset_id: int | None = None,
     name: str | None = None,
     suffix: str | None = None,
+    dataset_version_id: int | None = None,
 ) -> Run:
     """Record a queued run and hand it to the `gpu` queue.
 
@@ -41,6 +42,9 @@ def create_run(
     ctx.require(Role.editor)
     base_models.require_known(base_model)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    version = dataset_versions.version_for_run(
+        session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
+    )
     if validation_dataset_id is not None:
         datasets.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
     if suffix is not None and not _SUFFIX_RE.match(suffix):
@@ -51,6 +55,7 @@ def create_run(
         base_model=base_model,
         dataset_id=dataset.id,
         validation_dataset_id=validation_dataset_id,
+        dataset_version_id=version.id if version is not None else None,
         config=config.model_dump(),
         suffix=suffix,
         status=RunStatus.queued,

@@ -46,6 +46,7 @@ def create_run(body: RunCreate, session: SessionDep, ctx: Workspace) -> RunRead:
         config=body.config,
         name=body.name,
         suffix=body.suffix,
+        dataset_version_id=body.dataset_version_id,
     )
     return RunRead.model_validate(run)
 

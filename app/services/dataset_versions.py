@@ -1,0 +1,77 @@
+"""Dataset versions: immutable canonical JSONL files; a run records the one it trained on."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import Conflict, ValidationFailed
+from app.db.models import Dataset, DatasetVersion
+from app.services.workspaces import WorkspaceContext, get_in_workspace
+
+READY = "ready"
+PREPARING = "preparing"
+FAILED = "failed"
+
+
+def list_for_dataset(*, session: Session, dataset: Dataset) -> list[DatasetVersion]:
+    return list(
+        session.scalars(
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id == dataset.id)
+            .order_by(DatasetVersion.version.desc())
+        )
+    )
+
+
+def get_for_dataset(
+    *, session: Session, ctx: WorkspaceContext, dataset: Dataset, version_id: int
+) -> DatasetVersion:
+    """A version by id, answering 404 unless it belongs to this dataset (and workspace)."""
+    version = get_in_workspace(
+        session=session, ctx=ctx, model=DatasetVersion, row_id=version_id, what="dataset version"
+    )
+    if version.dataset_id != dataset.id:
+        raise ValidationFailed(
+            f"dataset version {version_id} does not belong to dataset {dataset.id}",
+            param="dataset_version_id",
+        )
+    return version
+
+
+def newest_ready(*, session: Session, dataset: Dataset) -> DatasetVersion | None:
+    return session.scalars(
+        select(DatasetVersion)
+        .where(DatasetVersion.dataset_id == dataset.id, DatasetVersion.status == READY)
+        .order_by(DatasetVersion.version.desc())
+        .limit(1)
+    ).first()
+
+
+def version_for_run(
+    *, session: Session, ctx: WorkspaceContext, dataset: Dataset, version_id: int | None
+) -> DatasetVersion | None:
+    """The version a new run trains on: the one asked for (it must belong to the dataset and
+    be ready), else the newest ready one. None only for a dataset that has no version at all
+    (not possible for uploads made since versions exist)."""
+    if version_id is None:
+        return newest_ready(session=session, dataset=dataset)
+    version = get_for_dataset(session=session, ctx=ctx, dataset=dataset, version_id=version_id)
+    if version.status != READY:
+        raise Conflict(
+            f"dataset version {version_id} is {version.status}, not ready; "
+            "wait for it or choose another version",
+            param="dataset_version_id",
+        )
+    return version
+
+
+def next_number(*, session: Session, dataset: Dataset) -> int:
+    """The next version number of a dataset (1 for the upload)."""
+    current = session.scalars(
+        select(DatasetVersion.version)
+        .where(DatasetVersion.dataset_id == dataset.id)
+        .order_by(DatasetVersion.version.desc())
+        .limit(1)
+    ).first()
+    return (current or 0) + 1
