@@ -25,9 +25,25 @@ SCRATCH_TOKENIZER_ROWS = 5000  # a model view trains its scratch tokenizer on th
 
 
 def _read(path: Path, schema: str):  # type: ignore[no-untyped-def]
-    from workers.dataprep.run import read_rows
+    """Canonical rows of a version's file; a legacy plain-text upload gives text rows."""
+    from workers.dataprep.run import read_rows, read_text_paragraphs
 
+    if schema == "txt":
+        return read_text_paragraphs(path)
     return read_rows(path, schema)
+
+
+def _canonical_text_copy(storage_key: str) -> str:
+    """Paragraphs of a plain-text artifact as a canonical {"text"} JSONL artifact (cached)."""
+    source = artifacts.existing(storage_key)
+    key = storage_key.rsplit(".", 1)[0] + ".canonical.jsonl"
+    if not artifacts.resolve(key).is_file():
+        fd, tmp = artifacts.temp_file(suffix=".jsonl")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in _read(source, "txt"):
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        artifacts.commit_file(tmp, key)
+    return key
 
 
 def prepare(version_id: int) -> str:
@@ -42,7 +58,10 @@ def prepare(version_id: int) -> str:
             return "skipped"
         version, parent = found
         recipe = Recipe.model_validate(version.recipe)
-        schema, source_key = parent.schema, parent.storage_key
+        schema, source_key = version.schema, parent.storage_key
+        if parent.schema == "txt":
+            # An old plain-text upload: its paragraphs become a canonical text file first.
+            source_key = _canonical_text_copy(parent.storage_key)
 
     last = [0.0]
 
@@ -134,6 +153,7 @@ def _write_json(key: str, payload: dict[str, Any]) -> None:
 
 def compute_model_view(payload: dict[str, Any]) -> str:
     """Render sample rows through the tokenizer and template; store the JSON artifact."""
+    from app.db.models import DatasetVersion
     from workers.dataprep.fields import texts
     from workers.dataprep.preview import model_view
     from workers.dataprep.tokenize import load_tokenizer
@@ -142,21 +162,25 @@ def compute_model_view(payload: dict[str, Any]) -> str:
     pending = artifacts.resolve(f"datasets/model-view/{key}.pending")
     try:
         settings = ModelViewSettings.model_validate(payload["settings"])
-        schema = payload["schema"]
-        path = artifacts.existing(payload["storage_key"])
+        with session_scope() as session:
+            version = session.get(DatasetVersion, int(payload["version_id"]))
+            if version is None:
+                raise LookupError(f"dataset version {payload['version_id']} no longer exists")
+            schema, storage_key = version.schema, version.storage_key
+        path = artifacts.existing(storage_key)
         tokenizer = load_tokenizer(
             # The tokenizer a scratch model would train (on a bounded sample of the data).
             settings,  # type: ignore[arg-type]  # tokenizer, vocab_size, max_length alike
             lambda: (
                 t
                 for row in islice(_read(path, schema), SCRATCH_TOKENIZER_ROWS)
-                for t in texts(row, schema)
+                for t in texts(row, "text" if schema == "txt" else schema)
             ),
         )
         result = model_view(
             tokenizer=tokenizer,
             rows=_read(path, schema),
-            schema=schema,
+            schema="text" if schema == "txt" else schema,
             max_length=settings.max_length,
             chat_template=settings.chat_template,
             detail_rows=settings.detail_rows,

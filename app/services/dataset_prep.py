@@ -88,7 +88,8 @@ def create_version(
         dataset_id=dataset_id,
         version=number,
         parent_id=parent.id,
-        schema=parent.schema,
+        # A plain-text upload ("txt", one document per paragraph) is prepared into text rows.
+        schema="text" if parent.schema == "txt" else parent.schema,
         sha256="",
         storage_key="",
         num_rows=0,
@@ -228,12 +229,7 @@ def request_model_view(
     marker.write_text(str(os.getpid()))
     try:
         task_queue.enqueue_model_view(
-            {
-                "key": key,
-                "storage_key": version.storage_key,
-                "schema": version.schema,
-                "settings": settings.model_dump(),
-            }
+            {"key": key, "version_id": version.id, "settings": settings.model_dump()}
         )
     except Exception:
         marker.unlink(missing_ok=True)

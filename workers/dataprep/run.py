@@ -67,6 +67,20 @@ def read_rows(
         on_bytes(consumed)
 
 
+def read_text_paragraphs(path: Path) -> Iterator[Row]:
+    """A plain-text file's blank-line-separated paragraphs as text rows (old "txt" uploads)."""
+    paragraph: list[str] = []
+    with path.open(encoding="utf-8-sig") as handle:
+        for line in handle:
+            if line.strip():
+                paragraph.append(line.rstrip("\n"))
+            elif paragraph:
+                yield {"text": "\n".join(paragraph)}
+                paragraph = []
+    if paragraph:
+        yield {"text": "\n".join(paragraph)}
+
+
 class _HashingWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
