@@ -127,6 +127,19 @@ class Site:
         assert created.status_code == 201, created.text
         return int(created.json()["id"])
 
+    def first_version(self, dataset_id: int) -> int:
+        from sqlalchemy import select
+
+        from app.db.models import DatasetVersion
+        from app.db.session import session_scope
+
+        with session_scope() as session:
+            return int(
+                session.scalars(
+                    select(DatasetVersion.id).where(DatasetVersion.dataset_id == dataset_id)
+                ).one()
+            )
+
     def new_run(self, **extra: Any) -> int:
         body = {"dataset_id": self.ids["dataset"], "config": {"max_steps": 2}, **extra}
         created = self.api("owner", "POST", "/api/v1/runs", json=body)
@@ -323,6 +336,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             ids = site.ids
             ids["workspace"] = site.team.owner.workspace_id
             ids["dataset"] = site.new_dataset(DATASET_NAME, DATASET_FILE)
+            # A dataset no rule consumes, and its uploaded version (dataset preparation routes).
+            ids["prep_dataset"] = site.new_dataset()
+            ids["prep_version"] = site.first_version(ids["prep_dataset"])
             ids["run"] = site.new_run(name=RUN_NAME)
             ids["finished_run"], ids["version"], ids["serving_name"] = (
                 site.finished_run_with_version()
