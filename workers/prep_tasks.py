@@ -33,6 +33,13 @@ def _read(path: Path, schema: str):  # type: ignore[no-untyped-def]
     return read_rows(path, schema)
 
 
+def _packaged_cache() -> Path:
+    """Where converted packaged tokenizers are kept between worker processes."""
+    path = artifacts.resolve("tokenizers/packaged")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _canonical_text_copy(storage_key: str) -> str:
     """Paragraphs of a plain-text artifact as a canonical {"text"} JSONL artifact (cached)."""
     source = artifacts.existing(storage_key)
@@ -81,7 +88,7 @@ def prepare(version_id: int) -> str:
         sink = None
         if settings is not None and settings.tokenizer != "scratch":
             # A packaged tokenizer exists before the data does: tokenize in the same pass.
-            tokenizer = load_tokenizer(settings, lambda: iter(()))
+            tokenizer = load_tokenizer(settings, lambda: iter(()), packaged_cache=_packaged_cache())
             sink = TokenSink(
                 tokenizer=tokenizer, schema=schema, settings=settings, cache_root=cache_root
             )
@@ -110,6 +117,7 @@ def prepare(version_id: int) -> str:
                     version_sha256=prepared.sha256,
                     settings=settings,
                     cache_root=cache_root,
+                    packaged_cache=_packaged_cache(),
                 )
             report["tokenized"] = info.as_dict() | {
                 "directory": artifacts.key_for(Path(info.directory))
@@ -176,6 +184,7 @@ def compute_model_view(payload: dict[str, Any]) -> str:
                 for row in islice(_read(path, schema), SCRATCH_TOKENIZER_ROWS)
                 for t in texts(row, "text" if schema == "txt" else schema)
             ),
+            packaged_cache=_packaged_cache(),
         )
         result = model_view(
             tokenizer=tokenizer,

@@ -88,7 +88,13 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, Any]], template: str |
         )
 
     warnings: list[str] = [] if template is None else [TEMPLATE_MISSING]
-    clean = [{"role": m.get("role"), "content": m.get("content") or ""} for m in messages]
+    clean = [
+        {"role": str(m.get("role")), "content": str(m.get("content") or "")}
+        for m in messages
+        if isinstance(m, dict)
+    ]
+    if not clean:
+        return Rendered(text="", trained=[], warnings=[NO_ANSWER])
     try:
         text = render(clean, False)
     except Exception:  # a template that raises on this conversation (unknown role, order)
@@ -103,7 +109,7 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, Any]], template: str |
         if not message["content"].strip():
             warnings.append(EMPTY_ANSWER)
         try:
-            start = len(render(clean[:i], True))
+            start = len(render(clean[:i], True)) if i else 0
             end = len(render(clean[: i + 1], False))
             prefix_ok = text.startswith(render(clean[: i + 1], False)) and start <= end
         except Exception:

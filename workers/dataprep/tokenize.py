@@ -215,13 +215,18 @@ class TokenSink:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def load_tokenizer(settings: TokenizeSettings, texts: Callable[[], Iterable[str]]) -> Any:
+def load_tokenizer(
+    settings: TokenizeSettings,
+    texts: Callable[[], Iterable[str]],
+    *,
+    packaged_cache: Path | None = None,
+) -> Any:
     """The packaged tokenizer, or a scratch one trained on `texts` (one pass)."""
     if settings.tokenizer == "scratch":
         return train_scratch(
             texts(), vocab_size=settings.vocab_size, max_length=settings.max_length
         )
-    return load_packaged(settings.tokenizer)
+    return load_packaged(settings.tokenizer, packaged_cache)
 
 
 def tokenize_version(
@@ -232,13 +237,16 @@ def tokenize_version(
     settings: TokenizeSettings,
     cache_root: Path,
     on_progress: Callable[[int], None] | None = None,
+    packaged_cache: Path | None = None,
 ) -> TokenizedInfo:
     """Tokenize every row (or open the cache entry that already holds the result)."""
     cached = load_cached(cache_root, cache_key(version_sha256, settings))
     if cached is not None:
         return cached
     tokenizer = load_tokenizer(
-        settings, lambda: (text for row in rows() for text in fields.texts(row, schema))
+        settings,
+        lambda: (text for row in rows() for text in fields.texts(row, schema)),
+        packaged_cache=packaged_cache,
     )
     sink = TokenSink(tokenizer=tokenizer, schema=schema, settings=settings, cache_root=cache_root)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -41,8 +43,24 @@ def tokenizer_id(name: str, *, vocab_size: int | None = None) -> str:
 
 
 @lru_cache(maxsize=4)
-def load_packaged(name: str) -> PreTrainedTokenizerFast:
-    """SmolLM2's tokenizer from its GGUF, or MiniLM's from its package folder (no network)."""
+def load_packaged(name: str, cache_dir: Path | None = None) -> PreTrainedTokenizerFast:
+    """SmolLM2's tokenizer from its GGUF, or MiniLM's from its package folder (no network).
+
+    Converting the GGUF vocabulary takes tens of seconds on a small CPU; with `cache_dir` the
+    converted tokenizer is saved there once (`<cache_dir>/<name>/`) and loaded in a blink by
+    every later worker process."""
+    if cache_dir is not None:
+        saved = cache_dir / name
+        if (saved / "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(str(saved))
+        tokenizer = load_packaged(name)
+        staging = cache_dir / f".{name}-{os.getpid()}"
+        tokenizer.save_pretrained(str(staging))
+        try:
+            os.rename(staging, saved)
+        except OSError:  # another process saved it first
+            shutil.rmtree(staging, ignore_errors=True)
+        return tokenizer
     if name == "smollm2":
         directory = _package_dir(SMOLLM2_PACKAGE)
         if directory is None or not (directory / SMOLLM2_GGUF).is_file():
