@@ -12,6 +12,7 @@ from app.api.routes import (
     runs,
     system,
     tokens,
+    uploads,
     workspaces,
 )
 
@@ -24,6 +25,7 @@ for module in (
     workspaces,
     datasets,
     dataset_versions,
+    uploads,
     runs,
     models,
     deployments,

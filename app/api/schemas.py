@@ -107,6 +107,75 @@ class DatasetRead(ORM):
 
 class DatasetDetail(DatasetRead):
     preview: list[dict[str, Any]]
+    # Set on upload answers: `duplicate` when the same bytes were already uploaded to this
+    # workspace (the existing dataset is returned, nothing new stored).
+    duplicate: bool = False
+    message: str | None = None
+    version_id: int | None = Field(None, description="The dataset's newest ready version.")
+    detection: dict[str, Any] | None = None
+    rejected_rows: int = 0
+    problems: list[str] = Field(default_factory=list)
+
+
+class DatasetVersionRead(ORM):
+    id: int
+    dataset_id: int
+    version: int
+    parent_id: int | None
+    schema_: str = Field(alias="schema", validation_alias="schema")
+    sha256: str
+    num_rows: int
+    size_bytes: int
+    recipe: dict[str, Any]
+    report: dict[str, Any]
+    status: str
+    progress: float
+    error: str | None
+    created_at: datetime
+
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+
+class PreviewRow(BaseModel):
+    row: int
+    data: dict[str, Any]
+
+
+class DatasetPreview(BaseModel):
+    version_id: int
+    items: list[PreviewRow]
+    offset: int
+    limit: int
+    has_more: bool
+    query: str | None
+
+
+class DatasetStats(BaseModel):
+    version_id: int
+    schema_: str = Field(alias="schema")
+    num_rows: int
+    stats: dict[str, Any]
+    detection: dict[str, Any] | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255)
+    total_size: int = Field(ge=1, description="The file's size in bytes.")
+
+
+class UploadRead(ORM):
+    id: int
+    filename: str
+    total_size: int
+    received: int
+    status: str
+    dataset_id: int | None
+    created_at: datetime
+    updated_at: datetime
 
 
 # --- runs ---------------------------------------------------------------------------------

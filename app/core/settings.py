@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     session_max_age_s: int = 14 * 24 * 3600
     max_upload_bytes: int = 50 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
+    # Datasets (docs/datasets-ingest.md): a chunked upload may be bigger than one request;
+    # this also caps a gzip file's decompressed size.
+    max_dataset_bytes: int = 2 * 1024 * 1024 * 1024
+    max_dataset_rows: int = 5_000_000
+    # One plain-text document (a whole file, or a blank-line-separated block).
+    max_document_bytes: int = 16 * 1024 * 1024
+    # How many problems a rejected upload lists (all are counted).
+    upload_problems_listed: int = 20
+    # Chunked uploads untouched this long are deleted with their partial file.
+    chunked_upload_max_age_s: int = 24 * 3600
     # Host names the web answers to; anything else is refused (DNS-rebinding defence).
     allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
     metrics_poll_interval_s: float = 0.1

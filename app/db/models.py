@@ -235,9 +235,7 @@ class Run(Base):
 
     dataset: Mapped[Dataset] = relationship(foreign_keys=[dataset_id])
     validation_dataset: Mapped[Dataset | None] = relationship(foreign_keys=[validation_dataset_id])
-    dataset_version: Mapped[DatasetVersion | None] = relationship(
-        foreign_keys=[dataset_version_id]
-    )
+    dataset_version: Mapped[DatasetVersion | None] = relationship(foreign_keys=[dataset_version_id])
 
 
 class MetricPoint(Base):

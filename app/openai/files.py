@@ -50,7 +50,9 @@ def to_file(dataset: Dataset) -> FileObject:
 def create_file(
     session: SessionDep,
     ctx: Workspace,
-    file: Annotated[UploadFile, File(description='.jsonl ({"messages"} or {"text"}) or .txt')],
+    file: Annotated[
+        UploadFile, File(description="JSONL, JSON, CSV, TSV, Parquet or text; optionally .gz")
+    ],
     purpose: Annotated[str, Form()],
 ) -> FileObject:
     if purpose != SUPPORTED_PURPOSE:
@@ -105,8 +107,8 @@ def retrieve_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileObje
 @router.get("/{file_id}/content", response_class=FileResponse)
 def download_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileResponse:
     dataset = dataset_for_file(session=session, ctx=ctx, file=file_id)
-    return FileResponse(
-        artifacts.existing(dataset.storage_key),
+    return FileResponse(  # the bytes as uploaded, like OpenAI's file content
+        artifacts.existing(datasets.original_key(session=session, dataset=dataset)),
         media_type="application/octet-stream",
         filename=dataset.filename,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, ValidationFailed
+from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.db.models import Dataset, DatasetVersion
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -75,3 +75,15 @@ def next_number(*, session: Session, dataset: Dataset) -> int:
         .limit(1)
     ).first()
     return (current or 0) + 1
+
+
+def chosen(
+    *, session: Session, ctx: WorkspaceContext, dataset: Dataset, version_id: int | None
+) -> DatasetVersion:
+    """The version a read asks for (any status), else the newest ready one."""
+    if version_id is not None:
+        return get_for_dataset(session=session, ctx=ctx, dataset=dataset, version_id=version_id)
+    version = newest_ready(session=session, dataset=dataset)
+    if version is None:
+        raise NotFound(f"dataset {dataset.id} has no ready version")
+    return version

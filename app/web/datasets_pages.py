@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.core.settings import get_settings
-from app.services import datasets
+from app.services import dataset_versions, datasets
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import is_htmx, render
 
@@ -21,7 +21,19 @@ def _list_context(session: Session, pc: PageContext) -> dict[str, Any]:
     return {
         "datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx),
         "max_upload_bytes": get_settings().max_upload_bytes,
+        "max_dataset_bytes": get_settings().max_dataset_bytes,
+        "schemas": list(SCHEMA_LABELS.items()),
     }
+
+
+SCHEMA_LABELS = {
+    "text": "text",
+    "prompt_completion": "prompt / completion",
+    "chat": "chat messages",
+    "instruction": "instruction / input / output",
+    "classification": "text + label",
+    "seq2seq": "source / target",
+}
 
 
 @router.get("")
@@ -36,16 +48,29 @@ def upload_dataset(
     pc: PageDep,
     file: Annotated[UploadFile, File()],
     name: Annotated[str | None, Form(max_length=255)] = None,
+    schema_name: Annotated[str | None, Form(alias="schema", max_length=32)] = None,
+    column_map: Annotated[str | None, Form(max_length=4000)] = None,
+    on_error: Annotated[str, Form(max_length=20)] = "reject",
+    text_split: Annotated[str, Form(max_length=20)] = "blocks",
 ) -> Response:
-    """htmx swaps the upload panel (error or success) and refreshes the table out of band."""
+    """htmx swaps the upload panel (error or success) and refreshes the table out of band.
+    Big files do not come here: static/js/upload.js sends them in chunks to /api/v1/uploads."""
     try:
-        dataset = datasets.create_from_upload(
+        options = datasets.parse_options(
+            schema=schema_name or None,
+            column_map=column_map,
+            on_error=on_error,
+            text_split=text_split,
+        )
+        outcome = datasets.ingest_upload(
             session=session,
             ctx=pc.ctx,
             stream=file.file,
             filename=file.filename,
             name=name or None,
+            options=options,
         )
+        dataset = outcome.dataset
     except Forbidden:
         raise  # not a form mistake: the error page says what role is needed
     except DomainError as exc:
@@ -67,6 +92,7 @@ def upload_dataset(
         {
             **_list_context(session, pc),
             "uploaded": dataset,
+            "duplicate": outcome.duplicate,
             "oob": True,
             "uploaded_preview": datasets.preview(dataset=dataset, rows=3),
         },
@@ -77,10 +103,54 @@ def upload_dataset(
 @router.get("/{dataset_id}")
 def dataset_detail(dataset_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     dataset = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
+    versions = dataset_versions.list_for_dataset(session=session, dataset=dataset)
+    current = next((v for v in versions if v.status == "ready"), None)
+    report = (current.report or {}) if current is not None else {}
+    first = versions[-1] if versions else None
+    upload = ((first.report or {}).get("upload") or {}) if first is not None else {}
     return render(
         request,
         "dataset_detail.html",
-        {"dataset": dataset, "preview": datasets.preview(dataset=dataset)},
+        {
+            "dataset": dataset,
+            "versions": versions,
+            "current": current,
+            "stats": report.get("stats") or {},
+            "detection": report.get("detection"),
+            "problems": (first.report or {}).get("problems", []) if first is not None else [],
+            "upload": upload,
+            **_rows_context(dataset, current, offset=0, query=None),
+        },
+    )
+
+
+PAGE_ROWS = 10
+
+
+def _rows_context(dataset: Any, version: Any, *, offset: int, query: str | None) -> dict[str, Any]:
+    if version is None:
+        return {"page": None, "query": query}
+    page = datasets.preview_page(version=version, offset=offset, limit=PAGE_ROWS, query=query)
+    return {"page": page, "query": query, "dataset": dataset, "current": version}
+
+
+@router.get("/{dataset_id}/rows")
+def dataset_rows(
+    dataset_id: int,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Response:
+    """The paged, searchable preview (htmx swaps it in place)."""
+    dataset = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
+    version = dataset_versions.newest_ready(session=session, dataset=dataset)
+    return render(
+        request,
+        "dataset_detail.html",
+        {"dataset": dataset, **_rows_context(dataset, version, offset=offset, query=q)},
+        block="rows",
     )
 
 

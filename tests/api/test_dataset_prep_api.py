@@ -138,10 +138,13 @@ def test_only_editors_prepare_and_other_workspaces_see_nothing(team: Team) -> No
     url = f"/api/v1/datasets/{dataset_id}/versions"
     assert team.viewer.post(url, json=body).status_code == 403
     assert team.outsider.post(url, json=body).status_code == 404
-    assert team.outsider.get(f"{url}/{v1}").status_code == 404
+    assert team.outsider.get(f"{url}/{v1}/model-view").status_code == 404
     other = upload(team, ROWS, name="other.jsonl")
     # A version of another dataset is not a version of this one.
-    assert team.editor.get(f"/api/v1/datasets/{other}/versions/{v1}").status_code == 404
+    assert team.editor.get(f"/api/v1/datasets/{other}/versions/{v1}/model-view").status_code == 404
+    assert team.editor.post(
+        f"/api/v1/datasets/{other}/versions", json=body
+    ).status_code == 404
     assert version_ids(dataset_id) == [v1]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import os
 import re
 import shutil
@@ -123,7 +124,8 @@ class Site:
 
     # --- the owner's things ---------------------------------------------------------------
     def new_dataset(self, name: str | None = None, filename: str = "corpus.jsonl") -> int:
-        created = self.team.owner.upload(filename, text_jsonl(8), name=name or self.unique("ds"))
+        content = text_jsonl(8) + json.dumps({"text": self.unique("row")}) + "\n"
+        created = self.team.owner.upload(filename, content, name=name or self.unique("ds"))
         assert created.status_code == 201, created.text
         return int(created.json()["id"])
 
@@ -139,6 +141,26 @@ class Site:
                     select(DatasetVersion.id).where(DatasetVersion.dataset_id == dataset_id)
                 ).one()
             )
+
+    def new_upload(self, content: bytes | None = None) -> int:
+        """A chunked upload of the owner's; with `content`, all of it already sent."""
+        data = content or b"x" * 64
+        created = self.api(
+            "owner",
+            "POST",
+            "/api/v1/uploads",
+            json={"filename": "chunked.jsonl", "total_size": len(data)},
+        )
+        assert created.status_code == 201, created.text
+        upload_id = int(created.json()["id"])
+        if content is not None:
+            sent = self.api("owner", "PUT", f"/api/v1/uploads/{upload_id}?offset=0", content=data)
+            assert sent.status_code == 200, sent.text
+        return upload_id
+
+    def new_sent_upload(self) -> int:
+        unique = json.dumps({"text": self.unique("chunked row")}) + "\n"
+        return self.new_upload((text_jsonl(3) + unique).encode())
 
     def new_run(self, **extra: Any) -> int:
         body = {"dataset_id": self.ids["dataset"], "config": {"max_steps": 2}, **extra}
@@ -339,6 +361,12 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             # A dataset no rule consumes, and its uploaded version (dataset preparation routes).
             ids["prep_dataset"] = site.new_dataset()
             ids["prep_version"] = site.first_version(ids["prep_dataset"])
+
+            ids["dataset_version"] = site.api(
+                "owner", "GET", f"/api/v1/datasets/{ids['dataset']}"
+            ).json()["version_id"]
+            ids["upload"] = site.new_upload()
+            ids["sent_upload"] = site.new_sent_upload()
             ids["run"] = site.new_run(name=RUN_NAME)
             ids["finished_run"], ids["version"], ids["serving_name"] = (
                 site.finished_run_with_version()
@@ -362,6 +390,12 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
         get_settings.cache_clear()
 
 
+_UPLOADS = itertools.count()
+
+
 def upload(filename: str, content: str | None = None) -> dict[str, Any]:
-    """The `files=` of a small valid JSONL upload under `filename`."""
-    return {"file": (filename, io.BytesIO((content or text_jsonl(4)).encode()))}
+    """The `files=` of a small valid JSONL upload under `filename` (different bytes each
+    time: the same bytes again would be recognised as a duplicate upload)."""
+    if content is None:
+        content = text_jsonl(4) + json.dumps({"text": f"upload {next(_UPLOADS)}"}) + "\n"
+    return {"file": (filename, io.BytesIO(content.encode()))}

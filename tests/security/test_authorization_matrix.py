@@ -123,6 +123,40 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/datasets/{dataset_id}"): R(
         A.EDITOR, "id", 204, url="/api/v1/datasets/{dataset}", consumes="dataset"
     ),
+    ("GET", "/api/v1/datasets/{dataset_id}/versions"): R(
+        A.VIEWER, "id", url="/api/v1/datasets/{dataset}/versions"
+    ),
+    ("GET", "/api/v1/datasets/{dataset_id}/versions/{version_id}"): R(
+        A.VIEWER, "id", url="/api/v1/datasets/{dataset}/versions/{dataset_version}"
+    ),
+    ("GET", "/api/v1/datasets/{dataset_id}/preview"): R(
+        A.VIEWER, "id", url="/api/v1/datasets/{dataset}/preview?q=the"
+    ),
+    ("GET", "/api/v1/datasets/{dataset_id}/stats"): R(
+        A.VIEWER, "id", url="/api/v1/datasets/{dataset}/stats"
+    ),
+    ("GET", "/api/v1/datasets/{dataset_id}/download"): R(
+        A.VIEWER, "id", url="/api/v1/datasets/{dataset}/download?kind=original"
+    ),
+    # --- chunked uploads: an upload is its starter's alone ---------------------------------
+    ("POST", "/api/v1/uploads"): R(
+        A.EDITOR, ok=201, json={"filename": "big.csv", "total_size": 1000}
+    ),
+    ("GET", "/api/v1/uploads/{upload_id}"): R(A.OWN, "id", url="/api/v1/uploads/{upload}"),
+    ("PUT", "/api/v1/uploads/{upload_id}"): R(
+        A.OWN, "id", url="/api/v1/uploads/{upload}?offset=0", form={"c": "x"}, consumes="upload"
+    ),
+    ("POST", "/api/v1/uploads/{upload_id}/complete"): R(
+        A.OWN,
+        "id",
+        201,
+        url="/api/v1/uploads/{sent_upload}/complete",
+        form={"on_error": "reject"},
+        consumes="sent_upload",
+    ),
+    ("DELETE", "/api/v1/uploads/{upload_id}"): R(
+        A.OWN, "id", 204, url="/api/v1/uploads/{upload}", consumes="upload"
+    ),
     # --- runs -------------------------------------------------------------------------------
     ("GET", "/api/v1/runs"): R(A.VIEWER, "list"),
     ("POST", "/api/v1/runs"): R(A.EDITOR, "id", 201, json={"dataset_id": "{dataset}"}),
@@ -205,9 +239,6 @@ RULES: dict[tuple[str, str], Rule] = {
         url="/api/v1/datasets/{prep_dataset}/versions",
         json={"parent_version_id": "{prep_version}", "recipe": {"steps": [{"step": "nfkc"}]}},
     ),
-    ("GET", "/api/v1/datasets/{dataset_id}/versions/{version_id}"): R(
-        A.VIEWER, "id", url="/api/v1/datasets/{prep_dataset}/versions/{prep_version}"
-    ),
     ("GET", "/api/v1/datasets/{dataset_id}/versions/{version_id}/model-view"): R(
         A.VIEWER, "id", url="/api/v1/datasets/{prep_dataset}/versions/{prep_version}/model-view"
     ),
@@ -239,6 +270,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/datasets"): R(A.VIEWER, "list"),
     ("POST", "/datasets"): R(A.EDITOR, ok=303, files="corpus.jsonl"),
     ("GET", "/datasets/{dataset_id}"): R(A.VIEWER, "id", url="/datasets/{dataset}"),
+    ("GET", "/datasets/{dataset_id}/rows"): R(A.VIEWER, "id", url="/datasets/{dataset}/rows?q=cat"),
     ("POST", "/datasets/{dataset_id}/delete"): R(
         A.EDITOR, "id", 303, url="/datasets/{dataset}/delete", consumes="dataset"
     ),
@@ -370,6 +402,8 @@ def fresh(site: Site, kind: str) -> Any:
     return {
         "dataset": site.new_dataset,
         "run": site.new_run,
+        "upload": site.new_upload,
+        "sent_upload": site.new_sent_upload,
         "deployment": site.new_deployment,
         "token": site.new_token,
         "member_email": site.new_user,
@@ -522,6 +556,10 @@ VIEWER_WRITES = {
     ("POST", "/v1/chat/completions"): "using a registered model (it may be loaded on demand)",
     ("POST", "/v1/completions"): "using a registered model (it may be loaded on demand)",
     ("POST", "/playground/stream"): "using a registered model (it may be loaded on demand)",
+    # Only editors can start a chunked upload; these act on the caller's own upload.
+    ("PUT", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
+    ("POST", "/api/v1/uploads/{upload_id}/complete"): "their own chunked upload",
+    ("DELETE", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
 }
 
 

@@ -118,7 +118,6 @@ ID_ROUTES = [
     ("GET", "/static/{p}"),
     # dataset preparation: hostile dataset ids, then hostile version ids of dataset 1
     ("POST", "/api/v1/datasets/{p}/versions"),
-    ("GET", "/api/v1/datasets/1/versions/{p}"),
     ("GET", "/api/v1/datasets/{p}/versions/1/model-view"),
     ("GET", "/api/v1/datasets/1/versions/{p}/model-view"),
     ("POST", "/api/v1/datasets/1/versions/{p}/model-view"),

@@ -72,21 +72,6 @@ def prepare_version(
 
 
 @router.get(
-    "/{dataset_id}/versions/{version_id}",
-    response_model=PreparedVersionRead,
-    response_model_by_alias=True,
-)
-def read_version(
-    dataset_id: int, version_id: int, session: SessionDep, ctx: Workspace
-) -> PreparedVersionRead:
-    """One version: status and progress while it is prepared, then its recipe and report."""
-    version = dataset_prep.get_version(
-        session=session, ctx=ctx, dataset_id=dataset_id, version_id=version_id
-    )
-    return PreparedVersionRead.model_validate(version)
-
-
-@router.get(
     "/{dataset_id}/versions/{version_id}/model-view",
     response_model=ModelViewState,
     response_model_exclude_none=True,

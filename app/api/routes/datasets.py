@@ -1,17 +1,53 @@
-"""Datasets: upload (validated while streaming), list, inspect with a preview, delete."""
+"""Datasets: upload (ingested while streaming), list, versions, preview, stats, download, delete."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import DatasetDetail, DatasetRead
+from app.api.schemas import (
+    DatasetDetail,
+    DatasetPreview,
+    DatasetRead,
+    DatasetStats,
+    DatasetVersionRead,
+    PreviewRow,
+)
 from app.db.base import MAX_ID
-from app.services import datasets
+from app.db.models import Dataset, DatasetVersion
+from app.services import dataset_versions, datasets
+from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+
+SchemaName = Literal[
+    "text", "prompt_completion", "chat", "instruction", "classification", "seq2seq"
+]
+
+
+def detail(session: Session, dataset: Dataset, *, duplicate: bool = False) -> DatasetDetail:
+    version = dataset_versions.newest_ready(session=session, dataset=dataset)
+    report = (version.report or {}) if version is not None else {}
+    upload = report.get("upload") or {}
+    return DatasetDetail(
+        **DatasetRead.model_validate(dataset).model_dump(),
+        preview=datasets.preview(dataset=dataset),
+        duplicate=duplicate,
+        message=(
+            f"this file was already uploaded as dataset {dataset.id} ({dataset.name}); "
+            "nothing new was stored"
+            if duplicate
+            else None
+        ),
+        version_id=version.id if version is not None else None,
+        detection=report.get("detection"),
+        rejected_rows=int(upload.get("rejected_rows") or 0),
+        problems=list(report.get("problems") or []),
+    )
 
 
 @router.get("", response_model=list[DatasetRead])
@@ -29,26 +65,128 @@ def read_datasets(
 def upload_dataset(
     session: SessionDep,
     ctx: Workspace,
-    file: Annotated[UploadFile, File(description='.jsonl ({"text"} or {"messages"}) or .txt')],
+    response: Response,
+    file: Annotated[
+        UploadFile,
+        File(description="CSV, TSV, JSONL, JSON array, Parquet or text; optionally .gz"),
+    ],
     name: Annotated[str | None, Form(max_length=255)] = None,
+    schema_name: Annotated[
+        SchemaName | None, Form(alias="schema", description="Skip detection.")
+    ] = None,
+    column_map: Annotated[
+        str | None,
+        Form(max_length=4000, description="JSON object: canonical key -> source column"),
+    ] = None,
+    on_error: Annotated[Literal["reject", "keep_valid"], Form()] = "reject",
+    text_split: Annotated[Literal["blocks", "lines", "file"], Form()] = "blocks",
 ) -> DatasetDetail:
-    dataset = datasets.create_from_upload(
-        session=session, ctx=ctx, stream=file.file, filename=file.filename, name=name
+    """A duplicate upload (same bytes in this workspace) answers 200 with `duplicate: true`."""
+    options = datasets.parse_options(
+        schema=schema_name, column_map=column_map, on_error=on_error, text_split=text_split
+    )
+    outcome = datasets.ingest_upload(
+        session=session,
+        ctx=ctx,
+        stream=file.file,
+        filename=file.filename,
+        name=name,
+        options=options,
     )
     session.commit()
-    return DatasetDetail(
-        **DatasetRead.model_validate(dataset).model_dump(),
-        preview=datasets.preview(dataset=dataset),
-    )
+    if outcome.duplicate:
+        response.status_code = status.HTTP_200_OK
+    return detail(session, outcome.dataset, duplicate=outcome.duplicate)
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail)
 def read_dataset(dataset_id: int, session: SessionDep, ctx: Workspace) -> DatasetDetail:
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
-    return DatasetDetail(
-        **DatasetRead.model_validate(dataset).model_dump(),
-        preview=datasets.preview(dataset=dataset),
+    return detail(session, dataset)
+
+
+@router.get("/{dataset_id}/versions", response_model=list[DatasetVersionRead])
+def read_versions(dataset_id: int, session: SessionDep, ctx: Workspace) -> list[DatasetVersionRead]:
+    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    rows = dataset_versions.list_for_dataset(session=session, dataset=dataset)
+    return [DatasetVersionRead.model_validate(v) for v in rows]
+
+
+@router.get("/{dataset_id}/versions/{version_id}", response_model=DatasetVersionRead)
+def read_version(
+    dataset_id: int, version_id: int, session: SessionDep, ctx: Workspace
+) -> DatasetVersionRead:
+    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    version = dataset_versions.get_for_dataset(
+        session=session, ctx=ctx, dataset=dataset, version_id=version_id
     )
+    return DatasetVersionRead.model_validate(version)
+
+
+def _version(
+    session: Session, ctx: WorkspaceContext, dataset_id: int, version_id: int | None
+) -> tuple[Dataset, DatasetVersion]:
+    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    return dataset, dataset_versions.chosen(
+        session=session, ctx=ctx, dataset=dataset, version_id=version_id
+    )
+
+
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview)
+def read_preview(
+    dataset_id: int,
+    session: SessionDep,
+    ctx: Workspace,
+    version_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    q: Annotated[str | None, Query(max_length=200, description="Text to search for")] = None,
+) -> DatasetPreview:
+    _, version = _version(session, ctx, dataset_id, version_id)
+    page = datasets.preview_page(version=version, offset=offset, limit=limit, query=q)
+    return DatasetPreview(
+        version_id=version.id,
+        items=[PreviewRow(**item) for item in page.items],
+        offset=page.offset,
+        limit=page.limit,
+        has_more=page.has_more,
+        query=page.query,
+    )
+
+
+@router.get("/{dataset_id}/stats", response_model=DatasetStats)
+def read_stats(
+    dataset_id: int,
+    session: SessionDep,
+    ctx: Workspace,
+    version_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> DatasetStats:
+    _, version = _version(session, ctx, dataset_id, version_id)
+    report = version.report or {}
+    return DatasetStats(
+        version_id=version.id,
+        schema=version.schema,
+        num_rows=version.num_rows,
+        stats=report.get("stats") or {},
+        detection=report.get("detection"),
+    )
+
+
+@router.get("/{dataset_id}/download", response_class=FileResponse)
+def download(
+    dataset_id: int,
+    session: SessionDep,
+    ctx: Workspace,
+    kind: Literal["canonical", "original", "rejected"] = "canonical",
+    version_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> FileResponse:
+    """Streamed from the artifact store: the canonical JSONL of a version (default: newest
+    ready), the uploaded original, or the rows rejected at upload (line number + reason)."""
+    dataset, version = _version(session, ctx, dataset_id, version_id)
+    path, filename, media = datasets.download_target(
+        session=session, dataset=dataset, version=version, kind=kind
+    )
+    return FileResponse(path, media_type=media, filename=filename)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
