@@ -139,12 +139,10 @@ def test_only_editors_prepare_and_other_workspaces_see_nothing(team: Team) -> No
     assert team.viewer.post(url, json=body).status_code == 403
     assert team.outsider.post(url, json=body).status_code == 404
     assert team.outsider.get(f"{url}/{v1}/model-view").status_code == 404
-    other = upload(team, ROWS, name="other.jsonl")
+    other = upload(team, ROWS[:3], name="other.jsonl")
     # A version of another dataset is not a version of this one.
     assert team.editor.get(f"/api/v1/datasets/{other}/versions/{v1}/model-view").status_code == 404
-    assert team.editor.post(
-        f"/api/v1/datasets/{other}/versions", json=body
-    ).status_code == 404
+    assert team.editor.post(f"/api/v1/datasets/{other}/versions", json=body).status_code == 404
     assert version_ids(dataset_id) == [v1]
 
 
@@ -158,7 +156,9 @@ def test_a_failing_preparation_records_the_reason_and_leaves_no_file(
     version = team.viewer.get(f"/api/v1/datasets/{dataset_id}/versions/{v2}").json()
     assert version["status"] == "failed"
     assert "row 1: column 'fold' is None" in version["error"]
-    assert not (installation / "artifacts" / "datasets" / "versions").exists()
+    parent_sha = team.viewer.get(f"/api/v1/datasets/{dataset_id}/versions/{v1}").json()["sha256"]
+    stored = list((installation / "artifacts" / "datasets" / "versions").iterdir())
+    assert [path.name for path in stored] == [f"{parent_sha}.jsonl"]  # only the upload's file
     leftovers = list((installation / "artifacts" / "tmp").glob("*.jsonl"))
     assert leftovers == []
 
