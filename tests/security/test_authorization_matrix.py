@@ -560,6 +560,9 @@ VIEWER_WRITES = {
     ("PUT", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
     ("POST", "/api/v1/uploads/{upload_id}/complete"): "their own chunked upload",
     ("DELETE", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
+    # Computing a model view writes only a derived JSON artifact; the data is theirs to read.
+    ("POST", "/api/v1/datasets/{dataset_id}/versions/{version_id}/model-view"): "a model view",
+    ("POST", "/datasets/{dataset_id}/versions/{version_id}/model-view"): "a model view",
 }
 
 
