@@ -100,38 +100,47 @@ def upload_dataset(
     )
 
 
-@router.get("/{dataset_id}")
-def dataset_detail(dataset_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+PAGE_ROWS = 10
+QueryText = Annotated[str | None, Query(max_length=200)]
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+
+
+def _detail_context(
+    session: Session, pc: PageContext, dataset_id: int, *, offset: int, query: str | None
+) -> dict[str, Any]:
     dataset = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
     versions = dataset_versions.list_for_dataset(session=session, dataset=dataset)
     current = next((v for v in versions if v.status == "ready"), None)
     report = (current.report or {}) if current is not None else {}
     first = versions[-1] if versions else None
-    upload = ((first.report or {}).get("upload") or {}) if first is not None else {}
-    return render(
-        request,
-        "dataset_detail.html",
-        {
-            "dataset": dataset,
-            "versions": versions,
-            "current": current,
-            "stats": report.get("stats") or {},
-            "detection": report.get("detection"),
-            "problems": (first.report or {}).get("problems", []) if first is not None else [],
-            "upload": upload,
-            **_rows_context(dataset, current, offset=0, query=None),
-        },
-    )
+    first_report = (first.report or {}) if first is not None else {}
+    page = None
+    if current is not None:
+        page = datasets.preview_page(version=current, offset=offset, limit=PAGE_ROWS, query=query)
+    return {
+        "dataset": dataset,
+        "versions": versions,
+        "current": current,
+        "stats": report.get("stats") or {},
+        "detection": report.get("detection"),
+        "problems": first_report.get("problems") or [],
+        "upload": first_report.get("upload") or {},
+        "page": page,
+        "query": query,
+    }
 
 
-PAGE_ROWS = 10
-
-
-def _rows_context(dataset: Any, version: Any, *, offset: int, query: str | None) -> dict[str, Any]:
-    if version is None:
-        return {"page": None, "query": query}
-    page = datasets.preview_page(version=version, offset=offset, limit=PAGE_ROWS, query=query)
-    return {"page": page, "query": query, "dataset": dataset, "current": version}
+@router.get("/{dataset_id}")
+def dataset_detail(
+    dataset_id: int,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    q: QueryText = None,
+    offset: Offset = 0,
+) -> Response:
+    context = _detail_context(session, pc, dataset_id, offset=offset, query=q)
+    return render(request, "dataset_detail.html", context)
 
 
 @router.get("/{dataset_id}/rows")
@@ -140,18 +149,12 @@ def dataset_rows(
     request: Request,
     session: DbDep,
     pc: PageDep,
-    q: Annotated[str | None, Query(max_length=200)] = None,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    q: QueryText = None,
+    offset: Offset = 0,
 ) -> Response:
-    """The paged, searchable preview (htmx swaps it in place)."""
-    dataset = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
-    version = dataset_versions.newest_ready(session=session, dataset=dataset)
-    return render(
-        request,
-        "dataset_detail.html",
-        {"dataset": dataset, **_rows_context(dataset, version, offset=offset, query=q)},
-        block="rows",
-    )
+    """The paged, searchable rows: htmx swaps the block in place; without htmx, the page."""
+    context = _detail_context(session, pc, dataset_id, offset=offset, query=q)
+    return render(request, "dataset_detail.html", context, block="rows")
 
 
 @router.post("/{dataset_id}/delete", dependencies=[CSRF])

@@ -460,3 +460,49 @@ def test_chunked_upload_refuses_a_file_over_the_dataset_limit(team: Team) -> Non
         "/api/v1/uploads", json={"filename": "x.csv", "total_size": too_big}
     )
     assert response.status_code == 413 and "LLMIDE_MAX_DATASET_BYTES" in response.json()["detail"]
+
+
+def test_stale_chunked_uploads_are_deleted_with_their_part_files(
+    team: Team, installation: Path
+) -> None:
+    from datetime import timedelta
+
+    from app.db.base import utcnow
+    from app.db.models import ChunkedUpload
+    from app.db.session import session_scope
+
+    old = team.editor.post("/api/v1/uploads", json={"filename": "old.csv", "total_size": 10})
+    old_id = old.json()["id"]
+    part = installation / "artifacts" / "uploads" / f"{old_id}.part"
+    assert part.exists()
+    sent = team.editor.client.put(
+        f"/api/v1/uploads/{old_id}?offset=0", content=b"12345", headers=team.editor.headers
+    )
+    assert sent.status_code == 200
+    with session_scope() as session:
+        upload = session.get(ChunkedUpload, old_id)
+        assert upload is not None
+        upload.updated_at = utcnow() - timedelta(
+            seconds=get_settings().chunked_upload_max_age_s + 1
+        )
+    fresh = team.editor.post("/api/v1/uploads", json={"filename": "new.csv", "total_size": 10})
+    assert fresh.status_code == 201
+    with session_scope() as session:
+        names = [u.filename for u in session.query(ChunkedUpload)]
+    assert names == ["new.csv"]
+    # (SQLite may give the new upload the freed id: its part file is a new, empty one.)
+    assert not part.exists() or part.stat().st_size == 0
+
+
+def test_openai_files_accepts_the_new_formats(team: Team) -> None:
+    content = gzip.compress(_csv(QA, ","))
+    response = team.editor.post(
+        "/v1/files",
+        files={"file": ("qa.csv.gz", io.BytesIO(content))},
+        data={"purpose": "fine-tune"},
+    )
+    assert response.status_code == 200, response.text
+    file_id = response.json()["id"]
+    assert team.editor.get(f"/v1/files/{file_id}/content").content == content
+    dataset_id = int(file_id.removeprefix("file-"))
+    assert canonical_rows(team.editor, dataset_id) == CANONICAL_QA

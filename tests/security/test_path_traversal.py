@@ -12,7 +12,9 @@ client and `%2e%2e%2f` is decoded exactly once.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,6 +91,19 @@ STATIC_SEGMENTS = [
 ID_ROUTES = [
     ("GET", "/api/v1/datasets/{p}"),
     ("DELETE", "/api/v1/datasets/{p}"),
+    ("GET", "/api/v1/datasets/{p}/versions"),
+    ("GET", "/api/v1/datasets/{p}/versions/1"),
+    ("GET", "/api/v1/datasets/1/versions/{p}"),
+    ("GET", "/api/v1/datasets/{p}/preview"),
+    ("GET", "/api/v1/datasets/{p}/stats"),
+    ("GET", "/api/v1/datasets/{p}/download"),
+    ("GET", "/api/v1/datasets/{p}/download?kind=original"),
+    ("GET", "/api/v1/datasets/1/download?kind={p}"),
+    ("GET", "/api/v1/datasets/1/download?kind=canonical&version_id={p}"),
+    ("GET", "/api/v1/uploads/{p}"),
+    ("PUT", "/api/v1/uploads/{p}"),
+    ("POST", "/api/v1/uploads/{p}/complete"),
+    ("DELETE", "/api/v1/uploads/{p}"),
     ("GET", "/api/v1/runs/{p}"),
     ("POST", "/api/v1/runs/{p}/cancel"),
     ("GET", "/api/v1/runs/{p}/metrics"),
@@ -110,6 +125,7 @@ ID_ROUTES = [
     ("GET", "/v1/models/ft:{p}"),
     ("GET", "/datasets/{p}"),
     ("POST", "/datasets/{p}/delete"),
+    ("GET", "/datasets/{p}/rows"),
     ("GET", "/runs/{p}"),
     ("POST", "/runs/{p}/cancel"),
     ("POST", "/models/versions/{p}/deploy"),
@@ -300,7 +316,15 @@ def test_huge_numbers_in_query_cursors_are_refused_not_a_crash(site: Site) -> No
     assert closed.value.code != 1011
 
 
-def _multipart(filename: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
+_CORPUS_UPLOADS = itertools.count()
+
+
+def _corpus_content(n: int) -> bytes:
+    """Different bytes per upload (the same bytes again would be answered as a duplicate)."""
+    return (text_jsonl(3) + json.dumps({"text": f"corpus upload {n}"}) + "\n").encode()
+
+
+def _multipart(filename: bytes, fields: dict[str, str], content: bytes) -> tuple[bytes, str]:
     boundary = "security-corpus-7c1e"
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
@@ -310,7 +334,7 @@ def _multipart(filename: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
         + filename
         + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        + text_jsonl(3).encode()
+        + content
         + b"\r\n"
     )
     parts.append(f"--{boundary}--\r\n".encode())
@@ -332,11 +356,12 @@ def test_upload_file_names_never_choose_where_the_file_is_stored(
 
     from app.db.models import Dataset
     from app.db.session import session_scope
+    from app.services import datasets
 
     with session_scope() as session:
         before = set(session.scalars(select(Dataset.id)))
     for filename in [*FILENAMES, str(planted.folder / "evil.jsonl").encode()]:
-        body, content_type = _multipart(filename, fields)
+        body, content_type = _multipart(filename, fields, _corpus_content(next(_CORPUS_UPLOADS)))
         headers = {**_auth(site, route), "content-type": content_type}
         status, answer_headers, answer = site.raw("POST", route.encode(), headers, body)
         _assert_safe(planted, f"upload {filename!r} to {route}", status, answer_headers, answer)
@@ -344,16 +369,16 @@ def test_upload_file_names_never_choose_where_the_file_is_stored(
         stored = [d for d in session.scalars(select(Dataset)) if d.id not in before]
         for dataset in stored:
             assert not any(c in dataset.filename for c in "/\\\x00"), dataset.filename
-            assert dataset.storage_key in (
-                f"datasets/{dataset.sha256}.jsonl",
-                f"datasets/{dataset.sha256}.txt",
-            )
+            # Stored under names made from content hashes only.
+            assert re.fullmatch(r"datasets/versions/[0-9a-f]{64}\.jsonl", dataset.storage_key)
+            original = datasets.original_key(session=session, dataset=dataset)
+            assert original.startswith(f"datasets/originals/{dataset.sha256}."), original
     assert stored, "no upload got through: the corpus tested nothing but refusals"
     for dataset in stored:
         status, headers, body = site.raw(
             "GET", f"/v1/files/file-{dataset.id}/content".encode(), site.team.owner.headers
         )
-        assert status == 200 and body == text_jsonl(3).encode()
+        assert status == 200 and body.startswith(text_jsonl(3).encode())
         disposition = headers["content-disposition"]
         assert "/" not in disposition.replace("%2F", "") and "\\" not in disposition
         assert "\r" not in disposition and "\n" not in disposition
@@ -464,7 +489,7 @@ def test_a_dataset_whose_file_was_swapped_for_a_link_out_of_the_store_is_refused
 ) -> None:
     """The stored file replaced by a symlink to the sentinel: preview, download and delete
     refuse it (400) instead of reading, serving or deleting the file it points at."""
-    from app.db.models import Dataset
+    from app.db.models import Dataset, DatasetVersion
     from app.db.session import session_scope
 
     dataset_id = site.new_dataset(filename="swapped.jsonl")
@@ -472,8 +497,18 @@ def test_a_dataset_whose_file_was_swapped_for_a_link_out_of_the_store_is_refused
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None
         dataset.storage_key = "datasets/linked.jsonl"
+        for version in session.query(DatasetVersion).filter_by(dataset_id=dataset_id):
+            version.storage_key = "datasets/linked.jsonl"
+            upload = dict(version.report["upload"])
+            upload["original_key"] = upload["rejected_key"] = "datasets/linked.jsonl"
+            version.report = {**version.report, "upload": upload}
     for method, path, auth in (
         ("GET", f"/api/v1/datasets/{dataset_id}", "api"),
+        ("GET", f"/api/v1/datasets/{dataset_id}/preview", "api"),
+        ("GET", f"/api/v1/datasets/{dataset_id}/download?kind=canonical", "api"),
+        ("GET", f"/api/v1/datasets/{dataset_id}/download?kind=original", "api"),
+        ("GET", f"/api/v1/datasets/{dataset_id}/download?kind=rejected", "api"),
+        ("GET", f"/datasets/{dataset_id}/rows", "page"),
         ("GET", f"/v1/files/file-{dataset_id}/content", "api"),
         ("GET", f"/datasets/{dataset_id}", "page"),
         ("DELETE", f"/api/v1/datasets/{dataset_id}", "api"),
