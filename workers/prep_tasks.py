@@ -100,6 +100,7 @@ def prepare(version_id: int) -> str:
                 workdir=workdir,
                 on_progress=on_progress,
                 sink=sink,
+                packaged_cache=_packaged_cache(),
             )
         except BaseException:
             if sink is not None:

@@ -187,3 +187,25 @@ def test_a_bad_recipe_is_refused_with_a_message_naming_the_problem(
     with pytest.raises(ValidationError) as info:
         Recipe.model_validate(recipe)
     assert message in recipe_errors(info.value)
+
+
+def test_length_filter_in_tokens_counts_with_the_named_tokenizer(tmp_path) -> None:
+    from workers.dataprep.tokenizers import load_packaged
+    from workers.engine.tokenizer import train_tokenizer
+
+    # A converted tokenizer already kept in the packaged cache is what a worker loads: here a
+    # small one stands in for SmolLM2's (whose GGUF conversion takes tens of seconds).
+    stand_in = train_tokenizer(["ab ab ab cd"] * 10, vocab_size=260, model_max_length=64)
+    stand_in.save_pretrained(str(tmp_path / "smollm2"))
+    load_packaged.cache_clear()
+    backend = load_packaged("smollm2", tmp_path).backend_tokenizer
+    rows = texts("ab", "ab ab ab ab ab", "你好")
+    counts = [len(backend.encode(r["text"], add_special_tokens=False).ids) for r in rows]
+    step = {"step": "length_filter", "unit": "tokens", "tokenizer": "smollm2", "max": 4}
+    pipeline = Pipeline(
+        Recipe.model_validate({"steps": [step]}).steps, "text", packaged_cache=tmp_path
+    )
+    kept = [r["text"] for r in pipeline.run(rows)]
+    assert kept == [r["text"] for r, n in zip(rows, counts, strict=True) if n <= 4]
+    assert kept == ["ab"] and counts[2] == 6  # two Chinese characters: six byte-level tokens
+    load_packaged.cache_clear()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from app.core import prep_recipe as r
@@ -75,13 +76,15 @@ class _Filter(_Stage):
         return [row for row, keep in zip(batch, self.keep(batch), strict=True) if keep]
 
 
-def _length_keep(step: r.LengthFilter, schema: str, batch: list[Row]) -> list[bool]:
+def _length_keep(
+    step: r.LengthFilter, schema: str, packaged_cache: Path | None, batch: list[Row]
+) -> list[bool]:
     if step.unit == "chars":
         sizes = [sum(len(t) for t in fields.texts(row, schema)) for row in batch]
     else:
         from workers.dataprep.tokenizers import load_packaged
 
-        backend = load_packaged(step.tokenizer or "").backend_tokenizer
+        backend = load_packaged(step.tokenizer or "", packaged_cache).backend_tokenizer
         per_row = [fields.texts(row, schema) for row in batch]
         flat = [t for texts in per_row for t in texts]
         counts = iter(len(e.ids) for e in backend.encode_batch(flat, add_special_tokens=False))
@@ -143,7 +146,7 @@ def _language_keep(step: r.LanguageFilter, schema: str, batch: list[Row]) -> lis
     return [detect_language(fields.joined_text(row, schema)) in wanted for row in batch]
 
 
-def build_stage(step: Any, schema: str) -> _Stage:
+def build_stage(step: Any, schema: str, packaged_cache: Path | None = None) -> _Stage:
     name = step.step
     if isinstance(step, r.StripHtml):
         return _Transform(name, schema, cleaning.strip_html)
@@ -156,7 +159,7 @@ def build_stage(step: Any, schema: str) -> _Stage:
         fn = partial(cleaning.mask_pii, emails=step.emails, phones=step.phones, urls=step.urls)
         return _Transform(name, schema, fn)
     if isinstance(step, r.LengthFilter):
-        return _Filter(name, schema, partial(_length_keep, step, schema))
+        return _Filter(name, schema, partial(_length_keep, step, schema, packaged_cache))
     if isinstance(step, r.ExactDedup):
         return _Filter(name, schema, _exact_dedup(schema))
     if isinstance(step, r.NearDedup):
@@ -169,9 +172,11 @@ def build_stage(step: Any, schema: str) -> _Stage:
 class Pipeline:
     """The recipe's steps in order; `run` streams rows through them, `reports` counts."""
 
-    def __init__(self, steps: Sequence[Any], schema: str) -> None:
+    def __init__(
+        self, steps: Sequence[Any], schema: str, *, packaged_cache: Path | None = None
+    ) -> None:
         fields.text_keys(schema)  # an unknown schema fails here, before any row is read
-        self.stages = [build_stage(step, schema) for step in steps]
+        self.stages = [build_stage(step, schema, packaged_cache) for step in steps]
 
     @property
     def reports(self) -> list[StepReport]:

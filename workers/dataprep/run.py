@@ -119,6 +119,7 @@ def prepare_file(
     workdir: Path,
     on_progress: Progress | None = None,
     sink: Any = None,
+    packaged_cache: Path | None = None,
 ) -> PreparedFile:
     """Run the recipe's steps (and split) over `source` into a new file inside `workdir`.
 
@@ -131,7 +132,7 @@ def prepare_file(
         if on_progress is not None:
             on_progress(clean_share * min(done / total, 1.0))
 
-    pipeline = Pipeline(recipe.steps, schema)
+    pipeline = Pipeline(recipe.steps, schema, packaged_cache=packaged_cache)
     fd, cleaned_name = tempfile.mkstemp(prefix="prep-", suffix=".jsonl", dir=workdir)
     os.close(fd)
     cleaned = _HashingWriter(Path(cleaned_name))
