@@ -56,7 +56,12 @@ def _canonical_text_copy(storage_key: str) -> str:
 def prepare(version_id: int) -> str:
     """Read the parent's canonical file, run the recipe, file the result as this version."""
     from workers.dataprep.run import prepare_file
-    from workers.dataprep.tokenize import TokenSink, load_tokenizer, tokenize_version
+    from workers.dataprep.tokenize import (
+        BackgroundSink,
+        TokenSink,
+        load_tokenizer,
+        tokenize_version,
+    )
 
     with session_scope() as session:
         found = dataset_prep.begin(session=session, version_id=version_id)
@@ -89,8 +94,10 @@ def prepare(version_id: int) -> str:
         if settings is not None and settings.tokenizer != "scratch":
             # A packaged tokenizer exists before the data does: tokenize in the same pass.
             tokenizer = load_tokenizer(settings, lambda: iter(()), packaged_cache=_packaged_cache())
-            sink = TokenSink(
-                tokenizer=tokenizer, schema=schema, settings=settings, cache_root=cache_root
+            sink = BackgroundSink(
+                TokenSink(
+                    tokenizer=tokenizer, schema=schema, settings=settings, cache_root=cache_root
+                )
             )
         try:
             prepared = prepare_file(

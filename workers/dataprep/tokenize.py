@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -215,6 +217,58 @@ class TokenSink:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+class BackgroundSink:
+    """A TokenSink fed through a small queue and drained by one thread.
+
+    The Rust tokenizer releases the GIL while it encodes, so reading, cleaning and writing the
+    next batch in Python overlaps the encoding of this one. Memory stays bounded: at most
+    `depth` batches wait. An error in the thread is raised again by the next `add` or `finish`.
+    """
+
+    _DONE = object()
+
+    def __init__(self, sink: TokenSink, *, depth: int = 2) -> None:
+        self.sink = sink
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="token-sink", daemon=True)
+        self._thread.start()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.sink.counts
+
+    def _drain(self) -> None:
+        while (batch := self._queue.get()) is not self._DONE:
+            if self._error is None:
+                try:
+                    self.sink.add(batch)
+                except BaseException as exc:  # re-raised in the producer's thread
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def add(self, batch: list[Row]) -> None:
+        self._check()
+        self._queue.put(batch)
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+
+    def finish(self, version_sha256: str) -> TokenizedInfo:
+        self._stop()
+        self._check()
+        return self.sink.finish(version_sha256)
+
+    def abort(self) -> None:
+        self._stop()
+        self.sink.abort()
+
+
 def load_tokenizer(
     settings: TokenizeSettings,
     texts: Callable[[], Iterable[str]],
@@ -248,7 +302,9 @@ def tokenize_version(
         lambda: (text for row in rows() for text in fields.texts(row, schema)),
         packaged_cache=packaged_cache,
     )
-    sink = TokenSink(tokenizer=tokenizer, schema=schema, settings=settings, cache_root=cache_root)
+    sink = BackgroundSink(
+        TokenSink(tokenizer=tokenizer, schema=schema, settings=settings, cache_root=cache_root)
+    )
     try:
         for batch in _batches(rows(), ENCODE_BATCH):
             sink.add(batch)
