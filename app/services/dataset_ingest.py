@@ -816,6 +816,8 @@ class StatsCollector:
         ]
         while histogram and histogram[-1]["rows"] == 0:
             histogram.pop()
+        while histogram and histogram[0]["rows"] == 0:
+            histogram.pop(0)
         out: dict[str, Any] = {
             "rows": self.rows,
             "characters": {

@@ -246,6 +246,13 @@ def first_version(*, session: Session, dataset: Dataset) -> DatasetVersion | Non
     ).first()
 
 
+def rejected_rows(*, session: Session, dataset: Dataset) -> int:
+    """Rows kept apart at upload (on_error=keep_valid)."""
+    version = first_version(session=session, dataset=dataset)
+    upload = (version.report or {}).get("upload", {}) if version is not None else {}
+    return int(upload.get("rejected_rows") or 0)
+
+
 def original_key(*, session: Session, dataset: Dataset) -> str:
     """The uploaded bytes as they came (datasets from before versions: the stored file)."""
     version = first_version(session=session, dataset=dataset)

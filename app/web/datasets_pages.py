@@ -93,6 +93,7 @@ def upload_dataset(
             **_list_context(session, pc),
             "uploaded": dataset,
             "duplicate": outcome.duplicate,
+            "rejected_rows": datasets.rejected_rows(session=session, dataset=dataset),
             "oob": True,
             "uploaded_preview": datasets.preview(dataset=dataset, rows=3),
         },

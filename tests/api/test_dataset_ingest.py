@@ -387,7 +387,7 @@ def test_stats_count_labels_roles_and_exact_duplicates(team: Team) -> None:
     assert chat_stats["roles"] == {"system": 2, "user": 2, "assistant": 2}
 
 
-def test_upload_creates_version_one_and_runs_record_the_version(team: Team) -> None:
+def test_upload_creates_version_one_and_runs_record_the_version(team: Team, backend: str) -> None:
     dataset_id = upload(team.editor, "t.jsonl", text_jsonl(8).encode()).json()["id"]
     versions = team.viewer.get(f"/api/v1/datasets/{dataset_id}/versions").json()
     assert [(v["version"], v["status"], v["schema"], v["recipe"]) for v in versions] == [
@@ -417,7 +417,7 @@ def test_upload_creates_version_one_and_runs_record_the_version(team: Team) -> N
     assert f"run {run.json()['id']}" in refused.json()["detail"]
 
 
-def test_chunked_upload_resumes_after_a_dropped_connection(team: Team) -> None:
+def test_chunked_upload_resumes_after_a_dropped_connection(team: Team, backend: str) -> None:
     content = gzip.compress(ENCODERS["csv"](QA * 50))
     started = team.editor.post(
         "/api/v1/uploads", json={"filename": "qa.csv.gz", "total_size": len(content)}
@@ -506,3 +506,14 @@ def test_openai_files_accepts_the_new_formats(team: Team) -> None:
     assert team.editor.get(f"/v1/files/{file_id}/content").content == content
     dataset_id = int(file_id.removeprefix("file-"))
     assert canonical_rows(team.editor, dataset_id) == CANONICAL_QA
+
+
+def test_deleting_a_dataset_keeps_files_another_workspace_shares(team: Team) -> None:
+    content = text_jsonl(7).encode()
+    mine = upload(team.editor, "same.jsonl", content).json()["id"]
+    theirs = upload(team.outsider, "same.jsonl", content).json()["id"]
+    assert team.editor.delete(f"/api/v1/datasets/{mine}").status_code == 204
+    for kind in ("canonical", "original"):
+        response = team.outsider.get(f"/api/v1/datasets/{theirs}/download?kind={kind}")
+        assert response.status_code == 200, (kind, response.text)
+    assert team.outsider.get(f"/api/v1/datasets/{theirs}/download?kind=original").content == content
