@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +29,7 @@ from app.services.workspaces import WorkspaceContext, get_in_workspace
 READY, PREPARING, FAILED = "ready", "preparing", "failed"
 # A progress write costs a commit; the bar moves in steps of at least this much.
 PROGRESS_STEP = 0.02
+MODEL_VIEW_STALE_S = 15 * 60
 
 
 def parse_recipe(raw: Any) -> Recipe:
@@ -210,7 +212,9 @@ def model_view_state(version: DatasetVersion, settings: ModelViewSettings) -> di
     if failed.is_file():
         return {"status": "failed", "key": key, "error": json.loads(failed.read_text())["error"]}
     pending = artifacts.resolve(f"datasets/model-view/{key}.pending")
-    return {"status": "computing" if pending.is_file() else "absent", "key": key}
+    # A marker older than this belongs to a task that died (a killed worker): ask again.
+    fresh = pending.is_file() and time.time() - pending.stat().st_mtime < MODEL_VIEW_STALE_S
+    return {"status": "computing" if fresh else "absent", "key": key}
 
 
 def request_model_view(
