@@ -80,3 +80,23 @@ def test_without_packing_rows_are_truncated_at_max_length(tmp_path: Path) -> Non
     assert info.num_sequences == len(ROWS) and offsets.size == len(ROWS) + 1
     assert int(np.diff(offsets).max()) == 8
     assert info.truncated_rows == len(ROWS)
+
+
+def test_an_encoding_error_in_the_background_thread_reaches_the_caller_and_leaves_no_entry(
+    tmp_path: Path,
+) -> None:
+    import pytest
+
+    from workers.dataprep.tokenize import BackgroundSink, TokenSink
+    from workers.engine.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["abc abc"] * 5, vocab_size=260, model_max_length=32)
+    settings = TokenizeSettings(tokenizer="scratch", vocab_size=300, max_length=8)
+    sink = BackgroundSink(
+        TokenSink(tokenizer=tokenizer, schema="text", settings=settings, cache_root=tmp_path)
+    )
+    sink.add([{"text": 5}])  # not a canonical row: the thread fails on this batch
+    with pytest.raises(TypeError):
+        sink.finish("e" * 64)
+    sink.abort()
+    assert [p.name for p in tmp_path.iterdir()] == []
