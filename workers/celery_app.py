@@ -20,7 +20,9 @@ from app.services import run_execution
 
 log = logging.getLogger(__name__)
 
-celery_app = Celery("llmide", include=["workers.tasks", "workers.registry_tasks"])
+celery_app = Celery(
+    "llmide", include=["workers.tasks", "workers.registry_tasks", "workers.prep_tasks"]
+)
 celery_app.conf.update(celery_options(get_settings()))
 app = celery_app
 

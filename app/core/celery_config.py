@@ -11,6 +11,8 @@ TRAIN_TASK = "llmide.train_run"
 EXPORT_TASK = "llmide.export_version"
 EVALUATE_TASK = "llmide.evaluate_version"
 CALIBRATE_TASK = "llmide.calibrate_training"
+PREPARE_TASK = "llmide.prepare_dataset"  # a new dataset version from its parent and a recipe
+MODEL_VIEW_TASK = "llmide.model_view"  # rows as a model sees them, stored as a JSON artifact
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

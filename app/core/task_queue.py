@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 
-from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_TASK, celery_options
+from app.core.celery_config import (
+    CALIBRATE_TASK,
+    CPU_QUEUE,
+    GPU_QUEUE,
+    MODEL_VIEW_TASK,
+    PREPARE_TASK,
+    TRAIN_TASK,
+    celery_options,
+)
 from app.core.errors import ServiceUnavailable
 from app.core.settings import get_settings
 
@@ -19,11 +28,23 @@ def celery_client() -> Celery:
 
 
 def enqueue_training(run_id: int) -> str:
+    return _send(TRAIN_TASK, [run_id], GPU_QUEUE, "the run was not launched")
+
+
+def enqueue_preparation(version_id: int) -> str:
+    return _send(PREPARE_TASK, [version_id], CPU_QUEUE, "the preparation was not started")
+
+
+def enqueue_model_view(payload: dict[str, Any]) -> str:
+    return _send(MODEL_VIEW_TASK, [payload], CPU_QUEUE, "the model view was not started")
+
+
+def _send(task: str, args: list[Any], queue: str, consequence: str) -> str:
     try:
         result = celery_client().send_task(
-            TRAIN_TASK,
-            args=[run_id],
-            queue=GPU_QUEUE,
+            task,
+            args=args,
+            queue=queue,
             retry=True,
             # Fail fast: a person is waiting for the launch button's answer.
             retry_policy={
@@ -35,7 +56,7 @@ def enqueue_training(run_id: int) -> str:
         )
     except Exception as exc:  # kombu raises many transport-specific errors
         raise ServiceUnavailable(
-            f"the job queue is not reachable ({type(exc).__name__}); the run was not launched, "
+            f"the job queue is not reachable ({type(exc).__name__}); {consequence}, "
             "try again shortly"
         ) from exc
     return str(result.id)
@@ -43,20 +64,7 @@ def enqueue_training(run_id: int) -> str:
 
 def enqueue(task_name: str, args: list[int], queue: str) -> str:
     """Send a registry job (export, evaluation) by name; a refused send is a clear 503."""
-    try:
-        result = celery_client().send_task(
-            task_name,
-            args=args,
-            queue=queue,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_max": 1.0},
-        )
-    except Exception as exc:  # kombu raises many transport-specific errors
-        raise ServiceUnavailable(
-            f"the job queue is not reachable ({type(exc).__name__}); nothing was started, "
-            "try again shortly"
-        ) from exc
-    return str(result.id)
+    return _send(task_name, list(args), queue, "nothing was started")
 
 
 def enqueue_calibration(base_model: str, batch_size: int, block_size: int) -> bool:

@@ -190,3 +190,35 @@ def test_cancel_stops_a_running_job_and_keeps_its_history(
     assert time.monotonic() - cancelled_at < 15
     assert run["step"] < 5000
     assert len(api.get(f"/api/v1/runs/{run_id}/metrics").json()) >= 3
+
+
+def test_a_prepared_dataset_version_is_made_by_the_cpu_worker(
+    server: Server, api: httpx.Client
+) -> None:
+    rows = ["<b>the cat sat</b>", "the cat sat", "你好，世界", "a dog ran", "a dog ran"] * 4
+    content = "".join(
+        json.dumps({"text": f"{text} {i // 5}"}) + "\n" for i, text in enumerate(rows)
+    ).encode()
+    uploaded = api.post("/api/v1/datasets", files={"file": ("prep.jsonl", content)})
+    assert uploaded.status_code == 201, uploaded.text
+    dataset_id, parent = uploaded.json()["id"], uploaded.json()["version_id"]
+    recipe = {
+        "steps": [{"step": "strip_html"}, {"step": "exact_dedup"}],
+        "split": {"validation": 0.25, "seed": 1},
+    }
+    queued = api.post(
+        f"/api/v1/datasets/{dataset_id}/versions",
+        json={"parent_version_id": parent, "recipe": recipe},
+    )
+    assert queued.status_code == 202, queued.text
+    url = f"/api/v1/datasets/{dataset_id}/versions/{queued.json()['id']}"
+    version = wait_for(
+        lambda: (v := api.get(url).json())["status"] != "preparing" and v,
+        timeout=120,
+        what="the prepared version",
+        server=server,
+    )
+    assert version["status"] == "ready", version
+    assert version["report"]["rows_in"] == 20 and version["num_rows"] == 12
+    assert [s["removed"] for s in version["report"]["steps"]] == [0, 8]
+    assert version["report"]["split"] == {"train": 9, "validation": 3, "test": 0}

@@ -129,6 +129,19 @@ class Site:
         assert created.status_code == 201, created.text
         return int(created.json()["id"])
 
+    def first_version(self, dataset_id: int) -> int:
+        from sqlalchemy import select
+
+        from app.db.models import DatasetVersion
+        from app.db.session import session_scope
+
+        with session_scope() as session:
+            return int(
+                session.scalars(
+                    select(DatasetVersion.id).where(DatasetVersion.dataset_id == dataset_id)
+                ).one()
+            )
+
     def new_upload(self, content: bytes | None = None) -> int:
         """A chunked upload of the owner's; with `content`, all of it already sent."""
         data = content or b"x" * 64
@@ -387,6 +400,10 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             ids = site.ids
             ids["workspace"] = site.team.owner.workspace_id
             ids["dataset"] = site.new_dataset(DATASET_NAME, DATASET_FILE)
+            # A dataset no rule consumes, and its uploaded version (dataset preparation routes).
+            ids["prep_dataset"] = site.new_dataset()
+            ids["prep_version"] = site.first_version(ids["prep_dataset"])
+
             ids["dataset_version"] = site.api(
                 "owner", "GET", f"/api/v1/datasets/{ids['dataset']}"
             ).json()["version_id"]

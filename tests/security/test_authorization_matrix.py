@@ -318,6 +318,42 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/logout"): R(A.SIGNED_IN, ok=303, consumes="browser"),
     ("POST", "/workspace"): R(A.VIEWER, "id", 303, form={"workspace_id": "{workspace}"}),
     ("GET", "/"): R(A.VIEWER, "list"),
+    # --- dataset preparation (versions, model view) ------------------------------------------
+    ("POST", "/api/v1/datasets/{dataset_id}/versions"): R(
+        A.EDITOR,
+        "id",
+        202,
+        url="/api/v1/datasets/{prep_dataset}/versions",
+        json={"parent_version_id": "{prep_version}", "recipe": {"steps": [{"step": "nfkc"}]}},
+    ),
+    ("GET", "/api/v1/datasets/{dataset_id}/versions/{version_id}/model-view"): R(
+        A.VIEWER, "id", url="/api/v1/datasets/{prep_dataset}/versions/{prep_version}/model-view"
+    ),
+    ("POST", "/api/v1/datasets/{dataset_id}/versions/{version_id}/model-view"): R(
+        A.VIEWER,
+        "id",
+        202,
+        url="/api/v1/datasets/{prep_dataset}/versions/{prep_version}/model-view",
+        json={"max_length": 64},
+    ),
+    ("GET", "/datasets/{dataset_id}/versions-panel"): R(
+        A.VIEWER, "id", url="/datasets/{prep_dataset}/versions-panel"
+    ),
+    ("POST", "/datasets/{dataset_id}/versions"): R(
+        A.EDITOR,
+        "id",
+        url="/datasets/{prep_dataset}/versions",
+        form={"parent_version_id": "{prep_version}", "step_nfkc": "on"},
+    ),
+    ("GET", "/datasets/{dataset_id}/versions/{version_id}/model-view"): R(
+        A.VIEWER, "id", url="/datasets/{prep_dataset}/versions/{prep_version}/model-view"
+    ),
+    ("POST", "/datasets/{dataset_id}/versions/{version_id}/model-view"): R(
+        A.VIEWER,
+        "id",
+        url="/datasets/{prep_dataset}/versions/{prep_version}/model-view",
+        form={"max_length": "64"},
+    ),
     ("GET", "/datasets"): R(A.VIEWER, "list"),
     ("POST", "/datasets"): R(A.EDITOR, ok=303, files="corpus.jsonl"),
     ("GET", "/datasets/{dataset_id}"): R(A.VIEWER, "id", url="/datasets/{dataset}"),
@@ -667,6 +703,9 @@ VIEWER_WRITES = {
     ("POST", "/api/v1/uploads/{upload_id}/complete"): "their own chunked upload",
     ("DELETE", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
     ("POST", "/api/v1/deployments/{deployment_id}/predict"): "using a deployed classifier",
+    # Computing a model view writes only a derived JSON artifact; the data is theirs to read.
+    ("POST", "/api/v1/datasets/{dataset_id}/versions/{version_id}/model-view"): "a model view",
+    ("POST", "/datasets/{dataset_id}/versions/{version_id}/model-view"): "a model view",
 }
 
 

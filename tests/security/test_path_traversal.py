@@ -152,6 +152,14 @@ ID_ROUTES = [
     ("POST", "/deployments/{p}/stop"),
     ("POST", "/settings/tokens/{p}/revoke"),
     ("GET", "/static/{p}"),
+    # dataset preparation: hostile dataset ids, then hostile version ids of dataset 1
+    ("POST", "/api/v1/datasets/{p}/versions"),
+    ("GET", "/api/v1/datasets/{p}/versions/1/model-view"),
+    ("GET", "/api/v1/datasets/1/versions/{p}/model-view"),
+    ("POST", "/api/v1/datasets/1/versions/{p}/model-view"),
+    ("GET", "/datasets/{p}/versions-panel"),
+    ("GET", "/datasets/1/versions/{p}/model-view"),
+    ("POST", "/datasets/1/versions/{p}/model-view"),
 ]
 # Upload file names, as raw bytes in the multipart header.
 FILENAMES = [
@@ -420,6 +428,7 @@ BODY_ROUTES = [
         "/playground/stream",
         lambda v: {"model": str(v), "messages": [{"role": "user", "content": "hi"}]},
     ),
+    ("POST", "/api/v1/datasets/1/versions", lambda v: {"parent_version_id": v}),
     ("POST", "/workspace", None),
     ("POST", "/runs", None),
 ]

@@ -1,0 +1,53 @@
+"""Which fields of a canonical row are text a cleaning step may touch (never a label or role)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Row = dict[str, Any]
+
+# Flat string fields per schema; `chat` rows carry their text in every message's "content".
+_TEXT_KEYS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "prompt_completion": ("prompt", "completion"),
+    "instruction": ("instruction", "input", "output"),
+    "classification": ("text",),
+    "seq2seq": ("source", "target"),
+    "chat": (),
+}
+
+
+def text_keys(schema: str) -> tuple[str, ...]:
+    try:
+        return _TEXT_KEYS[schema]
+    except KeyError:
+        raise ValueError(f"unknown schema {schema!r}") from None
+
+
+def texts(row: Row, schema: str) -> list[str]:
+    """The row's text fields in a fixed order."""
+    if schema == "chat":
+        return [m.get("content") or "" for m in row.get("messages", ())]
+    return [row.get(key) or "" for key in text_keys(schema)]
+
+
+def joined_text(row: Row, schema: str) -> str:
+    """All text of a row as one string, for length, language and duplicate checks."""
+    return "\n".join(texts(row, schema))
+
+
+def map_texts(row: Row, schema: str, fn: Callable[[str], str]) -> Row:
+    """A copy of the row with `fn` applied to every text field; other keys kept as they are."""
+    if schema == "chat":
+        messages = [
+            {**m, "content": fn(m["content"])} if isinstance(m.get("content"), str) else m
+            for m in row.get("messages", ())
+        ]
+        return {**row, "messages": messages}
+    out = dict(row)
+    for key in text_keys(schema):
+        value = row.get(key)
+        if isinstance(value, str):
+            out[key] = fn(value)
+    return out

@@ -1,0 +1,129 @@
+"""See the data as the model will see it: rows after the chat template and tokenisation, token by
+token, with what the loss counts, special tokens and EOS flagged, and warnings before any GPU
+time is spent. Uses `masking.encode_rendered`, the same code that decides training labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any
+
+from workers.dataprep import masking
+
+MESSAGES = {
+    masking.TRUNCATED: "rows longer than max_length are cut: the end of the answer is lost",
+    masking.MISSING_EOS: "no EOS / end-of-turn token is trained: the model may not learn to stop",
+    masking.EMPTY_ANSWER: "empty answers: the model learns to answer with nothing",
+    masking.NO_ANSWER: "conversations without an assistant turn: nothing is trained",
+    masking.TEMPLATE_MISSING: "the model has no chat template: a plain 'role: content' "
+    "rendering is used, which the model never saw",
+    masking.TEMPLATE_FAILED: "the model's chat template refused some rows (a role or order it "
+    "does not support): a plain rendering is used for them",
+    masking.TEMPLATE_NOT_INCREMENTAL: "the chat template renders earlier turns differently in "
+    "longer conversations: answers were located by their text",
+}
+
+
+def _token_rows(tokenizer: Any, encoded: masking.Encoded) -> list[dict[str, Any]]:
+    special = set(tokenizer.all_special_ids)
+    stops = masking.stop_token_ids(tokenizer)
+    tokens = []
+    shown_upto = 0
+    for token_id, label, (start, end) in zip(
+        encoded.input_ids, encoded.labels, encoded.offsets, strict=True
+    ):
+        # Byte-level BPE can split one character (a Chinese one, say) over tokens whose
+        # offsets overlap: each character is shown once, on the first token that reaches it.
+        shown = encoded.text[max(start, shown_upto) : end]
+        shown_upto = max(shown_upto, end)
+        tokens.append(
+            {
+                "text": shown,
+                "id": token_id,
+                "loss": label != masking.IGNORE_INDEX,
+                "special": token_id in special,
+                "eos": token_id in stops,
+            }
+        )
+    return tokens
+
+
+def model_view(
+    *,
+    tokenizer: Any,
+    rows: Iterable[dict[str, Any]],
+    schema: str,
+    max_length: int,
+    chat_template: bool = True,
+    detail_rows: int = 8,
+    sample_rows: int = 1000,
+) -> dict[str, Any]:
+    """Token-level detail for the first `detail_rows`; counts and warnings over `sample_rows`."""
+    sample = list(islice(rows, sample_rows))
+    rendered = [
+        masking.render_row(tokenizer, r, schema, chat_template=chat_template) for r in sample
+    ]
+    encoded: list[masking.Encoded] = []
+    for start in range(0, len(rendered), 256):
+        encoded += masking.encode_rendered(
+            tokenizer, rendered[start : start + 256], max_length=max_length
+        )
+    counts: dict[str, int] = {}
+    for item in encoded:
+        for code in set(item.warnings):
+            counts[code] = counts.get(code, 0) + 1
+    n = len(encoded)
+    token_counts = [e.num_tokens for e in encoded]
+    warnings = [
+        {
+            "code": code,
+            "rows": count,
+            "rate": round(count / n, 4) if n else 0.0,
+            "message": MESSAGES.get(code, code),
+        }
+        for code, count in sorted(counts.items(), key=lambda kv: -kv[1])
+    ]
+    template_wanted = chat_template and schema not in ("text", "classification")
+    if (
+        template_wanted
+        and not masking.has_chat_template(tokenizer)
+        and not any(w["code"] == masking.TEMPLATE_MISSING for w in warnings)
+    ):
+        warnings.append(
+            {
+                "code": masking.TEMPLATE_MISSING,
+                "rows": n,
+                "rate": 1.0 if n else 0.0,
+                "message": MESSAGES[masking.TEMPLATE_MISSING],
+            }
+        )
+    return {
+        "schema": schema,
+        "max_length": max_length,
+        "chat_template": chat_template and masking.has_chat_template(tokenizer),
+        "eos_token": tokenizer.eos_token,
+        "summary": {
+            "sampled_rows": n,
+            "truncated_rows": counts.get(masking.TRUNCATED, 0),
+            "truncated_rate": round(counts.get(masking.TRUNCATED, 0) / n, 4) if n else 0.0,
+            "mean_tokens": round(sum(token_counts) / n, 1) if n else 0.0,
+            "max_tokens": max(token_counts, default=0),
+            "trained_tokens": sum(
+                sum(1 for lab in e.labels if lab != masking.IGNORE_INDEX) for e in encoded
+            ),
+        },
+        "warnings": warnings,
+        "rows": [
+            {
+                "index": i,
+                "num_tokens": e.num_tokens,
+                "shown_tokens": len(e.input_ids),
+                "trained_tokens": sum(1 for lab in e.labels if lab != masking.IGNORE_INDEX),
+                "truncated": e.truncated,
+                "warnings": sorted(set(e.warnings)),
+                "tokens": _token_rows(tokenizer, e),
+            }
+            for i, e in enumerate(encoded[:detail_rows])
+        ],
+    }
