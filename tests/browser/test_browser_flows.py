@@ -569,6 +569,7 @@ PAGES = [
     "/",
     "/datasets",
     "/datasets/1",
+    "/datasets/1/versions-panel",  # versions and the preparation form, as a page of its own
     "/runs",
     "/runs/new",
     "/runs/1",
@@ -599,6 +600,8 @@ def assert_pages_fit(page: Page, paths: list[str], viewport: dict[str, int]) -> 
         for path in paths:
             page.goto(path)
             page.wait_for_load_state("load")
+            # Parts loaded by htmx on load (the dataset page's versions panel) count too.
+            page.wait_for_function("!document.querySelector('.htmx-request')")
             width, inner = overflow(page)
             assert width <= inner, f"{path} overflows at {viewport['width']}px: {width} > {inner}"
             name = path.strip("/").replace("/", "-").replace("?", "-") or "dashboard"
