@@ -13,7 +13,7 @@ from celery.signals import worker_ready
 from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
 from app.core.settings import get_settings
 from app.db.session import session_scope
-from app.services import run_execution
+from app.services import run_execution, run_queue
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ def _sweep_forever(interval_s: float) -> None:
             requeue_orphaned_runs()
         except Exception:  # the database may be briefly away; try again next round
             log.exception("looking for orphaned runs failed")
+        try:  # waiting runs a lost dispatch (a broker outage) left behind
+            with session_scope() as session:
+                run_queue.dispatch(session=session)
+        except Exception:
+            log.exception("dispatching queued runs failed")
         time.sleep(interval_s)
 
 

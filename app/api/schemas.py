@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.db.models import Role
 from app.services.run_config import RunConfig
@@ -201,6 +201,15 @@ class RunCreate(BaseModel):
     name: str | None = Field(None, max_length=255)
     suffix: str | None = Field(None, max_length=40)
     config: RunConfig = Field(default_factory=RunConfig)
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal", description="Place in the workspace's queue (docs/queue.md)."
+    )
+
+
+def _priority_name(value: Any) -> Any:
+    from app.services.run_queue import priority_name
+
+    return priority_name(value) if isinstance(value, int) else value
 
 
 class RunRead(ORM):
@@ -219,6 +228,8 @@ class RunRead(ORM):
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
+    priority: Annotated[str, BeforeValidator(_priority_name)] = "normal"
+    worker_host: str | None = None
 
 
 class RunPage(BaseModel):
@@ -418,3 +429,53 @@ def error_responses(model: type[BaseModel], codes: tuple[int, ...]) -> dict[int 
 
 API_ERRORS = error_responses(ApiError, (400, 401, 403, 404, 409, 413, 422, 429, 503))
 OPENAI_ERRORS = error_responses(OpenAIError, (400, 401, 403, 404, 409, 413, 429, 503))
+
+
+# --- the run queue and quotas (docs/queue.md) ---------------------------------------------
+class RunPriorityUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Literal["low", "normal", "high"]
+
+
+class RunMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    direction: Literal["up", "down"]
+
+
+class QueuedRunRead(RunRead):
+    position: int | None = Field(None, description="1 = next of this workspace to start.")
+    running_for_s: float | None = None
+
+
+class WorkerMachineRead(BaseModel):
+    host: str
+    runs: list[QueuedRunRead]
+    other_workspaces_runs: int
+
+
+class QuotasRead(BaseModel):
+    concurrent_runs: int | None
+    gpu_hours_per_month: float | None
+    active_runs: int
+    gpu_hours_used: float
+
+
+class QuotasUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    concurrent_runs: int | None = Field(None, ge=1, le=10_000, description="None: no limit.")
+    gpu_hours_per_month: float | None = Field(
+        None, ge=0, le=1e7, description="None: no limit; 0 refuses every launch."
+    )
+
+
+class QueueRead(BaseModel):
+    waiting: list[QueuedRunRead]
+    active: list[QueuedRunRead]
+    machines: list[WorkerMachineRead]
+    slots: int
+    fleet_active: int
+    waiting_reason: str | None
+    quotas: QuotasRead

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     hub_enabled: bool = False
     # A running run whose worker has been silent this long is resumed by another worker.
     run_stale_after_s: float = Field(60.0, ge=2.0)
+    # Runs training at once across the fleet (docs/queue.md): set it to the number of GPU worker
+    # slots; the embedded worker has one. The rest wait in the queue.
+    max_concurrent_runs: int = Field(1, ge=1, le=10_000)
     # `migrate` and `serve` wait this long for the database (a compose start, a restarting
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)

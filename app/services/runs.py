@@ -8,11 +8,17 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
-from app.core import task_queue
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
-from app.services import audit, base_models, dataset_versions, datasets, downsample
+from app.services import (
+    audit,
+    base_models,
+    dataset_versions,
+    datasets,
+    downsample,
+    run_queue,
+)
 from app.services.run_config import TASK_SCHEMAS, RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -33,13 +39,17 @@ def create_run(
     name: str | None = None,
     suffix: str | None = None,
     dataset_version_id: int | None = None,
+    priority: str = "normal",
 ) -> Run:
-    """Record a queued run and hand it to the `gpu` queue.
+    """Record a queued run and let the dispatcher send it when a GPU slot is free.
 
-    The row is committed before the task is sent (so the worker can always see it); if the
-    broker refuses the task the row is deleted again, so a failed launch leaves nothing.
+    The row is committed before any task is sent (so the worker can always see it); if the
+    broker refuses the dispatch the row is deleted again, so a failed launch leaves nothing.
+    A run that waits for a slot is sent later (run_queue.dispatch, docs/queue.md).
     """
     ctx.require(Role.editor)
+    priority_value = run_queue.parse_priority(priority)
+    run_queue.check_launch_quota(session=session, workspace=ctx.workspace)
     model = base_models.require_known(base_model)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     version = dataset_versions.version_for_run(
@@ -61,10 +71,14 @@ def create_run(
         suffix=suffix,
         status=RunStatus.queued,
         created_by_id=ctx.user.id,
+        priority=priority_value,
     )
     session.add(run)
     session.flush()
-    session.add(RunEvent(run_id=run.id, message=f"run created by {ctx.user.email}; queued"))
+    run.queue_rank = run.id
+    session.add(
+        RunEvent(run_id=run.id, message=f"run created by {ctx.user.email}; queued ({priority})")
+    )
     event = audit.record(
         session=session,
         actor=ctx,
@@ -75,14 +89,15 @@ def create_run(
     )
     session.commit()
     try:
-        run.task_id = task_queue.enqueue_training(run.id)
+        run_queue.dispatch(session=session)
     except Exception:
-        # The launch did not happen: neither the run nor its audit row stays.
+        # The broker refused: the launch did not happen, neither the run nor its audit row
+        # stays (the dispatcher's rollback left the run unsent).
         session.delete(event)
         session.delete(run)
         session.commit()
         raise
-    session.commit()
+    session.refresh(run)
     return run
 
 
@@ -175,6 +190,9 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         detail={"status_before": str(status)},
     )
     session.commit()
+    # A cancelled waiting or sent-but-unclaimed run frees its place: the next one may start.
+    run_queue.dispatch_quietly(session=session)
+    session.refresh(run)
     return run
 
 

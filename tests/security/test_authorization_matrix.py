@@ -166,6 +166,18 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/runs/{run_id}/cancel"): R(
         A.EDITOR, "id", url="/api/v1/runs/{run}/cancel", consumes="run"
     ),
+    ("POST", "/api/v1/runs/{run_id}/priority"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{run}/priority", json={"priority": "high"},
+        consumes="run",
+    ),
+    ("POST", "/api/v1/runs/{run_id}/move"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{run}/move", json={"direction": "up"}, consumes="run"
+    ),
+    ("GET", "/api/v1/queue"): R(A.VIEWER, "list"),
+    ("GET", "/api/v1/quotas"): R(A.VIEWER, "list"),
+    ("PUT", "/api/v1/quotas"): R(
+        A.OWNER, json={"concurrent_runs": None, "gpu_hours_per_month": None}
+    ),
     ("GET", "/api/v1/runs/{run_id}/metrics"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/metrics"),
     ("GET", "/api/v1/runs/{run_id}/events"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/events"),
     ("GET", "/api/v1/runs/{run_id}/checkpoints"): R(
@@ -298,6 +310,18 @@ RULES: dict[tuple[str, str], Rule] = {
         A.EDITOR, "id", 303, url="/datasets/{dataset}/delete", consumes="dataset"
     ),
     ("GET", "/runs"): R(A.VIEWER, "list"),
+    ("GET", "/queue"): R(A.VIEWER, "list"),
+    ("POST", "/queue/runs/{run_id}/move"): R(
+        A.EDITOR, "id", 303, url="/queue/runs/{run}/move", form={"direction": "up"},
+        consumes="run",
+    ),
+    ("POST", "/queue/runs/{run_id}/priority"): R(
+        A.EDITOR, "id", 303, url="/queue/runs/{run}/priority", form={"priority": "low"},
+        consumes="run",
+    ),
+    ("POST", "/queue/runs/{run_id}/cancel"): R(
+        A.EDITOR, "id", 303, url="/queue/runs/{run}/cancel", consumes="run"
+    ),
     ("GET", "/runs/new"): R(A.EDITOR),
     ("POST", "/runs"): R(A.EDITOR, "id", 303, form={"dataset_id": "{dataset}"}),
     ("GET", "/runs/{run_id}"): R(A.VIEWER, "id", url="/runs/{run}"),
