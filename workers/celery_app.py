@@ -40,11 +40,18 @@ def _sweep_forever(interval_s: float) -> None:
             requeue_orphaned_runs()
         except Exception:  # the database may be briefly away; try again next round
             log.exception("looking for orphaned runs failed")
-        try:  # waiting runs a lost dispatch (a broker outage) left behind
+        time.sleep(interval_s)
+
+
+def _queue_ticks_forever(interval_s: float) -> None:
+    """Sweeps (pruning, next trials) and the queue (runs a failed send left waiting) move on
+    without a finishing run: app/services/run_queue.tick, docs/queue.md."""
+    while True:
+        try:
             with session_scope() as session:
-                run_queue.dispatch(session=session)
-        except Exception:
-            log.exception("dispatching queued runs failed")
+                run_queue.tick(session=session)
+        except Exception:  # the database may be briefly away; try again next round
+            log.exception("the queue tick failed")
         time.sleep(interval_s)
 
 
@@ -53,4 +60,10 @@ def start_orphan_sweeper(sender: Any = None, **_: Any) -> None:
     interval = max(1.0, get_settings().run_stale_after_s / 2)
     threading.Thread(
         target=_sweep_forever, args=(interval,), name="orphan-sweeper", daemon=True
+    ).start()
+    threading.Thread(
+        target=_queue_ticks_forever,
+        args=(get_settings().queue_tick_s,),
+        name="queue-ticks",
+        daemon=True,
     ).start()

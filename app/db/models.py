@@ -250,6 +250,9 @@ class Run(Base):
     sweep_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     sweep_pruned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
+    # One run per trial number: two controllers racing for the same trial cannot both launch.
+    __table_args__ = (Index("uq_runs_sweep_trial", "sweep_id", "sweep_trial", unique=True),)
+
     dataset: Mapped[Dataset] = relationship(foreign_keys=[dataset_id])
     validation_dataset: Mapped[Dataset | None] = relationship(foreign_keys=[validation_dataset_id])
     dataset_version: Mapped[DatasetVersion | None] = relationship(foreign_keys=[dataset_version_id])

@@ -223,4 +223,4 @@ def finish(
         level="error" if status == RunStatus.failed else "info",
     )
     session.commit()
-    run_queue.dispatch_quietly(session=session)  # the freed slot goes to the next waiting run
+    run_queue.on_run_finished(session=session, run_id=run_id)  # next trial, next queued run

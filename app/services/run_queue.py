@@ -173,6 +173,33 @@ def dispatch_quietly(*, session: Session) -> list[int]:
         return []
 
 
+def on_run_finished(*, session: Session, run_id: int) -> None:
+    """After a run ends (in the worker): its sweep decides on the next trial, then the freed
+    slot goes to the next waiting run. Never fails the finishing run."""
+    from app.services import sweeps
+
+    try:
+        sweep_id = session.scalar(select(Run.sweep_id).where(Run.id == run_id))
+        if sweep_id is not None:
+            sweeps.advance(session=session, sweep_id=sweep_id)
+    except Exception:
+        log.exception("advancing the sweep of run %s failed; the next round retries", run_id)
+        session.rollback()
+    dispatch_quietly(session=session)
+
+
+def tick(*, session: Session) -> None:
+    """The workers' periodic round: every running sweep (pruning, new trials), then dispatch."""
+    from app.services import sweeps
+
+    try:
+        sweeps.advance_all(session=session)
+    except Exception:
+        log.exception("advancing sweeps failed; the next round retries")
+        session.rollback()
+    dispatch_quietly(session=session)
+
+
 def record_worker_host(*, session: Session, run_id: int) -> None:
     """Note which machine trains the run (the queue page groups running runs by it)."""
     session.execute(

@@ -40,6 +40,7 @@ def create_run(
     suffix: str | None = None,
     dataset_version_id: int | None = None,
     priority: str = "normal",
+    sweep_fields: dict[str, Any] | None = None,
 ) -> Run:
     """Record a queued run and let the dispatcher send it when a GPU slot is free.
 
@@ -72,6 +73,7 @@ def create_run(
         status=RunStatus.queued,
         created_by_id=ctx.user.id,
         priority=priority_value,
+        **(sweep_fields or {}),  # a sweep's trial: sweep_id, sweep_trial, sweep_params
     )
     session.add(run)
     session.flush()

@@ -1,0 +1,99 @@
+"""Hyperparameter sweeps: validation, a grid sweep trained to the end, pruning, cancelling.
+
+Trials train for real (scratch-nano, a few steps) in this process, as a worker's pool
+process would run the task (`train_run.apply`); each finished trial's worker-side hook
+advances the sweep, which launches the next trial through the real queue and broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Persona, Team, text_jsonl
+
+BASE = {"max_steps": 4, "eval_steps": 2, "batch_size": 4, "block_size": 32, "eval_split": 0.2}
+
+
+@pytest.fixture
+def dataset_id(team: Team) -> int:
+    return int(team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"])
+
+
+def create(persona: Persona, dataset_id: int, **body: Any) -> Any:
+    payload = {
+        "dataset_id": dataset_id,
+        "base_model": "scratch-nano",
+        "config": BASE,
+        **body,
+    }
+    return persona.post("/api/v1/sweeps", json=payload)
+
+
+def train_waiting_trials(persona: Persona, sweep_id: int, rounds: int = 12) -> dict[str, Any]:
+    """Play the worker: train each waiting trial until the sweep ends."""
+    from workers.tasks import train_run
+
+    for _ in range(rounds):
+        sweep = persona.get(f"/api/v1/sweeps/{sweep_id}").json()
+        if sweep["status"] != "running":
+            return sweep
+        waiting = [t for t in sweep["trials"] if t["status"] == "queued"]
+        assert waiting, sweep
+        for trial in waiting:
+            train_run.apply(args=[trial["run_id"]])
+    raise AssertionError("the sweep did not end")
+
+
+def test_sweep_input_is_validated_with_messages_naming_the_field(
+    team: Team, dataset_id: int
+) -> None:
+    unknown = create(team.editor, dataset_id, search_space={"colour": {"values": [1]}})
+    assert unknown.status_code == 400 and "'colour' cannot be searched" in unknown.text
+    ranged_grid = create(
+        team.editor, dataset_id, search_space={"learning_rate": {"low": 1e-4, "high": 1e-2}}
+    )
+    assert ranged_grid.status_code == 400
+    assert "a grid sweep needs a list of values for learning_rate" in ranged_grid.text
+    out_of_range = create(
+        team.editor, dataset_id, search_space={"batch_size": {"values": [4, 0]}}
+    )
+    assert out_of_range.status_code == 400 and "0 is not a valid batch_size" in out_of_range.text
+    assert create(team.viewer, dataset_id, search_space={"seed": {"values": [1]}}).status_code == 403
+    assert team.editor.get("/api/v1/sweeps").json()["items"] == []
+    assert team.editor.get("/api/v1/runs").json()["total"] == 0
+
+
+def test_a_grid_sweep_runs_its_four_trials_and_the_best_has_the_lowest_validation_loss(
+    team: Team, dataset_id: int
+) -> None:
+    created = create(
+        team.editor,
+        dataset_id,
+        name="lr x seed",
+        method="grid",
+        search_space={"learning_rate": {"values": [1e-4, 3e-3]}, "seed": {"values": [1, 2]}},
+        max_trials=10,
+        parallelism=1,
+    )
+    assert created.status_code == 201, created.text
+    sweep = created.json()
+    assert sweep["budget"] == 4 and len(sweep["trials"]) == 1  # parallelism 1
+
+    done = train_waiting_trials(team.editor, sweep["id"])
+    assert done["status"] == "succeeded", done
+    trials = done["trials"]
+    assert [t["trial"] for t in trials] == [0, 1, 2, 3]
+    assert sorted((t["params"]["learning_rate"], t["params"]["seed"]) for t in trials) == [
+        (1e-4, 1),
+        (1e-4, 2),
+        (3e-3, 1),
+        (3e-3, 2),
+    ]
+    assert all(t["status"] == "succeeded" and t["value"] is not None for t in trials)
+    lowest = min(trials, key=lambda t: t["value"])
+    assert done["best_run_id"] == lowest["run_id"] and done["best"]["run_id"] == lowest["run_id"]
+    # Each trial is an ordinary run with its own sampled config.
+    run = team.editor.get(f"/api/v1/runs/{lowest['run_id']}").json()
+    assert run["config"]["learning_rate"] == lowest["params"]["learning_rate"]
