@@ -60,7 +60,8 @@ def test_sweep_input_is_validated_with_messages_naming_the_field(
         team.editor, dataset_id, search_space={"batch_size": {"values": [4, 0]}}
     )
     assert out_of_range.status_code == 400 and "0 is not a valid batch_size" in out_of_range.text
-    assert create(team.viewer, dataset_id, search_space={"seed": {"values": [1]}}).status_code == 403
+    viewer = create(team.viewer, dataset_id, search_space={"seed": {"values": [1]}})
+    assert viewer.status_code == 403
     assert team.editor.get("/api/v1/sweeps").json()["items"] == []
     assert team.editor.get("/api/v1/runs").json()["total"] == 0
 
