@@ -183,9 +183,7 @@ def _study(
     study = optuna.create_study(
         direction=sweep.direction,
         sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=0
-        ),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=0),
     )
     dists = _distributions(sweep.search_space)
     for trial in trials:

@@ -56,9 +56,7 @@ def test_sweep_input_is_validated_with_messages_naming_the_field(
     )
     assert ranged_grid.status_code == 400
     assert "a grid sweep needs a list of values for learning_rate" in ranged_grid.text
-    out_of_range = create(
-        team.editor, dataset_id, search_space={"batch_size": {"values": [4, 0]}}
-    )
+    out_of_range = create(team.editor, dataset_id, search_space={"batch_size": {"values": [4, 0]}})
     assert out_of_range.status_code == 400 and "0 is not a valid batch_size" in out_of_range.text
     viewer = create(team.viewer, dataset_id, search_space={"seed": {"values": [1]}})
     assert viewer.status_code == 403
