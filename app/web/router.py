@@ -13,6 +13,7 @@ from app.web import (
     registry_pages,
     runs_pages,
     settings_pages,
+    sweeps_pages,
 )
 
 pages_router = APIRouter()
@@ -22,6 +23,7 @@ for module in (
     datasets_pages,
     runs_pages,
     queue_pages,
+    sweeps_pages,
     compare_pages,
     models_pages,
     registry_pages,

@@ -173,6 +173,17 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/runs/{run_id}/move"): R(
         A.EDITOR, "id", url="/api/v1/runs/{run}/move", json={"direction": "up"}, consumes="run"
     ),
+    ("GET", "/api/v1/sweeps"): R(A.VIEWER, "list"),
+    ("POST", "/api/v1/sweeps"): R(
+        A.EDITOR,
+        "id",
+        201,
+        json={"dataset_id": "{dataset}", "search_space": {"seed": {"values": [3]}}},
+    ),
+    ("GET", "/api/v1/sweeps/{sweep_id}"): R(A.VIEWER, "id", url="/api/v1/sweeps/{sweep}"),
+    ("POST", "/api/v1/sweeps/{sweep_id}/cancel"): R(
+        A.EDITOR, "id", url="/api/v1/sweeps/{sweep}/cancel", consumes="sweep"
+    ),
     ("GET", "/api/v1/queue"): R(A.VIEWER, "list"),
     ("GET", "/api/v1/quotas"): R(A.VIEWER, "list"),
     ("PUT", "/api/v1/quotas"): R(
@@ -311,6 +322,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("GET", "/runs"): R(A.VIEWER, "list"),
     ("GET", "/queue"): R(A.VIEWER, "list"),
+    ("GET", "/sweeps"): R(A.VIEWER, "list"),
+    ("GET", "/sweeps/{sweep_id}"): R(A.VIEWER, "id", url="/sweeps/{sweep}"),
+    ("POST", "/sweeps/{sweep_id}/cancel"): R(
+        A.EDITOR, "id", 303, url="/sweeps/{sweep}/cancel", consumes="sweep"
+    ),
     ("POST", "/queue/runs/{run_id}/move"): R(
         A.EDITOR, "id", 303, url="/queue/runs/{run}/move", form={"direction": "up"},
         consumes="run",
@@ -473,6 +489,7 @@ def fresh(site: Site, kind: str) -> Any:
     return {
         "dataset": site.new_dataset,
         "run": site.new_run,
+        "sweep": site.new_sweep,
         "upload": site.new_upload,
         "sent_upload": site.new_sent_upload,
         "deployment": site.new_deployment,
