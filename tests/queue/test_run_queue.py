@@ -155,6 +155,14 @@ def test_editors_reorder_waiting_runs_and_the_dispatcher_follows_the_new_order(
     assert active_names(team.editor) == ["r1"]
     assert audit_actions().count("run.reorder") == 3
 
+    from tests.api.test_bounded_reads import _signed_in_page
+
+    page = _signed_in_page(team, "/queue")  # as the viewer: the queue, no buttons
+    assert 'hx-get="/queue" hx-trigger="every 3s"' in page
+    assert f'<tr data-run-id="{r2}">' in page
+    assert f'action="/queue/runs/{r2}/move"' not in page
+    assert "1 of 1 GPU slot in use" in page
+
 
 def test_quotas_refuse_launches_past_the_monthly_gpu_hours_and_hold_runs_past_concurrency(
     team: Team, datasets: tuple[int, int], monkeypatch: pytest.MonkeyPatch

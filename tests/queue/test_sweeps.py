@@ -96,3 +96,87 @@ def test_a_grid_sweep_runs_its_four_trials_and_the_best_has_the_lowest_validatio
     # Each trial is an ordinary run with its own sampled config.
     run = team.editor.get(f"/api/v1/runs/{lowest['run_id']}").json()
     assert run["config"]["learning_rate"] == lowest["params"]["learning_rate"]
+
+    from tests.api.test_bounded_reads import _signed_in_page
+
+    page = _signed_in_page(team, f"/sweeps/{sweep['id']}?param=learning_rate&log=true")
+    assert page.count("<circle") == 4 and page.count('r="7"') == 1  # the best is larger
+    assert f'href="/runs/{lowest["run_id"]}">Trial {lowest["trial"]}</a>' in page
+
+
+def test_a_tpe_sweep_prunes_a_trial_worse_than_the_median_and_still_completes(
+    team: Team, dataset_id: int
+) -> None:
+    from app.db.models import Run, RunStatus
+    from app.db.session import session_scope
+    from app.services import run_execution, run_queue
+    from workers.tasks import train_run
+
+    created = create(
+        team.editor,
+        dataset_id,
+        method="tpe",
+        search_space={"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}},
+        max_trials=3,
+        parallelism=1,
+        prune=True,
+        seed=5,
+    )
+    assert created.status_code == 201, created.text
+    sweep_id = created.json()["id"]
+    for _ in range(2):  # two trials train to the end: the median has something to go by
+        trials = team.editor.get(f"/api/v1/sweeps/{sweep_id}").json()["trials"]
+        train_run.apply(args=[trials[-1]["run_id"]])
+    sweep = team.editor.get(f"/api/v1/sweeps/{sweep_id}").json()
+    assert [t["status"] for t in sweep["trials"]] == ["succeeded", "succeeded", "queued"]
+    lr = sweep["trials"][2]["params"]["learning_rate"]
+    assert 1e-4 <= lr <= 3e-3
+
+    # The third trial's worker reports a far worse validation loss at step 2 than both
+    # finished trials had there; the controller's next round prunes it.
+    third = sweep["trials"][2]["run_id"]
+    with session_scope() as session:
+        assert run_execution.claim(session=session, run_id=third, task_id="pruning-test")
+        run_execution.write_metrics(session=session, run_id=third, points=[(2, "eval_loss", 99.0)])
+        session.commit()
+    with session_scope() as session:
+        run_queue.tick(session=session)
+    with session_scope() as session:
+        run = session.get(Run, third)
+        assert run is not None and run.cancel_requested and run.sweep_pruned
+        assert run_execution.cancel_requested(session=session, run_id=third)
+        # The worker sees the flag within a step and ends the run as cancelled.
+        run_execution.finish(session=session, run_id=third, status=RunStatus.cancelled)
+
+    done = team.editor.get(f"/api/v1/sweeps/{sweep_id}").json()
+    assert done["status"] == "succeeded"
+    assert [t["status"] for t in done["trials"]] == ["succeeded", "succeeded", "pruned"]
+    finished = [t for t in done["trials"] if t["value"] is not None]
+    assert done["best_run_id"] == min(finished, key=lambda t: t["value"])["run_id"]
+    events = team.editor.get(f"/api/v1/runs/{third}/events").json()
+    assert any(
+        "pruned by sweep" in e["message"] and "worse than the median" in e["message"]
+        for e in events
+    )
+
+
+def test_cancelling_a_sweep_cancels_its_waiting_trials_and_launches_no_more(
+    team: Team, dataset_id: int
+) -> None:
+    created = create(
+        team.editor,
+        dataset_id,
+        method="random",
+        search_space={"seed": {"low": 0, "high": 1000}},
+        max_trials=5,
+        parallelism=2,
+    ).json()
+    assert len(created["trials"]) == 2
+    assert team.viewer.post(f"/api/v1/sweeps/{created['id']}/cancel").status_code == 403
+    cancelled = team.editor.post(f"/api/v1/sweeps/{created['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert {t["status"] for t in cancelled.json()["trials"]} == {"cancelled"}
+    again = team.editor.post(f"/api/v1/sweeps/{created['id']}/cancel")
+    assert again.status_code == 409
+    elsewhere = team.outsider.get(f"/api/v1/sweeps/{created['id']}")
+    assert elsewhere.status_code == 404
