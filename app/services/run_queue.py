@@ -134,6 +134,7 @@ def dispatch_one(*, session: Session) -> int | None:
     broker refuses, the rollback leaves the run waiting (and the error goes to the caller); if
     the commit were lost after a send, the worker's claim still trains the run exactly once.
     """
+    session.commit()  # end any read transaction: the lock must be this transaction's first act
     try:
         _take_lock(session)
         run = _pick(session)

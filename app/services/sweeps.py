@@ -22,9 +22,20 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
-from app.db.models import MetricPoint, Role, Run, RunEvent, RunStatus, Sweep, User, Workspace
+from app.db.models import (
+    Membership,
+    MetricPoint,
+    Role,
+    Run,
+    RunEvent,
+    RunStatus,
+    Sweep,
+    User,
+    Workspace,
+)
 from app.services import audit, base_models, dataset_versions, datasets, run_queue
 from app.services.run_config import RunConfig
+from app.services.run_queue import QuotaExceeded
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 METHODS = ("grid", "random", "tpe")
@@ -402,12 +413,20 @@ def cancel(*, session: Session, ctx: WorkspaceContext, sweep_id: int) -> Sweep:
 
 
 def _owner_context(session: Session, sweep: Sweep) -> WorkspaceContext | None:
-    """Trials launch on behalf of the sweep's creator (audited as theirs)."""
+    """Trials launch on behalf of the sweep's creator (audited as theirs), as long as they
+    may still launch runs in the workspace; None once they left it or became a viewer."""
     user = session.get(User, sweep.created_by_id) if sweep.created_by_id else None
     workspace = session.get(Workspace, sweep.workspace_id)
-    if user is None or workspace is None:
+    if user is None or workspace is None or not user.is_active:
         return None
-    return WorkspaceContext(user=user, workspace=workspace, role=Role.editor)
+    role = session.scalar(
+        select(Membership.role).where(
+            Membership.user_id == user.id, Membership.workspace_id == workspace.id
+        )
+    )
+    if role not in (Role.editor, Role.owner):
+        return None
+    return WorkspaceContext(user=user, workspace=workspace, role=Role(role))
 
 
 def _prune(
@@ -470,23 +489,45 @@ def advance(*, session: Session, sweep_id: int) -> None:
     active = [t for t in all_trials if not RunStatus(t.status).is_terminal]
     ctx = _owner_context(session, sweep)
     limit = budget(sweep)
-    while ctx is not None and len(active) < sweep.parallelism and len(all_trials) < limit:
+    stopped = sweep.error is not None  # a lasting refusal ended the launching
+    while (
+        ctx is not None
+        and not stopped
+        and len(active) < sweep.parallelism
+        and len(all_trials) < limit
+    ):
         params = _next_params(sweep, all_trials, values, curves)
         if params is None:
             break
-        run = _launch_trial(session, ctx, sweep, len(all_trials), params)
+        try:
+            run = _launch_trial(session, ctx, sweep, len(all_trials), params)
+        except (QuotaExceeded, ValidationFailed, InvalidTransition) as exc:
+            # Lasting refusals (the month's GPU-hours used up, a base model or dataset gone):
+            # no more trials, the sweep ends when the running ones do and says why. A broker
+            # outage is not caught: the next round retries.
+            session.rollback()
+            sweep.error = f"no more trials: trial {len(all_trials)} was refused: {exc.message}"
+            stopped = True
+            break
         all_trials.append(run)
         active.append(run)
     _update_best(sweep, all_trials, values)
-    if not active and (len(all_trials) >= limit or ctx is None):
-        succeeded = [t for t in all_trials if values.get(t.id) is not None]
-        sweep.status = "succeeded" if succeeded else "failed"
-        if ctx is None:
-            sweep.error = "the sweep's creator no longer exists; no more trials can start"
-        elif not succeeded:
-            sweep.error = f"no trial finished with a {sweep.metric}"
-        sweep.finished_at = utcnow()
+    if not active and (len(all_trials) >= limit or ctx is None or stopped):
+        if ctx is None and not stopped:
+            sweep.error = "the sweep's creator can no longer launch runs here; no more trials"
+        _end(sweep, all_trials, values)
     session.commit()
+
+
+def _end(sweep: Sweep, all_trials: list[Run], values: dict[int, float | None]) -> None:
+    """Close the sweep: succeeded when some trial was scored (an early stop is kept in
+    `error` as a note), failed otherwise."""
+    _update_best(sweep, all_trials, values)
+    succeeded = any(values.get(t.id) is not None for t in all_trials)
+    sweep.status = "succeeded" if succeeded else "failed"
+    if not succeeded and sweep.error is None:
+        sweep.error = f"no trial finished with a {sweep.metric}"
+    sweep.finished_at = utcnow()
 
 
 def _update_best(sweep: Sweep, all_trials: list[Run], values: dict[int, float | None]) -> None:

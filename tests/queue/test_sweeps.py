@@ -180,3 +180,26 @@ def test_cancelling_a_sweep_cancels_its_waiting_trials_and_launches_no_more(
     assert again.status_code == 409
     elsewhere = team.outsider.get(f"/api/v1/sweeps/{created['id']}")
     assert elsewhere.status_code == 404
+
+
+def test_a_sweep_stops_launching_when_the_workspace_quota_refuses_its_next_trial(
+    team: Team, dataset_id: int
+) -> None:
+    from workers.tasks import train_run
+
+    created = create(
+        team.editor, dataset_id, search_space={"seed": {"values": [1, 2, 3]}}, parallelism=1
+    ).json()
+    quota = team.owner.client.put(
+        "/api/v1/quotas", headers=team.owner.headers, json={"gpu_hours_per_month": 0}
+    )
+    assert quota.status_code == 200, quota.text
+    refused = create(team.editor, dataset_id, search_space={"seed": {"values": [1]}})
+    assert refused.status_code == 429 and "GPU-hours" in refused.json()["detail"]
+
+    train_run.apply(args=[created["trials"][0]["run_id"]])
+    done = team.editor.get(f"/api/v1/sweeps/{created['id']}").json()
+    assert done["status"] == "succeeded" and len(done["trials"]) == 1
+    assert done["best_run_id"] == created["trials"][0]["run_id"]
+    assert done["error"].startswith("no more trials: trial 1 was refused: workspace")
+    assert "GPU-hours this month" in done["error"]
