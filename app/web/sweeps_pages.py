@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Form, Query, Request
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from app.services import sweeps
-from app.web.pages import CSRF, DbDep, PageDep, PageRoute, redirect
+from app.core.errors import DomainError, Forbidden
+from app.db.models import Role
+from app.services import base_models, datasets, sweeps
+from app.services.run_config import RunConfig
+from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect
+from app.web.pages import rollback as rollback_request
 from app.web.rendering import render
 
 router = APIRouter(prefix="/sweeps", route_class=PageRoute, include_in_schema=False)
@@ -75,10 +81,120 @@ def scatter(
     }
 
 
+EXAMPLE_SPACE = '{"learning_rate": {"values": [0.0003, 0.001, 0.003]}}'
+EXAMPLE_CONFIG = '{"max_steps": 200, "eval_steps": 20}'
+
+
+class SweepForm(BaseModel):
+    """The sweep form as typed; the search space and base config are JSON text."""
+
+    name: str = ""
+    dataset_id: str = ""
+    base_model: str = "scratch-tiny"
+    method: str = "grid"
+    metric: str = "eval_loss"
+    direction: str = "minimize"
+    max_trials: str = "10"
+    parallelism: str = "1"
+    prune: str = ""
+    search_space: str = EXAMPLE_SPACE
+    config: str = EXAMPLE_CONFIG
+
+
+def _form_page(
+    request: Request,
+    session: Any,
+    pc: PageContext,
+    values: dict[str, Any],
+    errors: dict[str, str],
+    status_code: int = 200,
+) -> Response:
+    return render(
+        request,
+        "sweeps.html",
+        {
+            "sweeps": sweeps.list_for_workspace(session=session, ctx=pc.ctx, limit=200),
+            "datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=500),
+            "base_models": list(base_models.available().values()),
+            "values": values,
+            "errors": errors,
+        },
+        status_code=status_code,
+    )
+
+
 @router.get("")
 def sweep_list(request: Request, session: DbDep, pc: PageDep) -> Response:
-    items = sweeps.list_for_workspace(session=session, ctx=pc.ctx, limit=200)
-    return render(request, "sweeps.html", {"sweeps": items})
+    return _form_page(request, session, pc, SweepForm().model_dump() | {"prune": "on"}, {})
+
+
+def _int(raw: str, field: str, errors: dict[str, str]) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        errors[field] = "enter a whole number"
+        return 0
+
+
+@router.post("", dependencies=[CSRF])
+def create_sweep(
+    request: Request, session: DbDep, pc: PageDep, form: Annotated[SweepForm, Form()]
+) -> Response:
+    pc.ctx.require(Role.editor)
+    values = form.model_dump()
+    errors: dict[str, str] = {}
+    dataset_id = _int(form.dataset_id, "dataset_id", errors)
+    max_trials = _int(form.max_trials, "max_trials", errors)
+    parallelism = _int(form.parallelism, "parallelism", errors)
+    space: Any = None
+    base: Any = None
+    for field, text in (("search_space", form.search_space), ("config", form.config or "{}")):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            errors[field] = f"not valid JSON: {exc}"
+            continue
+        if not isinstance(parsed, dict):
+            errors[field] = "must be a JSON object"
+        elif field == "search_space":
+            space = parsed
+        else:
+            base = parsed
+    config: RunConfig | None = None
+    if base is not None:
+        try:
+            config = RunConfig(**base)
+        except ValidationError as exc:
+            errors["config"] = "; ".join(f"{k}: {v}" for k, v in form_errors(exc).items())
+        except TypeError:
+            errors["config"] = "keys must be hyperparameter names"
+    if errors or config is None or space is None:
+        return _form_page(request, session, pc, values, errors, status_code=422)
+    try:
+        sweep = sweeps.create_sweep(
+            session=session,
+            ctx=pc.ctx,
+            dataset_id=dataset_id,
+            base_model=form.base_model,
+            name=form.name.strip() or None,
+            config=config,
+            search_space=space,
+            method=form.method,
+            metric=form.metric.strip()[:64] or "eval_loss",
+            direction=form.direction,
+            max_trials=max_trials,
+            parallelism=parallelism,
+            prune=bool(form.prune),
+        )
+    except Forbidden:
+        raise
+    except DomainError as exc:
+        rollback_request(request)
+        field = exc.param if exc.param in values else "form"
+        return _form_page(
+            request, session, pc, values, {field: exc.message}, status_code=exc.status_code
+        )
+    return redirect(request, f"/sweeps/{sweep.id}")
 
 
 @router.get("/{sweep_id}")

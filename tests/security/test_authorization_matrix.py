@@ -323,6 +323,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/runs"): R(A.VIEWER, "list"),
     ("GET", "/queue"): R(A.VIEWER, "list"),
     ("GET", "/sweeps"): R(A.VIEWER, "list"),
+    ("POST", "/sweeps"): R(
+        A.EDITOR,
+        "id",
+        303,
+        form={"dataset_id": "{dataset}", "search_space": '{{"seed": {{"values": [4]}}}}'},
+    ),
     ("GET", "/sweeps/{sweep_id}"): R(A.VIEWER, "id", url="/sweeps/{sweep}"),
     ("POST", "/sweeps/{sweep_id}/cancel"): R(
         A.EDITOR, "id", 303, url="/sweeps/{sweep}/cancel", consumes="sweep"
