@@ -127,7 +127,7 @@ def _pick(session: Session) -> Run | None:
     return session.get(Run, best.id)
 
 
-def dispatch_one(*, session: Session) -> int | None:
+def dispatch_one(*, session: Session, started_now: int | None = None) -> int | None:
     """Send the next run, if any may start; returns its id.
 
     The run is marked and the task sent inside the locked transaction, then committed: if the
@@ -144,7 +144,11 @@ def dispatch_one(*, session: Session) -> int | None:
         run.dispatched_at = utcnow()
         session.flush()
         run.task_id = task_queue.enqueue_training(run.id)
-        session.add(RunEvent(run_id=run.id, message="dispatched: sent to the gpu queue"))
+        if run.id != started_now:  # a run sent as it is launched needs no second line
+            waited = (run.dispatched_at - run.created_at).total_seconds()
+            session.add(
+                RunEvent(run_id=run.id, message=f"left the queue after {waited:.0f} s of waiting")
+            )
         session.commit()
         return run.id
     except BaseException:
@@ -152,11 +156,12 @@ def dispatch_one(*, session: Session) -> int | None:
         raise
 
 
-def dispatch(*, session: Session, limit: int = 1_000) -> list[int]:
-    """Send runs until the fleet is full or none waits; returns the ids sent, in order."""
+def dispatch(*, session: Session, limit: int = 1_000, started_now: int | None = None) -> list[int]:
+    """Send runs until the fleet is full or none waits; returns the ids sent, in order.
+    `started_now`: the run being launched by this request (its log already says queued)."""
     sent: list[int] = []
     while len(sent) < limit:
-        run_id = dispatch_one(session=session)
+        run_id = dispatch_one(session=session, started_now=started_now)
         if run_id is None:
             break
         sent.append(run_id)

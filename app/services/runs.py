@@ -78,9 +78,7 @@ def create_run(
     session.add(run)
     session.flush()
     run.queue_rank = run.id
-    session.add(
-        RunEvent(run_id=run.id, message=f"run created by {ctx.user.email}; queued ({priority})")
-    )
+    session.add(RunEvent(run_id=run.id, message=f"run created by {ctx.user.email}; queued"))
     event = audit.record(
         session=session,
         actor=ctx,
@@ -91,7 +89,7 @@ def create_run(
     )
     session.commit()
     try:
-        run_queue.dispatch(session=session)
+        run_queue.dispatch(session=session, started_now=run.id)
     except Exception:
         # The broker refused: the launch did not happen, neither the run nor its audit row
         # stays (the dispatcher's rollback left the run unsent).
