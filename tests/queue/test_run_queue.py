@@ -110,6 +110,8 @@ def test_a_free_slot_goes_to_the_workspace_with_fewest_active_runs_then_to_prior
         sent = session.get(Run, a2)
         assert sent is not None and sent.task_id and sent.dispatched_at is not None
         assert session.get(Run, a1).dispatched_at is None  # type: ignore[union-attr]
+    log = [e["message"] for e in team.editor.get(f"/api/v1/runs/{a2}/events").json()]
+    assert log[0].endswith("; queued") and log[-1].startswith("left the queue after ")
     # The outsider's queue shows none of ours.
     assert active_names(team.outsider) == ["b1"] and waiting_names(team.outsider) == []
     assert a3 > a1
