@@ -20,7 +20,7 @@ from app.web.rendering import render
 
 router = APIRouter(prefix="/sweeps", route_class=PageRoute, include_in_schema=False)
 
-PLOT_W, PLOT_H, PAD = 560, 260, 44
+PLOT_W, PLOT_H, PAD = 720, 300, 44
 
 
 def _axis_value(value: Any) -> float | None:
@@ -53,7 +53,8 @@ def scatter(
     def scale(values: list[float], size: int, flip: bool) -> list[float]:
         lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
         span = hi - lo or 1.0
-        out = [(v - lo) / span * (size - 2 * PAD) + PAD for v in values]
+        inner = size - 2 * PAD - 24  # 12 px inside each axis end: no point sits on an axis
+        out = [(v - lo) / span * inner + PAD + 12 for v in values]
         return [size - v for v in out] if flip else out
 
     px, py = scale(xs, PLOT_W, False), scale(ys, PLOT_H, True)
