@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # workspaces records membership events, so it imports this mo
 KNOWN_ACTIONS = (
     "run.launch",
     "run.cancel",
+    "run.reorder",
+    "sweep.create",
+    "sweep.cancel",
     "dataset.upload",
     "dataset.delete",
     "model.register",
@@ -35,6 +38,7 @@ KNOWN_ACTIONS = (
     "deployment.delete",
     "member.invite",
     "workspace.create",
+    "workspace.quota",
 )
 
 # A detail is a short summary (names, statuses, sizes), never a payload: it is capped so a
