@@ -12,7 +12,6 @@ queue (fair share, priorities, quotas). See docs/sweeps.md.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from typing import Any
@@ -125,12 +124,21 @@ def _check_space(space: dict[str, Any], method: str, base: dict[str, Any]) -> No
                 ) from exc
 
 
-def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
-    names = sorted(space)
-    return [
-        dict(zip(names, combo, strict=True))
-        for combo in itertools.product(*(space[n]["values"] for n in names))
-    ]
+def grid_size(space: dict[str, Any]) -> int:
+    return math.prod(len(spec["values"]) for spec in space.values())
+
+
+def grid_point(space: dict[str, Any], number: int) -> dict[str, Any] | None:
+    """The grid's `number`-th combination (last name varying fastest), None past the end.
+    Computed, not listed: a 10-parameter grid has up to 100^10 points."""
+    if number >= grid_size(space):
+        return None
+    point: dict[str, Any] = {}
+    for name in sorted(space, reverse=True):
+        values = space[name]["values"]
+        number, index = divmod(number, len(values))
+        point[name] = values[index]
+    return dict(sorted(point.items()))
 
 
 def _random_params(space: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -255,8 +263,7 @@ def _next_params(
 ) -> Any:
     number = len(trials)
     if sweep.method == "grid":
-        points = grid_points(sweep.search_space)
-        return points[number] if number < len(points) else None
+        return grid_point(sweep.search_space, number)
     if sweep.method == "random":
         return _random_params(sweep.search_space, sweep.seed * 100_003 + number)
     import optuna
@@ -271,7 +278,7 @@ def _next_params(
 
 def budget(sweep: Sweep) -> int:
     if sweep.method == "grid":
-        return min(sweep.max_trials, len(grid_points(sweep.search_space)))
+        return min(sweep.max_trials, grid_size(sweep.search_space))
     return sweep.max_trials
 
 
