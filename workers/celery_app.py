@@ -16,7 +16,7 @@ from celery.worker.control import inspect_command
 from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
 from app.core.settings import get_settings
 from app.db.session import session_scope
-from app.services import run_execution
+from app.services import run_execution, run_queue
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,29 @@ def _sweep_forever(interval_s: float) -> None:
         time.sleep(interval_s)
 
 
+def _queue_ticks_forever(interval_s: float) -> None:
+    """Sweeps (pruning, next trials) and the queue (runs a failed send left waiting) move on
+    without a finishing run: app/services/run_queue.tick, docs/queue.md."""
+    while True:
+        try:
+            with session_scope() as session:
+                run_queue.tick(session=session)
+        except Exception:  # the database may be briefly away; try again next round
+            log.exception("the queue tick failed")
+        time.sleep(interval_s)
+
+
 @worker_ready.connect
 def start_orphan_sweeper(sender: Any = None, **_: Any) -> None:
     interval = max(1.0, get_settings().run_stale_after_s / 2)
     threading.Thread(
         target=_sweep_forever, args=(interval,), name="orphan-sweeper", daemon=True
+    ).start()
+    threading.Thread(
+        target=_queue_ticks_forever,
+        args=(get_settings().queue_tick_s,),
+        name="queue-ticks",
+        daemon=True,
     ).start()
 
 

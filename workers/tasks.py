@@ -15,7 +15,7 @@ from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_TASK
 from app.core.errors import ValidationFailed
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
-from app.services import artifacts, base_models, estimate, run_execution
+from app.services import artifacts, base_models, estimate, run_execution, run_queue
 from workers.celery_app import celery_app
 from workers.metrics_sink import RunReporter
 
@@ -113,6 +113,7 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
         if run is None:
             log.info("run %s is not claimable (cancelled, finished or alive elsewhere)", run_id)
             return "skipped"
+        run_queue.record_worker_host(session=session, run_id=run_id)
         checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
         resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
         try:

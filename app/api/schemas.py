@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.db.models import Role
 from app.services.run_config import RunConfig
@@ -201,6 +201,15 @@ class RunCreate(BaseModel):
     name: str | None = Field(None, max_length=255)
     suffix: str | None = Field(None, max_length=40)
     config: RunConfig = Field(default_factory=RunConfig)
+    priority: Literal["low", "normal", "high"] = Field(
+        "normal", description="Place in the workspace's queue (docs/queue.md)."
+    )
+
+
+def _priority_name(value: Any) -> Any:
+    from app.services.run_queue import priority_name
+
+    return priority_name(value) if isinstance(value, int) else value
 
 
 class RunEstimateRequest(BaseModel):
@@ -250,6 +259,8 @@ class RunRead(ORM):
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
+    priority: Annotated[str, BeforeValidator(_priority_name)] = "normal"
+    worker_host: str | None = None
 
 
 class RunPage(BaseModel):
@@ -498,3 +509,115 @@ def error_responses(model: type[BaseModel], codes: tuple[int, ...]) -> dict[int 
 
 API_ERRORS = error_responses(ApiError, (400, 401, 403, 404, 409, 413, 422, 429, 503))
 OPENAI_ERRORS = error_responses(OpenAIError, (400, 401, 403, 404, 409, 413, 429, 503))
+
+
+# --- the run queue and quotas (docs/queue.md) ---------------------------------------------
+class RunPriorityUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Literal["low", "normal", "high"]
+
+
+class RunMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    direction: Literal["up", "down"]
+
+
+class QueuedRunRead(RunRead):
+    position: int | None = Field(None, description="1 = next of this workspace to start.")
+    running_for_s: float | None = None
+
+
+class WorkerMachineRead(BaseModel):
+    host: str
+    runs: list[QueuedRunRead]
+    other_workspaces_runs: int
+
+
+class QuotasRead(BaseModel):
+    concurrent_runs: int | None
+    gpu_hours_per_month: float | None
+    active_runs: int
+    gpu_hours_used: float
+
+
+class QuotasUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    concurrent_runs: int | None = Field(None, ge=1, le=10_000, description="None: no limit.")
+    gpu_hours_per_month: float | None = Field(
+        None, ge=0, le=1e7, description="None: no limit; 0 refuses every launch."
+    )
+
+
+class QueueRead(BaseModel):
+    waiting: list[QueuedRunRead]
+    active: list[QueuedRunRead]
+    machines: list[WorkerMachineRead]
+    slots: int
+    fleet_active: int
+    waiting_reason: str | None
+    quotas: QuotasRead
+
+
+# --- sweeps (docs/sweeps.md) ----------------------------------------------------------------
+class SweepCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: int
+    base_model: str = "scratch-tiny"
+    name: str | None = Field(None, max_length=255)
+    config: RunConfig = Field(
+        default_factory=RunConfig, description="Every trial's config before its sampled values."
+    )
+    search_space: dict[str, dict[str, Any]] = Field(
+        description='Per hyperparameter {"values": [...]} or {"low": x, "high": y, "log": bool}.'
+    )
+    method: Literal["grid", "random", "tpe"] = "grid"
+    metric: str = Field("eval_loss", min_length=1, max_length=64)
+    direction: Literal["minimize", "maximize"] = "minimize"
+    max_trials: int = Field(10, ge=1, le=200)
+    parallelism: int = Field(1, ge=1, le=32)
+    prune: bool = True
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class SweepTrialRead(BaseModel):
+    run_id: int
+    trial: int | None
+    params: dict[str, Any]
+    status: str
+    value: float | None
+    step: int
+
+
+class SweepRead(ORM):
+    id: int
+    name: str
+    dataset_id: int
+    base_model: str
+    base_config: dict[str, Any]
+    search_space: dict[str, Any]
+    method: str
+    metric: str
+    direction: str
+    max_trials: int
+    parallelism: int
+    prune: bool
+    seed: int
+    status: str
+    error: str | None
+    best_run_id: int | None
+    created_at: UtcDateTime
+    finished_at: UtcDateTime | None
+
+
+class SweepDetail(SweepRead):
+    trials: list[SweepTrialRead] = []
+    best: SweepTrialRead | None = None
+    budget: int = 0
+
+
+class SweepPage(BaseModel):
+    items: list[SweepRead]

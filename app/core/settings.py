@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     train_device_memory_gb: float | None = Field(None, gt=0)
     # GPUs a worker hands out, one per pool process ("0,1,2,3" with `-c 4`); empty: no pinning.
     worker_gpus: str = ""
+    # Runs training at once across the fleet (docs/queue.md): set it to the number of GPU worker
+    # slots; the embedded worker has one. The rest wait in the queue.
+    max_concurrent_runs: int = Field(1, ge=1, le=10_000)
+    # How often each worker advances sweeps (pruning, next trials) and re-dispatches.
+    queue_tick_s: float = Field(5.0, ge=0.5, le=3600)
     # `migrate` and `serve` wait this long for the database (a compose start, a restarting
     # server), then exit with one clear message rather than crash-looping.
     db_connect_attempts: int = Field(30, ge=1)

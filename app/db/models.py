@@ -73,6 +73,9 @@ class Workspace(Base):
     name: Mapped[str] = mapped_column(String(100))
     slug: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Optional quotas (docs/queue.md), set by an owner or an administrator; None: no limit.
+    quota_concurrent_runs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_gpu_hours_per_month: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="workspace")
 
@@ -237,6 +240,23 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The queue (app/services/run_queue.py): higher priority first, then queue_rank (the run's
+    # id unless an editor moved it); dispatched_at is set when the dispatcher sent the task.
+    priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    queue_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # A sweep's trial (app/services/sweeps.py): its number, the sampled hyperparameters and
+    # whether the pruner stopped it.
+    sweep_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    sweep_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sweep_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    sweep_pruned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+
+    # One run per trial number: two controllers racing for the same trial cannot both launch.
+    __table_args__ = (Index("uq_runs_sweep_trial", "sweep_id", "sweep_trial", unique=True),)
 
     dataset: Mapped[Dataset] = relationship(foreign_keys=[dataset_id])
     validation_dataset: Mapped[Dataset | None] = relationship(foreign_keys=[validation_dataset_id])
@@ -512,3 +532,44 @@ class AuditEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     actor: Mapped[User | None] = relationship()
+
+
+class Sweep(Base):
+    """A hyperparameter search: child runs over a search space (docs/sweeps.md)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
+    base_model: Mapped[str] = mapped_column(String(255))
+    base_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    search_space: Mapped[dict[str, Any]] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(16))  # grid | random | tpe
+    metric: Mapped[str] = mapped_column(String(64), default="eval_loss")
+    direction: Mapped[str] = mapped_column(String(8), default="minimize")
+    max_trials: Mapped[int] = mapped_column(Integer)
+    parallelism: Mapped[int] = mapped_column(Integer, default=1)
+    prune: Mapped[bool] = mapped_column(Boolean, default=True)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(20), default="running", index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    best_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RunDispatchLock(Base):
+    """One row whose lock serialises dispatchers (web processes, every worker's sweeper), so
+    that two of them never both fill the last free slot."""
+
+    __tablename__ = "run_dispatch_lock"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

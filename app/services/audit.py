@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # workspaces records membership events, so it imports this mo
 KNOWN_ACTIONS = (
     "run.launch",
     "run.cancel",
+    "run.resume",
+    "run.reorder",
+    "sweep.create",
+    "sweep.cancel",
     "dataset.upload",
     "dataset.delete",
     "model.register",
@@ -37,6 +41,7 @@ KNOWN_ACTIONS = (
     "deployment.delete",
     "member.invite",
     "workspace.create",
+    "workspace.quota",
 )
 
 # A detail is a short summary (names, statuses, sizes), never a payload: it is capped so a

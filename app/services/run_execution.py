@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
-from app.services import registry
+from app.services import registry, run_queue
 
 CLAIMABLE = (RunStatus.queued, RunStatus.interrupted)
 # Workers write a heartbeat at least this often, even during evaluation or checkpoint saving;
@@ -369,3 +369,4 @@ def finish(
         level="error" if status == RunStatus.failed else "info",
     )
     session.commit()
+    run_queue.on_run_finished(session=session, run_id=run_id)  # next trial, next queued run

@@ -8,11 +8,17 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
-from app.core import task_queue
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
-from app.services import audit, base_models, dataset_versions, datasets, downsample
+from app.services import (
+    audit,
+    base_models,
+    dataset_versions,
+    datasets,
+    downsample,
+    run_queue,
+)
 from app.services.run_config import TASK_SCHEMAS, RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -33,13 +39,18 @@ def create_run(
     name: str | None = None,
     suffix: str | None = None,
     dataset_version_id: int | None = None,
+    priority: str = "normal",
+    sweep_fields: dict[str, Any] | None = None,
 ) -> Run:
-    """Record a queued run and hand it to the `gpu` queue.
+    """Record a queued run and let the dispatcher send it when a GPU slot is free.
 
-    The row is committed before the task is sent (so the worker can always see it); if the
-    broker refuses the task the row is deleted again, so a failed launch leaves nothing.
+    The row is committed before any task is sent (so the worker can always see it); if the
+    broker refuses the dispatch the row is deleted again, so a failed launch leaves nothing.
+    A run that waits for a slot is sent later (run_queue.dispatch, docs/queue.md).
     """
     ctx.require(Role.editor)
+    priority_value = run_queue.parse_priority(priority)
+    run_queue.check_launch_quota(session=session, workspace=ctx.workspace)
     model = base_models.require_known(base_model)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     version = dataset_versions.version_for_run(
@@ -61,9 +72,12 @@ def create_run(
         suffix=suffix,
         status=RunStatus.queued,
         created_by_id=ctx.user.id,
+        priority=priority_value,
+        **(sweep_fields or {}),  # a sweep's trial: sweep_id, sweep_trial, sweep_params
     )
     session.add(run)
     session.flush()
+    run.queue_rank = run.id
     session.add(RunEvent(run_id=run.id, message=f"run created by {ctx.user.email}; queued"))
     event = audit.record(
         session=session,
@@ -75,14 +89,15 @@ def create_run(
     )
     session.commit()
     try:
-        run.task_id = task_queue.enqueue_training(run.id)
+        run_queue.dispatch(session=session, started_now=run.id)
     except Exception:
-        # The launch did not happen: neither the run nor its audit row stays.
+        # The broker refused: the launch did not happen, neither the run nor its audit row
+        # stays (the dispatcher's rollback left the run unsent).
         session.delete(event)
         session.delete(run)
         session.commit()
         raise
-    session.commit()
+    session.refresh(run)
     return run
 
 
@@ -175,6 +190,9 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         detail={"status_before": str(status)},
     )
     session.commit()
+    # A cancelled waiting or sent-but-unclaimed run frees its place: the next one may start.
+    run_queue.dispatch_quietly(session=session)
+    session.refresh(run)
     return run
 
 
@@ -220,16 +238,28 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     run.finished_at = None
     run.attempts = 0
     run.stop_requested = False
+    # Back in the queue like a new launch: the dispatcher sends it when a slot is free.
+    run.dispatched_at = None
     session.add(RunEvent(run_id=run.id, message=f"resume requested by {ctx.user.email}; queued"))
+    resumed = audit.record(
+        session=session,
+        actor=ctx,
+        action="run.resume",
+        target_type="run",
+        target_id=run.id,
+        detail={"status_before": str(before)},
+    )
     session.commit()
     try:
-        run.task_id = task_queue.enqueue_training(run.id)
-    except Exception:
+        run_queue.dispatch(session=session, started_now=run.id)
+    except Exception:  # the broker refused: as it was, and no audit row of a resume
+        session.refresh(run)
+        session.delete(resumed)
         run.status = before
         run.error, run.error_detail, run.finished_at, run.attempts = saved
         session.commit()
         raise
-    session.commit()
+    session.refresh(run)
     return run
 
 

@@ -11,9 +11,11 @@ from app.web import (
     deployments_pages,
     models_pages,
     playground_pages,
+    queue_pages,
     registry_pages,
     runs_pages,
     settings_pages,
+    sweeps_pages,
     workers_pages,
 )
 
@@ -24,6 +26,8 @@ for module in (
     datasets_pages,
     dataset_prep_pages,
     runs_pages,
+    queue_pages,
+    sweeps_pages,
     compare_pages,
     models_pages,
     registry_pages,

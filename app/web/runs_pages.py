@@ -66,6 +66,7 @@ class LaunchForm(BaseModel):
     lora_r: str = ""
     lora_alpha: str = ""
     lora_dropout: str = ""
+    priority: str = "normal"
 
 
 def _defaults(dataset_id: int | None) -> dict[str, Any]:
@@ -80,6 +81,7 @@ def _defaults(dataset_id: int | None) -> dict[str, Any]:
         else next(iter(base_models.CATALOG)),
         dataset_id="" if dataset_id is None else str(dataset_id),
         validation_dataset_id="",
+        priority="normal",
     )
     return values
 
@@ -237,6 +239,7 @@ def launch_run(
             validation_dataset_id=validation_id,
             name=form.name.strip() or None,
             suffix=form.suffix.strip() or None,
+            priority=form.priority,
         )
     except Forbidden:
         raise  # not a form mistake: the error page says what role is needed

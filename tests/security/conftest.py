@@ -183,6 +183,12 @@ class Site:
                 )
         return run_id
 
+    def new_sweep(self) -> int:
+        body = {"dataset_id": self.ids["dataset"], "search_space": {"seed": {"values": [1, 2]}}}
+        created = self.api("owner", "POST", "/api/v1/sweeps", json=body)
+        assert created.status_code == 201, created.text
+        return int(created.json()["id"])
+
     def new_token(self, name: str = "spare") -> int:
         created = self.api("owner", "POST", "/api/v1/tokens", json={"name": name})
         assert created.status_code == 201, created.text
@@ -416,6 +422,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
                 site.finished_run_with_version()
             )
             ids["deployment"] = site.new_deployment()
+            ids["sweep"] = site.new_sweep()
             ids.update(site.registry_things())
             ids["token"] = site.new_token(TOKEN_NAME)
             # Someone who exists but belongs to nobody else's workspace (member invitations).

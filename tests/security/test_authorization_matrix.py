@@ -176,6 +176,29 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("GET", "/api/v1/runs/{run_id}/config"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/config"),
     ("POST", "/api/v1/runs/{run_id}/clone"): R(A.EDITOR, "id", 201, url="/api/v1/runs/{run}/clone"),
+    ("POST", "/api/v1/runs/{run_id}/priority"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{run}/priority", json={"priority": "high"},
+        consumes="run",
+    ),
+    ("POST", "/api/v1/runs/{run_id}/move"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{run}/move", json={"direction": "up"}, consumes="run"
+    ),
+    ("GET", "/api/v1/sweeps"): R(A.VIEWER, "list"),
+    ("POST", "/api/v1/sweeps"): R(
+        A.EDITOR,
+        "id",
+        201,
+        json={"dataset_id": "{dataset}", "search_space": {"seed": {"values": [3]}}},
+    ),
+    ("GET", "/api/v1/sweeps/{sweep_id}"): R(A.VIEWER, "id", url="/api/v1/sweeps/{sweep}"),
+    ("POST", "/api/v1/sweeps/{sweep_id}/cancel"): R(
+        A.EDITOR, "id", url="/api/v1/sweeps/{sweep}/cancel", consumes="sweep"
+    ),
+    ("GET", "/api/v1/queue"): R(A.VIEWER, "list"),
+    ("GET", "/api/v1/quotas"): R(A.VIEWER, "list"),
+    ("PUT", "/api/v1/quotas"): R(
+        A.OWNER, json={"concurrent_runs": None, "gpu_hours_per_month": None}
+    ),
     ("GET", "/api/v1/runs/{run_id}/metrics"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/metrics"),
     ("GET", "/api/v1/runs/{run_id}/events"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/events"),
     ("GET", "/api/v1/runs/{run_id}/checkpoints"): R(
@@ -363,6 +386,29 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("GET", "/runs"): R(A.VIEWER, "list"),
     ("GET", "/workers"): R(A.VIEWER),
+    ("GET", "/queue"): R(A.VIEWER, "list"),
+    ("GET", "/sweeps"): R(A.VIEWER, "list"),
+    ("POST", "/sweeps"): R(
+        A.EDITOR,
+        "id",
+        303,
+        form={"dataset_id": "{dataset}", "search_space": '{{"seed": {{"values": [4]}}}}'},
+    ),
+    ("GET", "/sweeps/{sweep_id}"): R(A.VIEWER, "id", url="/sweeps/{sweep}"),
+    ("POST", "/sweeps/{sweep_id}/cancel"): R(
+        A.EDITOR, "id", 303, url="/sweeps/{sweep}/cancel", consumes="sweep"
+    ),
+    ("POST", "/queue/runs/{run_id}/move"): R(
+        A.EDITOR, "id", 303, url="/queue/runs/{run}/move", form={"direction": "up"},
+        consumes="run",
+    ),
+    ("POST", "/queue/runs/{run_id}/priority"): R(
+        A.EDITOR, "id", 303, url="/queue/runs/{run}/priority", form={"priority": "low"},
+        consumes="run",
+    ),
+    ("POST", "/queue/runs/{run_id}/cancel"): R(
+        A.EDITOR, "id", 303, url="/queue/runs/{run}/cancel", consumes="run"
+    ),
     ("GET", "/runs/new"): R(A.EDITOR),
     ("POST", "/runs"): R(A.EDITOR, "id", 303, form={"dataset_id": "{dataset}"}),
     ("POST", "/runs/estimate"): R(A.VIEWER, form={"batch_size": "4"}),
@@ -542,6 +588,7 @@ def fresh(site: Site, kind: str) -> Any:
     return {
         "dataset": site.new_dataset,
         "run": site.new_run,
+        "sweep": site.new_sweep,
         "upload": site.new_upload,
         "sent_upload": site.new_sent_upload,
         "running_run": lambda: site.new_run_in("running"),

@@ -1,18 +1,41 @@
 """Evaluating a saved causal LM on rows of a dataset: perplexity, generation samples for a fixed
-prompt set, and BLEU / ROUGE-L of generated replies against the reference for chat rows."""
+prompt set, and BLEU / ROUGE-L of generated replies against the reference for chat rows.
+
+Perplexity counts the tokens training counts: a conversation's answers (the SFT mask), not its
+prompts, so a fine-tuned version is not penalised for the prompts it was never trained on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from workers.engine import metrics as engine_metrics
-from workers.engine.data import read_rows, render_rows
+from workers.engine.data import IGNORE_INDEX, read_rows, render_rows
 from workers.engine.export import load_causal_lm
+from workers.engine.sft import TemplateError, mask_conversation
 
 # Generating is far slower than scoring: replies are compared on this many chat rows at most.
 REFERENCE_ROWS = 8
+
+
+def _scored(rows: list[Any], tokenizer: Any, context: int) -> Iterator[tuple[Any, Any]]:
+    """(input_ids, labels) per row, scored as training scores it: a conversation on its
+    assistant turns only (the SFT loss mask), plain text on every token."""
+    import torch
+
+    for row in rows:
+        if isinstance(row, list) and tokenizer.chat_template:
+            try:
+                ids, labels = mask_conversation(row, tokenizer, context)
+            except TemplateError:
+                ids = labels = None
+            if ids is not None:
+                yield torch.tensor([ids]), torch.tensor([labels])
+                continue
+        text = next(iter(render_rows([row], tokenizer)))
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :context]
+        yield ids, ids
 
 
 def evaluate(
@@ -36,13 +59,13 @@ def evaluate(
     )
     nll, tokens = 0.0, 0
     with torch.no_grad():
-        for index, text in enumerate(render_rows(rows, tokenizer)):
-            ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :context]
-            if ids.shape[1] < 2:
+        for index, (ids, labels) in enumerate(_scored(rows, tokenizer, context)):
+            scored = int((labels[:, 1:] != IGNORE_INDEX).sum())
+            if scored == 0:
                 continue
-            loss = model(input_ids=ids, labels=ids).loss
-            nll += float(loss) * (ids.shape[1] - 1)
-            tokens += ids.shape[1] - 1
+            loss = model(input_ids=ids, labels=labels).loss
+            nll += float(loss) * scored
+            tokens += scored
             progress(0.6 * (index + 1) / max(len(rows), 1))
     metrics: dict[str, float] = {
         "perplexity": engine_metrics.perplexity(nll, tokens),

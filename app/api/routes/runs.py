@@ -50,6 +50,7 @@ def create_run(body: RunCreate, session: SessionDep, ctx: Workspace) -> RunRead:
         name=body.name,
         suffix=body.suffix,
         dataset_version_id=body.dataset_version_id,
+        priority=body.priority,
     )
     return RunRead.model_validate(run)
 
