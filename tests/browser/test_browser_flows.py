@@ -574,6 +574,8 @@ PAGES = [
     "/runs/new",
     "/runs/1",
     "/runs/1/config",
+    "/queue",
+    "/sweeps",
     "/compare?run=1",
     "/models",
     "/models/versions/1",  # registered when run 1 ended
