@@ -93,6 +93,7 @@
     chunked(form, file).then(function (dataset) {
       window.location.assign("/datasets/" + dataset.id);
     }).catch(function (err) {
+      form.querySelector("#upload-progress").hidden = true;  // not "checking rows…" for ever
       message(form, "Upload refused: " + err.message);
       button.disabled = false;
     });

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -67,9 +68,15 @@ class Server:
         return self.base_url + path
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
-    """uvicorn on a free port against a fresh data dir; the inference port answers nothing."""
+@contextmanager
+def running_app(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path, **settings: str
+) -> Iterator[Server]:
+    """uvicorn on a free port against a fresh data dir; the inference port answers nothing.
+
+    `settings` are extra LLMIDE_* variables for the app (e.g. a small upload limit, so that a
+    test file takes the chunked upload path).
+    """
     from tests.conftest import configure_environment
 
     data_dir = tmp_path_factory.mktemp("browser") / "data"
@@ -86,6 +93,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
         LLMIDE_ALLOWED_HOSTS='["127.0.0.1", "localhost"]',
         LLMIDE_INFERENCE_PORT=str(_free_port()),  # nothing listens: "not reachable" paths
         PYTHONPATH=str(PROJECT_ROOT),
+        **settings,
     )
     log = (data_dir / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
@@ -135,6 +143,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
         from app.db.session import reset_engine_cache
 
         reset_engine_cache()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
+    with running_app(tmp_path_factory, sqlite_template) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +481,10 @@ def test_a_viewer_sees_no_buttons_that_change_things(
         expect(viewer.get_by_role("link", name="New run")).to_have_count(0)
         viewer.goto("/models")
         expect(viewer.get_by_test_id("deploy")).to_have_count(0)
+        viewer.goto("/models/versions/1")  # the stage buttons are for editors and owners
+        expect(viewer.get_by_test_id("stage")).to_have_text("none")
+        expect(viewer.locator("[data-testid^=stage-]")).to_have_count(0)
+        expect(viewer.get_by_text("Viewers cannot change stages.")).to_be_visible()
         viewer.goto("/datasets")
         expect(viewer.locator("#upload-form")).to_have_count(0)
         _expect_http_error("/runs/new", 403)
@@ -551,12 +569,18 @@ PAGES = [
     "/",
     "/datasets",
     "/datasets/1",
+    "/datasets/1/versions-panel",  # versions and the preparation form, as a page of its own
     "/runs",
     "/runs/new",
     "/runs/1",
+    "/runs/1/config",
+    "/queue",
+    "/sweeps",
     "/compare?run=1",
     "/models",
+    "/models/versions/1",  # registered when run 1 ended
     "/deployments",
+    "/workers",
     "/playground",
     "/settings/tokens",
     "/settings/members",
@@ -565,19 +589,54 @@ PAGES = [
 ]
 
 
-@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
-def test_every_page_fits_laptop_and_phone_widths(page: Page, viewport: dict[str, int]) -> None:
-    _expect_http_error("/runs/999", 404)  # the error page is one of the pages checked
+def overflow(page: Page) -> tuple[int, int]:
+    """(document width, viewport width): the page scrolls sideways when the first is larger."""
+    width, inner = page.evaluate("[document.scrollingElement.scrollWidth, window.innerWidth]")
+    return int(width), int(inner)
+
+
+def assert_pages_fit(page: Page, paths: list[str], viewport: dict[str, int]) -> None:
+    """Open each page at the viewport's size: none may scroll sideways (screenshots kept)."""
     page.set_viewport_size(viewport)
     try:
-        for path in PAGES:
+        for path in paths:
             page.goto(path)
             page.wait_for_load_state("load")
-            width, inner = page.evaluate(
-                "[document.scrollingElement.scrollWidth, window.innerWidth]"
-            )
+            # Parts loaded by htmx on load (the dataset page's versions panel) count too.
+            page.wait_for_function("!document.querySelector('.htmx-request')")
+            width, inner = overflow(page)
             assert width <= inner, f"{path} overflows at {viewport['width']}px: {width} > {inner}"
-            name = path.strip("/").replace("/", "-") or "dashboard"
+            name = path.strip("/").replace("/", "-").replace("?", "-") or "dashboard"
             _shot(page, f"{name}-{viewport['width']}")
     finally:
         page.set_viewport_size(LAPTOP)
+
+
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_every_page_fits_laptop_and_phone_widths(page: Page, viewport: dict[str, int]) -> None:
+    _expect_http_error("/runs/999", 404)  # the error page is one of the pages checked
+    assert_pages_fit(page, PAGES, viewport)
+
+
+def test_every_focus_stop_on_every_page_shows_the_focus(page: Page) -> None:
+    """Tab through each page (up to 80 stops): wherever the focus lands, it can be seen."""
+    _expect_http_error("/runs/999", 404)
+    unseen: list[str] = []
+    for path in PAGES:
+        page.goto(path)
+        page.wait_for_load_state("load")
+        page.locator("body").focus()
+        seen_ids: set[str] = set()
+        for _ in range(80):
+            page.keyboard.press("Tab")
+            focused = page.evaluate(_FOCUS_SHOWN)
+            if focused is None:  # back past the last element: the page is done
+                break
+            key = json.dumps(focused, sort_keys=True)
+            if key in seen_ids:
+                break
+            seen_ids.add(key)
+            if not focused["shown"]:
+                unseen.append(f"{path}: {focused}")
+        assert len(seen_ids) >= 5, f"{path}: Tab reached only {sorted(seen_ids)}"  # the menu
+    assert not unseen, "focus is invisible on:\n" + "\n".join(unseen)

@@ -58,7 +58,7 @@ def test_a_person_uploads_trains_watches_deploys_and_chats_in_the_browser(page: 
 
     page.goto("/runs/new")
     page.get_by_label("Max steps (optional)").fill("40")
-    page.get_by_label("Context length (tokens)").fill("32")
+    page.get_by_label("Sequence length (tokens)").fill("32")
     page.get_by_label("Learning rate").fill("0.003")
     page.get_by_label("Model suffix (optional)").fill("browser")
     page.get_by_role("button", name="Launch").click()
