@@ -545,9 +545,12 @@ class QuotasRead(BaseModel):
 class QuotasUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    concurrent_runs: int | None = Field(None, ge=1, le=10_000, description="None: no limit.")
+    # strict: JSON `true` is not a quota of 1.
+    concurrent_runs: int | None = Field(
+        None, ge=1, le=10_000, strict=True, description="None: no limit."
+    )
     gpu_hours_per_month: float | None = Field(
-        None, ge=0, le=1e7, description="None: no limit; 0 refuses every launch."
+        None, ge=0, le=1e7, strict=True, description="None: no limit; 0 refuses every launch."
     )
 
 

@@ -106,7 +106,7 @@ def _choice_params(params: dict[str, Any], index: int) -> dict[str, Any]:
 
 async def generate(target: ServingTarget, n: int = 1, **params: Any) -> list[dict[str, Any]]:
     """n whole completions (sent together, so the server batches them); one result per choice."""
-    timer = serving_metrics.RequestTimer(target.serving_name)
+    timer = serving_metrics.RequestTimer(serving_metrics.label_for(target))
     try:
         results = await asyncio.gather(
             *(
@@ -200,7 +200,7 @@ async def stream(
     proper error status; a failure after that becomes an error event. A client that goes away
     closes the upstream streams, which cancels their generation in the inference server.
     """
-    timer = serving_metrics.RequestTimer(target.serving_name)
+    timer = serving_metrics.RequestTimer(serving_metrics.label_for(target))
     upstream = _merged(target, n, params)
     try:
         first = await anext(upstream, None)

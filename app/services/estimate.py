@@ -234,7 +234,8 @@ def for_launch(
     if rate is None:
         rate = read_calibration(*shape)
         source = "calibration" if rate else None
-    if rate is None and base_model in ARCHITECTURES:
+    # Only someone who may launch starts a calibration task; a viewer gets the arithmetic.
+    if rate is None and base_model in ARCHITECTURES and ctx.can_edit:
         calibrating = request_calibration(*shape)
     steps = (
         planned_steps(

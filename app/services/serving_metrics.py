@@ -8,6 +8,7 @@ docs/serving.md for how to scrape them.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -35,6 +36,13 @@ TOKENS = Counter(
     "Completion tokens generated per deployment; rate() of it is tokens/s.",
     ["deployment"],
 )
+
+
+def label_for(target: Any) -> str:
+    """The `deployment` label: the deployment's id, or the loaded version's key (`mv-N`) for a
+    version loaded on demand. Never a name: /metrics is readable by any signed-in user, and
+    serving names carry workspace slugs and model names of other teams."""
+    return str(target.deployment_id) if target.deployment_id is not None else str(target.key)
 
 
 class RequestTimer:

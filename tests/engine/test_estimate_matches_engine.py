@@ -10,7 +10,12 @@ from workers.engine import KNOWN_BASE_MODELS
 from workers.engine.scratch import scratch_config
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_BASE_MODELS))
+def test_every_gpt2_style_scratch_model_has_an_estimate() -> None:
+    # The LSTM baseline has no memory estimate yet: the form shows its duration only.
+    assert set(ARCHITECTURES) == set(KNOWN_BASE_MODELS) - {"scratch-lstm"}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_estimate_counts_the_parameters_of_the_model_the_engine_builds(name: str) -> None:
     spec = KNOWN_BASE_MODELS[name]
     arch = ARCHITECTURES[name]

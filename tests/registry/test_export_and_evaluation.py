@@ -45,7 +45,7 @@ def deployed_answer(folder: Path) -> dict:
 
     grad = torch.is_grad_enabled()
     try:
-        model, tokenizer, _, _ = _load_weights(ModelSource(folder))
+        model, tokenizer, *_ = _load_weights(ModelSource(folder))
     finally:
         torch.set_grad_enabled(grad)  # the server's loader turns autograd off process-wide
     ids = tokenizer.apply_chat_template(

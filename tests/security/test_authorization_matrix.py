@@ -753,6 +753,9 @@ VIEWER_WRITES = {
     # Computing a model view writes only a derived JSON artifact; the data is theirs to read.
     ("POST", "/api/v1/datasets/{dataset_id}/versions/{version_id}/model-view"): "a model view",
     ("POST", "/datasets/{dataset_id}/versions/{version_id}/model-view"): "a model view",
+    # An estimate is arithmetic over the caller's own form; only editors start a calibration.
+    ("POST", "/api/v1/runs/estimate"): "a launch estimate",
+    ("POST", "/runs/estimate"): "a launch estimate",
 }
 
 

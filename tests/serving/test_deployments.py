@@ -160,19 +160,19 @@ def test_a_deployment_serves_with_its_settings_scales_and_redeploys_with_zero_fa
         assert stats["tokens_per_s"] > 0 and stats["ttft_p50_s"] is not None
         exposed = team.owner.get("/metrics").text
         assert metric(
-            exposed, "llmide_deployment_requests_total", deployment="support-bot", status="200"
+            exposed, "llmide_deployment_requests_total", deployment=str(dep["id"]), status="200"
         ) >= len(statuses)
         assert (
             metric(
-                exposed, "llmide_deployment_requests_total", deployment="support-bot", status="400"
+                exposed, "llmide_deployment_requests_total", deployment=str(dep["id"]), status="400"
             )
             == 1
         )
-        assert 'llmide_deployment_time_to_first_token_seconds_bucket{deployment="support-bot"' in (
+        assert 'llmide_deployment_time_to_first_token_seconds_bucket{deployment=str(dep["id"])' in (
             exposed
         )
         assert metric(
-            exposed, "llmide_deployment_completion_tokens_total", deployment="support-bot"
+            exposed, "llmide_deployment_completion_tokens_total", deployment=str(dep["id"])
         ) >= 6 * len(statuses)
 
         # The deployments page shows it with its figures and examples to copy; the

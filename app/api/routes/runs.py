@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from app.api.deps import SessionDep, Workspace
 from app.api.schemas import (
@@ -91,7 +91,16 @@ def resume_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
     return RunRead.model_validate(runs.resume(session=session, ctx=ctx, run_id=run_id))
 
 
-@router.get("/{run_id}/config", response_class=PlainTextResponse)
+@router.get(
+    "/{run_id}/config",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/yaml": {}, "application/json": {}},
+            "description": "The run's definition, to edit and launch again.",
+        }
+    },
+)
 def read_config(
     run_id: int,
     session: SessionDep,
