@@ -168,9 +168,11 @@ def test_a_deployment_serves_with_its_settings_scales_and_redeploys_with_zero_fa
             )
             == 1
         )
-        assert 'llmide_deployment_time_to_first_token_seconds_bucket{deployment=str(dep["id"])' in (
-            exposed
+        assert (
+            f'llmide_deployment_time_to_first_token_seconds_bucket{{deployment="{dep["id"]}"'
+            in exposed
         )
+        assert "support-bot" not in exposed  # labels are ids: /metrics is server-wide
         assert metric(
             exposed, "llmide_deployment_completion_tokens_total", deployment=str(dep["id"])
         ) >= 6 * len(statuses)
