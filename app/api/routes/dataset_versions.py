@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import SessionDep, Workspace
+from app.api.schemas import DatasetVersionRead
 from app.db.base import MAX_ID
 from app.services import dataset_prep
 
@@ -25,24 +25,6 @@ class VersionPrepare(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict)
 
 
-class PreparedVersionRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    dataset_id: int
-    version: int
-    parent_id: int | None
-    schema_: str = Field(alias="schema", serialization_alias="schema")
-    sha256: str
-    num_rows: int
-    size_bytes: int
-    recipe: dict[str, Any]
-    report: dict[str, Any]
-    status: str
-    progress: float
-    error: str | None
-    created_at: datetime
-
-
 class ModelViewState(BaseModel):
     status: str  # ready | computing | failed | absent
     key: str
@@ -52,13 +34,13 @@ class ModelViewState(BaseModel):
 
 @router.post(
     "/{dataset_id}/versions",
-    response_model=PreparedVersionRead,
+    response_model=DatasetVersionRead,
     status_code=status.HTTP_202_ACCEPTED,
     response_model_by_alias=True,
 )
 def prepare_version(
     dataset_id: int, body: VersionPrepare, session: SessionDep, ctx: Workspace
-) -> PreparedVersionRead:
+) -> DatasetVersionRead:
     """Queue the preparation; poll the version (status, progress) until it is ready."""
     recipe = dataset_prep.parse_recipe(body.recipe)
     version = dataset_prep.create_version(
@@ -68,7 +50,7 @@ def prepare_version(
         parent_version_id=body.parent_version_id,
         recipe=recipe,
     )
-    return PreparedVersionRead.model_validate(version)
+    return DatasetVersionRead.model_validate(version)
 
 
 @router.get(
