@@ -93,9 +93,11 @@ def test_a_calibration_on_the_worker_gives_the_estimate_a_duration(team: Team) -
         "base_model": "scratch-nano",
         "config": {"batch_size": 4, "block_size": 16},
     }
-    first = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    looked = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    assert looked["calibrating"] is False, "a viewer's estimate starts no work on a worker"
+    first = team.editor.post("/api/v1/runs/estimate", json=ask).json()
     assert first["calibrating"] is True and first["duration_s"] is None
-    again = team.viewer.post("/api/v1/runs/estimate", json=ask).json()
+    again = team.editor.post("/api/v1/runs/estimate", json=ask).json()
     assert again["calibrating"] is True, "one pending calibration, not one per request"
 
     rate = calibrate_training.apply(args=["scratch-nano", 4, 16]).result  # what a worker runs
