@@ -126,3 +126,4 @@ def test_model_view_panel_polls_while_computing_then_shows_coloured_tokens(team:
     assert "every 1s" not in shown.text
     assert 'class="tok loss' in shown.text and 'class="tok special' in shown.text
     assert "tok special eos" in shown.text and "tok loss special eos" in shown.text
+    assert 'data-testid="tokens-histogram"' in shown.text  # tokens per row, as a bar chart

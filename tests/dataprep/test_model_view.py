@@ -86,6 +86,26 @@ def test_model_view_warns_about_truncation_with_its_rate(tokenizer) -> None:
     assert view["summary"]["truncated_rate"] == 0.5
 
 
+def test_token_histogram_counts_rows_per_power_of_two_bucket_and_trims_empty_ends() -> None:
+    from workers.dataprep.preview import token_histogram
+
+    assert token_histogram([3, 20, 31, 40, 9000]) == [
+        {"min": 0, "max": 16, "rows": 1},
+        {"min": 16, "max": 32, "rows": 2},
+        {"min": 32, "max": 64, "rows": 1},
+        {"min": 64, "max": 128, "rows": 0},
+        {"min": 128, "max": 256, "rows": 0},
+        {"min": 256, "max": 512, "rows": 0},
+        {"min": 512, "max": 1024, "rows": 0},
+        {"min": 1024, "max": 2048, "rows": 0},
+        {"min": 2048, "max": 4096, "rows": 0},
+        {"min": 4096, "max": 8192, "rows": 0},
+        {"min": 8192, "max": None, "rows": 1},
+    ]
+    assert token_histogram([40, 50]) == [{"min": 32, "max": 64, "rows": 2}]
+    assert token_histogram([]) == []
+
+
 def test_model_view_warns_about_empty_answers_and_a_missing_template(tokenizer) -> None:
     empty = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}
     codes = {

@@ -109,6 +109,7 @@ def model_view(
             "truncated_rate": round(counts.get(masking.TRUNCATED, 0) / n, 4) if n else 0.0,
             "mean_tokens": round(sum(token_counts) / n, 1) if n else 0.0,
             "max_tokens": max(token_counts, default=0),
+            "token_histogram": token_histogram(token_counts),
             "trained_tokens": sum(
                 sum(1 for lab in e.labels if lab != masking.IGNORE_INDEX) for e in encoded
             ),
@@ -127,3 +128,23 @@ def model_view(
             for i, e in enumerate(encoded[:detail_rows])
         ],
     }
+
+
+# Tokens-per-row buckets: powers of two, so short and long rows both read at a glance.
+TOKEN_BINS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def token_histogram(counts: list[int]) -> list[dict[str, int | None]]:
+    """Rows per bucket [min, max) of token count (the last bucket open), empty ends trimmed."""
+    rows = [0] * len(TOKEN_BINS)
+    for n in counts:
+        rows[max(i for i, low in enumerate(TOKEN_BINS) if n >= low)] += 1
+    buckets: list[dict[str, int | None]] = [
+        {"min": low, "max": TOKEN_BINS[i + 1] if i + 1 < len(TOKEN_BINS) else None, "rows": c}
+        for i, (low, c) in enumerate(zip(TOKEN_BINS, rows, strict=True))
+    ]
+    while buckets and buckets[-1]["rows"] == 0:
+        buckets.pop()
+    while buckets and buckets[0]["rows"] == 0:
+        buckets.pop(0)
+    return buckets
