@@ -251,3 +251,39 @@ def _zip(files: dict[str, bytes]) -> bytes:
         for name, data in files.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def test_a_classifier_version_is_evaluated_with_accuracy_f1_and_its_labels_for_the_prompts(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.settings import get_settings
+    from tests.serving.conftest import build_tiny_classifier
+    from workers.registry_tasks import evaluate_version
+
+    imports = tmp_path / "imports"
+    build_tiny_classifier(imports / "sentiment")
+    monkeypatch.setenv("LLMIDE_IMPORT_DIR", str(imports))
+    get_settings.cache_clear()
+    created = team.editor.post(
+        "/api/v1/models/import", json={"name": "sentiment", "path": "sentiment"}
+    )
+    assert created.status_code == 201, created.text
+    labels = ("positive", "negative")
+    rows = [{"text": f"review number {i}", "label": labels[i % 2]} for i in range(8)]
+    rows.append({"text": "a label the model never saw", "label": "neutral"})
+    dataset = team.editor.upload("sentiment.jsonl", "\n".join(json.dumps(r) for r in rows))
+    assert dataset.status_code == 201, dataset.text
+    body = {"dataset_id": dataset.json()["id"], "prompts": ["loved it"]}
+    version_id = created.json()["id"]
+    queued = team.editor.post(f"/api/v1/model-versions/{version_id}/evaluations", json=body)
+    assert queued.status_code == 202, queued.text
+    assert evaluate_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+
+    done = team.viewer.get(f"/api/v1/evaluations/{queued.json()['id']}").json()
+    metrics = done["metrics"]
+    assert metrics["eval_rows"] == 9 and "perplexity" not in metrics
+    # The untrained classifier predicts one of its two labels: the "neutral" row is always
+    # wrong, so accuracy is at most 8 of 9, and the three classes average into macro F1.
+    assert 0 <= metrics["accuracy"] <= 8 / 9 and 0 <= metrics["f1_macro"] <= 1
+    assert done["samples"][0]["prompt"] == "loved it"
+    assert done["samples"][0]["output"].split(" ")[0] in {"positive", "negative"}

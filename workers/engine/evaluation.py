@@ -6,12 +6,13 @@ prompts, so a fine-tuned version is not penalised for the prompts it was never t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from workers.engine import metrics as engine_metrics
-from workers.engine.data import IGNORE_INDEX, read_rows, render_rows
+from workers.engine.data import IGNORE_INDEX, LabeledText, read_rows, render_rows
 from workers.engine.export import load_causal_lm
 from workers.engine.sft import TemplateError, mask_conversation
 
@@ -51,6 +52,11 @@ def evaluate(
     import torch
 
     torch.manual_seed(0)
+    if is_classifier(model_dir):
+        return evaluate_classifier(
+            model_dir, data_file, data_format, prompts=prompts, max_rows=max_rows,
+            progress=progress,
+        )  # fmt: skip
     model, tokenizer = load_causal_lm(model_dir)
     rows = read_rows(data_file, data_format)[:max_rows]
     context = int(
@@ -109,3 +115,71 @@ def _generate(model: Any, tokenizer: Any, prompt: str | list[dict], max_new_toke
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
         )
     return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def is_classifier(model_dir: Path) -> bool:
+    """A sequence classifier (what a classification run saves), by its config's architecture."""
+    config = model_dir / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def evaluate_classifier(
+    model_dir: Path,
+    data_file: Path,
+    data_format: str,
+    *,
+    prompts: list[str],
+    max_rows: int,
+    progress: Callable[[float], None],
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix of a classifier
+    on labelled rows (the training-time report), and its label for each fixed prompt.
+
+    Rows whose label the model does not know count as wrong (predicted class vs a class of
+    their own), so a dataset with new labels cannot look better than it is.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if data_format != "classification":
+        raise ValueError(
+            f"a classification model is evaluated on a classification dataset (text + label), "
+            f"not on {data_format} rows"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    id2label = {int(i): str(label) for i, label in model.config.id2label.items()}
+    names = [id2label[i] for i in sorted(id2label)]
+    rows = [r for r in read_rows(data_file, data_format)[:max_rows] if isinstance(r, LabeledText)]
+    unknown = sorted({r.label for r in rows} - set(names))
+    labels = names + unknown
+    index = {name: i for i, name in enumerate(labels)}
+
+    def predict(texts: list[str]) -> list[tuple[int, float]]:
+        context = int(getattr(model.config, "max_position_embeddings", 512))
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=context, return_tensors="pt"
+        )
+        with torch.no_grad():
+            probs = model(**batch).logits.softmax(-1)
+        best = probs.max(-1)
+        return list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+
+    y_true: list[int] = []
+    y_pred: list[int] = []
+    for start in range(0, len(rows), 32):
+        chunk = rows[start : start + 32]
+        y_pred += [i for i, _ in predict([r.text for r in chunk])]
+        y_true += [index[r.label] for r in chunk]
+        progress(0.8 * min(1.0, (start + len(chunk)) / max(len(rows), 1)))
+    report = engine_metrics.classification_report(y_true, y_pred, labels)
+    metrics = engine_metrics.scalar_metrics(report)
+    metrics["eval_rows"] = float(len(rows))
+    samples = [
+        {"prompt": prompt, "output": f"{names[i]} ({score:.2f})"}
+        for prompt, (i, score) in zip(prompts, predict(prompts) if prompts else [], strict=True)
+    ]
+    return metrics, samples
