@@ -30,7 +30,13 @@ def children(pid: int) -> list[int]:
 
 
 def cmdline(pid: int) -> str:
-    return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    """The process's command line; "" once it has exited (children come and go: a Celery pool
+    child ends after each task, web workers restart)."""
+    try:
+        raw = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode()
 
 
 def kill_worker_tree(server: Server) -> None:
