@@ -47,6 +47,20 @@ def percentile(values: list[float], pct: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
 
 
+def wait_healthy(base: str, process: subprocess.Popen, what: str, timeout_s: float = 60) -> None:
+    """Wait until `base`/healthz answers 200; exit the bench if `process` dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{what} at {base} did not start")
+        time.sleep(0.2)
+
+
 @contextmanager
 def web_server(
     env: dict[str, str], *extra_args: str, log: IO[bytes] | None = None
@@ -61,16 +75,7 @@ def web_server(
     )
     base = f"http://127.0.0.1:{env['LLMIDE_PORT']}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the web server at {base} did not start")
-            time.sleep(0.25)
+        wait_healthy(base, server, "the web server")
         yield server
     finally:
         server.terminate()

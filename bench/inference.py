@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._support import PROJECT_ROOT, free_port, percentile  # noqa: E402
+from bench._support import PROJECT_ROOT, free_port, percentile, wait_healthy  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_TOKENS = 32
@@ -130,16 +130,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the inference server did not start")
-            time.sleep(0.2)
+        wait_healthy(base, server, "the inference server")
         headers = {"X-LLMIDE-Internal": token}
         loaded = httpx.put(
             base + "/models/smol",
