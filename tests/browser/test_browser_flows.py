@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM
+from tests.conftest import text_jsonl
 
 pytestmark = pytest.mark.browser
 
@@ -640,3 +642,19 @@ def test_every_focus_stop_on_every_page_shows_the_focus(page: Page) -> None:
                 unseen.append(f"{path}: {focused}")
         assert len(seen_ids) >= 5, f"{path}: Tab reached only {sorted(seen_ids)}"  # the menu
     assert not unseen, "focus is invisible on:\n" + "\n".join(unseen)
+
+
+def first_admin_with_dataset(api: httpx.Client) -> tuple[dict[str, str], int]:
+    """Create the first admin through the API, sign in and upload a small text dataset;
+    (the CSRF header for further writes, the dataset id). For modules that seed a server."""
+    setup = api.post("/api/v1/setup", json={"email": ADMIN_EMAIL, "password": PASSWORD})
+    assert setup.status_code == 201, setup.text
+    login = api.post("/api/v1/session", json={"email": ADMIN_EMAIL, "password": PASSWORD})
+    csrf = {"X-CSRF-Token": login.json()["csrf_token"]}
+    uploaded = api.post(
+        "/api/v1/datasets",
+        files={"file": ("corpus.jsonl", text_jsonl(20).encode())},
+        headers=csrf,
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    return csrf, int(uploaded.json()["id"])

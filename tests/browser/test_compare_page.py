@@ -17,13 +17,11 @@ from tests.browser import test_browser_flows as flows
 from tests.browser.test_browser_flows import (
     ADMIN_EMAIL,
     CONSOLE_ERRORS,
-    PASSWORD,
     Server,
     _shot,
     _sign_in,
     _watch,
 )
-from tests.conftest import text_jsonl
 
 pytestmark = pytest.mark.browser
 # The main flows' fixtures, under the names pytest looks for: one uvicorn and one Chromium for
@@ -40,22 +38,13 @@ def two_runs(server: Server) -> tuple[int, int]:
     from app.services import run_execution
 
     with httpx.Client(base_url=server.base_url, timeout=30) as api:
-        setup = api.post("/api/v1/setup", json={"email": ADMIN_EMAIL, "password": PASSWORD})
-        assert setup.status_code == 201, setup.text
-        login = api.post("/api/v1/session", json={"email": ADMIN_EMAIL, "password": PASSWORD})
-        csrf = {"X-CSRF-Token": login.json()["csrf_token"]}
-        uploaded = api.post(
-            "/api/v1/datasets",
-            files={"file": ("corpus.jsonl", text_jsonl(20).encode())},
-            headers=csrf,
-        )
-        assert uploaded.status_code == 201, uploaded.text
+        csrf, dataset_id = flows.first_admin_with_dataset(api)
         ids = []
         for lr in (0.001, 0.0003):
             launched = api.post(
                 "/api/v1/runs",
                 json={
-                    "dataset_id": uploaded.json()["id"],
+                    "dataset_id": dataset_id,
                     "name": f"lr {lr}",
                     "config": {"learning_rate": lr},
                 },

@@ -26,7 +26,6 @@ from tests.browser.test_browser_flows import (
     _FOCUS_SHOWN,
     ADMIN_EMAIL,
     LAPTOP,
-    PASSWORD,
     PHONE,
     Server,
     _shot,
@@ -37,7 +36,6 @@ from tests.browser.test_browser_flows import (
     overflow,
     running_app,
 )
-from tests.conftest import text_jsonl
 
 pytestmark = pytest.mark.browser
 # One Chromium for the module and the main flows' check that the browser console stays clean.
@@ -80,21 +78,12 @@ def runs(server: Server) -> dict[str, int]:
     from app.services import run_execution
 
     with httpx.Client(base_url=server.base_url, timeout=30) as api:
-        setup = api.post("/api/v1/setup", json={"email": ADMIN_EMAIL, "password": PASSWORD})
-        assert setup.status_code == 201, setup.text
-        login = api.post("/api/v1/session", json={"email": ADMIN_EMAIL, "password": PASSWORD})
-        csrf = {"X-CSRF-Token": login.json()["csrf_token"]}
-        uploaded = api.post(
-            "/api/v1/datasets",
-            files={"file": ("corpus.jsonl", text_jsonl(20).encode())},
-            headers=csrf,
-        )
-        assert uploaded.status_code == 201, uploaded.text
+        csrf, dataset_id = flows.first_admin_with_dataset(api)
         ids = {}
         for name in ("trained", "waiting"):
             launched = api.post(
                 "/api/v1/runs",
-                json={"dataset_id": uploaded.json()["id"], "name": name, "config": {}},
+                json={"dataset_id": dataset_id, "name": name, "config": {}},
                 headers=csrf,
             )
             assert launched.status_code == 201, launched.text
