@@ -270,6 +270,8 @@ class MetricPoint(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "step", "name"),
         Index("ix_metric_points_run_id_id", "run_id", "id"),
+        # Skip-scans of a run's metric names, each name's newest point, one metric's series.
+        Index("ix_metric_points_run_id_name_id", "run_id", "name", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

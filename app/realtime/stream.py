@@ -50,7 +50,7 @@ def next_messages(*, session: Session, run: Run, cursor: Cursor) -> tuple[list[d
     messages: list[dict[str, Any]] = []
     if cursor.after_step < 0 and cursor.metric_id == 0:
         # A new chart: the run's history, thinned if the run is long.
-        rows, cursor.metric_id = runs.history_rows(session=session, run_id=run.id)
+        rows, cursor.metric_id = runs.history_rows(session=session, run=run)
     else:
         rows = runs.metric_rows(
             session=session, run_id=run.id, after_step=cursor.after_step, after_id=cursor.metric_id

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
@@ -208,9 +211,7 @@ def stop_and_keep(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Ru
         )
     if not run.stop_requested:
         run.stop_requested = True
-        session.add(
-            RunEvent(run_id=run.id, message=f"stop and keep requested by {ctx.user.email}")
-        )
+        session.add(RunEvent(run_id=run.id, message=f"stop and keep requested by {ctx.user.email}"))
     session.commit()
     return run
 
@@ -307,11 +308,16 @@ def metric_page(
     query = query.where(*where)
     if last_step is not None:
         query = query.where(MetricPoint.step <= last_step)
-    return [MetricRow(*row) for row in session.execute(query.order_by(MetricPoint.id))]
+    # In (step, name) order, the unique index's own: ordering by id made SQLite walk the
+    # (run_id, id) index through every point of a long run to skip the sort.
+    return [
+        MetricRow(*row)
+        for row in session.execute(query.order_by(MetricPoint.step, MetricPoint.name))
+    ]
 
 
 def history_rows(
-    *, session: Session, run_id: int, max_steps: int = HISTORY_STEPS
+    *, session: Session, run: Run, max_steps: int = HISTORY_STEPS
 ) -> tuple[list[MetricRow], int]:
     """What a new chart starts from, and the newest point id it covers (the live cursor).
 
@@ -320,26 +326,66 @@ def history_rows(
     point of each step range (`downsample.extremes_query`): the curve's shape with its spikes,
     every metric's latest value, a bounded message. A reconnecting chart asks with
     `after_step` instead (`metric_rows`) and gets exactly the points it is missing.
+
+    Thinning reads every point of the run (0.2 s on Postgres, 0.6 s on SQLite for 100k), so
+    an ended run's thinned history is kept per process: its points no longer change. The key
+    holds the newest point id and the end time, so a resumed and re-ended run is read anew.
     """
-    where = MetricPoint.run_id == run_id
+    where = MetricPoint.run_id == run.id
     newest_id = session.scalar(select(func.max(MetricPoint.id)).where(where))
     if newest_id is None:
         return [], 0
     first = session.scalar(select(func.min(MetricPoint.step)).where(where)) or 0
     last = session.scalar(select(func.max(MetricPoint.step)).where(where)) or 0
     if last - first < max_steps:
-        rows = metric_rows(session=session, run_id=run_id)
+        rows = metric_rows(session=session, run_id=run.id)
         return rows, rows[-1].id if rows else 0
+    key = (run.id, newest_id, run.finished_at, max_steps)
+    ended = RunStatus(run.status).is_terminal
+    if ended and (cached := _ended_histories.get(key)) is not None:
+        return list(cached), newest_id
     width = downsample.bucket_width(first, last, max_steps // downsample.POINTS_PER_BUCKET)
     picked = downsample.extremes_query(
         where=(where, MetricPoint.id <= newest_id),
         bucket=(MetricPoint.step - first) // width,
         by_name=True,
     ).subquery()
-    rows = session.execute(
-        select(picked.c.id, picked.c.step, picked.c.name, picked.c.value).order_by(picked.c.id)
-    ).all()
-    return [MetricRow(*row) for row in rows], newest_id
+    rows = [
+        MetricRow(*row)
+        for row in session.execute(
+            select(picked.c.id, picked.c.step, picked.c.name, picked.c.value).order_by(picked.c.id)
+        )
+    ]
+    if ended:
+        _ended_histories.put(key, tuple(rows))
+    return rows, newest_id
+
+
+class _SmallLru:
+    """A few recent entries, safe to share between the threadpool's threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+# 32 thinned histories of ~4k rows each: a few MB per web process at most.
+_ended_histories = _SmallLru(32)
 
 
 def group_by_step(rows: list[MetricRow]) -> list[dict[str, float | int]]:
@@ -350,15 +396,32 @@ def group_by_step(rows: list[MetricRow]) -> list[dict[str, float | int]]:
 
 
 def latest_metrics(*, session: Session, run_id: int) -> dict[str, float]:
-    """Each metric's newest value: one aggregate query, not every point of the run."""
-    newest = (
-        select(func.max(MetricPoint.id))
-        .where(MetricPoint.run_id == run_id)
-        .group_by(MetricPoint.name)
+    """Each metric's newest value, in a few index lookups per metric name.
+
+    A skip-scan over the (run_id, name, id) index: the recursive query walks from one name to
+    the next (`min(name) > previous`) and takes each name's newest point, so a run of 100k
+    points costs what a run of 100 does. Grouping all the run's points by name read every one.
+    """
+    point = MetricPoint
+    names = (
+        select(func.min(point.name).label("name"))
+        .where(point.run_id == run_id)
+        .cte("metric_names", recursive=True)
     )
-    rows = session.execute(
-        select(MetricPoint.name, MetricPoint.value).where(MetricPoint.id.in_(newest))
+    following = (
+        select(func.min(point.name))
+        .where(point.run_id == run_id, point.name > names.c.name)
+        .scalar_subquery()
     )
+    names = names.union_all(select(following).where(names.c.name.is_not(None)))
+    newest_value = (
+        select(point.value)
+        .where(point.run_id == run_id, point.name == names.c.name)
+        .order_by(point.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    rows = session.execute(select(names.c.name, newest_value).where(names.c.name.is_not(None)))
     return {name: value for name, value in rows}
 
 

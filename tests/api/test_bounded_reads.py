@@ -70,15 +70,48 @@ def test_a_new_chart_of_a_long_run_gets_a_thinned_history_and_a_reconnect_every_
     assert [p["step"] for p in missing["points"]] == list(range(last - 49, last + 1))
 
 
-def test_the_run_pages_figures_are_each_metrics_newest_value(team: Team, run_id: int) -> None:
+def test_an_ended_long_runs_history_is_read_anew_once_it_has_new_points(
+    team: Team, run_id: int, backend: str, client: TestClient
+) -> None:
+    """Ended runs' thinned histories are kept per process; new points must still show."""
+    from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import runs
+    from app.services import run_execution, runs
 
+    def newest_charted_step() -> int:
+        with client.websocket_connect(
+            f"ws://127.0.0.1/ws/runs/{run_id}", headers=team.viewer.headers
+        ) as ws:
+            return int(ws.receive_json()["points"][-1]["step"])
+
+    last = runs.HISTORY_STEPS * 2 + 10
+    _write_steps(run_id, range(1, last + 1))
+    with session_scope() as session:
+        run_execution.finish(session=session, run_id=run_id, status=RunStatus.failed, error="x")
+    assert newest_charted_step() == last
+    assert newest_charted_step() == last  # served again, the same
+    _write_steps(run_id, range(last + 1, last + 6))  # as a resumed run would add them
+    assert newest_charted_step() == last + 5
+
+
+def test_the_run_pages_figures_are_each_metrics_newest_value(
+    team: Team, run_id: int, backend: str
+) -> None:
+    from app.db.session import session_scope
+    from app.services import run_execution, runs
+
+    with session_scope() as session:
+        assert runs.latest_metrics(session=session, run_id=run_id) == {}
     _write_steps(run_id, range(1, 301), eval_every=100)
     with session_scope() as session:
+        # Names sort "eval_loss" < "learning_rate" < "train_loss": the walk visits all three.
+        newer = [(301, "learning_rate", 0.5), (302, "train_loss", 0.25)]
+        run_execution.write_metrics(session=session, run_id=run_id, points=newer)
+    with session_scope() as session:
         assert runs.latest_metrics(session=session, run_id=run_id) == {
-            "train_loss": 10.0 / 300,
+            "train_loss": 0.25,
             "eval_loss": 20.0 / 300,
+            "learning_rate": 0.5,
         }
 
 
