@@ -15,6 +15,7 @@ from typing import Any
 
 from app.core.live import FLUSH_INTERVAL_S, RUN_UPDATES_CHANNEL
 from app.core.settings import get_settings
+from app.db.base import utcnow
 from app.db.session import session_scope
 from app.services import artifacts, run_execution
 
@@ -35,7 +36,7 @@ class RunReporter:
         # between would step over the lower ones for good.
         self._flush_lock = threading.Lock()
         self._publish_failing = False
-        self._points: list[tuple[int, str, float]] = []
+        self._points: list[run_execution.MetricReport] = []
         self._events: list[tuple[str, str]] = []
         self._progress: tuple[int, int | None] | None = None
         self._cancel = False
@@ -59,8 +60,9 @@ class RunReporter:
 
     # --- TrainCallbacks -------------------------------------------------------------------
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        at = utcnow()  # when the step ended: the batch reaches the database later
         with self._lock:
-            self._points.extend((step, name, value) for name, value in metrics.items())
+            self._points.extend((step, name, value, at) for name, value in metrics.items())
         self._wake.set()
 
     def on_progress(self, step: int, total_steps: int) -> None:

@@ -184,24 +184,30 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)}
 
 
-def write_metrics(
-    *, session: Session, run_id: int, points: Iterable[tuple[int, str, float]]
-) -> None:
+MetricReport = tuple[int, str, float] | tuple[int, str, float, datetime]
+
+
+def write_metrics(*, session: Session, run_id: int, points: Iterable[MetricReport]) -> None:
     """Insert points, ignoring ones already stored (a resumed run may report a step again).
+
+    A point may carry the time it was reported (step, name, value, at): the worker writes in
+    batches, and a point's time is when its step ended, not when its batch reached the
+    database. Without one, it is stamped now.
 
     Non-finite values (a diverged loss, a grad norm the trainer did not compute) are left out:
     neither SQL nor JSON can carry NaN, and a chart gap says the same thing.
     """
+    now = utcnow()
     values = [
         {
             "run_id": run_id,
-            "step": step,
-            "name": name,
-            "value": float(value),
-            "created_at": utcnow(),
+            "step": point[0],
+            "name": point[1],
+            "value": float(point[2]),
+            "created_at": point[3] if len(point) > 3 else now,
         }
-        for step, name, value in points
-        if math.isfinite(value)
+        for point in points
+        if math.isfinite(point[2])
     ]
     if not values:
         return

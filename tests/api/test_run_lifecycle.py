@@ -268,3 +268,36 @@ def test_retention_keeps_the_last_n_and_the_best_and_marks_the_rest_deleted(
             registry.register_checkpoint(
                 session=session, run=session.get(Run, run_id), checkpoint=deleted
             )
+
+
+def test_a_metric_point_is_stamped_when_its_step_reported_it_not_when_its_batch_was_written(
+    team: Team, run_id: int
+) -> None:
+    """The worker writes in batches (FLUSH_INTERVAL_S later at least); the time must not drift."""
+    from sqlalchemy import select
+
+    from app.db.base import utcnow
+    from app.db.models import MetricPoint
+    from app.db.session import session_scope
+    from workers.metrics_sink import RunReporter
+
+    claim(run_id)
+    reporter = RunReporter(run_id)
+    windows = {}
+    try:
+        for step in (1, 2):
+            before = utcnow()
+            reporter.on_metrics(step, {"train_loss": 1.0 / step})
+            windows[step] = (before, utcnow())
+    finally:
+        reporter.close()  # flushes what is left
+    with session_scope() as session:
+        stamped = dict(
+            session.execute(
+                select(MetricPoint.step, MetricPoint.created_at).where(
+                    MetricPoint.run_id == run_id
+                )
+            ).all()
+        )
+    for step, (before, after) in windows.items():
+        assert before <= stamped[step] <= after, (step, before, stamped[step], after)
