@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from workers.engine import metrics as engine_metrics
-from workers.engine.data import IGNORE_INDEX, LabeledText, read_rows, render_rows
+from workers.engine.data import LabeledText, read_rows, render_rows
 from workers.engine.export import load_causal_lm
-from workers.engine.sft import TemplateError, mask_conversation
+from workers.engine.loss_mask import IGNORE_INDEX, TemplateError, mask_conversation
 
 # Generating is far slower than scoring: replies are compared on this many chat rows at most.
 REFERENCE_ROWS = 8
