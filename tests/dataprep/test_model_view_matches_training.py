@@ -127,3 +127,18 @@ def test_a_template_that_is_not_turn_by_turn_is_refused_by_training_and_shown_un
     view = model_view(tokenizer=tokenizer, rows=[row], schema="chat", max_length=64)
     assert not any(t["loss"] for t in view["rows"][0]["tokens"])
     assert "template_not_incremental" in {w["code"] for w in view["warnings"]}
+
+
+def test_a_conversation_the_template_raises_on_is_refused_by_training_and_shown_untrained() -> None:
+    tokenizer = train_tokenizer(CORPUS, vocab_size=300, model_max_length=256)
+    messages = [
+        {"role": "narrator", "content": "Once."},  # the engine's template knows no such role
+        {"role": "assistant", "content": "hello world"},
+    ]
+    with pytest.raises(TemplateError, match="unsupported chat role"):
+        build_sft_dataset([messages], tokenizer, max_length=64)
+    view = model_view(
+        tokenizer=tokenizer, rows=[{"messages": messages}], schema="chat", max_length=64
+    )
+    assert not any(t["loss"] for t in view["rows"][0]["tokens"])
+    assert "template_failed" in {w["code"] for w in view["warnings"]}

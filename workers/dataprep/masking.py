@@ -106,15 +106,15 @@ def _render_chat(tokenizer: Any, messages: list[Any]) -> Rendered:
         return Rendered(text="", trained=[], warnings=warnings)
     try:
         conversation = loss_mask.render_conversation(clean, tokenizer, chat_template=template)
-    except loss_mask.TemplateError:
-        # Training refuses this row: shown with nothing trained, and the reason.
+    except loss_mask.TemplateError as refused:
+        # Training refuses this row: shown with nothing trained, and the reason (the template
+        # raised on the conversation or a prefix of it, or renders prefixes differently).
+        warnings.append(TEMPLATE_FAILED if refused.__cause__ else TEMPLATE_NOT_INCREMENTAL)
         try:
-            text = tokenizer.apply_chat_template(clean, tokenize=False, chat_template=template)
-            warnings.append(TEMPLATE_NOT_INCREMENTAL)
-        except Exception:  # the template raises on this conversation (unknown role, order)
+            text = str(tokenizer.apply_chat_template(clean, tokenize=False, chat_template=template))
+        except Exception:  # it raises on the whole conversation too (unknown role, order)
             text = _plain(clean)
-            warnings.append(TEMPLATE_FAILED)
-        return Rendered(text=str(text), trained=[], warnings=warnings)
+        return Rendered(text=text, trained=[], warnings=warnings)
     return Rendered(text=conversation.text, trained=conversation.spans, warnings=warnings)
 
 

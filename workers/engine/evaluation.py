@@ -1,8 +1,9 @@
 """Evaluating a saved causal LM on rows of a dataset: perplexity, generation samples for a fixed
 prompt set, and BLEU / ROUGE-L of generated replies against the reference for chat rows.
 
-Perplexity counts the tokens training counts: a conversation's answers (the SFT mask), not its
-prompts, so a fine-tuned version is not penalised for the prompts it was never trained on."""
+Perplexity counts the tokens training counts: a conversation's answers (`loss_mask`, the SFT
+mask), not its prompts, so a fine-tuned version is not penalised for the prompts it was never
+trained on."""
 
 from __future__ import annotations
 
