@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from workers.engine import DatasetError, TrainConfig, train
 from workers.engine.data import IGNORE_INDEX, LabeledText, Pair, read_rows
 from workers.engine.device import DevicePlan, resolve_precision
+from workers.engine.loss_mask import mask_conversation
 from workers.engine.metrics import classification_report, generation_scores, rouge
 from workers.engine.models import HubUnavailable, pretrained_source, quantization_kwargs
-from workers.engine.sft import mask_conversation
 from workers.engine.tokenizer import train_tokenizer
 
 from .test_engine import Recorder, sentences, write_jsonl

@@ -1,13 +1,16 @@
-"""The ONE place that decides which tokens of a canonical row count in the loss.
+"""A canonical row of any schema as the model reads it, with the tokens the loss counts.
 
-`encode_row(tokenizer, row, schema)` -> input_ids + labels (IGNORE_INDEX on masked positions):
-prompts, system and user turns are masked; assistant answers, completions, outputs and targets
-(with their end-of-turn/EOS token) are trained; plain text is trained whole. The preview shows
-exactly this, and the training engine can import it so that what the user saw is what trains.
+`encode_row(tokenizer, row, schema)` -> input_ids + labels (IGNORE_INDEX on masked positions)
+and the warnings the model view explains. Which tokens are trained is not decided here:
+conversations (chat rows, and prompt/completion, instruction and seq2seq rows through the chat
+template, as SFT turns them into a user turn and an answer) are rendered and labelled by
+`workers.engine.loss_mask`, the code training and the registry's perplexity use, so the view
+shows exactly the tokens training counts. A row training refuses (a template that raises on it
+or does not render turn by turn) is shown with nothing trained and a warning.
 
-Chat rows go through the tokenizer's own chat template. Which characters belong to an answer is
-found by rendering the conversation's prefixes (up to turn i with a generation prompt, up to the
-end of turn i): a token is trained when it lies (mostly) inside an answer's characters.
+Without the chat template (`chat_template=False`, for a causal-LM tokenization), prompt rows are
+plain text (instruction rows in the Alpaca format) with the prompt masked; text trains whole
+(with EOS); classification trains no token.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-IGNORE_INDEX = -100
+from workers.engine import loss_mask
+from workers.engine.loss_mask import Message
+from workers.engine.tokenizer import CHAT_TEMPLATE
 
 # Plain rendering of instruction rows when no chat template is used (the Alpaca format).
 ALPACA_WITH_INPUT = (
@@ -30,14 +35,6 @@ ALPACA_NO_INPUT = (
 )
 # End-of-turn tokens of common templates: they stop generation like EOS does.
 END_OF_TURN_TOKENS = ("<|end|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>")
-# Rendering used, and flagged, when a model has no chat template of its own.
-FALLBACK_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ message['role'] + ': ' + message['content'] + '\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}"
-)
-
 # Warning codes (the preview explains them in words).
 TEMPLATE_MISSING = "template_missing"
 TEMPLATE_FAILED = "template_failed"
@@ -56,6 +53,10 @@ class Rendered:
     trained: list[tuple[int, int]]
     warnings: list[str] = field(default_factory=list)
     trains: bool = True  # False for classification: the loss is on the label, not on tokens
+
+    @property
+    def for_loss(self) -> loss_mask.Rendered:
+        return loss_mask.Rendered(self.text, self.trained if self.trains else [])
 
 
 @dataclass
@@ -81,59 +82,45 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _render_chat(tokenizer: Any, messages: list[dict[str, Any]], template: str | None) -> Rendered:
-    def render(msgs: list[dict[str, Any]], generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=generation_prompt, chat_template=template
-        )
+def _plain(messages: list[Message]) -> str:
+    """A conversation's turns one per line: only to show a row the template refuses."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
 
+
+def _render_chat(tokenizer: Any, messages: list[Any]) -> Rendered:
+    """Through `loss_mask.render_conversation`, exactly as training renders and masks it; a
+    model without a template gets the engine's (flagged), as training gives it."""
+    template = None if has_chat_template(tokenizer) else CHAT_TEMPLATE
     warnings: list[str] = [] if template is None else [TEMPLATE_MISSING]
-    clean = [
+    clean: list[Message] = [
         {"role": str(m.get("role")), "content": str(m.get("content") or "")}
         for m in messages
         if isinstance(m, dict)
     ]
-    if not clean:
-        return Rendered(text="", trained=[], warnings=[NO_ANSWER])
-    try:
-        text = render(clean, False)
-    except Exception:  # a template that raises on this conversation (unknown role, order)
-        template = FALLBACK_CHAT_TEMPLATE
-        warnings.append(TEMPLATE_FAILED)
-        text = render(clean, False)
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, message in enumerate(clean):
-        if message["role"] != "assistant":
-            continue
-        if not message["content"].strip():
-            warnings.append(EMPTY_ANSWER)
-        try:
-            start = len(render(clean[:i], True)) if i else 0
-            end = len(render(clean[: i + 1], False))
-            prefix_ok = text.startswith(render(clean[: i + 1], False)) and start <= end
-        except Exception:
-            prefix_ok = False
-        if not prefix_ok:
-            # The template renders a prefix differently from the whole (some drop earlier
-            # reasoning, say): train the answer's own characters where they occur.
-            if TEMPLATE_NOT_INCREMENTAL not in warnings:
-                warnings.append(TEMPLATE_NOT_INCREMENTAL)
-            found = text.find(message["content"], cursor)
-            if found < 0:
-                continue
-            start, end = found, found + len(message["content"])
-        spans.append((start, end))
-        cursor = end
-    if not any(m["role"] == "assistant" for m in clean):
+    answers = [m for m in clean if m["role"] == "assistant"]
+    if not answers:
         warnings.append(NO_ANSWER)
-    return Rendered(text=text, trained=spans, warnings=warnings)
+    if any(not m["content"].strip() for m in answers):
+        warnings.append(EMPTY_ANSWER)
+    if not clean:
+        return Rendered(text="", trained=[], warnings=warnings)
+    try:
+        conversation = loss_mask.render_conversation(clean, tokenizer, chat_template=template)
+    except loss_mask.TemplateError as refused:
+        # Training refuses this row: shown with nothing trained, and the reason (the template
+        # raised on the conversation or a prefix of it, or renders prefixes differently).
+        warnings.append(TEMPLATE_FAILED if refused.__cause__ else TEMPLATE_NOT_INCREMENTAL)
+        try:
+            text = str(tokenizer.apply_chat_template(clean, tokenize=False, chat_template=template))
+        except Exception:  # it raises on the whole conversation too (unknown role, order)
+            text = _plain(clean)
+        return Rendered(text=text, trained=[], warnings=warnings)
+    return Rendered(text=conversation.text, trained=conversation.spans, warnings=warnings)
 
 
 def _prompt_answer(tokenizer: Any, prompt: str, answer: str, *, chat_template: bool) -> Rendered:
-    if chat_template and has_chat_template(tokenizer):
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        return _render_chat(tokenizer, messages, None)
+    if chat_template:  # what SFT trains on: a user turn and the answer
+        return _render_chat(tokenizer, loss_mask.pair_conversation(prompt, answer))
     eos = tokenizer.eos_token or ""
     text = prompt + answer + eos
     warnings = [EMPTY_ANSWER] if not answer.strip() else []
@@ -150,9 +137,7 @@ def render_row(
     if schema == "classification":
         return Rendered(text=row.get("text") or "", trained=[], trains=False)
     if schema == "chat":
-        messages = list(row.get("messages") or [])
-        template = None if has_chat_template(tokenizer) else FALLBACK_CHAT_TEMPLATE
-        return _render_chat(tokenizer, messages, template)
+        return _render_chat(tokenizer, list(row.get("messages") or []))
     if schema == "prompt_completion":
         return _prompt_answer(
             tokenizer,
@@ -169,39 +154,15 @@ def render_row(
         )
     if schema == "instruction":
         instruction, extra = row.get("instruction") or "", row.get("input") or ""
-        if chat_template and has_chat_template(tokenizer):
-            prompt = instruction + (f"\n\n{extra}" if extra else "")
+        if chat_template:
+            prompt = loss_mask.instruction_prompt(instruction, extra)
         else:
-            pattern = ALPACA_WITH_INPUT if extra else ALPACA_NO_INPUT
+            pattern = ALPACA_WITH_INPUT if extra.strip() else ALPACA_NO_INPUT
             prompt = pattern.format(instruction=instruction, input=extra)
         return _prompt_answer(
             tokenizer, prompt, row.get("output") or "", chat_template=chat_template
         )
     raise ValueError(f"unknown schema {schema!r}")
-
-
-def _in_spans(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
-    """A token counts when most of its characters (or its start, for empty ones) are trained."""
-    for s, e in spans:
-        if end <= start:
-            if s <= start < e:
-                return True
-            continue
-        overlap = min(end, e) - max(start, s)
-        if overlap > 0 and overlap * 2 >= end - start:
-            return True
-    return False
-
-
-def _labels(ids: list[int], offsets: list[tuple[int, int]], item: Rendered) -> list[int]:
-    if not item.trains or not item.trained:
-        return [IGNORE_INDEX] * len(ids)
-    if item.trained == [(0, len(item.text))]:  # plain text: every token trains
-        return list(ids)
-    return [
-        token if _in_spans(s, e, item.trained) else IGNORE_INDEX
-        for token, (s, e) in zip(ids, offsets, strict=True)
-    ]
 
 
 def encode_rendered(
@@ -210,31 +171,26 @@ def encode_rendered(
     *,
     max_length: int | None = None,
 ) -> list[Encoded]:
-    """Tokenize a batch in one call into the Rust tokenizer; labels from the trained spans."""
-    backend = tokenizer.backend_tokenizer
-    encodings = backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
+    """Tokenize a batch in one call and label it with `loss_mask.encode`: training's code."""
+    encodings = loss_mask.encode(
+        tokenizer, [item.for_loss for item in rendered], max_length=max_length
+    )
     stops = stop_token_ids(tokenizer)
     out = []
     for item, encoding in zip(rendered, encodings, strict=True):
-        ids = list(encoding.ids)
-        offsets = [tuple(o) for o in encoding.offsets]
-        labels = _labels(ids, offsets, item)
         warnings = list(item.warnings)
-        total = len(ids)
-        truncated = max_length is not None and total > max_length
-        if truncated:
-            ids, labels, offsets = ids[:max_length], labels[:max_length], offsets[:max_length]
+        if encoding.truncated:
             warnings.append(TRUNCATED)
-        if item.trains and item.trained and not any(lab in stops for lab in labels):
+        if item.trains and item.trained and not any(lab in stops for lab in encoding.labels):
             warnings.append(MISSING_EOS)
         out.append(
             Encoded(
-                input_ids=ids,
-                labels=labels,
-                offsets=offsets,  # type: ignore[arg-type]
+                input_ids=encoding.input_ids,
+                labels=encoding.labels,
+                offsets=encoding.offsets,
                 text=item.text,
-                num_tokens=total,
-                truncated=truncated,
+                num_tokens=encoding.num_tokens,
+                truncated=encoding.truncated,
                 warnings=warnings,
             )
         )

@@ -1,6 +1,7 @@
 """See the data as the model will see it: rows after the chat template and tokenisation, token by
 token, with what the loss counts, special tokens and EOS flagged, and warnings before any GPU
-time is spent. Uses `masking.encode_rendered`, the same code that decides training labels.
+time is spent. Uses `masking.encode_rendered`, which labels tokens with the engine's
+`loss_mask`: the highlighted tokens are exactly those training counts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from itertools import islice
 from typing import Any
 
 from workers.dataprep import masking
+from workers.engine.loss_mask import IGNORE_INDEX
 
 MESSAGES = {
     masking.TRUNCATED: "rows longer than max_length are cut: the end of the answer is lost",
@@ -18,10 +20,11 @@ MESSAGES = {
     masking.NO_ANSWER: "conversations without an assistant turn: nothing is trained",
     masking.TEMPLATE_MISSING: "the model has no chat template: a plain 'role: content' "
     "rendering is used, which the model never saw",
-    masking.TEMPLATE_FAILED: "the model's chat template refused some rows (a role or order it "
-    "does not support): a plain rendering is used for them",
+    masking.TEMPLATE_FAILED: "the model's chat template refuses some rows (a role or order it "
+    "does not support): training stops on them; they are shown as plain text, nothing trained",
     masking.TEMPLATE_NOT_INCREMENTAL: "the chat template renders earlier turns differently in "
-    "longer conversations: answers were located by their text",
+    "longer conversations, so the answers cannot be located: training refuses these rows "
+    "(shown with nothing trained)",
 }
 
 
@@ -41,7 +44,7 @@ def _token_rows(tokenizer: Any, encoded: masking.Encoded) -> list[dict[str, Any]
             {
                 "text": shown,
                 "id": token_id,
-                "loss": label != masking.IGNORE_INDEX,
+                "loss": label != IGNORE_INDEX,
                 "special": token_id in special,
                 "eos": token_id in stops,
             }
@@ -111,7 +114,7 @@ def model_view(
             "max_tokens": max(token_counts, default=0),
             "token_histogram": token_histogram(token_counts),
             "trained_tokens": sum(
-                sum(1 for lab in e.labels if lab != masking.IGNORE_INDEX) for e in encoded
+                sum(1 for lab in e.labels if lab != IGNORE_INDEX) for e in encoded
             ),
         },
         "warnings": warnings,
@@ -120,7 +123,7 @@ def model_view(
                 "index": i,
                 "num_tokens": e.num_tokens,
                 "shown_tokens": len(e.input_ids),
-                "trained_tokens": sum(1 for lab in e.labels if lab != masking.IGNORE_INDEX),
+                "trained_tokens": sum(1 for lab in e.labels if lab != IGNORE_INDEX),
                 "truncated": e.truncated,
                 "warnings": sorted(set(e.warnings)),
                 "tokens": _token_rows(tokenizer, e),

@@ -1,9 +1,9 @@
 """Tokenize a dataset version once: cached on disk by (version sha256, tokenizer id, settings).
 
 A cache entry is a folder `<cache_root>/<key>/` holding the tokenizer, the token ids (uint32),
-a loss mask (uint8: 1 where the token is trained, from `masking`) and `meta.json`. It is written
-in a staging folder and renamed into place, so a folder that exists is complete: a second run
-with the same key opens it and does no work.
+a loss mask (uint8: 1 where the token is trained, by the engine's `loss_mask` rule) and
+`meta.json`. It is written in a staging folder and renamed into place, so a folder that exists
+is complete: a second run with the same key opens it and does no work.
 
 With packing (causal LM), documents are joined (each ends in EOS) and cut into sequences of
 exactly `max_length` tokens, the last one padded with a zero mask; without it each row is
@@ -30,6 +30,7 @@ import numpy as np
 from app.core.prep_recipe import TokenizeSettings
 from workers.dataprep import fields, masking
 from workers.dataprep.tokenizers import load_packaged, tokenizer_id, train_scratch
+from workers.engine import loss_mask
 
 Row = dict[str, Any]
 ENCODE_BATCH = 1000  # rows per call into the Rust tokenizer: fast, and bounded memory
@@ -74,21 +75,11 @@ def load_cached(cache_root: Path, key: str) -> TokenizedInfo | None:
 
 
 def _loss_mask(encoding: Any, item: masking.Rendered) -> np.ndarray:
-    n = len(encoding.ids)
-    if not item.trains or not item.trained:
-        return np.zeros(n, dtype=np.uint8)
-    if item.trained == [(0, len(item.text))]:
-        return np.ones(n, dtype=np.uint8)
-    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-    starts, ends = offsets[:, 0], offsets[:, 1]
-    mask = np.zeros(n, dtype=bool)
-    for s, e in item.trained:  # same rule as masking._in_spans, vectorised
-        overlap = np.minimum(ends, e) - np.maximum(starts, s)
-        empty = ends <= starts
-        mask |= np.where(
-            empty, (starts >= s) & (starts < e), (overlap > 0) & (overlap * 2 >= ends - starts)
-        )
-    return mask.astype(np.uint8)
+    """1 where the loss counts the token: `loss_mask.trained_mask`, the rule training uses."""
+    target = item.for_loss
+    if target.whole:  # plain text: no offsets needed (encoded without them)
+        return np.ones(len(encoding.ids), dtype=np.uint8)
+    return loss_mask.trained_mask(encoding.offsets, target.spans).astype(np.uint8)
 
 
 class _Writer:
@@ -173,7 +164,7 @@ class TokenSink:
             for row in batch
         ]
         # Offsets are only needed to mask part of a row; without them encoding is faster.
-        partial = any(r.trains and r.trained and r.trained != [(0, len(r.text))] for r in rendered)
+        partial = any(r.for_loss.spans and not r.for_loss.whole for r in rendered)
         encode = self.backend.encode_batch if partial else self.backend.encode_batch_fast
         encodings = encode([r.text for r in rendered], add_special_tokens=False)
         counts = self.counts

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
-Message = dict[str, str]
+from workers.engine.loss_mask import IGNORE_INDEX, Message, instruction_prompt, pair_conversation
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,6 @@ Row = str | list[Message] | LabeledText | Pair
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # The canonical schemas of DATA_CONTRACT.md, plus the old "txt" (a plain text file).
 SCHEMAS = ("text", "chat", "prompt_completion", "instruction", "classification", "seq2seq")
-IGNORE_INDEX = -100  # labels the loss skips (padding of the last block)
 _ENCODE_BATCH = 1000  # documents per call into the Rust tokenizer: fast, and bounded memory
 
 
@@ -106,14 +105,12 @@ def _text_row(record: object, where: str) -> str:
 
 def _prompt_completion_row(record: object, where: str) -> list[Message]:
     prompt, completion = _strings(record, where, ("prompt", "completion"))
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    return pair_conversation(prompt, completion)
 
 
 def _instruction_row(record: object, where: str) -> list[Message]:
     instruction, given, output = _strings(record, where, ("instruction", "input", "output"))
-    # Alpaca's convention: the optional input follows the instruction after a blank line.
-    prompt = f"{instruction}\n\n{given}" if given.strip() else instruction
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return pair_conversation(instruction_prompt(instruction, given), output)
 
 
 def _classification_row(record: object, where: str) -> LabeledText:

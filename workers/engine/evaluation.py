@@ -1,8 +1,9 @@
 """Evaluating a saved causal LM on rows of a dataset: perplexity, generation samples for a fixed
 prompt set, and BLEU / ROUGE-L of generated replies against the reference for chat rows.
 
-Perplexity counts the tokens training counts: a conversation's answers (the SFT mask), not its
-prompts, so a fine-tuned version is not penalised for the prompts it was never trained on."""
+Perplexity counts the tokens training counts: a conversation's answers (`loss_mask`, the SFT
+mask), not its prompts, so a fine-tuned version is not penalised for the prompts it was never
+trained on."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from workers.engine import metrics as engine_metrics
-from workers.engine.data import IGNORE_INDEX, LabeledText, read_rows, render_rows
+from workers.engine.data import LabeledText, read_rows, render_rows
 from workers.engine.export import load_causal_lm
-from workers.engine.sft import TemplateError, mask_conversation
+from workers.engine.loss_mask import IGNORE_INDEX, TemplateError, mask_conversation
 
 # Generating is far slower than scoring: replies are compared on this many chat rows at most.
 REFERENCE_ROWS = 8

@@ -1,8 +1,7 @@
 """Supervised fine-tuning examples: a conversation through the chat template, loss on the answers.
 
-`mask_conversation` is the one place that decides which tokens a conversation trains on: the
-tokens of each assistant turn (its content and the template's end-of-turn markup, so the model
-learns to stop), and nothing of the system, user or tool turns nor of the template around them.
+Which tokens a conversation trains on is decided in `loss_mask` (shared with the registry's
+perplexity and the dataset model view); this module batches, pads and drops.
 """
 
 from __future__ import annotations
@@ -14,63 +13,9 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from workers.engine.data import IGNORE_INDEX, Message
+from workers.engine.loss_mask import IGNORE_INDEX, Message, encode, render_conversation
 
-
-class TemplateError(ValueError):
-    """The chat template renders a conversation's prefix differently from the whole of it."""
-
-
-def assistant_spans(
-    messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase
-) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character ranges of its assistant turns.
-
-    Each assistant turn i spans from the end of the prompt rendered for it (messages before i
-    plus the generation prompt) to the end of the rendering of messages up to i. Every chat
-    template the engine meets renders a conversation as the concatenation of its turns, so
-    these prefixes are prefixes of the full text; a template that does not is refused.
-    """
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False)
-    spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = (
-            tokenizer.apply_chat_template(
-                list(messages[:i]), tokenize=False, add_generation_prompt=True
-            )
-            if i
-            else ""
-        )
-        upto = tokenizer.apply_chat_template(list(messages[: i + 1]), tokenize=False)
-        if not (text.startswith(upto) and upto.startswith(prompt)):
-            raise TemplateError(
-                "the chat template does not render a conversation turn by turn; "
-                "the answer tokens cannot be located for loss masking"
-            )
-        spans.append((len(prompt), len(upto)))
-    return text, spans
-
-
-def mask_conversation(
-    messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> tuple[list[int], list[int]]:
-    """input_ids and labels of one conversation: labels are IGNORE_INDEX outside the answers.
-
-    A token is an answer token when its first character lies inside an assistant span.
-    Truncated to max_length tokens (the end of a long conversation is dropped).
-    """
-    text, spans = assistant_spans(messages, tokenizer)
-    encoded = tokenizer(
-        text, add_special_tokens=False, return_offsets_mapping=True, truncation=False
-    )
-    input_ids: list[int] = list(encoded["input_ids"])[:max_length]
-    labels: list[int] = []
-    for token_id, (start, _end) in zip(input_ids, encoded["offset_mapping"], strict=False):
-        inside = any(lo <= start < hi for lo, hi in spans)
-        labels.append(token_id if inside else IGNORE_INDEX)
-    return input_ids, labels
+_ENCODE_BATCH = 1000  # conversations per call into the Rust tokenizer
 
 
 @dataclass(frozen=True)
@@ -120,10 +65,13 @@ class PadCollator:
 def build_sft_dataset(
     conversations: Sequence[Sequence[Message]], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> ExampleDataset:
-    """Masked examples; a conversation whose answers were all truncated away is dropped."""
+    """Masked examples (`loss_mask`); a conversation whose answers were all truncated away is
+    dropped. A chat template that cannot locate the answers raises `loss_mask.TemplateError`."""
     examples = []
-    for messages in conversations:
-        input_ids, labels = mask_conversation(messages, tokenizer, max_length)
-        if any(label != IGNORE_INDEX for label in labels[1:]):
-            examples.append(Example(input_ids, labels))
+    rendered = [render_conversation(messages, tokenizer) for messages in conversations]
+    for start in range(0, len(rendered), _ENCODE_BATCH):
+        batch = rendered[start : start + _ENCODE_BATCH]
+        for item in encode(tokenizer, batch, max_length=max_length):
+            if any(label != IGNORE_INDEX for label in item.labels[1:]):
+                examples.append(Example(item.input_ids, item.labels))
     return ExampleDataset(examples)

@@ -52,6 +52,7 @@ from workers.engine.device import (
 )
 from workers.engine.files import make_readable, publish_dir
 from workers.engine.lifecycle import EarlyStoppingOnMetric
+from workers.engine.loss_mask import pair_conversation
 from workers.engine.metrics import generation_scores, scalar_metrics
 from workers.engine.models import (
     Source,
@@ -460,12 +461,7 @@ def _conversations(rows: list[Row]) -> list[list[Message]]:
     conversations: list[list[Message]] = []
     for row in rows:
         if isinstance(row, Pair):
-            conversations.append(
-                [
-                    {"role": "user", "content": row.source},
-                    {"role": "assistant", "content": row.target},
-                ]
-            )
+            conversations.append(pair_conversation(row.source, row.target))
         elif isinstance(row, list):
             conversations.append(row)
     return conversations
