@@ -1,15 +1,20 @@
-"""Training overhead of the product's engine against a bare PyTorch loop, in the same run.
+"""Training overhead of the product's engine, run by a real worker, against a bare PyTorch loop.
 
-(a) the engine: `workers.engine.train` (HF Trainer, our callbacks, atomic checkpointing) with
-    the real `RunReporter` writing every metric, progress and log line to a real, migrated
-    database (SQLite under a temporary data dir) — what a Celery worker runs, minus Celery's
-    fork; (b) a bare loop: the same GPT-2-style model built from the same config, the same
-    blocks, batch, sequence length and AdamW settings, forward/backward/clip/step, no logging.
+(a) the product: a real `llmide serve --web-only` and a real Celery worker (`llmide worker
+    --queues gpu`) on the embedded default (SQLite database and broker, no Redis needed); the
+    corpus is uploaded and the run launched through the REST API, so the run goes through the
+    queue, the worker's fresh process, `workers.engine.train` (HF Trainer, our callbacks,
+    atomic checkpointing) and the real `RunReporter` writing every metric, progress and log
+    line to the database; (b) a bare loop in this process: the same GPT-2-style model built
+    from the same config, the same blocks, batch, sequence length and AdamW settings,
+    forward/backward/clip/step, no logging.
 
 Throughput is tokens per second over the steady-state steps (the first WARMUP steps and the
-last one, where the engine writes its checkpoint, are left out), timed by wall clock from
-outside the step, so every callback and reporter cost of the engine counts. The two run
-alternately ROUNDS times and the best round of each is compared (a shared CPU is noisy).
+last one, where the engine writes its checkpoint, are left out). The worker's step ends are the
+times its metric points were reported (the reporter stamps each point when its step ends, not
+when its batch reaches the database), so every callback and reporter cost counts; process
+start, tokenizer training and the final save do not. The two run alternately ROUNDS times and
+the best round of each is compared (a shared CPU is noisy).
 
     python bench/train_overhead.py [--steps 40] [--batch 8] [--block 128] [--model scratch-tiny]
                                    [--device auto]
@@ -25,19 +30,24 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
-from bench._support import seed_bench_run  # noqa: E402
+from bench._support import free_port, seed_bench_run, web_server  # noqa: E402
 
 WARMUP = 5
 ROUNDS = 2
 TARGET = 0.95
+TERMINAL = {"succeeded", "failed", "cancelled"}
 # Dense bf16 tensor-core peaks (no sparsity), by device name fragment.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
@@ -50,61 +60,95 @@ def corpus(path: Path, rows: int = 3000) -> Path:
     return path
 
 
-def prepare_database(data_dir: Path, dataset_file: Path) -> int:
-    """Migrate a fresh SQLite database and record a running run for the reporter to write to."""
-    for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
-        del os.environ[key]
-    os.environ["LLMIDE_DATA_DIR"] = str(data_dir)
-    _, run_id = seed_bench_run(
-        status="running", filename=dataset_file.name, size_bytes=dataset_file.stat().st_size
-    )
-    return run_id
-
-
-class Timed:
-    """Wraps the real reporter: records when each optimizer step ended (wall clock)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.ends: dict[int, float] = {}
-
-    def on_progress(self, step: int, total_steps: int) -> None:
-        self.ends[step] = time.perf_counter()
-        self.inner.on_progress(step, total_steps)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+STATUS_POLL_S = 0.5
+RUN_TIMEOUT_S = 900
 
 
 def steady_rate(ends: dict[int, float], tokens_per_step: int, steps: int) -> float:
-    first, last = WARMUP, steps - 1  # step `steps` is followed by the final checkpoint
+    """Tokens/s between the first logged step after warm-up and the last before the final one."""
+    logged = sorted(s for s in ends if WARMUP <= s <= steps - 1)
+    first, last = logged[0], logged[-1]
     return (last - first) * tokens_per_step / (ends[last] - ends[first])
 
 
-def run_engine(args: argparse.Namespace, train_file: Path, out: Path, run_id: int) -> float:
-    from workers.engine import TrainConfig, train
-    from workers.metrics_sink import RunReporter
-
-    config = TrainConfig(
-        output_dir=out,
-        train_file=train_file,
-        train_format="text",
-        base_model=args.model,
-        batch_size=args.batch,
-        block_size=args.block,
-        max_steps=args.steps,
-        eval_split=0.0,
-        save_steps=args.steps,  # one checkpoint, after the timed window
-        device=args.device,
-        seed=1,
+@contextmanager
+def product(data_dir: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
+    """The web server and a training worker on one fresh installation; an API client for it."""
+    env = {"LLMIDE_DATA_DIR": str(data_dir), "LLMIDE_PORT": str(free_port())}
+    for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
+        del os.environ[key]
+    os.environ.update(env)
+    secret, _ = seed_bench_run(status="succeeded")  # migrates; a user and an API token
+    log = (data_dir.parent / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--queues", "gpu"],
+        env={**os.environ, **env},
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    reporter = RunReporter(run_id)
-    timed = Timed(reporter)
     try:
-        train(config, timed)  # type: ignore[arg-type]
+        with (
+            web_server(env) as _,
+            httpx.Client(
+                base_url=f"http://127.0.0.1:{env['LLMIDE_PORT']}",
+                headers={"Authorization": f"Bearer {secret}"},
+                timeout=60,
+            ) as client,
+        ):
+            yield client, worker
     finally:
-        reporter.close()
-    return steady_rate(timed.ends, args.batch * args.block, args.steps)
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+
+
+def run_engine(
+    args: argparse.Namespace, client: httpx.Client, worker: subprocess.Popen[bytes], dataset: int
+) -> float:
+    """Launch through the API, wait for the worker to finish it, time it by its metric points."""
+    from sqlalchemy import select
+
+    from app.db.models import MetricPoint
+    from app.db.session import reset_engine_cache, session_scope
+
+    reply = client.post(
+        "/api/v1/runs",
+        json={
+            "dataset_id": dataset,
+            "base_model": args.model,
+            "config": {
+                "batch_size": args.batch,
+                "block_size": args.block,
+                "max_steps": args.steps,
+                "eval_split": 0.0,
+                "save_steps": args.steps,  # one checkpoint, after the timed window
+                "seed": 1,
+            },
+        },
+    )
+    reply.raise_for_status()
+    run_id = reply.json()["id"]
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while (run := client.get(f"/api/v1/runs/{run_id}").json())["status"] not in TERMINAL:
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"run {run_id} did not finish (worker exit {worker.poll()})")
+        time.sleep(STATUS_POLL_S)
+    if run["status"] != "succeeded":
+        raise SystemExit(f"run {run_id} {run['status']}: {run.get('error')}")
+    reset_engine_cache()
+    with session_scope() as session:
+        stamped = session.execute(
+            select(MetricPoint.step, MetricPoint.created_at).where(
+                MetricPoint.run_id == run_id, MetricPoint.name == "train_loss"
+            )
+        ).all()
+    ends = {step: at.timestamp() for step, at in stamped}
+    return steady_rate(ends, args.batch * args.block, args.steps)
 
 
 def run_bare(args: argparse.Namespace, train_file: Path) -> tuple[float, int]:
@@ -202,24 +246,26 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="llmide-bench-train-"))
     train_file = corpus(root / "corpus.jsonl")
-    run_id = prepare_database(root / "data", train_file)
     engine_rates, bare_rates = [], []
     params = 0
-    for round_ in range(ROUNDS):
-        out = root / "data" / "artifacts" / "runs" / f"{run_id}-{round_}"
-        engine_rates.append(run_engine(args, train_file, out, run_id))
-        rate, params = run_bare(args, train_file)
-        bare_rates.append(rate)
-        print(
-            f"round {round_ + 1}: engine {engine_rates[-1]:,.0f} tokens/s, "
-            f"bare loop {bare_rates[-1]:,.0f} tokens/s",
-            flush=True,
-        )
+    with product(root / "data") as (client, worker):
+        with train_file.open("rb") as stream:
+            uploaded = client.post("/api/v1/datasets", files={"file": (train_file.name, stream)})
+        uploaded.raise_for_status()
+        for round_ in range(ROUNDS):
+            engine_rates.append(run_engine(args, client, worker, uploaded.json()["id"]))
+            rate, params = run_bare(args, train_file)
+            bare_rates.append(rate)
+            print(
+                f"round {round_ + 1}: engine {engine_rates[-1]:,.0f} tokens/s, "
+                f"bare loop {bare_rates[-1]:,.0f} tokens/s",
+                flush=True,
+            )
     engine, bare = max(engine_rates), max(bare_rates)
     ratio = engine / bare
     print(f"model {args.model} ({params:,} parameters), batch {args.batch} x {args.block} tokens")
-    print(f"engine (workers.engine.train + RunReporter -> SQLite): {engine:,.0f} tokens/s")
-    print(f"bare PyTorch loop:                                   {bare:,.0f} tokens/s")
+    print(f"engine (API -> Celery worker -> engine + RunReporter): {engine:,.0f} tokens/s")
+    print(f"bare PyTorch loop:                                     {bare:,.0f} tokens/s")
     if (peak := peak_flops()) is not None:
         for label, rate in (("engine", engine), ("bare", bare)):
             print(f"MFU {label}: {6 * params * rate / peak:.1%} of {peak / 1e12:.0f} TFLOPS bf16")
