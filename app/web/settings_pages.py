@@ -115,7 +115,9 @@ def add_member(
 
 def _role_from_form(role: str) -> Role:
     if role not in Role.__members__:
-        raise ValidationFailed(f"unknown role {role!r}; choose viewer, editor or owner", param="role")
+        raise ValidationFailed(
+            f"unknown role {role!r}; choose viewer, editor or owner", param="role"
+        )
     return Role(role)
 
 
@@ -151,9 +153,7 @@ def change_member_role(
         return _members_page(request, session, pc, exc.status_code, member_error=exc.message)
     email = membership.user.email
     session.commit()
-    return _after_member_change(
-        request, session, pc, user_id, changed=f"{email} is now {role}."
-    )
+    return _after_member_change(request, session, pc, user_id, changed=f"{email} is now {role}.")
 
 
 @router.post("/members/{user_id}/remove", dependencies=[CSRF])

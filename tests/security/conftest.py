@@ -250,7 +250,9 @@ class Site:
     def new_member(self) -> int:
         """A new user the owner added to their workspace as a viewer: their user id."""
         email = self.new_user()
-        added = self.api("owner", "POST", "/api/v1/members", json={"email": email, "role": "viewer"})
+        added = self.api(
+            "owner", "POST", "/api/v1/members", json={"email": email, "role": "viewer"}
+        )
         assert added.status_code == 201, added.text
         return int(added.json()["user_id"])
 
