@@ -104,10 +104,11 @@ def context_for(
     raise NotFound(f"workspace {workspace_ref!r} not found")
 
 
-def role_in(*, session: Session, user_id: int, workspace: Workspace) -> Role | None:
+def role_in(*, session: Session, user_id: int, workspace_id: int) -> Role | None:
+    """The user's role in the workspace, None when they are not (or no longer) a member."""
     role = session.scalar(
         select(Membership.role).where(
-            Membership.workspace_id == workspace.id, Membership.user_id == user_id
+            Membership.workspace_id == workspace_id, Membership.user_id == user_id
         )
     )
     return Role(role) if role is not None else None

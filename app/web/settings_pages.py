@@ -127,7 +127,10 @@ def _after_member_change(
     """The panel again; after a change to one's own membership the whole page is stale (the
     menu and the controls follow the role), so it is loaded afresh."""
     if user_id == pc.user.id:
-        gone = workspaces.role_in(session=session, user_id=user_id, workspace=pc.workspace) is None
+        gone = (
+            workspaces.role_in(session=session, user_id=user_id, workspace_id=pc.workspace.id)
+            is None
+        )
         return redirect(request, "/" if gone else "/settings/members")
     if not is_htmx(request):
         return redirect(request, "/settings/members")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
-from tests.conftest import PASSWORD, Persona, Team
+from tests.conftest import PASSWORD, Persona, Team, text_jsonl
 
 CSRF_HEADER = "X-CSRF-Token"
 
@@ -208,3 +210,27 @@ def test_the_members_page_refuses_demoting_the_last_owner_in_the_form_and_logs_c
     assert audit_page.status_code == 200
     assert "member.role_change" in audit_page.text and "member.remove" in audit_page.text
     assert "from: viewer; to: editor" in audit_page.text
+
+
+def test_a_removed_members_open_run_chart_is_closed_before_it_shows_anything_new(
+    team: Team, client: TestClient
+) -> None:
+    dataset = team.owner.upload("corpus.jsonl", text_jsonl(8)).json()
+    run = team.owner.post(
+        "/api/v1/runs", json={"dataset_id": dataset["id"], "config": {"max_steps": 2}}
+    ).json()
+    url = f"ws://127.0.0.1/ws/runs/{run['id']}"
+    with client.websocket_connect(url, headers=team.editor.headers) as ws:
+        first = ws.receive_json()
+        while first["type"] != "status":  # the first batch ends with the run's status
+            first = ws.receive_json()
+        assert first["status"] == "queued"
+        editor_id = member_ids(team)[team.editor.email]
+        assert team.owner.delete(f"/api/v1/members/{editor_id}").status_code == 204
+        # news the editor may no longer see: the chart closes instead of showing it
+        assert team.owner.post(f"/api/v1/runs/{run['id']}/cancel").status_code == 200
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                message = ws.receive_json()
+                assert message.get("status") != "cancelled", "a removed member saw the cancel"
+    assert closed.value.code == 4404
