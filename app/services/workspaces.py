@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -172,12 +172,20 @@ def get_member(*, session: Session, ctx: WorkspaceContext, user_id: int) -> Memb
 
 
 def _lock_members(*, session: Session, ctx: WorkspaceContext) -> None:
-    """Serialize membership changes of one workspace (Postgres row lock; SQLite has one writer).
+    """Serialize membership changes of one workspace until the caller's commit.
 
     Without it two owners demoting each other at once would both see "another owner is left"
-    and leave the workspace with none.
+    and leave the workspace with none. A no-op UPDATE of the workspace row rather than
+    SELECT ... FOR UPDATE: Postgres takes the row lock either way, and SQLite (which ignores
+    FOR UPDATE) takes its write lock here, before the owner count is read, so the second
+    change waits (busy timeout) and then counts what the first one committed.
     """
-    session.execute(select(Workspace.id).where(Workspace.id == ctx.workspace.id).with_for_update())
+    session.execute(
+        update(Workspace)
+        .where(Workspace.id == ctx.workspace.id)
+        .values(name=Workspace.name)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _refuse_losing_last_owner(

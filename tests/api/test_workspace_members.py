@@ -234,3 +234,61 @@ def test_a_removed_members_open_run_chart_is_closed_before_it_shows_anything_new
                 message = ws.receive_json()
                 assert message.get("status") != "cancelled", "a removed member saw the cancel"
     assert closed.value.code == 4404
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(backend: str, team: Team) -> None:
+    """The second change waits for the first (a lock on the workspace row), then counts the
+    owners the first one left: without the lock both would see two owners and leave none."""
+    import threading
+
+    from sqlalchemy import text
+
+    from app.core.errors import Conflict
+    from app.db.models import Role, User
+    from app.db.session import get_sessionmaker, session_scope
+    from app.services import workspaces
+
+    ids = member_ids(team)
+    owner_id, editor_id = ids[team.owner.email], ids[team.editor.email]
+    promoted = team.owner.patch(f"/api/v1/members/{editor_id}", json={"role": "owner"})
+    assert promoted.status_code == 200, promoted.text
+    workspace = team.owner.workspace_id
+
+    def demote(session: Any, actor_id: int, target_id: int) -> None:
+        actor = session.get(User, actor_id)
+        ctx = workspaces.context_for(session=session, user=actor, workspace_ref=workspace)
+        workspaces.change_member_role(session=session, ctx=ctx, user_id=target_id, role=Role.viewer)
+
+    outcome: list[BaseException | None] = []
+
+    def second_owner() -> None:
+        try:
+            with session_scope() as session:
+                demote(session, editor_id, owner_id)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    first = get_sessionmaker()()
+    try:
+        demote(first, owner_id, editor_id)  # not committed yet: it holds the lock
+        thread = threading.Thread(target=second_owner)
+        thread.start()
+        with session_scope() as probe:  # wait until the second change waits on the lock
+            while not outcome and not probe.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ):
+                probe.rollback()
+                thread.join(0.05)
+        assert not outcome, "the second demotion did not wait for the first"
+        first.commit()
+    finally:
+        first.close()
+    thread.join()
+    assert isinstance(outcome[0], Conflict) and "last owner" in outcome[0].message
+    assert roles(team)[team.owner.email] == "owner"
+    assert roles(team)[team.editor.email] == "viewer"
