@@ -83,6 +83,14 @@ def _members_page(
     )
 
 
+def _role_from_form(role: str) -> Role:
+    if role not in Role.__members__:
+        raise ValidationFailed(
+            f"unknown role {role!r}; choose viewer, editor or owner", param="role"
+        )
+    return Role(role)
+
+
 @router.get("/members")
 def member_list(request: Request, session: DbDep, pc: PageDep) -> Response:
     return _members_page(request, session, pc)
@@ -97,10 +105,8 @@ def add_member(
     role: Annotated[str, Form(max_length=20)] = Role.viewer.value,
 ) -> Response:
     try:
-        if role not in Role.__members__:
-            raise ValidationFailed(f"unknown role {role!r}", param="role")
         membership = workspaces.add_member(
-            session=session, ctx=pc.ctx, email=email, role=Role(role)
+            session=session, ctx=pc.ctx, email=email, role=_role_from_form(role)
         )
     except Forbidden:
         raise  # not a form mistake: the error page says what role is needed
@@ -111,14 +117,6 @@ def add_member(
         )
     session.commit()
     return _members_page(request, session, pc, added=membership.user.email)
-
-
-def _role_from_form(role: str) -> Role:
-    if role not in Role.__members__:
-        raise ValidationFailed(
-            f"unknown role {role!r}; choose viewer, editor or owner", param="role"
-        )
-    return Role(role)
 
 
 def _after_member_change(
