@@ -188,6 +188,9 @@ class Persona:
     def delete(self, url: str, **kw: Any) -> Any:
         return self.client.delete(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
 
+    def patch(self, url: str, **kw: Any) -> Any:
+        return self.client.patch(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
     def upload(self, filename: str, content: bytes | str, **form: str) -> Any:
         data = content.encode() if isinstance(content, str) else content
         return self.post(

@@ -80,6 +80,12 @@ class MemberCreate(BaseModel):
     role: Role = Role.viewer
 
 
+class MemberUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+
+
 class MeRead(BaseModel):
     user: UserRead
     workspace: WorkspaceWithRole

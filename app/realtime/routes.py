@@ -9,13 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from app.core.errors import DomainError
+from app.core.errors import DomainError, NotFound
 from app.db.base import MAX_ID
 from app.db.models import Run
 from app.db.session import session_scope
 from app.realtime.hub import RunUpdateHub
 from app.realtime.stream import Cursor, authenticate, next_messages
-from app.services import runs
+from app.services import runs, workspaces
 
 router = APIRouter()
 
@@ -28,7 +28,9 @@ def _bearer(websocket: WebSocket) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _prepare(websocket: WebSocket, run_id: int, after_step: int) -> tuple[list[dict], bool, Cursor]:
+def _prepare(
+    websocket: WebSocket, run_id: int, after_step: int
+) -> tuple[list[dict], bool, Cursor, int]:
     session_data = websocket.scope.get("session") or {}
     with session_scope() as session:
         ctx = authenticate(
@@ -41,14 +43,22 @@ def _prepare(websocket: WebSocket, run_id: int, after_step: int) -> tuple[list[d
         run = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
         cursor = Cursor(after_step=after_step)
         messages, done = next_messages(session=session, run=run, cursor=cursor)
-    return messages, done, cursor
+        user_id = ctx.user.id
+    return messages, done, cursor, user_id
 
 
-def _more(run_id: int, cursor: Cursor) -> tuple[list[dict], bool]:
+def _more(run_id: int, cursor: Cursor, user_id: int) -> tuple[list[dict], bool]:
+    """What is new, while the viewer is still a member: a member removed from the workspace
+    loses an open chart too (NotFound closes it), not only their next request."""
     with session_scope() as session:
         run = session.get(Run, run_id)
         if run is None:
             return [{"type": "status", "status": "deleted"}], True
+        if (
+            workspaces.role_in(session=session, user_id=user_id, workspace_id=run.workspace_id)
+            is None
+        ):
+            raise NotFound(f"run {run_id} not found")
         return next_messages(session=session, run=run, cursor=cursor)
 
 
@@ -60,7 +70,9 @@ async def run_updates(
 ) -> None:
     hub: RunUpdateHub = websocket.app.state.hub
     try:
-        messages, done, cursor = await run_in_threadpool(_prepare, websocket, run_id, after_step)
+        messages, done, cursor, user_id = await run_in_threadpool(
+            _prepare, websocket, run_id, after_step
+        )
     except DomainError as exc:
         # Accept, then close with 4401/4404 so the client can tell "sign in" from "no such run"
         # (closing before accepting only shows the browser a bare handshake failure).
@@ -85,9 +97,12 @@ async def run_updates(
             wake.clear()
             if receiver.done():
                 break
-            messages, done = await run_in_threadpool(_more, run_id, cursor)
+            messages, done = await run_in_threadpool(_more, run_id, cursor, user_id)
             for message in messages:
                 await websocket.send_json(message)
+    except DomainError as exc:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.close(code=4000 + exc.status_code, reason=exc.message[:120])
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

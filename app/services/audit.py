@@ -40,6 +40,8 @@ KNOWN_ACTIONS = (
     "deployment.redeploy",
     "deployment.delete",
     "member.invite",
+    "member.role_change",
+    "member.remove",
     "workspace.create",
     "workspace.quota",
 )

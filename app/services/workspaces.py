@@ -7,11 +7,11 @@ import secrets
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from app.db.base import get_by_id
+from app.db.base import MAX_ID, get_by_id
 from app.db.models import Membership, Role, User, Workspace
 from app.services import audit
 
@@ -104,6 +104,16 @@ def context_for(
     raise NotFound(f"workspace {workspace_ref!r} not found")
 
 
+def role_in(*, session: Session, user_id: int, workspace_id: int) -> Role | None:
+    """The user's role in the workspace, None when they are not (or no longer) a member."""
+    role = session.scalar(
+        select(Membership.role).where(
+            Membership.workspace_id == workspace_id, Membership.user_id == user_id
+        )
+    )
+    return Role(role) if role is not None else None
+
+
 def list_members(*, session: Session, ctx: WorkspaceContext) -> list[Membership]:
     return list(
         session.scalars(
@@ -138,6 +148,107 @@ def add_member(*, session: Session, ctx: WorkspaceContext, email: str, role: Rol
         target_id=user.id,
         detail={"email": user.email, "role": str(role)},
     )
+    session.flush()
+    return membership
+
+
+def get_member(*, session: Session, ctx: WorkspaceContext, user_id: int) -> Membership:
+    """The membership of user `user_id` in the caller's workspace, or NotFound.
+
+    An unknown user and another workspace's member answer alike, so user ids cannot be probed.
+    """
+    membership = (
+        session.scalar(
+            select(Membership).where(
+                Membership.workspace_id == ctx.workspace.id, Membership.user_id == user_id
+            )
+        )
+        if -MAX_ID <= user_id <= MAX_ID
+        else None
+    )
+    if membership is None:
+        raise NotFound(f"user {user_id} is not a member of this workspace")
+    return membership
+
+
+def _lock_members(*, session: Session, ctx: WorkspaceContext) -> None:
+    """Serialize membership changes of one workspace until the caller's commit.
+
+    Without it two owners demoting each other at once would both see "another owner is left"
+    and leave the workspace with none. A no-op UPDATE of the workspace row rather than
+    SELECT ... FOR UPDATE: Postgres takes the row lock either way, and SQLite (which ignores
+    FOR UPDATE) takes its write lock here, before the owner count is read, so the second
+    change waits (busy timeout) and then counts what the first one committed.
+    """
+    session.execute(
+        update(Workspace)
+        .where(Workspace.id == ctx.workspace.id)
+        .values(name=Workspace.name)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _refuse_losing_last_owner(
+    *, session: Session, ctx: WorkspaceContext, membership: Membership, verb: str
+) -> None:
+    if membership.role != Role.owner:
+        return
+    owners = session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.workspace_id == ctx.workspace.id, Membership.role == Role.owner)
+    )
+    if (owners or 0) <= 1:
+        raise Conflict(
+            f"cannot {verb} {membership.user.email}: they are the last owner of workspace "
+            f"'{ctx.workspace.name}'; make another member an owner first"
+        )
+
+
+def change_member_role(
+    *, session: Session, ctx: WorkspaceContext, user_id: int, role: Role
+) -> Membership:
+    """Owners only. Setting the role a member already has changes (and logs) nothing."""
+    ctx.require(Role.owner)
+    _lock_members(session=session, ctx=ctx)
+    membership = get_member(session=session, ctx=ctx, user_id=user_id)
+    old = Role(membership.role)
+    if old == role:
+        return membership
+    if role != Role.owner:
+        _refuse_losing_last_owner(session=session, ctx=ctx, membership=membership, verb="demote")
+    membership.role = role
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="member.role_change",
+        target_type="user",
+        target_id=user_id,
+        detail={"email": membership.user.email, "from": str(old), "to": str(role)},
+    )
+    session.flush()
+    return membership
+
+
+def remove_member(*, session: Session, ctx: WorkspaceContext, user_id: int) -> Membership:
+    """Owners only; an owner may remove themselves while another owner remains.
+
+    Takes effect on the member's next request: every request resolves its workspace from the
+    memberships table (`context_for`), for API tokens and browser sessions alike.
+    """
+    ctx.require(Role.owner)
+    _lock_members(session=session, ctx=ctx)
+    membership = get_member(session=session, ctx=ctx, user_id=user_id)
+    _refuse_losing_last_owner(session=session, ctx=ctx, membership=membership, verb="remove")
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="member.remove",
+        target_type="user",
+        target_id=user_id,
+        detail={"email": membership.user.email, "role": str(membership.role)},
+    )
+    session.delete(membership)
     session.flush()
     return membership
 

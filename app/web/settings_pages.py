@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query, Request
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from app.core.errors import DomainError, Forbidden, ValidationFailed
+from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
 from app.db.models import Role
 from app.services import audit, tokens, workspaces
@@ -83,6 +83,14 @@ def _members_page(
     )
 
 
+def _role_from_form(role: str) -> Role:
+    if role not in Role.__members__:
+        raise ValidationFailed(
+            f"unknown role {role!r}; choose viewer, editor or owner", param="role"
+        )
+    return Role(role)
+
+
 @router.get("/members")
 def member_list(request: Request, session: DbDep, pc: PageDep) -> Response:
     return _members_page(request, session, pc)
@@ -97,10 +105,8 @@ def add_member(
     role: Annotated[str, Form(max_length=20)] = Role.viewer.value,
 ) -> Response:
     try:
-        if role not in Role.__members__:
-            raise ValidationFailed(f"unknown role {role!r}", param="role")
         membership = workspaces.add_member(
-            session=session, ctx=pc.ctx, email=email, role=Role(role)
+            session=session, ctx=pc.ctx, email=email, role=_role_from_form(role)
         )
     except Forbidden:
         raise  # not a form mistake: the error page says what role is needed
@@ -111,6 +117,58 @@ def add_member(
         )
     session.commit()
     return _members_page(request, session, pc, added=membership.user.email)
+
+
+def _after_member_change(
+    request: Request, session: Session, pc: PageContext, user_id: int, **extra: Any
+) -> Response:
+    """The panel again; after a change to one's own membership the whole page is stale (the
+    menu and the controls follow the role), so it is loaded afresh."""
+    if user_id == pc.user.id:
+        gone = (
+            workspaces.role_in(session=session, user_id=user_id, workspace_id=pc.workspace.id)
+            is None
+        )
+        return redirect(request, "/" if gone else "/settings/members")
+    if not is_htmx(request):
+        return redirect(request, "/settings/members")
+    return _members_page(request, session, pc, **extra)
+
+
+@router.post("/members/{user_id}/role", dependencies=[CSRF])
+def change_member_role(
+    user_id: int,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    role: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    try:
+        membership = workspaces.change_member_role(
+            session=session, ctx=pc.ctx, user_id=user_id, role=_role_from_form(role)
+        )
+    except (Forbidden, NotFound):
+        raise  # not a form mistake: the error page says what is wrong
+    except DomainError as exc:
+        rollback(request)
+        return _members_page(request, session, pc, exc.status_code, member_error=exc.message)
+    email = membership.user.email
+    session.commit()
+    return _after_member_change(request, session, pc, user_id, changed=f"{email} is now {role}.")
+
+
+@router.post("/members/{user_id}/remove", dependencies=[CSRF])
+def remove_member(user_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    try:
+        removed = workspaces.remove_member(session=session, ctx=pc.ctx, user_id=user_id)
+    except (Forbidden, NotFound):
+        raise
+    except DomainError as exc:
+        rollback(request)
+        return _members_page(request, session, pc, exc.status_code, member_error=exc.message)
+    email = removed.user.email
+    session.commit()
+    return _after_member_change(request, session, pc, user_id, changed=f"{email} was removed.")
 
 
 # --- audit log ----------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from playwright.sync_api import (  # noqa: E402
     Browser,
     BrowserContext,
     ConsoleMessage,
+    Dialog,
     Page,
     WebSocketRoute,
     expect,
@@ -466,7 +467,7 @@ def test_a_viewer_sees_no_buttons_that_change_things(
     assert created.status == 201, created.text()
     page.goto("/settings/members")
     page.get_by_label("E-mail").fill(VIEWER_EMAIL)
-    page.get_by_label("Role").select_option("viewer")
+    page.get_by_label("Role", exact=True).select_option("viewer")
     page.get_by_role("button", name="Add member").click()
     expect(page.locator("#members-panel")).to_contain_text(f"{VIEWER_EMAIL} was added")
     _shot(page, "members")
@@ -489,6 +490,10 @@ def test_a_viewer_sees_no_buttons_that_change_things(
         expect(viewer.get_by_text("Viewers cannot change stages.")).to_be_visible()
         viewer.goto("/datasets")
         expect(viewer.locator("#upload-form")).to_have_count(0)
+        viewer.goto("/settings/members")  # roles are shown, not offered for change
+        expect(viewer.locator("#members-panel")).to_contain_text(ADMIN_EMAIL)
+        expect(viewer.locator("#members-panel select")).to_have_count(0)
+        expect(viewer.get_by_role("button", name=re.compile("Remove|Change"))).to_have_count(0)
         _expect_http_error("/runs/new", 403)
         viewer.goto("/runs/new")
         expect(viewer.locator(".error-page")).to_contain_text("needs editor")
@@ -507,6 +512,57 @@ def test_the_owner_finds_the_invitation_in_the_audit_log(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"action=member\.invite"))
     expect(table).not_to_contain_text("run.launch")
     _shot(page, "audit")
+
+
+def test_the_owner_changes_a_role_and_removes_a_member_from_the_keyboard(page: Page) -> None:
+    member = "member@example.com"
+    csrf = {"X-CSRF-Token": page.locator('meta[name="csrf-token"]').get_attribute("content") or ""}
+    created = page.request.post(
+        "/api/v1/users", data={"email": member, "password": PASSWORD}, headers=csrf
+    )
+    assert created.status == 201, created.text()
+    added = page.request.post("/api/v1/members", data={"email": member}, headers=csrf)
+    assert added.status == 201, added.text()
+
+    page.goto("/settings/members")
+    panel = page.locator("#members-panel")
+    row = panel.locator("tr", has_text=member)
+    expect(row.get_by_label(f"Role of {member}", exact=True)).to_have_value("viewer")
+    assert_pages_fit(page, ["/settings/members"], PHONE)  # a row with its controls, on a phone
+    row.get_by_label(f"Role of {member}", exact=True).select_option("editor")
+    row.get_by_role("button", name=f"Change the role of {member}").focus()
+    page.keyboard.press("Enter")
+    expect(panel.get_by_role("status")).to_have_text(f"{member} is now editor.")
+    expect(row.get_by_label(f"Role of {member}", exact=True)).to_have_value("editor")
+    _shot(page, "members-role-changed")
+
+    asked: list[str] = []
+
+    def answer(accept: bool) -> Callable[[Dialog], None]:
+        def handle(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        return handle
+
+    remove = row.get_by_role("button", name=f"Remove {member}")
+    page.once("dialog", answer(False))
+    remove.focus()
+    page.keyboard.press("Enter")
+    _wait_until(page, lambda: len(asked) == 1)
+    assert member in asked[0] and "lose access" in asked[0]
+    expect(row).to_be_visible()  # "no": nothing happened
+    page.once("dialog", answer(True))
+    remove.focus()
+    page.keyboard.press("Enter")
+    expect(panel.get_by_role("status")).to_have_text(f"{member} was removed.")
+    expect(panel.locator("tr", has_text=member)).to_have_count(0)
+    expect(panel).to_contain_text(VIEWER_EMAIL)
+
+    page.goto("/settings/audit")
+    table = page.locator("#audit-panel table")
+    expect(table).to_contain_text("member.remove")
+    expect(table).to_contain_text("from: viewer; to: editor")
 
 
 # What shows keyboard focus: an outline or a ring (box-shadow) on the focused element.

@@ -247,6 +247,15 @@ class Site:
         assert created.status_code == 201, created.text
         return email
 
+    def new_member(self) -> int:
+        """A new user the owner added to their workspace as a viewer: their user id."""
+        email = self.new_user()
+        added = self.api(
+            "owner", "POST", "/api/v1/members", json={"email": email, "role": "viewer"}
+        )
+        assert added.status_code == 201, added.text
+        return int(added.json()["user_id"])
+
     def finished_run_with_version(self) -> tuple[int, int, str]:
         """A run the worker finished with a (dummy) safetensors model: (run, version, name)."""
         from app.db.models import ModelVersion, RunStatus
@@ -427,6 +436,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             ids["token"] = site.new_token(TOKEN_NAME)
             # Someone who exists but belongs to nobody else's workspace (member invitations).
             ids["member_email"] = site.new_user()
+            # A viewer of the owner's workspace whose role may change or who may be removed.
+            ids["member"] = site.new_member()
             # An address nobody has: refused user creations must leave it unused.
             ids["new_email"] = "never-created@example.com"
             site.browsers["anonymous"] = site.anonymous_browser()

@@ -113,6 +113,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/members"): R(
         A.OWNER, ok=201, json={"email": "{member_email}", "role": "viewer"}, consumes="member_email"
     ),
+    ("PATCH", "/api/v1/members/{user_id}"): R(
+        A.OWNER, "id", url="/api/v1/members/{member}", json={"role": "editor"}, consumes="member"
+    ),
+    ("DELETE", "/api/v1/members/{user_id}"): R(
+        A.OWNER, "id", 204, url="/api/v1/members/{member}", consumes="member"
+    ),
     ("POST", "/api/v1/users"): R(
         A.ADMIN, ok=201, json={"email": "{new_email}", "password": PASSWORD}, consumes="new_email"
     ),
@@ -494,6 +500,17 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/settings/members"): R(
         A.OWNER, form={"email": "{member_email}", "role": "viewer"}, consumes="member_email"
     ),
+    ("POST", "/settings/members/{user_id}/role"): R(
+        A.OWNER,
+        "id",
+        303,
+        url="/settings/members/{member}/role",
+        form={"role": "editor"},
+        consumes="member",
+    ),
+    ("POST", "/settings/members/{user_id}/remove"): R(
+        A.OWNER, "id", 303, url="/settings/members/{member}/remove", consumes="member"
+    ),
 }
 
 ANONYMOUS_OK = {
@@ -596,6 +613,7 @@ def fresh(site: Site, kind: str) -> Any:
         "deployment": site.new_deployment,
         "token": site.new_token,
         "member_email": site.new_user,
+        "member": site.new_member,
         "new_email": lambda: f"{site.unique('created')}@example.com",
     }[kind]()
 
@@ -678,6 +696,12 @@ def assert_owner_things_untouched(site: Site) -> None:
             .where(User.email == ids["member_email"])
         )
         assert memberships == 1, "a refused invitation added a membership"
+        member_role = session.scalar(
+            select(Membership.role).where(
+                Membership.user_id == ids["member"], Membership.workspace_id == ids["workspace"]
+            )
+        )
+        assert member_role == "viewer", "a refused role change or removal touched a member"
 
 
 def leaked(site: Site, who: str, answer: Answer, sent: str) -> list[str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from app.api.deps import AdminUser, CurrentUser, SessionDep, Workspace
 from app.api.schemas import (
     MemberCreate,
     MemberRead,
+    MemberUpdate,
     UserCreate,
     UserRead,
     WorkspaceCreate,
@@ -44,6 +47,31 @@ def read_members(session: SessionDep, ctx: Workspace) -> list[MemberRead]:
 def add_member(body: MemberCreate, session: SessionDep, ctx: Workspace) -> MemberRead:
     membership = workspaces.add_member(session=session, ctx=ctx, email=body.email, role=body.role)
     return MemberRead(user_id=membership.user_id, email=membership.user.email, role=membership.role)
+
+
+@router.patch("/members/{user_id}", response_model=MemberRead)
+def update_member(
+    user_id: Annotated[int, Path(description="The member's user id (as listed by GET /members).")],
+    body: MemberUpdate,
+    session: SessionDep,
+    ctx: Workspace,
+) -> MemberRead:
+    """Owners only; demoting the workspace's last owner is refused (409)."""
+    membership = workspaces.change_member_role(
+        session=session, ctx=ctx, user_id=user_id, role=body.role
+    )
+    return MemberRead(user_id=membership.user_id, email=membership.user.email, role=membership.role)
+
+
+@router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+def remove_member(
+    user_id: Annotated[int, Path(description="The member's user id (as listed by GET /members).")],
+    session: SessionDep,
+    ctx: Workspace,
+) -> None:
+    """Owners only; removing the last owner is refused (409). The member's tokens and browser
+    sessions lose this workspace on their next request."""
+    workspaces.remove_member(session=session, ctx=ctx, user_id=user_id)
 
 
 @router.post("/users", response_model=UserRead, status_code=status.HTTP_201_CREATED)
