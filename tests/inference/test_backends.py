@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +39,7 @@ from workers.inference.vllm_backend import (
     VLLMEngine,
     config_context_length,
     engine_kwargs,
+    eos_token_ids,
     finish_reason_of,
     vllm_sampling_kwargs,
 )
@@ -175,7 +177,7 @@ def test_sampling_params_translate_to_vllms_with_nothing_left_to_its_defaults() 
     greedy = vllm_sampling_kwargs(SamplingParams(max_tokens=9, temperature=0, top_p=0.5))
     assert greedy["temperature"] == 0.0 and greedy["top_p"] == 1.0
     assert greedy["max_tokens"] == 9 and greedy["n"] == 1
-    assert greedy["stop"] is None and "seed" not in greedy
+    assert greedy["stop"] is None and "seed" not in greedy and greedy["stop_token_ids"] is None
     assert greedy["repetition_penalty"] == 1.0
     assert greedy["include_stop_str_in_output"] is False and greedy["skip_special_tokens"]
     sampled = vllm_sampling_kwargs(
@@ -183,6 +185,18 @@ def test_sampling_params_translate_to_vllms_with_nothing_left_to_its_defaults() 
     )
     assert (sampled["temperature"], sampled["top_p"], sampled["seed"]) == (0.7, 0.9, 5)
     assert sampled["stop"] == ["\n", "END"]
+    assert vllm_sampling_kwargs(SamplingParams(), [2, 7])["stop_token_ids"] == [2, 7]
+
+
+def test_the_end_tokens_are_the_generation_configs_as_on_the_transformers_path(
+    tmp_path: Path,
+) -> None:
+    build_tiny_model(tmp_path)
+    tiny_eos = json.loads((tmp_path / "config.json").read_text())["eos_token_id"]
+    assert eos_token_ids(tmp_path, None) == [tiny_eos]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 9]}))
+    assert eos_token_ids(tmp_path, 1) == [5, 9]
+    assert eos_token_ids(tmp_path / "missing", 3) == [3]
 
 
 def test_engine_arguments_ignore_the_checkpoints_generation_config(tmp_path: Path) -> None:
@@ -250,8 +264,8 @@ class StandInEngine:
         self.shut_down = True
 
 
-def stand_in_inputs(request: PreparedRequest) -> tuple[Any, Any]:
-    return request.input_ids, vllm_sampling_kwargs(request.params)
+def stand_in_inputs(request: PreparedRequest, stop_token_ids: Any) -> tuple[Any, Any]:
+    return request.input_ids, vllm_sampling_kwargs(request.params, stop_token_ids)
 
 
 def test_the_vllm_engine_streams_deltas_then_the_result_through_the_lane_interface() -> None:
@@ -300,15 +314,24 @@ def test_leaving_a_stream_early_aborts_the_request_in_the_engine() -> None:
     assert 2 <= result.completion_tokens < 500
 
 
-def test_a_closed_engine_refuses_new_requests_and_shuts_vllm_down() -> None:
-    stand_in = StandInEngine(["a"])
+def test_closing_lets_running_requests_finish_then_shuts_vllm_down_and_refuses_new_ones() -> None:
+    stand_in = StandInEngine(["a"] * 20, step_s=0.01)
     engine = VLLMEngine("m", stand_in, build_inputs=stand_in_inputs)
-    engine.close()
-    assert stand_in.shut_down
-    request = PreparedRequest(input_ids=[1], params=SamplingParams())
 
-    async def run() -> None:
+    async def run() -> GenerationResult:
+        running = asyncio.ensure_future(
+            generation.generate(engine, PreparedRequest([1], SamplingParams(max_tokens=20)))
+        )
+        while not engine.running:
+            await asyncio.sleep(0.005)
+        engine.close()  # an unload or a redeploy's switch, while the request runs
         with pytest.raises(generation.ModelNotReady):
-            await generation.generate(engine, request)
+            await generation.generate(engine, PreparedRequest([1], SamplingParams()))
+        return await running
 
-    asyncio.run(run())
+    finished = asyncio.run(run())
+    assert finished.text == "a" * 20 and finished.completion_tokens == 20
+    deadline = time.monotonic() + 10
+    while not stand_in.shut_down and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stand_in.shut_down

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,19 +41,25 @@ logger = logging.getLogger(__name__)
 
 # How often a running request checks its cancel flag (set when its client went away).
 CANCEL_POLL_S = 0.02
+# How long an unloaded engine waits for its running requests before it shuts down.
+CLOSE_DRAIN_S = 30.0
 
 
 # --------------------------------------------------------------------------- pure translation
 
 
-def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+def vllm_sampling_kwargs(
+    params: SamplingParams, stop_token_ids: Sequence[int] = ()
+) -> dict[str, Any]:
     """Our OpenAI-style settings as keyword arguments for `vllm.SamplingParams`.
 
     Every knob that would change what the OpenAI parameters mean is set explicitly (as the
     transformers path does with its GenerationConfig): no repetition penalty, text without
-    special tokens and without the stop string. `n` is always 1: the web facade fans a
-    client's `n` out into n requests (choice i seeded with seed+i), for both engines alike.
-    `output_kind` (DELTA) is added by the caller, which has vllm imported.
+    special tokens and without the stop string. `stop_token_ids` are the model's end tokens
+    (`eos_token_ids`), which the engine otherwise takes from the tokenizer alone. `n` is
+    always 1: the web facade fans a client's `n` out into n requests (choice i seeded with
+    seed+i), for both engines alike. `output_kind` (DELTA) is added by the caller, which has
+    vllm imported.
     """
     greedy = params.temperature == 0
     kwargs: dict[str, Any] = {
@@ -63,6 +71,7 @@ def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "presence_penalty": 0.0,
         "frequency_penalty": 0.0,
         "stop": list(params.stop) or None,
+        "stop_token_ids": list(stop_token_ids) or None,
         "include_stop_str_in_output": False,
         "skip_special_tokens": True,
     }
@@ -146,6 +155,25 @@ def engine_kwargs(directory: Path, gpu_memory_utilization: float) -> dict[str, A
     }
 
 
+def eos_token_ids(directory: Path, tokenizer_eos: int | None) -> list[int]:
+    """The tokens that end an answer, as the transformers path takes them.
+
+    generation_config.json's eos_token_id (an int or a list: chat models often add an
+    end-of-turn token there), else config.json's, else the tokenizer's. The engine runs with
+    generation_config="vllm", which would otherwise miss the extra ones.
+    """
+    for name in ("generation_config.json", "config.json"):
+        try:
+            value = json.loads((directory / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int):
+            return [value]
+        if isinstance(value, list) and value:
+            return [int(v) for v in value]
+    return [tokenizer_eos] if tokenizer_eos is not None else []
+
+
 def config_context_length(directory: Path) -> int | None:
     """The context window from config.json (n_positions or max_position_embeddings)."""
     try:
@@ -171,11 +199,13 @@ class VLLMEngine:
         name: str,
         engine: Any,
         on_result: Callable[[PreparedRequest, GenerationResult], None] | None = None,
-        build_inputs: Callable[[PreparedRequest], tuple[Any, Any]] | None = None,
+        build_inputs: Callable[[PreparedRequest, Sequence[int]], tuple[Any, Any]] | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.engine = engine
         self.on_result = on_result
+        self.stop_token_ids = list(stop_token_ids)
         # (prompt, sampling params) in the engine's types; vllm_inputs unless an engine with
         # other input types is plugged in (the tests' stand-in for vLLM's engine).
         self.build_inputs = build_inputs or vllm_inputs
@@ -227,7 +257,7 @@ class VLLMEngine:
         job.send(result)
 
     async def _consume(self, job: Job, collector: DeltaCollector) -> None:
-        prompt, sampling = self.build_inputs(job.request)
+        prompt, sampling = self.build_inputs(job.request, self.stop_token_ids)
         request_id = f"{self.name}-{uuid.uuid4().hex}"
         async for output in self.engine.generate(prompt, sampling, request_id):
             piece = collector.add(*completion_delta(output))
@@ -235,20 +265,36 @@ class VLLMEngine:
                 job.send(piece)
 
     def close(self) -> None:
-        """Refuse new requests and stop the engine (its process and GPU memory go)."""
+        """Refuse new requests; stop the engine once those running finish (or after a while).
+
+        Like a transformers lane, requests already running finish on the old engine; the
+        engine's process and GPU memory go afterwards. Waiting happens in a thread: close is
+        called from the event loop those requests run on.
+        """
+        if self._closed:
+            return
         self._closed = True
+        threading.Thread(
+            target=self._shutdown_when_idle, name=f"vllm-close-{self.name}", daemon=True
+        ).start()
+
+    def _shutdown_when_idle(self) -> None:
+        deadline = time.monotonic() + CLOSE_DRAIN_S
+        while self.running and time.monotonic() < deadline:
+            time.sleep(0.05)
         with contextlib.suppress(Exception):  # already dead: nothing more to free
             self.engine.shutdown()
 
 
-def vllm_inputs(request: PreparedRequest) -> tuple[Any, Any]:
+def vllm_inputs(request: PreparedRequest, stop_token_ids: Sequence[int]) -> tuple[Any, Any]:
     """The request as vLLM's TokensPrompt and SamplingParams (streaming deltas)."""
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind
 
     sampling = VllmSamplingParams(
-        **vllm_sampling_kwargs(request.params), output_kind=RequestOutputKind.DELTA
+        **vllm_sampling_kwargs(request.params, stop_token_ids),
+        output_kind=RequestOutputKind.DELTA,
     )
     return TokensPrompt(prompt_token_ids=list(request.input_ids)), sampling
 
@@ -280,4 +326,5 @@ def load_vllm(
     engine = AsyncLLMEngine.from_engine_args(args)
     model_config = getattr(engine, "model_config", None)
     context = getattr(model_config, "max_model_len", None) or config_context_length(directory)
-    return VLLMEngine(name, engine, on_result), tokenizer, context
+    stops = eos_token_ids(directory, tokenizer.eos_token_id)
+    return VLLMEngine(name, engine, on_result, stop_token_ids=stops), tokenizer, context
