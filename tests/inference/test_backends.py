@@ -61,6 +61,9 @@ def test_auto_picks_vllm_only_with_vllm_a_gpu_and_a_supported_causal_lm() -> Non
     for machine, model in ((no_gpu, LLAMA), (absent, LLAMA), (GPU_WITH_VLLM, gguf)):
         assert choose_backend("auto", machine, model) == "transformers"
     assert choose_backend("auto", GPU_WITH_VLLM, lstm) == "transformers"
+    ours = ModelFacts(architectures=("LstmForCausalLM",), gguf=False, classifier=False)
+    anything_goes = Machine(vllm_version="0.11.0", cuda=True, vllm_architectures=None)
+    assert choose_backend("auto", anything_goes, ours) == "transformers"
 
 
 def test_transformers_is_never_vllm_and_classifiers_always_use_transformers() -> None:

@@ -25,6 +25,9 @@ Requested = Literal["auto", "transformers", "vllm"]
 # Architecture suffixes of text generators in transformers' naming; vLLM's registry is checked
 # too when vLLM is present, this is the test that works without it.
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+# Architectures this project defines itself (workers/engine): transformers loads them through
+# its Auto registration, vLLM has no implementation of them.
+OWN_ARCHITECTURES = frozenset({"LstmForCausalLM"})
 
 
 class BackendUnavailable(RuntimeError):
@@ -81,6 +84,8 @@ def vllm_refusal(machine: Machine, model: ModelFacts) -> str | None:
         return "the model is a sequence classifier; vLLM serves text generation models"
     if not model.architectures:
         return "the model folder's config.json names no architecture"
+    if OWN_ARCHITECTURES.intersection(model.architectures):
+        return f"{', '.join(model.architectures)} is this project's own architecture"
     if machine.vllm_architectures is not None:
         if not any(a in machine.vllm_architectures for a in model.architectures):
             return (
