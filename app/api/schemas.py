@@ -378,6 +378,9 @@ class DeploymentRead(ORM):
     top_p: float
     pending_model_version_id: int | None
     url: str
+    # The engine serving it: "transformers" or "vllm"; None while unknown (not loaded yet,
+    # inference server unreachable).
+    backend: str | None = None
     stats: DeploymentStats | None = None
 
 

@@ -6,6 +6,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +88,13 @@ class Settings(BaseSettings):
     # against the inference server this often (0 turns the reconciler off).
     deployment_drain_s: float = Field(5.0, ge=0.0)
     deployment_reconcile_interval_s: float = Field(10.0, ge=0.0)
+    # The engine behind generation deployments (workers/inference/backends.py): "auto" takes
+    # vLLM where it imports, a CUDA GPU is present and it supports the model, else the
+    # built-in transformers lanes; "vllm" insists (a load fails with the reason otherwise).
+    inference_backend: Literal["auto", "transformers", "vllm"] = "auto"
+    # Share of GPU memory one vLLM engine may take; below vLLM's 0.9 because a redeploy loads
+    # the new version beside the old one, so two engines must fit.
+    vllm_gpu_memory_utilization: float = Field(0.45, gt=0.0, le=1.0)
 
     @field_validator("data_dir")
     @classmethod

@@ -524,9 +524,13 @@ async def refresh_status(
 def stats_by_deployment(
     deployments: list[Deployment], loaded: list[dict] | None
 ) -> dict[int, dict] | None:
+    """Each deployment's live figures, plus `backend`: the engine serving it (docs/serving.md)."""
     if loaded is None:
         return None
-    by_key = {entry["name"]: entry.get("stats") or {} for entry in loaded}
+    by_key = {
+        entry["name"]: {**(entry.get("stats") or {}), "backend": entry.get("backend")}
+        for entry in loaded
+    }
     return {d.id: by_key.get(inference_key(d.model_version), {}) for d in deployments}
 
 

@@ -86,6 +86,8 @@ def test_a_deployment_serves_with_its_settings_scales_and_redeploys_with_zero_fa
             temperature=0,
         )
         assert dep["name"] == "support-bot"
+        # No vLLM and no GPU here: "auto" (the default) serves with the transformers lanes.
+        assert deployment(team, dep["id"])["backend"] == "transformers"
         listed = [m["id"] for m in team.viewer.get("/v1/models").json()["data"]]
         assert "support-bot" in listed and old["serving_name"] in listed
         assert team.viewer.get("/v1/models/support-bot").json()["id"] == "support-bot"
@@ -367,3 +369,30 @@ def test_a_classifier_predicts_and_deployments_come_back_after_an_inference_rest
         assert again.json()["predictions"][0]["scores"]["negative"] == pytest.approx(
             predictions[1]["scores"]["negative"], abs=1e-5
         )
+
+
+def test_asking_for_vllm_without_it_fails_the_deployment_with_the_reason(
+    serving_env: int,
+    installation: Path,
+    team: Team,
+    register_version: RegisterVersion,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    version = register_version()
+    # The inference process reads it; this machine has neither vLLM nor a GPU.
+    monkeypatch.setenv("LLMIDE_INFERENCE_BACKEND", "vllm")
+    with inference_process(installation, serving_env):
+        created = team.owner.post("/api/v1/deployments", json={"model_version_id": version["id"]})
+        assert created.status_code == 202, created.text
+        dep_id = created.json()["id"]
+        failed = wait_until(
+            lambda: (d := deployment(team, dep_id))["status"] == "failed" and d,
+            "the deployment to fail",
+        )
+        assert "LLMIDE_INFERENCE_BACKEND=vllm" in failed["error"]
+        assert "vLLM is not installed" in failed["error"]
+        assert failed["backend"] is None
+        page = _signed_in_page(team, "/deployments")
+        assert "vLLM is not installed" in page
+        refused = chat(team, version["serving_name"])
+        assert refused.status_code == 503, refused.text

@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.core.settings import Settings
+from workers.inference.backends import (
+    Backend,
+    BackendUnavailable,
+    Machine,
+    choose_backend,
+    model_facts,
+    probe_machine,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +105,8 @@ class LoadedModel:
     """One deployment: its state machine (loading -> ready | failed) and, when ready, the weights.
 
     A causal LM is served by `replicas` lanes (generation.Lane: a decoding thread with its own
-    batch queue over the shared read-only weights); a classifier answers /predict directly.
+    batch queue over the shared read-only weights), or by one vLLM engine (`engine`, when
+    `backend` is "vllm"); a classifier answers /predict directly.
     """
 
     name: str
@@ -116,6 +125,8 @@ class LoadedModel:
     labels: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     lanes: list[Any] = field(default_factory=list)
+    backend: str | None = None  # "transformers" or "vllm", once chosen at load time
+    engine: Any = None  # the VLLMEngine when backend == "vllm"
     stats: ServingStats = field(default_factory=ServingStats)
     on_batch: Any = None
     on_result: Any = None
@@ -128,6 +139,7 @@ class LoadedModel:
             "error": self.error,
             "loaded_at": self.loaded_at,
             "kind": self.kind,
+            "backend": self.backend,
             "replicas": self.replicas,
             "max_batch_size": self.max_batch_size,
             "stats": self.stats.summary(),
@@ -140,8 +152,8 @@ class LoadedModel:
         """Bring the lane count to `replicas` (more: new threads; fewer: drain and close)."""
         from workers.inference.generation import Lane
 
-        if self.kind != "causal-lm":
-            return
+        if self.kind != "causal-lm" or self.engine is not None:
+            return  # vLLM batches continuously in one engine: no lanes to scale
         while len(self.lanes) < self.replicas:
             self.lanes.append(
                 Lane(
@@ -168,6 +180,9 @@ class LoadedModel:
         """Queue a generation on the least busy lane."""
         from workers.inference.generation import ModelNotReady
 
+        if self.engine is not None:
+            self.engine.submit(job)
+            return
         lanes = list(self.lanes)
         if not lanes or self.model is None:
             raise ModelNotReady(f"model {self.name!r} is not loaded")
@@ -177,6 +192,9 @@ class LoadedModel:
         lanes, self.lanes = self.lanes, []
         for lane in lanes:
             lane.close()
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
 
 
 def allowed_roots(settings: Settings) -> list[Path]:
@@ -354,6 +372,7 @@ class ModelRegistry:
         self._mutex = threading.Lock()
         self.on_batch: Any = None  # called with each batch's size (a metrics hook)
         self.on_result: Any = None  # called with (name, request, result) per finished row
+        self._machine: Machine | None = None  # probed once, on the first non-forced choice
 
     def get(self, name: str) -> LoadedModel | None:
         with self._mutex:
@@ -420,10 +439,42 @@ class ModelRegistry:
         for entry in self.entries():
             self.unload(entry.name)
 
+    def backend_for(self, source: ModelSource) -> Backend:
+        """The engine for `source` under LLMIDE_INFERENCE_BACKEND; BackendUnavailable if none."""
+        requested = self._settings.inference_backend
+        if requested == "transformers":
+            return "transformers"
+        if self._machine is None:
+            self._machine = probe_machine()
+        facts = model_facts(source.directory, source.gguf_file)
+        return choose_backend(requested, self._machine, facts)
+
+    def _load_with_backend(
+        self, entry: LoadedModel
+    ) -> tuple[Any, Any, str, int | None, Kind, list[str]]:
+        entry.backend = self.backend_for(entry.source)
+        if entry.backend == "vllm":
+            from workers.inference.vllm_backend import load_vllm
+
+            engine, tokenizer, context = load_vllm(
+                entry.name,
+                entry.source.directory,
+                gpu_memory_utilization=self._settings.vllm_gpu_memory_utilization,
+                on_result=entry._count_result,
+            )
+            return engine, tokenizer, "cuda", context, "causal-lm", []
+        return _load_weights(entry.source)
+
     def _load(self, entry: LoadedModel) -> None:
         started = time.monotonic()
         try:
-            model, tokenizer, device, context, kind, labels = _load_weights(entry.source)
+            model, tokenizer, device, context, kind, labels = self._load_with_backend(entry)
+        except BackendUnavailable as exc:  # asked for vLLM where it cannot run: say why
+            logger.warning("not loading %s: %s", entry.name, exc)
+            entry.error = str(exc)
+            entry.status = "failed"
+            entry.done.set()
+            return
         except Exception as exc:  # any loader failure becomes the entry's visible error
             logger.exception("loading %s from %s failed", entry.name, entry.source.display)
             entry.error = f"{type(exc).__name__}: {exc}"
@@ -433,6 +484,8 @@ class ModelRegistry:
         with self._mutex:
             still_current = self._models.get(entry.name) is entry
             if still_current:
+                if entry.backend == "vllm":
+                    entry.engine, model = model, None
                 entry.model, entry.tokenizer = model, tokenizer
                 entry.device, entry.context_length = device, context
                 entry.kind, entry.labels = kind, labels
@@ -443,14 +496,17 @@ class ModelRegistry:
             # Unloaded or replaced while loading: drop the weights we just built.
             entry.error = "unloaded while loading"
             entry.status = "failed"
+            if entry.backend == "vllm":
+                model.close()
             del model, tokenizer
             _free_memory()
         else:
             logger.info(
-                "loaded %s from %s on %s in %.1f s",
+                "loaded %s from %s on %s (%s) in %.1f s",
                 entry.name,
                 entry.source.display,
                 device,
+                entry.backend,
                 time.monotonic() - started,
             )
         entry.done.set()

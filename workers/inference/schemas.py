@@ -28,6 +28,7 @@ class ModelRead(BaseModel):
     error: str | None
     loaded_at: float | None
     kind: Literal["causal-lm", "classifier"] = "causal-lm"
+    backend: Literal["transformers", "vllm"] | None = None  # None until loading chose one
     replicas: int = 1
     max_batch_size: int = 8
     stats: dict[str, Any] = Field(default_factory=dict)

@@ -30,6 +30,8 @@ def base_url(request: Request) -> str:
 def to_read(
     deployment: Deployment, request: Request, stats: dict[str, Any] | None = None
 ) -> DeploymentRead:
+    figures = dict(stats or {})
+    backend = figures.pop("backend", None)
     return DeploymentRead(
         id=deployment.id,
         name=deployment.name or deployment.model_version.serving_name,
@@ -45,7 +47,8 @@ def to_read(
         top_p=deployment.top_p,
         pending_model_version_id=deployment.pending_model_version_id,
         url=base_url(request),
-        stats=DeploymentStats(**stats) if stats else None,
+        backend=backend,
+        stats=DeploymentStats(**figures) if figures else None,
     )
 
 
