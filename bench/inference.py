@@ -101,12 +101,14 @@ def plain_generate(model: Any, tokenizer: Any, topic: str, max_tokens: int = MAX
     text = tokenizer.apply_chat_template(
         messages(topic), tokenize=False, add_generation_prompt=True
     )
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
     started = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
             **ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
         )
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return (out.shape[1] - ids["input_ids"].shape[1]) / seconds
 
@@ -205,9 +207,13 @@ def main() -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        from workers.inference.registry import pick_device
+
+        # Where and in what precision the server puts it, so the two sides compare like for like.
+        device, dtype = pick_device()
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.eval()
-        print(f"torch threads: {torch.get_num_threads()}, device: cpu", flush=True)
+        model.to(device, dtype).eval()
+        print(f"torch threads: {torch.get_num_threads()}, device: {device} {dtype}", flush=True)
 
         async def measure() -> dict[str, Any]:
             timeout = httpx.Timeout(600, connect=5)
