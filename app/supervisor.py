@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import signal
 import subprocess
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from app.core.settings import Settings
+from app.services import serving_metrics
 
 log = logging.getLogger("llmide.supervisor")
 
@@ -39,7 +41,10 @@ class Supervisor:
         self.children.append(Child(name, argv))
 
     def _start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv)
+        # The worker and inference processes keep their own registries: the web processes'
+        # multiprocess dir is theirs alone (the inference series name models).
+        env = {k: v for k, v in os.environ.items() if k != serving_metrics.MULTIPROC_ENV}
+        child.process = subprocess.Popen(child.argv, env=env)
         child.started_at = time.monotonic()
         print(f"[llmide] started {child.name} (pid {child.process.pid})", flush=True)
 
@@ -81,6 +86,9 @@ class Supervisor:
         if workers > 1:
             # Made (or read) here, before the workers start: each must sign with the same key.
             self.settings.resolved_secret_key()
+            # One /metrics for all of them, whichever process a scrape reaches.
+            if not os.environ.get(serving_metrics.MULTIPROC_ENV):
+                serving_metrics.use_multiprocess_dir(self.settings.data_dir)
         for child in self.children:
             self._start(child)
         watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)

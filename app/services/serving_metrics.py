@@ -1,16 +1,29 @@
 """Prometheus series of the OpenAI facade, labelled by deployment (the `model` name served).
 
 They live in the web process's default registry, which `/metrics` exposes. With several web
-processes (`llmide serve --workers N`) each process counts its own requests: see
-docs/serving.md for how to scrape them.
+processes (`llmide serve --workers N`, two by default) each process counts its own requests, and
+a scrape reaches one of them: so the supervisor runs them in prometheus-client's multiprocess
+mode (`PROMETHEUS_MULTIPROC_DIR`, see `use_multiprocess_dir`), and `/metrics` then adds up
+every web process's files. The dir must be set before a process imports prometheus_client.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -36,6 +49,28 @@ TOKENS = Counter(
     "Completion tokens generated per deployment; rate() of it is tokens/s.",
     ["deployment"],
 )
+
+
+def use_multiprocess_dir(data_dir: Path) -> Path:
+    """Make an empty multiprocess dir and name it in this process's environment, for the web
+    processes about to start (spawned: they import prometheus_client afresh and inherit it).
+
+    Emptied at every start: series of a previous run's processes would otherwise be summed in.
+    """
+    folder = data_dir / "prometheus-web"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+    return folder
+
+
+def exposition() -> bytes:
+    """The text `/metrics` answers: every web process's series when they share a dir."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
 
 
 def label_for(target: Any) -> str:

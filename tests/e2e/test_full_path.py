@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,17 @@ def test_upload_train_watch_register_deploy_and_chat(
         c.choices[0].delta.content for c in streamed if c.choices and c.choices[0].delta.content
     ]
     assert deltas
+
+    # Two web processes served those three requests; every scrape, whichever process answers
+    # it (a fresh connection each), counts all three.
+    counted = re.compile(
+        rf'^llmide_deployment_requests_total{{deployment="{deployed.json()["id"]}",'
+        r'status="200"} ([0-9.]+)$',
+        re.MULTILINE,
+    )
+    for _ in range(6):
+        exposed = httpx.get(server.base_url + "/metrics", headers=api.headers, timeout=30).text
+        assert [float(v) for v in counted.findall(exposed)] == [3.0], exposed[:2000]
 
 
 def test_cancel_stops_a_running_job_and_keeps_its_history(

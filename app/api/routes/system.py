@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from app.api.deps import CurrentUser, SessionDep
+from app.services import serving_metrics
 
 router = APIRouter(tags=["system"])
 
@@ -20,4 +21,4 @@ def healthz(session: SessionDep) -> dict[str, str]:
 
 @router.get("/metrics", response_class=Response)
 def prometheus_metrics(user: CurrentUser) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(serving_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
