@@ -662,6 +662,42 @@ def test_the_real_process_serves_the_web_side_client(
         asyncio.run(inference.list_loaded())
 
 
+def test_the_real_process_serves_the_engines_lstm_baseline(
+    settings: Settings, server_process: subprocess.Popen[bytes]
+) -> None:
+    """A trained LSTM version deploys like a transformer: the server knows its model type."""
+    import torch
+
+    from workers.engine.lstm import LstmConfig, LstmForCausalLM
+
+    folder = settings.artifact_root / "models" / "lstm"
+    build_tiny_model(folder)  # its tokenizer; the weights and config are replaced below
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    LstmForCausalLM(
+        LstmConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1)
+    ).save_pretrained(folder, safe_serialization=True)
+    base = f"http://127.0.0.1:{os.environ['LLMIDE_INFERENCE_PORT']}"
+    headers = {TOKEN_HEADER: settings.internal_token}
+    loaded = httpx.put(f"{base}/models/lstm", json={"path": "models/lstm"}, headers=headers)
+    assert loaded.status_code in (200, 202), loaded.text
+    deadline = time.monotonic() + 30
+    while (status := httpx.get(f"{base}/models/lstm", headers=headers).json())[
+        "status"
+    ] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status["status"] == "ready", status
+    answer = httpx.post(
+        f"{base}/generate",
+        json={"name": "lstm", "prompt": "the cat", "max_tokens": 3, "temperature": 0},
+        headers=headers,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["completion_tokens"] >= 1
+
+
 # --------------------------------------------------------------------------- SmolLM2 (slow)
 
 

@@ -310,7 +310,6 @@ def _load_weights(
     source: ModelSource,
 ) -> tuple[Any, Any, str, int | None, Kind, list[str]]:
     """Load model + tokenizer from a checked source; runs in a background thread."""
-    import torch
     import transformers
     from packaging.version import Version
     from transformers import (
@@ -318,6 +317,10 @@ def _load_weights(
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
+
+    # Registers the engine's own LSTM baseline with the Auto classes: its versions load like
+    # any other (the inference process imports nothing else of the engine).
+    import workers.engine.lstm  # noqa: F401
 
     device, dtype = pick_device()
     # transformers 4.56 renamed torch_dtype to dtype; the old name warns from then on.
@@ -335,7 +338,7 @@ def _load_weights(
         context = getattr(tokenizer, "model_max_length", None)
         if not context or context > 1_000_000:  # "no limit" sentinel of some tokenizers
             context = getattr(model.config, "max_position_embeddings", None)
-        torch.set_grad_enabled(False)
+        model.requires_grad_(False)  # serving never trains (grad mode itself is per thread)
         return model, tokenizer, device, context, "classifier", labels
     if source.gguf_file:
         # GGUF is de-quantised by transformers; use_safetensors does not apply to it.
@@ -359,7 +362,7 @@ def _load_weights(
     context = getattr(config, "n_positions", None) or getattr(
         config, "max_position_embeddings", None
     )
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)  # serving never trains (grad mode itself is per thread)
     return model, tokenizer, device, context, "causal-lm", []
 
 
