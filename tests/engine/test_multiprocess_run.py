@@ -60,3 +60,109 @@ def test_a_two_process_run_trains_in_ddp_and_reports_each_step_and_checkpoint_on
         "rng_state_1.pth",
     }
     assert not (checkpoint.parent / ".staging").exists()
+
+
+def launch(team: Team, config: dict) -> int:
+    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
+    launched = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id, "config": config})
+    assert launched.status_code == 201, launched.text
+    return int(launched.json()["id"])
+
+
+def test_a_failing_rank_fails_the_run_with_its_error_and_traceback(
+    team: Team, installation: Path
+) -> None:
+    """A real failure in every rank: the checkpoint to resume from is not loadable."""
+    from app.db.session import session_scope
+    from app.services import run_execution
+    from workers.tasks import train_run
+
+    run_id = launch(team, {"max_steps": 4, "block_size": BLOCK, "devices": 2})
+    broken = installation / "artifacts" / "runs" / str(run_id) / "checkpoints" / "checkpoint-2"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")
+    with session_scope() as session:
+        run_execution.record_checkpoint(
+            session=session,
+            run_id=run_id,
+            step=2,
+            storage_key=f"runs/{run_id}/checkpoints/checkpoint-2",
+            metrics={},
+        )
+        session.commit()
+
+    assert train_run.apply(args=[run_id], task_id="ddp-fails").result == "failed"
+
+    run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "failed"
+    assert run["error"].startswith("ValueError: cannot resume"), run["error"]
+    assert "_checkpoint_to_resume" in run["error_detail"]
+    assert "Traceback" not in run["error"]
+
+
+def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_two_processes(
+    team: Team, installation: Path, tmp_path: Path
+) -> None:
+    """The worker's SIGTERM reaches the ranks (forwarded by the task), their stop vote ends
+    all of them at the same step with a checkpoint; the next attempt resumes from it on two
+    processes and ends on "stop and keep" (rank 0 reads that flag, the vote passes it on)."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from workers.tasks import train_run
+
+    run_id = launch(team, {"max_steps": 400, "block_size": BLOCK, "batch_size": BATCH, "devices": 2})
+    log = (tmp_path / "task.log").open("w+")
+    task = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.task_in_process", str(run_id)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while team.viewer.get(f"/api/v1/runs/{run_id}").json()["step"] < 3:
+        assert task.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+        time.sleep(0.1)
+    task.send_signal(signal.SIGTERM)
+    assert task.wait(timeout=120) == 0, Path(log.name).read_text()
+    assert "task result: interrupted" in Path(log.name).read_text()
+
+    run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "interrupted", run
+    stopped_at = run["step"]
+    assert 3 <= stopped_at < 400
+    checkpoints = [c["step"] for c in team.viewer.get(f"/api/v1/runs/{run_id}/checkpoints").json()]
+    assert checkpoints[-1] == stopped_at, "the shutdown saved a checkpoint at the step it stopped"
+    folder = installation / "artifacts" / "runs" / str(run_id) / "checkpoints"
+    assert {p.name for p in (folder / f"checkpoint-{stopped_at}").glob("rng_state*")} == {
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }
+
+    outcome: list[str] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(train_run.apply(args=[run_id], task_id="next").result)
+    )
+    worker.start()
+    deadline = time.monotonic() + 180
+    while team.viewer.get(f"/api/v1/runs/{run_id}").json()["step"] < stopped_at + 3:
+        assert worker.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert team.editor.post(f"/api/v1/runs/{run_id}/stop").status_code == 200
+    worker.join(timeout=180)
+    assert outcome == ["succeeded"]
+
+    run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "succeeded" and stopped_at + 3 <= run["step"] < 400, run
+    events = [e["message"] for e in team.viewer.get(f"/api/v1/runs/{run_id}/events").json()]
+    assert f"resuming from step {stopped_at} (attempt 1)" in events
+    assert f"resumed at step {stopped_at}/400" in events
+    steps = [
+        p["step"]
+        for p in team.viewer.get(f"/api/v1/runs/{run_id}/metrics").json()
+        if "train_loss" in p["values"]
+    ]
+    assert steps == list(range(1, run["step"] + 1)), "every step exactly once, across attempts"
