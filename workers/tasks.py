@@ -6,8 +6,7 @@ import logging
 import signal
 import threading
 import traceback
-from collections.abc import Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -119,6 +119,7 @@ class TorchrunLaunch:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
 
     def forward_shutdown(self) -> None:
@@ -144,7 +145,9 @@ class TorchrunLaunch:
     def _failure(self, code: int) -> Outcome:
         # The first rank to fail holds the cause; the others usually fail after it (a peer
         # gone in the middle of a collective).
-        errors = sorted((self.dir / ERRORS_DIR).glob("rank-*.json"), key=lambda p: p.stat().st_mtime)
+        errors = sorted(
+            (self.dir / ERRORS_DIR).glob("rank-*.json"), key=lambda p: p.stat().st_mtime
+        )
         if errors:
             first = json.loads(errors[0].read_text())
             return Outcome(error=first["error"], traceback=first["traceback"])
@@ -153,6 +156,17 @@ class TorchrunLaunch:
             error=f"the training processes exited with code {code} without an error report",
             traceback=output,
         )
+
+
+def _terminate_with_parent() -> None:
+    """Linux: torchrun gets SIGTERM when the task's process dies (a worker killed with -9), and
+    then stops its ranks, instead of training on as an orphan whose result nobody collects."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def write_error(spec_path: Path, rank: int, error: str, traceback_text: str) -> None:

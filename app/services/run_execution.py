@@ -181,7 +181,11 @@ def describe_error(
     training process of a multi-device run reports it."""
     error = error.strip()
     name = error.partition(":")[0].rpartition(".")[2]
-    if out_of_memory or name in ("OutOfMemoryError", "MemoryError") or "out of memory" in error.lower():
+    if (
+        out_of_memory
+        or name in ("OutOfMemoryError", "MemoryError")
+        or "out of memory" in error.lower()
+    ):
         error = f"{error.splitlines()[0][:500]}\n{OOM_SUGGESTION}"
     lines = [line for line in traceback_text.rstrip().splitlines() if line.strip()]
     return error[:4000], "\n".join(lines[-TRACEBACK_LINES:])[:8000]

@@ -25,7 +25,12 @@ from workers.engine.config import DEFAULT_CUDA_LOGGING_STEPS
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
 # Where the per-step path of a run lives. torch's own optimizer reads are left out: AdamW keeps
 # its step counters on the CPU unless it is capturable or fused.
-WATCHED = ("transformers/trainer.py", "transformers/trainer_callback.py", "accelerate/", "workers/engine/")
+WATCHED = (
+    "transformers/trainer.py",
+    "transformers/trainer_callback.py",
+    "accelerate/",
+    "workers/engine/",
+)
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Team, text_jsonl
 
 STEPS = 6
@@ -16,23 +18,20 @@ BATCH = 2
 BLOCK = 16
 
 
+def launch(team: Team, config: dict) -> int:
+    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
+    launched = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id, "config": config})
+    assert launched.status_code == 201, launched.text
+    return int(launched.json()["id"])
+
+
 def test_a_two_process_run_trains_in_ddp_and_reports_each_step_and_checkpoint_once(
     team: Team, installation: Path
 ) -> None:
     from workers.tasks import train_run
 
-    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
-    config = {
-        "max_steps": STEPS,
-        "block_size": BLOCK,
-        "batch_size": BATCH,
-        "save_steps": 3,
-        "eval_steps": 3,
-        "devices": 2,
-    }
-    launched = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id, "config": config})
-    assert launched.status_code == 201, launched.text
-    run_id = int(launched.json()["id"])
+    config = {"max_steps": STEPS, "block_size": BLOCK, "batch_size": BATCH, "devices": 2}
+    run_id = launch(team, {**config, "save_steps": 3, "eval_steps": 3})
 
     assert train_run.apply(args=[run_id], task_id="ddp").result == "succeeded"
 
@@ -49,8 +48,8 @@ def test_a_two_process_run_trains_in_ddp_and_reports_each_step_and_checkpoint_on
     assert events.count("checkpoint saved at step 3") == 2  # the engine's line and the sink's
     assert events.count("data parallel on 2 processes (gloo): global batch 2 × 2 × 1 = 4") == 1
 
-    # Both ranks trained: the token count is summed over them (two ranks' worth of tokens), and every rank's RNG state is
-    # in the checkpoint (what an exact resume of a two-process run restores).
+    # Both ranks trained: the token count is summed over them (two ranks' worth of tokens),
+    # and every rank's RNG state is in the checkpoint (what an exact resume restores).
     checkpoint = installation / "artifacts" / "runs" / str(run_id) / "checkpoints" / "checkpoint-6"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     one_rank = STEPS * BATCH * BLOCK  # at most (the last block of an epoch is padded)
@@ -60,13 +59,6 @@ def test_a_two_process_run_trains_in_ddp_and_reports_each_step_and_checkpoint_on
         "rng_state_1.pth",
     }
     assert not (checkpoint.parent / ".staging").exists()
-
-
-def launch(team: Team, config: dict) -> int:
-    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
-    launched = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id, "config": config})
-    assert launched.status_code == 201, launched.text
-    return int(launched.json()["id"])
 
 
 def test_a_failing_rank_fails_the_run_with_its_error_and_traceback(
@@ -114,7 +106,9 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_two_process
 
     from workers.tasks import train_run
 
-    run_id = launch(team, {"max_steps": 400, "block_size": BLOCK, "batch_size": BATCH, "devices": 2})
+    run_id = launch(
+        team, {"max_steps": 400, "block_size": BLOCK, "batch_size": BATCH, "devices": 2}
+    )
     log = (tmp_path / "task.log").open("w+")
     task = subprocess.Popen(
         [sys.executable, "-m", "tests.faults.task_in_process", str(run_id)],
@@ -166,3 +160,19 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_two_process
         if "train_loss" in p["values"]
     ]
     assert steps == list(range(1, run["step"] + 1)), "every step exactly once, across attempts"
+
+
+def test_a_run_on_n_gpus_gets_its_pool_process_gpu_and_the_next_ones(
+    installation: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.settings import get_settings
+    from workers.celery_app import gpus_for_child
+    from workers.tasks import _pinned_gpus
+
+    assert gpus_for_child(1, ["0", "1", "2", "3"], 2) == ["1", "2"]
+    assert gpus_for_child(3, ["0", "1", "2", "3"], 2) == ["3", "0"]
+    assert _pinned_gpus(2) is None, "no LLMIDE_WORKER_GPUS: no pinning"
+    monkeypatch.setattr(get_settings(), "worker_gpus", "4,5")
+    assert _pinned_gpus(2) == ["4", "5"]  # this (non-pool) process counts as index 0
+    with pytest.raises(ValueError, match="asks for 3 devices but its worker has 2 GPU"):
+        _pinned_gpus(3)

@@ -290,7 +290,9 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     reporter = ReportingCallback(
         callbacks,
         log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN),
-        sampler=SystemSampler(parameters=model.num_parameters(), cuda_index=device.cuda_index),
+        sampler=SystemSampler(
+            parameters=model.num_parameters(), cuda_index=device.cuda_index, devices=world.size
+        ),
     )
     trainer = AtomicCheckpointTrainer(
         model=model,
