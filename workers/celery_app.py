@@ -97,6 +97,17 @@ def gpu_for_child(index: int, gpus: list[str]) -> str | None:
     return gpus[index % len(gpus)] if gpus else None
 
 
+def gpus_for_child(index: int, gpus: list[str], count: int) -> list[str]:
+    """The GPUs of a run asking for `count` devices: the child's own GPU and the next ones
+    of the list (a worker for multi-GPU runs is started with `-c 1` and all its GPUs)."""
+    return [gpus[(index + k) % len(gpus)] for k in range(count)]
+
+
+def worker_gpu_list() -> list[str]:
+    """LLMIDE_WORKER_GPUS as a list ([] when unset: no pinning)."""
+    return [g.strip() for g in get_settings().worker_gpus.split(",") if g.strip()]
+
+
 @worker_process_init.connect
 def pin_one_gpu_per_child(**_: Any) -> None:
     """With LLMIDE_WORKER_GPUS="0,1,2,3" and `-c 4`, pool process i sees only GPU i.
@@ -108,8 +119,7 @@ def pin_one_gpu_per_child(**_: Any) -> None:
 
     from billiard.process import current_process
 
-    gpus = [g.strip() for g in get_settings().worker_gpus.split(",") if g.strip()]
-    gpu = gpu_for_child(getattr(current_process(), "index", 0) or 0, gpus)
+    gpu = gpu_for_child(getattr(current_process(), "index", 0) or 0, worker_gpu_list())
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 

@@ -6,8 +6,9 @@ import logging
 import signal
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ _ENGINE_KEYS = (
     "lora_r",
     "lora_alpha",
     "lora_dropout",
+    "devices",
+    "logging_steps",
 )
 
 
@@ -79,7 +82,7 @@ def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyp
 
 
 @contextmanager
-def _checkpoint_on_sigterm(reporter: RunReporter) -> Iterator[None]:
+def _checkpoint_on_sigterm(request_shutdown: Callable[[], None]) -> Iterator[None]:
     """While training, SIGTERM (a worker's warm shutdown, forwarded to its pool process by
     workers.celery_app) asks the engine to stop after this step with a checkpoint instead of
     killing the process, so a planned restart loses no work."""
@@ -88,7 +91,7 @@ def _checkpoint_on_sigterm(reporter: RunReporter) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        reporter.request_shutdown()
+        request_shutdown()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -104,8 +107,6 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
     A worker shutting down hands the run back instead (interrupted, re-queued) after saving a
     checkpoint.
     """
-    from workers.engine import train
-
     with session_scope() as session:
         # The lease: claim() only takes a run that is queued, interrupted, or running with a
         # stale heartbeat, so a redelivered message whose run is alive elsewhere ends here.
@@ -131,29 +132,25 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             + f" (attempt {run.attempts})",
         )
 
-    reporter = RunReporter(run_id, retention=retention)
-    try:
-        with _checkpoint_on_sigterm(reporter):
-            result = train(config, reporter)
-    except Exception as exc:
-        log.exception("run %s failed", run_id)
-        reporter.close()
-        error, detail = run_execution.describe_failure(exc, traceback.format_exc())
+    if config.devices > 1:
+        ended = _train_on_several_devices(run_id, config, retention)
+    else:
+        ended = _train_in_this_process(run_id, config, retention)
+    if ended.failure is not None:
         with session_scope() as session:
             run_execution.finish(
                 session=session,
                 run_id=run_id,
                 status=RunStatus.failed,
-                error=error,
-                error_detail=detail,
+                error=ended.failure[0],
+                error_detail=ended.failure[1],
             )
         return "failed"
-    reporter.close()
-    reason = reporter.stop_reason if result.stopped else None
+    reason = ended.stop_reason
     if reason == "shutdown":
         with session_scope() as session:
             requeue = run_execution.interrupt_for_shutdown(
-                session=session, run_id=run_id, step=result.global_step
+                session=session, run_id=run_id, step=ended.global_step
             )
         if requeue:
             celery_app.send_task(TRAIN_TASK, args=[run_id], queue=GPU_QUEUE)
@@ -165,16 +162,104 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             session=session,
             run_id=run_id,
             status=status,
-            final_checkpoint_key=artifacts.key_for(result.final_dir),
-            final_step=result.global_step,
+            final_checkpoint_key=artifacts.key_for(ended.final_dir),
+            final_step=ended.global_step,
             # The full evaluation (a confusion matrix, per-class scores) rides along with the
             # final checkpoint's metrics, which the run page shows.
             final_metrics={
-                **result.metrics,
-                **({"evaluation": result.report} if result.report else {}),
+                **ended.metrics,
+                **({"evaluation": ended.report} if ended.report else {}),
             },
         )
     return str(status)
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """How the engine left a run: a result (with why it stopped early, if it did) or a
+    failure (error, traceback tail) for the run page."""
+
+    final_dir: Path | None = None
+    global_step: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = None  # "cancel" | "shutdown" | "keep" | None
+    failure: tuple[str, str] | None = None
+
+
+def _train_in_this_process(run_id: int, config: Any, retention: dict[str, Any]) -> _Ended:
+    from workers.engine import train
+
+    reporter = RunReporter(run_id, retention=retention)
+    try:
+        with _checkpoint_on_sigterm(reporter.request_shutdown):
+            result = train(config, reporter)
+    except Exception as exc:
+        log.exception("run %s failed", run_id)
+        reporter.close()
+        return _Ended(failure=run_execution.describe_failure(exc, traceback.format_exc()))
+    reporter.close()
+    return _Ended(
+        final_dir=result.final_dir,
+        global_step=result.global_step,
+        metrics=result.metrics,
+        report=result.report,
+        stop_reason=reporter.stop_reason if result.stopped else None,
+    )
+
+
+def _train_on_several_devices(run_id: int, config: Any, retention: dict[str, Any]) -> _Ended:
+    """torchrun with one process per device (workers/torchrun_launch.py); rank 0 reports."""
+    from workers.torchrun_launch import TorchrunLaunch
+
+    try:
+        cuda_devices = _pinned_gpus(config.devices)
+    except ValueError as exc:
+        return _Ended(failure=(str(exc), ""))
+    launch = TorchrunLaunch(
+        run_id=run_id,
+        config=config,
+        retention=retention,
+        processes=config.devices,
+        cuda_devices=cuda_devices,
+    )
+    with _checkpoint_on_sigterm(launch.forward_shutdown):
+        launch.start()
+        outcome = launch.wait()
+    if outcome.result is None:
+        log.error("run %s failed on %s devices: %s", run_id, config.devices, outcome.error)
+        return _Ended(
+            failure=run_execution.describe_error(outcome.error or "failed", outcome.traceback)
+        )
+    result = outcome.result
+    reason = result["stop_reason"]
+    if result["stopped"] and launch.shutdown_requested and reason != "cancel":
+        reason = "shutdown"  # whichever rank saw the SIGTERM first, the worker is leaving
+    return _Ended(
+        final_dir=Path(result["final_dir"]),
+        global_step=int(result["global_step"]),
+        metrics=result["metrics"],
+        report=result["report"],
+        stop_reason=reason,
+    )
+
+
+def _pinned_gpus(count: int) -> list[str] | None:
+    """The GPUs a run of `count` devices trains on: this pool process's own GPU and the next
+    ones of LLMIDE_WORKER_GPUS (None: the worker pins nothing, every GPU stays visible)."""
+    from workers.celery_app import gpus_for_child, worker_gpu_list
+
+    gpus = worker_gpu_list()
+    if not gpus:
+        return None
+    if count > len(gpus):
+        raise ValueError(
+            f"this run asks for {count} devices but its worker has {len(gpus)} GPU(s) "
+            f"(LLMIDE_WORKER_GPUS={','.join(gpus)})"
+        )
+    from billiard.process import current_process
+
+    return gpus_for_child(getattr(current_process(), "index", 0) or 0, gpus, count)
 
 
 @celery_app.task(name=CALIBRATE_TASK)

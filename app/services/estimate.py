@@ -9,7 +9,9 @@ adapters, so their gradients and moments are negligible.
 Activation bytes per layer follow Korthikanti et al. 2022 ("Reducing Activation Recomputation
 in Large Transformer Models"): 34·s·b·h at 2 bytes a value, doubled for fp32, plus the logits
 and their softmax (b·s·V, fp32, twice). Their 5·a·s²·b attention-matrix term is left out:
-transformers 5 runs GPT-2 with SDPA attention, which never stores that matrix. It is an
+transformers 5 runs GPT-2 with SDPA attention, which never stores that matrix. The LSTM keeps,
+per layer and token, its input, four gates, the cell state, tanh of it and its output (8·h
+values: 16·s·b·h bytes at 2 bytes a value), plus the same logits. It is an
 estimate: frameworks keep a little more or less, so 10% headroom is required to "fit".
 """
 
@@ -31,13 +33,22 @@ LORA_TRAINABLE_SHARE = 0.005
 class Architecture:
     n_layer: int
     n_head: int
-    n_embd: int
+    n_embd: int  # the LSTM's width for kind "lstm"
     vocab_size: int = DEFAULT_VOCAB
+    kind: str = "gpt2"  # "gpt2" | "lstm"
 
     def parameters(self, block_size: int) -> int:
-        """Exact for our GPT-2 configs (tied embeddings, n_positions = block size)."""
+        """Exact for our configs (tied embeddings; GPT-2: n_positions = block size)."""
         d = self.n_embd
+        if self.kind == "lstm":
+            # Per layer: input and hidden weights (4 gates each, 4d·d) and their two biases.
+            return self.vocab_size * d + self.n_layer * 4 * (2 * d * d + 2 * d)
         return self.vocab_size * d + block_size * d + self.n_layer * (12 * d * d + 13 * d) + 2 * d
+
+    @property
+    def activation_bytes_per_token_width(self) -> int:
+        """Activation bytes a layer keeps per token and unit of width, at 2 bytes a value."""
+        return 16 if self.kind == "lstm" else 34
 
 
 # The engine's from-scratch sizes (workers/engine/scratch.py).
@@ -45,6 +56,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "scratch-nano": Architecture(n_layer=2, n_head=2, n_embd=64),
     "scratch-tiny": Architecture(n_layer=4, n_head=4, n_embd=192),
     "scratch-small": Architecture(n_layer=6, n_head=6, n_embd=384),
+    "scratch-lstm": Architecture(n_layer=2, n_head=0, n_embd=256, kind="lstm"),
 }
 
 
@@ -116,7 +128,7 @@ def estimate(
     optimizer = trainable * 8
     act_scale = 1 if precision in ("bf16", "fp16") else 2
     s, b, h = block_size, batch_size, arch.n_embd
-    per_layer = 34 * s * b * h * act_scale
+    per_layer = arch.activation_bytes_per_token_width * s * b * h * act_scale
     logits = 2 * b * s * arch.vocab_size * 4
     activations = int(arch.n_layer * per_layer + logits)
     total = weights + gradients + optimizer + activations

@@ -15,6 +15,7 @@ TASK_TYPES = ("auto", "causal_lm", "sft", "classification", "seq2seq")
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("full", "lora", "qlora")
+MAX_DEVICES = 64  # the engine's MAX_DEVICES
 # The task a dataset schema trains by default, and the schemas each task reads (the engine's
 # DEFAULT_TASK and TASK_SCHEMAS; "txt" is the old plain-text format).
 DEFAULT_TASK = {
@@ -55,6 +56,11 @@ class RunConfig(BaseModel):
     save_steps: int | None = Field(None, ge=1, le=1_000_000)
     seed: int = Field(42, ge=0, le=2**31 - 1)
     block_size: int = Field(128, ge=16, le=8192)  # the training sequence length
+    # Data-parallel processes on one machine (GPUs on a GPU worker); above 1: torchrun.
+    devices: int = Field(1, ge=1, le=MAX_DEVICES)
+    # Steps between training logs; None: every step on the CPU, every 10 on a GPU (a log
+    # reads the loss back from the GPU, a synchronisation the other steps avoid).
+    logging_steps: int | None = Field(None, ge=1, le=100_000)
     lora_r: int = Field(8, ge=1, le=512)
     lora_alpha: int = Field(16, ge=1, le=4096)
     lora_dropout: float = Field(0.05, ge=0, lt=1)

@@ -166,10 +166,26 @@ def describe_failure(exc: BaseException, traceback_text: str) -> tuple[str, str]
     Out-of-memory is recognised by name and message (torch.OutOfMemoryError, "CUDA out of
     memory", MemoryError), so this needs no torch import.
     """
-    error = f"{type(exc).__name__}: {exc}".strip()
     names = {cls.__name__ for cls in type(exc).__mro__}
-    text = str(exc).lower()
-    if names & {"OutOfMemoryError", "MemoryError"} or "out of memory" in text:
+    return describe_error(
+        f"{type(exc).__name__}: {exc}",
+        traceback_text,
+        out_of_memory=bool(names & {"OutOfMemoryError", "MemoryError"}),
+    )
+
+
+def describe_error(
+    error: str, traceback_text: str, *, out_of_memory: bool = False
+) -> tuple[str, str]:
+    """describe_failure for an error known only as its line ("ValueError: ..."), as a
+    training process of a multi-device run reports it."""
+    error = error.strip()
+    name = error.partition(":")[0].rpartition(".")[2]
+    if (
+        out_of_memory
+        or name in ("OutOfMemoryError", "MemoryError")
+        or "out of memory" in error.lower()
+    ):
         error = f"{error.splitlines()[0][:500]}\n{OOM_SUGGESTION}"
     lines = [line for line in traceback_text.rstrip().splitlines() if line.strip()]
     return error[:4000], "\n".join(lines[-TRACEBACK_LINES:])[:8000]

@@ -63,6 +63,8 @@ class LaunchForm(BaseModel):
     precision: str = ""
     eval_steps: str = ""
     save_steps: str = ""
+    logging_steps: str = ""
+    devices: str = ""
     lora_r: str = ""
     lora_alpha: str = ""
     lora_dropout: str = ""

@@ -30,6 +30,23 @@ def test_estimate_splits_memory_into_weights_gradients_adamw_and_activations(tea
     assert e["fits"] is True and e["warning"] is None
 
 
+def test_the_lstm_baseline_gets_a_memory_estimate_from_its_own_shape(team: Team) -> None:
+    def ask(base_model: str) -> dict:  # type: ignore[type-arg]
+        return team.viewer.post(
+            "/api/v1/runs/estimate",
+            json={"base_model": base_model, "config": {"batch_size": 8, "block_size": 128}},
+        ).json()
+
+    lstm = ask("scratch-lstm")
+    width, layers, vocab = 256, 2, 4096
+    assert lstm["parameters"] == vocab * width + layers * 4 * (2 * width * width + 2 * width)
+    assert lstm["weights_bytes"] == 4 * lstm["parameters"]
+    # Fewer activations a layer than a transformer block of the same width keeps.
+    per_layer_lstm = (lstm["activations_bytes"] - 2 * 8 * 128 * vocab * 4) / layers
+    assert per_layer_lstm == 16 * 128 * 8 * width * 2
+    assert lstm["fits"] is True
+
+
 def test_a_run_too_big_for_the_device_gets_a_warning_with_suggestions(
     team: Team, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -135,6 +135,13 @@ def test_out_of_memory_errors_suggest_a_smaller_batch_and_keep_the_traceback_tai
     error, _ = describe_failure(ValueError("bad things"), "")
     assert error == "ValueError: bad things"
 
+    # A rank of a multi-device run reports its error as a line: recognised the same way.
+    from app.services.run_execution import describe_error
+
+    error, _ = describe_error("OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB", "")
+    assert "smaller batch size" in error
+    assert describe_error("ValueError: bad things", "")[0] == "ValueError: bad things"
+
 
 def test_a_failed_run_shows_its_error_and_traceback_on_its_page(
     team: Team, run_id: int, installation: Path

@@ -86,6 +86,9 @@ def test_launch_refuses_a_run_whose_data_task_model_and_method_do_not_fit(
         {"lora_dropout": 1.0},
         {"warmup_ratio": 0.9},
         {"max_steps": 5, "warmup_steps": 10},
+        {"devices": 0},
+        {"devices": 65},
+        {"logging_steps": 0},
     ],
 )
 def test_launch_rejects_out_of_range_new_hyperparameters(
@@ -114,6 +117,8 @@ def test_launch_form_lists_packaged_models_and_the_new_hyperparameters(
         "lora_r",
         "warmup_steps",
         "max_grad_norm",
+        "logging_steps",
+        "devices",
     ):
         assert f'name="{field}"' in page.text
 

@@ -41,6 +41,8 @@ def test_web_run_config_offers_exactly_the_engines_choices() -> None:
     assert choices["method"] == engine_config.METHODS
     assert run_config.DEFAULT_TASK == engine_config.DEFAULT_TASK
     assert run_config.TASK_SCHEMAS == engine_config.TASK_SCHEMAS
+    devices = fields["devices"].metadata
+    assert [m.le for m in devices if hasattr(m, "le")] == [engine_config.MAX_DEVICES]
     # Checkpoint retention is applied by the worker's reporter (workers/metrics_sink.py), not
     # by the engine; every other field reaches TrainConfig.
     worker_only = {"eval_split", "keep_last_checkpoints", "keep_best_metric", "keep_best_mode"}

@@ -10,9 +10,8 @@ from workers.engine import KNOWN_BASE_MODELS
 from workers.engine.scratch import scratch_config
 
 
-def test_every_gpt2_style_scratch_model_has_an_estimate() -> None:
-    # The LSTM baseline has no memory estimate yet: the form shows its duration only.
-    assert set(ARCHITECTURES) == set(KNOWN_BASE_MODELS) - {"scratch-lstm"}
+def test_every_scratch_model_has_an_estimate() -> None:
+    assert set(ARCHITECTURES) == set(KNOWN_BASE_MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -20,6 +19,7 @@ def test_estimate_counts_the_parameters_of_the_model_the_engine_builds(name: str
     spec = KNOWN_BASE_MODELS[name]
     arch = ARCHITECTURES[name]
     assert (arch.n_layer, arch.n_head, arch.n_embd) == (spec.n_layer, spec.n_head, spec.n_embd)
+    assert arch.kind == spec.architecture
     config = scratch_config(
         name, vocab_size=arch.vocab_size, block_size=64, bos_token_id=0, eos_token_id=0,
         pad_token_id=0,

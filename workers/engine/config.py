@@ -33,6 +33,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("full", "lora", "qlora")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
+MAX_DEVICES = 64
+DEFAULT_CUDA_LOGGING_STEPS = 10
+
 # A byte-level BPE needs its 256 byte symbols plus the special tokens before any merge.
 MIN_VOCAB_SIZE = 300
 MAX_VOCAB_SIZE = 65536
@@ -67,6 +70,14 @@ class TrainConfig:
     save_steps: int | None = None  # None: about 4 checkpoints per run
     resume_from: Path | None = None  # a checkpoint dir; restores optimizer, scheduler and RNG
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    # Processes of one data-parallel run on this machine (one per GPU on CUDA, gloo processes
+    # on the CPU). Above 1 the worker launches the run through torchrun; train() itself trains
+    # in whatever world torchrun's environment describes.
+    devices: int = 1
+    # Optimizer steps between training logs (loss, learning rate, grad norm, throughput): the
+    # only steps that read a device tensor back. None: every step on the CPU, where a read
+    # costs nothing, and every DEFAULT_CUDA_LOGGING_STEPS on a GPU.
+    logging_steps: int | None = None
     vocab_size: int = 4096
     cpu_threads: int | None = None  # torch threads on CPU; None: all available CPUs but one
     # None keeps every checkpoint: each one reported through on_checkpoint stays on disk for
@@ -160,10 +171,13 @@ class TrainConfig:
             "keep_checkpoints",
             "cpu_threads",
             "early_stopping_patience",
+            "logging_steps",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1 (got {value})")
+        if not 1 <= self.devices <= MAX_DEVICES:
+            problems.append(f"devices must be between 1 and {MAX_DEVICES} (got {self.devices})")
         if not _DEVICE_PATTERN.match(self.device):
             problems.append(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
@@ -217,6 +231,12 @@ class TrainConfig:
                 f"LoRA dropout must be at least 0 and below 1 (got {self.lora_dropout})"
             )
         return problems
+
+    def logging_interval(self, on_gpu: bool) -> int:
+        """Steps between training logs: logging_steps, or the default for the device."""
+        if self.logging_steps is not None:
+            return self.logging_steps
+        return DEFAULT_CUDA_LOGGING_STEPS if on_gpu else 1
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -2,7 +2,9 @@
 
 In production the Celery worker sets CUDA_VISIBLE_DEVICES per task, so a task normally sees a
 single GPU and trains on "cuda:0"; an explicit "cuda:N" picks among the GPUs a process sees.
-A run never spans GPUs here: multi-GPU runs are launched by the worker through torchrun.
+A run with several devices is launched by the worker through torchrun (workers/torchrun_launch.py):
+each process then reads its place in the world from torchrun's environment (process_world) and
+trains on the GPU of its local rank.
 """
 
 from __future__ import annotations
@@ -29,8 +31,33 @@ class DevicePlan:
         return "cpu" if self.kind == "cpu" else f"cuda:{self.cuda_index}"
 
 
-def plan_device(spec: str) -> DevicePlan:
-    """Resolve "auto" | "cpu" | "cuda" | "cuda:N" against the hardware this process sees."""
+@dataclass(frozen=True)
+class World:
+    """This process's place in a data-parallel run (torchrun's RANK, LOCAL_RANK, WORLD_SIZE)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def process_world() -> World:
+    """The world torchrun describes in the environment; one process alone without it."""
+    return World(
+        rank=int(os.environ.get("RANK", "0")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
+
+
+def plan_device(spec: str, world: World | None = None) -> DevicePlan:
+    """Resolve "auto" | "cpu" | "cuda" | "cuda:N" against the hardware this process sees.
+
+    In a data-parallel world "auto" and "cuda" mean the GPU of this process's local rank.
+    """
     if spec == "cpu":
         return DevicePlan("cpu")
     if not torch.cuda.is_available():
@@ -38,6 +65,8 @@ def plan_device(spec: str) -> DevicePlan:
             return DevicePlan("cpu")
         raise RuntimeError(f"device {spec!r} was requested but this worker sees no CUDA GPU")
     index = int(spec.partition(":")[2] or 0)
+    if world is not None and world.size > 1 and spec in ("auto", "cuda"):
+        index = world.local_rank
     count = torch.cuda.device_count()
     if index >= count:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ class ReportingCallback(TrainerCallback):
         self._tokens_at_last_log = 0
         self._busy_seconds = 0.0
         self._step_started: float | None = None
+        # A data-parallel run: every rank's stop wish goes through this all-reduce (see
+        # workers/engine/distributed.py); None when the run is one process.
+        self.stop_vote: Callable[[bool], bool] | None = None
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -64,7 +68,11 @@ class ReportingCallback(TrainerCallback):
             self._step_started = None
             self._steps_since_log += 1
         self.callbacks.on_progress(state.global_step, state.max_steps)
-        if not self.stopped and self.callbacks.should_stop():
+        # Reads host-side flags only (no tensor): this runs on every step, not just log steps.
+        wants_to_stop = not self.stopped and self.callbacks.should_stop()
+        if self.stop_vote is not None:
+            wants_to_stop = self.stop_vote(wants_to_stop)
+        if wants_to_stop and not self.stopped:
             self.stopped = True
             control.should_training_stop = True
             # Trainer saves after on_step_end when asked, so the stop leaves a resumable checkpoint.
@@ -82,7 +90,7 @@ class ReportingCallback(TrainerCallback):
         logs = logs or {}
         step = state.global_step
         if "loss" in logs:
-            self._report_training(step, state, logs)
+            self._report_training(step, args, state, logs)
         elif "eval_loss" in logs:
             eval_loss = float(logs["eval_loss"])
             self.latest_eval = {"eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss)}
@@ -102,10 +110,16 @@ class ReportingCallback(TrainerCallback):
                 f"perplexity {self.latest_eval['eval_perplexity']:.2f}",
             )
 
-    def _report_training(self, step: int, state: TrainerState, logs: dict[str, float]) -> None:
+    def _report_training(
+        self, step: int, args: TrainingArguments, state: TrainerState, logs: dict[str, float]
+    ) -> None:
+        # The Trainer sums the token count over all ranks: both rates are the whole run's.
         tokens = state.num_input_tokens_seen - self._tokens_at_last_log
         rate = tokens / self._busy_seconds if self._busy_seconds > 0 else 0.0
-        samples = self._steps_since_log * state.train_batch_size if state.train_batch_size else 0
+        global_batch = (
+            (state.train_batch_size or 0) * args.gradient_accumulation_steps * args.world_size
+        )
+        samples = self._steps_since_log * global_batch
         samples_rate = samples / self._busy_seconds if self._busy_seconds > 0 else 0.0
         self._tokens_at_last_log = state.num_input_tokens_seen
         self._busy_seconds = 0.0
@@ -130,6 +144,8 @@ class ReportingCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if not state.is_world_process_zero:
+            return  # one report (and one chmod) per checkpoint, from rank 0
         step = state.global_step
         path = Path(args.output_dir) / f"checkpoint-{step}"
         make_readable(path)

@@ -47,8 +47,9 @@ def peak_flops(device_name: str | None) -> float | None:
 class SystemSampler:
     """Reads process and device counters; one instance per run."""
 
-    def __init__(self, *, parameters: int, cuda_index: int | None = None) -> None:
+    def __init__(self, *, parameters: int, cuda_index: int | None = None, devices: int = 1) -> None:
         self.parameters = parameters
+        self.devices = devices  # a data-parallel run's throughput is that of all its GPUs
         self._last = 0.0
         self._process: Any = None
         try:
@@ -107,5 +108,5 @@ class SystemSampler:
                 pass
         if self._peak and tokens_per_second > 0:
             # 6·N FLOPs per token for forward and backward (Kaplan et al.), attention ignored.
-            out["mfu"] = 6 * self.parameters * tokens_per_second / self._peak
+            out["mfu"] = 6 * self.parameters * tokens_per_second / (self._peak * self.devices)
         return out

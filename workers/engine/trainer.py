@@ -46,10 +46,14 @@ from workers.engine.data import (
 from workers.engine.device import (
     DevicePlan,
     PinnedTrainingArguments,
+    World,
     configure_cpu_threads,
+    default_cpu_threads,
     plan_device,
+    process_world,
     resolve_precision,
 )
+from workers.engine.distributed import StopVote
 from workers.engine.files import make_readable, publish_dir
 from workers.engine.lifecycle import EarlyStoppingOnMetric
 from workers.engine.loss_mask import pair_conversation
@@ -108,12 +112,12 @@ class AtomicCheckpointTrainer(Trainer):
     _pending_tokens: Any = 0  # tokens counted on the device since the last read-back
 
     def _track_num_input_tokens(self, inputs: Any) -> None:
-        # The stock count calls .item() on a device tensor every step: a GPU→CPU sync per
-        # step even between logs. Here the count stays on the device and is read back (one
-        # sync) only when the Trainer is about to log, evaluate or save.
+        # The stock count gathers and calls .item() every step: a GPU→CPU sync (and, with
+        # several ranks, a collective) per step even between logs. Here the count stays on
+        # the device and is summed and read back only when the Trainer is about to log,
+        # evaluate or save.
         if (
-            self.args.world_size > 1
-            or self.args.include_num_input_tokens_seen != "non_padding"
+            self.args.include_num_input_tokens_seen != "non_padding"
             or "attention_mask" not in inputs
         ):
             super()._track_num_input_tokens(inputs)
@@ -121,9 +125,15 @@ class AtomicCheckpointTrainer(Trainer):
         self._pending_tokens = self._pending_tokens + inputs["attention_mask"].sum()
 
     def _flush_token_count(self) -> None:
-        if isinstance(self._pending_tokens, torch.Tensor):
-            self.state.num_input_tokens_seen += int(self._pending_tokens.item())
+        pending = self._pending_tokens
         self._pending_tokens = 0
+        if self.args.world_size > 1:
+            # Every rank flushes at the same steps (logging, evaluation and saving follow the
+            # step count, a stop is all-reduced), so this sum is a collective all ranks join.
+            local = torch.as_tensor(pending, dtype=torch.int64, device=self.args.device)
+            pending = self.accelerator.reduce(local, reduction="sum")
+        if isinstance(pending, torch.Tensor):
+            self.state.num_input_tokens_seen += int(pending.item())
 
     def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
         control = self.control
@@ -143,27 +153,37 @@ class AtomicCheckpointTrainer(Trainer):
         return super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        if self.args.world_size > 1:  # every rank writes its own files: keep the stock layout
-            super()._save_checkpoint(model, trial)
-            return
+        # With several ranks each writes its own files (rank 0 the weights, optimizer and
+        # state; every rank its RNG state): barriers make rank 0 publish the folder only once
+        # all of them are on disk, and no rank start writing before the old staging is gone.
+        main = self.is_world_process_zero()
+        barrier = self.accelerator.wait_for_everyone
         run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root = run_dir / STAGING_DIR
-        shutil.rmtree(staging_root, ignore_errors=True)  # what an interrupted save left
+        if main:
+            shutil.rmtree(staging_root, ignore_errors=True)  # what an interrupted save left
+        barrier()
         self._staging_root = staging_root
         try:
             super()._save_checkpoint(model, trial)
-            publish_dir(staging_root / name, run_dir / name)
+            barrier()
+            if main:
+                publish_dir(staging_root / name, run_dir / name)
         except Exception as exc:
             raise CheckpointSaveFailed(
                 f"could not write the checkpoint at step {self.state.global_step}: {exc}"
             ) from exc
         finally:
             self._staging_root = None
-            shutil.rmtree(staging_root, ignore_errors=True)
+            if main:
+                shutil.rmtree(staging_root, ignore_errors=True)
+        barrier()  # the published folder is there before any rank reports or rotates
         best = self.state.best_model_checkpoint
         if best is not None and Path(best).parent == staging_root:
             self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+        if not main:
+            return
         rotate_checkpoints(
             output_dir=str(run_dir),
             save_total_limit=self.args.save_total_limit,
@@ -179,14 +199,15 @@ class Schedule:
     save_steps: int
 
 
-def plan_schedule(config: TrainConfig, train_blocks: int) -> Schedule:
+def plan_schedule(config: TrainConfig, train_blocks: int, world_size: int = 1) -> Schedule:
     """Total optimizer steps and the eval/save cadence, fixed before training starts.
 
     Fixing max_steps here (the Trainer would derive the same from epochs) lets progress,
-    defaults and a resumed run all agree on one number.
+    defaults and a resumed run all agree on one number. Each step of a data-parallel run
+    takes world_size batches (one per rank).
     """
     steps_per_epoch = math.ceil(
-        train_blocks / (config.batch_size * config.gradient_accumulation_steps)
+        train_blocks / (config.batch_size * config.gradient_accumulation_steps * world_size)
     )
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     return Schedule(
@@ -227,17 +248,28 @@ class Prepared:
 
 
 def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
-    device = plan_device(config.device)
+    world = process_world()
+    device = plan_device(config.device, world)
     precision = resolve_precision(config.precision, device)
     if device.kind == "cpu":
-        threads = configure_cpu_threads(config.cpu_threads)
+        # Several processes on one CPU share its cores rather than each taking all of them.
+        threads = configure_cpu_threads(
+            config.cpu_threads or max(1, default_cpu_threads() // world.size)
+        )
         callbacks.on_log("info", f"training on cpu with {threads} threads ({precision})")
     else:
         callbacks.on_log("info", f"training on {device.label} ({precision})")
+    if world.size > 1:
+        callbacks.on_log(
+            "info",
+            f"data parallel on {world.size} processes ({_ddp_backend(device)}): global batch "
+            f"{world.size} × {config.batch_size} × {config.gradient_accumulation_steps} = "
+            f"{world.size * config.batch_size * config.gradient_accumulation_steps}",
+        )
     checkpoint = _checkpoint_to_resume(config)
     set_seed(config.seed)
     prepared = _prepare_data(config, checkpoint, callbacks)
-    schedule = plan_schedule(config, len(prepared.train_set))
+    schedule = plan_schedule(config, len(prepared.train_set), world.size)
 
     model = _build_model(config, prepared, checkpoint)
     callbacks.on_log(
@@ -259,7 +291,9 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     reporter = ReportingCallback(
         callbacks,
         log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN),
-        sampler=SystemSampler(parameters=model.num_parameters(), cuda_index=device.cuda_index),
+        sampler=SystemSampler(
+            parameters=model.num_parameters(), cuda_index=device.cuda_index, devices=world.size
+        ),
     )
     trainer = AtomicCheckpointTrainer(
         model=model,
@@ -270,6 +304,7 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
             has_eval=prepared.eval_set is not None,
             precision=precision,
             predictions=evaluator is not None,
+            world=world,
         ),
         data_collator=prepared.collator,
         train_dataset=prepared.train_set,
@@ -281,6 +316,8 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     )
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
+    if trainer.args.world_size > 1:  # the process group exists once the arguments set it up
+        reporter.stop_vote = StopVote()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     step = trainer.state.global_step
 
@@ -290,17 +327,18 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         if not evaluated or evaluated[-1] != step:
             trainer.evaluate()  # the report describes the final weights
         report = evaluator.latest
-    elif prepared.task == "seq2seq" and prepared.eval_rows:
+    elif prepared.task == "seq2seq" and prepared.eval_rows and world.is_main:
         report = _generation_eval(config, trainer.model, prepared, callbacks)
         callbacks.on_metrics(step, {f"eval_{k}": v for k, v in report.items()})
 
     adapter_dir = None
     if config.method != "full":
         adapter_dir = config.output_dir / ADAPTER_DIR
-        trainer.model.save_pretrained(str(adapter_dir))
-        make_readable(adapter_dir)
+        if world.is_main:
+            trainer.model.save_pretrained(str(adapter_dir))
+            make_readable(adapter_dir)
         trainer.model = merged_model(trainer.model, config, prepared.source, prepared.task)
-    final_dir = _save_final(trainer, config.final_dir)
+    final_dir = _save_final(trainer, config.final_dir, world)
     if reporter.stopped:
         callbacks.on_log("info", f"stopped at step {step}; model saved to {final_dir.name}")
     else:
@@ -544,8 +582,10 @@ def _training_arguments(
     has_eval: bool,
     precision: str = "fp32",
     predictions: bool = False,
+    world: World | None = None,
 ) -> PinnedTrainingArguments:
     on_gpu = device.kind == "cuda"
+    distributed = world is not None and world.size > 1
     warmup: float = config.warmup_steps if config.warmup_steps is not None else config.warmup_ratio
     return PinnedTrainingArguments(
         output_dir=str(config.output_dir / "checkpoints"),
@@ -570,7 +610,12 @@ def _training_arguments(
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         logging_strategy="steps",
-        logging_steps=1,
+        # Only logging steps read the loss and grad norm back from the device.
+        logging_steps=config.logging_interval(on_gpu),
+        # The stock NaN/inf filter tests every step's loss on the host: a sync per step.
+        # A diverged run shows NaN in its logged loss instead of a smoothed-over value.
+        logging_nan_inf_filter=False,
+        ddp_backend=_ddp_backend(device) if distributed else None,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=schedule.eval_steps if has_eval else None,
         # Language-model logits of a whole eval set would be kept in memory; only the loss is
@@ -588,11 +633,21 @@ def _training_arguments(
     )
 
 
-def _save_final(trainer: Trainer, final_dir: Path) -> Path:
+def _ddp_backend(device: DevicePlan) -> str:
+    return "nccl" if device.kind == "cuda" else "gloo"
+
+
+def _save_final(trainer: Trainer, final_dir: Path, world: World | None = None) -> Path:
     """Weights (safetensors), config, generation config and tokenizer in one loadable folder.
 
-    Written beside its final name and renamed into place, like the checkpoints.
+    Written beside its final name and renamed into place, like the checkpoints; by rank 0
+    alone in a data-parallel run (the others wait until it is in place).
     """
+    if world is not None and world.size > 1:
+        if world.is_main:
+            _save_final(trainer, final_dir)
+        trainer.accelerator.wait_for_everyone()
+        return final_dir
     staged = final_dir.with_name(f"{STAGING_DIR}-{final_dir.name}")
     shutil.rmtree(staged, ignore_errors=True)
     try:
