@@ -275,6 +275,11 @@ def seed(env: dict[str, str], runs: int, steps: int, big_steps: int, users: int)
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
+    from app.services import chart_history
+
+    with session_scope() as session:
+        # What the worker does as a run ends: a long run's chart history is thinned once.
+        chart_history.store_if_long(session=session, run=session.get(Run, big_run_id))
     reset_engine_cache()
     return Seeded(tokens=secrets, run_ids=run_ids, big_run_id=big_run_id, points=points)
 

@@ -295,6 +295,25 @@ class RunEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class RunChartHistory(Base):
+    """A long run's thinned chart history, kept once the run has ended (see chart_history.py).
+
+    Thinning reads every point of the run; an ended run's points no longer change, so it is
+    done once (by the worker as the run ends, or by the first chart that asks) and reused by
+    every web process. `newest_point_id` says which points it covers: a resumed run's new
+    points make it stale.
+    """
+
+    __tablename__ = "run_chart_histories"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    newest_point_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    max_steps: Mapped[int] = mapped_column(Integer)
+    # [[id, step, name, value], ...] in id order.
+    rows: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("run_id", "step"),)

@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 
 from app.core.errors import NotAuthenticated
 from app.db.models import Run, RunStatus, User
-from app.services import runs, sessions, tokens, workspaces
+from app.services import chart_history, runs, sessions, tokens, workspaces
 from app.services.workspaces import WorkspaceContext
 
 
@@ -50,7 +50,7 @@ def next_messages(*, session: Session, run: Run, cursor: Cursor) -> tuple[list[d
     messages: list[dict[str, Any]] = []
     if cursor.after_step < 0 and cursor.metric_id == 0:
         # A new chart: the run's history, thinned if the run is long.
-        rows, cursor.metric_id = runs.history_rows(session=session, run=run)
+        rows, cursor.metric_id = chart_history.history_rows(session=session, run=run)
     else:
         rows = runs.metric_rows(
             session=session, run_id=run.id, after_step=cursor.after_step, after_id=cursor.metric_id

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
-from app.services import registry, run_queue
+from app.services import chart_history, registry, run_queue
 
 CLAIMABLE = (RunStatus.queued, RunStatus.interrupted)
 # Workers write a heartbeat at least this often, even during evaluation or checkpoint saving;
@@ -392,3 +392,6 @@ def finish(
     )
     session.commit()
     run_queue.on_run_finished(session=session, run_id=run_id)  # next trial, next queued run
+    if RunStatus(status).is_terminal:
+        # A long run's first chart then finds its history thinned (a short run: nothing to do).
+        chart_history.store_if_long(session=session, run=run)

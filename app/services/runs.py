@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
-from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
@@ -19,7 +16,6 @@ from app.services import (
     base_models,
     dataset_versions,
     datasets,
-    downsample,
     run_queue,
 )
 from app.services.run_config import TASK_SCHEMAS, RunConfig
@@ -27,7 +23,8 @@ from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 # Steps a new chart is sent in full; a longer run's history is thinned to this many (see
-# history_rows): a 100k-point run's first message is no bigger than a 4k-point run's.
+# chart_history.history_rows): a 100k-point run's first message is no bigger than a 4k-point
+# run's.
 HISTORY_STEPS = 2_000
 
 
@@ -314,78 +311,6 @@ def metric_page(
         MetricRow(*row)
         for row in session.execute(query.order_by(MetricPoint.step, MetricPoint.name))
     ]
-
-
-def history_rows(
-    *, session: Session, run: Run, max_steps: int = HISTORY_STEPS
-) -> tuple[list[MetricRow], int]:
-    """What a new chart starts from, and the newest point id it covers (the live cursor).
-
-    A run of up to `max_steps` steps: every point. A longer one (100k+ points): each metric
-    downsampled to at most `max_steps` points, keeping the first, last, lowest and highest
-    point of each step range (`downsample.extremes_query`): the curve's shape with its spikes,
-    every metric's latest value, a bounded message. A reconnecting chart asks with
-    `after_step` instead (`metric_rows`) and gets exactly the points it is missing.
-
-    Thinning reads every point of the run (0.2 s on Postgres, 0.6 s on SQLite for 100k), so
-    an ended run's thinned history is kept per process: its points no longer change. The key
-    holds the newest point id and the end time, so a resumed and re-ended run is read anew.
-    """
-    where = MetricPoint.run_id == run.id
-    newest_id = session.scalar(select(func.max(MetricPoint.id)).where(where))
-    if newest_id is None:
-        return [], 0
-    first = session.scalar(select(func.min(MetricPoint.step)).where(where)) or 0
-    last = session.scalar(select(func.max(MetricPoint.step)).where(where)) or 0
-    if last - first < max_steps:
-        rows = metric_rows(session=session, run_id=run.id)
-        return rows, rows[-1].id if rows else 0
-    key = (run.id, newest_id, run.finished_at, max_steps)
-    ended = RunStatus(run.status).is_terminal
-    if ended and (cached := _ended_histories.get(key)) is not None:
-        return list(cached), newest_id
-    width = downsample.bucket_width(first, last, max_steps // downsample.POINTS_PER_BUCKET)
-    picked = downsample.extremes_query(
-        where=(where, MetricPoint.id <= newest_id),
-        bucket=(MetricPoint.step - first) // width,
-        by_name=True,
-    ).subquery()
-    rows = [
-        MetricRow(*row)
-        for row in session.execute(
-            select(picked.c.id, picked.c.step, picked.c.name, picked.c.value).order_by(picked.c.id)
-        )
-    ]
-    if ended:
-        _ended_histories.put(key, tuple(rows))
-    return rows, newest_id
-
-
-class _SmallLru:
-    """A few recent entries, safe to share between the threadpool's threads."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any:
-        with self._lock:
-            if key not in self._entries:
-                return None
-            self._entries.move_to_end(key)
-            return self._entries[key]
-
-    def put(self, key: Hashable, value: Any) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-
-# 32 thinned histories of ~4k rows each: a few MB per web process at most.
-_ended_histories = _SmallLru(32)
 
 
 def group_by_step(rows: list[MetricRow]) -> list[dict[str, float | int]]:

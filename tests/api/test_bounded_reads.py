@@ -70,28 +70,43 @@ def test_a_new_chart_of_a_long_run_gets_a_thinned_history_and_a_reconnect_every_
     assert [p["step"] for p in missing["points"]] == list(range(last - 49, last + 1))
 
 
-def test_an_ended_long_runs_history_is_read_anew_once_it_has_new_points(
+def test_an_ended_long_runs_thinned_history_is_stored_once_and_replaced_when_stale(
     team: Team, run_id: int, backend: str, client: TestClient
 ) -> None:
-    """Ended runs' thinned histories are kept per process; new points must still show."""
-    from app.db.models import RunStatus
+    """Thinning reads every point: the run's end stores it for every web process to reuse."""
+    from sqlalchemy import func, select
+
+    from app.db.models import MetricPoint, RunChartHistory, RunStatus
     from app.db.session import session_scope
     from app.services import run_execution, runs
 
-    def newest_charted_step() -> int:
+    def charted_steps() -> list[int]:
         with client.websocket_connect(
             f"ws://127.0.0.1/ws/runs/{run_id}", headers=team.viewer.headers
         ) as ws:
-            return int(ws.receive_json()["points"][-1]["step"])
+            return [int(p["step"]) for p in ws.receive_json()["points"]]
+
+    def stored() -> tuple[int, int] | None:
+        with session_scope() as session:
+            history = session.get(RunChartHistory, run_id)
+            newest = session.scalar(
+                select(func.max(MetricPoint.id)).where(MetricPoint.run_id == run_id)
+            )
+            return None if history is None else (history.newest_point_id, newest)
 
     last = runs.HISTORY_STEPS * 2 + 10
     _write_steps(run_id, range(1, last + 1))
+    live = charted_steps()  # a running run's history is thinned afresh, not stored
+    assert stored() is None and live[-1] == last
     with session_scope() as session:
         run_execution.finish(session=session, run_id=run_id, status=RunStatus.failed, error="x")
-    assert newest_charted_step() == last
-    assert newest_charted_step() == last  # served again, the same
+    covered, newest = stored() or (0, -1)
+    assert covered == newest, "the run's end stores its thinned history"
+    assert charted_steps() == live  # served from it: the same points
     _write_steps(run_id, range(last + 1, last + 6))  # as a resumed run would add them
-    assert newest_charted_step() == last + 5
+    assert charted_steps()[-1] == last + 5
+    covered, newest = stored() or (0, -1)
+    assert covered == newest, "a stale history is replaced"
 
 
 def test_the_run_pages_figures_are_each_metrics_newest_value(
