@@ -273,3 +273,22 @@ def chat_jsonl(rows: int = 20) -> str:
         + "\n"
         for i in range(rows)
     )
+
+
+def record_unloadable_checkpoint(installation: Path, run_id: int, step: int) -> None:
+    """A checkpoint the database offers but the engine cannot load: a real failure to resume."""
+    from app.db.session import session_scope
+    from app.services import run_execution
+
+    key = f"runs/{run_id}/checkpoints/checkpoint-{step}"
+    broken = installation / "artifacts" / key
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")
+    with session_scope() as session:
+        run_execution.record_checkpoint(
+            session=session,
+            run_id=run_id,
+            step=step,
+            storage_key=key,
+            metrics={},
+        )

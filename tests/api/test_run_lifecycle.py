@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import Team, text_jsonl
+from tests.conftest import Team, record_unloadable_checkpoint, text_jsonl
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,22 +147,9 @@ def test_a_failed_run_shows_its_error_and_traceback_on_its_page(
     team: Team, run_id: int, installation: Path
 ) -> None:
     """A real failure inside the engine: the checkpoint to resume from is not loadable."""
-    from app.db.session import session_scope
-    from app.services import run_execution
     from workers.tasks import train_run
 
-    broken = installation / "artifacts" / "runs" / str(run_id) / "checkpoints" / "checkpoint-5"
-    broken.mkdir(parents=True)
-    (broken / "config.json").write_text("{}")
-    with session_scope() as session:
-        run_execution.record_checkpoint(
-            session=session,
-            run_id=run_id,
-            step=5,
-            storage_key=f"runs/{run_id}/checkpoints/checkpoint-5",
-            metrics={},
-        )
-        session.commit()
+    record_unloadable_checkpoint(installation, run_id, step=5)
     assert train_run.apply(args=[run_id], task_id="fails").result == "failed"
 
     run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
@@ -301,9 +288,7 @@ def test_a_metric_point_is_stamped_when_its_step_reported_it_not_when_its_batch_
     with session_scope() as session:
         stamped = dict(
             session.execute(
-                select(MetricPoint.step, MetricPoint.created_at).where(
-                    MetricPoint.run_id == run_id
-                )
+                select(MetricPoint.step, MetricPoint.created_at).where(MetricPoint.run_id == run_id)
             ).all()
         )
     for step, (before, after) in windows.items():

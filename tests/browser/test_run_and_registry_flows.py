@@ -178,7 +178,7 @@ def test_a_checkpoint_is_registered_from_the_run_page(
     expect(page).to_have_url(re.compile(r"/models/versions/\d+$"))
     expect(page.get_by_role("heading", level=1)).to_contain_text("v2")  # v1: the final one
     expect(page.get_by_test_id("stage")).to_have_text("none")
-    expect(page.locator("dl.meta")).to_contain_text("step 10 (checkpoint)")
+    expect(page.locator("dl.meta").first).to_contain_text("step 10 (checkpoint)")
     server.state["version_id"] = int(page.url.rsplit("/", 1)[-1])
     _shot(page, "model-version")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Team, text_jsonl
+from tests.conftest import Team, record_unloadable_checkpoint, text_jsonl
 
 STEPS = 6
 BATCH = 2
@@ -65,23 +65,10 @@ def test_a_failing_rank_fails_the_run_with_its_error_and_traceback(
     team: Team, installation: Path
 ) -> None:
     """A real failure in every rank: the checkpoint to resume from is not loadable."""
-    from app.db.session import session_scope
-    from app.services import run_execution
     from workers.tasks import train_run
 
     run_id = launch(team, {"max_steps": 4, "block_size": BLOCK, "devices": 2})
-    broken = installation / "artifacts" / "runs" / str(run_id) / "checkpoints" / "checkpoint-2"
-    broken.mkdir(parents=True)
-    (broken / "config.json").write_text("{}")
-    with session_scope() as session:
-        run_execution.record_checkpoint(
-            session=session,
-            run_id=run_id,
-            step=2,
-            storage_key=f"runs/{run_id}/checkpoints/checkpoint-2",
-            metrics={},
-        )
-        session.commit()
+    record_unloadable_checkpoint(installation, run_id, step=2)
 
     assert train_run.apply(args=[run_id], task_id="ddp-fails").result == "failed"
 
