@@ -109,6 +109,22 @@ def worker_gpu_list() -> list[str]:
 
 
 @worker_process_init.connect
+def drop_inherited_database_connections(**_: Any) -> None:
+    """A pool process starts with none of the main process's database connections.
+
+    The main process's threads (orphan sweeper, queue ticks) keep pooled connections open;
+    a forked child that reused one would share its socket with the parent, and the two would
+    interleave on one Postgres session ("connection in transaction status INTRANS", "server
+    closed the connection unexpectedly"). dispose(close=False) gives the child a fresh pool
+    and leaves the parent's connections alone (SQLAlchemy's recipe for os.fork).
+    """
+    from app.db.session import get_engine
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
+@worker_process_init.connect
 def pin_one_gpu_per_child(**_: Any) -> None:
     """With LLMIDE_WORKER_GPUS="0,1,2,3" and `-c 4`, pool process i sees only GPU i.
 
