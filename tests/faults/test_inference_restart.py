@@ -110,12 +110,15 @@ def test_killing_inference_mid_request_gives_retryable_503s_and_the_next_request
             )
         )
         next(c for c in stream if c.choices and c.choices[0].delta.content)
+        # Frozen mid-answer, then killed: the stream is certain to be cut (a whole answer can
+        # take a quarter of a second, less than it takes to queue the requests below).
+        killed = inference_pid(server)
+        assert killed is not None, server.log_tail()
+        os.kill(killed, signal.SIGSTOP)
         with ThreadPoolExecutor(max_workers=3) as pool:
-            # Queued behind the stream in the inference server when it dies.
+            # Waiting on the frozen inference server when it dies.
             queued = [pool.submit(chat, server, token, model, max_tokens=8) for _ in range(3)]
             time.sleep(0.3)
-            killed = inference_pid(server)
-            assert killed is not None, server.log_tail()
             os.kill(killed, signal.SIGKILL)
             killed_at = time.monotonic()
 
