@@ -35,7 +35,7 @@ from bench._support import PROJECT_ROOT, free_port, percentile, wait_healthy  # 
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_TOKENS = 32
-REPEATS = 2
+REPEATS = 5  # medians of 5 interleaved rounds: one round varies by ±7 % on a 2-core machine
 TOPICS = ["a lighthouse", "a robot", "the sea", "a forest", "a city", "a cat", "winter", "a ship"]
 
 
