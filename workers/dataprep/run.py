@@ -23,6 +23,7 @@ from app.core.prep_recipe import Recipe
 from workers.dataprep import fields
 from workers.dataprep.pipeline import BATCH_ROWS, Pipeline
 from workers.dataprep.split import assign_splits
+from workers.engine.paragraphs import read_paragraphs
 
 Row = dict[str, Any]
 Progress = Callable[[float], None]
@@ -68,17 +69,8 @@ def read_rows(
 
 
 def read_text_paragraphs(path: Path) -> Iterator[Row]:
-    """A plain-text file's blank-line-separated paragraphs as text rows (old "txt" uploads)."""
-    paragraph: list[str] = []
-    with path.open(encoding="utf-8-sig") as handle:
-        for line in handle:
-            if line.strip():
-                paragraph.append(line.rstrip("\n"))
-            elif paragraph:
-                yield {"text": "\n".join(paragraph)}
-                paragraph = []
-    if paragraph:
-        yield {"text": "\n".join(paragraph)}
+    """A plain-text file's paragraphs as text rows (old "txt" uploads), as training reads them."""
+    return ({"text": paragraph} for paragraph in read_paragraphs(path))
 
 
 class _HashingWriter:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 from workers.engine.loss_mask import IGNORE_INDEX, Message, instruction_prompt, pair_conversation
+from workers.engine.paragraphs import read_paragraphs
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def read_rows(path: Path, data_format: str) -> list[Row]:
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
     if data_format == "txt":
-        rows: list[Row] = list(_read_txt(path))
+        rows: list[Row] = list(read_paragraphs(path))
     elif data_format in SCHEMAS:
         rows = list(_read_jsonl(path, data_format))
     else:
@@ -59,20 +60,6 @@ def read_rows(path: Path, data_format: str) -> list[Row]:
     if not rows:
         raise DatasetError(f"{path.name} holds no documents")
     return rows
-
-
-def _read_txt(path: Path) -> Iterator[str]:
-    """Paragraphs (separated by blank lines) are the documents of a plain text file."""
-    paragraph: list[str] = []
-    with path.open(encoding="utf-8-sig") as handle:
-        for line in handle:
-            if line.strip():
-                paragraph.append(line.rstrip("\n"))
-            elif paragraph:
-                yield "\n".join(paragraph)
-                paragraph = []
-    if paragraph:
-        yield "\n".join(paragraph)
 
 
 def _read_jsonl(path: Path, data_format: str) -> Iterator[Row]:
