@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import get_settings
@@ -75,3 +77,10 @@ def reset_engine_cache() -> None:
         get_engine().dispose()
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
+
+
+def upsert_insert(session: Session, table: Any) -> Any:
+    """An INSERT for `table` that can take ON CONFLICT (DO NOTHING / DO UPDATE) on the
+    session's database: SQLite and Postgres spell it alike but build it apart."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)

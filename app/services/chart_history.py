@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import MetricPoint, Run, RunChartHistory, RunStatus
+from app.db.session import upsert_insert
 from app.services import downsample
 from app.services.runs import HISTORY_STEPS, MetricRow, metric_rows
 
@@ -69,12 +70,7 @@ def _store(
 ) -> None:
     """Replace the stored history; two processes storing the same one at once both succeed."""
     values = {"newest_point_id": newest_id, "max_steps": max_steps, "rows": [list(r) for r in rows]}
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(RunChartHistory).values(run_id=run_id, **values)
+    statement = upsert_insert(session, RunChartHistory).values(run_id=run_id, **values)
     session.execute(
         statement.on_conflict_do_update(index_elements=[RunChartHistory.run_id], set_=values)
     )

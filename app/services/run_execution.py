@@ -12,13 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
+from app.db.session import upsert_insert
 from app.services import chart_history, registry, run_queue
 
 CLAIMABLE = (RunStatus.queued, RunStatus.interrupted)
@@ -227,10 +226,8 @@ def write_metrics(*, session: Session, run_id: int, points: Iterable[MetricRepor
     ]
     if not values:
         return
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = (
-        insert(MetricPoint)
+        upsert_insert(session, MetricPoint)
         .values(values)
         .on_conflict_do_nothing(index_elements=["run_id", "step", "name"])
     )
