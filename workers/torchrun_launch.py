@@ -170,15 +170,19 @@ def _terminate_with_parent() -> None:
 
 
 def write_error(spec_path: Path, rank: int, error: str, traceback_text: str) -> None:
-    """A rank's failure, for the parent (written atomically: the parent sorts by mtime)."""
-    target = spec_path.parent / ERRORS_DIR / f"rank-{rank}.json"
-    staged = target.with_suffix(".tmp")
-    staged.write_text(json.dumps({"error": error, "traceback": traceback_text}))
-    staged.replace(target)
+    """A rank's failure, for the parent (whole or absent: the parent sorts them by mtime)."""
+    _write_json_whole(
+        spec_path.parent / ERRORS_DIR / f"rank-{rank}.json",
+        {"error": error, "traceback": traceback_text},
+    )
 
 
 def write_result(spec_path: Path, result: dict[str, Any]) -> None:
-    target = spec_path.parent / RESULT_FILE
+    _write_json_whole(spec_path.parent / RESULT_FILE, result)
+
+
+def _write_json_whole(target: Path, data: dict[str, Any]) -> None:
+    """Written beside and renamed into place: the parent never reads half a file."""
     staged = target.with_suffix(".tmp")
-    staged.write_text(json.dumps(result))
+    staged.write_text(json.dumps(data))
     staged.replace(target)
