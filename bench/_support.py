@@ -61,6 +61,16 @@ def wait_healthy(base: str, process: subprocess.Popen, what: str, timeout_s: flo
         time.sleep(0.2)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def web_server(
     env: dict[str, str], *extra_args: str, log: IO[bytes] | None = None
@@ -78,12 +88,7 @@ def web_server(
         wait_healthy(base, server, "the web server")
         yield server
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
 
 
 def seed_bench_run(

@@ -31,7 +31,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._support import PROJECT_ROOT, free_port, percentile, wait_healthy  # noqa: E402
+from bench._support import (  # noqa: E402
+    PROJECT_ROOT,
+    free_port,
+    percentile,
+    stop_process,
+    wait_healthy,
+)
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_TOKENS = 32
@@ -265,11 +271,7 @@ def main() -> None:
 
         figures = asyncio.run(measure())
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
 
     print(f"plain model.generate: {figures['plain']:.1f} tokens/s")
     print(f"one stream via the server: {figures['served']:.1f} tokens/s")

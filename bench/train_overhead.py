@@ -42,7 +42,7 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
-from bench._support import free_port, seed_bench_run, web_server  # noqa: E402
+from bench._support import free_port, seed_bench_run, stop_process, web_server  # noqa: E402
 
 WARMUP = 5
 ROUNDS = 2
@@ -98,12 +98,7 @@ def product(data_dir: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[byt
         ):
             yield client, worker
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker, timeout_s=30)
         log.close()
 
 
