@@ -292,3 +292,25 @@ def record_unloadable_checkpoint(installation: Path, run_id: int, step: int) -> 
             storage_key=key,
             metrics={},
         )
+
+
+def resume_then_stop_and_keep(team: Team, run_id: int, *, past_step: int, timeout_s: float) -> None:
+    """Run the training task again (a worker resuming the run) and, once it has trained past
+    `past_step`, end it with "stop and keep" from the API; the task must end it succeeded."""
+    import threading
+    import time
+
+    from workers.tasks import train_run
+
+    outcome: list[str] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(train_run.apply(args=[run_id], task_id="next").result)
+    )
+    worker.start()
+    deadline = time.monotonic() + timeout_s
+    while team.viewer.get(f"/api/v1/runs/{run_id}").json()["step"] < past_step:
+        assert worker.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert team.editor.post(f"/api/v1/runs/{run_id}/stop").status_code == 200
+    worker.join(timeout=timeout_s)
+    assert outcome == ["succeeded"]

@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import Team, record_unloadable_checkpoint, text_jsonl
+from tests.conftest import (
+    Team,
+    record_unloadable_checkpoint,
+    resume_then_stop_and_keep,
+    text_jsonl,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,22 +200,7 @@ def test_sigterm_hands_the_run_back_with_a_checkpoint_and_stop_and_keep_ends_it_
     assert any("shutting down" in m for m in events)
 
     # The next worker resumes it; the user then ends it early with "stop and keep".
-    import threading
-
-    from workers.tasks import train_run
-
-    outcome: list[str] = []
-    worker = threading.Thread(
-        target=lambda: outcome.append(train_run.apply(args=[run_id], task_id="next").result)
-    )
-    worker.start()
-    deadline = time.monotonic() + 120
-    while team.viewer.get(f"/api/v1/runs/{run_id}").json()["step"] < stopped_at + 3:
-        assert worker.is_alive() and time.monotonic() < deadline
-        time.sleep(0.1)
-    assert team.editor.post(f"/api/v1/runs/{run_id}/stop").status_code == 200
-    worker.join(timeout=120)
-    assert outcome == ["succeeded"]
+    resume_then_stop_and_keep(team, run_id, past_step=stopped_at + 3, timeout_s=120)
 
     run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
     assert run["status"] == "succeeded" and stopped_at + 3 <= run["step"] < 40

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Team, record_unloadable_checkpoint, text_jsonl
+from tests.conftest import (
+    Team,
+    record_unloadable_checkpoint,
+    resume_then_stop_and_keep,
+    text_jsonl,
+)
 
 STEPS = 6
 BATCH = 2
@@ -88,10 +93,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_two_process
     import signal
     import subprocess
     import sys
-    import threading
     import time
-
-    from workers.tasks import train_run
 
     run_id = launch(
         team, {"max_steps": 400, "block_size": BLOCK, "batch_size": BATCH, "devices": 2}
@@ -123,18 +125,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_two_process
         "rng_state_1.pth",
     }
 
-    outcome: list[str] = []
-    worker = threading.Thread(
-        target=lambda: outcome.append(train_run.apply(args=[run_id], task_id="next").result)
-    )
-    worker.start()
-    deadline = time.monotonic() + 180
-    while team.viewer.get(f"/api/v1/runs/{run_id}").json()["step"] < stopped_at + 3:
-        assert worker.is_alive() and time.monotonic() < deadline
-        time.sleep(0.1)
-    assert team.editor.post(f"/api/v1/runs/{run_id}/stop").status_code == 200
-    worker.join(timeout=180)
-    assert outcome == ["succeeded"]
+    resume_then_stop_and_keep(team, run_id, past_step=stopped_at + 3, timeout_s=180)
 
     run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
     assert run["status"] == "succeeded" and stopped_at + 3 <= run["step"] < 400, run
