@@ -294,16 +294,7 @@ def pick_device() -> tuple[str, Any]:
 
 def is_classifier(directory: Path) -> bool:
     """A folder whose config names a *ForSequenceClassification architecture."""
-    import json
-
-    config = directory / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        architectures = json.loads(config.read_text()).get("architectures") or []
-    except (ValueError, AttributeError):
-        return False
-    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+    return model_facts(directory, None).classifier
 
 
 def _load_weights(
