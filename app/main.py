@@ -17,6 +17,7 @@ from app.core import error_handlers
 from app.core.middleware import (
     BodySizeLimitMiddleware,
     ClientAddressMiddleware,
+    FrameGuardMiddleware,
     OriginCheckMiddleware,
 )
 from app.core.settings import Settings, get_settings
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if "*" not in settings.allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(ClientAddressMiddleware)
+    # Outermost: even a refused host or an oversized body is answered unframeable.
+    app.add_middleware(FrameGuardMiddleware)
 
     app.mount("/static", StaticFiles(directory=str(PROJECT_ROOT / "static")), name="static")
     app.include_router(api_router)

@@ -112,3 +112,34 @@ class ClientAddressMiddleware:
             await self.app(scope, receive, send)
         finally:
             client_ip.reset(token)
+
+
+# Nothing here is meant to be shown inside another site's frame: a framed dashboard invites
+# clickjacking (a hidden "Deploy" or "Remove member" button under a decoy). Both headers: old
+# browsers read X-Frame-Options, current ones CSP's frame-ancestors.
+FRAME_GUARD_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+)
+
+
+class FrameGuardMiddleware:
+    """Forbid framing on every HTTP answer, errors and static files included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_guarded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {key.lower() for key, _ in headers}
+                headers += [(k, v) for k, v in FRAME_GUARD_HEADERS if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_guarded)
