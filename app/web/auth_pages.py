@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from app.core.errors import DomainError, NotAuthenticated
+from app.core.errors import DomainError
 from app.services import login_throttle, sessions, users, workspaces
 from app.services.sessions import session_user
 from app.web.pages import CSRF, DbDep, PageDep, PageRoute, rollback, safe_next
@@ -80,12 +80,9 @@ def login(
 ) -> Response:
     client = _client(request)
     try:
-        login_throttle.check(session=session, email=email, client=client)
-        try:
-            user = users.authenticate(session=session, email=email, password=password)
-        except NotAuthenticated:
-            login_throttle.record_failure(session=session, email=email, client=client)
-            raise
+        # Counted as a failure before the password is checked (concurrent guesses included).
+        attempt = login_throttle.begin(session=session, email=email, client=client)
+        user = users.authenticate(session=session, email=email, password=password)
     except DomainError as exc:
         return render(
             request,
@@ -93,7 +90,9 @@ def login(
             {"next": safe_next(next), "email": email, "error": exc.message, "notice": None},
             status_code=exc.status_code,
         )
-    login_throttle.record_success(session=session, user=user, email=email, client=client)
+    login_throttle.record_success(
+        session=session, user=user, email=email, client=client, attempt=attempt
+    )
     sessions.sign_in(request, user, session=session)
     return _see_other(safe_next(next))
 

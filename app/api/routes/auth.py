@@ -13,7 +13,6 @@ from app.api.schemas import (
     UserRead,
     WorkspaceWithRole,
 )
-from app.core.errors import NotAuthenticated
 from app.services import login_throttle, sessions, users, workspaces
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
@@ -37,13 +36,12 @@ def create_first_admin(
 @router.post("/session", response_model=SessionRead)
 def login(body: LoginRequest, request: Request, session: SessionDep) -> SessionRead:
     client = _client(request)
-    login_throttle.check(session=session, email=body.email, client=client)
-    try:
-        user = users.authenticate(session=session, email=body.email, password=body.password)
-    except NotAuthenticated:
-        login_throttle.record_failure(session=session, email=body.email, client=client)
-        raise
-    login_throttle.record_success(session=session, user=user, email=body.email, client=client)
+    # Counted as a failure before the password is checked (concurrent guesses included).
+    attempt = login_throttle.begin(session=session, email=body.email, client=client)
+    user = users.authenticate(session=session, email=body.email, password=body.password)
+    login_throttle.record_success(
+        session=session, user=user, email=body.email, client=client, attempt=attempt
+    )
     sessions.sign_in(request, user, session=session)
     return SessionRead(user=UserRead.model_validate(user), csrf_token=sessions.csrf_token(request))
 
