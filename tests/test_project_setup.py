@@ -102,6 +102,8 @@ def test_cli_migrates_creates_a_user_and_prints_only_the_token(tmp_path: Path) -
     assert token.stdout.startswith("llmide_") and token.stdout.count("\n") == 1
     weak = _cli(env, "user", "create", "weak@example.com", "--password", "short")
     assert weak.returncode == 1 and "at least 10 characters" in weak.stderr
+    common = _cli(env, "user", "create", "weak@example.com", "--password", "password12")
+    assert common.returncode == 1 and "too easy to guess" in common.stderr, common.stderr
     unknown = _cli(env, "token", "create", "nobody@example.com")
     assert unknown.returncode == 1 and "no user" in unknown.stderr
 

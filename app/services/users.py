@@ -27,7 +27,21 @@ def normalize_email(email: str) -> str:
     return email
 
 
-def check_password_rules(password: str) -> None:
+# zxcvbn's score, 0-4: 3 is "safely unguessable" against an online attack and slows an offline
+# one, which is what a self-hosted server behind a sign-in throttle needs. "password12" scores 1.
+MIN_PASSWORD_SCORE = 3
+# zxcvbn refuses longer input (its matching is slow on long strings); the start of a long
+# password judges it well enough.
+_ZXCVBN_MAX_LENGTH = 72
+
+
+def check_password_rules(password: str, *, email: str | None = None) -> None:
+    """Refuse a password that is too short, too long or too easy to guess, saying which.
+
+    Every place a password is set comes through here (first-admin setup, accounts made by an
+    administrator or the CLI). `email` lets the strength check count the address's own words
+    ("ada@example.com" choosing "ada-example-1") as easy to guess.
+    """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(
             f"the password must be at least {MIN_PASSWORD_LENGTH} characters long",
@@ -41,6 +55,28 @@ def check_password_rules(password: str) -> None:
         raise ValidationFailed(
             "the password must mix letters with digits or symbols", param="password"
         )
+    _check_strength(password, email=email)
+
+
+def _check_strength(password: str, *, email: str | None) -> None:
+    import zxcvbn
+
+    hints = [part for part in re.split(r"[@.+_-]", email or "") if part]
+    result = zxcvbn.zxcvbn(
+        password[:_ZXCVBN_MAX_LENGTH], user_inputs=hints, max_length=_ZXCVBN_MAX_LENGTH
+    )
+    if result["score"] >= MIN_PASSWORD_SCORE:
+        return
+    feedback = result.get("feedback") or {}
+    why = [feedback.get("warning") or "", *(feedback.get("suggestions") or [])]
+    advice = " ".join(text.strip() for text in why if text and text.strip())
+    if not advice:
+        advice = "a few unrelated words with a digit or symbol make a strong one."
+    raise ValidationFailed(
+        f"the password is too easy to guess (strength {result['score']} of 4, at least "
+        f"{MIN_PASSWORD_SCORE} needed): {advice}",
+        param="password",
+    )
 
 
 def has_any_user(*, session: Session) -> bool:
@@ -62,7 +98,7 @@ def create_user(
 ) -> User:
     """Create a user and their own workspace (they own it), so they can start working at once."""
     email = normalize_email(email)
-    check_password_rules(password)
+    check_password_rules(password, email=email)
     if get_by_email(session=session, email=email) is not None:
         raise Conflict(f"a user with e-mail {email} already exists", param="email")
     user = User(email=email, password_hash=hash_password(password), is_admin=is_admin)

@@ -29,6 +29,27 @@ def test_setup_refuses_a_weak_password(client: TestClient) -> None:
     assert response.status_code == 400 and "mix letters" in response.json()["detail"]
 
 
+def test_common_passwords_are_refused_everywhere_a_password_is_set_saying_why(
+    client: TestClient,
+) -> None:
+    common = client.post("/api/v1/setup", json={"email": "a@example.com", "password": "password12"})
+    assert common.status_code == 400, common.text
+    detail = common.json()["detail"]
+    assert "too easy to guess" in detail and "very common password" in detail, detail
+    admin = client.post("/api/v1/setup", json={"email": "a@example.com", "password": PASSWORD})
+    assert admin.status_code == 201  # correct-horse-42 scores 4 of 4
+    csrf = {"X-CSRF-Token": admin.json()["csrf_token"]}
+    for weak in ("Password123!", "qwertyuiop1", "letmein2024"):
+        made = client.post(
+            "/api/v1/users", json={"email": "b@example.com", "password": weak}, headers=csrf
+        )
+        assert made.status_code == 400 and "too easy to guess" in made.json()["detail"], made.text
+    made = client.post(
+        "/api/v1/users", json={"email": "b@example.com", "password": PASSWORD}, headers=csrf
+    )
+    assert made.status_code == 201, made.text
+
+
 def test_unauthenticated_requests_get_401_with_a_clear_message(client: TestClient) -> None:
     for path in (
         "/api/v1/me",
