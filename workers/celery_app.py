@@ -16,7 +16,7 @@ from celery.worker.control import inspect_command
 from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
 from app.core.settings import get_settings
 from app.db.session import session_scope
-from app.services import run_execution, run_queue
+from app.services import run_execution, scheduler
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,11 @@ def _sweep_forever(interval_s: float) -> None:
 
 def _queue_ticks_forever(interval_s: float) -> None:
     """Sweeps (pruning, next trials) and the queue (runs a failed send left waiting) move on
-    without a finishing run: app/services/run_queue.tick, docs/queue.md."""
+    without a finishing run: app/services/scheduler.tick, docs/queue.md."""
     while True:
         try:
             with session_scope() as session:
-                run_queue.tick(session=session)
+                scheduler.tick(session=session)
         except Exception:  # the database may be briefly away; try again next round
             log.exception("the queue tick failed")
         time.sleep(interval_s)

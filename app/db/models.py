@@ -23,34 +23,20 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, utcnow
+from app.domain.lifecycle import (
+    DatasetVersionStatus,
+    DeploymentStatus,
+    JobStatus,
+    RunStatus,
+    SweepStatus,
+    UploadStatus,
+)
 
 
 class Role(enum.StrEnum):
     owner = "owner"
     editor = "editor"
     viewer = "viewer"
-
-
-class RunStatus(enum.StrEnum):
-    """A run's lifecycle; the names match OpenAI's fine-tuning job statuses where they overlap."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-    interrupted = "interrupted"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
-
-
-class DeploymentStatus(enum.StrEnum):
-    loading = "loading"
-    ready = "ready"
-    failed = "failed"
-    stopped = "stopped"
 
 
 class User(Base):
@@ -172,7 +158,7 @@ class DatasetVersion(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     recipe: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(20), default="ready")  # ready|preparing|failed
+    status: Mapped[str] = mapped_column(String(20), default=DatasetVersionStatus.ready)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_by_id: Mapped[int | None] = mapped_column(
@@ -196,7 +182,7 @@ class ChunkedUpload(Base):
     total_size: Mapped[int] = mapped_column(BigInteger)
     received: Mapped[int] = mapped_column(BigInteger, default=0)
     storage_key: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(20), default="open")  # open | completed
+    status: Mapped[str] = mapped_column(String(20), default=UploadStatus.open)
     dataset_id: Mapped[int | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
     )
@@ -415,15 +401,6 @@ class StageChange(Base):
     user: Mapped[User | None] = relationship()
 
 
-class JobStatus(enum.StrEnum):
-    """Exports and evaluations: queued -> running -> succeeded | failed."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-
-
 class ModelExport(Base):
     """A derived artifact of a version made by a worker (ONNX, int8 ONNX, merged LoRA)."""
 
@@ -576,7 +553,7 @@ class Sweep(Base):
     parallelism: Mapped[int] = mapped_column(Integer, default=1)
     prune: Mapped[bool] = mapped_column(Boolean, default=True)
     seed: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(20), default="running", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=SweepStatus.running, index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     best_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_by_id: Mapped[int | None] = mapped_column(

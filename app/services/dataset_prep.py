@@ -23,10 +23,11 @@ from app.core import task_queue
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.prep_recipe import ModelViewSettings, Recipe, recipe_errors
 from app.db.models import Dataset, DatasetVersion, Role
+from app.domain import lifecycle
 from app.services import artifacts
+from app.services.dataset_versions import FAILED, PREPARING, READY
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
-READY, PREPARING, FAILED = "ready", "preparing", "failed"
 # A progress write costs a commit; the bar moves in steps of at least this much.
 PROGRESS_STEP = 0.02
 MODEL_VIEW_STALE_S = 15 * 60
@@ -153,7 +154,7 @@ def complete(
 ) -> None:
     session.execute(
         update(DatasetVersion)
-        .where(DatasetVersion.id == version_id)
+        .where(DatasetVersion.id == version_id, DatasetVersion.status.in_(lifecycle.sources(READY)))
         .values(
             sha256=sha256,
             storage_key=storage_key,
@@ -171,7 +172,9 @@ def complete(
 def fail(*, session: Session, version_id: int, error: str) -> None:
     session.execute(
         update(DatasetVersion)
-        .where(DatasetVersion.id == version_id)
+        .where(
+            DatasetVersion.id == version_id, DatasetVersion.status.in_(lifecycle.sources(FAILED))
+        )
         .values(status=FAILED, error=error[:4000])
     )
     session.commit()

@@ -6,12 +6,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, NotFound, ValidationFailed
-from app.db.models import Dataset, DatasetVersion
+from app.db.models import Dataset, DatasetVersion, DatasetVersionStatus
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
-READY = "ready"
-PREPARING = "preparing"
-FAILED = "failed"
+READY = DatasetVersionStatus.ready
+PREPARING = DatasetVersionStatus.preparing
+FAILED = DatasetVersionStatus.failed
 
 
 def list_for_dataset(*, session: Session, dataset: Dataset) -> list[DatasetVersion]:

@@ -11,16 +11,16 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
 from app.db.session import upsert_insert
-from app.services import chart_history, registry, run_queue
+from app.domain import lifecycle
+from app.services import chart_history, registry, scheduler
 
-CLAIMABLE = (RunStatus.queued, RunStatus.interrupted)
 # Workers write a heartbeat at least this often, even during evaluation or checkpoint saving;
 # a run silent for settings.run_stale_after_s is taken to be orphaned.
 HEARTBEAT_EVERY_S = 1.0
@@ -42,10 +42,9 @@ def claim(*, session: Session, run_id: int, task_id: str | None) -> Run | None:
         .where(
             Run.id == run_id,
             Run.cancel_requested.is_(False),
-            or_(
-                Run.status.in_([s.value for s in CLAIMABLE]),
-                and_(Run.status == RunStatus.running, Run.heartbeat_at < _stale_before()),
-            ),
+            Run.status.in_(lifecycle.sources(RunStatus.running)),
+            # running → running is a takeover: only of a run whose worker went silent.
+            or_(Run.status != RunStatus.running, Run.heartbeat_at < _stale_before()),
         )
         .values(
             status=RunStatus.running,
@@ -62,6 +61,18 @@ def claim(*, session: Session, run_id: int, task_id: str | None) -> Run | None:
     if run is not None:
         session.refresh(run)
     return run
+
+
+def _move(
+    session: Session, run_id: int, source: RunStatus, target: RunStatus, **values: Any
+) -> bool:
+    """One guarded UPDATE `source` → `target` (a move the lifecycle table must hold); False
+    when the run was no longer `source` (another worker's sweeper got there first)."""
+    lifecycle.check(source, target, what=f"run {run_id}")
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == source).values(status=target, **values)
+    )
+    return bool(result.rowcount == 1)
 
 
 def heartbeat(*, session: Session, run_id: int) -> None:
@@ -95,22 +106,19 @@ def interrupt_orphaned_runs(*, session: Session) -> list[int]:
                 "try a smaller batch size or gradient accumulation; Resume tries again from "
                 "the last checkpoint."
             )
-            marked = session.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status == RunStatus.running)
-                .values(status=RunStatus.failed, error=error, finished_at=utcnow())
-            )
-            if marked.rowcount == 1:
+            if _move(
+                session,
+                run_id,
+                RunStatus.running,
+                RunStatus.failed,
+                error=error,
+                finished_at=utcnow(),
+            ):
                 add_event(
                     session=session, run_id=run_id, level="error", message=f"run failed: {error}"
                 )
             continue
-        marked = session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.running)
-            .values(status=RunStatus.interrupted)
-        )
-        if marked.rowcount != 1:
+        if not _move(session, run_id, RunStatus.running, RunStatus.interrupted):
             continue  # another worker's sweeper got there first
         requeue.append(run_id)
         add_event(
@@ -130,16 +138,15 @@ def interrupt_for_shutdown(*, session: Session, run_id: int, step: int) -> bool:
     A planned restart is not a crash: it does not use up one of the automatic restarts.
     True when the run should be re-queued (it was still this worker's and not cancelled).
     """
-    result = session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.running)
-        .values(
-            status=RunStatus.interrupted,
-            attempts=Run.attempts - 1,  # a claimed run has attempts >= 1
-            step=step,
-        )
+    handed_back = _move(
+        session,
+        run_id,
+        RunStatus.running,
+        RunStatus.interrupted,
+        attempts=Run.attempts - 1,  # a claimed run has attempts >= 1
+        step=step,
     )
-    if result.rowcount == 1:
+    if handed_back:
         add_event(
             session=session,
             run_id=run_id,
@@ -148,7 +155,7 @@ def interrupt_for_shutdown(*, session: Session, run_id: int, step: int) -> bool:
             "will resume on the next worker",
         )
     session.commit()
-    return result.rowcount == 1
+    return handed_back
 
 
 OOM_SUGGESTION = (
@@ -361,7 +368,7 @@ def finish(
     run = session.get(Run, run_id)
     if run is None:
         return
-    run.status = status
+    lifecycle.transition(run, status)
     run.error = error
     run.error_detail = error_detail
     run.finished_at = utcnow()
@@ -388,7 +395,7 @@ def finish(
         level="error" if status == RunStatus.failed else "info",
     )
     session.commit()
-    run_queue.on_run_finished(session=session, run_id=run_id)  # next trial, next queued run
+    scheduler.on_run_finished(session=session, run_id=run_id)  # next trial, next queued run
     if RunStatus(status).is_terminal:
         # A long run's first chart then finds its history thinned (a short run: nothing to do).
         chart_history.store_if_long(session=session, run=run)

@@ -3,7 +3,8 @@
 Runs are not sent to Celery when they are created. They wait in the database (status
 `queued`, `dispatched_at` empty) and `dispatch` sends the next one whenever fewer than
 `settings.max_concurrent_runs` are active. It is called after every launch, cancel and finish
-and every few seconds by each worker's sweeper thread; a lock row (`run_dispatch_lock`,
+(`scheduler.on_run_finished`) and every few seconds by each worker's sweeper thread
+(`scheduler.tick`); a lock row (`run_dispatch_lock`,
 `SELECT ... FOR UPDATE` on Postgres, SQLite's single writer) makes concurrent dispatchers take
 turns, so the limit holds with many web processes and workers. See docs/queue.md.
 """
@@ -177,33 +178,6 @@ def dispatch_quietly(*, session: Session) -> list[int]:
         log.exception("dispatching queued runs failed; the sweeper will try again")
         session.rollback()
         return []
-
-
-def on_run_finished(*, session: Session, run_id: int) -> None:
-    """After a run ends (in the worker): its sweep decides on the next trial, then the freed
-    slot goes to the next waiting run. Never fails the finishing run."""
-    from app.services import sweeps
-
-    try:
-        sweep_id = session.scalar(select(Run.sweep_id).where(Run.id == run_id))
-        if sweep_id is not None:
-            sweeps.advance(session=session, sweep_id=sweep_id)
-    except Exception:
-        log.exception("advancing the sweep of run %s failed; the next round retries", run_id)
-        session.rollback()
-    dispatch_quietly(session=session)
-
-
-def tick(*, session: Session) -> None:
-    """The workers' periodic round: every running sweep (pruning, new trials), then dispatch."""
-    from app.services import sweeps
-
-    try:
-        sweeps.advance_all(session=session)
-    except Exception:
-        log.exception("advancing sweeps failed; the next round retries")
-        session.rollback()
-    dispatch_quietly(session=session)
 
 
 def record_worker_host(*, session: Session, run_id: int) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, joinedload
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
+from app.domain import lifecycle
 from app.services import (
     audit,
     base_models,
@@ -176,8 +177,8 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     status = RunStatus(run.status)
     if status.is_terminal:
         raise InvalidTransition(f"run {run.id} is already {status}; it cannot be cancelled")
-    if status in (RunStatus.queued, RunStatus.interrupted):
-        run.status = RunStatus.cancelled
+    if status in (RunStatus.queued, RunStatus.interrupted):  # no worker holds it: ends now
+        lifecycle.transition(run, RunStatus.cancelled)
         run.finished_at = utcnow()
     run.cancel_requested = True
     session.add(RunEvent(run_id=run.id, message=f"cancellation requested by {ctx.user.email}"))
@@ -230,7 +231,7 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
             f"run {run.id} is {before}; only an interrupted or failed run can be resumed"
         )
     saved = (run.error, run.error_detail, run.finished_at, run.attempts)
-    run.status = RunStatus.queued
+    lifecycle.transition(run, RunStatus.queued)
     run.error = None
     run.error_detail = None
     run.finished_at = None
@@ -253,7 +254,7 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     except Exception:  # the broker refused: as it was, and no audit row of a resume
         session.refresh(run)
         session.delete(resumed)
-        run.status = before
+        run.status = before  # an undo, not a move: the resume never happened
         run.error, run.error_detail, run.finished_at, run.attempts = saved
         session.commit()
         raise

@@ -4,7 +4,7 @@ A sweep is a row plus its child runs (runs.sweep_id). `advance` is the whole con
 is stateless: it reads the trials back from the database, stops trials the median pruner
 condemns, launches new trials up to the sweep's parallelism and budget, and closes the sweep
 when none is left. It runs after each child run finishes (in the worker,
-`run_queue.on_run_finished`), every few seconds on each worker's dispatcher thread and when
+`scheduler.on_run_finished`), every few seconds on each worker's dispatcher thread and when
 the sweep is created; a unique (sweep_id, sweep_trial) index makes a second caller racing
 for the same trial fail instead of launching it twice. Child runs go through the normal
 queue (fair share, priorities, quotas). See docs/sweeps.md.
@@ -29,10 +29,12 @@ from app.db.models import (
     RunEvent,
     RunStatus,
     Sweep,
+    SweepStatus,
     User,
     Workspace,
 )
-from app.services import audit, base_models, dataset_versions, datasets, run_queue
+from app.domain import lifecycle
+from app.services import audit, base_models, dataset_versions, datasets, run_queue, runs
 from app.services.run_config import RunConfig
 from app.services.run_queue import QuotaExceeded
 from app.services.workspaces import WorkspaceContext, get_in_workspace
@@ -392,13 +394,11 @@ def trials(*, session: Session, sweep_id: int) -> list[Run]:
 
 def cancel(*, session: Session, ctx: WorkspaceContext, sweep_id: int) -> Sweep:
     """Stop the sweep: no new trials; waiting trials end, running ones stop within a step."""
-    from app.services import runs
-
     ctx.require(Role.editor)
     sweep = get_for_member(session=session, ctx=ctx, sweep_id=sweep_id)
-    if sweep.status != "running":
+    if sweep.status != SweepStatus.running:
         raise InvalidTransition(f"sweep {sweep.id} is already {sweep.status}")
-    sweep.status = "cancelled"
+    lifecycle.transition(sweep, SweepStatus.cancelled)
     sweep.finished_at = utcnow()
     audit.record(
         session=session,
@@ -486,7 +486,7 @@ def _prune(
 def advance(*, session: Session, sweep_id: int) -> None:
     """One controller round for a sweep (see the module docstring)."""
     sweep = session.get(Sweep, sweep_id)
-    if sweep is None or sweep.status != "running":
+    if sweep is None or sweep.status != SweepStatus.running:
         return
     all_trials = trials(session=session, sweep_id=sweep.id)
     curves = _load_curves(session, sweep, all_trials)
@@ -531,7 +531,7 @@ def _end(sweep: Sweep, all_trials: list[Run], values: dict[int, float | None]) -
     `error` as a note), failed otherwise."""
     _update_best(sweep, all_trials, values)
     succeeded = any(values.get(t.id) is not None for t in all_trials)
-    sweep.status = "succeeded" if succeeded else "failed"
+    lifecycle.transition(sweep, SweepStatus.succeeded if succeeded else SweepStatus.failed)
     if not succeeded and sweep.error is None:
         sweep.error = f"no trial finished with a {sweep.metric}"
     sweep.finished_at = utcnow()
@@ -547,8 +547,6 @@ def _update_best(sweep: Sweep, all_trials: list[Run], values: dict[int, float | 
 def _launch_trial(
     session: Session, ctx: WorkspaceContext, sweep: Sweep, number: int, params: dict[str, Any]
 ) -> Run:
-    from app.services import runs
-
     config = RunConfig(**{**sweep.base_config, **params})
     return runs.create_run(
         session=session,
@@ -563,7 +561,7 @@ def _launch_trial(
 
 def advance_all(*, session: Session) -> None:
     """Every running sweep, one round each (the workers' dispatcher thread)."""
-    ids = list(session.scalars(select(Sweep.id).where(Sweep.status == "running")))
+    ids = list(session.scalars(select(Sweep.id).where(Sweep.status == SweepStatus.running)))
     for sweep_id in ids:
         advance(session=session, sweep_id=sweep_id)
 

@@ -14,13 +14,14 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import utcnow
-from app.db.models import ChunkedUpload, Role
+from app.db.models import ChunkedUpload, Role, UploadStatus
+from app.domain import lifecycle
 from app.services import artifacts, datasets
 from app.services import dataset_ingest as ingest
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
-OPEN = "open"
-COMPLETED = "completed"
+OPEN = UploadStatus.open
+COMPLETED = UploadStatus.completed
 _RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -181,7 +182,7 @@ def complete(
         name=name,
         options=options,
     )
-    upload.status = COMPLETED
+    lifecycle.transition(upload, COMPLETED)
     upload.dataset_id = outcome.dataset.id
     upload.updated_at = utcnow()
     session.flush()

@@ -99,6 +99,7 @@ def test_an_ended_long_runs_thinned_history_is_stored_once_and_replaced_when_sta
     live = charted_steps()  # a running run's history is thinned afresh, not stored
     assert stored() is None and live[-1] == last
     with session_scope() as session:
+        assert run_execution.claim(session=session, run_id=run_id, task_id="t")
         run_execution.finish(session=session, run_id=run_id, status=RunStatus.failed, error="x")
     covered, newest = stored() or (0, -1)
     assert covered == newest, "the run's end stores its thinned history"

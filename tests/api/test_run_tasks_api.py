@@ -145,6 +145,7 @@ def test_run_page_shows_the_final_classification_report_and_confusion_matrix(
     }
     # What the worker stores when a classification run ends (workers/tasks.py).
     with session_scope() as session:
+        assert run_execution.claim(session=session, run_id=run_id, task_id="t")
         run_execution.finish(
             session=session,
             run_id=run_id,

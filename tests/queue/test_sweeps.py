@@ -109,7 +109,7 @@ def test_a_tpe_sweep_prunes_a_trial_worse_than_the_median_and_still_completes(
 ) -> None:
     from app.db.models import Run, RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution, run_queue
+    from app.services import run_execution, scheduler
     from workers.tasks import train_run
 
     created = create(
@@ -140,7 +140,7 @@ def test_a_tpe_sweep_prunes_a_trial_worse_than_the_median_and_still_completes(
         run_execution.write_metrics(session=session, run_id=third, points=[(2, "eval_loss", 99.0)])
         session.commit()
     with session_scope() as session:
-        run_queue.tick(session=session)
+        scheduler.tick(session=session)
     with session_scope() as session:
         run = session.get(Run, third)
         assert run is not None and run.cancel_requested and run.sweep_pruned

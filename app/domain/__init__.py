@@ -1,0 +1,1 @@
+"""What the product is about, free of storage and web: statuses and their allowed moves."""
