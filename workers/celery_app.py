@@ -24,6 +24,9 @@ celery_app = Celery(
     "llmide", include=["workers.tasks", "workers.registry_tasks", "workers.prep_tasks"]
 )
 celery_app.conf.update(celery_options(get_settings()))
+# Files 0600 and folders 0700 from the first write on (the embedded broker's database included):
+# app/core/file_modes.py.
+get_settings().ensure_dirs()
 app = celery_app
 
 

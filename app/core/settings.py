@@ -132,8 +132,14 @@ class Settings(BaseSettings):
         return self.inference_url or f"http://{self.inference_host}:{self.inference_port}"
 
     def ensure_dirs(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        """The data and artifact folders, private to this user (app/core/file_modes.py); every
+        process calls this before it writes, so it also sets the process's private umask."""
+        from app.core import file_modes
+
+        file_modes.keep_new_files_private()
+        file_modes.private_dir(self.data_dir)
+        file_modes.private_dir(self.artifact_root)
+        file_modes.private_database_files(self.data_dir)
 
     def resolved_secret_key(self) -> str:
         """The signing key: from the environment, else generated once and kept in data_dir.
