@@ -21,6 +21,7 @@ from app.core.middleware import (
     OriginCheckMiddleware,
 )
 from app.core.settings import Settings, get_settings
+from app.realtime.credentials import CredentialWatch
 from app.realtime.hub import RunUpdateHub
 from app.realtime.routes import router as realtime_router
 from app.web.rendering import PROJECT_ROOT
@@ -40,9 +41,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis_url=settings.redis_url, poll_interval_s=settings.metrics_poll_interval_s
     )
 
+    credential_watch = CredentialWatch()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        await credential_watch.start()
         reconciler = None
         if settings.deployment_reconcile_interval_s > 0:
             # Deployments come back by themselves after an inference restart (docs/serving.md).
@@ -58,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 reconciler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reconciler
+            await credential_watch.stop()
             await hub.stop()
 
     app = FastAPI(
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.hub = hub
+    app.state.credential_watch = credential_watch
     app.state.settings = settings
 
     error_handlers.install(app)

@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from app.core.errors import DomainError, NotFound
+from app.core.errors import DomainError, NotAuthenticated, NotFound
 from app.db.base import MAX_ID
 from app.db.models import Run
 from app.db.session import session_scope
+from app.realtime.credentials import Credential, CredentialWatch, still_valid
 from app.realtime.hub import RunUpdateHub
 from app.realtime.stream import Cursor, authenticate, next_messages
 from app.services import runs, workspaces
@@ -20,6 +21,7 @@ from app.services import runs, workspaces
 router = APIRouter()
 
 IDLE_WAKE_S = 5.0  # re-check now and then even without a wake-up (status, ETA)
+CREDENTIAL_ENDED = "signed out or token revoked"
 
 
 def _bearer(websocket: WebSocket) -> str | None:
@@ -30,10 +32,10 @@ def _bearer(websocket: WebSocket) -> str | None:
 
 def _prepare(
     websocket: WebSocket, run_id: int, after_step: int
-) -> tuple[list[dict], bool, Cursor, int]:
+) -> tuple[list[dict], bool, Cursor, int, Credential]:
     session_data = websocket.scope.get("session") or {}
     with session_scope() as session:
-        ctx = authenticate(
+        ctx, credential = authenticate(
             session=session,
             connection=websocket,
             bearer=_bearer(websocket),
@@ -44,13 +46,18 @@ def _prepare(
         cursor = Cursor(after_step=after_step)
         messages, done = next_messages(session=session, run=run, cursor=cursor)
         user_id = ctx.user.id
-    return messages, done, cursor, user_id
+    return messages, done, cursor, user_id, credential
 
 
-def _more(run_id: int, cursor: Cursor, user_id: int) -> tuple[list[dict], bool]:
-    """What is new, while the viewer is still a member: a member removed from the workspace
-    loses an open chart too (NotFound closes it), not only their next request."""
+def _more(
+    run_id: int, cursor: Cursor, user_id: int, credential: Credential
+) -> tuple[list[dict], bool]:
+    """What is new, while the viewer is still signed in and a member: a revoked token, a
+    signed-out browser (NotAuthenticated) or a member removed from the workspace (NotFound)
+    loses an open chart too, not only their next request."""
     with session_scope() as session:
+        if not still_valid(session, {credential}):
+            raise NotAuthenticated(CREDENTIAL_ENDED)
         run = session.get(Run, run_id)
         if run is None:
             return [{"type": "status", "status": "deleted"}], True
@@ -69,8 +76,9 @@ async def run_updates(
     after_step: Annotated[int, Query(ge=-1, le=MAX_ID)] = -1,
 ) -> None:
     hub: RunUpdateHub = websocket.app.state.hub
+    watch: CredentialWatch = websocket.app.state.credential_watch
     try:
-        messages, done, cursor, user_id = await run_in_threadpool(
+        messages, done, cursor, user_id, credential = await run_in_threadpool(
             _prepare, websocket, run_id, after_step
         )
     except DomainError as exc:
@@ -81,15 +89,18 @@ async def run_updates(
         return
     await websocket.accept()
     wake = hub.subscribe(run_id)
+    ended = watch.watch(credential)
     receiver = asyncio.create_task(_drain(websocket))
+    signed_out = asyncio.create_task(ended.wait())
     try:
         for message in messages:
             await websocket.send_json(message)
         while not receiver.done():
-            # Wake on new data, on the client leaving, or now and then to refresh the ETA.
+            # Wake on new data, on the client leaving, on its credential ending, or now and
+            # then to refresh the ETA.
             waiter = asyncio.create_task(wake.wait())
             await asyncio.wait(
-                {waiter, receiver},
+                {waiter, receiver, signed_out},
                 timeout=IDLE_WAKE_S if not done else 30.0,
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -97,7 +108,9 @@ async def run_updates(
             wake.clear()
             if receiver.done():
                 break
-            messages, done = await run_in_threadpool(_more, run_id, cursor, user_id)
+            if signed_out.done():
+                raise NotAuthenticated(CREDENTIAL_ENDED)
+            messages, done = await run_in_threadpool(_more, run_id, cursor, user_id, credential)
             for message in messages:
                 await websocket.send_json(message)
     except DomainError as exc:
@@ -107,7 +120,9 @@ async def run_updates(
         pass
     finally:
         hub.unsubscribe(run_id, wake)
+        watch.unwatch(credential, ended)
         receiver.cancel()
+        signed_out.cancel()
 
 
 async def _drain(websocket: WebSocket) -> None:

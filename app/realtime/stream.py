@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from app.core.errors import NotAuthenticated
+from app.core.security import hash_token
 from app.db.models import Run, RunStatus, User
+from app.realtime.credentials import Credential
 from app.services import chart_history, runs, sessions, tokens, workspaces
 from app.services.workspaces import WorkspaceContext
 
@@ -30,16 +32,22 @@ def authenticate(
     connection: HTTPConnection,
     bearer: str | None,
     workspace_ref: str | None,
-) -> WorkspaceContext:
-    """A bearer token, else the session cookie (only while its session is recorded)."""
+) -> tuple[WorkspaceContext, Credential]:
+    """A bearer token, else the session cookie (only while its session is recorded); with the
+    credential it signed in with, which the socket then watches (app/realtime/credentials.py)."""
     user: User | None = None
+    credential: Credential | None = None
     if bearer:
         user = tokens.user_for_secret(session=session, secret=bearer)
+        credential = Credential("token", hash_token(bearer))
     else:
+        sid_hash = sessions.credential_hash(connection)
         user = sessions.session_user(connection, session)
-    if user is None or not user.is_active:
+        credential = Credential("session", sid_hash) if sid_hash else None
+    if user is None or not user.is_active or credential is None:
         raise NotAuthenticated("authentication required")
-    return workspaces.context_for(session=session, user=user, workspace_ref=workspace_ref)
+    ctx = workspaces.context_for(session=session, user=user, workspace_ref=workspace_ref)
+    return ctx, credential
 
 
 def next_messages(*, session: Session, run: Run, cursor: Cursor) -> tuple[list[dict], bool]:

@@ -77,3 +77,28 @@ def session_user(connection: HTTPConnection, session: Session) -> User | None:
         connection.session.clear()
         return None
     return user
+
+
+def credential_hash(connection: HTTPConnection) -> str | None:
+    """The hash `browser_sessions` keeps for this connection's signed-in cookie, if any."""
+    if "session" not in connection.scope:
+        return None
+    sid = connection.session.get("sid")
+    return hash_token(sid) if isinstance(sid, str) else None
+
+
+def live_hashes(*, session: Session, hashes: set[str]) -> set[str]:
+    """Those of `hashes` whose browser session still signs someone in (not signed out, user
+    active), as `session_user` decides: the open websockets of the others are closed."""
+    if not hashes:
+        return set()
+    return set(
+        session.scalars(
+            select(BrowserSession.sid_hash)
+            .join(User, User.id == BrowserSession.user_id)
+            .where(
+                BrowserSession.sid_hash.in_(hashes),
+                User.is_active.is_(True),
+            )
+        )
+    )

@@ -53,6 +53,24 @@ def user_for_secret(*, session: Session, secret: str) -> User | None:
     return token.user
 
 
+def live_hashes(*, session: Session, hashes: set[str]) -> set[str]:
+    """Those of `hashes` whose token still signs someone in (not revoked, user active): the
+    open websockets of the others are closed (app/realtime/credentials.py)."""
+    if not hashes:
+        return set()
+    return set(
+        session.scalars(
+            select(ApiToken.token_hash)
+            .join(User, User.id == ApiToken.user_id)
+            .where(
+                ApiToken.token_hash.in_(hashes),
+                ApiToken.revoked_at.is_(None),
+                User.is_active.is_(True),
+            )
+        )
+    )
+
+
 def list_tokens(*, session: Session, user: User) -> list[ApiToken]:
     return list(
         session.scalars(
