@@ -18,6 +18,7 @@ from app.core.middleware import (
     BodySizeLimitMiddleware,
     ClientAddressMiddleware,
     FrameGuardMiddleware,
+    JsonBodyGuardMiddleware,
     OriginCheckMiddleware,
 )
 from app.core.settings import Settings, get_settings
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
 
     error_handlers.install(app)
+    app.add_middleware(JsonBodyGuardMiddleware)  # innermost: after the origin and size checks
     app.add_middleware(OriginCheckMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=_body_limit(settings))
     app.add_middleware(

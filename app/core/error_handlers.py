@@ -42,6 +42,7 @@ def error_body(
     path: str, status_code: int, message: str, *, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
     """The JSON error of a surface: OpenAI's shape under /v1, {"detail": ...} elsewhere."""
+    message = _printable(message)
     if is_openai_path(path):
         return {
             "error": {
@@ -78,20 +79,38 @@ def error_response(
     if _wants_html(request):
         from app.web.rendering import render_error_page
 
-        return render_error_page(request, status_code, message)
+        return render_error_page(request, status_code, _printable(message))
     body = error_body(request.url.path, status_code, message, code=code, param=param)
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
+# A body with a million unknown keys once produced a 40 MB error: list a few problems, each
+# cut short (a message may quote the input), and count the rest.
+MAX_LISTED_ERRORS = 10
+MAX_ERROR_CHARS = 300
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
     parts = []
     first_param = None
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")]
+    for err in errors[:MAX_LISTED_ERRORS]:
+        loc = [
+            str(p)[:80] for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")
+        ]
         where = ".".join(loc)
         first_param = first_param or (loc[-1] if loc else None)
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-    return "; ".join(parts) or "invalid request", first_param
+        text = f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
+        parts.append(text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…")
+    message = "; ".join(parts) or "invalid request"
+    if len(errors) > MAX_LISTED_ERRORS:
+        message += f" (and {len(errors) - MAX_LISTED_ERRORS} more problems)"
+    return message, first_param
+
+
+def _printable(text: str) -> str:
+    """Lone surrogates (from a client's text) cannot be encoded as UTF-8: replace them."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def upload_limit_message(max_bytes: int) -> str:

@@ -89,6 +89,74 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
+def _is_json(scope: Scope) -> bool:
+    """Bodies FastAPI parses as JSON: a JSON content type, or none at all."""
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-type":
+            kind = value.split(b";", 1)[0].strip().lower()
+            return kind == b"application/json" or kind.endswith(b"+json")
+    return True
+
+
+class JsonBodyGuardMiddleware:
+    """Refuse JSON request bodies no route could use safely, before any route parses them.
+
+    One check for every JSON endpoint (`app/core/safe_json.py`): nesting deeper than 64
+    levels, a lone UTF-16 surrogate (it would fail later, when the value is stored, echoed or
+    sent on as UTF-8) and absurd key counts (a million unknown keys took 12 s to validate and
+    produced a 40 MB error). The body is read once here and handed on unchanged; it is bounded
+    by BodySizeLimitMiddleware outside this one, and FastAPI buffers JSON bodies anyway.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        from app.core import safe_json
+        from app.core.error_handlers import error_body, upload_limit_message
+
+        chunks: list[bytes] = []
+        while True:
+            try:
+                message = await receive()
+            except HTTPException as exc:  # the size limit, raised by the outer middleware
+                from app.core.settings import get_settings
+
+                limit = upload_limit_message(get_settings().max_upload_bytes)
+                body = error_body(scope["path"], exc.status_code, limit, code="payload_too_large")
+                await JSONResponse(body, status_code=exc.status_code)(scope, receive, send)
+                return
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        reason = safe_json.refusal(raw) if raw else None
+        if reason is not None:
+            body = error_body(scope["path"], 400, f"the JSON body {reason}", code="invalid_json")
+            await JSONResponse(body, status_code=400)(scope, receive, send)
+            return
+        replayed: Message = {"type": "http.request", "body": raw, "more_body": False}
+        await self.app(scope, _replay([replayed], receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that first hands out `messages`, then waits on the real one (disconnects)."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
 # The client address of the request being handled, for the audit log: services record events
 # without each taking the request as a parameter. A ContextVar set here (outermost, in the
 # request's own task) is seen by the endpoint, also in the thread pool (Starlette copies the

@@ -24,6 +24,7 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any
 
+from app.core import safe_json
 from app.core.errors import PayloadTooLarge, ValidationFailed
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
@@ -216,12 +217,14 @@ def _read_jsonl(binary: IO[bytes], limits: Limits) -> Iterator[Item]:
         if not text.strip():
             continue  # blank lines between rows are harmless
         try:
-            yield location, json.loads(text)
+            yield location, safe_json.loads(text)
         except json.JSONDecodeError as exc:
             yield (
                 location,
                 Problem(location, f"invalid JSON ({exc.msg} at column {exc.colno})", text[:500]),
             )
+        except safe_json.JSONRefused as exc:
+            yield location, Problem(location, f"the row {exc}", text[:500])
 
 
 def _read_delimited(binary: IO[bytes], limits: Limits, delimiter: str) -> Iterator[Item]:
@@ -354,9 +357,11 @@ def _read_json_array(binary: IO[bytes], limits: Limits) -> Iterator[Item]:
                     lead = text[: len(text) - len(text.lstrip())]
                     location = f"row {index} (line {element_start_line + lead.count(chr(10))})"
                     try:
-                        yield location, json.loads(text)
+                        yield location, safe_json.loads(text)
                     except json.JSONDecodeError as exc:
                         yield location, Problem(location, f"invalid JSON ({exc.msg})", text[:500])
+                    except safe_json.JSONRefused as exc:
+                        yield location, Problem(location, f"the row {exc}", text[:500])
                 element_start_line = line
                 if depth == 0:
                     ended = True
@@ -529,6 +534,7 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
                 param="column_map",
             )
         return schema, mapping, True
+    _refuse_preference_data(columns)
     best: tuple[tuple[int, int, int], str, dict[str, str]] | None = None
     for rank, schema in enumerate(DETECTION_ORDER):
         mapping = _match(schema, columns)
@@ -560,6 +566,28 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
         "the columns with column_map",
         param="schema",
     )
+
+
+# Preference (DPO) data pairs a better and a worse answer; nothing here trains on pairs yet.
+PREFERENCE_FORMATS = (
+    (
+        ("preferred_output", "non_preferred_output"),
+        "OpenAI's DPO format: input, preferred_output, non_preferred_output",
+    ),
+    (("chosen", "rejected"), "the prompt / chosen / rejected format"),
+)
+
+
+def _refuse_preference_data(columns: list[str]) -> None:
+    lower = {c.lower() for c in columns}
+    for keys, described in PREFERENCE_FORMATS:
+        if all(key in lower for key in keys):
+            raise ValidationFailed(
+                f"this is preference data ({described}); preference (DPO) datasets are not "
+                "supported yet: upload supervised examples (chat messages, prompt/completion, "
+                "instruction/output, text or text/label)",
+                param="file",
+            )
 
 
 def _ambiguous(columns: list[str], mapping: dict[str, str]) -> bool:
@@ -604,9 +632,11 @@ def check_messages(value: Any) -> list[dict[str, Any]]:
     tool_calls instead). Extra keys are kept; role aliases (developer, human, gpt) normalised."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = safe_json.loads(value)
         except json.JSONDecodeError as exc:
             raise _RowError(f'invalid JSON in "messages" ({exc.msg})') from None
+        except safe_json.JSONRefused as exc:
+            raise _RowError(f'"messages" {exc}') from None
     if not isinstance(value, list) or not value:
         raise _RowError('"messages" must be a non-empty list')
     out: list[dict[str, Any]] = []
@@ -662,6 +692,11 @@ def check_messages(value: Any) -> list[dict[str, Any]]:
 def make_converter(schema: str, mapping: dict[str, str]) -> Callable[[Any], dict[str, Any]]:
     """A function from a source record to a canonical row; raises _RowError with a reason."""
 
+    def column(key: str) -> str:
+        # Detection may leave a required key unmapped (a file with only some of a schema's
+        # columns): each row then names the missing field.
+        return mapping.get(key, key)
+
     def get(record: dict[str, Any], key: str) -> Any:
         return record.get(mapping[key]) if key in mapping else None
 
@@ -670,29 +705,27 @@ def make_converter(schema: str, mapping: dict[str, str]) -> Callable[[Any], dict
             raise _RowError(f"each row must be a JSON object, not {type(record).__name__}")
         row: dict[str, Any]
         if schema == "chat":
-            if mapping["messages"] not in record:
-                raise _RowError(f'missing field: "messages" (column "{mapping["messages"]}")')
-            row = {"messages": check_messages(record[mapping["messages"]])}
+            if column("messages") not in record:
+                raise _RowError(f'missing field: "messages" (column "{column("messages")}")')
+            row = {"messages": check_messages(record[column("messages")])}
         elif schema == "classification":
             row = {
-                "text": _text(get(record, "text"), "text", mapping["text"]),
-                "label": _label(get(record, "label"), mapping["label"]),
+                "text": _text(get(record, "text"), "text", column("text")),
+                "label": _label(get(record, "label"), column("label")),
             }
         elif schema == "instruction":
             raw_input = get(record, "input")
             row = {
                 "instruction": _text(
-                    get(record, "instruction"), "instruction", mapping["instruction"]
+                    get(record, "instruction"), "instruction", column("instruction")
                 ),
                 "input": ""
                 if raw_input is None
-                else _text(raw_input, "input", mapping["input"], allow_empty=True),
-                "output": _text(get(record, "output"), "output", mapping["output"]),
+                else _text(raw_input, "input", column("input"), allow_empty=True),
+                "output": _text(get(record, "output"), "output", column("output")),
             }
         else:
-            row = {
-                key: _text(get(record, key), key, mapping.get(key, key)) for key in SCHEMAS[schema]
-            }
+            row = {key: _text(get(record, key), key, column(key)) for key in SCHEMAS[schema]}
         split = record.get("split")
         if split in ("train", "validation", "test"):
             row["split"] = split

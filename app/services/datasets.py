@@ -15,6 +15,7 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.core import safe_json
 from app.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ChunkedUpload, Dataset, DatasetVersion, Role, Run
@@ -468,8 +469,8 @@ def parse_options(
     mapping: Any = column_map or {}
     if isinstance(mapping, str):
         try:
-            mapping = json.loads(mapping) if mapping.strip() else {}
-        except json.JSONDecodeError:
+            mapping = safe_json.loads(mapping) if mapping.strip() else {}
+        except (json.JSONDecodeError, safe_json.JSONRefused):
             raise ValidationFailed(
                 'column_map must be a JSON object like {"prompt": "question"}', param="column_map"
             ) from None

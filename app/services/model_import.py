@@ -7,17 +7,20 @@ Only safetensors and GGUF weights are accepted; pickle checkpoints are refused w
 
 from __future__ import annotations
 
-import json
+import lzma
 import os
 import secrets
 import shutil
 import stat
+import struct
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from sqlalchemy.orm import Session
 
+from app.core import safe_json
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ModelStage, ModelVersion, Role
@@ -80,6 +83,13 @@ def resolve_import_path(raw: str) -> Path:
         )
     if not resolved.exists():
         raise ValidationFailed(f"{raw!r} does not exist in the import folder", param="path")
+    if not (resolved.is_file() or resolved.is_dir()):
+        # A pipe would block the copy forever; a device or socket is no model either.
+        raise ValidationFailed(
+            f"{raw!r} is not a regular file or a folder (a pipe, socket or device cannot be "
+            "imported)",
+            param="path",
+        )
     return resolved
 
 
@@ -177,7 +187,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
     """
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error) as exc:
         raise ValidationFailed("the upload is not a valid zip archive", param="file") from exc
     with zf:
         entries = [i for i in zf.infolist() if not i.is_dir()]
@@ -214,6 +224,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
         if pickles:
             raise ValidationFailed(PICKLE_REFUSED.format(names=", ".join(pickles)), param="file")
         seen: set[str] = set()
+        budget = 10 * get_settings().max_upload_bytes
         for info in entries:
             base = PurePosixPath(info.filename).name
             if not is_model_file(base):
@@ -221,8 +232,53 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             if base in seen:
                 raise ValidationFailed(f"the archive holds {base!r} twice", param="file")
             seen.add(base)
-            with zf.open(info) as source, (dest / base).open("wb") as sink:
-                shutil.copyfileobj(source, sink, 1024 * 1024)
+            budget -= _extract_entry(zf, info, dest / base, budget)
+
+
+# What reading a damaged or hostile entry raises: a bad CRC, a local header that names another
+# file than the central directory, sizes that lie (the data ends early or runs on), corrupt
+# compressed data, an encrypted entry (RuntimeError) or an unknown compression method.
+_DAMAGED_ENTRY = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    ValueError,
+)
+
+
+def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
+    """Copy one entry to `target`, counting the bytes really produced (not the declared size);
+    a damaged entry refuses the whole upload with a 400 naming it. Returns the bytes written."""
+    name = info.filename[:200]
+    written = 0
+    with target.open("wb") as sink:
+        try:
+            source = zf.open(info)
+        except _DAMAGED_ENTRY as exc:
+            raise _damaged(name, exc) from None
+        with source:
+            while True:
+                try:
+                    chunk = source.read(1024 * 1024)
+                except _DAMAGED_ENTRY as exc:
+                    raise _damaged(name, exc) from None
+                if not chunk:
+                    return written
+                written += len(chunk)
+                if written > budget:
+                    raise ValidationFailed("the archive unpacks to more than allowed", param="file")
+                sink.write(chunk)
+
+
+def _damaged(name: str, exc: BaseException) -> ValidationFailed:
+    reason = str(exc)[:200] or type(exc).__name__
+    return ValidationFailed(
+        f"the zip archive is damaged: entry {name!r} cannot be read ({reason})", param="file"
+    )
 
 
 def _staging_dir() -> Path:
@@ -247,8 +303,8 @@ def _register(
     )
     if config_path.is_file():
         try:
-            config = json.loads(config_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
+            config = safe_json.loads(config_path.read_bytes())
+        except ValueError as exc:  # not JSON, not UTF-8, or nested absurdly deep
             raise ValidationFailed(f"{config_path.name} is not valid JSON", param="file") from exc
         if not isinstance(config, dict):
             raise ValidationFailed(f"{config_path.name} is not a JSON object", param="file")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Form, Query, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
 from app.services import base_models, datasets, sweeps
@@ -151,7 +151,10 @@ def create_sweep(
     base: Any = None
     for field, text in (("search_space", form.search_space), ("config", form.config or "{}")):
         try:
-            parsed = json.loads(text)
+            parsed = safe_json.loads(text)
+        except safe_json.JSONRefused as exc:
+            errors[field] = f"the JSON {exc}"
+            continue
         except ValueError as exc:
             errors[field] = f"not valid JSON: {exc}"
             continue
