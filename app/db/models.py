@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -469,6 +470,18 @@ class Evaluation(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
+    # One live deployment per name in a workspace, enforced by the database: two concurrent
+    # deploys both pass the service's check, and the second insert then fails (409).
+    __table_args__ = (
+        Index(
+            "uq_deployments_live_name",
+            "workspace_id",
+            "name",
+            unique=True,
+            sqlite_where=text("status != 'stopped'"),
+            postgresql_where=text("status != 'stopped'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     workspace_id: Mapped[int] = mapped_column(

@@ -19,7 +19,7 @@ from app.core import safe_json
 from app.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ChunkedUpload, Dataset, DatasetVersion, Role, Run
-from app.services import artifacts, audit
+from app.services import artifacts, audit, workspaces
 from app.services import dataset_ingest as ingest
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -152,6 +152,13 @@ def ingest_file(
                 rejected=rejected,
                 max_problems_listed=settings.upload_problems_listed,
             )
+        # Identical uploads at once all found no duplicate above (the ingest takes a while):
+        # check again under the workspace's lock, so the later ones wait for the first one's
+        # commit and answer its dataset, like a duplicate uploaded afterwards.
+        workspaces.lock(session=session, ctx=ctx)
+        existing = find_duplicate(session=session, ctx=ctx, sha256=sha256)
+        if existing is not None:
+            return UploadOutcome(existing, duplicate=True)
         canonical_key = f"datasets/versions/{result.sha256}.jsonl"
         original_key = f"datasets/originals/{sha256}.{fmt}{'.gz' if compressed else ''}"
         artifacts.commit_file(tmp_canonical, canonical_key)

@@ -15,10 +15,12 @@ import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import (
+    Conflict,
     InvalidTransition,
     NotFound,
     ServiceUnavailable,
@@ -133,9 +135,7 @@ def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> Serv
 def _check_name(session: Session, ctx: WorkspaceContext, name: str, own_id: int | None) -> None:
     for other in _live(session, ctx):
         if other.id != own_id and (other.name == name):
-            raise ValidationFailed(
-                f"another live deployment is already called {name!r}", param="name"
-            )
+            raise _name_taken(name)
     version = registry.find_by_serving_name(session=session, ctx=ctx, name=name)
     if version is not None and own_id is None:
         return  # a version's own serving name is fine as its deployment's name
@@ -145,6 +145,10 @@ def _check_name(session: Session, ctx: WorkspaceContext, name: str, own_id: int 
             raise ValidationFailed(
                 f"{name!r} is the serving name of another model version", param="name"
             )
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"another live deployment is already called {name!r}", param="name")
 
 
 def create(
@@ -184,7 +188,13 @@ def create(
     deployment.max_new_tokens = chosen.max_new_tokens
     deployment.temperature = chosen.temperature
     deployment.top_p = chosen.top_p
-    session.flush()
+    try:
+        # Concurrent deploys all pass _check_name; the database's partial unique index on
+        # live names (uq_deployments_live_name) lets one through and the rest get a 409.
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise _name_taken(name) from None
     audit.record(
         session=session,
         actor=ctx,
@@ -193,7 +203,11 @@ def create(
         target_id=deployment.id,
         detail={"model_version_id": version.id, "serving_name": name},
     )
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise _name_taken(name) from None
     return deployment
 
 

@@ -175,10 +175,18 @@ def _lock_members(*, session: Session, ctx: WorkspaceContext) -> None:
     """Serialize membership changes of one workspace until the caller's commit.
 
     Without it two owners demoting each other at once would both see "another owner is left"
-    and leave the workspace with none. A no-op UPDATE of the workspace row rather than
-    SELECT ... FOR UPDATE: Postgres takes the row lock either way, and SQLite (which ignores
-    FOR UPDATE) takes its write lock here, before the owner count is read, so the second
-    change waits (busy timeout) and then counts what the first one committed.
+    and leave the workspace with none.
+    """
+    lock(session=session, ctx=ctx)
+
+
+def lock(*, session: Session, ctx: WorkspaceContext) -> None:
+    """Serialize a check-then-write on one workspace until the caller's commit.
+
+    A no-op UPDATE of the workspace row rather than SELECT ... FOR UPDATE: Postgres takes the
+    row lock either way, and SQLite (which ignores FOR UPDATE) takes its write lock here,
+    before the check reads, so the second writer waits (busy timeout) and then sees what the
+    first one committed. Hold it briefly: take it after slow work, just before the check.
     """
     session.execute(
         update(Workspace)
