@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.core.celery_config import EVALUATE_TASK, EXPORT_TASK
-from app.db.models import Dataset, Evaluation, ModelExport, ModelVersion
+from app.db.models import Dataset, DatasetVersion, Evaluation, ModelExport, ModelVersion
 from app.db.session import session_scope
 from app.services import artifacts, model_jobs
 from workers.celery_app import celery_app
@@ -120,11 +120,18 @@ def evaluate_version(evaluation_id: int) -> str:
             if dataset is None or dataset.sha256 != evaluation.dataset_sha256:
                 raise ValueError("the evaluated dataset was deleted or changed")
             source = artifacts.existing(version.storage_key)  # type: ignore[union-attr]
-            data_file = artifacts.existing(dataset.storage_key)
+            data_key, data_format = dataset.storage_key, dataset.format
+            if evaluation.dataset_version_id is not None:
+                # The chosen (prepared) version's rows, not the upload's.
+                chosen = session.get(DatasetVersion, evaluation.dataset_version_id)
+                if chosen is None or chosen.dataset_id != dataset.id:
+                    raise ValueError("the chosen dataset version was deleted")
+                data_key, data_format = chosen.storage_key, chosen.schema
+            data_file = artifacts.existing(data_key)
         except Exception as exc:
             _fail(Evaluation, evaluation_id, exc)
             return "failed"
-        data_format, options = dataset.format, dict(evaluation.options)
+        options = dict(evaluation.options)
     try:
         metrics, samples = evaluate(
             source,

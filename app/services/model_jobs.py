@@ -13,7 +13,7 @@ from app.core.celery_config import CPU_QUEUE, EVALUATE_TASK, EXPORT_TASK
 from app.core.errors import ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role, User
-from app.services import artifacts, audit, datasets, registry
+from app.services import artifacts, audit, dataset_versions, datasets, prompt_fit, registry
 from app.services.model_files import is_adapter
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -81,11 +81,18 @@ def create_evaluation(
     ctx.require(Role.editor)
     version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    if dataset_version_id is not None:
+        # Another workspace's version is a 404, another dataset's a 400, one still preparing
+        # a 409: the same rules as a run's dataset version.
+        dataset_versions.version_for_run(
+            session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
+        )
     chosen = [p.strip() for p in (prompts or DEFAULT_PROMPTS) if p.strip()]
     if len(chosen) > MAX_PROMPTS or any(len(p) > 1000 for p in chosen):
         raise ValidationFailed(
             f"at most {MAX_PROMPTS} prompts of up to 1000 characters", param="prompts"
         )
+    prompt_fit.check_prompts_fit(artifacts.resolve(version.storage_key), chosen, max_new_tokens)
     evaluation = Evaluation(
         workspace_id=ctx.workspace.id,
         model_version_id=version.id,

@@ -47,14 +47,21 @@ class DatasetError(ValueError):
     """A dataset file the engine cannot read; the message names the file and line."""
 
 
-def read_rows(path: Path, data_format: str) -> list[Row]:
-    """All documents of one dataset file, streamed line by line."""
+def read_rows(path: Path, data_format: str, *, prefer_split: str | None = None) -> list[Row]:
+    """All documents of one dataset file, streamed line by line.
+
+    With `prefer_split` (say "test"), only the rows of that split when the file has any
+    (a prepared version tags each row with its `split`), else all rows.
+    """
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
     if data_format == "txt":
         rows: list[Row] = list(read_paragraphs(path))
     elif data_format in SCHEMAS:
-        rows = list(_read_jsonl(path, data_format))
+        tagged = list(_read_jsonl_tagged(path, data_format))
+        if prefer_split is not None and any(split == prefer_split for split, _ in tagged):
+            tagged = [(split, row) for split, row in tagged if split == prefer_split]
+        rows = [row for _, row in tagged]
     else:
         raise DatasetError(f"unknown dataset format {data_format!r}")
     if not rows:
@@ -62,7 +69,8 @@ def read_rows(path: Path, data_format: str) -> list[Row]:
     return rows
 
 
-def _read_jsonl(path: Path, data_format: str) -> Iterator[Row]:
+def _read_jsonl_tagged(path: Path, data_format: str) -> Iterator[tuple[str | None, Row]]:
+    """(the row's split or None, the row) per line."""
     with path.open(encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -74,7 +82,8 @@ def _read_jsonl(path: Path, data_format: str) -> Iterator[Row]:
                     f"{path.name} line {line_no}: not valid JSON ({exc.msg})"
                 ) from None
             where = f"{path.name} line {line_no}"
-            yield _ROW_READERS[data_format](record, where)
+            split = record.get("split") if isinstance(record, dict) else None
+            yield split, _ROW_READERS[data_format](record, where)
 
 
 def _strings(record: object, where: str, keys: tuple[str, ...]) -> list[str]:

@@ -40,6 +40,10 @@ def _scored(rows: list[Any], tokenizer: Any, context: int) -> Iterator[tuple[Any
         yield ids, ids
 
 
+# An evaluation scores a dataset's held-out rows when it has them (a prepared version's split).
+EVAL_SPLIT = "test"
+
+
 def evaluate(
     model_dir: Path,
     data_file: Path,
@@ -59,7 +63,7 @@ def evaluate(
             progress=progress,
         )  # fmt: skip
     model, tokenizer = load_causal_lm(model_dir)
-    rows = read_rows(data_file, data_format)[:max_rows]
+    rows = read_rows(data_file, data_format, prefer_split=EVAL_SPLIT)[:max_rows]
     context = int(
         getattr(model.config, "n_positions", None)
         or getattr(model.config, "max_position_embeddings", 1024)
@@ -84,7 +88,7 @@ def evaluate(
     if chats:
         hypotheses, references = [], []
         for row in chats[:REFERENCE_ROWS]:
-            hypotheses.append(_generate(model, tokenizer, row[:-1], max_new_tokens))
+            hypotheses.append(_generate(model, tokenizer, row[:-1], max_new_tokens, context))
             references.append(row[-1]["content"])
         # The same BLEU and ROUGE as training-time evaluation (one definition of each).
         scores = engine_metrics.generation_scores(hypotheses, references)
@@ -92,15 +96,29 @@ def evaluate(
         metrics["rouge_l"] = scores["rougeL"]
     progress(0.8)
     samples = [
-        {"prompt": prompt, "output": _generate(model, tokenizer, prompt, max_new_tokens)}
+        {"prompt": prompt, "output": _generate(model, tokenizer, prompt, max_new_tokens, context)}
         for prompt in prompts
     ]
     return metrics, samples
 
 
-def _generate(model: Any, tokenizer: Any, prompt: str | list[dict], max_new_tokens: int) -> str:
-    """Greedy reply: chat-templated when the tokenizer has a template, stopping at its EOS ids."""
+def _generate(
+    model: Any, tokenizer: Any, prompt: str | list[dict], max_new_tokens: int, context: int
+) -> str:
+    """Greedy reply: chat-templated when the tokenizer has a template, stopping at its EOS ids.
+
+    A prompt and its reply must fit the context (positions past it do not exist: IndexError).
+    The web refuses a person's prompt that does not fit; a long dataset row keeps its end,
+    the turns closest to the reply.
+    """
     import torch
+
+    room = context - max_new_tokens
+    if room < 1:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+            f"context of {context} tokens"
+        )
 
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if getattr(tokenizer, "chat_template", None):
@@ -108,6 +126,8 @@ def _generate(model: Any, tokenizer: Any, prompt: str | list[dict], max_new_toke
     else:
         text = "\n".join(m["content"] for m in messages)
     ids = tokenizer(text, return_tensors="pt")
+    if ids["input_ids"].shape[1] > room:
+        ids = {key: value[:, -room:] for key, value in ids.items()}
     with torch.no_grad():
         out = model.generate(
             **ids,
@@ -154,7 +174,11 @@ def evaluate_classifier(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     id2label = {int(i): str(label) for i, label in model.config.id2label.items()}
     names = [id2label[i] for i in sorted(id2label)]
-    rows = [r for r in read_rows(data_file, data_format)[:max_rows] if isinstance(r, LabeledText)]
+    rows = [
+        r
+        for r in read_rows(data_file, data_format, prefer_split=EVAL_SPLIT)[:max_rows]
+        if isinstance(r, LabeledText)
+    ]
     unknown = sorted({r.label for r in rows} - set(names))
     labels = names + unknown
     index = {name: i for i, name in enumerate(labels)}
