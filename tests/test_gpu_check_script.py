@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("facts", "vllm_facts", "train", "serve_vllm", "serve_transformers", "gpu_tests")
@@ -78,3 +82,21 @@ def test_steps_are_not_started_once_the_budget_is_spent(tmp_path: Path) -> None:
     assert code == 1
     for step in STEPS:
         assert f"| {step} | not run: budget spent |" in summary
+
+
+def test_the_gpu_check_fails_the_gpu_tests_on_a_machine_without_a_gpu() -> None:
+    """Under scripts/gpu-check.sh (GPU_CHECK_REQUIRE_GPU=1) a missing GPU is an error, not
+    five skips that would let a GPU machine with a broken driver pass the check."""
+    if torch.cuda.is_available():
+        pytest.skip("gpu: this machine has a GPU, so the GPU tests would really run")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+         "-m", "gpu", str(ROOT / "tests" / "gpu")],
+        env={**os.environ, "GPU_CHECK_REQUIRE_GPU": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert "torch sees no CUDA GPU" in done.stdout + done.stderr
