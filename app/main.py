@@ -25,7 +25,7 @@ from app.core.settings import Settings, get_settings
 from app.realtime.credentials import CredentialWatch
 from app.realtime.hub import RunUpdateHub
 from app.realtime.routes import router as realtime_router
-from app.web.rendering import PROJECT_ROOT
+from app.web.rendering import PROJECT_ROOT, render_error_page
 
 SESSION_COOKIE = "llmide_session"
 
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.credential_watch = credential_watch
     app.state.settings = settings
 
-    error_handlers.install(app)
+    error_handlers.install(app, html_error_page=render_error_page)
     app.add_middleware(JsonBodyGuardMiddleware)  # innermost: after the origin and size checks
     app.add_middleware(OriginCheckMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=_body_limit(settings))

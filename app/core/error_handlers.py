@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,10 @@ _OPENAI_TYPES = {
     503: "service_unavailable_error",
     504: "api_error",
 }
+
+
+# Renders the error page a browser sees: (request, status code, message) -> response.
+HtmlErrorPage = Callable[[Request, int, str], Response]
 
 
 def is_openai_path(path: str) -> bool:
@@ -76,10 +81,9 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    if _wants_html(request):
-        from app.web.rendering import render_error_page
-
-        return render_error_page(request, status_code, _printable(message))
+    html_page: HtmlErrorPage | None = getattr(request.app.state, "html_error_page", None)
+    if html_page is not None and _wants_html(request):
+        return html_page(request, status_code, _printable(message))
     body = error_body(request.url.path, status_code, message, code=code, param=param)
     return JSONResponse(body, status_code=status_code, headers=headers)
 
@@ -117,7 +121,11 @@ def upload_limit_message(max_bytes: int) -> str:
     return f"the request is larger than the upload limit of {max_bytes / (1024 * 1024):g} MB"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, html_error_page: HtmlErrorPage | None = None) -> None:
+    """Map errors once for `app`. The HTML page for browsers is handed in by the app factory
+    (the web layer renders it): core does not import the pages above it."""
+    app.state.html_error_page = html_error_page
+
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None

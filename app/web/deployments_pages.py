@@ -1,8 +1,5 @@
-"""Deployment pages' actions: deploy with settings, scale, redeploy (zero downtime).
-
-The list itself (`GET /deployments`) and stop live in models_pages; this module adds the forms
-and the context the deployments page shows (figures, examples to copy).
-"""
+"""The deployments page: the list with status and figures, examples to copy, and its actions
+(deploy with settings, scale, redeploy with zero downtime, stop)."""
 
 from __future__ import annotations
 
@@ -18,6 +15,7 @@ from app.core.errors import DomainError, Forbidden
 from app.db.models import Deployment, DeploymentStatus
 from app.services import deployments, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
+from app.web.rendering import render
 
 router = APIRouter(prefix="/deployments", route_class=PageRoute, include_in_schema=False)
 
@@ -69,11 +67,49 @@ def deployments_context(
     }
 
 
+def _deployments_page(
+    request: Request,
+    session: Session,
+    pc: PageContext,
+    loaded: list[dict] | None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> tuple[Response, deployments.Actions]:
+    rows = deployments.list_for_workspace(session=session, ctx=pc.ctx)
+    actions = deployments.apply_server_status(session=session, deployments=rows, loaded=loaded)
+    context = deployments_context(request, session, pc, rows, loaded)
+    response = render(
+        request,
+        "deployments.html",
+        {**context, "deploy_error": error},
+        block="deployments_table",
+        status_code=status_code,
+    )
+    return response, actions
+
+
+@router.get("")
+async def deployment_list(request: Request, session: DbDep, pc: PageDep) -> Response:
+    loaded = await deployments.loaded_models()
+    response, actions = await run_in_threadpool(_deployments_page, request, session, pc, loaded)
+    await deployments.perform(actions)
+    return response
+
+
+@router.post("/{deployment_id}/stop", dependencies=[CSRF])
+async def stop_deployment(
+    deployment_id: int, request: Request, session: DbDep, pc: PageDep
+) -> Response:
+    deployment = await run_in_threadpool(
+        deployments.mark_stopping, session=session, ctx=pc.ctx, deployment_id=deployment_id
+    )
+    await deployments.unload(deployment)
+    return redirect(request, "/deployments")
+
+
 async def _page_with_error(
     request: Request, session: Session, pc: PageContext, exc: DomainError
 ) -> Response:
-    from app.web.models_pages import _deployments_page
-
     rollback(request)
     loaded = await deployments.loaded_models()
     response, _ = await run_in_threadpool(

@@ -1,4 +1,5 @@
-"""Registry and deployment pages: versions with lineage, one-click deploy, status, stop."""
+"""Registry pages: versions with lineage, exports, one-click deploy (the deployments page
+itself is deployments_pages)."""
 
 from __future__ import annotations
 
@@ -111,46 +112,4 @@ async def deploy_version(
     serving_name = deployment.model_version.serving_name
     if is_htmx(request):
         return render(request, "_deploy_result.html", {"serving_name": serving_name})
-    return redirect(request, "/deployments")
-
-
-def _deployments_page(
-    request: Request,
-    session: Session,
-    pc: PageContext,
-    loaded: list[dict] | None,
-    error: str | None = None,
-    status_code: int = 200,
-) -> tuple[Response, deployments.Actions]:
-    from app.web.deployments_pages import deployments_context
-
-    rows = deployments.list_for_workspace(session=session, ctx=pc.ctx)
-    actions = deployments.apply_server_status(session=session, deployments=rows, loaded=loaded)
-    context = deployments_context(request, session, pc, rows, loaded)
-    response = render(
-        request,
-        "deployments.html",
-        {**context, "deploy_error": error},
-        block="deployments_table",
-        status_code=status_code,
-    )
-    return response, actions
-
-
-@router.get("/deployments")
-async def deployment_list(request: Request, session: DbDep, pc: PageDep) -> Response:
-    loaded = await deployments.loaded_models()
-    response, actions = await run_in_threadpool(_deployments_page, request, session, pc, loaded)
-    await deployments.perform(actions)
-    return response
-
-
-@router.post("/deployments/{deployment_id}/stop", dependencies=[CSRF])
-async def stop_deployment(
-    deployment_id: int, request: Request, session: DbDep, pc: PageDep
-) -> Response:
-    deployment = await run_in_threadpool(
-        deployments.mark_stopping, session=session, ctx=pc.ctx, deployment_id=deployment_id
-    )
-    await deployments.unload(deployment)
     return redirect(request, "/deployments")

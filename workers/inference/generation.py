@@ -19,12 +19,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from workers.inference.registry import LoadedModel
+if TYPE_CHECKING:  # a type only: registry imports this module (lanes, errors) when it loads
+    from workers.inference.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 
