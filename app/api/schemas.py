@@ -352,9 +352,10 @@ class DeploymentPredict(BaseModel):
 
 
 class DeploymentStats(BaseModel):
-    requests: int = 0
-    errors: int = 0
-    cancelled: int = 0
+    requests: int = Field(0, description="every request routed to it, refused ones included")
+    rejected: int = Field(0, description="refused with a 4xx (validation, limits)")
+    errors: int = Field(0, description="failed with a 5xx")
+    cancelled: int = Field(0, description="the client went away before the end")
     completion_tokens: int = 0
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None

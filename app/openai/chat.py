@@ -10,6 +10,7 @@ from starlette.responses import StreamingResponse
 from app.api.deps import SessionDep, Workspace
 from app.openai import generation
 from app.openai.schemas import ChatChoice, ChatCompletion, ChatCompletionCreate, ChatMessageOut
+from app.services import serving_metrics
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["openai: chat"])
 
@@ -22,17 +23,19 @@ router = APIRouter(prefix="/v1/chat/completions", tags=["openai: chat"])
 async def create_chat_completion(
     body: ChatCompletionCreate, session: SessionDep, ctx: Workspace
 ) -> ChatCompletion | StreamingResponse:
-    body.check_supported()
-    messages = body.plain_messages()
     target = await generation.resolve_target(session=session, ctx=ctx, model=body.model)
-    params = generation.sampling(
-        target,
-        max_tokens=body.token_limit,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop,
-        seed=body.seed,
-    )
+    # What the web refuses is counted as the deployment's rejected requests (dashboard).
+    with serving_metrics.rejections(target):
+        body.check_supported()
+        messages = body.plain_messages()
+        params = generation.sampling(
+            target,
+            max_tokens=body.token_limit,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop,
+            seed=body.seed,
+        )
     n = body.n or 1
     completion_id, created = generation.new_id("chatcmpl"), generation.now()
     if not body.stream:

@@ -10,6 +10,7 @@ from starlette.responses import StreamingResponse
 from app.api.deps import SessionDep, Workspace
 from app.openai import generation
 from app.openai.schemas import Completion, CompletionChoice, CompletionCreate
+from app.services import serving_metrics
 
 router = APIRouter(prefix="/v1/completions", tags=["openai: completions"])
 
@@ -22,17 +23,19 @@ router = APIRouter(prefix="/v1/completions", tags=["openai: completions"])
 async def create_completion(
     body: CompletionCreate, session: SessionDep, ctx: Workspace
 ) -> Completion | StreamingResponse:
-    body.check_supported()
-    prompt = body.prompt_text()
     target = await generation.resolve_target(session=session, ctx=ctx, model=body.model)
-    params = generation.sampling(
-        target,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop,
-        seed=body.seed,
-    )
+    # What the web refuses is counted as the deployment's rejected requests (dashboard).
+    with serving_metrics.rejections(target):
+        body.check_supported()
+        prompt = body.prompt_text()
+        params = generation.sampling(
+            target,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop,
+            seed=body.seed,
+        )
     n = body.n or 1
     completion_id, created = generation.new_id("cmpl"), generation.now()
     if not body.stream:

@@ -77,7 +77,6 @@ def sampling(
     chosen = target.settings
     if chosen is not None:
         if max_tokens is not None and max_tokens > chosen.max_new_tokens:
-            serving_metrics.REQUESTS.labels(serving_metrics.label_for(target), "400").inc()
             raise ValidationFailed(
                 f"max_tokens={max_tokens} is above this deployment's limit of "
                 f"{chosen.max_new_tokens} new tokens",

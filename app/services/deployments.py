@@ -28,7 +28,14 @@ from app.core.errors import (
 )
 from app.core.settings import get_settings
 from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
-from app.services import artifacts, audit, base_models, inference_client, registry
+from app.services import (
+    artifacts,
+    audit,
+    base_models,
+    inference_client,
+    registry,
+    serving_metrics,
+)
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 logger = logging.getLogger(__name__)
@@ -521,11 +528,10 @@ async def _unload_after(key: str, delay_s: float) -> None:
 
 async def refresh_status(
     *, session: Session, deployments: list[Deployment]
-) -> dict[int, dict] | None:
+) -> dict[int, dict]:
     """Ask the inference server what it holds, record it, and re-load what it lost.
 
-    Returns each deployment's live figures (requests, latency, TTFT, tokens/s) by id, or None
-    when the server is not reachable.
+    Returns each deployment's live figures (requests, latency, TTFT, tokens/s) by id.
     """
     loaded = await loaded_models()
     actions = await run_in_threadpool(
@@ -537,15 +543,35 @@ async def refresh_status(
 
 def stats_by_deployment(
     deployments: list[Deployment], loaded: list[dict] | None
-) -> dict[int, dict] | None:
-    """Each deployment's live figures, plus `backend`: the engine serving it (docs/serving.md)."""
-    if loaded is None:
-        return None
+) -> dict[int, dict]:
+    """Each deployment's live figures, plus `backend`: the engine serving it (docs/serving.md).
+
+    Latency and throughput come from the inference server (none while it is unreachable).
+    """
     by_key = {
         entry["name"]: {**(entry.get("stats") or {}), "backend": entry.get("backend")}
-        for entry in loaded
+        for entry in loaded or []
     }
-    return {d.id: by_key.get(inference_key(d.model_version), {}) for d in deployments}
+    counted = serving_metrics.request_counts()
+    return {
+        d.id: _with_web_counts(
+            by_key.get(inference_key(d.model_version), {}), counted.get(str(d.id), {})
+        )
+        for d in deployments
+    }
+
+
+def _with_web_counts(server: dict, web: dict[str, int]) -> dict:
+    """Request counts are the web's: it sees what it refuses and /predict, the server does not.
+    Cancellations are the larger count: the server also sees callers that went away after
+    the web had handed their stream on."""
+    return {
+        **server,
+        "requests": web.get("requests", 0),
+        "rejected": web.get("rejected", 0),
+        "errors": web.get("errors", 0),
+        "cancelled": max(web.get("cancelled", 0), int(server.get("cancelled") or 0)),
+    }
 
 
 async def predict(
@@ -559,17 +585,29 @@ async def predict(
         raise InvalidTransition(f"deployment {deployment_id} is stopped")
     target = target_for_version(deployment.model_version, deployment)
     await run_in_threadpool(session.commit)  # give the connection back during inference
+    return await classify(target, inputs)
+
+
+async def classify(target: ServingTarget, inputs: str | list[str]) -> dict:
+    """Labels and scores of `inputs` from the classifier behind `target`, counted in the
+    deployment's traffic figures like a chat request (refusals as rejected, failures as errors)."""
+    timer = serving_metrics.RequestTimer(serving_metrics.label_for(target))
     try:
-        return await inference_client.predict(
+        answer = await inference_client.predict(
             target.key, target.path, inputs, **target.load_options
         )
     except inference_client.InferenceUnavailable as exc:
+        timer.done(503)
         raise ServiceUnavailable(str(exc)) from exc
     except inference_client.InferenceError as exc:
+        timer.done(exc.status_code)
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code < 500:
             raise ValidationFailed(detail) from exc
         raise ServiceUnavailable(detail) from exc
+    timer.first_token()
+    timer.done(200)
+    return answer
 
 
 async def reconcile_all() -> None:

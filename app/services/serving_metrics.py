@@ -12,16 +12,21 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
     multiprocess,
 )
+
+from app.core.errors import DomainError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -66,11 +71,7 @@ def use_multiprocess_dir(data_dir: Path) -> Path:
 
 def exposition() -> bytes:
     """The text `/metrics` answers: every web process's series when they share a dir."""
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest()
+    return generate_latest(_registry())
 
 
 def label_for(target: Any) -> str:
@@ -102,3 +103,52 @@ class RequestTimer:
         LATENCY.labels(self.deployment).observe(time.perf_counter() - self.started)
         if tokens:
             TOKENS.labels(self.deployment).inc(tokens)
+
+
+@contextmanager
+def rejections(target: Any) -> Iterator[None]:
+    """Count a request the web side refuses before it reaches the inference server (a 4xx of
+    validation or limits) under its deployment, so the dashboard shows rejected requests too."""
+    try:
+        yield
+    except DomainError as exc:
+        REQUESTS.labels(label_for(target), str(exc.status_code)).inc()
+        raise
+
+
+def _registry() -> CollectorRegistry:
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def request_counts() -> dict[str, dict[str, int]]:
+    """Requests per `deployment` label as the web side counted them, every web process added up:
+    {"requests", "rejected" (4xx: validation, limits), "errors" (5xx), "cancelled" (499)}.
+
+    The dashboard shows these rather than the inference server's own totals, which never see
+    what the web refuses, nor the requests of a server that restarted since.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for metric in _registry().collect():
+        if metric.name != "llmide_deployment_requests":
+            continue
+        for sample in metric.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            label = sample.labels["deployment"]
+            status = int(sample.labels["status"])
+            value = int(sample.value)
+            entry = counts.setdefault(
+                label, {"requests": 0, "rejected": 0, "errors": 0, "cancelled": 0}
+            )
+            entry["requests"] += value
+            if status == 499:
+                entry["cancelled"] += value
+            elif status >= 500:
+                entry["errors"] += value
+            elif status >= 400:
+                entry["rejected"] += value
+    return counts

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Deployment, DeploymentStatus
-from app.services import deployments, registry
+from app.services import deployments, model_kind, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render
 
@@ -41,6 +41,30 @@ def examples(base_url: str, name: str) -> dict[str, str]:
     return {"curl": curl, "python": "import os\n" + python}
 
 
+def predict_examples(origin: str, deployment_id: int) -> dict[str, str]:
+    """Copyable calls of a classifier deployment: its /predict, with curl and Python."""
+    url = f"{origin}/api/v1/deployments/{deployment_id}/predict"
+    body = json.dumps({"inputs": ["a text to classify"]})
+    curl = (
+        f"curl {url} \\\n"
+        '  -H "Authorization: Bearer $LLMIDE_TOKEN" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        f"  -d '{body}'"
+    )
+    python = (
+        "import os\n\nimport httpx\n\n"
+        "answer = httpx.post(\n"
+        f'    "{url}",\n'
+        '    headers={"Authorization": f"Bearer {os.environ[\'LLMIDE_TOKEN\']}"},\n'
+        '    json={"inputs": ["a text to classify"]},\n'
+        ")\n"
+        "answer.raise_for_status()\n"
+        'for prediction in answer.json()["predictions"]:\n'
+        '    print(prediction["label"], prediction["scores"])'
+    )
+    return {"curl": curl, "python": python, "kind": "predict"}
+
+
 def deployments_context(
     request: Request,
     session: Session,
@@ -48,7 +72,9 @@ def deployments_context(
     rows: list[Deployment],
     loaded: list[dict] | None,
 ) -> dict[str, Any]:
-    base_url = str(request.base_url).rstrip("/") + "/v1"
+    origin = str(request.base_url).rstrip("/")
+    base_url = origin + "/v1"
+    classifiers = {d.id for d in rows if model_kind.is_classifier(d.model_version)}
     return {
         "deployments": rows,
         "server_up": loaded is not None,
@@ -58,11 +84,15 @@ def deployments_context(
             d.status == DeploymentStatus.loading or d.pending_model_version_id is not None
             for d in rows
         ),
-        "stats": deployments.stats_by_deployment(rows, loaded) or {},
+        "stats": deployments.stats_by_deployment(rows, loaded),
         "versions": registry.list_versions(session=session, ctx=pc.ctx),
         "base_url": base_url,
+        "classifiers": classifiers,
         "examples": {
-            d.id: examples(base_url, d.name or d.model_version.serving_name) for d in rows
+            d.id: predict_examples(origin, d.id)
+            if d.id in classifiers
+            else examples(base_url, d.name or d.model_version.serving_name)
+            for d in rows
         },
     }
 

@@ -6,14 +6,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from app.core.errors import DomainError
-from app.db.models import DeploymentStatus
-from app.services import deployments, inference_client, registry
+from app.db.models import Deployment, DeploymentStatus, ModelVersion
+from app.services import deployments, inference_client, model_kind, registry, serving_metrics
 from app.web.pages import CSRF, DbDep, PageDep, PageRoute
 from app.web.rendering import render
 
@@ -50,11 +50,17 @@ def playground(
         if d.status != DeploymentStatus.stopped
     ]
     deployed = {d.model_version_id: d for d in reversed(live)}
+    classifiers = _classifier_names(versions, live)
+    if model is not None and model in classifiers:
+        # A classifier does not chat: it gets the classifier playground (text in, labels out).
+        return _classifier_page(request, classifiers, selected=model)
     # Ready deployments first: they answer without a load.
     versions.sort(key=lambda v: (v.id not in deployed, -v.id))
     # Deployments by their own serving name first; a name routes to the live version.
-    named = [d for d in live if d.name]
-    deployment_names = {d.name for d in named}
+    # Classifiers are left out of the chat: they have their own playground.
+    named = [d for d in live if d.name and d.name not in classifiers]
+    deployment_names = {d.name for d in live if d.name}
+    versions = [v for v in versions if v.serving_name not in classifiers]
     names = [d.name for d in named] + [
         v.serving_name for v in versions if v.serving_name not in deployment_names
     ]
@@ -69,7 +75,103 @@ def playground(
             "named": named,
             "deployment_names": deployment_names,
             "names": names,
+            "classifiers": classifiers,
         },
+    )
+
+
+def _classifier_names(versions: list[ModelVersion], live: list[Deployment]) -> list[str]:
+    """Names that route to a classifier: deployment names first, then versions' serving names."""
+    kinds = {v.id: model_kind.is_classifier(v) for v in versions}
+    names = [d.name for d in live if d.name and kinds.get(d.model_version_id)]
+    return names + [v.serving_name for v in versions if kinds[v.id] and v.serving_name not in names]
+
+
+def _classifier_page(
+    request: Request,
+    classifiers: list[str],
+    *,
+    selected: str | None,
+    text: str = "",
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    return render(
+        request,
+        "playground_classifier.html",
+        {
+            "classifiers": classifiers,
+            "selected": selected,
+            "text": text,
+            "result": result,
+            "error": error,
+        },
+        status_code=status_code,
+        block="result",
+    )
+
+
+def _ranked(prediction: dict[str, Any]) -> dict[str, Any]:
+    """One prediction as the page shows it: the label, then every class by probability."""
+    scores = sorted(prediction.get("scores", {}).items(), key=lambda item: -item[1])
+    return {"label": prediction.get("label"), "score": prediction.get("score"), "scores": scores}
+
+
+@router.get("/classify")
+def classifier_playground(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    model: Annotated[str | None, Query(max_length=255)] = None,
+) -> Response:
+    versions = registry.list_versions(session=session, ctx=pc.ctx)
+    live = deployments.live_for_workspace(session=session, ctx=pc.ctx)
+    return _classifier_page(request, _classifier_names(versions, live), selected=model)
+
+
+@router.post("/classify", dependencies=[CSRF])
+async def classify(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    model: Annotated[str, Form(min_length=1, max_length=255)],
+    text: Annotated[str, Form(max_length=32_000)] = "",
+) -> Response:
+    """The classifier playground's answer: the predicted label and each class's probability,
+    from the same /predict the API offers (a whole page, or the result block for htmx)."""
+
+    def prepare() -> tuple[list[str], deployments.ServingTarget | None, str | None]:
+        versions = registry.list_versions(session=session, ctx=pc.ctx)
+        live = deployments.live_for_workspace(session=session, ctx=pc.ctx)
+        classifiers = _classifier_names(versions, live)
+        if model not in classifiers:
+            return classifiers, None, f"{model!r} is not a classifier in this workspace"
+        if not text.strip():
+            return classifiers, None, "Write a text to classify."
+        try:
+            target = deployments.resolve_model(session=session, ctx=pc.ctx, name=model)
+        except DomainError as exc:
+            return classifiers, None, exc.message
+        session.commit()  # give the connection back during inference
+        return classifiers, target, None
+
+    classifiers, target, error = await run_in_threadpool(prepare)
+    result = None
+    if target is not None:
+        try:
+            answer = await deployments.classify(target, text)
+            result = _ranked(answer["predictions"][0])
+        except DomainError as exc:
+            error = exc.message
+    return _classifier_page(
+        request,
+        classifiers,
+        selected=model,
+        text=text,
+        result=result,
+        error=error,
+        status_code=200 if error is None else 400,
     )
 
 
@@ -102,6 +204,9 @@ async def stream_chat(
     messages = [m.model_dump() for m in body.messages]
 
     async def events() -> AsyncIterator[str]:
+        # Counted in the deployment's traffic like an API request.
+        timer = serving_metrics.RequestTimer(serving_metrics.label_for(target))
+        tokens = 0
         try:
             async for event in inference_client.generate_stream(
                 target.key,
@@ -112,11 +217,19 @@ async def stream_chat(
                 top_p=body.top_p,
                 **target.load_options,
             ):
+                if event.get("delta"):
+                    timer.first_token()
+                tokens += int(event.get("completion_tokens", 0))
                 yield _sse(event)
+            timer.done(200, tokens)
         except inference_client.InferenceUnavailable as exc:
+            timer.done(503)
             yield _sse({"error": str(exc)})
         except inference_client.InferenceError as exc:
+            timer.done(exc.status_code)
             yield _sse({"error": f"the inference server answered {exc.status_code}: {exc.detail}"})
+        finally:
+            timer.done(499, tokens)  # no-op after an end above; 499: the client went away
         yield _sse("[DONE]")
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -92,11 +92,14 @@ def running_app(
         if key not in ("LLMIDE_DATABASE_URL", "LLMIDE_REDIS_URL", "LLMIDE_INFERENCE_URL")
     }
     env.update(
-        LLMIDE_DATA_DIR=str(data_dir),
-        LLMIDE_ALLOWED_HOSTS='["127.0.0.1", "localhost"]',
-        LLMIDE_INFERENCE_PORT=str(_free_port()),  # nothing listens: "not reachable" paths
-        PYTHONPATH=str(PROJECT_ROOT),
-        **settings,
+        {
+            "LLMIDE_DATA_DIR": str(data_dir),
+            "LLMIDE_ALLOWED_HOSTS": '["127.0.0.1", "localhost"]',
+            # Unless a test names one, nothing listens: the "not reachable" paths.
+            "LLMIDE_INFERENCE_PORT": str(_free_port()),
+            "PYTHONPATH": str(PROJECT_ROOT),
+            **settings,
+        }
     )
     log = (data_dir / "uvicorn.log").open("wb")
     proc = subprocess.Popen(

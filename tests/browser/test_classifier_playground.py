@@ -1,0 +1,121 @@
+"""A trained classifier tried in Chromium: "Try in playground" from the registry opens the
+classifier playground, a text goes in and the label and every class's probability come out,
+answered by the real inference process (a tiny BERT classifier, built here, nothing downloaded).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser import test_browser_flows as flows
+from tests.browser.test_browser_flows import (
+    ADMIN_EMAIL,
+    LAPTOP,
+    PASSWORD,
+    PHONE,
+    Server,
+    _free_port,
+    _shot,
+    _sign_in,
+    _watch,
+    assert_pages_fit,
+    running_app,
+)
+from tests.serving.conftest import build_tiny_classifier, inference_process
+
+pytestmark = pytest.mark.browser
+browser = flows.browser
+no_console_errors = flows.no_console_errors
+INFERENCE_PORT = _free_port()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
+    with (
+        running_app(
+            tmp_path_factory, sqlite_template, LLMIDE_INFERENCE_PORT=str(INFERENCE_PORT)
+        ) as srv,
+        inference_process(srv.data_dir, INFERENCE_PORT),
+    ):
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def classifier(server: Server) -> str:
+    """A finished run whose final model is a 2-class classifier, registered; its serving name."""
+    from app.db.models import RunStatus
+    from app.db.session import session_scope
+    from app.services import artifacts, run_execution
+
+    with httpx.Client(base_url=server.base_url, timeout=30) as api:
+        csrf, dataset_id = flows.first_admin_with_dataset(api)
+        launched = api.post(
+            "/api/v1/runs",
+            json={"dataset_id": dataset_id, "name": "sentiment", "config": {}},
+            headers=csrf,
+        )
+        assert launched.status_code == 201, launched.text
+        run_id = int(launched.json()["id"])
+    folder = artifacts.resolve(f"{artifacts.run_dir_key(run_id)}/final")
+    build_tiny_classifier(folder)
+    with session_scope() as session:
+        assert run_execution.claim(session=session, run_id=run_id, task_id="browser-test")
+        run_execution.finish(
+            session=session,
+            run_id=run_id,
+            status=RunStatus.succeeded,
+            final_checkpoint_key=artifacts.key_for(folder),
+            final_step=1,
+            final_metrics={},
+        )
+    with httpx.Client(base_url=server.base_url, timeout=30) as api:
+        login = api.post("/api/v1/session", json={"email": ADMIN_EMAIL, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        versions = [v for m in api.get("/api/v1/models").json() for v in m["versions"]]
+    assert len(versions) == 1
+    return str(versions[0]["serving_name"])
+
+
+@pytest.fixture(scope="module")
+def page(browser: Browser, server: Server, classifier: str) -> Iterator[Page]:
+    context = browser.new_context(viewport=LAPTOP, base_url=server.base_url)
+    signed_in = _watch(context.new_page())
+    signed_in.goto("/login")
+    _sign_in(signed_in, ADMIN_EMAIL)
+    expect(signed_in).to_have_url("/")
+    yield signed_in
+    context.close()
+
+
+def test_a_classifier_is_tried_from_the_registry_with_its_label_and_probabilities(
+    page: Page, classifier: str
+) -> None:
+    page.goto("/models")
+    page.get_by_role("link", name="Try in playground").first.click()
+    expect(page.get_by_role("heading", name="Classifier playground")).to_be_visible()
+    expect(page.get_by_label("Classifier")).to_have_value(classifier)
+
+    page.get_by_label("Text").fill("the cat sat on the mat")
+    page.get_by_role("button", name="Classify").click()
+    # The first answer loads the model in the inference process: allow it time.
+    label = page.get_by_test_id("predicted-label")
+    one_of_the_labels = re.compile("^(negative|positive)$")
+    expect(label.locator("strong")).to_have_text(one_of_the_labels, timeout=60_000)
+    rows = page.get_by_test_id("probabilities").locator("tbody tr")
+    expect(rows).to_have_count(2)
+    cells = [rows.nth(i).locator("td").nth(1).inner_text() for i in range(2)]
+    assert abs(sum(float(c) for c in cells) - 1) < 1e-3
+    assert float(cells[0]) >= float(cells[1])
+    # The predicted label is the first row: the most probable class.
+    assert rows.nth(0).locator("td").first.inner_text() == label.locator("strong").inner_text()
+    _shot(page, "classifier-playground")
+
+
+def test_the_classifier_playground_fits_a_phone(page: Page, classifier: str) -> None:
+    assert_pages_fit(page, [f"/playground/classify?model={classifier}"], PHONE)
