@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMAS = ("text", "prompt_completion", "chat", "instruction", "classification", "seq2seq")
 SPLITS = ("train", "validation", "test")
@@ -96,10 +96,24 @@ class PiiMask(_Strict):
 
 
 class LanguageFilter(_Strict):
-    """Keep rows detected (langdetect) as one of the languages (ISO 639-1: en, zh, fr, ...)."""
+    """Keep rows detected (lingua) as one of the languages (ISO 639-1: en, zh, fr, ...)."""
 
     step: Literal["language_filter"]
     languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(min_length=1)
+
+    @field_validator("languages")
+    @classmethod
+    def _known(cls, languages: list[str]) -> list[str]:
+        from lingua import Language  # its models load only when a detector is built
+
+        known = {language.iso_code_639_1.name.lower() for language in Language.all()}
+        unknown = [code for code in languages if code not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown language code {', '.join(unknown)}: the filter tells apart 75 "
+                "languages by their ISO 639-1 codes (en, zh, ja, ko, fr, ...)"
+            )
+        return languages
 
 
 Step = Annotated[

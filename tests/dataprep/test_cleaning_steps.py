@@ -209,3 +209,42 @@ def test_length_filter_in_tokens_counts_with_the_named_tokenizer(tmp_path) -> No
     assert kept == [r["text"] for r, n in zip(rows, counts, strict=True) if n <= 4]
     assert kept == ["ab"] and counts[2] == 6  # two Chinese characters: six byte-level tokens
     load_packaged.cache_clear()
+
+
+SHORT_CHINESE_HEADLINES = [
+    "央行宣布降息",
+    "股市大涨",
+    "国足惜败",
+    "中國隊奪冠",
+    "油价下调",
+    "新能源车销量创新高",
+    "高考今日开考",
+    "暴雨预警升级",
+]
+SHORT_JAPANESE = ["今日は雨です", "すしが好き", "日本の首相が訪中"]
+SHORT_KOREAN = ["김치는 맛있다", "서울", "오늘 날씨 좋다"]
+
+
+def test_short_chinese_japanese_and_korean_texts_are_told_apart() -> None:
+    from workers.dataprep.language import detect
+
+    wanted = {"zh"}
+    assert [detect(t, wanted) for t in SHORT_CHINESE_HEADLINES] == ["zh"] * 8
+    assert [detect(t, wanted) for t in SHORT_JAPANESE] == ["ja"] * 3
+    assert [detect(t, wanted) for t in SHORT_KOREAN] == ["ko"] * 3
+    assert detect("12345 !!!", wanted) == ""
+
+
+def test_keeping_chinese_keeps_every_short_chinese_headline() -> None:
+    out, reports = run(
+        [{"step": "language_filter", "languages": ["zh"]}],
+        texts(*SHORT_CHINESE_HEADLINES, *SHORT_JAPANESE, *SHORT_KOREAN),
+    )
+    assert [r["text"] for r in out] == SHORT_CHINESE_HEADLINES
+    assert reports[0]["removed"] == 6
+
+
+def test_a_language_code_the_filter_does_not_know_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Recipe.model_validate({"steps": [{"step": "language_filter", "languages": ["zh", "xx"]}]})
+    assert "unknown language code xx" in recipe_errors(refused.value)

@@ -108,13 +108,40 @@ def test_generation_scores_bleu_and_rouge_match_hand_computed_values() -> None:
     assert 0 < scores["bleu"] < 100
 
 
-def test_own_rouge_agrees_with_the_rouge_score_package() -> None:
-    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+def test_rouge_of_latin_text_is_rouge_scores_default() -> None:
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
     pairs = [("The cat, the HAT!", "a cat in the hat"), ("x y z", "z y x w"), ("", "words")]
     for prediction, reference in pairs:
         expected = {k: v.fmeasure for k, v in scorer.score(reference, prediction).items()}
         assert rouge(prediction, reference) == pytest.approx(expected)
+
+
+def test_identical_chinese_summaries_score_full_bleu_and_rouge() -> None:
+    summary = "央行宣布下调存款准备金率，释放长期资金约一万亿元。"
+    scores = generation_scores([summary], [summary])
+    assert scores["bleu"] == pytest.approx(100.0)
+    assert scores == pytest.approx({"bleu": 100.0, "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
+
+
+def test_chinese_is_scored_per_character_with_sacrebleus_chinese_tokenizer() -> None:
+    import sacrebleu
+
+    # 6 reference characters, the prediction drops one: LCS 5 of 5 and 6 → F = 10/11;
+    # bigrams: 3 shared of 4 predicted and 5 reference → F = 2/3.
+    prediction, reference = "央行宣降息", "央行宣布降息"
+    scores = generation_scores([prediction], [reference])
+    assert scores["rouge1"] == pytest.approx(10 / 11)
+    assert scores["rougeL"] == pytest.approx(10 / 11)
+    assert scores["rouge2"] == pytest.approx(2 / 3)
+    expected = sacrebleu.corpus_bleu([prediction], [[reference]], tokenize="zh").score
+    assert scores["bleu"] == pytest.approx(expected) and scores["bleu"] > 0
+    # Mixed text: Latin words stay words, CJK characters one token each: [gdp 增 长] against
+    # [gdp 增 长 5] → unigrams and LCS 3 of 3 and 4 (F = 6/7), bigrams 2 of 2 and 3 (F = 0.8).
+    assert rouge("GDP 增长", "GDP 增长 5%") == pytest.approx(
+        {"rouge1": 6 / 7, "rouge2": 0.8, "rougeL": 6 / 7}
+    )
 
 
 # --- reading every schema -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core import prep_recipe as r
-from workers.dataprep import cleaning, fields
+from workers.dataprep import cleaning, fields, language
 from workers.dataprep.fields import Row
 from workers.dataprep.neardup import NearDuplicateIndex
 
@@ -127,23 +127,14 @@ def _near_dedup(step: r.NearDedup, schema: str) -> Callable[[list[Row]], list[bo
     return lambda batch: [not index.is_duplicate(fields.joined_text(r_, schema)) for r_ in batch]
 
 
-def detect_language(text: str) -> str:
-    """ISO 639-1 code of the text's language ("zh" for both Chinese scripts), "" if unknown.
-
-    langdetect is seeded, so the same text always gets the same answer."""
-    from langdetect import DetectorFactory, LangDetectException, detect
-
-    DetectorFactory.seed = 0
-    try:
-        code = detect(text)
-    except LangDetectException:  # no letters at all
-        return ""
-    return code.split("-")[0]
+def detect_language(text: str, wanted: Iterable[str] = ()) -> str:
+    """ISO 639-1 code of the text's language ("zh" for both Chinese scripts), "" if unknown."""
+    return language.detect(text, wanted)
 
 
 def _language_keep(step: r.LanguageFilter, schema: str, batch: list[Row]) -> list[bool]:
     wanted = set(step.languages)
-    return [detect_language(fields.joined_text(row, schema)) in wanted for row in batch]
+    return [detect_language(fields.joined_text(row, schema), wanted) in wanted for row in batch]
 
 
 def build_stage(step: Any, schema: str, packaged_cache: Path | None = None) -> _Stage:

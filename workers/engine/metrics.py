@@ -1,14 +1,15 @@
 """Task metrics: classification scores with a confusion matrix, BLEU and ROUGE for generation.
 
 Pure functions of predictions and references, so tests check them against hand-computed values.
+BLEU is sacrebleu's and ROUGE rouge-score's (with a tokenizer that also reads CJK text).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 
@@ -67,49 +68,61 @@ def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in report.items() if isinstance(v, int | float)}
 
 
-def _rouge_tokens(text: str) -> list[str]:
-    """rouge-score's default tokenisation: lower case, runs of letters and digits."""
-    return re.findall(r"[a-z0-9]+", text.lower())
+# Scripts written without spaces between words: scored per character (Han ideographs with
+# their extensions and compatibility forms, kana, Hangul syllables and jamo).
+_CJK = (
+    "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+    "\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f"
+)
+_TOKEN = re.compile(f"[{_CJK}]|[a-z0-9]+")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
+_KANA_HANGUL = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\uac00-\ud7af]")
 
 
-def _f1(overlap: int, predicted: int, reference: int) -> float:
-    if not overlap:
-        return 0.0
-    precision, recall = overlap / predicted, overlap / reference
-    return 2 * precision * recall / (precision + recall)
+class CjkAwareTokenizer:
+    """rouge-score's tokenisation (lower case, runs of Latin letters and digits) plus one token
+    per CJK character: its default keeps only [a-z0-9], so Chinese text scored 0 even when
+    identical to the reference. Text without CJK gets exactly the default tokens."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return _TOKEN.findall(text.lower())
 
 
-def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
+def bleu_tokenizer(references: Sequence[str]) -> str:
+    """sacrebleu's tokenizer for these references: "zh" (each Chinese character a word) when
+    they hold Han characters, "char" for Japanese kana or Korean (sacrebleu's own tokenizers for
+    those need MeCab), its default "13a" otherwise."""
+    text = "".join(references)
+    if _KANA_HANGUL.search(text):
+        return "char"
+    if _HAN.search(text):
+        return "zh"
+    return "13a"
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:
-    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures of one pair (as rouge-score computes them
-    without stemming; written here to spare the workers nltk, which rouge-score imports)."""
-    pred, ref = _rouge_tokens(prediction), _rouge_tokens(reference)
-    scores = {}
-    for n in (1, 2):
-        p, r = _ngrams(pred, n), _ngrams(ref, n)
-        scores[f"rouge{n}"] = _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
-    scores["rougeL"] = _f1(_lcs_length(pred, ref), len(pred), len(ref))
-    return scores
+    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures of one pair (rouge-score, no stemming, CJK text
+    per character)."""
+    return {name: score.fmeasure for name, score in _scorer().score(reference, prediction).items()}
+
+
+@cache
+def _scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(
+        ["rouge1", "rouge2", "rougeL"], use_stemmer=False, tokenizer=CjkAwareTokenizer()
+    )
 
 
 def generation_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu, 0-100) and mean ROUGE-1/2/L F-measures (0-1)."""
+    """Corpus BLEU (sacrebleu, 0-100; Chinese tokenised per character) and mean ROUGE-1/2/L
+    F-measures (0-1)."""
     import sacrebleu
 
-    bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
+    bleu = sacrebleu.corpus_bleu(
+        list(predictions), [list(references)], tokenize=bleu_tokenizer(references)
+    ).score
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for prediction, reference in zip(predictions, references, strict=True):
         for name, value in rouge(prediction, reference).items():
