@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.api.routes import (
+    admin,
     audit,
     auth,
     base_models,
@@ -31,6 +32,7 @@ for module in (
     auth,
     tokens,
     workspaces,
+    admin,
     datasets,
     dataset_versions,
     uploads,

@@ -55,6 +55,41 @@ class UserCreate(BaseModel):
     is_admin: bool = False
 
 
+class UserAdminRead(UserRead):
+    is_active: bool
+    created_at: datetime
+
+
+class UserUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    is_active: bool = Field(
+        description="false disables the account: no sign-in, its sessions and tokens stop working"
+    )
+
+
+class PasswordReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(max_length=1024)
+
+
+class WorkspaceAdminCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    owner_email: str = Field(max_length=320, description="the account that will own it")
+
+
+class WorkspaceAdminRead(BaseModel):
+    id: int
+    name: str
+    slug: str
+    created_at: datetime
+    members: int
+    owners: list[str]
+
+
 class WorkspaceRead(ORM):
     id: int
     name: str

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from app.core.errors import Conflict, NotAuthenticated, ValidationFailed
+from app.core.errors import Conflict, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 from app.core.security import (
     DUMMY_PASSWORD_HASH,
     MIN_PASSWORD_LENGTH,
     hash_password,
     verify_password,
 )
-from app.db.models import Role, User
+from app.db.base import get_by_id
+from app.db.models import BrowserSession, Role, User
 from app.services import audit, workspaces
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -135,6 +136,69 @@ def authenticate(*, session: Session, email: str, password: str) -> User:
         raise NotAuthenticated("wrong e-mail or password")
     if not user.is_active or not verify_password(user.password_hash, password):
         raise NotAuthenticated("wrong e-mail or password")
+    return user
+
+
+# --- administration: what a server administrator does to accounts -------------------------
+def require_admin(user: User) -> None:
+    if not user.is_admin:
+        raise Forbidden("only a server administrator can manage user accounts and workspaces")
+
+
+def list_users(*, session: Session, admin: User) -> list[User]:
+    require_admin(admin)
+    return list(session.scalars(select(User).order_by(User.id)))
+
+
+def get_user(*, session: Session, admin: User, user_id: int) -> User:
+    require_admin(admin)
+    user = get_by_id(session, User, user_id)
+    if user is None:
+        raise NotFound(f"no user with id {user_id}")
+    return user
+
+
+def set_active(*, session: Session, admin: User, user_id: int, active: bool) -> User:
+    """Disable (or enable again) an account. A disabled user cannot sign in, and their browser
+    sessions and API tokens stop working at once (every request checks `is_active`); their
+    memberships and work stay, so enabling them restores everything."""
+    user = get_user(session=session, admin=admin, user_id=user_id)
+    if user.id == admin.id and not active:
+        raise Conflict("you cannot disable your own account; another administrator can")
+    if user.is_active == active:
+        return user
+    user.is_active = active
+    if not active:
+        # Not needed for safety (each request checks is_active) but keeps no dead sessions.
+        session.execute(delete(BrowserSession).where(BrowserSession.user_id == user.id))
+    audit.record(
+        session=session,
+        actor=admin,
+        action="user.enable" if active else "user.disable",
+        target_type="user",
+        target_id=user.id,
+        detail={"email": user.email},
+    )
+    session.flush()
+    return user
+
+
+def reset_password(*, session: Session, admin: User, user_id: int, password: str) -> User:
+    """Set a new password for someone who lost theirs (the administrator tells them); their
+    browser sessions end, so whoever knew the old password is signed out."""
+    user = get_user(session=session, admin=admin, user_id=user_id)
+    check_password_rules(password, email=user.email)
+    user.password_hash = hash_password(password)
+    session.execute(delete(BrowserSession).where(BrowserSession.user_id == user.id))
+    audit.record(
+        session=session,
+        actor=admin,
+        action="user.password_reset",
+        target_type="user",
+        target_id=user.id,
+        detail={"email": user.email},
+    )
+    session.flush()
     return user
 
 

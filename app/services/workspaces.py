@@ -272,3 +272,51 @@ def get_in_workspace(
     if row is None or row.workspace_id != ctx.workspace.id:  # type: ignore[attr-defined]
         raise NotFound(f"{what} {row_id} not found")
     return row
+
+
+# --- administration -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkspaceSummary:
+    """One workspace as the administrators' list shows it."""
+
+    workspace: Workspace
+    members: int
+    owners: list[str]
+
+
+def list_all(*, session: Session, admin: User) -> list[WorkspaceSummary]:
+    """Every workspace of the server with its member count and owners (administrators only)."""
+    if not admin.is_admin:
+        raise Forbidden("only a server administrator can list every workspace")
+    counts = dict(
+        session.execute(
+            select(Membership.workspace_id, func.count()).group_by(Membership.workspace_id)
+        ).all()
+    )
+    owners: dict[int, list[str]] = {}
+    for workspace_id, email in session.execute(
+        select(Membership.workspace_id, User.email)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.role == Role.owner)
+        .order_by(User.email)
+    ):
+        owners.setdefault(workspace_id, []).append(email)
+    return [
+        WorkspaceSummary(ws, int(counts.get(ws.id, 0)), owners.get(ws.id, []))
+        for ws in session.scalars(select(Workspace).order_by(Workspace.id))
+    ]
+
+
+def create_for_owner(*, session: Session, admin: User, name: str, owner_email: str) -> Workspace:
+    """An administrator makes a workspace for a team: `owner_email`'s account owns it (the
+    administrator becomes a member only if they name themselves)."""
+    if not admin.is_admin:
+        raise Forbidden("only a server administrator can create a workspace for someone else")
+    owner = session.scalar(select(User).where(User.email == owner_email.strip().lower()))
+    if owner is None:
+        raise ValidationFailed(
+            f"no user with e-mail {owner_email}; create the account first", param="owner_email"
+        )
+    if not owner.is_active:
+        raise ValidationFailed(f"{owner.email}'s account is disabled", param="owner_email")
+    return create_workspace(session=session, name=name, owner=owner)

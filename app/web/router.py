@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.web import (
+    admin_pages,
     auth_pages,
     compare_pages,
     dashboard_pages,
@@ -34,6 +35,7 @@ for module in (
     deployments_pages,
     playground_pages,
     settings_pages,
+    admin_pages,
     workers_pages,
 ):
     pages_router.include_router(module.router)

@@ -112,8 +112,17 @@ def add_member(
         raise  # not a form mistake: the error page says what role is needed
     except DomainError as exc:
         rollback(request)
+        # No such account: an administrator can make it right away (the form comes filled in).
+        missing = isinstance(exc, NotFound) and pc.user.is_admin
         return _members_page(
-            request, session, pc, exc.status_code, error=exc.message, email=email, role=role
+            request,
+            session,
+            pc,
+            exc.status_code,
+            error=exc.message,
+            email=email,
+            role=role,
+            create_account=email.strip().lower() if missing else None,
         )
     session.commit()
     return _members_page(request, session, pc, added=membership.user.email)

@@ -122,6 +122,21 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/users"): R(
         A.ADMIN, ok=201, json={"email": "{new_email}", "password": PASSWORD}, consumes="new_email"
     ),
+    ("GET", "/api/v1/users"): R(A.ADMIN),
+    ("PATCH", "/api/v1/users/{user_id}"): R(
+        A.ADMIN, url="/api/v1/users/{member}", json={"is_active": True}
+    ),
+    ("POST", "/api/v1/users/{user_id}/password"): R(
+        A.ADMIN,
+        ok=204,
+        url="/api/v1/users/{member}/password",
+        json={"password": PASSWORD},
+        consumes="member",
+    ),
+    ("GET", "/api/v1/admin/workspaces"): R(A.ADMIN),
+    ("POST", "/api/v1/admin/workspaces"): R(
+        A.ADMIN, ok=201, json={"name": "team b", "owner_email": "admin@example.com"}
+    ),
     ("GET", "/api/v1/audit"): R(A.OWNER, "list"),
     # --- datasets ---------------------------------------------------------------------------
     ("GET", "/api/v1/datasets"): R(A.VIEWER, "list"),
@@ -490,6 +505,33 @@ RULES: dict[tuple[str, str], Rule] = {
         stranger=200,
         stranger_says="does not exist in this workspace",
     ),
+    ("GET", "/playground/classify"): R(A.VIEWER, "list"),
+    # The owner's registered version is a chat model: "not a classifier" (400), for everyone.
+    ("POST", "/playground/classify"): R(
+        A.VIEWER,
+        "id",
+        form={"model": "{serving_name}", "text": "hello"},
+        inference=True,
+        stranger=400,
+        stranger_says="is not a classifier in this workspace",
+    ),
+    ("GET", "/admin/users"): R(A.ADMIN),
+    ("POST", "/admin/users"): R(
+        A.ADMIN, form={"email": "{new_email}", "password": PASSWORD}, consumes="new_email"
+    ),
+    ("POST", "/admin/users/{user_id}/active"): R(
+        A.ADMIN, url="/admin/users/{member}/active", form={"active": "true"}
+    ),
+    ("POST", "/admin/users/{user_id}/password"): R(
+        A.ADMIN,
+        url="/admin/users/{member}/password",
+        form={"password": PASSWORD},
+        consumes="member",
+    ),
+    ("GET", "/admin/workspaces"): R(A.ADMIN),
+    ("POST", "/admin/workspaces"): R(
+        A.ADMIN, form={"name": "team c", "owner_email": "admin@example.com"}
+    ),
     ("GET", "/settings/tokens"): R(A.SIGNED_IN, "list"),
     ("POST", "/settings/tokens"): R(A.SIGNED_IN, form={"name": "matrix"}),
     ("POST", "/settings/tokens/{token_id}/revoke"): R(
@@ -536,6 +578,14 @@ WORKSPACE_SECRETS = (
     "owner&#39;s workspace",
 )
 PERSONAL_SECRETS = (TOKEN_NAME,)
+# What server administration shows an administrator by design: every account's e-mail and
+# every workspace's name and owners (never a workspace's data, nor anyone's tokens).
+ACCOUNT_FACTS = (
+    "owner@example.com",
+    "owner-s-workspace",
+    "owner's workspace",
+    "owner&#39;s workspace",
+)
 
 LOGIN = "sign in"
 OK = "allowed"
@@ -704,11 +754,17 @@ def assert_owner_things_untouched(site: Site) -> None:
         assert member_role == "viewer", "a refused role change or removal touched a member"
 
 
-def leaked(site: Site, who: str, answer: Answer, sent: str) -> list[str]:
-    """The owner's secrets in an answer to someone who may not see them (unless they sent them)."""
+def leaked(
+    site: Site, who: str, answer: Answer, sent: str, administration: bool = False
+) -> list[str]:
+    """The owner's secrets in an answer to someone who may not see them (unless they sent them).
+
+    `administration`: an administrator's account pages, which list accounts and workspaces."""
     secrets = () if who == "owner" else PERSONAL_SECRETS
     if who in (*STRANGERS, "anonymous"):
         secrets = (*WORKSPACE_SECRETS, *secrets)
+    if administration and who == "admin":
+        secrets = tuple(s for s in secrets if s not in ACCOUNT_FACTS)
     return [s for s in secrets if s in answer.body and s not in sent]
 
 
@@ -769,6 +825,7 @@ VIEWER_WRITES = {
     ("POST", "/v1/chat/completions"): "using a registered model (it may be loaded on demand)",
     ("POST", "/v1/completions"): "using a registered model (it may be loaded on demand)",
     ("POST", "/playground/stream"): "using a registered model (it may be loaded on demand)",
+    ("POST", "/playground/classify"): "using a registered classifier (loaded on demand)",
     # Only editors can start a chunked upload; these act on the caller's own upload.
     ("PUT", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
     ("POST", "/api/v1/uploads/{upload_id}/complete"): "their own chunked upload",
@@ -804,7 +861,7 @@ def test_each_persona_gets_what_the_rule_says(site: Site, key: tuple[str, str], 
     answer = call(site, key, rule, who, ids)
     check(rule, surface(key[1]), expected, answer)
     sent = str(fill([rule.url, rule.json, rule.form], ids))
-    assert leaked(site, who, answer, sent) == []
+    assert leaked(site, who, answer, sent, rule.access is Access.ADMIN) == []
     if who in STRANGERS and rule.stranger_says:
         assert rule.stranger_says in answer.body
     if expected != OK or rule.access is Access.PUBLIC:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PASSWORD, Persona, Team
+from tests.conftest import Team
 from tests.serving.conftest import RegisterVersion, build_tiny_classifier, inference_process
 from tests.serving.test_deployments import chat, deploy
-
-HTML = {"Accept": "text/html"}
+from tests.signed_in import HTML, sign_in
 
 
 @pytest.fixture(autouse=True)
@@ -25,26 +24,6 @@ def fresh_counters() -> Iterator[None]:
     serving_metrics.REQUESTS.clear()
     yield
     serving_metrics.REQUESTS.clear()
-
-
-def sign_in(persona: Persona) -> str:
-    """Sign `persona`'s client in with a browser session in their team's workspace; its CSRF."""
-    client = persona.client
-    client.cookies.clear()
-    page = client.get("/login", headers=HTML).text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert csrf
-    data = {"email": persona.email, "password": PASSWORD, "csrf_token": csrf.group(1)}
-    assert client.post("/login", data=data, follow_redirects=False).status_code == 303
-    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/", headers=HTML).text)
-    assert token
-    switched = client.post(
-        "/workspace",
-        data={"workspace_id": str(persona.workspace_id), "csrf_token": token.group(1)},
-        follow_redirects=False,
-    )
-    assert switched.status_code == 303
-    return token.group(1)
 
 
 def test_a_classifier_is_tried_in_its_own_playground_with_the_label_and_every_probability(
