@@ -1,17 +1,28 @@
-"""Celery tasks of the registry (queue cpu): exports and evaluations of a model version."""
+"""Celery tasks of the registry (queue cpu): exports and evaluations of a model version; and
+`gguf_path_for_version`, the GGUF file of a version for the llama.cpp serving engine."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.celery_config import EVALUATE_TASK, EXPORT_TASK
-from app.db.models import Dataset, DatasetVersion, Evaluation, ModelExport, ModelVersion
+from app.db.models import (
+    Dataset,
+    DatasetVersion,
+    Evaluation,
+    JobStatus,
+    ModelExport,
+    ModelVersion,
+)
 from app.db.session import session_scope
 from app.services import artifacts, model_jobs
 from workers.celery_app import celery_app
@@ -54,9 +65,6 @@ def _training_sample(session: Session, version: ModelVersion) -> tuple[Path, str
 @celery_app.task(name=EXPORT_TASK, acks_late=True, reject_on_worker_lost=True)
 def export_version(export_id: int) -> str:
     """Build the export's files under exports/<id>/ and record the size/speed/quality report."""
-    from workers.engine.export import export_onnx, merge_adapter
-    from workers.inference.registry import resolve_model_path
-
     with session_scope() as session:
         if not model_jobs.claim(session=session, job_type=ModelExport, job_id=export_id):
             return "skipped"
@@ -64,29 +72,19 @@ def export_version(export_id: int) -> str:
         version = session.get(ModelVersion, export.model_version_id) if export else None
         assert export is not None and version is not None
         kind, options = export.kind, dict(export.options)
-        source = artifacts.existing(version.storage_key)
+        try:
+            source = artifacts.existing(version.storage_key)
+        except Exception as exc:  # the version's files were removed after the export was asked
+            _fail(ModelExport, export_id, exc)
+            return "failed"
         sample = _training_sample(session, version)
+        name = f"{version.registered_model.name}-v{version.version}"
     key = f"exports/{int(export_id)}"
     out_dir = artifacts.resolve(key)
     shutil.rmtree(out_dir, ignore_errors=True)
     progress = _progress(ModelExport, export_id)
     try:
-        if kind == "onnx":
-            results = export_onnx(
-                source,
-                out_dir,
-                quantize=bool(options.get("quantize")),
-                progress=progress,
-                sample=sample,
-            )
-        else:
-            from app.core.settings import get_settings
-
-            config = json.loads((source / "adapter_config.json").read_text())
-            base = resolve_model_path(
-                str(config.get("base_model_name_or_path", "")), get_settings()
-            )
-            results = merge_adapter(source, base.directory, out_dir, progress)
+        results = _build(kind, options, source, out_dir, name, progress, sample)
     except Exception as exc:  # any failure becomes the export's visible error
         shutil.rmtree(out_dir, ignore_errors=True)
         _fail(ModelExport, export_id, exc)
@@ -102,6 +100,120 @@ def export_version(export_id: int) -> str:
             results=results,
         )
     return "succeeded"
+
+
+def _adapter_base(adapter: Path) -> Path:
+    """The base folder of a LoRA adapter, checked like any deployment path."""
+    from app.core.settings import get_settings
+    from workers.inference.registry import resolve_model_path
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    return resolve_model_path(
+        str(config.get("base_model_name_or_path", "")), get_settings()
+    ).directory
+
+
+def _build(
+    kind: str,
+    options: dict[str, Any],
+    source: Path,
+    out_dir: Path,
+    name: str,
+    progress: Callable[[float], None],
+    sample: tuple[Path, str] | None,
+) -> dict:
+    """The export's files in out_dir; its report."""
+    from workers.engine.export import export_onnx, merge_adapter
+
+    if kind == "onnx":
+        return export_onnx(
+            source,
+            out_dir,
+            quantize=bool(options.get("quantize")),
+            progress=progress,
+            sample=sample,
+        )
+    if kind == "merged":
+        return merge_adapter(source, _adapter_base(source), out_dir, progress)
+    if kind != "gguf":
+        raise ValueError(f"unknown export kind {kind!r}")
+    from workers.engine.gguf import export_gguf
+
+    quantization = str(options.get("quantization", "q8_0"))
+    if not (source / "adapter_config.json").is_file():
+        return export_gguf(source, out_dir, quantization=quantization, name=name, progress=progress)
+    # A LoRA adapter is merged into its base first: llama.cpp runs the merged weights.
+    with tempfile.TemporaryDirectory(prefix="merged-", dir=out_dir.parent) as merged:
+        merge_adapter(source, _adapter_base(source), Path(merged), lambda v: progress(v * 0.3))
+        results = export_gguf(
+            Path(merged),
+            out_dir,
+            quantization=quantization,
+            name=name,
+            progress=lambda v: progress(0.3 + v * 0.7),
+        )
+    return {**results, "merged_adapter": True}
+
+
+def gguf_path_for_version(version_id: int, quantization: str = "q8_0") -> Path:
+    """The GGUF file of a model version in that quantisation (f16, q8_0, q4_k_m): the newest
+    succeeded export's file, or a new export made now, in this process, and recorded like
+    one from the registry page (so it is listed and downloadable there too).
+
+    For the llama.cpp serving engine. Raises ValueError (unknown quantisation, or an
+    architecture llama.cpp cannot run: the message names it) or RuntimeError (the export
+    failed; the message is the export's error).
+    """
+    from app.services import gguf_support, model_jobs
+
+    with session_scope() as session:
+        version = session.get(ModelVersion, version_id)
+        if version is None:
+            raise ValueError(f"model version {version_id} not found")
+        try:
+            quantization = model_jobs.gguf_quantization(quantization)
+            gguf_support.check_exportable(artifacts.existing(version.storage_key))
+        except Exception as exc:  # domain errors carry the person-readable reason
+            raise ValueError(getattr(exc, "message", str(exc))) from exc
+        done = session.scalars(
+            select(ModelExport)
+            .where(
+                ModelExport.model_version_id == version.id,
+                ModelExport.kind == "gguf",
+                ModelExport.status == JobStatus.succeeded,
+            )
+            .order_by(ModelExport.id.desc())
+        )
+        for export in done:
+            if export.options.get("quantization") != quantization or not export.storage_key:
+                continue
+            file = (export.results or {}).get("file")
+            try:
+                path = artifacts.existing(export.storage_key) / str(file)
+            except Exception:
+                continue
+            if file and path.is_file():
+                return path
+        export = ModelExport(
+            workspace_id=version.workspace_id,
+            model_version_id=version.id,
+            kind="gguf",
+            options={"quantization": quantization},
+            status=JobStatus.queued,
+            progress=0.0,
+            results={},
+        )
+        session.add(export)
+        session.flush()
+        export_id = export.id
+    if export_version.run(export_id) != "succeeded":
+        with session_scope() as session:
+            failed = session.get(ModelExport, export_id)
+            raise RuntimeError(f"GGUF export {export_id} failed: {failed.error if failed else ''}")
+    with session_scope() as session:
+        export = session.get(ModelExport, export_id)
+        assert export is not None and export.storage_key
+        return artifacts.existing(export.storage_key) / str(export.results["file"])
 
 
 @celery_app.task(name=EVALUATE_TASK, acks_late=True, reject_on_worker_lost=True)

@@ -451,7 +451,8 @@ class ModelImportFromPath(BaseModel):
 
 class ExportCreate(BaseModel):
     kind: str = Field(default="onnx", max_length=20)
-    quantize: bool = False
+    quantize: bool = False  # onnx: also an int8 model
+    quantization: str | None = Field(default=None, max_length=40)  # gguf: f16, q8_0, q4_k_m
 
 
 class ExportRead(ORM):

@@ -403,7 +403,7 @@ class StageChange(Base):
 
 
 class ModelExport(Base):
-    """A derived artifact of a version made by a worker (ONNX, int8 ONNX, merged LoRA)."""
+    """A derived artifact of a version made by a worker (ONNX, int8 ONNX, merged LoRA, GGUF)."""
 
     __tablename__ = "model_exports"
 
@@ -414,7 +414,7 @@ class ModelExport(Base):
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
     )
-    kind: Mapped[str] = mapped_column(String(20))  # onnx | merged
+    kind: Mapped[str] = mapped_column(String(20))  # onnx | merged | gguf
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

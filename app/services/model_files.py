@@ -26,6 +26,7 @@ CONFIG_FILES = frozenset(
         "chat_template.json",
         "adapter_config.json",
         "README.md",
+        "Modelfile",  # Ollama's recipe beside an exported GGUF
     }
 )
 WEIGHT_RE = re.compile(

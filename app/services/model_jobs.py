@@ -1,5 +1,5 @@
-"""Exports (ONNX, int8 ONNX, merged LoRA) and evaluations of model versions: records, queueing,
-and the status updates the workers make."""
+"""Exports (ONNX, int8 ONNX, merged LoRA, GGUF) and evaluations of model versions: records,
+queueing, and the status updates the workers make."""
 
 from __future__ import annotations
 
@@ -13,11 +13,23 @@ from app.core.celery_config import CPU_QUEUE, EVALUATE_TASK, EXPORT_TASK
 from app.core.errors import ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role, User
-from app.services import artifacts, audit, dataset_versions, datasets, prompt_fit, registry
+from app.services import (
+    artifacts,
+    audit,
+    dataset_versions,
+    datasets,
+    gguf_support,
+    prompt_fit,
+    registry,
+)
 from app.services.model_files import is_adapter
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
-EXPORT_KINDS = ("onnx", "merged")
+EXPORT_KINDS = ("onnx", "merged", "gguf")
+# llama.cpp's file types a GGUF export is written in (f16 by our writer, the rest by
+# llama.cpp's quantiser); q8_0 when the request names none.
+GGUF_QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")
+DEFAULT_GGUF_QUANTIZATION = "q8_0"
 # What every evaluation generates from unless the request brings its own prompts: the same
 # prompts for every version, so samples compare side by side.
 DEFAULT_PROMPTS = (
@@ -35,6 +47,7 @@ def create_export(
     version_id: int,
     kind: str,
     quantize: bool = False,
+    quantization: str | None = None,
 ) -> ModelExport:
     ctx.require(Role.editor)
     version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
@@ -50,11 +63,25 @@ def create_export(
         )
     if kind == "onnx" and (fmt == "gguf" or any(folder.glob("*.gguf"))):
         raise ValidationFailed("ONNX export needs safetensors weights, not GGUF", param="kind")
+    options: dict[str, Any] = {"quantize": bool(quantize)} if kind == "onnx" else {}
+    if kind == "gguf":
+        if quantize:
+            raise ValidationFailed(
+                "quantize is for ONNX exports; a GGUF export takes quantization "
+                f"({', '.join(GGUF_QUANTIZATIONS)})",
+                param="quantize",
+            )
+        options = {"quantization": gguf_quantization(quantization)}
+        gguf_support.check_exportable(folder)
+    elif quantization is not None:
+        raise ValidationFailed(
+            f"quantization applies to GGUF exports only, not to {kind}", param="quantization"
+        )
     export = ModelExport(
         workspace_id=ctx.workspace.id,
         model_version_id=version.id,
         kind=kind,
-        options={"quantize": bool(quantize)} if kind == "onnx" else {},
+        options=options,
         status=JobStatus.queued,
         progress=0.0,
         results={},
@@ -65,6 +92,19 @@ def create_export(
     session.commit()
     _send(session, export, EXPORT_TASK)
     return export
+
+
+def gguf_quantization(value: str | None) -> str:
+    """The request's GGUF quantisation, checked; a 400 names an unknown one."""
+    if value is None:
+        return DEFAULT_GGUF_QUANTIZATION
+    cleaned = value.strip().lower()
+    if cleaned not in GGUF_QUANTIZATIONS:
+        raise ValidationFailed(
+            f"unknown GGUF quantization {value[:40]!r}; use one of {', '.join(GGUF_QUANTIZATIONS)}",
+            param="quantization",
+        )
+    return cleaned
 
 
 def create_evaluation(

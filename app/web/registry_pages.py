@@ -12,7 +12,15 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
 from app.db.models import JobStatus, ModelStage, ModelVersion, Role
-from app.services import artifacts, datasets, model_import, model_jobs, registry, runs
+from app.services import (
+    artifacts,
+    datasets,
+    gguf_support,
+    model_import,
+    model_jobs,
+    registry,
+    runs,
+)
 from app.services.model_files import is_adapter
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render
@@ -36,6 +44,11 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
     except DomainError:
         adapter = False
     try:
+        gguf_support.check_exportable(artifacts.existing(version.storage_key))
+        gguf_refusal = None
+    except DomainError as exc:  # not a model llama.cpp runs (or its files are gone): no button
+        gguf_refusal = exc.message
+    try:
         gate_ok, gate_message = registry.gate_status(session=session, version=version)
     except ValidationFailed as exc:  # a malformed server setting: say so, keep the page
         gate_ok, gate_message = False, exc.message
@@ -55,6 +68,8 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
         "evaluations": evaluations,
         "polling": any(j.status in active for j in [*exports, *evaluations]),
         "adapter": adapter,
+        "gguf_refusal": gguf_refusal,
+        "gguf_quantizations": model_jobs.GGUF_QUANTIZATIONS,
         "stage_actions": allowed,
         "gate_ok": gate_ok,
         "gate_message": gate_message,
@@ -157,6 +172,7 @@ def start_export(
     pc: PageDep,
     kind: Annotated[str, Form(max_length=20)] = "onnx",
     quantize: Annotated[bool, Form()] = False,
+    quantization: Annotated[str | None, Form(max_length=40)] = None,
 ) -> Response:
     return _act(
         request,
@@ -164,7 +180,12 @@ def start_export(
         pc,
         version_id,
         lambda: model_jobs.create_export(
-            session=session, ctx=pc.ctx, version_id=version_id, kind=kind, quantize=quantize
+            session=session,
+            ctx=pc.ctx,
+            version_id=version_id,
+            kind=kind,
+            quantize=quantize,
+            quantization=quantization,
         ),
     )
 

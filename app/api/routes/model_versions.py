@@ -129,7 +129,12 @@ def create_export(
     version_id: int, body: ExportCreate, session: SessionDep, ctx: Workspace
 ) -> ExportRead:
     export = model_jobs.create_export(
-        session=session, ctx=ctx, version_id=version_id, kind=body.kind, quantize=body.quantize
+        session=session,
+        ctx=ctx,
+        version_id=version_id,
+        kind=body.kind,
+        quantize=body.quantize,
+        quantization=body.quantization,
     )
     return ExportRead.model_validate(export)
 
