@@ -187,7 +187,7 @@ SUMMARY=$LOG_DIR/gpu-check.md
 {
   echo "# GPU check"
   echo
-  echo "Run by \`make gpu-check\` on $(date -u '+%Y-%m-%d %H:%M UTC'), $(hostname);" \
+  echo "Run by \`make gpu-check\` on $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n);" \
     "$(($(date +%s) - STARTED))s in all (steps' budget ${BUDGET_S}s).$([ "$DRY_RUN" = 1 ] && echo ' DRY RUN: no GPU step ran.')"
   echo
   echo "| step | result | seconds | log |"
