@@ -19,6 +19,7 @@ from app.services import (
     dataset_versions,
     datasets,
     gguf_support,
+    model_kind,
     prompt_fit,
     registry,
 )
@@ -127,7 +128,17 @@ def create_evaluation(
         dataset_versions.version_for_run(
             session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
         )
-    chosen = [p.strip() for p in (prompts or DEFAULT_PROMPTS) if p.strip()]
+    classifier = model_kind.is_classifier(version)
+    if classifier and dataset.format != "classification":
+        raise ValidationFailed(
+            f"{version.serving_name} is a classifier: evaluate it on a classification dataset "
+            f"(text + label), not on {dataset.format} rows",
+            param="dataset_id",
+        )
+    # A classifier's samples come from the evaluated rows themselves unless prompts are given:
+    # English chat prompts say nothing about, say, a Chinese headline classifier.
+    defaults = () if classifier else DEFAULT_PROMPTS
+    chosen = [p.strip() for p in (prompts or defaults) if p.strip()]
     if len(chosen) > MAX_PROMPTS or any(len(p) > 1000 for p in chosen):
         raise ValidationFailed(
             f"at most {MAX_PROMPTS} prompts of up to 1000 characters", param="prompts"

@@ -18,6 +18,7 @@ from app.services import (
     gguf_support,
     model_import,
     model_jobs,
+    model_kind,
     registry,
     runs,
 )
@@ -61,6 +62,7 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
         allowed.append((stage.value, label))
     return {
         "version": version,
+        "classifier": model_kind.is_classifier(version),
         "model": version.registered_model,
         "lineage": version.lineage or {},
         "history": registry.stage_history(session=session, ctx=pc.ctx, version_id=version.id),

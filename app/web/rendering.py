@@ -14,6 +14,7 @@ from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from app.services import model_kind
 from app.services.sessions import csrf_token
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -142,4 +143,5 @@ templates.env.filters.update(
     pretty_json=_pretty_json,
     breakable=_breakable,
 )
-templates.env.globals.update(percent=_percent)
+# Cards show a classifier's accuracy and F1 where a language model shows perplexity.
+templates.env.globals.update(percent=_percent, is_classifier=model_kind.is_classifier)

@@ -287,3 +287,77 @@ def test_a_classifier_version_is_evaluated_with_accuracy_f1_and_its_labels_for_t
     assert 0 <= metrics["accuracy"] <= 8 / 9 and 0 <= metrics["f1_macro"] <= 1
     assert done["samples"][0]["prompt"] == "loved it"
     assert done["samples"][0]["output"].split(" ")[0] in {"positive", "negative"}
+
+
+def _imported_classifier(team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    from app.core.settings import get_settings
+    from tests.serving.conftest import build_tiny_classifier
+
+    imports = tmp_path / "imports"
+    build_tiny_classifier(imports / "headlines")
+    monkeypatch.setenv("LLMIDE_IMPORT_DIR", str(imports))
+    get_settings.cache_clear()
+    created = team.editor.post(
+        "/api/v1/models/import", json={"name": "headlines", "path": "headlines"}
+    )
+    assert created.status_code == 201, created.text
+    return int(created.json()["id"])
+
+
+def test_a_classifier_is_evaluated_on_its_datas_own_rows_and_shown_without_perplexity(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.signed_in import HTML, sign_in
+    from workers.registry_tasks import evaluate_version
+
+    version_id = _imported_classifier(team, tmp_path, monkeypatch)
+    headlines = ["央行宣布降息", "股市大涨", "国足惜败", "油价下调", "暴雨预警升级", "高考今日开考"]
+    rows = [{"text": t, "label": ("negative", "positive")[i % 2]} for i, t in enumerate(headlines)]
+    dataset = team.editor.upload("headlines.jsonl", "\n".join(json.dumps(r) for r in rows))
+    assert dataset.status_code == 201, dataset.text
+    url = f"/api/v1/model-versions/{version_id}/evaluations"
+    queued = team.editor.post(url, json={"dataset_id": dataset.json()["id"]})
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["options"]["prompts"] == []  # no English chat prompts for it
+    assert evaluate_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+
+    done = team.viewer.get(f"/api/v1/evaluations/{queued.json()['id']}").json()
+    assert "perplexity" not in done["metrics"]
+    assert set(done["metrics"]["per_class"]) == {"negative", "positive"}
+    # The samples are the data's own rows, with the label each was given.
+    assert [s["prompt"] for s in done["samples"]] == headlines[:5]
+    assert [s["expected"] for s in done["samples"]] == [r["label"] for r in rows[:5]]
+    assert all(s["output"].split(" ")[0] in {"negative", "positive"} for s in done["samples"])
+
+    # A chat dataset cannot evaluate a classifier: refused at once, naming why.
+    chat = team.editor.upload("chat.jsonl", chat_jsonl(5))
+    refused = team.editor.post(url, json={"dataset_id": chat.json()["id"]})
+    assert refused.status_code == 400 and "is a classifier" in refused.json()["detail"]
+
+    sign_in(team.viewer)
+    page = team.viewer.client.get(f"/models/versions/{version_id}", headers=HTML).text
+    evaluations = page[page.index('data-testid="evaluations"') :]
+    assert "Accuracy" in evaluations and "Macro F1" in evaluations and "2 classes" in evaluations
+    assert "Perplexity" not in page
+    assert "/playground/classify?model=" in page
+    cards = team.viewer.client.get("/models", headers=HTML).text
+    assert 'data-testid="card-accuracy"' in cards and "Perplexity" not in cards
+
+
+def test_a_classifier_exports_to_onnx_with_its_answers_compared_not_a_perplexity(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.registry_tasks import export_version
+
+    version_id = _imported_classifier(team, tmp_path, monkeypatch)
+    queued = team.editor.post(
+        f"/api/v1/model-versions/{version_id}/exports", json={"kind": "onnx", "quantize": True}
+    )
+    assert queued.status_code == 202, queued.text
+    assert export_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+    report = team.viewer.get(f"/api/v1/model-exports/{queued.json()['id']}").json()["results"]
+    for variant in ("torch_fp32", "onnx_fp32", "onnx_int8"):
+        assert "perplexity" not in report[variant]
+    assert report["onnx_fp32"]["max_abs_logits_diff"] < 1e-3
+    assert report["onnx_fp32"]["agreement"] == 1.0
+    assert 0 <= report["onnx_int8"]["agreement"] <= 1

@@ -19,6 +19,8 @@ from workers.engine.loss_mask import IGNORE_INDEX, TemplateError, mask_conversat
 
 # Generating is far slower than scoring: replies are compared on this many chat rows at most.
 REFERENCE_ROWS = 8
+# A classifier evaluated without prompts shows its answers on this many of the data's rows.
+SAMPLE_ROWS = 5
 
 
 def _scored(rows: list[Any], tokenizer: Any, context: int) -> Iterator[tuple[Any, Any]]:
@@ -157,7 +159,8 @@ def evaluate_classifier(
     progress: Callable[[float], None],
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix of a classifier
-    on labelled rows (the training-time report), and its label for each fixed prompt.
+    on labelled rows (the training-time report), and its label for each prompt given, or for
+    the first rows of the data when none are (never perplexity: a classifier has none).
 
     Rows whose label the model does not know count as wrong (predicted class vs a class of
     their own), so a dataset with new labels cannot look better than it is.
@@ -201,10 +204,25 @@ def evaluate_classifier(
         y_true += [index[r.label] for r in chunk]
         progress(0.8 * min(1.0, (start + len(chunk)) / max(len(rows), 1)))
     report = engine_metrics.classification_report(y_true, y_pred, labels)
-    metrics = engine_metrics.scalar_metrics(report)
+    metrics: dict[str, Any] = engine_metrics.scalar_metrics(report)
     metrics["eval_rows"] = float(len(rows))
-    samples = [
-        {"prompt": prompt, "output": f"{names[i]} ({score:.2f})"}
-        for prompt, (i, score) in zip(prompts, predict(prompts) if prompts else [], strict=True)
-    ]
+    metrics["per_class"] = report["per_class"]
+    if prompts:
+        samples = [
+            {"prompt": prompt, "output": f"{names[i]} ({score:.2f})"}
+            for prompt, (i, score) in zip(prompts, predict(prompts), strict=True)
+        ]
+    else:
+        # No prompts of the caller's: samples are rows of the evaluated data itself (in its
+        # language and domain), with the true label beside the predicted one.
+        shown = rows[:SAMPLE_ROWS]
+        samples = [
+            {
+                "prompt": row.text,
+                "output": f"{names[i]} ({score:.2f})",
+                "expected": row.label,
+            }
+            for row, (i, score) in zip(shown, predict([r.text for r in shown]) if shown else [],
+                                       strict=True)
+        ]  # fmt: skip
     return metrics, samples

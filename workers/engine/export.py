@@ -67,6 +67,78 @@ class _LogitsOnly:
         return Wrapper().eval()
 
 
+class _ClassifierLogits:
+    """input_ids + attention_mask -> class logits: a sequence classifier's ONNX graph."""
+
+    @staticmethod
+    def wrap(model: Any) -> Any:
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+        return Wrapper().eval()
+
+
+def _is_classifier(folder: Path) -> bool:
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def _load_for_export(source: Path) -> tuple[Any, Any, Any, bool]:
+    """(model, tokenizer, logits-only wrapper, is a classifier)."""
+    if _is_classifier(source):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(str(source)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        return model, tokenizer, _ClassifierLogits.wrap(model), True
+    model, tokenizer = load_causal_lm(source)
+    return model, tokenizer, _LogitsOnly.wrap(model), False
+
+
+def _quality_rows(
+    tokenizer: Any, sample: tuple[Path, str] | None, classifier: bool
+) -> tuple[list[str], list[str | None]]:
+    """Texts to compare the variants on (the version's own data when known), and their labels
+    (a classifier's rows; None where a row has none)."""
+    texts: list[str] = list(QUALITY_TEXTS)
+    labels: list[str | None] = [None] * len(texts)
+    if sample is None:
+        return texts, labels
+    from workers.engine.data import LabeledText, read_rows, render_rows
+
+    rows = read_rows(*sample)[:QUALITY_ROWS]
+    if classifier:
+        labelled = [r for r in rows if isinstance(r, LabeledText)]
+        if labelled:
+            return [r.text for r in labelled], [r.label for r in labelled]
+        return texts, labels
+    rendered = list(render_rows(rows, tokenizer))
+    return (rendered, [None] * len(rendered)) if rendered else (texts, labels)
+
+
+def _classification_quality(
+    logits: list[Any], reference: list[Any], labels: list[str | None], id2label: dict[int, str]
+) -> dict[str, float | None]:
+    """How often a variant picks the class torch picks, and its accuracy on labelled rows."""
+    picked = [int(out[0].argmax()) for out in logits]
+    agreement = sum(p == int(r[0].argmax()) for p, r in zip(picked, reference, strict=True))
+    known = [(p, label) for p, label in zip(picked, labels, strict=True) if label is not None]
+    accuracy = (
+        sum(id2label.get(p) == label for p, label in known) / len(known) if known else None
+    )
+    return {"agreement": agreement / max(len(picked), 1), "accuracy": accuracy}
+
+
 def export_onnx(
     source: Path,
     out_dir: Path,
@@ -78,7 +150,8 @@ def export_onnx(
     """model.onnx (+ model.int8.onnx) in out_dir, and a side-by-side report.
 
     The report compares torch fp32, ONNX fp32 and ONNX int8 on the same token rows: file size,
-    median latency of a forward pass, max |logits difference| against torch, and perplexity.
+    median latency of a forward pass, max |logits difference| against torch, and perplexity (a
+    classifier: how often it picks torch's class, and its accuracy on labelled rows).
     The rows are the first few of `sample` (the version's training data: file, format) when
     given, so perplexity means something; generic sentences otherwise.
     """
@@ -89,8 +162,7 @@ def export_onnx(
 
     torch.manual_seed(0)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_causal_lm(source)
-    wrapper = _LogitsOnly.wrap(model)
+    model, tokenizer, wrapper, classifier = _load_for_export(source)
     progress(0.1)
     context = getattr(model.config, "n_positions", None) or getattr(
         model.config, "max_position_embeddings", 1024
@@ -113,13 +185,11 @@ def export_onnx(
         if (source / name).is_file():
             shutil.copyfile(source / name, out_dir / name)
 
-    texts: list[str] = list(QUALITY_TEXTS)
-    if sample is not None:
-        from workers.engine.data import read_rows, render_rows
-
-        texts = list(render_rows(read_rows(*sample)[:QUALITY_ROWS], tokenizer)) or texts
-    rows = [tokenizer(text, return_tensors="pt")["input_ids"] for text in texts]
-    rows = [r[:, : int(context)] for r in rows if r.shape[1] >= 2]
+    texts, labels = _quality_rows(tokenizer, sample, classifier)
+    rows = [tokenizer(text, return_tensors="pt")["input_ids"][:, : int(context)] for text in texts]
+    kept = [i for i, r in enumerate(rows) if r.shape[1] >= 2]
+    rows, labels = [rows[i] for i in kept], [labels[i] for i in kept]
+    id2label = {int(k): str(v) for k, v in (getattr(model.config, "id2label", None) or {}).items()}
 
     def torch_logits(ids: Any) -> Any:
         with torch.no_grad():
@@ -157,7 +227,12 @@ def export_onnx(
             "size_bytes": int(size),
             "latency_ms": round(statistics.median(timings), 3),
             "max_abs_logits_diff": diff,
-            "perplexity": _perplexity(outputs, rows),
+            # A classifier has no perplexity: its quality is its answers.
+            **(
+                _classification_quality(outputs, reference, labels, id2label)
+                if classifier
+                else {"perplexity": _perplexity(outputs, rows)}
+            ),
         }
     progress(0.95)
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
