@@ -21,7 +21,10 @@ from app.services import run_execution, scheduler
 log = logging.getLogger(__name__)
 
 celery_app = Celery(
-    "llmide", include=["workers.tasks", "workers.registry_tasks", "workers.prep_tasks"]
+    "llmide",
+    include=["workers.tasks", "workers.registry_tasks", "workers.prep_tasks"],
+    # Every task counts its deliveries and is given up after too many (the poison limit).
+    task_cls="workers.delivery_guard:GuardedTask",
 )
 celery_app.conf.update(celery_options(get_settings()))
 # Files 0600 and folders 0700 from the first write on (the embedded broker's database included):

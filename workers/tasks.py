@@ -14,6 +14,7 @@ from typing import Any
 
 from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_TASK
 from app.core.errors import ValidationFailed
+from app.core.settings import get_settings
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
 from app.services import artifacts, base_models, estimate, run_execution, run_queue
@@ -262,14 +263,72 @@ def _pinned_gpus(count: int) -> list[str] | None:
     return gpus_for_child(getattr(current_process(), "index", 0) or 0, gpus, count)
 
 
-@celery_app.task(name=CALIBRATE_TASK)
-def calibrate_training(base_model: str, batch_size: int, block_size: int) -> float:
+# Acknowledged on receipt, never redelivered: a calibration is a hint for the launch form, and
+# one whose worker died must not kill the next worker too (the estimate asks again later).
+@celery_app.task(name=CALIBRATE_TASK, acks_late=False, reject_on_worker_lost=False)
+def calibrate_training(base_model: str, batch_size: int, block_size: int) -> float | None:
     """Time a few training steps of this shape on this worker's device and cache the result
-    for the launch estimate (on the gpu queue: the device that will train is the one timed)."""
-    from workers.engine.calibrate import measure_throughput
+    for the launch estimate (on the gpu queue: the device that will train is the one timed).
 
-    rate, device = measure_throughput(base_model, batch_size=batch_size, block_size=block_size)
-    estimate.write_calibration(
-        base_model, batch_size, block_size, tokens_per_second=rate, device=device
+    Never a shape that cannot fit: the memory estimate is checked against what a calibration
+    may use here first, and the timing runs in a child process capped at that much
+    (workers/engine/calibrate.run_capped), so a wrong estimate ends in a clean refusal.
+    """
+    from workers.engine.calibrate import run_capped
+
+    budget, where = calibration_budget()
+    needs = estimate.estimate(
+        base_model=base_model,
+        batch_size=batch_size,
+        block_size=block_size,
+        device_bytes=budget,
+        device_label=where,
     )
-    return rate
+    if needs.fits is False:
+        error = (
+            f"not timed: it needs about {needs.total_bytes / estimate.GIB:.1f} GiB and a "  # type: ignore[operator]
+            f"calibration may use {budget / estimate.GIB:.1f} GiB {where}"
+        )
+        log.warning(
+            "calibration of %s b%s s%s refused: %s", base_model, batch_size, block_size, error
+        )
+        estimate.write_calibration(base_model, batch_size, block_size, error=error)
+        return None
+    outcome = run_capped(
+        base_model,
+        batch_size=batch_size,
+        block_size=block_size,
+        memory_limit_bytes=budget,
+        timeout_s=get_settings().calibration_timeout_s,
+    )
+    if outcome.error or not outcome.tokens_per_second:
+        error = outcome.error or "the timing gave no rate"
+        estimate.write_calibration(base_model, batch_size, block_size, error=error)
+        return None
+    estimate.write_calibration(
+        base_model,
+        batch_size,
+        block_size,
+        tokens_per_second=outcome.tokens_per_second,
+        device=outcome.device or "",
+    )
+    return outcome.tokens_per_second
+
+
+def calibration_budget() -> tuple[int, str]:
+    """(bytes a calibration may use, where): the setting, else half of what is free now, of
+    the GPU this worker trains on or of the machine's RAM."""
+    configured = get_settings().calibration_memory_gb
+    if configured:
+        return int(configured * estimate.GIB), "(LLMIDE_CALIBRATION_MEMORY_GB)"
+    from workers.engine.device import plan_device
+
+    plan = plan_device("auto")
+    if plan.kind == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(plan.cuda_index or 0)
+        return int(free) // 2, "here (half this worker's free GPU memory)"
+    import psutil
+
+    return int(psutil.virtual_memory().available) // 2, "here (half this worker's free RAM)"

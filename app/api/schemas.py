@@ -279,6 +279,7 @@ class RunEstimate(BaseModel):
     duration_s: float | None
     duration_source: str | None = None
     calibrating: bool = False
+    calibration_error: str | None = None
 
 
 class RunRead(ORM):

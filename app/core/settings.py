@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     # Memory of one training device (a GPU's, in GiB) for the launch form's estimate; unset:
     # this machine's RAM (the embedded setup trains on the CPU).
     train_device_memory_gb: float | None = Field(None, gt=0)
+    # The launch estimate's calibration (a worker timing a few steps of a shape) runs in a child
+    # process capped at this much memory (GiB); unset: half the RAM available when it starts
+    # (on a GPU worker: half the GPU's free memory). A shape the estimate says needs more is
+    # not run at all.
+    calibration_memory_gb: float | None = Field(None, gt=0)
+    calibration_timeout_s: float = Field(300.0, gt=0)
+    # A task message delivered this many times without finishing (its worker died each time:
+    # out of memory, a crash) is given up: its run or job fails with the reason.
+    task_max_deliveries: int = Field(3, ge=1, le=100)
     # GPUs a worker hands out, one per pool process ("0,1,2,3" with `-c 4`); empty: no pinning.
     worker_gpus: str = ""
     # Runs training at once across the fleet (docs/queue.md): set it to the number of GPU worker

@@ -584,3 +584,21 @@ class RunDispatchLock(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class TaskDelivery(Base):
+    """How often a task message has been handed to a worker without finishing.
+
+    A worker that dies mid-task (the kernel's OOM killer, a crash) has its message redelivered
+    (acks_late + reject_on_worker_lost); one that kills every worker it reaches would loop for
+    ever. The row is counted up at each delivery and deleted when the task ends in its process,
+    so it survives only deliveries whose worker was lost (workers/delivery_guard.py).
+    """
+
+    __tablename__ = "task_deliveries"
+
+    task_id: Mapped[str] = mapped_column(String(155), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(100))
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

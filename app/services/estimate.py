@@ -79,6 +79,7 @@ class Estimate:
     duration_s: float | None
     duration_source: str | None = None  # "calibration" | "earlier run"
     calibrating: bool = False  # a worker is timing this shape; ask again shortly
+    calibration_error: str | None = None  # why no worker could time this shape
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,13 +243,10 @@ def for_launch(
         block_size=config.block_size,
     )
     source = "earlier run" if rate else None
-    calibrating = False
+    calibration_error = None
     if rate is None:
-        rate = read_calibration(*shape)
+        rate, calibration_error = read_calibration_outcome(*shape)
         source = "calibration" if rate else None
-    # Only someone who may launch starts a calibration task; a viewer gets the arithmetic.
-    if rate is None and base_model in ARCHITECTURES and ctx.can_edit:
-        calibrating = request_calibration(*shape)
     steps = (
         planned_steps(
             max_steps=config.max_steps,
@@ -269,7 +267,24 @@ def for_launch(
         total_steps=steps,
         tokens_per_second=rate,
     )
-    return replace(result, duration_source=source, calibrating=calibrating)
+    # Only someone who may launch starts a calibration task; a viewer gets the arithmetic. A
+    # shape the arithmetic says cannot fit is never timed: a worker would train one real batch
+    # of it (the probe's 92.7 GiB shape grew a worker to 22.8 GB until the kernel killed it).
+    calibrating = False
+    if (
+        rate is None
+        and calibration_error is None
+        and base_model in ARCHITECTURES
+        and ctx.can_edit
+        and result.fits is not False
+    ):
+        calibrating = request_calibration(*shape)
+    return replace(
+        result,
+        duration_source=source,
+        calibrating=calibrating,
+        calibration_error=calibration_error,
+    )
 
 
 # --- calibration: a worker times a few steps of a shape; the answer is cached as a file ----
@@ -281,25 +296,49 @@ def calibration_key(base_model: str, batch_size: int, block_size: int) -> str:
 
 
 def read_calibration(base_model: str, batch_size: int, block_size: int) -> float | None:
+    return read_calibration_outcome(base_model, batch_size, block_size)[0]
+
+
+def read_calibration_outcome(
+    base_model: str, batch_size: int, block_size: int
+) -> tuple[float | None, str | None]:
+    """(tokens per second, None) once a worker timed the shape; (None, why) once it refused
+    or failed to (the shape is not asked for again); (None, None) while nobody has."""
     from app.services import artifacts
 
     path = artifacts.resolve(calibration_key(base_model, batch_size, block_size))
     try:
-        return float(json.loads(path.read_text())["tokens_per_second"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(stored, dict):
+        return None, None
+    if stored.get("error"):
+        return None, str(stored["error"])
+    try:
+        return float(stored["tokens_per_second"]), None
+    except (KeyError, TypeError, ValueError):
+        return None, None
 
 
 def write_calibration(
-    base_model: str, batch_size: int, block_size: int, *, tokens_per_second: float, device: str
+    base_model: str,
+    batch_size: int,
+    block_size: int,
+    *,
+    tokens_per_second: float | None = None,
+    device: str | None = None,
+    error: str | None = None,
 ) -> None:
-    """Called by the worker's calibration task; atomic, so a reader never sees half a file."""
+    """Called by the worker's calibration task with a rate or the reason there is none;
+    atomic, so a reader never sees half a file."""
     from app.services import artifacts
 
     path = artifacts.resolve(calibration_key(base_model, batch_size, block_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_suffix(".tmp")
-    staged.write_text(json.dumps({"tokens_per_second": tokens_per_second, "device": device}))
+    body = {"error": error} if error else {"tokens_per_second": tokens_per_second, "device": device}
+    staged.write_text(json.dumps(body))
     staged.replace(path)
     path.with_suffix(".pending").unlink(missing_ok=True)
 

@@ -123,3 +123,43 @@ def test_a_calibration_on_the_worker_gives_the_estimate_a_duration(team: Team) -
     assert done["calibrating"] is False and done["duration_source"] == "calibration"
     assert done["tokens_per_second"] == pytest.approx(rate)
     assert done["duration_s"] == pytest.approx(done["total_steps"] * 4 * 16 / rate)
+
+
+def _pending_marker(base_model: str, batch_size: int, block_size: int) -> bool:
+    from app.services import artifacts, estimate
+
+    key = estimate.calibration_key(base_model, batch_size, block_size)
+    return artifacts.resolve(key).with_suffix(".pending").exists()
+
+
+def test_a_shape_that_cannot_fit_is_never_sent_to_a_worker_to_be_timed(
+    backend: str, team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's shape: a worker trained one real batch of it, grew to 22.8 GB, was killed
+    by the kernel and got the task again, over and over."""
+    from app.core.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "train_device_memory_gb", 16.0)
+    ask = {"base_model": "scratch-small", "config": {"batch_size": 512, "block_size": 1024}}
+    e = team.editor.post("/api/v1/runs/estimate", json=ask).json()
+    assert e["fits"] is False and "needs about 92.7 GiB" in e["warning"]
+    assert e["calibrating"] is False
+    assert not _pending_marker("scratch-small", 512, 1024)
+    if backend == "postgres":
+        import redis
+
+        from tests.conftest import REDIS_URL
+
+        assert redis.Redis.from_url(REDIS_URL).llen("gpu") == 0, "a calibration was queued"
+
+
+def test_a_worker_refuses_to_time_a_shape_beyond_its_memory_and_says_why(team: Team) -> None:
+    """A calibration task sent anyway (an older web, another client) runs nothing."""
+    from workers.tasks import calibrate_training
+
+    assert calibrate_training.apply(args=["scratch-small", 512, 1024]).result is None
+    ask = {"base_model": "scratch-small", "config": {"batch_size": 512, "block_size": 1024}}
+    e = team.editor.post("/api/v1/runs/estimate", json=ask).json()
+    assert e["calibrating"] is False and e["duration_s"] is None
+    assert e["calibration_error"].startswith("not timed: it needs about 92.7 GiB"), e
+    assert not _pending_marker("scratch-small", 512, 1024), "a refused shape is not asked again"
