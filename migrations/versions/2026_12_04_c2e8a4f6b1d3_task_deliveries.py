@@ -1,7 +1,7 @@
 """task deliveries: a poison-message limit (a task whose worker keeps dying is given up)
 
 Revision ID: c2e8a4f6b1d3
-Revises: b8d4f6a2c0e3
+Revises: e3b9c1d7f2a4
 Create Date: 2026-12-04 14:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'c2e8a4f6b1d3'
-down_revision = 'b8d4f6a2c0e3'
+down_revision = 'e3b9c1d7f2a4'
 branch_labels = None
 depends_on = None
 
