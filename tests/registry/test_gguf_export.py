@@ -214,6 +214,25 @@ def test_a_llama_architecture_model_exports_with_its_rope_layout_and_decodes_ali
     assert metadata(files["q4_k_m"])["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert (tmp_path / "q4_k_m" / "Modelfile").read_text().startswith("# Ollama")
 
+    # A version imported as a GGUF file (transformers reads it back; its config names no
+    # architecture) exports again, to the very same f16 tensors and tokenizer.
+    from gguf import GGUFReader
+
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    shutil.copyfile(files["f16"], imported / "tiny.gguf")
+    again = export_gguf(
+        imported, tmp_path / "again", quantization="f16", name="tiny", progress=print
+    )
+    first, second = (
+        GGUFReader(str(path)) for path in (files["f16"], tmp_path / "again" / again["file"])
+    )
+    assert [t.name for t in first.tensors] == [t.name for t in second.tensors]
+    for a, b in zip(first.tensors, second.tensors, strict=True):
+        assert (a.data == b.data).all(), a.name
+    for key in ("tokenizer.ggml.pre", "tokenizer.ggml.eot_token_id", "tokenizer.chat_template"):
+        assert first.fields[key].contents() == second.fields[key].contents()
+
 
 def _with_config(installation: Path, team: Team, config: dict) -> dict:
     run_id, version = dummy_run_with_version(team, installation)

@@ -141,9 +141,13 @@ def _tensors(model: Any, arch: str) -> Iterator[tuple[str, Any]]:
 
 
 # --- hyperparameters -------------------------------------------------------------------------
-def gguf_architecture(config: Any) -> str:
-    """The llama.cpp architecture of a transformers config, or GGUFExportError naming it."""
-    names = list(getattr(config, "architectures", None) or [])
+def gguf_architecture(model: Any) -> str:
+    """The llama.cpp architecture of a transformers model, or GGUFExportError naming it.
+
+    By the model's class first: a model loaded from a GGUF file has no `architectures` in its
+    config."""
+    config = model.config
+    names = [type(model).__name__, *(getattr(config, "architectures", None) or [])]
     for name in names:
         if name in SUPPORTED_ARCHITECTURES:
             return SUPPORTED_ARCHITECTURES[name]
@@ -288,6 +292,7 @@ def _write_tokenizer(
 
 
 def generation_eos_ids(model: Any) -> list[int]:
+    """The ids that end a generation per the model's generation_config (else its config)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:
         eos = getattr(model.config, "eos_token_id", None)
@@ -295,20 +300,26 @@ def generation_eos_ids(model: Any) -> list[int]:
     return [int(v) for v in values if isinstance(v, int)]
 
 
-def stop_tokens(tokenizer: Any, model: Any) -> list[str]:
+def stop_tokens(tokenizer: Any, generation_eos: list[int]) -> list[str]:
     """The texts of the tokens that end a generation (EOS, end of turn), for Ollama's stops."""
-    ids = _stop_ids(tokenizer, generation_eos_ids(model))
+    ids = _stop_ids(tokenizer, generation_eos)
     return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
 
 
 # --- writing and quantising ------------------------------------------------------------------
 def write_f16(
-    model: Any, tokenizer: Any, path: Path, *, name: str, tokenizer_pre: str | None = None
+    model: Any,
+    tokenizer: Any,
+    path: Path,
+    *,
+    name: str,
+    tokenizer_pre: str | None = None,
+    generation_eos: list[int] | None = None,
 ) -> str:
     """The model as an f16 GGUF at `path`; returns the llama.cpp architecture."""
     import gguf
 
-    arch = gguf_architecture(model.config)
+    arch = gguf_architecture(model)
     writer = gguf.GGUFWriter(str(path), arch)
     try:
         writer.add_type("model")
@@ -321,7 +332,7 @@ def write_f16(
             writer,
             tokenizer,
             vocab_size,
-            generation_eos=generation_eos_ids(model),
+            generation_eos=generation_eos_ids(model) if generation_eos is None else generation_eos,
             pre=tokenizer_pre,
         )
         for tensor_name, data in _tensors(model, arch):
@@ -385,11 +396,15 @@ def export_gguf(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_causal_lm(source)
+    pre, source_eot = _source_tokenizer(source)
+    eos_ids = list(dict.fromkeys([*generation_eos_ids(model), *source_eot]))
     progress(0.3)
     target = out_dir / gguf_file_name(name, quantization)
     f16 = target if quantization == "f16" else out_dir / f".{target.name}.f16.partial"
     try:
-        arch = write_f16(model, tokenizer, f16, name=name, tokenizer_pre=_source_pre(source))
+        arch = write_f16(
+            model, tokenizer, f16, name=name, tokenizer_pre=pre, generation_eos=eos_ids
+        )
         f16_size = f16.stat().st_size
         progress(0.7)
         if quantization != "f16":
@@ -398,7 +413,7 @@ def export_gguf(
         if f16 != target:
             f16.unlink(missing_ok=True)
     progress(0.9)
-    stops = stop_tokens(tokenizer, model)
+    stops = stop_tokens(tokenizer, eos_ids)
     text = modelfile(target.name, tokenizer, stops)
     (out_dir / "Modelfile").write_text(text)
     return {
@@ -418,15 +433,21 @@ def export_gguf(
     }
 
 
-def _source_pre(source: Path) -> str | None:
-    """The pre-tokenizer an imported GGUF declares: transformers' reading of it loses that."""
+def _source_tokenizer(source: Path) -> tuple[str | None, list[int]]:
+    """What an imported GGUF declares that transformers' reading of it loses: the
+    pre-tokenizer's name and the end-of-turn token. (None, []) for a safetensors folder."""
     ggufs = sorted(source.glob("*.gguf"))
     if not ggufs:
-        return None
+        return None, []
     from gguf import GGUFReader
 
-    field = GGUFReader(str(ggufs[0])).fields.get("tokenizer.ggml.pre")
-    return str(field.contents()) if field is not None else None
+    fields = GGUFReader(str(ggufs[0])).fields
+    pre = fields.get("tokenizer.ggml.pre")
+    eot = fields.get("tokenizer.ggml.eot_token_id")
+    return (
+        str(pre.contents()) if pre is not None else None,
+        [int(eot.contents())] if eot is not None else [],
+    )
 
 
 def ensure_gguf(source: Path, cache_dir: Path, *, quantization: str, name: str = "model") -> Path:
