@@ -72,9 +72,12 @@ def sampling(
     """The inference client's parameters: the request's, else the deployment's defaults.
 
     A deployment's max new tokens is also its limit: asking for more is a 400 naming
-    max_tokens. Unset parameters of an undeployed version are left to the server's defaults.
+    max_tokens. Without max_tokens the inference server generates what fits after the prompt
+    in the model's context, up to the deployment's max new tokens (max_tokens_cap); unset
+    parameters of an undeployed version are left to the server's defaults.
     """
     chosen = target.settings
+    cap = None
     if chosen is not None:
         if max_tokens is not None and max_tokens > chosen.max_new_tokens:
             raise ValidationFailed(
@@ -82,11 +85,12 @@ def sampling(
                 f"{chosen.max_new_tokens} new tokens",
                 param="max_tokens",
             )
-        max_tokens = max_tokens or chosen.max_new_tokens
+        cap = chosen.max_new_tokens
         temperature = chosen.temperature if temperature is None else temperature
         top_p = chosen.top_p if top_p is None else top_p
     params = {
         "max_tokens": max_tokens,
+        "max_tokens_cap": cap if max_tokens is None else None,
         "temperature": temperature,
         "top_p": top_p,
         "stop": [stop] if isinstance(stop, str) else stop,

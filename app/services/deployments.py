@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -55,7 +56,7 @@ class DeploymentSettings:
 
     replicas: int = 1
     max_batch_size: int = 8
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: from the model's context (default_max_new_tokens)
     temperature: float = 0.7
     top_p: float = 1.0
 
@@ -73,6 +74,34 @@ class ServingTarget:
         if self.settings is None:
             return {}
         return {"replicas": self.settings.replicas, "max_batch_size": self.settings.max_batch_size}
+
+
+# Without a known context window (a GGUF-only folder, say) a deployment answers this many.
+FALLBACK_MAX_NEW_TOKENS = 256
+MAX_DEFAULT_NEW_TOKENS = 512
+
+
+def context_length(version: ModelVersion) -> int | None:
+    """The version's context window from its config.json (GPT-2's n_positions, else
+    max_position_embeddings); None when the folder has no readable config."""
+    try:
+        config = json.loads((artifacts.existing(version.storage_key) / "config.json").read_text())
+    except (OSError, ValueError, NotFound):
+        return None
+    if not isinstance(config, dict):
+        return None
+    value = config.get("n_positions") or config.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def default_max_new_tokens(version: ModelVersion) -> int:
+    """A deployment's default answer length: half the model's context (the rest is for the
+    prompt and history), at most MAX_DEFAULT_NEW_TOKENS. A 128-token scratch model answers up
+    to 64 tokens, SmolLM2 up to 512; each request still gets only what fits after its prompt."""
+    context = context_length(version)
+    if context is None:
+        return FALLBACK_MAX_NEW_TOKENS
+    return max(1, min(MAX_DEFAULT_NEW_TOKENS, context // 2))
 
 
 def settings_of(deployment: Deployment) -> DeploymentSettings:
@@ -192,7 +221,7 @@ def create(
     deployment.name = name
     deployment.replicas = chosen.replicas
     deployment.max_batch_size = chosen.max_batch_size
-    deployment.max_new_tokens = chosen.max_new_tokens
+    deployment.max_new_tokens = chosen.max_new_tokens or default_max_new_tokens(version)
     deployment.temperature = chosen.temperature
     deployment.top_p = chosen.top_p
     try:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app.core.errors import DomainError, Forbidden
+from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus
 from app.services import deployments, model_kind, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
@@ -148,6 +148,21 @@ async def _page_with_error(
     return response
 
 
+def _optional_tokens(value: str) -> int | None:
+    """The form's max new tokens: empty means "from the model's context"."""
+    if not value.strip():
+        return None
+    try:
+        tokens = int(value)
+    except ValueError:
+        raise ValidationFailed(
+            "max new tokens must be a whole number", param="max_new_tokens"
+        ) from None
+    if not 1 <= tokens <= 4096:
+        raise ValidationFailed("max new tokens must be between 1 and 4096", param="max_new_tokens")
+    return tokens
+
+
 @router.post("", dependencies=[CSRF])
 async def create_deployment(
     request: Request,
@@ -157,19 +172,20 @@ async def create_deployment(
     name: Annotated[str, Form(max_length=255)] = "",
     replicas: Annotated[int, Form(ge=1, le=8)] = 1,
     max_batch_size: Annotated[int, Form(ge=1, le=64)] = 8,
-    max_new_tokens: Annotated[int, Form(ge=1, le=4096)] = 256,
+    # Empty: derived from the model's context (deployments.default_max_new_tokens).
+    max_new_tokens: Annotated[str, Form(max_length=8)] = "",
     temperature: Annotated[float, Form(ge=0, le=2)] = 0.7,
     top_p: Annotated[float, Form(gt=0, le=1)] = 1.0,
 ) -> Response:
     """Deploy a version with its serving settings in one click."""
-    settings = deployments.DeploymentSettings(
-        replicas=replicas,
-        max_batch_size=max_batch_size,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-    )
     try:
+        settings = deployments.DeploymentSettings(
+            replicas=replicas,
+            max_batch_size=max_batch_size,
+            max_new_tokens=_optional_tokens(max_new_tokens),
+            temperature=temperature,
+            top_p=top_p,
+        )
         await deployments.deploy(
             session=session,
             ctx=pc.ctx,

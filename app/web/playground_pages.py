@@ -32,7 +32,8 @@ class PlaygroundRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(128, ge=1, le=4096)
+    # None: what fits after the conversation, up to the deployment's max new tokens.
+    max_tokens: int | None = Field(None, ge=1, le=4096)
 
 
 @router.get("")
@@ -202,6 +203,10 @@ async def stream_chat(
             _single_error(exc.message), media_type="text/event-stream", headers=SSE_HEADERS
         )
     messages = [m.model_dump() for m in body.messages]
+    # A chat UI never refuses for length: the answer gets what fits (up to the deployment's
+    # max new tokens and the box's value) and the oldest turns go when the history is too long.
+    caps = [body.max_tokens, target.settings.max_new_tokens if target.settings else None]
+    cap = min((c for c in caps if c is not None), default=None)
 
     async def events() -> AsyncIterator[str]:
         # Counted in the deployment's traffic like an API request.
@@ -212,7 +217,8 @@ async def stream_chat(
                 target.key,
                 target.path,
                 messages=messages,
-                max_tokens=body.max_tokens,
+                max_tokens_cap=cap,
+                trim_history=True,
                 temperature=body.temperature,
                 top_p=body.top_p,
                 **target.load_options,

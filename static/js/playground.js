@@ -114,7 +114,7 @@
           messages: messages,
           temperature: numberOr(temperature, 0.7),
           top_p: numberOr(topP, 1),
-          max_tokens: Math.round(numberOr(maxTokens, 128)),
+          max_tokens: maxTokens.value === "" ? null : Math.round(numberOr(maxTokens, 128)),
         }),
         signal: controller.signal,
       });
@@ -147,6 +147,14 @@
         meta.className = "meta";
         meta.textContent = parts.join(" · ");
         answer.appendChild(meta);
+        if (finish.trimmed_messages) {
+          var note = document.createElement("span");
+          note.className = "meta trim-note";
+          note.textContent = "The oldest " + finish.trimmed_messages + " message" +
+            (finish.trimmed_messages === 1 ? " was" : "s were") +
+            " left out: the whole conversation no longer fits the model's context.";
+          answer.appendChild(note);
+        }
       }
       pane.history.push({ role: "assistant", content: content });
     } catch (err) {

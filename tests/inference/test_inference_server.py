@@ -293,7 +293,9 @@ def test_generate_returns_text_usage_and_length_when_max_tokens_is_reached(
     answer = generate(client, prompt="the cat sat", max_tokens=5, temperature=0)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert set(body) == {"text", "finish_reason", "prompt_tokens", "completion_tokens"}
+    assert set(body) == {
+        "text", "finish_reason", "prompt_tokens", "completion_tokens", "trimmed_messages"
+    }
     assert body["finish_reason"] == "length"
     assert body["completion_tokens"] == 5
     assert body["prompt_tokens"] > 0
@@ -373,6 +375,7 @@ def test_streaming_yields_deltas_then_a_final_event_then_done(client: TestClient
         "finish_reason": "length",
         "prompt_tokens": whole["prompt_tokens"],
         "completion_tokens": 10,
+        "trimmed_messages": 0,
     }
 
 
@@ -396,6 +399,52 @@ def test_a_prompt_that_does_not_fit_the_context_is_400(client: TestClient) -> No
     answer = generate(client, prompt="the cat sat on the mat " * 20, max_tokens=8)
     assert answer.status_code == 400
     assert "maximum context length is 64" in answer.json()["detail"]
+
+
+def test_without_max_tokens_a_request_gets_what_fits_after_its_prompt(client: TestClient) -> None:
+    # 40-odd prompt tokens in a 64-token context: the old fixed default of 128 was a 400.
+    prompt = "the cat sat on the mat " * 5
+    answer = generate(client, prompt=prompt, temperature=0)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["finish_reason"] == "length"
+    assert body["prompt_tokens"] + body["completion_tokens"] == 64
+
+
+def test_without_max_tokens_the_cap_bounds_the_answer(client: TestClient) -> None:
+    body = generate(client, prompt="the cat", temperature=0, max_tokens_cap=5).json()
+    assert body["completion_tokens"] == 5
+
+
+def test_an_explicit_max_tokens_that_cannot_fit_is_still_400(client: TestClient) -> None:
+    answer = generate(client, prompt="the cat sat on the mat " * 5, max_tokens=60)
+    assert answer.status_code == 400
+    assert "max_tokens asks for 60 more" in answer.json()["detail"]
+
+
+def test_a_chat_too_long_for_the_context_drops_its_oldest_turns_when_asked(
+    client: TestClient,
+) -> None:
+    turn = "the cat sat on the mat and looked at the bird"
+    messages = [{"role": "system", "content": "be brief"}]
+    for _ in range(4):
+        messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": turn}]
+    messages.append({"role": "user", "content": "hello there"})
+    refused = generate(client, messages=messages, temperature=0)
+    assert refused.status_code == 400  # without trimming the prompt alone overflows
+    answer = generate(client, messages=messages, temperature=0, trim_history=True)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["trimmed_messages"] >= 1
+    assert body["completion_tokens"] >= 1
+    assert body["prompt_tokens"] + body["completion_tokens"] <= 64
+
+
+def test_trimming_never_drops_the_last_message(client: TestClient) -> None:
+    long = "the cat sat on the mat " * 20
+    answer = generate(client, messages=[{"role": "user", "content": long}], trim_history=True)
+    assert answer.status_code == 400
+    assert "shorten it" in answer.json()["detail"]
 
 
 def test_a_left_padded_batch_decodes_like_requests_one_at_a_time(client: TestClient) -> None:

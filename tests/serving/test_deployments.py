@@ -396,3 +396,55 @@ def test_asking_for_vllm_without_it_fails_the_deployment_with_the_reason(
         assert "vLLM is not installed" in page
         refused = chat(team, version["serving_name"])
         assert refused.status_code == 503, refused.text
+
+
+def test_default_settings_answer_every_turn_of_a_chat_that_outgrows_the_context(
+    serving_env: int, installation: Path, team: Team, register_version: RegisterVersion
+) -> None:
+    """The newcomer's path: deploy with every default, then chat in the Playground. The tiny
+    model has a 64-token context: the deployment answers at most half of it, and a history
+    that no longer fits loses its oldest turns (with a count to show) instead of a 400."""
+    from tests.conftest import PASSWORD
+
+    version = register_version()
+    with inference_process(installation, serving_env):
+        dep = deploy(team, model_version_id=version["id"], temperature=0)
+        assert deployment(team, dep["id"])["max_new_tokens"] == 32  # half of 64, not 256
+        # The OpenAI facade without max_tokens: what fits after the prompt, never a 400.
+        answer = chat(team, dep["name"])
+        assert answer.status_code == 200, answer.text
+        assert 1 <= answer.json()["usage"]["completion_tokens"] <= 32
+
+        client = team.owner.client
+        client.cookies.clear()
+        login = client.post(
+            "/api/v1/session", json={"email": team.owner.email, "password": PASSWORD}
+        )
+        browser = {"X-CSRF-Token": login.json()["csrf_token"], "Accept": "text/event-stream"}
+        turn = "the cat sat on the mat and looked at the bird"
+        history: list[dict[str, str]] = []
+        finals = []
+        for _ in range(4):
+            history.append({"role": "user", "content": turn})
+            with client.stream(
+                "POST",
+                "/playground/stream",
+                json={"model": dep["name"], "messages": history, "temperature": 0},
+                headers=browser,
+            ) as response:
+                assert response.status_code == 200
+                events = [
+                    json.loads(line[6:])
+                    for line in response.iter_lines()
+                    if line.startswith("data: ") and line != "data: [DONE]"
+                ]
+            assert not [e for e in events if "error" in e], events
+            final = events[-1]
+            finals.append(final)
+            history.append(
+                {"role": "assistant", "content": "".join(e.get("delta", "") for e in events)}
+            )
+        client.cookies.clear()
+    assert all(f["completion_tokens"] >= 1 for f in finals)
+    assert finals[0]["trimmed_messages"] == 0
+    assert finals[-1]["trimmed_messages"] >= 1

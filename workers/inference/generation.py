@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -81,6 +81,7 @@ class PreparedRequest:
     params: SamplingParams
     cancel: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False  # set by the lane when its row was stopped by `cancel`
+    trimmed: int = 0  # oldest messages left out so the conversation fits the context
 
 
 @dataclass(frozen=True)
@@ -128,17 +129,29 @@ def render_chat(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
     return "\n".join([*lines, "assistant:"])
 
 
-def prepare_request(
-    entry: LoadedModel,
-    *,
-    prompt: str | None,
-    messages: Sequence[dict[str, Any]] | None,
-    params: SamplingParams,
-) -> PreparedRequest:
-    """Render and tokenise a request, refusing it if it cannot fit the model's context window."""
-    tokenizer = entry.tokenizer
-    if tokenizer is None:
-        raise ModelNotReady(f"model {entry.name!r} is not loaded")
+# A request that names no max_tokens gets what fits after its prompt, up to its cap (the
+# deployment's max new tokens) or this when neither the cap nor the context is known.
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many tokens a request may generate.
+
+    `explicit`: the client asked for params.max_tokens, so a prompt that leaves less room is
+    refused (OpenAI's 400). Otherwise the budget is what the context leaves after the prompt,
+    up to `cap`; with `trim_history` a chat whose history no longer fits drops its oldest
+    turns (never the system message or the last one) until the answer has room again.
+    """
+
+    explicit: bool = True
+    cap: int | None = None
+    trim_history: bool = False
+
+
+def _encode(
+    tokenizer: Any, prompt: str | None, messages: Sequence[dict[str, Any]] | None
+) -> list[int]:
     if messages is not None:
         text = render_chat(tokenizer, messages)
         # Chat templates write their own BOS/special tokens.
@@ -152,13 +165,62 @@ def prepare_request(
         if start is None:
             raise PromptRejected("the prompt is empty")
         ids = [start]
+    return list(ids)
+
+
+def _wanted_room(context: int, cap: int) -> int:
+    """Room a trimmed conversation keeps for the answer: the cap, but at most half the
+    context (a longer history is worth more than a long answer)."""
+    return max(1, min(cap, context // 2))
+
+
+def prepare_request(
+    entry: LoadedModel,
+    *,
+    prompt: str | None,
+    messages: Sequence[dict[str, Any]] | None,
+    params: SamplingParams,
+    budget: Budget | None = None,
+) -> PreparedRequest:
+    """Render and tokenise a request and fix its generation budget (`Budget`); refuse it if
+    it cannot fit the model's context window."""
+    budget = budget or Budget()
+    tokenizer = entry.tokenizer
+    if tokenizer is None:
+        raise ModelNotReady(f"model {entry.name!r} is not loaded")
+    ids = _encode(tokenizer, prompt, messages)
     context = entry.context_length
-    if context and len(ids) + params.max_tokens > context:
+    if budget.explicit:
+        if context and len(ids) + params.max_tokens > context:
+            raise PromptRejected(
+                f"this model's maximum context length is {context} tokens; the prompt has "
+                f"{len(ids)} tokens and max_tokens asks for {params.max_tokens} more"
+            )
+        return PreparedRequest(input_ids=ids, params=params)
+    cap = budget.cap or DEFAULT_MAX_TOKENS
+    if not context:
+        return PreparedRequest(input_ids=ids, params=replace(params, max_tokens=cap))
+    trimmed = 0
+    if budget.trim_history and messages is not None:
+        kept = list(messages)
+        room = _wanted_room(context, cap)
+        while context - len(ids) < room:
+            # The oldest turn after any leading system message; the last message always stays.
+            first = next((i for i, m in enumerate(kept) if m.get("role") != "system"), None)
+            if first is None or first >= len(kept) - 1:
+                break
+            del kept[first]
+            trimmed += 1
+            ids = _encode(tokenizer, None, kept)
+    left = context - len(ids)
+    if left < 1:
         raise PromptRejected(
-            f"this model's maximum context length is {context} tokens; the prompt has "
-            f"{len(ids)} tokens and max_tokens asks for {params.max_tokens} more"
+            f"this model's maximum context length is {context} tokens and the "
+            f"{'last message' if trimmed else 'prompt'} alone has {len(ids)}; shorten it"
         )
-    return PreparedRequest(input_ids=list(ids), params=params)
+    return PreparedRequest(
+        input_ids=ids, params=replace(params, max_tokens=min(cap, left)), trimmed=trimmed
+    )
 
 
 # --------------------------------------------------------------------------- decoding (sync)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from workers.inference.generation import SamplingParams
+from workers.inference.generation import DEFAULT_MAX_TOKENS, Budget, SamplingParams
 from workers.inference.registry import MAX_BATCH_SIZE, MAX_REPLICAS
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -85,7 +85,11 @@ class GenerateRequest(BaseModel):
     path: str | None = Field(default=None, max_length=4096)
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    max_tokens: int = Field(default=128, ge=1, le=32768)
+    # None: what fits in the context after the prompt, up to max_tokens_cap.
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    max_tokens_cap: int | None = Field(default=None, ge=1, le=32768)
+    # Chats only: drop the oldest turns when the history leaves the answer too little room.
+    trim_history: bool = False
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] | None = None
@@ -123,11 +127,18 @@ class GenerateRequest(BaseModel):
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
-            max_tokens=self.max_tokens,
+            max_tokens=self.max_tokens or self.max_tokens_cap or DEFAULT_MAX_TOKENS,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=tuple(self.stop or ()),
             seed=self.seed,
+        )
+
+    def budget(self) -> Budget:
+        return Budget(
+            explicit=self.max_tokens is not None,
+            cap=self.max_tokens_cap,
+            trim_history=self.trim_history,
         )
 
     def message_dicts(self) -> list[dict[str, Any]] | None:
@@ -141,3 +152,4 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    trimmed_messages: int = 0

@@ -219,6 +219,7 @@ async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[st
             prompt=body.prompt,
             messages=body.message_dicts(),
             params=body.sampling(),
+            budget=body.budget(),
         )
     except PromptRejected as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
@@ -246,7 +247,7 @@ async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[st
         raise
     tracker.first_token()
     tracker.finish(result, cancelled=prepared.cancelled)
-    return result.as_dict()
+    return {**result.as_dict(), "trimmed_messages": prepared.trimmed}
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -336,6 +337,7 @@ async def _sse_events(
                         "finish_reason": item.finish_reason,
                         "prompt_tokens": item.prompt_tokens,
                         "completion_tokens": item.completion_tokens,
+                        "trimmed_messages": prepared.trimmed,
                     }
                 )
     except (ModelNotReady, GenerationFailed) as exc:
