@@ -361,3 +361,58 @@ def test_asking_for_a_gpu_on_a_cpu_machine_fails_with_a_readable_error() -> None
     with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
         plan_device("cuda:1")
     assert plan_device("auto").kind == "cpu"
+
+
+def _split_corpus(tmp_path: Path) -> Path:
+    """A prepared version's file: rows marked train, validation and test, each with a word of
+    its own so a decoded dataset shows where every row went."""
+    rows = [{"text": f"{s} trainword", "split": "train"} for s in sentences(60, seed=3)]
+    rows += [{"text": f"{s} validword", "split": "validation"} for s in sentences(9, seed=4)]
+    rows += [{"text": f"{s} testword", "split": "test"} for s in sentences(11, seed=5)]
+    random.Random(0).shuffle(rows)
+    return write_jsonl(tmp_path / "prepared.jsonl", rows)
+
+
+def test_a_prepared_versions_test_rows_never_reach_training(tmp_path: Path) -> None:
+    from workers.engine.trainer import _prepare_data
+
+    config = TrainConfig(
+        output_dir=tmp_path / "run",
+        train_file=_split_corpus(tmp_path),
+        train_format="text",
+        base_model="scratch-nano",
+        block_size=32,
+        max_steps=2,
+        eval_split=0.3,  # ignored: the version has its own validation rows
+        device="cpu",
+    )
+    recorder = Recorder()
+    prepared = _prepare_data(config, None, recorder)
+    assert ("info", "data loaded: 60 training and 9 eval documents") in recorder.logs
+    trained = prepared.tokenizer.decode(prepared.train_set.input_ids.flatten())
+    evaluated = prepared.tokenizer.decode(prepared.eval_set.input_ids.flatten())
+    assert "trainword" in trained and "testword" not in trained and "validword" not in trained
+    assert "validword" in evaluated and "testword" not in evaluated
+    # And a whole run trains on exactly those documents.
+    recorder = Recorder()
+    assert train(config, recorder).global_step == 2
+    assert ("info", "data loaded: 60 training and 9 eval documents") in recorder.logs
+
+
+def test_a_version_without_validation_rows_holds_out_a_share_of_its_train_rows(
+    tmp_path: Path,
+) -> None:
+    from workers.engine.data import read_split_rows, rows_by_split
+
+    rows = [{"text": s, "split": "train"} for s in sentences(20)]
+    rows += [{"text": "held back", "split": "test"}]
+    marked = read_split_rows(write_jsonl(tmp_path / "v.jsonl", rows), "text")
+    train_rows, eval_rows = rows_by_split(marked, 0.1, seed=1)
+    assert (len(train_rows), len(eval_rows)) == (18, 2)
+    assert "held back" not in train_rows + eval_rows
+
+
+def test_an_unknown_split_name_is_named_in_the_error(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a", "split": "holdout"}])
+    with pytest.raises(DatasetError, match="line 1: split must be one of"):
+        read_rows(path, "text")

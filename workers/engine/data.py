@@ -40,6 +40,8 @@ Row = str | list[Message] | LabeledText | Pair
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 # The canonical schemas of DATA_CONTRACT.md, plus the old "txt" (a plain text file).
 SCHEMAS = ("text", "chat", "prompt_completion", "instruction", "classification", "seq2seq")
+# The splits a prepared dataset version marks its rows with (workers/dataprep/split.py).
+SPLITS = ("train", "validation", "test")
 _ENCODE_BATCH = 1000  # documents per call into the Rust tokenizer: fast, and bounded memory
 
 
@@ -53,15 +55,21 @@ def read_rows(path: Path, data_format: str, *, prefer_split: str | None = None) 
     With `prefer_split` (say "test"), only the rows of that split when the file has any
     (a prepared version tags each row with its `split`), else all rows.
     """
+    marked = read_split_rows(path, data_format)
+    if prefer_split is not None and any(split == prefer_split for split, _ in marked):
+        marked = [(split, row) for split, row in marked if split == prefer_split]
+    return [row for _, row in marked]
+
+
+def read_split_rows(path: Path, data_format: str) -> list[tuple[str | None, Row]]:
+    """Each document with the split a prepared version assigned it ("train", "validation",
+    "test"; None for a row without one: an upload, a plain text file)."""
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
     if data_format == "txt":
-        rows: list[Row] = list(read_paragraphs(path))
+        rows: list[tuple[str | None, Row]] = [(None, p) for p in read_paragraphs(path)]
     elif data_format in SCHEMAS:
-        tagged = list(_read_jsonl_tagged(path, data_format))
-        if prefer_split is not None and any(split == prefer_split for split, _ in tagged):
-            tagged = [(split, row) for split, row in tagged if split == prefer_split]
-        rows = [row for _, row in tagged]
+        rows = list(_read_jsonl(path, data_format))
     else:
         raise DatasetError(f"unknown dataset format {data_format!r}")
     if not rows:
@@ -69,8 +77,7 @@ def read_rows(path: Path, data_format: str, *, prefer_split: str | None = None) 
     return rows
 
 
-def _read_jsonl_tagged(path: Path, data_format: str) -> Iterator[tuple[str | None, Row]]:
-    """(the row's split or None, the row) per line."""
+def _read_jsonl(path: Path, data_format: str) -> Iterator[tuple[str | None, Row]]:
     with path.open(encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -83,6 +90,10 @@ def _read_jsonl_tagged(path: Path, data_format: str) -> Iterator[tuple[str | Non
                 ) from None
             where = f"{path.name} line {line_no}"
             split = record.get("split") if isinstance(record, dict) else None
+            if split is not None and split not in SPLITS:
+                raise DatasetError(
+                    f"{where}: split must be one of {', '.join(SPLITS)} (got {split!r})"
+                )
             yield split, _ROW_READERS[data_format](record, where)
 
 
@@ -149,6 +160,25 @@ _ROW_READERS = {
     "classification": _classification_row,
     "seq2seq": _seq2seq_row,
 }
+
+
+def rows_by_split(
+    marked: Sequence[tuple[str | None, Row]], fraction: float, seed: int
+) -> tuple[list[Row], list[Row]]:
+    """Training and evaluation documents of one file.
+
+    A prepared version's own split is honoured: train on "train", evaluate on "validation",
+    and never touch "test" (kept for evaluations of the finished model). Without split marks
+    (an upload) a seeded share is held out (`split_rows`); so is it when the version has no
+    validation rows.
+    """
+    if all(split is None for split, _ in marked):
+        return split_rows([row for _, row in marked], fraction, seed)
+    train = [row for split, row in marked if split in (None, "train")]
+    evaluation = [row for split, row in marked if split == "validation"]
+    if not evaluation:
+        return split_rows(train, fraction, seed)
+    return train, evaluation
 
 
 def split_rows(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:

@@ -39,8 +39,9 @@ from workers.engine.data import (
     Row,
     build_blocks,
     read_rows,
+    read_split_rows,
     render_rows,
-    split_rows,
+    rows_by_split,
     tokenizer_corpus,
 )
 from workers.engine.device import (
@@ -506,11 +507,14 @@ def _conversations(rows: list[Row]) -> list[list[Message]]:
 
 
 def _load_rows(config: TrainConfig) -> tuple[list[Row], list[Row]]:
-    rows = read_rows(config.train_file, config.train_format)
+    """Training and eval documents: a prepared version's own train/validation split (its test
+    rows are never trained on), else a seeded share held out of the training file."""
+    marked = read_split_rows(config.train_file, config.train_format)
     if config.validation_file is not None:
         validation_format = config.validation_format or config.train_format
-        return rows, read_rows(config.validation_file, validation_format)
-    return split_rows(rows, config.eval_split, config.seed)
+        train = [row for split, row in marked if split in (None, "train")]
+        return train, read_rows(config.validation_file, validation_format)
+    return rows_by_split(marked, config.eval_split, config.seed)
 
 
 def _build_datasets(
