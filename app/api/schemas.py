@@ -238,7 +238,12 @@ class RunCreate(BaseModel):
     dataset_version_id: int | None = Field(
         None, description="A ready version of the dataset; default: its newest ready version."
     )
-    base_model: str = "scratch-tiny"
+    base_model: str | None = Field(
+        None,
+        description="Default: a LoRA of the packaged SmolLM2 for chat, prompt/completion and "
+        "instruction data, scratch-tiny for the rest. Hyperparameters not given follow the "
+        "base's preset (learning rate, epochs, sequence length, method).",
+    )
     name: str | None = Field(None, max_length=255)
     suffix: str | None = Field(None, max_length=40)
     config: RunConfig = Field(default_factory=RunConfig)
@@ -257,7 +262,9 @@ class RunEstimateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: int | None = None
-    base_model: str = "scratch-tiny"
+    dataset_version_id: int | None = None
+    validation_dataset_id: int | None = None
+    base_model: str | None = None  # as for a launch: chosen by the data, else scratch-tiny
     config: RunConfig = Field(default_factory=RunConfig)
 
 
@@ -280,6 +287,18 @@ class RunEstimate(BaseModel):
     duration_source: str | None = None
     calibrating: bool = False
     calibration_error: str | None = None
+    train_examples: int | None = Field(
+        None, description="Examples an epoch trains on: conversations, texts or packed blocks."
+    )
+    steps_exact: bool = Field(
+        True, description="False when packed blocks were counted from bytes (~4 a token)."
+    )
+    plan_warnings: list[str] = Field(
+        default_factory=list, description="Why the plan is unlikely to learn (too few steps)."
+    )
+    preset: dict[str, Any] = Field(
+        default_factory=dict, description="The base's preset for fields not given."
+    )
 
 
 class RunRead(ORM):

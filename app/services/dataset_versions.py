@@ -48,6 +48,22 @@ def newest_ready(*, session: Session, dataset: Dataset) -> DatasetVersion | None
     ).first()
 
 
+def ready_for_datasets(
+    *, session: Session, datasets: list[Dataset]
+) -> list[DatasetVersion]:
+    """The ready versions of these datasets (the launch form's choices), newest first."""
+    ids = [d.id for d in datasets]
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id.in_(ids), DatasetVersion.status == READY)
+            .order_by(DatasetVersion.dataset_id, DatasetVersion.version.desc())
+        )
+    )
+
+
 def version_for_run(
     *, session: Session, ctx: WorkspaceContext, dataset: Dataset, version_id: int | None
 ) -> DatasetVersion | None:

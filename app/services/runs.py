@@ -17,6 +17,7 @@ from app.services import (
     base_models,
     dataset_versions,
     datasets,
+    run_presets,
     run_queue,
 )
 from app.services.run_config import TASK_SCHEMAS, RunConfig
@@ -35,7 +36,7 @@ def create_run(
     ctx: WorkspaceContext,
     dataset_id: int,
     config: RunConfig,
-    base_model: str = "scratch-tiny",
+    base_model: str | None = None,
     validation_dataset_id: int | None = None,
     name: str | None = None,
     suffix: str | None = None,
@@ -48,16 +49,21 @@ def create_run(
     The row is committed before any task is sent (so the worker can always see it); if the
     broker refuses the dispatch the row is deleted again, so a failed launch leaves nothing.
     A run that waits for a slot is sent later (run_queue.dispatch, docs/queue.md).
+    Without a base model the data chooses one (run_presets.default_base_model), and the
+    base's preset fills the learning rate, epochs, sequence length and method not given.
     """
     ctx.require(Role.editor)
     priority_value = run_queue.parse_priority(priority)
     run_queue.check_launch_quota(session=session, workspace=ctx.workspace)
-    model = base_models.require_known(base_model)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     version = dataset_versions.version_for_run(
         session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
     )
-    check_fit(model=model, schema=version.schema, config=config)
+    schema = version.schema if version is not None else dataset.format
+    base_model = base_model or run_presets.default_base_model(schema)
+    model = base_models.require_known(base_model)
+    config = run_presets.with_presets(config, model)
+    check_fit(model=model, schema=schema, config=config)
     if validation_dataset_id is not None:
         datasets.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
     if suffix is not None and not _SUFFIX_RE.match(suffix):

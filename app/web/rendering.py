@@ -135,7 +135,31 @@ def _pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
 
 
+# Human names for the dataset schemas (badges capitalise their text: "Prompt_completion").
+SCHEMA_NAMES = {
+    "text": "text",
+    "txt": "plain text",
+    "chat": "chat",
+    "prompt_completion": "prompt / completion",
+    "instruction": "instruction",
+    "classification": "classification",
+    "seq2seq": "sequence to sequence",
+}
+
+
+def _schema_name(value: Any) -> str:
+    return SCHEMA_NAMES.get(str(value), str(value).replace("_", " "))
+
+
+def _stage_name(value: Any) -> str:
+    """A model version's stage; "none" reads as a stage called None, so it says so."""
+    text = str(getattr(value, "value", value))
+    return "no stage" if text in ("none", "None", "") else text
+
+
 templates.env.filters.update(
+    schema_name=_schema_name,
+    stage_name=_stage_name,
     filesize=_filesize,
     datetime=_datetime,
     duration=_duration,

@@ -10,10 +10,18 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from app.api.schemas import RunCreate
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
-from app.services import base_models, datasets, estimate, registry, run_spec, runs
+from app.services import (
+    base_models,
+    dataset_versions,
+    datasets,
+    estimate,
+    registry,
+    run_presets,
+    run_spec,
+    runs,
+)
 from app.services.run_config import RunConfig
 from app.web.pages import (
     CSRF,
@@ -31,8 +39,6 @@ router = APIRouter(prefix="/runs", route_class=PageRoute, include_in_schema=Fals
 
 PAGE_SIZE = 25
 ACTIVE = {RunStatus.queued, RunStatus.running, RunStatus.interrupted}
-# The JSON API's default, preselected in the form.
-DEFAULT_BASE_MODEL = str(RunCreate.model_fields["base_model"].default)
 # Service errors name the API's fields; the form's fields are named a little differently.
 _PARAM_TO_FIELD = {"model": "base_model"}
 
@@ -43,8 +49,9 @@ class LaunchForm(BaseModel):
     name: str = ""
     suffix: str = ""
     dataset_id: str = ""
+    dataset_version_id: str = ""
     validation_dataset_id: str = ""
-    base_model: str = "scratch-tiny"
+    base_model: str = ""
     learning_rate: str = ""
     batch_size: str = ""
     epochs: str = ""
@@ -71,21 +78,37 @@ class LaunchForm(BaseModel):
     priority: str = "normal"
 
 
-def _defaults(dataset_id: int | None) -> dict[str, Any]:
+def _defaults(session: Session, pc: PageContext, dataset_id: int | None) -> dict[str, Any]:
+    """The form as a newcomer finds it: the chosen (else newest) dataset, the base its data
+    calls for and that base's preset (run_presets), the rest RunConfig's defaults."""
     values: dict[str, Any] = {
         key: "" if value is None else str(value) for key, value in RunConfig().model_dump().items()
     }
+    listed = datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=1)
+    chosen = None
+    if dataset_id is not None:
+        chosen = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
+    elif listed:
+        chosen = listed[0]
+    base = run_presets.default_base_model(chosen.format if chosen else None)
     values.update(
         name="",
         suffix="",
-        base_model=DEFAULT_BASE_MODEL
-        if DEFAULT_BASE_MODEL in base_models.CATALOG
-        else next(iter(base_models.CATALOG)),
         dataset_id="" if dataset_id is None else str(dataset_id),
+        dataset_version_id="",
         validation_dataset_id="",
         priority="normal",
     )
-    return values
+    return _with_base(values, base)
+
+
+def _with_base(values: dict[str, Any], base: str) -> dict[str, Any]:
+    """`values` with `base` chosen and its preset in the preset fields."""
+    try:
+        preset = run_presets.preset_for(base_models.require_known(base)).as_dict()
+    except DomainError:  # a base that is gone (a clone of an old run): keep what is there
+        preset = {}
+    return {**values, "base_model": base, **{k: str(v) for k, v in preset.items()}}
 
 
 def _form_page(
@@ -96,12 +119,19 @@ def _form_page(
     errors: dict[str, str],
     status_code: int = 200,
 ) -> Response:
+    listed = datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=500)
+    offered = list(base_models.available().values())
     return render(
         request,
         "run_new.html",
         {
-            "datasets": datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=500),
-            "base_models": list(base_models.available().values()),
+            "datasets": listed,
+            "versions": dataset_versions.ready_for_datasets(session=session, datasets=listed),
+            "default_bases": {
+                d.id: run_presets.default_base_model(d.format) for d in listed
+            },
+            "base_models": offered,
+            "presets": run_presets.presets_by_base(offered),
             "values": values,
             "errors": errors,
         },
@@ -161,7 +191,7 @@ def new_run(
 ) -> Response:
     """The launch form; `?clone=ID` opens it pre-filled with that run's config."""
     pc.ctx.require(Role.editor)
-    values = _defaults(dataset_id)
+    values = _defaults(session, pc, dataset_id)
     if clone is not None:
         spec = run_spec.spec_of(runs.get_for_member(session=session, ctx=pc.ctx, run_id=clone))
         values.update(
@@ -170,6 +200,7 @@ def new_run(
             suffix=spec["suffix"] or "",
             base_model=spec["base_model"],
             dataset_id=str(spec["dataset_id"]),
+            dataset_version_id=str(spec.get("dataset_version_id") or ""),
             validation_dataset_id=str(spec["validation_dataset_id"] or ""),
         )
     return _form_page(request, session, pc, values, {})
@@ -195,9 +226,11 @@ def estimate_run(
         result = estimate.for_launch(
             session=session,
             ctx=pc.ctx,
-            base_model=form.base_model,
+            base_model=form.base_model.strip() or None,
             config=RunConfig(**config_fields),
             dataset_id=_optional_id(form.dataset_id, "dataset_id", {}),
+            dataset_version_id=_optional_id(form.dataset_version_id, "dataset_version_id", {}),
+            has_validation=bool(form.validation_dataset_id.strip()),
         )
     except ValidationError:
         problem = "Fix the highlighted values to see an estimate."
@@ -229,6 +262,7 @@ def launch_run(
     if dataset_id is None and "dataset_id" not in errors:
         errors["dataset_id"] = "choose a dataset to train on"
     validation_id = _optional_id(form.validation_dataset_id, "validation_dataset_id", errors)
+    version_id = _optional_id(form.dataset_version_id, "dataset_version_id", errors)
     if errors or config is None or dataset_id is None:
         return _form_page(request, session, pc, values, errors, status_code=422)
     try:
@@ -237,8 +271,9 @@ def launch_run(
             ctx=pc.ctx,
             dataset_id=dataset_id,
             config=config,
-            base_model=form.base_model,
+            base_model=form.base_model.strip() or None,
             validation_dataset_id=validation_id,
+            dataset_version_id=version_id,
             name=form.name.strip() or None,
             suffix=form.suffix.strip() or None,
             priority=form.priority,

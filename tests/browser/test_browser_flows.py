@@ -488,7 +488,7 @@ def test_a_viewer_sees_no_buttons_that_change_things(
         viewer.goto("/models")
         expect(viewer.get_by_test_id("deploy")).to_have_count(0)
         viewer.goto("/models/versions/1")  # the stage buttons are for editors and owners
-        expect(viewer.get_by_test_id("stage")).to_have_text("none")
+        expect(viewer.get_by_test_id("stage")).to_have_text("no stage")
         expect(viewer.locator("[data-testid^=stage-]")).to_have_count(0)
         expect(viewer.get_by_text("Viewers cannot change stages.")).to_be_visible()
         viewer.goto("/datasets")

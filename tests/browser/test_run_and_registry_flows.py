@@ -177,7 +177,7 @@ def test_a_checkpoint_is_registered_from_the_run_page(
     page.get_by_test_id("register-10").click()
     expect(page).to_have_url(re.compile(r"/models/versions/\d+$"))
     expect(page.get_by_role("heading", level=1)).to_contain_text("v2")  # v1: the final one
-    expect(page.get_by_test_id("stage")).to_have_text("none")
+    expect(page.get_by_test_id("stage")).to_have_text("no stage")
     expect(page.locator("dl.meta").first).to_contain_text("step 10 (checkpoint)")
     server.state["version_id"] = int(page.url.rsplit("/", 1)[-1])
     _shot(page, "model-version")
@@ -196,7 +196,7 @@ def test_the_stage_buttons_promote_and_archive_from_the_keyboard(
     page.keyboard.type("beats v1 on held-out loss")
     page.keyboard.press("Enter")  # no stage is chosen by the Enter key: nothing moves
     page.wait_for_timeout(300)
-    expect(page.get_by_test_id("stage")).to_have_text("none")
+    expect(page.get_by_test_id("stage")).to_have_text("no stage")
     expect(page.get_by_text("Never moved.")).to_be_visible()
     expect(page.locator("input[name=reason]")).to_have_value("beats v1 on held-out loss")
     _key_to(page, "[data-testid=stage-production]")

@@ -48,7 +48,8 @@ def run_with_trained_model(team: Team, installation: Path, trained: Path) -> tup
 
     dataset = team.editor.upload("chat.jsonl", chat_jsonl(20)).json()
     run_id = team.editor.post(
-        "/api/v1/runs", json={"dataset_id": dataset["id"], "suffix": "adder"}
+        "/api/v1/runs",
+        json={"dataset_id": dataset["id"], "suffix": "adder", "base_model": "scratch-tiny"},
     ).json()["id"]
     run_dir = installation / "artifacts" / "runs" / str(run_id)
     shutil.copytree(trained, run_dir)

@@ -65,6 +65,8 @@ def estimate_run(body: RunEstimateRequest, session: SessionDep, ctx: Workspace) 
         base_model=body.base_model,
         config=body.config,
         dataset_id=body.dataset_id,
+        dataset_version_id=body.dataset_version_id,
+        has_validation=body.validation_dataset_id is not None,
     )
     return RunEstimate(**result.as_dict())
 
