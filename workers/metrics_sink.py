@@ -84,9 +84,7 @@ class RunReporter:
                 storage_key=artifacts.key_for(path),
                 metrics=metrics,
             )
-            run_execution.add_event(
-                session=session, run_id=self.run_id, message=f"checkpoint saved at step {step}"
-            )
+            # The engine logs "checkpoint saved at step N" itself: one line, not two.
             doomed = run_execution.apply_retention(
                 session=session,
                 run_id=self.run_id,

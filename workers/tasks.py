@@ -116,8 +116,8 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             log.info("run %s is not claimable (cancelled, finished or alive elsewhere)", run_id)
             return "skipped"
         run_queue.record_worker_host(session=session, run_id=run_id)
-        checkpoint = run_execution.latest_checkpoint(session=session, run_id=run_id)
-        resume_from = artifacts.existing(checkpoint.storage_key) if checkpoint else None
+        point = run_execution.resume_point(session=session, run_id=run_id)
+        resume_from = artifacts.existing(point[0]) if point else None
         try:
             config = _engine_config(run, resume_from)
         except ValidationFailed as exc:  # e.g. a local base model removed since the launch
@@ -129,7 +129,7 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
         run_execution.add_event(
             session=session,
             run_id=run_id,
-            message=(f"resuming from step {checkpoint.step}" if checkpoint else "run started")
+            message=(f"resuming from step {point[1]}" if point else "run started")
             + f" (attempt {run.attempts})",
         )
 

@@ -19,7 +19,7 @@ from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
 from app.db.session import upsert_insert
 from app.domain import lifecycle
-from app.services import chart_history, registry, scheduler
+from app.services import artifacts, chart_history, registry, scheduler
 
 # Workers write a heartbeat at least this often, even during evaluation or checkpoint saving;
 # a run silent for settings.run_stale_after_s is taken to be orphaned.
@@ -351,6 +351,35 @@ def latest_checkpoint(*, session: Session, run_id: int) -> Checkpoint | None:
         .order_by(Checkpoint.step.desc())
         .limit(1)
     )
+
+
+# The file that makes a folder a resumable Trainer checkpoint (the engine's TRAINER_STATE_FILE).
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+def resume_point(*, session: Session, run_id: int) -> tuple[str, int] | None:
+    """(storage key, step) of the trainer checkpoint a (re)started run continues from.
+
+    The newest listed checkpoint, unless the run was stopped and kept (or cancelled) later:
+    its last trainer checkpoint was saved at the final step, whose row the final model took
+    over (one checkpoint row a step), so that folder is found beside the others.
+    """
+    latest = latest_checkpoint(session=session, run_id=run_id)
+    final = session.scalar(
+        select(Checkpoint)
+        .where(
+            Checkpoint.run_id == run_id,
+            Checkpoint.is_final.is_(True),
+            Checkpoint.deleted_at.is_(None),
+        )
+        .order_by(Checkpoint.step.desc())
+        .limit(1)
+    )
+    if final is not None and (latest is None or final.step > latest.step):
+        key = f"{artifacts.run_dir_key(run_id)}/checkpoints/checkpoint-{final.step}"
+        if (artifacts.resolve(key) / TRAINER_STATE_FILE).is_file():
+            return key, final.step
+    return (latest.storage_key, latest.step) if latest is not None else None
 
 
 def finish(

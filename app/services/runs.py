@@ -220,11 +220,27 @@ def stop_and_keep(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Ru
     return run
 
 
-RESUMABLE = (RunStatus.interrupted, RunStatus.failed)
+RESUMABLE = (RunStatus.interrupted, RunStatus.failed, RunStatus.cancelled)
+
+
+def is_stopped(run: Run) -> bool:
+    """Stopped and kept before its last step: it finished `succeeded` (its model is
+    registered) but did not train to the end, so it shows as stopped and can resume."""
+    return (
+        run.status == RunStatus.succeeded
+        and bool(run.stop_requested)
+        and bool(run.total_steps)
+        and run.step < (run.total_steps or 0)
+    )
+
+
+def can_resume(run: Run) -> bool:
+    return RunStatus(run.status) in RESUMABLE or is_stopped(run)
 
 
 def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
-    """Queue an interrupted or failed run again; it continues from its last checkpoint.
+    """Queue an interrupted, failed, cancelled or stopped run again; it continues from its
+    last checkpoint (from the start if it has none).
 
     A person asking gives it a fresh budget of automatic restarts. If the broker refuses,
     the run is put back as it was.
@@ -232,17 +248,22 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     ctx.require(Role.editor)
     run = get_for_member(session=session, ctx=ctx, run_id=run_id)
     before = RunStatus(run.status)
-    if before not in RESUMABLE:
+    if not can_resume(run):
         raise InvalidTransition(
-            f"run {run.id} is {before}; only an interrupted or failed run can be resumed"
+            f"run {run.id} is {before}; only an interrupted, failed, cancelled or stopped run "
+            "can be resumed"
         )
-    saved = (run.error, run.error_detail, run.finished_at, run.attempts)
+    saved = (
+        run.error, run.error_detail, run.finished_at, run.attempts, run.stop_requested,
+        run.cancel_requested,
+    )  # fmt: skip
     lifecycle.transition(run, RunStatus.queued)
     run.error = None
     run.error_detail = None
     run.finished_at = None
     run.attempts = 0
     run.stop_requested = False
+    run.cancel_requested = False
     # Back in the queue like a new launch: the dispatcher sends it when a slot is free.
     run.dispatched_at = None
     session.add(RunEvent(run_id=run.id, message=f"resume requested by {ctx.user.email}; queued"))
@@ -261,7 +282,10 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         session.refresh(run)
         session.delete(resumed)
         run.status = before  # an undo, not a move: the resume never happened
-        run.error, run.error_detail, run.finished_at, run.attempts = saved
+        (
+            run.error, run.error_detail, run.finished_at, run.attempts, run.stop_requested,
+            run.cancel_requested,
+        ) = saved  # fmt: skip
         session.commit()
         raise
     session.refresh(run)
@@ -387,15 +411,60 @@ def final_evaluation(checkpoints: list[Checkpoint]) -> dict[str, Any] | None:
 
 
 def progress(run: Run) -> dict[str, float | int | str | None]:
-    """Status, step and an ETA from the pace so far (what the run page's progress bar shows)."""
+    """Status, step and an ETA from the pace so far (what the run page's progress bar shows).
+
+    `state` is what a person should read: the status, except "stopped" for a run stopped and
+    kept before its end, and "worker lost" for a running run whose worker went silent (the
+    sweeper re-queues it only after settings.run_stale_after_s; the page says so at once).
+    `percent` is the real share of steps done (100 only for a run that trained to its end).
+    """
+    status = RunStatus(run.status)
+    state = str(status)
     eta_s: float | None = None
-    if run.status == RunStatus.running and run.started_at and run.total_steps and run.step > 0:
+    if status == RunStatus.running and worker_lost(run):
+        state = WORKER_LOST
+    elif status == RunStatus.running and run.started_at and run.total_steps and run.step > 0:
         elapsed = (utcnow() - run.started_at).total_seconds()
         eta_s = max(0.0, elapsed / run.step * (run.total_steps - run.step))
+    if is_stopped(run):
+        state = STOPPED
+    if status == RunStatus.succeeded and state != STOPPED:
+        percent = 100
+    elif run.total_steps and run.step:
+        percent = max(0, min(100, round(100 * run.step / run.total_steps)))
+    else:
+        percent = 0
     return {
         "status": run.status,
+        "state": state,
         "step": run.step,
         "total_steps": run.total_steps,
+        "percent": percent,
         "eta_s": eta_s,
         "error": run.error,
+        "label": LABELS.get(state, state),
+        "note": NOTES.get(state),
     }
+
+
+STOPPED = "stopped"
+WORKER_LOST = "worker-lost"
+LABELS = {WORKER_LOST: "worker lost, resuming"}
+NOTES = {
+    STOPPED: "Stopped and kept before its last step; its model is registered. Resume continues "
+    "from the last checkpoint.",
+    WORKER_LOST: "The worker stopped answering: the run resumes from its last checkpoint on a "
+    "worker as soon as it is found orphaned.",
+}
+# A worker writes a heartbeat every second; this much silence means it is gone (well before
+# the sweeper's settings.run_stale_after_s, which must rule out a slow but live one).
+LOST_AFTER_S = 15.0
+
+
+def worker_lost(run: Run) -> bool:
+    from app.core.settings import get_settings
+
+    if run.status != RunStatus.running or run.heartbeat_at is None:
+        return False
+    limit = min(LOST_AFTER_S, get_settings().run_stale_after_s / 2)
+    return (utcnow() - run.heartbeat_at).total_seconds() > limit

@@ -167,5 +167,15 @@ templates.env.filters.update(
     pretty_json=_pretty_json,
     breakable=_breakable,
 )
+
+
+def _run_progress(run: Any) -> dict[str, Any]:
+    from app.services.runs import progress
+
+    return progress(run)
+
+
 # Cards show a classifier's accuracy and F1 where a language model shows perplexity.
-templates.env.globals.update(percent=_percent, is_classifier=model_kind.is_classifier)
+templates.env.globals.update(
+    percent=_percent, is_classifier=model_kind.is_classifier, run_progress=_run_progress
+)

@@ -299,6 +299,7 @@ def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Re
         {
             "run": run,
             "progress": runs.progress(run),
+            "can_resume": runs.can_resume(run),
             "latest": runs.latest_metrics(session=session, run_id=run.id),
             "events": runs.events(session=session, run_id=run.id, limit=100),
             "checkpoints": (checkpoints := runs.checkpoints(session=session, run_id=run.id)),

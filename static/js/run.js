@@ -32,6 +32,7 @@
     step: document.getElementById("run-step"),
     total: document.getElementById("run-total"),
     eta: document.getElementById("run-eta"),
+    note: document.getElementById("run-note"),
     error: document.getElementById("run-error"),
     log: document.getElementById("run-log"),
     conn: document.getElementById("conn"),
@@ -177,11 +178,17 @@
   // ---------- status, log, side panel ----------
   function setStatus(msg) {
     var s = msg.status;
-    el.badge.textContent = s;
-    el.badge.className = "badge badge-" + s;
-    el.badge.dataset.status = s;
-    var pct = s === "succeeded" ? 100 : (msg.total_steps ? Math.max(0, Math.min(100, Math.round(100 * msg.step / msg.total_steps))) : 0);
-    el.bar.className = "progress lg " + s;
+    // What a person reads: "stopped" (kept before its end), "worker lost, resuming", or the status.
+    var state = msg.state || s;
+    el.badge.textContent = msg.label || state;
+    el.badge.className = "badge badge-" + state;
+    el.badge.dataset.status = state;
+    var pct = msg.percent != null ? msg.percent : (s === "succeeded" ? 100 : (msg.total_steps ? Math.max(0, Math.min(100, Math.round(100 * msg.step / msg.total_steps))) : 0));
+    el.bar.className = "progress lg " + state;
+    if (el.note) {
+      el.note.hidden = !msg.note;
+      el.note.textContent = msg.note || "";
+    }
     el.bar.setAttribute("aria-valuenow", String(pct));
     el.bar.firstElementChild.style.width = pct + "%";
     el.percent.textContent = pct + "%";

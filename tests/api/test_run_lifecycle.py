@@ -116,7 +116,7 @@ def test_a_dead_workers_run_restarts_up_to_the_cap_then_fails_and_resume_tries_a
     assert resumed.json()["status"] == "queued" and resumed.json()["error"] is None
     assert resumed.json()["attempts"] == 0
     again = team.editor.post(f"/api/v1/runs/{run_id}/resume")
-    assert again.status_code == 409 and "only an interrupted or failed run" in again.text
+    assert again.status_code == 409 and "can be resumed" in again.text
 
 
 def test_out_of_memory_errors_suggest_a_smaller_batch_and_keep_the_traceback_tail() -> None:
@@ -283,3 +283,78 @@ def test_a_metric_point_is_stamped_when_its_step_reported_it_not_when_its_batch_
         )
     for step, (before, after) in windows.items():
         assert before <= stamped[step] <= after, (step, before, stamped[step], after)
+
+
+def _page(team: Team, path: str) -> str:
+    """`path` as the editor's browser sees it (the viewer's is tests.api.test_bounded_reads')."""
+    from tests.browser.test_page_routes import HTML, _sign_in
+
+    client = team.editor.client
+    _sign_in(client, team.editor)
+    page = client.get(path, headers=HTML)
+    client.cookies.clear()
+    assert page.status_code == 200, page.text[:300]
+    return page.text
+
+
+def test_a_stopped_run_looks_stopped_and_resumes_from_where_it_stopped_to_the_end(
+    team: Team, run_id: int
+) -> None:
+    from workers.tasks import train_run
+
+    resume_then_stop_and_keep(team, run_id, past_step=3, timeout_s=120)
+    run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
+    stopped_at = run["step"]
+    assert run["status"] == "succeeded" and 3 <= stopped_at < 40
+    page = _page(team, f"/runs/{run_id}")
+    assert 'data-status="stopped">stopped</span>' in page  # not a green "succeeded"
+    percent = round(100 * stopped_at / 40)
+    assert f'id="run-percent">{percent}%' in page and f'aria-valuenow="{percent}"' in page
+    assert 'data-testid="resume-run"' in page
+    assert 'data-status="stopped">stopped</span>' in _page(team, "/runs")
+    events = [e["message"] for e in team.viewer.get(f"/api/v1/runs/{run_id}/events").json()]
+    assert len([m for m in events if m.startswith("checkpoint saved at step")]) == len(
+        {m for m in events if m.startswith("checkpoint saved at step")}
+    ), "each checkpoint is logged once"
+
+    resumed = team.editor.post(f"/api/v1/runs/{run_id}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["status"] == "queued" and not resumed.json()["stop_requested"]
+    assert train_run.apply(args=[run_id], task_id="again").result == "succeeded"
+    run = team.viewer.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "succeeded" and run["step"] == 40
+    events = [e["message"] for e in team.viewer.get(f"/api/v1/runs/{run_id}/events").json()]
+    assert f"resuming from step {stopped_at} (attempt 1)" in events
+    page = _page(team, f"/runs/{run_id}")
+    assert 'data-status="succeeded">succeeded</span>' in page and 'id="run-percent">100%' in page
+    assert 'data-testid="resume-run"' not in page
+
+
+def test_a_cancelled_run_can_be_resumed(team: Team, run_id: int) -> None:
+    assert team.editor.post(f"/api/v1/runs/{run_id}/cancel").json()["status"] == "cancelled"
+    assert 'data-testid="resume-run"' in _page(team, f"/runs/{run_id}")
+    resumed = team.editor.post(f"/api/v1/runs/{run_id}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["status"] == "queued"
+    claim(run_id)  # the cancel flag is cleared: a worker may take it again
+
+
+def test_a_silent_workers_run_says_worker_lost_at_once_not_running_with_an_eta(
+    team: Team, run_id: int
+) -> None:
+    from app.db.base import utcnow
+    from app.db.models import Run
+    from app.db.session import session_scope
+
+    claim(run_id)
+    with session_scope() as session:
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(step=5, total_steps=40, heartbeat_at=utcnow() - timedelta(seconds=20))
+        )
+        session.commit()
+    assert sweep() == []  # not stale enough for the sweeper to re-queue it yet
+    page = _page(team, f"/runs/{run_id}")
+    assert 'data-status="worker-lost">worker lost, resuming</span>' in page
+    assert 'id="run-eta">—' in page

@@ -47,7 +47,7 @@ def _chat_rows(count: int, split: str | None = None) -> list[dict]:
 
 
 def _label_rows(count: int) -> list[dict]:
-    return [{"text": f"review number {i}", "label": "pos" if i % 2 else "neg"} for i in range(count)]
+    return [{"text": f"review {i}", "label": "pos" if i % 2 else "neg"} for i in range(count)]
 
 
 @pytest.mark.parametrize(
