@@ -410,7 +410,16 @@ def finish(
             metrics=final_metrics or {},
             is_final=True,
         )
-        if status == RunStatus.succeeded:
+        if status == RunStatus.succeeded and run.sweep_id is not None:
+            # A sweep registers only its best trial, once it ends (docs/sweeps.md): twenty
+            # trials would otherwise be twenty versions, most of them worse.
+            add_event(
+                session=session,
+                run_id=run_id,
+                message="not registered: a sweep trial; the sweep registers its best trial's "
+                "model when it ends",
+            )
+        elif status == RunStatus.succeeded:
             version = registry.register_checkpoint(session=session, run=run, checkpoint=checkpoint)
             add_event(
                 session=session,

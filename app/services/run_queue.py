@@ -15,6 +15,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -388,6 +389,16 @@ class QueueView:
     fleet_active: int = 0
     quotas: Quotas | None = None
     waiting_reason: str | None = None
+    device: str = "CPU"  # what the slots train on, in the page's words
+
+
+def training_device() -> str:
+    """"GPU" when workers are given GPUs (LLMIDE_WORKER_GPUS) or this machine has an NVIDIA
+    device, else "CPU": the queue page names what its slots and hours are of. (The web never
+    imports torch; a remote GPU fleet sets LLMIDE_WORKER_GPUS on its workers and here.)"""
+    if get_settings().worker_gpus.strip() or Path("/dev/nvidia0").exists():
+        return "GPU"
+    return "CPU"
 
 
 def queue_view(*, session: Session, ctx: WorkspaceContext) -> QueueView:
@@ -416,13 +427,16 @@ def queue_view(*, session: Session, ctx: WorkspaceContext) -> QueueView:
         slots=settings.max_concurrent_runs,
         fleet_active=len(active_all),
         quotas=quotas(session=session, ctx=ctx),
+        device=training_device(),
     )
     if waiting:
         quota = ctx.workspace.quota_concurrent_runs
         if quota is not None and len(mine) >= quota:
             view.waiting_reason = f"this workspace's quota of {quota} concurrent run(s) is in use"
         elif view.fleet_active >= view.slots:
-            view.waiting_reason = f"all {view.slots} GPU slot(s) of the fleet are busy"
+            view.waiting_reason = (
+                f"all {view.slots} {view.device} slot(s) of the fleet are busy"
+            )
     return view
 
 

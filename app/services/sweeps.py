@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import (
+    Checkpoint,
     Membership,
     MetricPoint,
     Role,
@@ -34,7 +35,15 @@ from app.db.models import (
     Workspace,
 )
 from app.domain import lifecycle
-from app.services import audit, base_models, dataset_versions, datasets, run_queue, runs
+from app.services import (
+    audit,
+    base_models,
+    dataset_versions,
+    datasets,
+    registry,
+    run_queue,
+    runs,
+)
 from app.services.run_config import RunConfig
 from app.services.run_queue import QuotaExceeded
 from app.services.workspaces import WorkspaceContext, get_in_workspace
@@ -523,6 +532,7 @@ def advance(*, session: Session, sweep_id: int) -> None:
         if ctx is None and not stopped:
             sweep.error = "the sweep's creator can no longer launch runs here; no more trials"
         _end(sweep, all_trials, values)
+        _register_best(session, sweep)
     session.commit()
 
 
@@ -535,6 +545,30 @@ def _end(sweep: Sweep, all_trials: list[Run], values: dict[int, float | None]) -
     if not succeeded and sweep.error is None:
         sweep.error = f"no trial finished with a {sweep.metric}"
     sweep.finished_at = utcnow()
+
+
+def _register_best(session: Session, sweep: Sweep) -> None:
+    """The best trial's final model becomes the sweep's one registered version (trials are not
+    registered as they finish: only the winner is worth deploying)."""
+    if sweep.status != SweepStatus.succeeded or sweep.best_run_id is None:
+        return
+    best = session.get(Run, sweep.best_run_id)
+    final = session.scalar(
+        select(Checkpoint).where(
+            Checkpoint.run_id == sweep.best_run_id, Checkpoint.is_final.is_(True)
+        )
+    )
+    if best is None or final is None or best.status != RunStatus.succeeded:
+        return
+    version = registry.register_checkpoint(session=session, run=best, checkpoint=final)
+    session.add(
+        RunEvent(
+            run_id=best.id,
+            level="info",
+            message=f"best trial of sweep {sweep.name}: registered as {version.serving_name} "
+            f"(version {version.version})",
+        )
+    )
 
 
 def _update_best(sweep: Sweep, all_trials: list[Run], values: dict[int, float | None]) -> None:

@@ -70,10 +70,14 @@ def render(
 
 
 def render_error_page(request: Request, status_code: int, message: str) -> Response:
+    # A page outside the routes (a mistyped URL) has no signed-in context; the session cookie
+    # still tells whether to offer the dashboard rather than "Sign in" (a stale cookie only
+    # leads to the sign-in page one step later).
+    signed_in = "session" in request.scope and request.session.get("user_id") is not None
     return render(
         request,
         "error.html",
-        {"status_code": status_code, "message": message},
+        {"status_code": status_code, "message": message, "signed_in": signed_in},
         status_code=status_code,
     )
 

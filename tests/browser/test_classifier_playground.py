@@ -119,3 +119,20 @@ def test_a_classifier_is_tried_from_the_registry_with_its_label_and_probabilitie
 
 def test_the_classifier_playground_fits_a_phone(page: Page, classifier: str) -> None:
     assert_pages_fit(page, [f"/playground/classify?model={classifier}"], PHONE)
+
+
+def test_every_navigation_link_is_visible_on_a_phone(page: Page, classifier: str) -> None:
+    page.set_viewport_size(PHONE)
+    try:
+        page.goto("/playground/classify")
+        links = page.locator(".nav a")
+        assert links.count() >= 12
+        for i in range(links.count()):
+            link = links.nth(i)
+            expect(link).to_be_visible()
+            box = link.bounding_box()
+            inside = box is not None and 0 <= box["x"] <= PHONE["width"] - box["width"]
+            assert inside, f"{link.inner_text()} is off-screen at {PHONE['width']} px: {box}"
+        _shot(page, "nav-375")
+    finally:
+        page.set_viewport_size(LAPTOP)

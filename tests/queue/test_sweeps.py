@@ -96,6 +96,9 @@ def test_a_grid_sweep_runs_its_four_trials_and_the_best_has_the_lowest_validatio
     # Each trial is an ordinary run with its own sampled config.
     run = team.editor.get(f"/api/v1/runs/{lowest['run_id']}").json()
     assert run["config"]["learning_rate"] == lowest["params"]["learning_rate"]
+    # Only the best trial's model is registered, once the sweep has ended (not one per trial).
+    versions = [v for m in team.editor.get("/api/v1/models").json() for v in m["versions"]]
+    assert [v["run_id"] for v in versions] == [lowest["run_id"]]
 
     from tests.api.test_bounded_reads import _signed_in_page
 

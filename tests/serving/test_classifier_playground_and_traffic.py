@@ -84,10 +84,15 @@ def test_a_chat_deployment_keeps_its_chat_example(
     version = register_version()
     with inference_process(installation, serving_env):
         dep = deploy(team, model_version_id=version["id"])
-        sign_in(team.viewer)
-        page = team.viewer.client.get("/deployments", headers=HTML).text
+        sign_in(team.owner)
+        page = team.owner.client.get("/deployments", headers=HTML).text
         assert "/chat/completions \\" in page
         assert f"/api/v1/deployments/{dep['id']}/predict" not in page
+        # The name field spans the form's width; long serving names carry a tooltip.
+        assert 'placeholder="the version\'s serving name" style="width: 100%"' in page
+        assert f'title="{version["serving_name"]}"' in page
+        playground = team.owner.client.get("/playground", headers=HTML).text
+        assert 'class="form-grid sampling-grid"' in playground
 
 
 def traffic(team: Team, deployment_id: int) -> str:
