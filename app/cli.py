@@ -55,9 +55,15 @@ def serve(
     ] = None,
 ) -> None:
     """Start the product: web, plus an embedded worker and inference process unless --web-only."""
-    from app.supervisor import Supervisor
+    from app.supervisor import Supervisor, choose_inference_port
 
     settings = get_settings()
+    if not web_only and not settings.inference_port_configured:
+        # Handed to the children and the web processes through their environment.
+        os.environ["LLMIDE_INFERENCE_PORT"] = str(choose_inference_port(settings))
+        get_settings.cache_clear()
+        settings = get_settings()
+        typer.echo(f"[llmide] inference on {settings.inference_base_url}", err=True)
     if not no_migrate:
         _migrate()
     supervisor = Supervisor(settings)

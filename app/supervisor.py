@@ -9,6 +9,7 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -29,6 +30,22 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
+
+
+def choose_inference_port(settings: Settings) -> int:
+    """A port for this installation's inference server: the web port + 1 when it is free (8001
+    beside the default 8000, as before), else any free one. Two installations on one machine
+    (another LLMIDE_PORT) so never collide on, or talk to, the other's inference server."""
+    for port in (settings.port + 1, 0):
+        if not 0 <= port <= 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((settings.inference_host, port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError(f"no free port for the inference server on {settings.inference_host}")
 
 
 class Supervisor:

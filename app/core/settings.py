@@ -31,8 +31,13 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     inference_host: str = "127.0.0.1"
+    # Unset, `llmide serve` picks the web port + 1 if free, else any free port, and hands it
+    # to its children: two installations on one machine never share an inference server.
     inference_port: int = 8001
     inference_url: str | None = None
+    # Which installation this process belongs to (default: derived from data_dir). The web
+    # talks only to an inference server of the same installation (app/core/instance.py).
+    instance_id: str | None = None
     secret_key: str | None = None
     cookie_secure: bool = False
     session_max_age_s: int = 14 * 24 * 3600
@@ -181,7 +186,24 @@ class Settings(BaseSettings):
         """Shared secret between web and inference processes (derived, never configured)."""
         import hashlib
 
-        return hashlib.sha256(("inference:" + self.resolved_secret_key()).encode()).hexdigest()
+        # The installation is part of it: a web process never drives another installation's
+        # inference server, even where both were given the same LLMIDE_SECRET_KEY.
+        seed = f"inference:{self.resolved_instance_id}:{self.resolved_secret_key()}"
+        return hashlib.sha256(seed.encode()).hexdigest()
+
+    @property
+    def resolved_instance_id(self) -> str:
+        """This installation's id: the setting, else a digest of its data folder's path."""
+        import hashlib
+
+        if self.instance_id:
+            return self.instance_id
+        return hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+
+    @property
+    def inference_port_configured(self) -> bool:
+        """Whether where the inference server listens was set (else `serve` chooses)."""
+        return bool({"inference_port", "inference_url"} & self.model_fields_set)
 
 
 @lru_cache

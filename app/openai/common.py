@@ -82,6 +82,8 @@ def _detail_text(detail: Any) -> str:
 
 def inference_error(exc: Exception) -> DomainError:
     """The OpenAI-shaped error for a failure of the inference client."""
+    if isinstance(exc, inference_client.ForeignInferenceServer):
+        return ServiceUnavailable(str(exc))
     if isinstance(exc, inference_client.InferenceUnavailable):
         return ServiceUnavailable(INFERENCE_UNAVAILABLE)
     if isinstance(exc, inference_client.InferenceError):

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from app.core.instance import INSTANCE_HEADER, foreign_server_message
 from app.core.settings import get_settings
 
 TOKEN_HEADER = "X-LLMIDE-Internal"
@@ -40,6 +41,18 @@ class InferenceError(Exception):
         self.detail = detail
 
 
+class ForeignInferenceServer(InferenceUnavailable):
+    """What answered is another installation's inference server (app/core/instance.py)."""
+
+
+def _same_installation(expected: str, base_url: str) -> Any:
+    async def check(response: httpx.Response) -> None:
+        if response.headers.get(INSTANCE_HEADER) != expected:
+            raise ForeignInferenceServer(foreign_server_message(base_url))
+
+    return check
+
+
 @asynccontextmanager
 async def _client(timeout: httpx.Timeout) -> AsyncIterator[httpx.AsyncClient]:
     settings = get_settings()
@@ -47,6 +60,12 @@ async def _client(timeout: httpx.Timeout) -> AsyncIterator[httpx.AsyncClient]:
         base_url=settings.inference_base_url,
         headers={TOKEN_HEADER: settings.internal_token},
         timeout=timeout,
+        # Before any answer is read: never act on another installation's reply.
+        event_hooks={
+            "response": [
+                _same_installation(settings.resolved_instance_id, settings.inference_base_url)
+            ]
+        },
     ) as client:
         try:
             yield client

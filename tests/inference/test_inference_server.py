@@ -173,8 +173,12 @@ def test_loading_the_same_path_again_is_idempotent(client: TestClient) -> None:
     assert again.json() == before
 
 
-def test_the_health_check_needs_no_token(client: TestClient) -> None:
-    assert client.get("/healthz", headers={TOKEN_HEADER: ""}).json() == {"status": "ok"}
+def test_the_health_check_needs_no_token_and_names_the_installation(
+    client: TestClient, settings: Settings
+) -> None:
+    health = client.get("/healthz", headers={TOKEN_HEADER: ""})
+    assert health.json() == {"status": "ok", "instance": settings.resolved_instance_id}
+    assert health.headers["X-LLMIDE-Instance"] == settings.resolved_instance_id
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request,
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.instance import INSTANCE_HEADER
 from app.core.settings import Settings, get_settings
 from workers.inference import generation
 from workers.inference.generation import (
@@ -69,6 +70,26 @@ class InferenceState:
         self.metrics.completion_tokens.labels(name).inc(result.completion_tokens)
         if request.cancelled:
             self.metrics.cancelled.labels(name).inc()
+
+
+class InstanceHeaderMiddleware:
+    """Adds the installation id to every answer (pure ASGI: streaming stays untouched)."""
+
+    def __init__(self, app: ASGIApp, instance: str) -> None:
+        self.app = app
+        self.header = (INSTANCE_HEADER.lower().encode(), instance.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_named)
 
 
 def get_state(request: Request) -> InferenceState:
@@ -456,9 +477,13 @@ def create_app(
 
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
+    instance = state.settings.resolved_instance_id
+    # Every answer says whose server this is: the web's client refuses another's.
+    app.add_middleware(InstanceHeaderMiddleware, instance=instance)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "instance": instance}
 
     @app.get("/metrics", dependencies=[Depends(require_internal_token)])
     async def metrics() -> Response:
