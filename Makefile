@@ -29,11 +29,13 @@ install: $(STAMP)
 
 install-dev: $(DEV_STAMP) system-deps
 
-# Debian packages the test suite drives: Chromium (browser tests) and docker-compose
+# Debian packages the test suite drives: Chromium (browser tests), a CJK font (without one
+# Chromium draws Chinese as boxes; tests/browser/test_cjk_rendering.py) and docker-compose
 # (validates docker-compose.yml offline, no engine needed).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	dpkg-query -W -f='$${Status}' fonts-noto-cjk 2>/dev/null | grep -q "ok installed" || missing="$$missing fonts-noto-cjk"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
