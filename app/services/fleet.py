@@ -8,13 +8,14 @@ answer says so instead of failing. Runs of other workspaces are shown only as "b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core import task_queue
-from app.core.celery_config import TRAIN_TASK
+from app.core.celery_config import GPU_QUEUE, TRAIN_TASK
 from app.core.settings import get_settings
 from app.db.models import Run
 from app.services.workspaces import WorkspaceContext
@@ -102,3 +103,37 @@ def fleet(*, session: Session, ctx: WorkspaceContext) -> Fleet:
         workers.append(info)
     reason = None if workers else "no worker answered within the timeout"
     return Fleet(True, reason, workers)
+
+
+# Where the NVIDIA driver lists this machine's GPUs (no torch, no NVML needed to look).
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def _local_gpu() -> bool:
+    try:
+        return NVIDIA_GPUS.is_dir() and any(NVIDIA_GPUS.iterdir())
+    except OSError:
+        return False
+
+
+def training_has_gpu() -> bool | None:
+    """Whether any training worker has a CUDA GPU: True, False, or None when nobody can say.
+
+    Embedded (the broker needs no server): the one worker is a child on this machine, so this
+    machine's driver answers. With Redis: the workers serving the gpu queue are asked (as the
+    fleet page asks them); no answer is "unknown", and unknown never refuses anything.
+    """
+    if get_settings().broker_url.startswith("sqla+"):
+        return _local_gpu()
+    try:
+        replies = _inspect()
+    except Exception:  # the broker is down: the launch itself will say so
+        return None
+    trainers = [
+        reply
+        for reply in replies.values()
+        if any(q.get("name") == GPU_QUEUE for q in reply.get("queues") or [])
+    ]
+    if not trainers:
+        return None
+    return any((reply.get("gpus") or {}).get("gpus") for reply in trainers)

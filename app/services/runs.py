@@ -17,6 +17,7 @@ from app.services import (
     base_models,
     dataset_versions,
     datasets,
+    fleet,
     run_presets,
     run_queue,
 )
@@ -130,6 +131,14 @@ def check_fit(*, model: base_models.BaseModel, schema: str, config: RunConfig) -
         raise ValidationFailed(
             "QLoRA quantises a pretrained base; scratch models train with method full or lora",
             param="method",
+        )
+    if config.precision == "fp16" and fleet.training_has_gpu() is False:
+        # fp16 needs CUDA (its loss scaling has no CPU path); refused now, not when the worker
+        # picks the run up and fails it.
+        raise ValidationFailed(
+            "precision fp16 needs a CUDA GPU and no training worker of this server has one: "
+            "use bf16 or fp32 (or auto)",
+            param="precision",
         )
     if model.context_length and config.block_size > model.context_length:
         raise ValidationFailed(
