@@ -8,6 +8,7 @@ OpenAI facade can map both once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -77,12 +78,36 @@ async def _client(timeout: httpx.Timeout) -> AsyncIterator[httpx.AsyncClient]:
             raise InferenceError(504, "the inference server did not answer in time") from exc
 
 
+# An absolute path of two parts or more (a model folder, a file in a library's traceback).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"`():,;<>]+/)+([^\s/'\"`():,;<>]*)")
+
+
+def without_paths(text: str) -> str:
+    """The text with each absolute path cut to its last part ("model.safetensors").
+
+    Load errors quote where the server keeps its files; that tells a person nothing they can
+    act on and a stranger the server's layout.
+    """
+    return _ABSOLUTE_PATH.sub(lambda match: match.group(1) or "(a server path)", text)
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return without_paths(value)
+    if isinstance(value, list):
+        return [_scrubbed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrubbed(item) for key, item in value.items()}
+    return value
+
+
 def _detail(response: httpx.Response) -> Any:
+    """The server's explanation of an error, without server paths."""
     try:
         body = response.json()
     except ValueError:
-        return response.text or response.reason_phrase
-    return body.get("detail", body) if isinstance(body, dict) else body
+        return without_paths(response.text or response.reason_phrase)
+    return _scrubbed(body.get("detail", body) if isinstance(body, dict) else body)
 
 
 def _checked(response: httpx.Response) -> Any:
@@ -131,7 +156,11 @@ async def unload(name: str) -> dict[str, Any]:
 async def list_loaded() -> list[dict[str, Any]]:
     """Every deployment the server holds: name, path, status, error, loaded_at."""
     async with _client(CONTROL_TIMEOUT) as client:
-        return _checked(await client.get("/models"))
+        entries = _checked(await client.get("/models"))
+    for entry in entries:  # a failed load's error is recorded on the deployment and shown
+        if isinstance(entry.get("error"), str):
+            entry["error"] = without_paths(entry["error"])
+    return entries
 
 
 def _body(name: str, path: str | None, params: dict[str, Any], stream: bool) -> dict[str, Any]:

@@ -395,7 +395,7 @@ def test_asking_for_vllm_without_it_fails_the_deployment_with_the_reason(
         page = _signed_in_page(team, "/deployments")
         assert "vLLM is not installed" in page
         refused = chat(team, version["serving_name"])
-        assert refused.status_code == 503, refused.text
+        assert refused.status_code == 424, refused.text  # failed for good: no retry-later
 
 
 def test_default_settings_answer_every_turn_of_a_chat_that_outgrows_the_context(

@@ -137,7 +137,7 @@ async def get_ready_model(
 ) -> LoadedModel:
     """The named model once it is ready, loading it from `path` first if needed; else raise.
 
-    404: not loaded and no path; 409: still loading after the wait limit; 503: load failed.
+    404: not loaded and no path; 409: still loading after the wait limit; 424: load failed.
     """
     if path is not None:
         # A failed load is not retried on every request: PUT /models/{name} retries explicitly.
@@ -171,7 +171,14 @@ async def get_ready_model(
             )
         await asyncio.sleep(0.05)
     if entry.status == "failed":
-        raise _unavailable(f"model {name!r} failed to load: {entry.error}")
+        # Not a 503: a broken model does not mend by waiting, so no client should be told to
+        # retry (424: what the request depends on, the load, failed). Deploying it again
+        # (PUT /models/{name}) retries the load.
+        raise HTTPException(
+            status_code=424,
+            detail=f"model {name!r} failed to load: {entry.error}; it serves nothing until it "
+            "is deployed again",
+        )
     return entry
 
 
