@@ -105,6 +105,7 @@ def test_a_fine_tuned_scratch_model_exports_to_gguf_that_llama_cpp_decodes_like_
     report = export["results"]
     assert report["architecture"] == "gpt2" and report["quantization"] == "q8_0"
     assert report["size_bytes"] < report["f16_size_bytes"]
+    assert report["top1_agreement"] >= 0.9  # the export checks its own file in llama.cpp
     q8 = installation / "artifacts" / "exports" / str(export_id) / report["file"]
 
     # The engine's entry point finds that file, and makes (and records) the f16 one.
@@ -143,6 +144,10 @@ def test_a_fine_tuned_scratch_model_exports_to_gguf_that_llama_cpp_decodes_like_
     assert 'TEMPLATE """{{ range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n' in modelfile
     assert 'PARAMETER stop "<|end|>"' in modelfile
     assert 'PARAMETER stop "<|endoftext|>"' in modelfile
+
+    _sign_in(team.viewer.client, team.viewer)
+    page = team.viewer.client.get(f"/models/versions/{version['id']}", headers=HTML).text
+    assert report["file"] in page and "llama.cpp picks transformers' next token at" in page
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -362,9 +363,16 @@ def quantize(source: Path, target: Path, quantization: str, *, threads: int = 0)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[quantization]
     params.nthread = threads
-    code = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(target).encode(), llama_cpp.byref(params)
-    )
+    # llama.cpp logs a line per tensor through llama-cpp-python's logger: keep the warnings.
+    chatter = logging.getLogger("llama-cpp-python")
+    level = chatter.level
+    chatter.setLevel(max(level, logging.WARNING))
+    try:
+        code = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(target).encode(), llama_cpp.byref(params)
+        )
+    finally:
+        chatter.setLevel(level)
     if code != 0 or not target.is_file():
         raise RuntimeError(f"llama.cpp could not quantize to {quantization} (code {code})")
 
@@ -412,7 +420,12 @@ def export_gguf(
     finally:
         if f16 != target:
             f16.unlink(missing_ok=True)
-    progress(0.9)
+    progress(0.85)
+    context = int(
+        getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    )
+    agreement = compare_with_llama_cpp(model, tokenizer, target, context)
+    progress(0.95)
     stops = stop_tokens(tokenizer, eos_ids)
     text = modelfile(target.name, tokenizer, stops)
     (out_dir / "Modelfile").write_text(text)
@@ -424,13 +437,51 @@ def export_gguf(
         "size_bytes": target.stat().st_size,
         "f16_size_bytes": f16_size,
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "context_length": int(
-            getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
-        ),
+        "context_length": context,
+        **agreement,
         "chat_template": bool(tokenizer.chat_template),
         "stop_tokens": stops,
         "ollama_template": "TEMPLATE" in text,
     }
+
+
+def compare_with_llama_cpp(model: Any, tokenizer: Any, path: Path, context: int) -> dict:
+    """The written file checked in llama.cpp against the transformers model it came from.
+
+    On a few sentences: at every position, whether llama.cpp's most likely next token is
+    transformers' (`top1_agreement`, share of positions) and the largest logit difference.
+    A file llama.cpp cannot load fails the export here, before anyone downloads it.
+    """
+    import llama_cpp
+    import numpy as np
+    import torch
+
+    from workers.engine.export import QUALITY_TEXTS
+
+    rows = [tokenizer(text)["input_ids"][:context] for text in QUALITY_TEXTS]
+    rows = [ids for ids in rows if len(ids) >= 2]
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=max(len(ids) for ids in rows),
+        n_threads=min(os.cpu_count() or 1, 8),
+        logits_all=True,
+        verbose=False,
+    )
+    agree = total = 0
+    diff = 0.0
+    try:
+        for ids in rows:
+            llm.reset()
+            llm.eval(ids)
+            ours = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+            with torch.no_grad():
+                theirs = model(torch.tensor([ids])).logits[0].float().numpy()
+            agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+            total += len(ids)
+            diff = max(diff, float(np.abs(ours - theirs).max()))
+    finally:
+        llm.close()
+    return {"top1_agreement": round(agree / max(total, 1), 4), "max_abs_logits_diff": diff}
 
 
 def _source_tokenizer(source: Path) -> tuple[str | None, list[int]]:
