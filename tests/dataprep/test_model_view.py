@@ -59,6 +59,7 @@ def test_model_view_flags_special_tokens_eos_and_loss_per_token(tokenizer) -> No
         "loss": False,
         "special": True,
         "eos": False,
+        "unknown": False,
     }
     ends = [t for t in tokens if t["text"] == "<|end|>"]
     assert [t["loss"] for t in ends] == [False, False, True, False, True]
@@ -129,3 +130,29 @@ def test_prompt_completion_without_template_masks_the_prompt_and_appends_eos(tok
     trained = [t for t, lab in zip(encoded.input_ids, encoded.labels, strict=True) if lab != -100]
     assert tokenizer.decode(trained) == " world<|endoftext|>"
     assert encoded.input_ids[-1] == tokenizer.eos_token_id
+
+
+HEADLINES = [
+    {"text": "央行宣布降息", "label": "finance"},
+    {"text": "国足惜败", "label": "sport"},
+    {"text": "高考今日开考", "label": "education"},
+]
+
+
+def test_a_tokenizer_that_cannot_read_chinese_shows_its_unknown_tokens_and_warns() -> None:
+    from workers.dataprep.tokenizers import load_packaged
+
+    minilm = load_packaged("minilm")
+    view = model_view(tokenizer=minilm, rows=HEADLINES, schema="classification", max_length=64)
+    summary = view["summary"]
+    assert summary["unknown_rate"] > 0.5 and summary["unknown_tokens"] > 0
+    [warning] = [w for w in view["warnings"] if w["code"] == "unknown_tokens"]
+    assert "cannot read the data's script" in warning["message"] and warning["rows"] == 3
+    unknown = [t for row in view["rows"] for t in row["tokens"] if t["unknown"]]
+    assert unknown and all(not t["special"] for t in unknown)
+
+
+def test_a_byte_level_tokenizer_reads_chinese_with_no_unknown_tokens(tokenizer) -> None:
+    view = model_view(tokenizer=tokenizer, rows=HEADLINES, schema="classification", max_length=64)
+    assert view["summary"]["unknown_rate"] == 0.0
+    assert not [w for w in view["warnings"] if w["code"] == "unknown_tokens"]

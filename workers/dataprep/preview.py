@@ -28,8 +28,31 @@ MESSAGES = {
 }
 
 
+UNKNOWN_TOKENS = "unknown_tokens"
+# Above this share of unknown tokens the base cannot read the data (its script, usually).
+UNKNOWN_WARN_RATE = 0.01
+
+
+def coverage(tokenizer: Any, encoded: list[masking.Encoded]) -> tuple[int, int]:
+    """(unknown tokens, tokens that are not special) over the encoded rows: how much of the
+    text the tokenizer cannot represent. A byte-level BPE (GPT-2, SmolLM2, a scratch model's)
+    has no unknown token and reads every script; a WordPiece one (MiniLM) turns what is not in
+    its vocabulary, most Chinese characters for an English one, into [UNK]."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = set(tokenizer.all_special_ids) - ({unk} if unk is not None else set())
+    unknown = total = 0
+    for item in encoded:
+        for token_id in item.input_ids:
+            if token_id in special:
+                continue
+            total += 1
+            unknown += unk is not None and token_id == unk
+    return unknown, total
+
+
 def _token_rows(tokenizer: Any, encoded: masking.Encoded) -> list[dict[str, Any]]:
-    special = set(tokenizer.all_special_ids)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = set(tokenizer.all_special_ids) - ({unk} if unk is not None else set())
     stops = masking.stop_token_ids(tokenizer)
     tokens = []
     shown_upto = 0
@@ -47,6 +70,7 @@ def _token_rows(tokenizer: Any, encoded: masking.Encoded) -> list[dict[str, Any]
                 "loss": label != IGNORE_INDEX,
                 "special": token_id in special,
                 "eos": token_id in stops,
+                "unknown": unk is not None and token_id == unk,
             }
         )
     return tokens
@@ -87,6 +111,21 @@ def model_view(
         }
         for code, count in sorted(counts.items(), key=lambda kv: -kv[1])
     ]
+    unknown, readable = coverage(tokenizer, encoded)
+    unknown_rate = round(unknown / readable, 4) if readable else 0.0
+    if unknown_rate > UNKNOWN_WARN_RATE:
+        warnings.insert(
+            0,
+            {
+                "code": UNKNOWN_TOKENS,
+                "rows": sum(1 for e in encoded if coverage(tokenizer, [e])[0]),
+                "rate": unknown_rate,
+                "message": f"{unknown_rate:.0%} of the tokens are unknown to this tokenizer "
+                f"({tokenizer.unk_token}): this base cannot read the data's script, and what it "
+                "cannot read it cannot learn. Choose a base that reads the language (a scratch "
+                "base's tokenizer is trained on your data)",
+            },
+        )
     template_wanted = chat_template and schema not in ("text", "classification")
     if (
         template_wanted
@@ -116,6 +155,8 @@ def model_view(
             "trained_tokens": sum(
                 sum(1 for lab in e.labels if lab != IGNORE_INDEX) for e in encoded
             ),
+            "unknown_tokens": unknown,
+            "unknown_rate": unknown_rate,
         },
         "warnings": warnings,
         "rows": [

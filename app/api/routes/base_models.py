@@ -22,6 +22,7 @@ class BaseModelRead(BaseModel):
     license: str | None
     tasks: list[str]
     supports_lora: bool
+    languages: str  # what it reads: scratch bases read any (their tokenizer is trained on the data)
 
 
 @router.get("/base-models", response_model=list[BaseModelRead])
@@ -40,6 +41,7 @@ def read_base_models(user: CurrentUser) -> list[BaseModelRead]:
             license=m.license,
             tasks=list(m.tasks),
             supports_lora=m.supports_lora,
+            languages=m.languages,
         )
         for m in base_models.available().values()
     ]
