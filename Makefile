@@ -46,12 +46,17 @@ system-deps:
 run: install
 	$(VENV)/bin/llmide serve
 
+# ruff, then mypy (configured in pyproject.toml; its cache in .mypy_cache makes a rerun quick),
+# then the tests. Under CI (CI=true) a test that would skip for want of Postgres, Redis or
+# docker-compose fails instead (tests/ci_skips.py).
 test: install-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: install-dev
 	$(PY) bench/run_all.py
@@ -66,4 +71,4 @@ gpu-carry: install
 	bash scripts/gpu-carry.sh
 
 clean:
-	rm -rf $(VENV) .venv-gpu .gpu-carry data .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-gpu .gpu-carry data .pytest_cache .ruff_cache .mypy_cache

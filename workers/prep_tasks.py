@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 SCRATCH_TOKENIZER_ROWS = 5000  # a model view trains its scratch tokenizer on this many rows
 
 
-def _read(path: Path, schema: str):  # type: ignore[no-untyped-def]
+def _read(path: Path, schema: str):
     """Canonical rows of a version's file; a legacy plain-text upload gives text rows."""
     from workers.dataprep.run import read_rows, read_text_paragraphs
 

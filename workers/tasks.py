@@ -46,7 +46,7 @@ _ENGINE_KEYS = (
 )
 
 
-def _engine_config(run: Run, resume_from: Path | None):  # type: ignore[no-untyped-def]
+def _engine_config(run: Run, resume_from: Path | None):
     from workers.engine import TrainConfig
 
     config = dict(run.config)
@@ -102,7 +102,7 @@ def _checkpoint_on_sigterm(request_shutdown: Callable[[], None]) -> Iterator[Non
 
 
 @celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
+def train_run(self, run_id: int) -> str:
     """Train one run to its end (succeeded, failed or cancelled) and register its final model.
 
     A worker shutting down hands the run back instead (interrupted, re-queued) after saving a
@@ -163,7 +163,7 @@ def train_run(self, run_id: int) -> str:  # type: ignore[no-untyped-def]
             session=session,
             run_id=run_id,
             status=status,
-            final_checkpoint_key=artifacts.key_for(ended.final_dir),
+            final_checkpoint_key=artifacts.key_for(ended.final_dir) if ended.final_dir else None,
             final_step=ended.global_step,
             # The full evaluation (a confusion matrix, per-class scores) rides along with the
             # final checkpoint's metrics, which the run page shows.

@@ -52,7 +52,7 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, max_keys: int | None
         keys += len(pairs)
         return dict(pairs)
 
-    colons = text.count(b":" if isinstance(text, bytes) else ":")
+    colons = text.count(b":") if isinstance(text, bytes) else text.count(":")
     counting = max_keys is not None and colons > max_keys  # each key needs a colon
     try:
         value = json.loads(text, object_pairs_hook=count_keys if counting else None)

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import get_settings
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the worker write metrics while the web process reads them;
     # busy_timeout turns brief lock contention into a wait instead of an error.
     cursor = dbapi_connection.cursor()
@@ -84,3 +84,10 @@ def upsert_insert(session: Session, table: Any) -> Any:
     session's database: SQLite and Postgres spell it alike but build it apart."""
     dialect = session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE and say how many rows it changed (a guarded UPDATE's answer to
+    "was it still in the state I expected?")."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return int(result.rowcount)

@@ -70,7 +70,7 @@ class RunUpdateHub:
 
         backoff = 0.5
         while True:
-            client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=2)
+            client = aioredis.Redis.from_url(str(self.redis_url), socket_connect_timeout=2)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(RUN_UPDATES_CHANNEL)

@@ -293,7 +293,7 @@ def _package_license(package: str) -> str | None:
         meta = importlib.metadata.metadata(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-    return meta.get("License") or None
+    return (meta.get_all("License") or [None])[0] or None
 
 
 def package_models(only: str | None = None) -> list[BaseModel]:

@@ -143,7 +143,7 @@ def source_format(filename: str) -> tuple[str, bool]:
 class _CappedReader(io.RawIOBase):
     """Counts decompressed bytes and stops at the limit (a gzip bomb answers 413)."""
 
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
+    def __init__(self, inner: IO[bytes] | gzip.GzipFile, limit: int) -> None:
         self.inner = inner
         self.limit = limit
         self.count = 0
@@ -166,7 +166,7 @@ class _CappedReader(io.RawIOBase):
 def _open_binary(path: Path, limits: Limits) -> io.BufferedReader:
     handle = path.open("rb")
     if handle.peek(2)[:2] == _GZIP_MAGIC:
-        inner: IO[bytes] = gzip.GzipFile(fileobj=handle, mode="rb")
+        inner = gzip.GzipFile(fileobj=handle, mode="rb")
         return io.BufferedReader(_CappedReader(inner, limits.max_decompressed_bytes), 1 << 16)
     return handle
 

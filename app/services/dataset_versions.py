@@ -66,12 +66,17 @@ def ready_for_datasets(
 
 def version_for_run(
     *, session: Session, ctx: WorkspaceContext, dataset: Dataset, version_id: int | None
-) -> DatasetVersion | None:
+) -> DatasetVersion:
     """The version a new run trains on: the one asked for (it must belong to the dataset and
-    be ready), else the newest ready one. None only for a dataset that has no version at all
-    (not possible for uploads made since versions exist)."""
+    be ready), else the newest ready one (409 when there is none, rather than a crash)."""
     if version_id is None:
-        return newest_ready(session=session, dataset=dataset)
+        newest = newest_ready(session=session, dataset=dataset)
+        if newest is None:
+            raise Conflict(
+                f"dataset {dataset.id} has no ready version yet; wait for it to be prepared",
+                param="dataset_version_id",
+            )
+        return newest
     version = get_for_dataset(session=session, ctx=ctx, dataset=dataset, version_id=version_id)
     if version.status != READY:
         raise Conflict(

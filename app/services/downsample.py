@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.db.models import MetricPoint
 
@@ -63,7 +64,7 @@ def extremes_query(
     where: Sequence[ColumnElement[bool]],
     bucket: ColumnElement[int],
     by_name: bool = False,
-    columns: Sequence[ColumnElement[Any]] = (
+    columns: Sequence[ColumnElement[Any] | InstrumentedAttribute[Any]] = (
         MetricPoint.id,
         MetricPoint.step,
         MetricPoint.name,

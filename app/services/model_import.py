@@ -16,7 +16,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy.orm import Session
 
@@ -297,7 +297,7 @@ def _register(
     sha256, size = registry.content_fingerprint(staged)
     files = sorted(p.name for p in staged.iterdir())
     gguf = next((f for f in files if f.endswith(".gguf")), None)
-    config: dict = {}
+    config: dict[str, Any] = {}
     config_path = staged / (
         "adapter_config.json" if "adapter_config.json" in files else "config.json"
     )

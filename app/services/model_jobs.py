@@ -13,6 +13,8 @@ from app.core.celery_config import CPU_QUEUE, EVALUATE_TASK, EXPORT_TASK
 from app.core.errors import ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role, User
+from app.db.session import rows_changed
+from app.domain import lifecycle
 from app.services import (
     artifacts,
     audit,
@@ -257,13 +259,14 @@ def comparison(*, session: Session, ctx: WorkspaceContext, model_id: int) -> dic
 # --- the workers' side -----------------------------------------------------------------------
 def claim(*, session: Session, job_type: type[ModelExport] | type[Evaluation], job_id: int) -> bool:
     """queued -> running, once: a redelivered task finds it taken and leaves it."""
-    result = session.execute(
+    claimed = rows_changed(
+        session,
         update(job_type)
-        .where(job_type.id == job_id, job_type.status == JobStatus.queued)
-        .values(status=JobStatus.running, progress=0.01)
+        .where(job_type.id == job_id, job_type.status.in_(lifecycle.sources(JobStatus.running)))
+        .values(status=JobStatus.running, progress=0.01),
     )
     session.commit()
-    return bool(result.rowcount)
+    return bool(claimed)
 
 
 def report_progress(

@@ -181,14 +181,14 @@ def _pages(run_id: int) -> Iterator[list[tuple[int, str, float, datetime]]]:
                     )
                 )
             rows = [
-                tuple(row)
+                (row[0], row[1], row[2], row[3])
                 for row in session.execute(
                     query.order_by(MetricPoint.step, MetricPoint.name).limit(EXPORT_PAGE)
                 )
             ]
         if not rows:
             return
-        yield rows  # type: ignore[misc]
+        yield rows
         if len(rows) < EXPORT_PAGE:
             return
         after = (rows[-1][0], rows[-1][1])

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
-from app.db.session import upsert_insert
+from app.db.session import rows_changed, upsert_insert
 from app.domain import lifecycle
 from app.services import artifacts, chart_history, registry, scheduler
 
@@ -37,7 +37,8 @@ def claim(*, session: Session, run_id: int, task_id: str | None) -> Run | None:
     recovery re-enqueue, say) cannot both train it: a live run's fresh heartbeat keeps it.
     """
     now = utcnow()
-    result = session.execute(
+    claimed = rows_changed(
+        session,
         update(Run)
         .where(
             Run.id == run_id,
@@ -52,10 +53,10 @@ def claim(*, session: Session, run_id: int, task_id: str | None) -> Run | None:
             heartbeat_at=now,
             attempts=Run.attempts + 1,
             task_id=task_id,
-        )
+        ),
     )
     session.commit()
-    if result.rowcount != 1:
+    if claimed != 1:
         return None
     run = session.get(Run, run_id)
     if run is not None:
@@ -69,10 +70,8 @@ def _move(
     """One guarded UPDATE `source` → `target` (a move the lifecycle table must hold); False
     when the run was no longer `source` (another worker's sweeper got there first)."""
     lifecycle.check(source, target, what=f"run {run_id}")
-    result = session.execute(
-        update(Run).where(Run.id == run_id, Run.status == source).values(status=target, **values)
-    )
-    return bool(result.rowcount == 1)
+    statement = update(Run).where(Run.id == run_id, Run.status == source)
+    return rows_changed(session, statement.values(status=target, **values)) == 1
 
 
 def heartbeat(*, session: Session, run_id: int) -> None:

@@ -26,6 +26,7 @@ from app.core.errors import InvalidTransition, TooManyRequests, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Role, Run, RunDispatchLock, RunEvent, RunStatus, Workspace
+from app.db.session import rows_changed
 from app.services import audit
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -74,10 +75,10 @@ def active_by_workspace(*, session: Session) -> dict[int, int]:
 
 def _take_lock(session: Session) -> None:
     """Hold the dispatcher lock until this transaction ends (commit or rollback)."""
-    result = session.execute(
-        update(RunDispatchLock).where(RunDispatchLock.id == 1).values(taken_at=utcnow())
+    taken = rows_changed(
+        session, update(RunDispatchLock).where(RunDispatchLock.id == 1).values(taken_at=utcnow())
     )
-    if result.rowcount == 0:  # a database created without the migration's row
+    if taken == 0:  # a database created without the migration's row
         session.add(RunDispatchLock(id=1, taken_at=utcnow()))
         session.flush()
     if session.get_bind().dialect.name == "postgresql":
@@ -95,13 +96,15 @@ def _pick(session: Session) -> Run | None:
     active = active_by_workspace(session=session)
     if sum(active.values()) >= settings.max_concurrent_runs:
         return None
-    quotas = dict(
-        session.execute(
+    quotas: dict[int, float] = {
+        ws: float(quota)
+        for ws, quota in session.execute(
             select(Workspace.id, Workspace.quota_concurrent_runs).where(
                 Workspace.quota_concurrent_runs.is_not(None)
             )
-        ).all()
-    )
+        )
+        if quota is not None
+    }
     # Each workspace's head of queue: the first waiting run in its own order.
     ranked = (
         select(
@@ -303,6 +306,8 @@ def gpu_hours_this_month(*, session: Session, workspace_id: int) -> float:
     )
     seconds = 0.0
     for started, finished in rows:
+        if started is None:  # the query excludes them; the type does not know
+            continue
         end = finished or now
         seconds += max(0.0, (end - max(started, start)).total_seconds())
     return seconds / 3600.0

@@ -54,7 +54,7 @@ def spec_of(run: Run) -> dict[str, Any]:
 
 def dump(spec: dict[str, Any], fmt: str) -> str:
     if fmt == "yaml":
-        return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+        return str(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return json.dumps(spec, indent=2) + "\n"
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
@@ -35,7 +35,10 @@ class TimelineEntry:
 
 
 def _older_than(
-    kind: Kind, at: ColumnElement[datetime], seq: ColumnElement[int], cursor: TimelineEntry
+    kind: Kind,
+    at: SQLColumnExpression[datetime],
+    seq: SQLColumnExpression[int],
+    cursor: TimelineEntry,
 ) -> ColumnElement[bool]:
     """Rows of `kind` that come after `cursor` in newest-first order."""
     rank, cursor_rank = _RANK[kind], _RANK[cursor.kind]

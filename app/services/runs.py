@@ -75,7 +75,7 @@ def create_run(
         base_model=base_model,
         dataset_id=dataset.id,
         validation_dataset_id=validation_dataset_id,
-        dataset_version_id=version.id if version is not None else None,
+        dataset_version_id=version.id,
         config=config.model_dump(),
         suffix=suffix,
         status=RunStatus.queued,

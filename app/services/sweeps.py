@@ -110,7 +110,12 @@ def _check_space(space: dict[str, Any], method: str, base: dict[str, Any]) -> No
                     param="search_space",
                 )
             low, high = spec.get("low"), spec.get("high")
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+            if (
+                not isinstance(low, int | float)
+                or not isinstance(high, int | float)
+                or isinstance(low, bool)
+                or isinstance(high, bool)
+            ):
                 raise ValidationFailed(
                     f"search_space.{name} needs numeric low and high (or values)",
                     param="search_space",
@@ -211,7 +216,7 @@ def _study(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction=sweep.direction,
+        direction="maximize" if sweep.direction == "maximize" else "minimize",
         sampler=sampler,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=0),
     )

@@ -11,11 +11,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from app.db.base import MAX_ID, get_by_id
+from app.db.base import MAX_ID, Base, get_by_id
 from app.db.models import Membership, Role, User, Workspace
 from app.services import audit
 
-ScopedT = TypeVar("ScopedT")
+ScopedT = TypeVar("ScopedT", bound=Base)
 
 _ROLE_RANK = {Role.viewer: 0, Role.editor: 1, Role.owner: 2}
 
@@ -269,7 +269,7 @@ def get_in_workspace(
     Another workspace's id answers exactly like an unknown one, so ids cannot be probed.
     """
     row = get_by_id(session, model, row_id)
-    if row is None or row.workspace_id != ctx.workspace.id:  # type: ignore[attr-defined]
+    if row is None or getattr(row, "workspace_id", None) != ctx.workspace.id:
         raise NotFound(f"{what} {row_id} not found")
     return row
 

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.core.prep_recipe import STEP_NAMES
-from app.db.models import Dataset, DatasetVersion
+from app.db.models import Dataset, DatasetVersion, DatasetVersionStatus
 from app.services import dataset_prep
 from app.services.workspaces import get_in_workspace
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, rollback
@@ -68,8 +68,8 @@ def _panel(
         {
             "dataset": dataset,
             "versions": versions,
-            "ready": [v for v in versions if v.status == dataset_prep.READY],
-            "busy": any(v.status == dataset_prep.PREPARING for v in versions),
+            "ready": [v for v in versions if v.status == DatasetVersionStatus.ready],
+            "busy": any(v.status == DatasetVersionStatus.preparing for v in versions),
             "step_labels": STEP_LABELS,
             "default_order": DEFAULT_ORDER,
             "form": {},

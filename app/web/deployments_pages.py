@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app.core.errors import DomainError, Forbidden, ValidationFailed
+from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus
 from app.services import deployments, model_kind, registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
@@ -217,7 +217,7 @@ async def scale_deployment(
             replicas=replicas,
             max_batch_size=max_batch_size,
         )
-    except (Forbidden, deployments.NotFound):
+    except (Forbidden, NotFound):
         raise
     except DomainError as exc:
         return await _page_with_error(request, session, pc, exc)
@@ -236,7 +236,7 @@ async def redeploy_deployment(
         await deployments.redeploy(
             session=session, ctx=pc.ctx, deployment_id=deployment_id, version_id=model_version_id
         )
-    except (Forbidden, deployments.NotFound):
+    except (Forbidden, NotFound):
         raise
     except DomainError as exc:
         return await _page_with_error(request, session, pc, exc)

@@ -68,7 +68,8 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
         "history": registry.stage_history(session=session, ctx=pc.ctx, version_id=version.id),
         "exports": exports,
         "evaluations": evaluations,
-        "polling": any(j.status in active for j in [*exports, *evaluations]),
+        "polling": any(j.status in active for j in exports)
+        or any(j.status in active for j in evaluations),
         "adapter": adapter,
         "gguf_refusal": gguf_refusal,
         "gguf_quantizations": model_jobs.GGUF_QUANTIZATIONS,

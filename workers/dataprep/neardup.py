@@ -50,7 +50,7 @@ def _optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
         rows = num_perm // bands
         fp = np.trapezoid(1 - (1 - below**rows) ** bands, below)
         fn = np.trapezoid((1 - above**rows) ** bands, above)
-        error = 0.5 * fp + 0.5 * fn
+        error = float(0.5 * fp + 0.5 * fn)
         if error < best_error:
             best, best_error = (bands, rows), error
     return best

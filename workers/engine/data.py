@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import random
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -152,7 +153,7 @@ def _chat_row(record: object, where: str) -> list[Message]:
     return row
 
 
-_ROW_READERS = {
+_ROW_READERS: dict[str, Callable[[Any, str], Row]] = {
     "text": _text_row,
     "chat": _chat_row,
     "prompt_completion": _prompt_completion_row,
@@ -224,10 +225,10 @@ def render_rows(rows: Iterable[Row], tokenizer: PreTrainedTokenizerFast) -> Iter
         elif isinstance(row, Pair):
             yield f"{row.source}\n{row.target}"
         else:
-            yield tokenizer.apply_chat_template(row, tokenize=False)
+            yield str(tokenizer.apply_chat_template(row, tokenize=False))
 
 
-class BlockDataset(Dataset):
+class BlockDataset(Dataset[dict[str, torch.Tensor]]):
     """Fixed-length blocks for causal LM training; labels are the inputs (the model shifts).
 
     Only the last block can be short: it is padded, masked and its padding ignored by the loss.
@@ -297,7 +298,7 @@ def build_blocks(
 
 
 def _append_encoded(
-    ids: array, batch: list[str], tokenizer: PreTrainedTokenizerFast, eos_id: int
+    ids: array[int], batch: list[str], tokenizer: PreTrainedTokenizerFast, eos_id: int
 ) -> None:
     # The backend directly: no max-length warnings for long documents, which are chunked anyway.
     for encoding in tokenizer.backend_tokenizer.encode_batch(batch, add_special_tokens=False):

@@ -91,7 +91,8 @@ class PinnedTrainingArguments(TrainingArguments):
 
     @cached_property
     def _setup_devices(self) -> torch.device:
-        device = TrainingArguments._setup_devices.func(self)
+        # transformers' own cached_property, computed once for this object (mypy sees a method).
+        device: torch.device = TrainingArguments._setup_devices.func(self)  # type: ignore[attr-defined]
         if self.cuda_index is None or device.type != "cuda":
             return device
         device = torch.device("cuda", self.cuda_index)

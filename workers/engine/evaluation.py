@@ -30,6 +30,7 @@ def _scored(rows: list[Any], tokenizer: Any, context: int) -> Iterator[tuple[Any
 
     for row in rows:
         if isinstance(row, list) and tokenizer.chat_template:
+            ids: list[int] | None
             try:
                 ids, labels = mask_conversation(row, tokenizer, context)
             except TemplateError:
@@ -68,7 +69,8 @@ def evaluate(
     rows = read_rows(data_file, data_format, prefer_split=EVAL_SPLIT)[:max_rows]
     context = int(
         getattr(model.config, "n_positions", None)
-        or getattr(model.config, "max_position_embeddings", 1024)
+        or getattr(model.config, "max_position_embeddings", None)
+        or 1024
     )
     nll, tokens = 0.0, 0
     with torch.no_grad():
@@ -105,7 +107,11 @@ def evaluate(
 
 
 def _generate(
-    model: Any, tokenizer: Any, prompt: str | list[dict], max_new_tokens: int, context: int
+    model: Any,
+    tokenizer: Any,
+    prompt: str | list[dict[str, str]],
+    max_new_tokens: int,
+    context: int,
 ) -> str:
     """Greedy reply: chat-templated when the tokenizer has a template, stopping at its EOS ids.
 

@@ -147,6 +147,8 @@ class ReportingCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return  # one report (and one chmod) per checkpoint, from rank 0
         step = state.global_step
+        if args.output_dir is None:  # our trainers always set one
+            return
         path = Path(args.output_dir) / f"checkpoint-{step}"
         make_readable(path)
         self.callbacks.on_checkpoint(step, path, {**self.latest_train, **self.latest_eval})

@@ -24,7 +24,7 @@ class Example:
     labels: list[int]
 
 
-class ExampleDataset(Dataset):
+class ExampleDataset(Dataset[dict[str, list[int]]]):
     """Variable-length examples, padded per batch by `PadCollator` (no packing: a conversation
     keeps its own attention span, and masking stays exact)."""
 

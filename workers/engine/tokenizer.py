@@ -75,7 +75,8 @@ def wrap_tokenizer(backend: Tokenizer, *, model_max_length: int) -> PreTrainedTo
 
 def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     """The tokenizer a checkpoint carries, so a resumed run keeps the ids its weights learned."""
-    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+    tokenizer: PreTrainedTokenizerFast = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    return tokenizer
 
 
 def generation_eos_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:

@@ -165,7 +165,7 @@ def read_stats(
     report = version.report or {}
     return DatasetStats(
         version_id=version.id,
-        schema=version.schema,
+        schema_=version.schema,
         num_rows=version.num_rows,
         stats=report.get("stats") or {},
         detection=report.get("detection"),

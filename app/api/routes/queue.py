@@ -17,6 +17,7 @@ from app.api.schemas import (
     RunRead,
     WorkerMachineRead,
 )
+from app.db.models import Run
 from app.services import run_queue
 
 router = APIRouter(prefix="/api/v1", tags=["queue"])
@@ -27,7 +28,7 @@ def read_queue(session: SessionDep, ctx: Workspace) -> QueueRead:
     """This workspace's waiting runs (in order) and active runs, and the fleet's occupancy."""
     view = run_queue.queue_view(session=session, ctx=ctx)
 
-    def item(run, position=None):  # type: ignore[no-untyped-def]
+    def item(run: Run, position: int | None = None) -> QueuedRunRead:
         read = QueuedRunRead.model_validate(run, from_attributes=True)
         read.position = position
         read.running_for_s = run_queue.running_for(run)

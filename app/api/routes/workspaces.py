@@ -16,6 +16,7 @@ from app.api.schemas import (
     WorkspaceCreate,
     WorkspaceWithRole,
 )
+from app.db.models import Role
 from app.services import users, workspaces
 
 router = APIRouter(prefix="/api/v1", tags=["workspaces"])
@@ -34,19 +35,21 @@ def create_workspace(
     body: WorkspaceCreate, session: SessionDep, user: CurrentUser
 ) -> WorkspaceWithRole:
     ws = workspaces.create_workspace(session=session, name=body.name, owner=user)
-    return WorkspaceWithRole(id=ws.id, name=ws.name, slug=ws.slug, role="owner")
+    return WorkspaceWithRole(id=ws.id, name=ws.name, slug=ws.slug, role=Role.owner)
 
 
 @router.get("/members", response_model=list[MemberRead])
 def read_members(session: SessionDep, ctx: Workspace) -> list[MemberRead]:
     members = workspaces.list_members(session=session, ctx=ctx)
-    return [MemberRead(user_id=m.user_id, email=m.user.email, role=m.role) for m in members]
+    return [MemberRead(user_id=m.user_id, email=m.user.email, role=Role(m.role)) for m in members]
 
 
 @router.post("/members", response_model=MemberRead, status_code=status.HTTP_201_CREATED)
 def add_member(body: MemberCreate, session: SessionDep, ctx: Workspace) -> MemberRead:
     membership = workspaces.add_member(session=session, ctx=ctx, email=body.email, role=body.role)
-    return MemberRead(user_id=membership.user_id, email=membership.user.email, role=membership.role)
+    return MemberRead(
+        user_id=membership.user_id, email=membership.user.email, role=Role(membership.role)
+    )
 
 
 @router.patch("/members/{user_id}", response_model=MemberRead)
@@ -60,7 +63,9 @@ def update_member(
     membership = workspaces.change_member_role(
         session=session, ctx=ctx, user_id=user_id, role=body.role
     )
-    return MemberRead(user_id=membership.user_id, email=membership.user.email, role=membership.role)
+    return MemberRead(
+        user_id=membership.user_id, email=membership.user.email, role=Role(membership.role)
+    )
 
 
 @router.delete("/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
