@@ -94,7 +94,7 @@ GIVE_UP: dict[str, Callable[[tuple[Any, ...], str], None]] = {
 }
 
 
-class GuardedTask(Task):  # type: ignore[misc]
+class GuardedTask(Task):
     """Every task of the app: counted per delivery, given up after too many."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -211,9 +211,9 @@ def gguf_path_for_version(version_id: int, quantization: str = "q8_0") -> Path:
             failed = session.get(ModelExport, export_id)
             raise RuntimeError(f"GGUF export {export_id} failed: {failed.error if failed else ''}")
     with session_scope() as session:
-        export = session.get(ModelExport, export_id)
-        assert export is not None and export.storage_key
-        return artifacts.existing(export.storage_key) / str(export.results["file"])
+        made = session.get(ModelExport, export_id)
+        assert made is not None and made.storage_key
+        return artifacts.existing(made.storage_key) / str(made.results["file"])
 
 
 @celery_app.task(name=EVALUATE_TASK, acks_late=True, reject_on_worker_lost=True)

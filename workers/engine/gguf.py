@@ -201,7 +201,7 @@ def _write_hparams(writer: Any, config: Any, arch: str) -> None:
 
 
 # --- tokenizer -------------------------------------------------------------------------------
-def _pre_tokenizer_name(spec: dict | None) -> str:
+def _pre_tokenizer_name(spec: dict[str, Any] | None) -> str:
     """llama.cpp's name for a byte-level pre-tokenizer: its regex, matched by structure."""
     spec = spec or {}
     if spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
