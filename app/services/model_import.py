@@ -122,12 +122,55 @@ def _check_folder(folder: Path, *, import_root: Path | None) -> None:
             "(or adapter_model.safetensors) and config.json",
             param="path",
         )
+    for file in files:
+        if file.name.endswith(".safetensors"):
+            _check_safetensors(file, param="path" if import_root is not None else "file")
     ggufs = [n for n in names if n.endswith(".gguf")]
     if len(ggufs) > 1:
         raise ValidationFailed("the folder holds several GGUF files; import one", param="path")
     if not ggufs and not ({"config.json", "adapter_config.json"} & set(names)):
         raise ValidationFailed(
             "a Hugging Face folder needs config.json (or adapter_config.json)", param="path"
+        )
+
+
+# safetensors' own limit on the JSON header that lists the tensors.
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def _check_safetensors(path: Path, *, param: str) -> None:
+    """Refuse weights no loader can read, now rather than as a failed deployment later: the
+    header must be a JSON object of tensors whose data lies inside the file."""
+    size = path.stat().st_size
+    problem = None
+    with path.open("rb") as handle:
+        raw = handle.read(8)
+        length = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if length < 2 or length > min(_MAX_SAFETENSORS_HEADER, size - 8):
+            problem = "its header length is wrong (truncated or not safetensors)"
+        else:
+            try:
+                header = safe_json.loads(handle.read(length))
+            except ValueError:
+                header = None
+            if not isinstance(header, dict):
+                problem = "its header is not a JSON object"
+            else:
+                for name, tensor in header.items():
+                    if name == "__metadata__":
+                        continue
+                    offsets = tensor.get("data_offsets") if isinstance(tensor, dict) else None
+                    if (
+                        not isinstance(offsets, list)
+                        or len(offsets) != 2
+                        or not all(isinstance(o, int) for o in offsets)
+                        or not 0 <= offsets[0] <= offsets[1] <= size - 8 - length
+                    ):
+                        problem = f"tensor {str(name)[:100]!r} lies outside the file (truncated?)"
+                        break
+    if problem is not None:
+        raise ValidationFailed(
+            f"{path.name} is not a valid safetensors file: {problem}", param=param
         )
 
 

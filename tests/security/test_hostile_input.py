@@ -193,6 +193,25 @@ def test_a_damaged_model_zip_is_refused_with_a_400_naming_the_entry(team: Team, 
     assert "the zip archive is damaged" in answer.json()["detail"]
 
 
+def test_weights_that_are_not_safetensors_are_refused_at_import_not_at_deployment(
+    team: Team,
+) -> None:
+    header = b'{"wte": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}'
+    cases = {
+        "garbage": b"not safetensors at all",
+        "truncated": struct.pack("<Q", len(header)) + header + bytes(8),
+        "header not an object": struct.pack("<Q", 2) + b"[]",
+    }
+    for case, weights in cases.items():
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("config.json", '{"model_type": "gpt2"}')
+            archive.writestr("model.safetensors", weights)
+        answer = upload(team.editor, "weights", "model.zip", buffer.getvalue())
+        assert answer.status_code == 400, (case, answer.text)
+        assert "model.safetensors is not a valid safetensors file" in answer.json()["detail"]
+
+
 def test_an_import_path_that_is_a_pipe_or_socket_is_refused(
     team: Team, installation: Path, tmp_path: Path
 ) -> None:
