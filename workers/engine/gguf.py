@@ -445,7 +445,7 @@ def export_gguf(
     }
 
 
-def compare_with_llama_cpp(model: Any, tokenizer: Any, path: Path, context: int) -> dict:
+def compare_with_llama_cpp(model: Any, tokenizer: Any, path: Path, context: int) -> dict[str, Any]:
     """The written file checked in llama.cpp against the transformers model it came from.
 
     On a few sentences: at every position, whether llama.cpp's most likely next token is
