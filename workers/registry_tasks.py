@@ -143,6 +143,7 @@ def _build(
     if not (source / "adapter_config.json").is_file():
         return export_gguf(source, out_dir, quantization=quantization, name=name, progress=progress)
     # A LoRA adapter is merged into its base first: llama.cpp runs the merged weights.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="merged-", dir=out_dir.parent) as merged:
         merge_adapter(source, _adapter_base(source), Path(merged), lambda v: progress(v * 0.3))
         results = export_gguf(

@@ -358,3 +358,59 @@ def test_the_modelfile_template_renders_conversations_as_the_jinja_template_does
     )
     assert chat_format(tokenizer) is None
     assert "TEMPLATE" not in modelfile("m.gguf", tokenizer, [])
+
+
+def test_a_lora_adapter_version_exports_to_gguf_merged_into_its_base(
+    team: Team, installation: Path, trained: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from workers.registry_tasks import export_version
+
+    run_id, _ = run_with_trained_model(team, installation, trained)
+    base_dir = installation / "artifacts" / "runs" / str(run_id) / "final"
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), lora).save_pretrained(
+        tmp_path / "adapter"
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in (tmp_path / "adapter").iterdir():
+            zipped.writestr(path.name, path.read_bytes())
+    created = team.editor.post(
+        "/api/v1/models/import/upload",
+        files={"file": ("adapter.zip", io.BytesIO(archive.getvalue()))},
+        data={"name": "adder-lora"},
+    )
+    assert created.status_code == 201, created.text
+    queued = team.editor.post(
+        f"/api/v1/model-versions/{created.json()['id']}/exports",
+        json={"kind": "gguf", "quantization": "f16"},
+    )
+    assert queued.status_code == 202, queued.text
+    assert export_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+    report = team.viewer.get(f"/api/v1/model-exports/{queued.json()['id']}").json()["results"]
+    assert report["merged_adapter"] is True and report["architecture"] == "gpt2"
+    assert report["top1_agreement"] >= 0.95 and report["max_abs_logits_diff"] < 0.05
+    # Independently: llama.cpp's logits are the adapted model's, not the base's.
+    import llama_cpp
+    import numpy as np
+    from peft import PeftModel
+
+    gguf_file = installation / "artifacts" / "exports" / str(queued.json()["id"]) / report["file"]
+    llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=64, logits_all=True, verbose=False)
+    ids = [5, 17, 42, 8, 99, 3, 61]
+    try:
+        llm.eval(ids)
+        served = np.asarray(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    with torch.no_grad():
+        plain = base(torch.tensor([ids])).logits[0].numpy()
+        adapted = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        expected = adapted(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(served - expected).max() < 0.05 < np.abs(served - plain).max()
