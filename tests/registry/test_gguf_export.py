@@ -414,3 +414,21 @@ def test_a_lora_adapter_version_exports_to_gguf_merged_into_its_base(
         adapted = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
         expected = adapted(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(served - expected).max() < 0.05 < np.abs(served - plain).max()
+
+
+def test_ensure_gguf_writes_a_folder_once_per_content_and_quantization(
+    trained: Path, tmp_path: Path
+) -> None:
+    from workers.engine.gguf import ensure_gguf
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained / "final", folder)
+    cache = tmp_path / "cache"
+    first = ensure_gguf(folder, cache, quantization="q8_0")
+    made = first.stat().st_mtime_ns
+    assert first.name.endswith(".q8_0.gguf") and (first.parent / "Modelfile").is_file()
+    assert ensure_gguf(folder, cache, quantization="q8_0") == first
+    assert first.stat().st_mtime_ns == made  # reused, not rewritten
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
+    assert ensure_gguf(folder, cache, quantization="q8_0").parent != first.parent
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no staging left over
