@@ -89,13 +89,14 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-def _is_json(scope: Scope) -> bool:
-    """Bodies FastAPI parses as JSON: a JSON content type, or none at all."""
+def _json_content_type(scope: Scope) -> bool | None:
+    """True for a JSON content type, False for another, None for none at all (FastAPI then
+    parses JSON too, while a chunk upload without one streams: sniff its first byte)."""
     for key, value in scope["headers"]:
         if key.lower() == b"content-type":
             kind = value.split(b";", 1)[0].strip().lower()
             return kind == b"application/json" or kind.endswith(b"+json")
-    return True
+    return None
 
 
 class JsonBodyGuardMiddleware:
@@ -112,9 +113,11 @@ class JsonBodyGuardMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS or not _is_json(scope):
+        declared = _json_content_type(scope) if scope["type"] == "http" else False
+        if declared is False or scope["method"] not in UNSAFE_METHODS:
             await self.app(scope, receive, send)
             return
+        sniffing = declared is None
         from app.core import safe_json
         from app.core.error_handlers import error_body, upload_limit_message
 
@@ -133,6 +136,16 @@ class JsonBodyGuardMiddleware:
                 await self.app(scope, _replay([message], receive), send)
                 return
             chunks.append(message.get("body", b""))
+            if sniffing and (head := b"".join(chunks).lstrip()):
+                sniffing = False
+                if head[:1] not in (b"{", b"[", b'"'):  # not JSON: stream it on untouched
+                    first: Message = {
+                        "type": "http.request",
+                        "body": b"".join(chunks),
+                        "more_body": message.get("more_body", False),
+                    }
+                    await self.app(scope, _replay([first], receive), send)
+                    return
             if not message.get("more_body", False):
                 break
         raw = b"".join(chunks)

@@ -111,6 +111,9 @@ def test_a_lone_surrogate_in_a_json_body_is_refused_before_any_route_sees_it(
     # Raw surrogate bytes (not valid UTF-8, but json.loads lets them through) too.
     raw = raw_json_post(team.editor, "/api/v1/tokens", b'{"name": "x\xed\xa0\x80"}')
     assert raw.status_code == 400, raw.text
+    # FastAPI parses a body without a content type as JSON as well.
+    untyped = team.editor.post("/api/v1/tokens", content=body.encode())
+    assert untyped.status_code == 400, untyped.text
 
 
 def test_json_bodies_nested_deeper_than_64_levels_are_refused(team: Team) -> None:
