@@ -234,3 +234,44 @@ def test_a_prepared_dataset_version_is_made_by_the_cpu_worker(
     assert version["report"]["rows_in"] == 20 and version["num_rows"] == 12
     assert [s["removed"] for s in version["report"]["steps"]] == [0, 8]
     assert version["report"]["split"] == {"train": 9, "validation": 3, "test": 0}
+
+
+def readme_quick_start() -> str:
+    """The README's OpenAI quick-start, as a person copies it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The REST API and OpenAI clients", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_openai_quick_start_runs_as_written(
+    server: Server, token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the address, the key and the README's "..." wait are filled in; every default
+    (max_tokens included) is the README's, which used to end in a context-length 400."""
+    code = readme_quick_start()
+    assert 'base_url="http://127.0.0.1:8000/v1"' in code and 'api_key="llmide_..."' in code
+    wait = '# ... when job.status == "succeeded":\n'
+    assert wait in code
+    code = (
+        code.replace("http://127.0.0.1:8000", server.base_url)
+        .replace("llmide_...", token)
+        .replace(
+            wait,
+            "import time\n"
+            "while (s := client.fine_tuning.jobs.retrieve(job.id).status) not in (\n"
+            '    "succeeded", "failed", "cancelled"):\n'
+            "    time.sleep(1)\n"
+            'assert s == "succeeded", client.fine_tuning.jobs.retrieve(job.id)\n',
+        )
+    )
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in [("Hello", "Hello! How can I help?"), ("Hi there", "Hi! What do you need?")]
+    ] * 12
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    reply = namespace["reply"]
+    assert reply.choices[0].message.content, server.log_tail()
+    assert reply.usage.completion_tokens > 0
