@@ -216,6 +216,17 @@ class UploadCreate(BaseModel):
 
     filename: str = Field(min_length=1, max_length=255)
     total_size: int = Field(ge=1, description="The file's size in bytes.")
+    purpose: Literal["dataset", "model"] = Field(
+        "dataset",
+        description="dataset: completed by POST .../complete; model (a .zip of a Hugging Face "
+        "folder or a .gguf file): completed by POST .../import-model",
+    )
+
+
+class UploadModelImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="the registered model's name")
 
 
 class UploadRead(ORM):

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Datasets (docs/datasets-ingest.md): a chunked upload may be bigger than one request;
     # this also caps a gzip file's decompressed size.
     max_dataset_bytes: int = 2 * 1024 * 1024 * 1024
+    # A model imported by chunked upload (a .zip of a Hugging Face folder or a .gguf file):
+    # a 7B model in fp16 is ~14 GB.
+    max_model_import_bytes: int = 20 * 1024 * 1024 * 1024
     max_dataset_rows: int = 5_000_000
     # One plain-text document (a whole file, or a blank-line-separated block).
     max_document_bytes: int = 16 * 1024 * 1024

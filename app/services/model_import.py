@@ -174,6 +174,41 @@ def _check_safetensors(path: Path, *, param: str) -> None:
         )
 
 
+def check_upload_name(filename: str) -> str:
+    """The uploaded file's name if it is an importable type (.zip or .gguf), else a 400."""
+    filename = os.path.basename((filename or "").replace("\\", "/"))
+    lower = filename.lower()
+    if is_pickle(lower):
+        raise ValidationFailed(PICKLE_REFUSED.format(names=filename), param="file")
+    if not lower.endswith((".zip", ".gguf")):
+        raise ValidationFailed(
+            "upload a .zip of a Hugging Face model folder or a .gguf file", param="file"
+        )
+    return filename
+
+
+def import_received(
+    *, session: Session, ctx: WorkspaceContext, name: str, path: Path, filename: str
+) -> ModelVersion:
+    """Import a file already in the artifact store (a completed chunked upload): a .gguf is
+    moved, not copied; a .zip is extracted. Checked exactly as a one-request upload."""
+    ctx.require(Role.editor)
+    name = registry.validate_model_name(name)
+    filename = check_upload_name(filename)
+    staged = _staging_dir()
+    try:
+        if filename.lower().endswith(".gguf"):
+            target = staged / (_safe_name(filename) or "model.gguf")
+            os.replace(path, target)
+            _check_gguf(target)
+        else:
+            _extract_zip(path, staged)
+            _check_folder(staged, import_root=None)
+        return _register(session, ctx, name, staged, f"upload:{filename}")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def import_from_upload(
     *,
     session: Session,

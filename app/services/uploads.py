@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 from app.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import utcnow
-from app.db.models import ChunkedUpload, Role, UploadStatus
+from app.db.models import ChunkedUpload, ModelVersion, Role, UploadStatus
 from app.domain import lifecycle
-from app.services import artifacts, datasets
+from app.services import artifacts, datasets, model_import
 from app.services import dataset_ingest as ingest
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -47,16 +47,29 @@ def cleanup_stale(*, session: Session) -> int:
 
 
 def create(
-    *, session: Session, ctx: WorkspaceContext, filename: str, total_size: int
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    filename: str,
+    total_size: int,
+    purpose: str = "dataset",
 ) -> ChunkedUpload:
+    """Open a chunked upload. `purpose` "model": a model import (.zip of a Hugging Face folder
+    or .gguf, up to LLMIDE_MAX_MODEL_IMPORT_BYTES), completed by `complete_model`."""
     ctx.require(Role.editor)
     clean = datasets.clean_filename(filename)
-    ingest.source_format(clean)  # refuse an unsupported type before any byte is sent
-    limit = get_settings().max_dataset_bytes
+    if purpose == "model":
+        model_import.check_upload_name(clean)  # refuse pickles and other types before any byte
+        limit = get_settings().max_model_import_bytes
+        setting, what = "LLMIDE_MAX_MODEL_IMPORT_BYTES", "model import"
+    else:
+        ingest.source_format(clean)  # refuse an unsupported type before any byte is sent
+        limit = get_settings().max_dataset_bytes
+        setting, what = "LLMIDE_MAX_DATASET_BYTES", "dataset"
     if total_size > limit:
         raise PayloadTooLarge(
-            f"the file is larger than the dataset size limit of {limit / (1024 * 1024):g} MB "
-            "(LLMIDE_MAX_DATASET_BYTES)",
+            f"the file is larger than the {what} size limit of {limit / (1024 * 1024):g} MB "
+            f"({setting})",
             param="total_size",
         )
     cleanup_stale(session=session)
@@ -188,6 +201,32 @@ def complete(
     session.flush()
     artifacts.delete(upload.storage_key)  # moved into the store already, unless a duplicate
     return outcome
+
+
+def complete_model(
+    *, session: Session, ctx: WorkspaceContext, upload_id: int, name: str
+) -> ModelVersion:
+    """Import the received file as a model version (checked like a one-request import: no
+    pickles, safe archive paths, real weights). A refused file keeps the upload open (the
+    client aborts it, or the stale-upload sweep removes it)."""
+    upload = get_for_user(session=session, ctx=ctx, upload_id=upload_id)
+    ctx.require(Role.editor)
+    if upload.status != OPEN:
+        raise Conflict(f"upload {upload_id} is already {upload.status}")
+    if upload.received != upload.total_size:
+        raise Conflict(
+            f"upload {upload_id} has received {upload.received} of {upload.total_size} bytes; "
+            "send the rest first"
+        )
+    path = artifacts.existing(upload.storage_key)
+    version = model_import.import_received(
+        session=session, ctx=ctx, name=name, path=path, filename=upload.filename
+    )
+    lifecycle.transition(upload, COMPLETED)
+    upload.updated_at = utcnow()
+    session.flush()
+    artifacts.delete(upload.storage_key)
+    return version
 
 
 def abort(*, session: Session, ctx: WorkspaceContext, upload_id: int) -> None:

@@ -60,6 +60,7 @@ def _models_context(
         # The newest live deployment of each version (the list is newest first).
         "deployed": {d.model_version_id: d for d in reversed(live)},
         "import_dir": get_settings().import_dir,
+        "max_model_import_bytes": get_settings().max_model_import_bytes,
         # One model's page compares its versions side by side on the same evaluations.
         "comparison": (
             model_jobs.comparison(session=session, ctx=pc.ctx, model_id=model_id)

@@ -136,3 +136,31 @@ def test_every_navigation_link_is_visible_on_a_phone(page: Page, classifier: str
         _shot(page, "nav-375")
     finally:
         page.set_viewport_size(LAPTOP)
+
+
+def test_a_model_is_imported_in_chunks_with_progress_and_a_refusal_is_a_message(
+    page: Page, classifier: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.registry.test_chunked_model_import import zipped_tiny_model
+
+    data = zipped_tiny_model(tmp_path_factory.mktemp("import"))
+    flows._expect_http_error("/api/v1/uploads/1/import-model", 400)  # the broken zip, on purpose
+    page.goto("/models")
+    page.get_by_text("Import a model").click()
+    expect(page.get_by_test_id("import-size-hint")).to_contain_text("8 MB pieces")
+    page.get_by_label("Registered model name").fill("broken")
+    page.locator("#f-import-file").set_input_files(
+        {"name": "broken.zip", "mimeType": "application/zip", "buffer": b"PK\x03\x04 broken"}
+    )
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_test_id("import-message")).to_contain_text("Import refused:")
+    assert "{" not in page.get_by_test_id("import-message").inner_text()  # no raw JSON
+    _shot(page, "model-import-refused")
+
+    page.get_by_label("Registered model name").fill("tiny-upload")
+    page.locator("#f-import-file").set_input_files(
+        {"name": "tiny.zip", "mimeType": "application/zip", "buffer": data}
+    )
+    page.get_by_role("button", name="Import").click()
+    expect(page).to_have_url(re.compile(r"/models/versions/\d+$"), timeout=30_000)
+    expect(page.get_by_role("heading", name=re.compile("tiny-upload"))).to_be_visible()

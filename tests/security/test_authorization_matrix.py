@@ -179,6 +179,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/v1/uploads/{upload_id}"): R(
         A.OWN, "id", 204, url="/api/v1/uploads/{upload}", consumes="upload"
     ),
+    # Its owner is told the rest is missing (409); anyone else finds no such upload.
+    ("POST", "/api/v1/uploads/{upload_id}/import-model"): R(
+        A.OWN, "id", 409, url="/api/v1/uploads/{upload}/import-model", json={"name": "big"}
+    ),
     # --- runs -------------------------------------------------------------------------------
     ("GET", "/api/v1/base-models"): R(A.SIGNED_IN),
     ("GET", "/api/v1/runs"): R(A.VIEWER, "list"),
@@ -830,6 +834,7 @@ VIEWER_WRITES = {
     ("PUT", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
     ("POST", "/api/v1/uploads/{upload_id}/complete"): "their own chunked upload",
     ("DELETE", "/api/v1/uploads/{upload_id}"): "their own chunked upload",
+    ("POST", "/api/v1/uploads/{upload_id}/import-model"): "their own chunked upload",
     ("POST", "/api/v1/deployments/{deployment_id}/predict"): "using a deployed classifier",
     # Computing a model view writes only a derived JSON artifact; the data is theirs to read.
     ("POST", "/api/v1/datasets/{dataset_id}/versions/{version_id}/model-view"): "a model view",

@@ -10,7 +10,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, Workspace
 from app.api.routes.datasets import SchemaName, detail
-from app.api.schemas import DatasetDetail, UploadCreate, UploadRead
+from app.api.schemas import (
+    DatasetDetail,
+    ModelVersionRead,
+    UploadCreate,
+    UploadModelImport,
+    UploadRead,
+)
 from app.services import datasets, uploads
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
@@ -19,7 +25,11 @@ router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 @router.post("", response_model=UploadRead, status_code=status.HTTP_201_CREATED)
 def start_upload(body: UploadCreate, session: SessionDep, ctx: Workspace) -> UploadRead:
     upload = uploads.create(
-        session=session, ctx=ctx, filename=body.filename, total_size=body.total_size
+        session=session,
+        ctx=ctx,
+        filename=body.filename,
+        total_size=body.total_size,
+        purpose=body.purpose,
     )
     session.commit()
     return UploadRead.model_validate(upload)
@@ -89,6 +99,19 @@ def complete_upload(
     if outcome.duplicate:
         response.status_code = status.HTTP_200_OK
     return detail(session, outcome.dataset, duplicate=outcome.duplicate)
+
+
+@router.post(
+    "/{upload_id}/import-model", response_model=ModelVersionRead, status_code=201
+)
+def import_model_upload(
+    upload_id: int, body: UploadModelImport, session: SessionDep, ctx: Workspace
+) -> ModelVersionRead:
+    """Import a completed chunked upload (purpose "model") as a new model version: how a
+    model larger than one request (say a 513 MB SmolLM2 version) is imported."""
+    version = uploads.complete_model(session=session, ctx=ctx, upload_id=upload_id, name=body.name)
+    session.commit()
+    return ModelVersionRead.model_validate(version)
 
 
 @router.delete("/{upload_id}", status_code=status.HTTP_204_NO_CONTENT)
