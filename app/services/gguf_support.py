@@ -49,7 +49,10 @@ def _gguf_architecture(path: Path) -> str:
 
 
 def _adapter_base(folder: Path) -> Path | None:
-    """The folder of a LoRA adapter's base when it is on this server, else None."""
+    """The folder of a LoRA adapter's base when it is in the artifact store, else None.
+
+    The path comes from an uploaded file: nothing outside the store is read on its word (the
+    worker's merge checks other bases, such as installed model packages, as deployments do)."""
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError):
@@ -57,10 +60,9 @@ def _adapter_base(folder: Path) -> Path | None:
     raw = str(config.get("base_model_name_or_path") or "")
     if not raw or "\x00" in raw:
         return None
-    candidate = Path(raw)
-    if not candidate.is_absolute():
-        candidate = get_settings().artifact_root / candidate
-    return candidate if candidate.is_dir() else None
+    root = get_settings().artifact_root.resolve()
+    candidate = (root / raw).resolve()  # an absolute raw path replaces root here
+    return candidate if candidate.is_relative_to(root) and candidate.is_dir() else None
 
 
 def check_exportable(folder: Path) -> str:

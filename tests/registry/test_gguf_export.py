@@ -432,3 +432,29 @@ def test_ensure_gguf_writes_a_folder_once_per_content_and_quantization(
     (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
     assert ensure_gguf(folder, cache, quantization="q8_0").parent != first.parent
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no staging left over
+
+
+def test_an_adapter_is_judged_by_its_base_only_when_that_base_is_in_the_artifact_store(
+    installation: Path, tmp_path: Path
+) -> None:
+    from app.core.errors import ValidationFailed
+    from app.services.gguf_support import check_exportable
+
+    lstm = {"architectures": ["LstmForCausalLM"]}
+    inside = installation / "artifacts" / "runs" / "9" / "final"
+    outside = tmp_path / "elsewhere"
+    for base in (inside, outside):
+        base.mkdir(parents=True)
+        (base / "config.json").write_text(json.dumps(lstm))
+    adapter = installation / "artifacts" / "imports" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "runs/9/final"})
+    )
+    with pytest.raises(ValidationFailed, match="LstmForCausalLM"):
+        check_exportable(adapter)
+    # A path from an uploaded file is not followed out of the store (the worker checks it).
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(outside)})
+    )
+    assert check_exportable(adapter) == "adapter"
