@@ -7,6 +7,7 @@ WORKDIR /srv/llmide
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY workers ./workers
+COPY datacontract ./datacontract
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static

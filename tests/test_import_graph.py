@@ -19,7 +19,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("app", "workers")
+PACKAGES = ("app", "workers", "datacontract")
 
 # (importer, imported) module pairs allowed to break a layer rule, and why.
 ALLOWED_IMPORTS: dict[tuple[str, str], str] = {
@@ -208,6 +208,11 @@ def test_no_package_depends_on_another_that_depends_on_it() -> None:
 def test_app_core_imports_nothing_of_the_layers_above_it() -> None:
     above = ("app.web", "app.api", "app.openai", "app.realtime", "app.services", "app.main")
     assert _violations("app.core", above) == []
+
+
+def test_the_data_contract_imports_nothing_of_the_product() -> None:
+    """app, the workers and the engine all read it, so it may read none of them."""
+    assert _violations("datacontract", ("app", "workers")) == []
 
 
 def test_the_web_app_never_imports_the_workers() -> None:

@@ -11,8 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMAS = ("text", "prompt_completion", "chat", "instruction", "classification", "seq2seq")
-SPLITS = ("train", "validation", "test")
+import datacontract as contract
+
+SCHEMAS = contract.SCHEMAS
+SPLITS = contract.SPLITS
 # Tokenizers a recipe can name: trained on the data, or the two packaged models' tokenizers.
 TOKENIZERS = ("scratch", "smollm2", "minilm")
 

@@ -24,19 +24,13 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import IO, Any
 
+import datacontract as contract
 from app.core import safe_json
 from app.core.errors import PayloadTooLarge, ValidationFailed
 
-SCHEMAS: dict[str, tuple[str, ...]] = {
-    "text": ("text",),
-    "prompt_completion": ("prompt", "completion"),
-    "chat": ("messages",),
-    "instruction": ("instruction", "input", "output"),
-    "classification": ("text", "label"),
-    "seq2seq": ("source", "target"),
-}
-# Keys a row may lack (filled with ""), per schema.
-OPTIONAL_KEYS = {"instruction": {"input"}}
+# Each schema's keys, and those a row may lack (filled with ""): docs/DATA_CONTRACT.md.
+SCHEMAS = contract.KEYS
+OPTIONAL_KEYS = contract.OPTIONAL_KEYS
 # Source column names recognised for each canonical key, per schema; detection prefers the
 # schema whose required keys are all found, then the one that matches more columns.
 ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -77,7 +71,7 @@ _EXTENSIONS = {
 }
 TEXT_SPLITS = ("blocks", "lines", "file")
 ON_ERROR = ("reject", "keep_valid")
-CHAT_ROLES = ("system", "user", "assistant", "tool")
+CHAT_ROLES = contract.CHAT_ROLES
 _ROLE_ALIASES = {"developer": "system", "human": "user", "gpt": "assistant", "bot": "assistant"}
 DETECT_ROWS = 200
 _GZIP_MAGIC = b"\x1f\x8b"

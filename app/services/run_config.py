@@ -10,29 +10,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+import datacontract as contract
+
 DEFAULT_LEARNING_RATE = 5e-4
-TASK_TYPES = ("auto", "causal_lm", "sft", "classification", "seq2seq")
+TASK_TYPES = ("auto", *contract.TASK_TYPES)
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("full", "lora", "qlora")
 MAX_DEVICES = 64  # the engine's MAX_DEVICES
-# The task a dataset schema trains by default, and the schemas each task reads (the engine's
-# DEFAULT_TASK and TASK_SCHEMAS; "txt" is the old plain-text format).
-DEFAULT_TASK = {
-    "text": "causal_lm",
-    "txt": "causal_lm",
-    "chat": "sft",
-    "prompt_completion": "sft",
-    "instruction": "sft",
-    "classification": "classification",
-    "seq2seq": "seq2seq",
-}
-TASK_SCHEMAS = {
-    "causal_lm": ("text", "txt", "chat", "prompt_completion", "instruction"),
-    "sft": ("chat", "prompt_completion", "instruction"),
-    "classification": ("classification",),
-    "seq2seq": ("seq2seq",),
-}
+# The task a dataset schema trains by default, and the schemas each task reads: the data
+# contract's (datacontract, docs/DATA_CONTRACT.md), which the engine reads too.
+DEFAULT_TASK = contract.DEFAULT_TASK
+TASK_SCHEMAS = contract.TASK_SCHEMAS
 
 
 class RunConfig(BaseModel):

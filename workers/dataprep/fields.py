@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import datacontract as contract
+
 Row = dict[str, Any]
 
 # Flat string fields per schema; `chat` rows carry their text in every message's "content".
-_TEXT_KEYS: dict[str, tuple[str, ...]] = {
-    "text": ("text",),
-    "prompt_completion": ("prompt", "completion"),
-    "instruction": ("instruction", "input", "output"),
-    "classification": ("text",),
-    "seq2seq": ("source", "target"),
-    "chat": (),
-}
+_TEXT_KEYS = contract.TEXT_KEYS
 
 
 def text_keys(schema: str) -> tuple[str, ...]:

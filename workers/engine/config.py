@@ -7,27 +7,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import datacontract as contract
 from workers.engine.data import SCHEMAS
 from workers.engine.scratch import KNOWN_BASE_MODELS
 
 DATA_FORMATS = (*SCHEMAS, "txt")
-TASK_TYPES = ("causal_lm", "sft", "classification", "seq2seq")
-# The task each schema trains by default ("auto"), and the tasks it can feed.
-DEFAULT_TASK = {
-    "text": "causal_lm",
-    "txt": "causal_lm",
-    "chat": "sft",
-    "prompt_completion": "sft",
-    "instruction": "sft",
-    "classification": "classification",
-    "seq2seq": "seq2seq",
-}
-TASK_SCHEMAS = {
-    "causal_lm": ("text", "txt", "chat", "prompt_completion", "instruction"),
-    "sft": ("chat", "prompt_completion", "instruction"),
-    "classification": ("classification",),
-    "seq2seq": ("seq2seq",),
-}
+# The task each schema trains by default ("auto"), and the tasks it can feed: the data
+# contract's (datacontract, docs/DATA_CONTRACT.md).
+TASK_TYPES = contract.TASK_TYPES
+DEFAULT_TASK = contract.DEFAULT_TASK
+TASK_SCHEMAS = contract.TASK_SCHEMAS
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("full", "lora", "qlora")

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
+import datacontract as contract
 from workers.engine.loss_mask import IGNORE_INDEX, Message, instruction_prompt, pair_conversation
 from workers.engine.paragraphs import read_paragraphs
 
@@ -38,11 +39,11 @@ class Pair:
 # prompt_completion and instruction rows become conversations), a labelled text or a pair.
 Row = str | list[Message] | LabeledText | Pair
 
-CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
-# The canonical schemas of DATA_CONTRACT.md, plus the old "txt" (a plain text file).
-SCHEMAS = ("text", "chat", "prompt_completion", "instruction", "classification", "seq2seq")
-# The splits a prepared dataset version marks its rows with (workers/dataprep/split.py).
-SPLITS = ("train", "validation", "test")
+CHAT_ROLES = frozenset(contract.CHAT_ROLES)
+# The canonical schemas of docs/DATA_CONTRACT.md (the engine also reads the old "txt", a plain
+# text file) and the splits a prepared dataset version marks its rows with.
+SCHEMAS = contract.SCHEMAS
+SPLITS = contract.SPLITS
 _ENCODE_BATCH = 1000  # documents per call into the Rust tokenizer: fast, and bounded memory
 
 

@@ -1,0 +1,67 @@
+"""The dataset contract's names, spelled once (docs/DATA_CONTRACT.md): the schemas of canonical
+rows, their keys, the splits, chat roles and which tasks each schema feeds.
+
+Plain data with no imports: the web (`app/`), the workers and the training engine all read
+it, and the engine still imports nothing from `app/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# The canonical row schemas, in the order forms and messages list them.
+SCHEMAS: tuple[str, ...] = (
+    "text",
+    "prompt_completion",
+    "chat",
+    "instruction",
+    "classification",
+    "seq2seq",
+)
+# The plain-text format of datasets uploaded before versions existed (one document per
+# paragraph): still readable by the engine, prepared into `text` rows.
+LEGACY_TXT = "txt"
+
+# Each schema's keys in the order a row is written.
+KEYS: Mapping[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "prompt_completion": ("prompt", "completion"),
+    "chat": ("messages",),
+    "instruction": ("instruction", "input", "output"),
+    "classification": ("text", "label"),
+    "seq2seq": ("source", "target"),
+}
+# Keys a row may lack at upload (stored as ""), per schema.
+OPTIONAL_KEYS: Mapping[str, frozenset[str]] = {"instruction": frozenset({"input"})}
+# Flat string keys a cleaning step may change (never a label or a role); `chat` rows carry
+# their text in every message's "content".
+TEXT_KEYS: Mapping[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "prompt_completion": ("prompt", "completion"),
+    "instruction": ("instruction", "input", "output"),
+    "classification": ("text",),
+    "seq2seq": ("source", "target"),
+    "chat": (),
+}
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+TASK_TYPES: tuple[str, ...] = ("causal_lm", "sft", "classification", "seq2seq")
+# The task each schema trains by default (a run's task_type "auto"), and the schemas each
+# task can read.
+DEFAULT_TASK: Mapping[str, str] = {
+    "text": "causal_lm",
+    LEGACY_TXT: "causal_lm",
+    "chat": "sft",
+    "prompt_completion": "sft",
+    "instruction": "sft",
+    "classification": "classification",
+    "seq2seq": "seq2seq",
+}
+TASK_SCHEMAS: Mapping[str, tuple[str, ...]] = {
+    "causal_lm": ("text", LEGACY_TXT, "chat", "prompt_completion", "instruction"),
+    "sft": ("chat", "prompt_completion", "instruction"),
+    "classification": ("classification",),
+    "seq2seq": ("seq2seq",),
+}
