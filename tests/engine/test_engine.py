@@ -293,7 +293,7 @@ def test_train_refuses_an_invalid_config_before_touching_the_disk(tmp_path: Path
         output_dir=tmp_path / "run", train_file=tmp_path / "x.jsonl", train_format="csv"
     )
     with pytest.raises(
-        ValueError, match="train_format must be one of text, chat, prompt_completion, .*, txt"
+        ValueError, match="train_format must be one of text, prompt_completion, chat, .*, txt"
     ):
         train(config, NullCallbacks())
     assert not (tmp_path / "run").exists()
