@@ -352,9 +352,32 @@ def for_launch(
         steps_exact=exact or bool(config.max_steps),
         plan_warnings=plan_warnings(
             model=model, steps=steps, tokens=tokens, epochs=config.epochs, config=config
-        ),
+        )
+        + _script_warnings(model, version, dataset_id, session, ctx),
         preset=run_presets.preset_for(model).as_dict(),
     )
+
+
+def _script_warnings(
+    model: Any, version: Any, dataset_id: int | None, session: Any, ctx: Any
+) -> list[str]:
+    """A base that cannot read the data's script (an English-only one on Chinese text)."""
+    from app.core.errors import DomainError
+    from app.services import artifacts, datasets, script_check
+
+    if version is None or dataset_id is None:
+        return []
+    key = version.storage_key or datasets.get_for_member(
+        session=session, ctx=ctx, dataset_id=dataset_id
+    ).storage_key
+    try:
+        path = artifacts.resolve(key)
+    except DomainError:  # a refused key: no file to read, no warning to give
+        return []
+    warning = script_check.script_warning(
+        languages=model.languages, base_model=model.name, path=path
+    )
+    return [warning] if warning else []
 
 
 def plan_warnings(

