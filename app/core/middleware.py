@@ -6,6 +6,7 @@ from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,18 +62,20 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from app.core.error_handlers import error_body, upload_limit_message
+        from app.core.error_handlers import error_response, upload_limit_message
 
         for key, value in scope["headers"]:
             if key.lower() == b"content-length" and value.isdigit():
                 if int(value) > self.max_bytes:
-                    body = error_body(
-                        scope["path"],
+                    # JSON for API clients, the error page for a browser's form post (an
+                    # import or upload form sent without JavaScript), never raw JSON there.
+                    response = error_response(
+                        Request(scope, receive),
                         413,
                         upload_limit_message(self.max_bytes),
                         code="payload_too_large",
                     )
-                    await JSONResponse(body, status_code=413)(scope, receive, send)
+                    await response(scope, receive, send)
                     return
                 break
         received = 0

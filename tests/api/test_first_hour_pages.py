@@ -120,3 +120,19 @@ def test_the_launch_estimate_warns_when_an_english_base_meets_chinese_data(team:
     assert "83% of this data's letters are Chinese, Japanese or Korean" in warning  # labels a/b
     assert warnings(chinese.json()["id"], "scratch-tiny") == []  # its tokenizer learns the data
     assert warnings(english.json()["id"], minilm) == []
+
+
+def test_a_form_post_over_the_upload_limit_gets_a_page_not_json(team: Team) -> None:
+    from app.core.settings import get_settings
+    from app.main import _body_limit
+
+    csrf = sign_in(team.editor)
+    body = b"x" * (_body_limit(get_settings()) + 1)  # refused by its Content-Length, unread
+    page = team.editor.client.post(
+        "/models/import", content=body, headers={**HTML, "X-CSRF-Token": csrf}
+    )
+    assert page.status_code == 413
+    assert page.headers["content-type"].startswith("text/html")
+    assert "larger than the upload limit" in page.text and "Go to the dashboard" in page.text
+    api = team.editor.post("/api/v1/models/import/upload", content=body)
+    assert api.status_code == 413 and "larger than the upload limit" in api.json()["detail"]
