@@ -1,4 +1,5 @@
-// Big dataset files go in resumable chunks to /api/v1/uploads, with a progress bar; small ones
+// Big dataset files go in resumable chunks to the form's data-uploads-url (the chunked upload
+// API), with a progress bar; small ones
 // use the form's ordinary (htmx) post. A chunk that fails is retried from the offset the
 // server reports, so a dropped connection loses nothing already sent.
 (function () {
@@ -46,7 +47,8 @@
 
   async function chunked(form, file) {
     var size = Number(form.dataset.chunkBytes) || 8388608;
-    var upload = await api("POST", "/api/v1/uploads",
+    var base = form.dataset.uploadsUrl;  // the page says where: no API path is spelled here
+    var upload = await api("POST", base,
       JSON.stringify({ filename: file.name, total_size: file.size }),
       { "Content-Type": "application/json" });
     var offset = upload.received;
@@ -54,7 +56,7 @@
     while (offset < file.size) {
       var end = Math.min(offset + size, file.size);
       try {
-        var state = await api("PUT", "/api/v1/uploads/" + upload.id, file.slice(offset, end), {
+        var state = await api("PUT", base + "/" + upload.id, file.slice(offset, end), {
           "Content-Range": "bytes " + offset + "-" + (end - 1) + "/" + file.size,
           "Content-Type": "application/octet-stream",
         });
@@ -64,7 +66,7 @@
         if (err.status && err.status < 500 && err.status !== 409) throw err;
         if (++failures > 5) throw err;
         await new Promise(function (r) { setTimeout(r, 1000 * failures); });
-        offset = (await api("GET", "/api/v1/uploads/" + upload.id)).received;  // resume
+        offset = (await api("GET", base + "/" + upload.id)).received;  // resume
       }
       show(form, offset / file.size);
     }
@@ -72,7 +74,7 @@
     var fields = new FormData(form);
     fields.delete("file");
     fields.delete("csrf_token");
-    return api("POST", "/api/v1/uploads/" + upload.id + "/complete", fields);
+    return api("POST", base + "/" + upload.id + "/complete", fields);
   }
 
   document.addEventListener("htmx:confirm", function (event) {
