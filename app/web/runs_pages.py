@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Annotated, Any
 
@@ -85,11 +86,11 @@ def _defaults(session: Session, pc: PageContext, dataset_id: int | None) -> dict
         key: "" if value is None else str(value) for key, value in RunConfig().model_dump().items()
     }
     listed = datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=1)
-    chosen = None
+    chosen = listed[0] if listed else None
     if dataset_id is not None:
-        chosen = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
-    elif listed:
-        chosen = listed[0]
+        # Not one of this workspace's: the form lists what the person may choose.
+        with contextlib.suppress(DomainError):
+            chosen = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
     base = run_presets.default_base_model(chosen.format if chosen else None)
     values.update(
         name="",

