@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.core.errors import Forbidden, NotAuthenticated
-from app.core.security import constant_time_equals
 from app.db.models import Role, User
 from app.db.session import REQUEST_SESSIONS, session_scope
 from app.services import sessions, tokens, workspaces
@@ -50,10 +49,7 @@ def _check_csrf(request: Request) -> None:
     """
     if request.method in SAFE_METHODS:
         return
-    expected = request.session.get("csrf")
-    sent = request.headers.get(CSRF_HEADER)
-    if not expected or not sent or not constant_time_equals(str(expected), str(sent)):
-        raise Forbidden("missing or invalid CSRF token; reload the page and try again")
+    sessions.check_csrf(request, request.headers.get(CSRF_HEADER))
 
 
 def optional_user(request: Request, session: SessionDep) -> User | None:

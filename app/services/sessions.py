@@ -15,7 +15,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection, Request
 
-from app.core.security import hash_token, new_csrf_token
+from app.core.errors import Forbidden
+from app.core.security import constant_time_equals, hash_token, new_csrf_token
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import BrowserSession, User
@@ -28,6 +29,14 @@ def csrf_token(request: Request) -> str:
         token = new_csrf_token()
         request.session["csrf"] = token
     return str(token)
+
+
+def check_csrf(request: Request, sent: str | None) -> None:
+    """The one CSRF check, for the JSON API and the pages alike: `sent` (the header, or a plain
+    form's hidden field) must equal the session's token."""
+    expected = request.session.get("csrf")
+    if not expected or not sent or not constant_time_equals(str(expected), str(sent)):
+        raise Forbidden("missing or invalid CSRF token; reload the page and try again")
 
 
 def sign_in(request: Request, user: User, *, session: Session) -> None:

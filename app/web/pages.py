@@ -14,11 +14,10 @@ from sqlalchemy.orm import Session
 from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import CSRF_HEADER, SessionDep
-from app.core.errors import DomainError, Forbidden, NotAuthenticated, NotFound
-from app.core.security import constant_time_equals
+from app.core.errors import DomainError, NotAuthenticated, NotFound
 from app.db.models import Role, User, Workspace
 from app.services import workspaces
-from app.services.sessions import session_user
+from app.services.sessions import check_csrf, session_user
 from app.services.workspaces import WorkspaceContext
 from app.web.rendering import is_htmx, render, render_error_page
 
@@ -115,7 +114,6 @@ PageDep = Annotated[PageContext, Depends(page_context)]
 
 async def require_csrf(request: Request) -> None:
     """Writes need the session's CSRF token: htmx sends the header, plain forms a hidden field."""
-    expected = request.session.get("csrf")
     sent = request.headers.get(CSRF_HEADER)
     if not sent and request.headers.get("content-type", "").startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -123,8 +121,7 @@ async def require_csrf(request: Request) -> None:
         form = await request.form()  # cached: FastAPI has already parsed it for Form params
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
-    if not expected or not sent or not constant_time_equals(str(expected), sent):
-        raise Forbidden("missing or invalid CSRF token; reload the page and try again")
+    check_csrf(request, sent)
 
 
 CSRF = Depends(require_csrf)
