@@ -445,9 +445,10 @@ class DeploymentRead(ORM):
     top_p: float
     pending_model_version_id: int | None
     url: str
-    # The engine serving it: "transformers" or "vllm"; None while unknown (not loaded yet,
-    # inference server unreachable).
+    # The engine serving it: "llamacpp", "vllm" or "transformers", and why it was chosen;
+    # None while unknown (not loaded yet, inference server unreachable).
     backend: str | None = None
+    backend_reason: str | None = None
     stats: DeploymentStats | None = None
 
 

@@ -131,7 +131,9 @@ def install(app: FastAPI, *, html_error_page: HtmlErrorPage | None = None) -> No
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if exc.status_code == 503:
             # The inference server or broker is restarting: tell clients when to try again.
-            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            headers = {"Retry-After": str(exc.retry_after_s or RETRY_AFTER_S)}
+        elif exc.retry_after_s is not None:
+            headers = {"Retry-After": str(exc.retry_after_s)}
         if exc.status_code == 401 and _wants_html(request):
             from starlette.responses import RedirectResponse
 

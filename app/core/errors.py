@@ -8,6 +8,7 @@ class DomainError(Exception):
 
     status_code: int = 400
     code: str = "invalid_request"
+    retry_after_s: int | None = None  # sent as Retry-After when set (429, 503)
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

@@ -106,9 +106,15 @@ class Settings(BaseSettings):
     deployment_drain_s: float = Field(5.0, ge=0.0)
     deployment_reconcile_interval_s: float = Field(10.0, ge=0.0)
     # The engine behind generation deployments (workers/inference/backends.py): "auto" takes
-    # vLLM where it imports, a CUDA GPU is present and it supports the model, else the
-    # built-in transformers lanes; "vllm" insists (a load fails with the reason otherwise).
-    inference_backend: Literal["auto", "transformers", "vllm"] = "auto"
+    # vLLM where it imports, a CUDA GPU is present and it supports the model, else llama.cpp
+    # for GGUF causal LMs, else the built-in transformers lanes; "vllm" / "llamacpp" insist
+    # (a load fails with the reason otherwise).
+    inference_backend: Literal["auto", "transformers", "vllm", "llamacpp"] = "auto"
+    # llama.cpp engine: CPU threads per deployment (0: every core the process may use) and the
+    # KV-cache size in tokens one deployment shares among its concurrent requests; a request's
+    # context is at most this (and the model's training context).
+    llamacpp_threads: int = Field(0, ge=0, le=256)
+    llamacpp_kv_tokens: int = Field(8192, ge=256, le=1_048_576)
     # Share of GPU memory one vLLM engine may take; below vLLM's 0.9 because a redeploy loads
     # the new version beside the old one, so two engines must fit.
     vllm_gpu_memory_utilization: float = Field(0.45, gt=0.0, le=1.0)

@@ -62,9 +62,20 @@ class InferenceFailed(DomainError):
 
     code = "inference_error"
 
-    def __init__(self, status_code: int, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message, param=param)
         self.status_code = status_code
+        if code:
+            self.code = code
+        self.retry_after_s = retry_after_s
 
 
 def _detail_text(detail: Any) -> str:
@@ -80,6 +91,10 @@ def _detail_text(detail: Any) -> str:
     return json.dumps(detail, default=str)
 
 
+def _retry_after(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
 def inference_error(exc: Exception) -> DomainError:
     """The OpenAI-shaped error for a failure of the inference client."""
     if isinstance(exc, inference_client.ForeignInferenceServer):
@@ -87,9 +102,20 @@ def inference_error(exc: Exception) -> DomainError:
     if isinstance(exc, inference_client.InferenceUnavailable):
         return ServiceUnavailable(INFERENCE_UNAVAILABLE)
     if isinstance(exc, inference_client.InferenceError):
-        message = _detail_text(exc.detail) or "the inference server failed"
+        detail = exc.detail
+        retry_after = _retry_after(exc.retry_after)
+        if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+            # A refusal the server spelt out (context_length_exceeded, rate_limit_exceeded).
+            return InferenceFailed(
+                exc.status_code,
+                detail["message"],
+                param=detail.get("param"),
+                code=detail.get("code"),
+                retry_after_s=retry_after,
+            )
+        message = _detail_text(detail) or "the inference server failed"
         # The server validates with FastAPI (422); OpenAI answers invalid parameters with 400.
         if exc.status_code == 422:
             return ValidationFailed(message)
-        return InferenceFailed(exc.status_code, message)
+        return InferenceFailed(exc.status_code, message, retry_after_s=retry_after)
     raise TypeError(f"not an inference error: {exc!r}")

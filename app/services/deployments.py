@@ -523,6 +523,10 @@ def apply_server_status(
         else:
             status = DeploymentStatus(entry["status"])
             error = entry.get("error") or (deployment.error if pending is not None else None)
+            if status == DeploymentStatus.failed:
+                # Not a verdict: the server retries a failed load once its back-off delay has
+                # passed, so a transient failure heals without a person redeploying.
+                _queue_load(actions, deployment.model_version, deployment)
         if deployment.status != status or deployment.error != error:
             deployment.status, deployment.error = status, error
             changed = True
@@ -539,7 +543,9 @@ async def perform(actions: Actions) -> None:
     for target in actions.load:
         with contextlib.suppress(inference_client.InferenceUnavailable):
             try:
-                await inference_client.ensure_loaded(target.key, target.path, **target.load_options)
+                await inference_client.ensure_loaded(
+                    target.key, target.path, retry="when_due", **target.load_options
+                )
             except inference_client.InferenceError as exc:
                 logger.warning("re-loading %s failed: %s", target.serving_name, exc.detail)
     for key in actions.unload_later:
@@ -555,9 +561,7 @@ async def _unload_after(key: str, delay_s: float) -> None:
         await inference_client.unload(key)
 
 
-async def refresh_status(
-    *, session: Session, deployments: list[Deployment]
-) -> dict[int, dict]:
+async def refresh_status(*, session: Session, deployments: list[Deployment]) -> dict[int, dict]:
     """Ask the inference server what it holds, record it, and re-load what it lost.
 
     Returns each deployment's live figures (requests, latency, TTFT, tokens/s) by id.
@@ -573,12 +577,17 @@ async def refresh_status(
 def stats_by_deployment(
     deployments: list[Deployment], loaded: list[dict] | None
 ) -> dict[int, dict]:
-    """Each deployment's live figures, plus `backend`: the engine serving it (docs/serving.md).
+    """Each deployment's live figures, plus `backend` (the engine serving it) and
+    `backend_reason` (why that engine; docs/serving.md).
 
     Latency and throughput come from the inference server (none while it is unreachable).
     """
     by_key = {
-        entry["name"]: {**(entry.get("stats") or {}), "backend": entry.get("backend")}
+        entry["name"]: {
+            **(entry.get("stats") or {}),
+            "backend": entry.get("backend"),
+            "backend_reason": entry.get("backend_reason"),
+        }
         for entry in loaded or []
     }
     counted = serving_metrics.request_counts()

@@ -36,10 +36,11 @@ class InferenceUnavailable(Exception):
 class InferenceError(Exception):
     """The inference server answered with an error status; `detail` is its explanation."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
+    def __init__(self, status_code: int, detail: Any, retry_after: str | None = None) -> None:
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
+        self.retry_after = retry_after  # the server's Retry-After header (429, 503)
 
 
 class ForeignInferenceServer(InferenceUnavailable):
@@ -112,7 +113,9 @@ def _detail(response: httpx.Response) -> Any:
 
 def _checked(response: httpx.Response) -> Any:
     if response.status_code >= 400:
-        raise InferenceError(response.status_code, _detail(response))
+        raise InferenceError(
+            response.status_code, _detail(response), response.headers.get("Retry-After")
+        )
     return response.json()
 
 
@@ -121,11 +124,17 @@ def _model_url(name: str) -> str:
 
 
 async def ensure_loaded(
-    name: str, path: str, *, replicas: int | None = None, max_batch_size: int | None = None
+    name: str,
+    path: str,
+    *,
+    replicas: int | None = None,
+    max_batch_size: int | None = None,
+    retry: str = "now",
 ) -> dict[str, Any]:
     """Ask the server to load `path` as `name` (idempotent; new replicas / batch size are applied
-    in place); returns its status, e.g. "loading"."""
-    body: dict[str, Any] = {"path": path}
+    in place); returns its status, e.g. "loading". A failed load is retried at once (`retry`
+    "now") or only once the server's back-off delay has passed ("when_due")."""
+    body: dict[str, Any] = {"path": path, "retry": retry}
     if replicas is not None:
         body["replicas"] = replicas
     if max_batch_size is not None:
@@ -191,7 +200,9 @@ async def generate_stream(name: str, path: str | None, **params: Any) -> AsyncIt
     ):
         if response.status_code >= 400:
             await response.aread()
-            raise InferenceError(response.status_code, _detail(response))
+            raise InferenceError(
+                response.status_code, _detail(response), response.headers.get("Retry-After")
+            )
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
                 continue

@@ -28,6 +28,7 @@ from workers.inference.backends import (
     Machine,
     ModelFacts,
     choose_backend,
+    choose_engine,
     model_facts,
     probe_machine,
     vllm_refusal,
@@ -64,6 +65,50 @@ def test_auto_picks_vllm_only_with_vllm_a_gpu_and_a_supported_causal_lm() -> Non
     ours = ModelFacts(architectures=("LstmForCausalLM",), gguf=False, classifier=False)
     anything_goes = Machine(vllm_version="0.11.0", cuda=True, vllm_architectures=None)
     assert choose_backend("auto", anything_goes, ours) == "transformers"
+
+
+CPU_WITH_LLAMACPP = Machine(vllm_version=None, cuda=False, llamacpp_version="0.3.36")
+GGUF = ModelFacts(architectures=(), gguf=True, classifier=False)
+
+
+def test_auto_serves_a_gguf_causal_lm_with_llamacpp_and_says_why() -> None:
+    engine, reason = choose_engine("auto", CPU_WITH_LLAMACPP, GGUF)
+    assert engine == "llamacpp"
+    assert "GGUF" in reason and "vLLM is not installed" in reason
+    # vLLM refuses GGUF files, so a GPU machine with both still serves GGUF with llama.cpp.
+    both = Machine(
+        vllm_version="0.11.0",
+        cuda=True,
+        vllm_architectures=frozenset({"LlamaForCausalLM"}),
+        llamacpp_version="0.3.36",
+    )
+    assert choose_engine("auto", both, GGUF)[0] == "llamacpp"
+    assert choose_engine("auto", both, LLAMA)[0] == "vllm"
+
+
+def test_safetensors_versions_classifiers_and_the_lstm_stay_on_transformers_with_a_reason() -> None:
+    engine, reason = choose_engine("auto", CPU_WITH_LLAMACPP, LLAMA)
+    assert engine == "transformers"
+    assert "safetensors weights only" in reason and "GGUF" in reason
+    classifier = ModelFacts(
+        architectures=("BertForSequenceClassification",), gguf=False, classifier=True
+    )
+    assert choose_engine("llamacpp", CPU_WITH_LLAMACPP, classifier)[0] == "transformers"
+    lstm = ModelFacts(architectures=("LstmForCausalLM",), gguf=False, classifier=False)
+    assert "own architecture" in choose_engine("auto", CPU_WITH_LLAMACPP, lstm)[1]
+
+
+def test_a_missing_or_broken_llamacpp_falls_back_to_transformers_under_auto_only() -> None:
+    missing = Machine(vllm_version=None, cuda=False)
+    engine, reason = choose_engine("auto", missing, GGUF)
+    assert engine == "transformers" and "llama-cpp-python is not installed" in reason
+    broken = Machine(vllm_version=None, cuda=False, llamacpp_error="OSError: libggml.so")
+    engine, reason = choose_engine("auto", broken, GGUF)
+    assert engine == "transformers" and "does not import (OSError: libggml.so)" in reason
+    with pytest.raises(BackendUnavailable, match="LLMIDE_INFERENCE_BACKEND=llamacpp"):
+        choose_engine("llamacpp", missing, GGUF)
+    with pytest.raises(BackendUnavailable, match="safetensors weights only"):
+        choose_engine("llamacpp", CPU_WITH_LLAMACPP, LLAMA)
 
 
 def test_transformers_is_never_vllm_and_classifiers_always_use_transformers() -> None:

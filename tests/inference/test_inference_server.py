@@ -402,7 +402,52 @@ def test_bad_parameters_are_422(client: TestClient, body: dict[str, Any]) -> Non
 def test_a_prompt_that_does_not_fit_the_context_is_400(client: TestClient) -> None:
     answer = generate(client, prompt="the cat sat on the mat " * 20, max_tokens=8)
     assert answer.status_code == 400
-    assert "maximum context length is 64" in answer.json()["detail"]
+    detail = answer.json()["detail"]
+    assert "maximum context length is 64" in detail["message"]
+    assert (detail["code"], detail["param"]) == ("context_length_exceeded", "prompt")
+
+
+def test_a_prompt_longer_than_the_context_can_hold_is_refused_without_tokenizing(
+    client: TestClient,
+) -> None:
+    """The character bound (context x longest token) refuses it; the tokenizer never runs."""
+    from workers.inference.generation import PromptRejected, max_token_chars, prepare_request
+
+    entry = client.app.state.inference.registry.get("tiny")
+    longest = max_token_chars(entry.tokenizer)
+    assert longest == max(len(token) for token in entry.tokenizer.get_vocab())
+
+    class NeverTokenizes:
+        """The model's tokenizer, except that tokenizing fails the test."""
+
+        chat_template = entry.tokenizer.chat_template
+        max_token_chars = longest
+
+        def apply_chat_template(self, *args: Any, **kwargs: Any) -> str:
+            return str(entry.tokenizer.apply_chat_template(*args, **kwargs))
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("an over-long prompt was tokenized")
+
+    probe = LoadedModel(
+        name="probe",
+        path=TINY,
+        source=entry.source,
+        tokenizer=NeverTokenizes(),
+        context_length=entry.context_length,
+    )
+    huge = "a" * (64 * longest + 1)
+    with pytest.raises(PromptRejected) as refused:
+        prepare_request(
+            probe,
+            prompt=None,
+            messages=[{"role": "user", "content": huge}],
+            params=SamplingParams(max_tokens=1),
+        )
+    assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "messages")
+    answer = generate(client, prompt="a" * 10_000_000, max_tokens=1)
+    assert answer.status_code == 400
+    assert answer.json()["detail"]["code"] == "context_length_exceeded"
 
 
 def test_without_max_tokens_a_request_gets_what_fits_after_its_prompt(client: TestClient) -> None:
@@ -765,7 +810,12 @@ def test_smollm2_gguf_from_its_package_answers_a_chat_question(settings: Setting
     gguf = package / "SmolLM2-135M-Instruct.Q4_1.gguf"
     # The package folder itself is allowed too, and its single GGUF file is picked.
     assert resolve_model_path(str(package), settings).gguf_file == gguf.name
-    app = create_app(settings=settings, load_wait_s=180)
+    # The transformers path (llama.cpp's own is tests/inference/test_llamacpp.py): it is what
+    # serves a GGUF where llama-cpp-python is missing, and it answers this one correctly.
+    app = create_app(
+        settings=settings.model_copy(update={"inference_backend": "transformers"}),
+        load_wait_s=180,
+    )
     with TestClient(app, headers={TOKEN_HEADER: settings.internal_token}) as smol:
         answer = smol.post(
             "/generate",

@@ -1,9 +1,11 @@
-"""Which engine serves a model: the built-in transformers lanes or vLLM.
+"""Which engine serves a model: vLLM, llama.cpp or the built-in transformers lanes, and why.
 
 `LLMIDE_INFERENCE_BACKEND` (settings.inference_backend) asks for one: `auto` takes vLLM only
 where it can really serve the model (vllm imports, a CUDA GPU is present, and the folder is a
-Hugging Face causal LM whose architecture vLLM knows), else the transformers lanes; `vllm`
-insists and fails the load with the reason otherwise; `transformers` never tries vLLM.
+Hugging Face causal LM whose architecture vLLM knows), else llama.cpp where the model is a GGUF
+file and llama-cpp-python imports, else the transformers lanes (classifiers, encoders, the LSTM
+baseline, safetensors-only versions on a CPU); `vllm` and `llamacpp` insist and fail the load
+with the reason otherwise; `transformers` never tries another engine.
 
 The decision is a pure function of facts about the machine and the model folder (`Machine`,
 `model_facts`), so its rules are tested on any machine; `probe_machine` gathers the real facts.
@@ -20,8 +22,8 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["transformers", "vllm"]
-Requested = Literal["auto", "transformers", "vllm"]
+Backend = Literal["transformers", "vllm", "llamacpp"]
+Requested = Literal["auto", "transformers", "vllm", "llamacpp"]
 # Architecture suffixes of text generators in transformers' naming; vLLM's registry is checked
 # too when vLLM is present, this is the test that works without it.
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -31,7 +33,7 @@ OWN_ARCHITECTURES = frozenset({"LstmForCausalLM"})
 
 
 class BackendUnavailable(RuntimeError):
-    """vLLM was asked for explicitly and cannot serve this model here; the message says why."""
+    """An engine was asked for explicitly and cannot serve this model here; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Machine:
     cuda: bool
     vllm_architectures: frozenset[str] | None = None  # None: unknown (vLLM absent)
     vllm_error: str | None = None  # why `import vllm` failed, when it is installed but broken
+    llamacpp_version: str | None = None  # None: llama_cpp does not import
+    llamacpp_error: str | None = None  # why `import llama_cpp` failed, when it is installed
 
 
 @dataclass(frozen=True)
@@ -97,23 +101,61 @@ def vllm_refusal(machine: Machine, model: ModelFacts) -> str | None:
     return None
 
 
-def choose_backend(requested: Requested, machine: Machine, model: ModelFacts) -> Backend:
-    """The engine for one model; raises BackendUnavailable when `vllm` is asked for in vain.
+def llamacpp_refusal(machine: Machine, model: ModelFacts) -> str | None:
+    """Why llama.cpp cannot serve this model on this machine, or None when it can."""
+    if machine.llamacpp_version is None:
+        if machine.llamacpp_error:
+            return f"llama-cpp-python is installed but does not import ({machine.llamacpp_error})"
+        return "llama-cpp-python is not installed in the inference process"
+    if model.classifier:
+        return "the model is a sequence classifier; llama.cpp serves text generation"
+    if not model.gguf:
+        if OWN_ARCHITECTURES.intersection(model.architectures):
+            return f"{', '.join(model.architectures)} is this project's own architecture"
+        return (
+            "the version has safetensors weights only and llama.cpp serves GGUF files "
+            "(export the version to GGUF to serve it with llama.cpp)"
+        )
+    return None
 
-    Classifiers are answered by /predict, which only the transformers path has: they use it
-    whatever is asked for, so a `vllm` setting does not break classifier deployments.
+
+def choose_engine(requested: Requested, machine: Machine, model: ModelFacts) -> tuple[Backend, str]:
+    """The engine for one model and the reason, in words a person reads on the deployment.
+
+    Raises BackendUnavailable when `vllm` or `llamacpp` is asked for in vain. Classifiers are
+    answered by /predict, which only the transformers path has: they use it whatever is asked
+    for, so a `vllm` setting does not break classifier deployments.
     """
-    if requested == "transformers" or model.classifier:
-        return "transformers"
-    reason = vllm_refusal(machine, model)
-    if reason is None:
-        return "vllm"
+    if requested == "transformers":
+        return "transformers", "LLMIDE_INFERENCE_BACKEND=transformers"
+    if model.classifier:
+        return "transformers", "a sequence classifier: /predict is served by transformers"
+    vllm_reason = vllm_refusal(machine, model)
+    if vllm_reason is None and requested in ("auto", "vllm"):
+        return "vllm", f"a causal LM on a CUDA GPU with vLLM {machine.vllm_version}"
     if requested == "vllm":
         raise BackendUnavailable(
-            f"LLMIDE_INFERENCE_BACKEND=vllm, but vLLM cannot serve this model: {reason}. "
-            "Set LLMIDE_INFERENCE_BACKEND=auto to fall back to the built-in transformers engine."
+            f"LLMIDE_INFERENCE_BACKEND=vllm, but vLLM cannot serve this model: {vllm_reason}. "
+            "Set LLMIDE_INFERENCE_BACKEND=auto to fall back to another engine."
         )
-    return "transformers"
+    llama_reason = llamacpp_refusal(machine, model)
+    if llama_reason is None:
+        where = "" if requested == "llamacpp" else f" (vLLM: {vllm_reason})"
+        return "llamacpp", (
+            f"a GGUF causal LM: llama.cpp (llama-cpp-python {machine.llamacpp_version}) "
+            f"decodes it with continuous batching{where}"
+        )
+    if requested == "llamacpp":
+        raise BackendUnavailable(
+            f"LLMIDE_INFERENCE_BACKEND=llamacpp, but llama.cpp cannot serve this model: "
+            f"{llama_reason}. Set LLMIDE_INFERENCE_BACKEND=auto to fall back to another engine."
+        )
+    return "transformers", f"llama.cpp: {llama_reason}; vLLM: {vllm_reason}"
+
+
+def choose_backend(requested: Requested, machine: Machine, model: ModelFacts) -> Backend:
+    """The engine for one model (choose_engine without the reason)."""
+    return choose_engine(requested, machine, model)[0]
 
 
 def probe_machine() -> Machine:
@@ -139,6 +181,25 @@ def probe_machine() -> Machine:
         cuda = bool(torch.cuda.is_available())
     except ImportError:  # pragma: no cover - torch is a dependency of this process
         cuda = False
+    llama_version, llama_error = probe_llamacpp()
     return Machine(
-        vllm_version=version, cuda=cuda, vllm_architectures=architectures, vllm_error=error
+        vllm_version=version,
+        cuda=cuda,
+        vllm_architectures=architectures,
+        vllm_error=error,
+        llamacpp_version=llama_version,
+        llamacpp_error=llama_error,
     )
+
+
+def probe_llamacpp() -> tuple[str | None, str | None]:
+    """(version, None) when llama_cpp imports; (None, why) when installed but broken."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None, None
+    try:
+        import llama_cpp
+
+        return str(getattr(llama_cpp, "__version__", "unknown")), None
+    except Exception as exc:  # a broken build is reported, and transformers serves instead
+        logger.warning("llama_cpp is installed but does not import: %s", exc)
+        return None, f"{type(exc).__name__}: {exc}"

@@ -42,7 +42,16 @@ _RNG_LOCK = threading.Lock()
 
 
 class PromptRejected(ValueError):
-    """The prompt cannot be generated from (too long for the context window, malformed messages)."""
+    """The prompt cannot be generated from (too long for the context window, malformed messages).
+
+    `code` and `param` travel to the OpenAI error (`context_length_exceeded` on `messages` or
+    `prompt` for a prompt that does not fit).
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param
 
 
 class ModelNotReady(RuntimeError):
@@ -51,6 +60,17 @@ class ModelNotReady(RuntimeError):
 
 class GenerationFailed(RuntimeError):
     """`model.generate` raised; the message carries the original error."""
+
+
+class EngineBusy(RuntimeError):
+    """The deployment already holds as many requests as its concurrency limit allows (429)."""
+
+    def __init__(self, name: str, limit: int, retry_after_s: int = 1) -> None:
+        super().__init__(
+            f"model {name!r} is serving its limit of {limit} concurrent requests; retry in "
+            f"{retry_after_s} s, or raise the deployment's max batch size"
+        )
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -149,15 +169,51 @@ class Budget:
     trim_history: bool = False
 
 
+def max_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of `tokenizer` stands for (computed once, then kept).
+
+    A vocabulary entry is at least as long as the text it covers: byte-level BPE spells each
+    byte as one character, SentencePiece spells a space as one "▁", byte-fallback tokens
+    as "<0xNN>". The llama.cpp tokenizer measures its pieces at load and sets this itself.
+    """
+    known = getattr(tokenizer, "max_token_chars", None)
+    if known:
+        return int(known)
+    try:
+        longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    except Exception:  # a tokenizer without a readable vocabulary: a generous fixed bound
+        longest = 64
+    longest = max(1, longest)
+    with contextlib.suppress(AttributeError):  # a tokenizer that refuses new attributes
+        tokenizer.max_token_chars = longest
+    return longest
+
+
+def _param(messages: Sequence[dict[str, Any]] | None) -> str:
+    return "messages" if messages is not None else "prompt"
+
+
 def _encode(
-    tokenizer: Any, prompt: str | None, messages: Sequence[dict[str, Any]] | None
+    tokenizer: Any,
+    prompt: str | None,
+    messages: Sequence[dict[str, Any]] | None,
+    context: int | None = None,
 ) -> list[int]:
-    if messages is not None:
-        text = render_chat(tokenizer, messages)
-        # Chat templates write their own BOS/special tokens.
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer(prompt or "", add_special_tokens=True)["input_ids"]
+    """Token ids of the prompt or rendered chat; with `context`, a text that cannot fit is
+    refused from its length before it is tokenized (a 10 MB prompt took 27 s to tokenize)."""
+    text = render_chat(tokenizer, messages) if messages is not None else (prompt or "")
+    if context:
+        # No token stands for more than max_token_chars characters.
+        limit = context * max_token_chars(tokenizer)
+        if len(text) > limit:
+            raise PromptRejected(
+                f"this model's maximum context length is {context} tokens; the prompt has "
+                f"{len(text)} characters, more than {context} tokens can hold ({limit})",
+                code="context_length_exceeded",
+                param=_param(messages),
+            )
+    # Chat templates write their own BOS/special tokens.
+    ids = tokenizer(text, add_special_tokens=messages is None)["input_ids"]
     if not ids:
         # An empty prompt still needs one position to condition on: GPT-2's convention.
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else None
@@ -188,13 +244,17 @@ def prepare_request(
     tokenizer = entry.tokenizer
     if tokenizer is None:
         raise ModelNotReady(f"model {entry.name!r} is not loaded")
-    ids = _encode(tokenizer, prompt, messages)
     context = entry.context_length
+    # A chat that may drop old turns is not refused from its whole length.
+    trims = budget.trim_history and not budget.explicit and messages is not None
+    ids = _encode(tokenizer, prompt, messages, None if trims else context)
     if budget.explicit:
         if context and len(ids) + params.max_tokens > context:
             raise PromptRejected(
                 f"this model's maximum context length is {context} tokens; the prompt has "
-                f"{len(ids)} tokens and max_tokens asks for {params.max_tokens} more"
+                f"{len(ids)} tokens and max_tokens asks for {params.max_tokens} more",
+                code="context_length_exceeded",
+                param=_param(messages),
             )
         return PreparedRequest(input_ids=ids, params=params)
     cap = budget.cap or DEFAULT_MAX_TOKENS
@@ -216,7 +276,9 @@ def prepare_request(
     if left < 1:
         raise PromptRejected(
             f"this model's maximum context length is {context} tokens and the "
-            f"{'last message' if trimmed else 'prompt'} alone has {len(ids)}; shorten it"
+            f"{'last message' if trimmed else 'prompt'} alone has {len(ids)}; shorten it",
+            code="context_length_exceeded",
+            param=_param(messages),
         )
     return PreparedRequest(
         input_ids=ids, params=replace(params, max_tokens=min(cap, left)), trimmed=trimmed
@@ -575,15 +637,27 @@ class Lane:
 # --------------------------------------------------------------------------- async side
 
 
-async def stream(lanes_of: Any, request: PreparedRequest) -> AsyncIterator[str | GenerationResult]:
+def submit(lanes_of: Any, request: PreparedRequest) -> Job:
+    """Hand the request to the model's lanes or engine now (raises EngineBusy when full).
+
+    Called before a streaming response starts, so a refusal is still a proper status code.
+    """
+    job = Job(request, asyncio.get_running_loop(), asyncio.Queue())
+    lanes_of.submit(job)
+    return job
+
+
+async def stream(
+    lanes_of: Any, request: PreparedRequest, job: Job | None = None
+) -> AsyncIterator[str | GenerationResult]:
     """Yield text deltas as they are decoded, then the GenerationResult.
 
-    `lanes_of` is the LoadedModel (anything with `submit(job)`). Closing the iterator (the
-    client went away) cancels the request: its row stops at the next decoding step.
+    `lanes_of` is the LoadedModel (anything with `submit(job)`); `job` one already submitted.
+    Closing the iterator (the client went away) cancels the request: its row stops at the
+    next decoding step.
     """
-    loop = asyncio.get_running_loop()
-    job = Job(request, loop, asyncio.Queue())
-    lanes_of.submit(job)
+    if job is None:
+        job = submit(lanes_of, request)
     stops = request.params.stop
     raw, sent = "", 0
     try:
@@ -605,10 +679,12 @@ async def stream(lanes_of: Any, request: PreparedRequest) -> AsyncIterator[str |
         request.cancel.set()  # a no-op once finished; stops the row if we left early
 
 
-async def generate(lanes_of: Any, request: PreparedRequest) -> GenerationResult:
+async def generate(
+    lanes_of: Any, request: PreparedRequest, job: Job | None = None
+) -> GenerationResult:
     """One whole completion (batched with whatever else is queued on the model)."""
     result: GenerationResult | None = None
-    events = stream(lanes_of, request)
+    events = stream(lanes_of, request, job)
     try:
         async for item in events:
             if isinstance(item, GenerationResult):

@@ -1,4 +1,10 @@
-"""The models this inference process holds: path checks, background loading, unloading."""
+"""The models this inference process holds: path checks, background loading, unloading.
+
+Loads run one at a time per process (transformers' `from_pretrained` is not thread-safe: two
+at once fail with "Cannot copy out of meta tensor"), and a failed load is not kept forever: it
+is retried, with a growing delay, whenever the model is asked for again (a request, the web's
+reconciler) once that delay has passed.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from workers.inference.backends import (
     Backend,
     BackendUnavailable,
     Machine,
-    choose_backend,
+    choose_engine,
     model_facts,
     probe_machine,
 )
@@ -30,6 +36,15 @@ Kind = Literal["causal-lm", "classifier"]
 MAX_REPLICAS = 8
 MAX_BATCH_SIZE = 64
 STATS_WINDOW = 500  # recent requests kept for the dashboard's percentiles
+# A failed load may be retried this long after its n-th failure: 1, 2, 4, ... s, at most 60 s.
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 60.0
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds to wait before load attempt `attempts + 1`."""
+    return min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, attempts - 1))
+
 
 # Deployment names travel in URLs and Prometheus labels; keep them boring.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
@@ -125,8 +140,11 @@ class LoadedModel:
     labels: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     lanes: list[Any] = field(default_factory=list)
-    backend: str | None = None  # "transformers" or "vllm", once chosen at load time
-    engine: Any = None  # the VLLMEngine when backend == "vllm"
+    backend: str | None = None  # "transformers", "vllm" or "llamacpp", once chosen at load time
+    backend_reason: str | None = None  # why that engine, in words shown on the deployment
+    engine: Any = None  # the VLLMEngine / LlamaCppEngine when backend is "vllm" / "llamacpp"
+    attempts: int = 0  # failed load attempts in a row
+    retry_at: float | None = None  # monotonic time from which a failed load may be retried
     stats: ServingStats = field(default_factory=ServingStats)
     on_batch: Any = None
     on_result: Any = None
@@ -140,6 +158,8 @@ class LoadedModel:
             "loaded_at": self.loaded_at,
             "kind": self.kind,
             "backend": self.backend,
+            "backend_reason": self.backend_reason,
+            "in_flight": self.in_flight,
             "replicas": self.replicas,
             "max_batch_size": self.max_batch_size,
             "stats": self.stats.summary(),
@@ -148,12 +168,25 @@ class LoadedModel:
     def _weights(self) -> tuple[Any, Any, str, int | None]:
         return self.model, self.tokenizer, self.device, self.context_length
 
+    @property
+    def in_flight(self) -> int:
+        """Requests running or queued on this deployment right now."""
+        if self.engine is not None:
+            return int(self.engine.load)
+        return sum(lane.load for lane in list(self.lanes))
+
+    def retry_due(self) -> bool:
+        """A failed load whose back-off delay has passed."""
+        return self.status == "failed" and (
+            self.retry_at is None or time.monotonic() >= self.retry_at
+        )
+
     def start_lanes(self) -> None:
         """Bring the lane count to `replicas` (more: new threads; fewer: drain and close)."""
         from workers.inference.generation import Lane
 
         if self.kind != "causal-lm" or self.engine is not None:
-            return  # vLLM batches continuously in one engine: no lanes to scale
+            return  # vLLM and llama.cpp batch continuously in one engine: no lanes to scale
         while len(self.lanes) < self.replicas:
             self.lanes.append(
                 Lane(
@@ -367,6 +400,8 @@ class ModelRegistry:
         self.on_batch: Any = None  # called with each batch's size (a metrics hook)
         self.on_result: Any = None  # called with (name, request, result) per finished row
         self._machine: Machine | None = None  # probed once, on the first non-forced choice
+        # One load at a time: concurrent from_pretrained calls corrupt each other.
+        self._load_lock = threading.Lock()
 
     def get(self, name: str) -> LoadedModel | None:
         with self._mutex:
@@ -381,12 +416,14 @@ class ModelRegistry:
         name: str,
         raw_path: str,
         *,
-        retry_failed: bool = True,
+        retry_failed: bool | str = True,
         replicas: int | None = None,
         max_batch_size: int | None = None,
     ) -> LoadedModel:
         """Start loading `raw_path` as `name` unless it is already there (idempotent).
 
+        `retry_failed`: True retries a failed load now (a person asked), "when_due" once its
+        back-off delay has passed (requests, the reconciler), False never.
         The same path keeps the current entry (a failed one is retried only if asked) and
         applies new `replicas` / `max_batch_size` in place (scaling without a reload); a
         different path replaces it, and requests already running on the old one finish on it.
@@ -396,7 +433,10 @@ class ModelRegistry:
         with self._mutex:
             current = self._models.get(name)
             same = current is not None and current.source == source
-            if same and (current.status != "failed" or not retry_failed):
+            retry = current is not None and (
+                retry_failed is True or (retry_failed == "when_due" and current.retry_due())
+            )
+            if same and (current.status != "failed" or not retry):
                 if replicas is not None:
                     current.replicas = replicas
                 if max_batch_size is not None:
@@ -408,10 +448,11 @@ class ModelRegistry:
                 name=name,
                 path=raw_path,
                 source=source,
-                replicas=replicas or 1,
-                max_batch_size=max_batch_size or 8,
+                replicas=replicas or (current.replicas if same else 1),
+                max_batch_size=max_batch_size or (current.max_batch_size if same else 8),
                 on_batch=self.on_batch,
                 on_result=self.on_result,
+                attempts=current.attempts if same else 0,
             )
             self._models[name] = entry
         if current is not None:
@@ -433,20 +474,20 @@ class ModelRegistry:
         for entry in self.entries():
             self.unload(entry.name)
 
-    def backend_for(self, source: ModelSource) -> Backend:
-        """The engine for `source` under LLMIDE_INFERENCE_BACKEND; BackendUnavailable if none."""
+    def backend_for(self, source: ModelSource) -> tuple[Backend, str]:
+        """The engine for `source` under LLMIDE_INFERENCE_BACKEND and why; BackendUnavailable."""
         requested = self._settings.inference_backend
         if requested == "transformers":
-            return "transformers"
+            return "transformers", "LLMIDE_INFERENCE_BACKEND=transformers"
         if self._machine is None:
             self._machine = probe_machine()
         facts = model_facts(source.directory, source.gguf_file)
-        return choose_backend(requested, self._machine, facts)
+        return choose_engine(requested, self._machine, facts)
 
     def _load_with_backend(
         self, entry: LoadedModel
     ) -> tuple[Any, Any, str, int | None, Kind, list[str]]:
-        entry.backend = self.backend_for(entry.source)
+        entry.backend, entry.backend_reason = self.backend_for(entry.source)
         if entry.backend == "vllm":
             from workers.inference.vllm_backend import load_vllm
 
@@ -457,40 +498,86 @@ class ModelRegistry:
                 on_result=entry._count_result,
             )
             return engine, tokenizer, "cuda", context, "causal-lm", []
+        if entry.backend == "llamacpp":
+            try:
+                return self._load_llamacpp(entry)
+            except Exception as exc:
+                if self._settings.inference_backend == "llamacpp":
+                    raise
+                # auto: an engine that cannot load this file is not the end; say so and serve
+                # with transformers, which de-quantises the GGUF.
+                logger.warning("llama.cpp could not load %s: %s", entry.name, exc)
+                entry.backend = "transformers"
+                entry.backend_reason = (
+                    f"llama.cpp could not load this GGUF ({type(exc).__name__}: {exc}); "
+                    "transformers serves it instead"
+                )
         return _load_weights(entry.source)
 
+    def _load_llamacpp(
+        self, entry: LoadedModel
+    ) -> tuple[Any, Any, str, int | None, Kind, list[str]]:
+        from workers.inference.llamacpp_backend import MAX_SLOTS, cpu_threads, load_llamacpp
+
+        assert entry.source.gguf_file is not None
+        engine, tokenizer, context = load_llamacpp(
+            entry.name,
+            entry.source.directory / entry.source.gguf_file,
+            threads=cpu_threads(self._settings.llamacpp_threads),
+            kv_tokens=self._settings.llamacpp_kv_tokens,
+            slots=MAX_SLOTS,
+            limit=lambda: entry.max_batch_size,
+            on_result=entry._count_result,
+        )
+        return engine, tokenizer, "cpu", context, "causal-lm", []
+
     def _load(self, entry: LoadedModel) -> None:
+        with self._load_lock:
+            if self.get(entry.name) is not entry:
+                entry.error = "unloaded while loading"
+                entry.status = "failed"
+                entry.done.set()
+                return
+            self._load_locked(entry)
+
+    def _fail(self, entry: LoadedModel, reason: str) -> None:
+        entry.attempts += 1
+        delay = retry_delay(entry.attempts)
+        entry.retry_at = time.monotonic() + delay
+        entry.error = f"{reason} (load attempt {entry.attempts}; retried after {delay:.0f} s)"
+        entry.status = "failed"
+        entry.done.set()
+
+    def _load_locked(self, entry: LoadedModel) -> None:
         started = time.monotonic()
         try:
             model, tokenizer, device, context, kind, labels = self._load_with_backend(entry)
-        except BackendUnavailable as exc:  # asked for vLLM where it cannot run: say why
+        except BackendUnavailable as exc:  # asked for an engine that cannot run: say why
             logger.warning("not loading %s: %s", entry.name, exc)
-            entry.error = str(exc)
-            entry.status = "failed"
-            entry.done.set()
+            self._fail(entry, str(exc))
             return
         except Exception as exc:  # any loader failure becomes the entry's visible error
             logger.exception("loading %s from %s failed", entry.name, entry.source.display)
-            entry.error = f"{type(exc).__name__}: {exc}"
-            entry.status = "failed"
-            entry.done.set()
+            self._fail(entry, f"{type(exc).__name__}: {exc}")
             return
+        engine_backed = entry.backend in ("vllm", "llamacpp")
         with self._mutex:
             still_current = self._models.get(entry.name) is entry
             if still_current:
-                if entry.backend == "vllm":
+                if engine_backed:
                     entry.engine, model = model, None
                 entry.model, entry.tokenizer = model, tokenizer
                 entry.device, entry.context_length = device, context
                 entry.kind, entry.labels = kind, labels
                 entry.loaded_at = time.time()
+                entry.attempts, entry.retry_at, entry.error = 0, None, None
                 entry.start_lanes()
                 entry.status = "ready"
         if not still_current:
             # Unloaded or replaced while loading: drop the weights we just built.
             entry.error = "unloaded while loading"
             entry.status = "failed"
-            if entry.backend == "vllm":
+            if engine_backed:
                 model.close()
             del model, tokenizer
             _free_memory()

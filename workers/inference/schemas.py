@@ -19,6 +19,9 @@ class LoadRequest(BaseModel):
     path: str = Field(min_length=1, max_length=4096)
     replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
     max_batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    # "now": a failed load is retried at once (a person deployed); "when_due": only once its
+    # back-off delay has passed (the web's reconciler asks every few seconds).
+    retry: Literal["now", "when_due"] = "now"
 
 
 class ModelRead(BaseModel):
@@ -28,7 +31,9 @@ class ModelRead(BaseModel):
     error: str | None
     loaded_at: float | None
     kind: Literal["causal-lm", "classifier"] = "causal-lm"
-    backend: Literal["transformers", "vllm"] | None = None  # None until loading chose one
+    backend: Literal["transformers", "vllm", "llamacpp"] | None = None  # None until chosen
+    backend_reason: str | None = None  # why that engine
+    in_flight: int = 0  # requests running or queued on it now
     replicas: int = 1
     max_batch_size: int = 8
     stats: dict[str, Any] = Field(default_factory=dict)

@@ -23,6 +23,7 @@ from app.core.instance import INSTANCE_HEADER
 from app.core.settings import Settings, get_settings
 from workers.inference import generation
 from workers.inference.generation import (
+    EngineBusy,
     GenerationFailed,
     GenerationResult,
     ModelNotReady,
@@ -116,7 +117,7 @@ def _ensure(
     name: str,
     path: str,
     *,
-    retry_failed: bool,
+    retry_failed: bool | str,
     replicas: int | None = None,
     max_batch_size: int | None = None,
 ) -> LoadedModel:
@@ -140,7 +141,7 @@ async def get_ready_model(
     404: not loaded and no path; 409: still loading after the wait limit; 424: load failed.
     """
     if path is not None:
-        # A failed load is not retried on every request: PUT /models/{name} retries explicitly.
+        # A failed load is retried once its back-off delay has passed, not on every request.
         found = state.registry.get(name)
         if found is not None and found.path == path and found.status != "failed":
             entry = found  # the usual case: no path resolution on every request
@@ -149,7 +150,7 @@ async def get_ready_model(
                 state,
                 name,
                 path,
-                retry_failed=False,
+                retry_failed="when_due",
                 replicas=getattr(body, "replicas", None),
                 max_batch_size=getattr(body, "max_batch_size", None),
             )
@@ -177,7 +178,7 @@ async def get_ready_model(
         raise HTTPException(
             status_code=424,
             detail=f"model {name!r} failed to load: {entry.error}; it serves nothing until it "
-            "is deployed again",
+            "is deployed again or a retry of the load succeeds",
         )
     return entry
 
@@ -202,7 +203,7 @@ async def load_model(name: str, body: LoadRequest, state: StateDep) -> JSONRespo
         state,
         name,
         body.path,
-        retry_failed=True,
+        retry_failed=True if body.retry == "now" else "when_due",
         replicas=body.replicas,
         max_batch_size=body.max_batch_size,
     )
@@ -250,20 +251,37 @@ async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[st
             budget=body.budget(),
         )
     except PromptRejected as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+        if exc.code is None:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        # The web facade turns this into OpenAI's error with its code and param.
+        detail = {"message": str(exc), "code": exc.code, "param": exc.param}
+        raise HTTPException(status_code=400, detail=detail) from exc
     except ModelNotReady as exc:
         raise _unavailable(str(exc)) from exc
     except Exception as exc:  # a chat template that cannot render these messages, say
         raise HTTPException(status_code=400, detail=f"cannot build the prompt: {exc}") from exc
+    try:
+        # Submitted before any response starts: a full deployment is a 429, not a stream error.
+        job = generation.submit(entry, prepared)
+    except EngineBusy as exc:
+        state.metrics.model_requests.labels(entry.name, "busy").inc()
+        raise HTTPException(
+            status_code=429,
+            detail={"message": str(exc), "code": "rate_limit_exceeded", "param": None},
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from exc
+    except ModelNotReady as exc:
+        raise _unavailable(str(exc)) from exc
     tracker = _Tracker(state, entry, arrived, stream=body.stream)
     if body.stream:
         return ClosingStreamingResponse(
-            _sse_events(tracker, entry, prepared),
+            _sse_events(tracker, entry, prepared, job),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            on_close=prepared.cancel.set,
         )
     try:
-        result = await generation.generate(entry, prepared)
+        result = await generation.generate(entry, prepared, job)
     except ModelNotReady as exc:
         tracker.failed()
         raise _unavailable(str(exc)) from exc
@@ -283,7 +301,13 @@ class ClosingStreamingResponse(StreamingResponse):
 
     Starlette stops iterating when a send fails but leaves the generator to the garbage
     collector; closing it here runs its `finally` at once, which cancels the generation.
+    `on_close` runs too: a generator that never started has no `finally` to run, and its
+    request is already submitted.
     """
+
+    def __init__(self, *args: Any, on_close: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -292,6 +316,8 @@ class ClosingStreamingResponse(StreamingResponse):
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if self.on_close is not None:
+                self.on_close()
 
 
 class _Tracker:
@@ -344,7 +370,7 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 
 async def _sse_events(
-    tracker: _Tracker, entry: LoadedModel, prepared: PreparedRequest
+    tracker: _Tracker, entry: LoadedModel, prepared: PreparedRequest, job: generation.Job
 ) -> AsyncIterator[str]:
     """Server-sent events: deltas, then a final usage event, then [DONE].
 
@@ -352,7 +378,7 @@ async def _sse_events(
     `{"error": {"status_code", "detail"}}` event before [DONE]. When the client goes away the
     response stops iterating this generator; closing it cancels the request's row.
     """
-    events = generation.stream(entry, prepared)
+    events = generation.stream(entry, prepared, job)
     try:
         async for item in events:
             if isinstance(item, str):

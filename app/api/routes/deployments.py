@@ -32,6 +32,7 @@ def to_read(
 ) -> DeploymentRead:
     figures = dict(stats or {})
     backend = figures.pop("backend", None)
+    backend_reason = figures.pop("backend_reason", None)
     return DeploymentRead(
         id=deployment.id,
         name=deployment.name or deployment.model_version.serving_name,
@@ -48,6 +49,7 @@ def to_read(
         pending_model_version_id=deployment.pending_model_version_id,
         url=base_url(request),
         backend=backend,
+        backend_reason=backend_reason,
         stats=DeploymentStats(**figures) if figures else None,
     )
 

