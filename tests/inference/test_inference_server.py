@@ -298,7 +298,11 @@ def test_generate_returns_text_usage_and_length_when_max_tokens_is_reached(
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert set(body) == {
-        "text", "finish_reason", "prompt_tokens", "completion_tokens", "trimmed_messages"
+        "text",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "trimmed_messages",
     }
     assert body["finish_reason"] == "length"
     assert body["completion_tokens"] == 5
@@ -468,7 +472,7 @@ def test_without_max_tokens_the_cap_bounds_the_answer(client: TestClient) -> Non
 def test_an_explicit_max_tokens_that_cannot_fit_is_still_400(client: TestClient) -> None:
     answer = generate(client, prompt="the cat sat on the mat " * 5, max_tokens=60)
     assert answer.status_code == 400
-    assert "max_tokens asks for 60 more" in answer.json()["detail"]
+    assert "max_tokens asks for 60 more" in answer.json()["detail"]["message"]
 
 
 def test_a_chat_too_long_for_the_context_drops_its_oldest_turns_when_asked(
@@ -493,7 +497,9 @@ def test_trimming_never_drops_the_last_message(client: TestClient) -> None:
     long = "the cat sat on the mat " * 20
     answer = generate(client, messages=[{"role": "user", "content": long}], trim_history=True)
     assert answer.status_code == 400
-    assert "shorten it" in answer.json()["detail"]
+    detail = answer.json()["detail"]
+    assert "shorten it" in detail["message"]
+    assert (detail["code"], detail["param"]) == ("context_length_exceeded", "messages")
 
 
 def test_a_left_padded_batch_decodes_like_requests_one_at_a_time(client: TestClient) -> None:
