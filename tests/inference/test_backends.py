@@ -207,7 +207,7 @@ def test_an_explicit_vllm_backend_without_vllm_fails_the_load_with_the_reason_no
         assert status["status"] == "failed"
         assert "vLLM is not installed" in status["error"]
         answer = client.post("/generate", json={"name": "tiny", "prompt": "the cat"})
-        assert answer.status_code == 503
+        assert answer.status_code == 424  # a load that failed: no retry-later 503
         assert "vLLM is not installed" in answer.json()["detail"]
 
         # A classifier is answered by /predict, which only the transformers engine has.

@@ -253,15 +253,16 @@ def test_a_missing_path_and_a_bad_name_are_400(client: TestClient) -> None:
     assert bad_name.status_code == 400
 
 
-def test_a_model_that_fails_to_load_answers_503_with_the_reason(client: TestClient) -> None:
+def test_a_model_that_fails_to_load_answers_424_with_the_reason(client: TestClient) -> None:
     assert client.put("/models/broken", json={"path": "models/broken"}).status_code in (200, 202)
     status = wait_ready(client, "broken")
     assert status["status"] == "failed"
     assert status["error"]
     answer = generate(client, name="broken", prompt="hi")
-    assert answer.status_code == 503
+    # 424, not a retry-later 503: a broken model does not mend by waiting (issue 18).
+    assert answer.status_code == 424
     assert "failed to load" in answer.json()["detail"]
-    assert answer.headers["Retry-After"] == "2"
+    assert "Retry-After" not in answer.headers
 
 
 def test_an_unknown_model_without_a_path_is_404(client: TestClient) -> None:
