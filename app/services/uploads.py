@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import IO
 
 from sqlalchemy import select
@@ -166,6 +167,23 @@ def append(
     return upload
 
 
+def _received(
+    *, session: Session, ctx: WorkspaceContext, upload_id: int
+) -> tuple[ChunkedUpload, Path]:
+    """The open upload whose every byte has arrived, and its file: what both ways of
+    completing an upload (dataset or model) start from."""
+    upload = get_for_user(session=session, ctx=ctx, upload_id=upload_id)
+    ctx.require(Role.editor)
+    if upload.status != OPEN:
+        raise Conflict(f"upload {upload_id} is already {upload.status}")
+    if upload.received != upload.total_size:
+        raise Conflict(
+            f"upload {upload_id} has received {upload.received} of {upload.total_size} bytes; "
+            "send the rest first"
+        )
+    return upload, artifacts.existing(upload.storage_key)
+
+
 def complete(
     *,
     session: Session,
@@ -176,16 +194,7 @@ def complete(
 ) -> datasets.UploadOutcome:
     """Ingest the received file like a normal upload. A refused file keeps the upload open,
     so it can be completed again with other options (say on_error=keep_valid)."""
-    upload = get_for_user(session=session, ctx=ctx, upload_id=upload_id)
-    ctx.require(Role.editor)
-    if upload.status != OPEN:
-        raise Conflict(f"upload {upload_id} is already {upload.status}")
-    if upload.received != upload.total_size:
-        raise Conflict(
-            f"upload {upload_id} has received {upload.received} of {upload.total_size} bytes; "
-            "send the rest first"
-        )
-    path = artifacts.existing(upload.storage_key)
+    upload, path = _received(session=session, ctx=ctx, upload_id=upload_id)
     outcome = datasets.ingest_file(
         session=session,
         ctx=ctx,
@@ -209,16 +218,7 @@ def complete_model(
     """Import the received file as a model version (checked like a one-request import: no
     pickles, safe archive paths, real weights). A refused file keeps the upload open (the
     client aborts it, or the stale-upload sweep removes it)."""
-    upload = get_for_user(session=session, ctx=ctx, upload_id=upload_id)
-    ctx.require(Role.editor)
-    if upload.status != OPEN:
-        raise Conflict(f"upload {upload_id} is already {upload.status}")
-    if upload.received != upload.total_size:
-        raise Conflict(
-            f"upload {upload_id} has received {upload.received} of {upload.total_size} bytes; "
-            "send the rest first"
-        )
-    path = artifacts.existing(upload.storage_key)
+    upload, path = _received(session=session, ctx=ctx, upload_id=upload_id)
     version = model_import.import_received(
         session=session, ctx=ctx, name=name, path=path, filename=upload.filename
     )
