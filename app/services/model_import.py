@@ -197,13 +197,7 @@ def import_received(
     filename = check_upload_name(filename)
     staged = _staging_dir()
     try:
-        if filename.lower().endswith(".gguf"):
-            target = staged / (_safe_name(filename) or "model.gguf")
-            os.replace(path, target)
-            _check_gguf(target)
-        else:
-            _extract_zip(path, staged)
-            _check_folder(staged, import_root=None)
+        _stage_upload(path, filename, staged)
         return _register(session, ctx, name, staged, f"upload:{filename}")
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -239,17 +233,24 @@ def import_from_upload(
                 if size > limit:
                     raise ValidationFailed(f"the upload is larger than {limit} bytes", param="file")
                 sink.write(chunk)
-        if lower.endswith(".gguf"):
-            target = staged / (_safe_name(filename) or "model.gguf")
-            os.replace(tmp, target)
-            _check_gguf(target)
-        else:
-            _extract_zip(tmp, staged)
-            _check_folder(staged, import_root=None)
+        _stage_upload(tmp, filename, staged)
         return _register(session, ctx, name, staged, f"upload:{filename}")
     finally:
         tmp.unlink(missing_ok=True)
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def _stage_upload(path: Path, filename: str, staged: Path) -> None:
+    """Put an uploaded file into the staging folder and check it: a .gguf is moved (not
+    copied) and must be a real GGUF; anything else is a .zip of a model folder, extracted
+    safely and checked like a folder import."""
+    if filename.lower().endswith(".gguf"):
+        target = staged / (_safe_name(filename) or "model.gguf")
+        os.replace(path, target)
+        _check_gguf(target)
+    else:
+        _extract_zip(path, staged)
+        _check_folder(staged, import_root=None)
 
 
 def _safe_name(filename: str) -> str:
