@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -91,17 +91,14 @@ def web_server(
         stop_process(server)
 
 
-def seed_bench_run(
-    *, status: str, filename: str = "bench.jsonl", size_bytes: int = 1
-) -> tuple[str, int]:
-    """Migrate the configured database and create a user (with an API token), a dataset record
-    and one run in `status`, through the services where they exist; (token secret, run id).
-
-    The caller sets LLMIDE_* in os.environ first: the settings are read afresh here.
+@contextmanager
+def bench_user() -> Iterator[tuple[Any, str, Any]]:
+    """Migrate the configured database and create the bench user with an API token; yields
+    (session, token secret, workspace context) inside one session scope, for the caller's
+    own records. The caller sets LLMIDE_* in os.environ first: the settings are read afresh.
     """
     from app.core.settings import get_settings
     from app.db.migrate import upgrade_to_head
-    from app.db.models import Dataset, Run
     from app.db.session import reset_engine_cache, session_scope
     from app.services import tokens, users, workspaces
 
@@ -115,6 +112,20 @@ def seed_bench_run(
         )
         _, secret = tokens.create_token(session=session, user=user, name="bench")
         ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
+        yield session, secret, ctx
+
+
+def seed_bench_run(
+    *, status: str, filename: str = "bench.jsonl", size_bytes: int = 1
+) -> tuple[str, int]:
+    """Migrate the configured database and create a user (with an API token), a dataset record
+    and one run in `status`, through the services where they exist; (token secret, run id).
+
+    The caller sets LLMIDE_* in os.environ first: the settings are read afresh here.
+    """
+    from app.db.models import Dataset, Run
+
+    with bench_user() as (session, secret, ctx):
         dataset = Dataset(
             workspace_id=ctx.workspace.id,
             name="bench",

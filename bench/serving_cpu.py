@@ -31,7 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._support import PROJECT_ROOT, free_port, stop_process, wait_healthy, web_server  # noqa: E402
+from bench._support import (  # noqa: E402
+    PROJECT_ROOT,
+    bench_user,
+    free_port,
+    stop_process,
+    wait_healthy,
+    web_server,
+)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = ", ".join(str(i) for i in range(1, 30)) + ","
@@ -63,21 +70,9 @@ def bare_decode_rate(gguf: Path, threads: int, tokens: int) -> float:
 def seed(env: dict[str, str], gguf: Path) -> tuple[str, str]:
     """A user with an API token and the packaged GGUF imported as a version; (token, model)."""
     os.environ.update(env)
-    from app.core.settings import get_settings
-    from app.db.migrate import upgrade_to_head
-    from app.db.session import reset_engine_cache, session_scope
-    from app.services import model_import, tokens, users, workspaces
+    from app.services import model_import
 
-    get_settings.cache_clear()
-    reset_engine_cache()
-    get_settings().ensure_dirs()
-    upgrade_to_head(get_settings().sqlalchemy_url)
-    with session_scope() as session:
-        user = users.create_user(
-            session=session, email="bench@example.com", password="bench-pass-123"
-        )
-        _, secret = tokens.create_token(session=session, user=user, name="bench")
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
+    with bench_user() as (session, secret, ctx):
         version = model_import.import_from_path(
             session=session, ctx=ctx, name="smollm2", path=gguf.name
         )
