@@ -46,43 +46,22 @@ def load_causal_lm(folder: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-class _LogitsOnly:
-    """input_ids + attention_mask -> logits, no cache: the graph ONNX consumers run."""
+def _logits_only(model: Any, **call_kwargs: Any) -> Any:
+    """input_ids + attention_mask -> logits: the graph ONNX consumers run. A causal LM is
+    called with use_cache=False (no cache in the graph); a sequence classifier with nothing
+    more, so its logits are the class logits."""
+    import torch
 
-    @staticmethod
-    def wrap(model: Any) -> Any:
-        import torch
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, **call_kwargs)
+            return out.logits
 
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                out = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-                )
-                return out.logits
-
-        return Wrapper().eval()
-
-
-class _ClassifierLogits:
-    """input_ids + attention_mask -> class logits: a sequence classifier's ONNX graph."""
-
-    @staticmethod
-    def wrap(model: Any) -> Any:
-        import torch
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-        return Wrapper().eval()
+    return Wrapper().eval()
 
 
 def _is_classifier(folder: Path) -> bool:
@@ -100,9 +79,9 @@ def _load_for_export(source: Path) -> tuple[Any, Any, Any, bool]:
 
         model = AutoModelForSequenceClassification.from_pretrained(str(source)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(source))
-        return model, tokenizer, _ClassifierLogits.wrap(model), True
+        return model, tokenizer, _logits_only(model), True
     model, tokenizer = load_causal_lm(source)
-    return model, tokenizer, _LogitsOnly.wrap(model), False
+    return model, tokenizer, _logits_only(model, use_cache=False), False
 
 
 def _quality_rows(
