@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM
+from tests.browser.chromium import CHROMIUM, HAVE_CHROMIUM, checked_page
 from tests.e2e.processes import Server, running_server
 from tests.e2e.test_full_path import PASSWORD, corpus
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 if not HAVE_CHROMIUM:
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +28,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def page(server: Server) -> Iterator[Page]:
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(
-            base_url=server.base_url, viewport={"width": 1366, "height": 900}
-        )
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.set_default_timeout(20_000)
+    with checked_page(server.base_url) as page:
         yield page
-        browser.close()
-        assert errors == [], errors
 
 
 def test_a_person_uploads_trains_watches_deploys_and_chats_in_the_browser(page: Page) -> None:
