@@ -666,6 +666,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_healthy(process: subprocess.Popen[bytes], port: int, poll_s: float = 0.1) -> None:
+    """Wait until the inference process on `port` answers /healthz; fail the test at once if
+    it exits, or after 60 s. Shared by every test that starts `python -m workers.inference`."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, "the inference server exited at start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the inference server did not start in 60 s"
+        time.sleep(poll_s)
+
+
 @pytest.fixture
 def server_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m workers.inference` on a free port, sharing our data dir (and so the token)."""
@@ -683,16 +698,7 @@ def server_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LLMIDE_INFERENCE_PORT", str(port))
         get_settings.cache_clear()
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "the inference server exited at start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the inference server did not start in 60 s"
-            time.sleep(0.2)
+        wait_healthy(process, port, poll_s=0.2)
         try:
             yield process
         finally:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from app.core.settings import Settings, get_settings
-from tests.inference.test_inference_server import REPO_ROOT, free_port
+from tests.inference.test_inference_server import REPO_ROOT, free_port, wait_healthy
 from workers.inference.server import TOKEN_HEADER
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,16 +69,7 @@ def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, "the inference server exited at start"
-                try:
-                    if httpx.get(f"{base}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the inference server did not start"
-                time.sleep(0.1)
+            wait_healthy(process, port)
             loaded = httpx.put(f"{base}/models/smol", json={"path": str(gguf)}, headers=headers)
             assert loaded.status_code in (200, 202), loaded.text
             wait_for_status(base, headers, "smol")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,12 @@ import httpx
 import pytest
 
 from tests.conftest import Team
-from tests.inference.test_inference_server import REPO_ROOT, build_tiny_model, free_port
+from tests.inference.test_inference_server import (
+    REPO_ROOT,
+    build_tiny_model,
+    free_port,
+    wait_healthy,
+)
 from tests.openai.conftest import (  # noqa: F401 - openai_for is a fixture re-exported here
     create_job,
     finish_like_the_worker,
@@ -59,16 +63,7 @@ def inference_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[by
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "the inference server exited at start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the inference server did not start in 60 s"
-            time.sleep(0.1)
+        wait_healthy(process, port)
         yield process
     finally:
         process.kill()
