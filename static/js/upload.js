@@ -1,31 +1,8 @@
 // Big dataset files go in resumable chunks to the form's data-uploads-url (the chunked upload
-// API), with a progress bar; small ones
-// use the form's ordinary (htmx) post. A chunk that fails is retried from the offset the
-// server reports, so a dropped connection loses nothing already sent.
+// API, through static/js/chunked_upload.js), with a progress bar; small ones use the form's
+// ordinary (htmx) post.
 (function () {
   "use strict";
-
-  function csrf() {
-    var meta = document.querySelector('meta[name="csrf-token"]');
-    return meta ? meta.content : "";
-  }
-
-  async function api(method, url, body, headers) {
-    var response = await fetch(url, {
-      method: method,
-      body: body,
-      credentials: "same-origin",
-      headers: Object.assign({ "X-CSRF-Token": csrf(), Accept: "application/json" }, headers || {}),
-    });
-    var data = null;
-    try { data = await response.json(); } catch (e) { data = null; }
-    if (!response.ok) {
-      var err = new Error((data && data.detail) || ("HTTP " + response.status));
-      err.status = response.status;
-      throw err;
-    }
-    return data;
-  }
 
   function show(form, fraction, text) {
     var row = form.querySelector("#upload-progress");
@@ -46,35 +23,15 @@
   }
 
   async function chunked(form, file) {
-    var size = Number(form.dataset.chunkBytes) || 8388608;
+    var uploads = window.LLMIDE.chunkedUpload;  // static/js/chunked_upload.js
     var base = form.dataset.uploadsUrl;  // the page says where: no API path is spelled here
-    var upload = await api("POST", base,
-      JSON.stringify({ filename: file.name, total_size: file.size }),
-      { "Content-Type": "application/json" });
-    var offset = upload.received;
-    var failures = 0;
-    while (offset < file.size) {
-      var end = Math.min(offset + size, file.size);
-      try {
-        var state = await api("PUT", base + "/" + upload.id, file.slice(offset, end), {
-          "Content-Range": "bytes " + offset + "-" + (end - 1) + "/" + file.size,
-          "Content-Type": "application/octet-stream",
-        });
-        offset = state.received;
-        failures = 0;
-      } catch (err) {
-        if (err.status && err.status < 500 && err.status !== 409) throw err;
-        if (++failures > 5) throw err;
-        await new Promise(function (r) { setTimeout(r, 1000 * failures); });
-        offset = (await api("GET", base + "/" + upload.id)).received;  // resume
-      }
-      show(form, offset / file.size);
-    }
+    var upload = await uploads.send(base, file, {}, Number(form.dataset.chunkBytes) || 8388608,
+      function (fraction) { show(form, fraction); });
     show(form, 1, "checking rows…");
     var fields = new FormData(form);
     fields.delete("file");
     fields.delete("csrf_token");
-    return api("POST", base + "/" + upload.id + "/complete", fields);
+    return uploads.api("POST", base + "/" + upload.id + "/complete", fields);
   }
 
   document.addEventListener("htmx:confirm", function (event) {
