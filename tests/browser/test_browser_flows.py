@@ -233,6 +233,19 @@ def _sign_in(page: Page, email: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
+@contextmanager
+def signed_in_page(browser: Browser, base_url: str) -> Iterator[Page]:
+    """A watched laptop-sized page in a fresh context, signed in as the first admin; the
+    context closes on leaving. The module-scoped `page` fixtures of the other browser tests."""
+    context = browser.new_context(viewport=LAPTOP, base_url=base_url)
+    signed_in = _watch(context.new_page())
+    signed_in.goto("/login")
+    _sign_in(signed_in, ADMIN_EMAIL)
+    expect(signed_in).to_have_url("/")
+    yield signed_in
+    context.close()
+
+
 def _upload(page: Page, name: str, content: str) -> None:
     page.locator("#upload-form input[type=file]").set_input_files(
         {"name": name, "mimeType": "application/jsonl", "buffer": content.encode()}

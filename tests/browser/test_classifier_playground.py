@@ -22,8 +22,6 @@ from tests.browser.test_browser_flows import (
     Server,
     _free_port,
     _shot,
-    _sign_in,
-    _watch,
     assert_pages_fit,
     running_app,
 )
@@ -84,13 +82,8 @@ def classifier(server: Server) -> str:
 
 @pytest.fixture(scope="module")
 def page(browser: Browser, server: Server, classifier: str) -> Iterator[Page]:
-    context = browser.new_context(viewport=LAPTOP, base_url=server.base_url)
-    signed_in = _watch(context.new_page())
-    signed_in.goto("/login")
-    _sign_in(signed_in, ADMIN_EMAIL)
-    expect(signed_in).to_have_url("/")
-    yield signed_in
-    context.close()
+    with flows.signed_in_page(browser, server.base_url) as signed_in:
+        yield signed_in
 
 
 def test_a_classifier_is_tried_from_the_registry_with_its_label_and_probabilities(

@@ -29,9 +29,7 @@ from tests.browser.test_browser_flows import (
     PHONE,
     Server,
     _shot,
-    _sign_in,
     _wait_until,
-    _watch,
     assert_pages_fit,
     overflow,
     running_app,
@@ -118,13 +116,8 @@ def runs(server: Server) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def page(browser: Browser, server: Server, runs: dict[str, int]) -> Iterator[Page]:
-    context = browser.new_context(viewport=LAPTOP, base_url=server.base_url)
-    signed_in = _watch(context.new_page())
-    signed_in.goto("/login")
-    _sign_in(signed_in, ADMIN_EMAIL)
-    expect(signed_in).to_have_url("/")
-    yield signed_in
-    context.close()
+    with flows.signed_in_page(browser, server.base_url) as signed_in:
+        yield signed_in
 
 
 def _key_to(page: Page, selector: str, key: str = "Tab", max_presses: int = 60) -> None:
