@@ -62,6 +62,17 @@ class RunConfig(BaseModel):
     keep_best_metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
     keep_best_mode: Literal["min", "max"] = "min"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: object) -> object:
+        """JSON `true`/`false` would pass as 1/0 for a number (pydantic's lax mode): refuse it
+        by name, so `"max_grad_norm": false` is a mistake reported, not clipping turned off."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if isinstance(value, bool) and name in cls.model_fields:
+                    raise ValueError(f"{name} must be a number or a choice, not {value!r}".lower())
+        return data
+
     @model_validator(mode="after")
     def _warmup_within_steps(self) -> RunConfig:
         if self.max_steps and self.warmup_steps and self.warmup_steps > self.max_steps:

@@ -82,7 +82,12 @@ def test_killing_inference_mid_request_gives_retryable_503s_and_the_next_request
         )
         version = api.get("/api/v1/models").json()[0]["versions"][0]
         model = version["serving_name"]
-        deployment = api.post("/api/v1/deployments", json={"model_version_id": version["id"]})
+        deployment = api.post(
+            "/api/v1/deployments",
+            # Above the default limit (half the context): the answer must run long enough for
+            # the kill below to land mid-stream.
+            json={"model_version_id": version["id"], "max_new_tokens": MAX_TOKENS},
+        )
         assert deployment.status_code == 202, deployment.text
         deployment_url = f"/api/v1/deployments/{deployment.json()['id']}"
         wait_for(

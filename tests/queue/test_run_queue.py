@@ -44,6 +44,13 @@ def set_slots(monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
     get_settings.cache_clear()
 
 
+def device() -> str:
+    """What the queue says its slots are of on this machine ("CPU" here, "GPU" on a GPU host)."""
+    from app.services.run_queue import training_device
+
+    return training_device()
+
+
 def dispatch() -> list[int]:
     from app.db.session import session_scope
     from app.services import run_queue
@@ -91,7 +98,7 @@ def test_a_free_slot_goes_to_the_workspace_with_fewest_active_runs_then_to_prior
         ("a1", 2, "normal"),
         ("a3", 3, "normal"),
     ]
-    assert view["waiting_reason"] == "all 1 GPU slot(s) of the fleet are busy"
+    assert view["waiting_reason"] == f"all 1 {device()} slot(s) of the fleet are busy"
     assert dispatch() == []  # full: nothing more is sent
     # A second slot: the other workspace has nothing running, so its low-priority run goes
     # before our high-priority one.
@@ -163,7 +170,7 @@ def test_editors_reorder_waiting_runs_and_the_dispatcher_follows_the_new_order(
     assert 'hx-get="/queue" hx-trigger="every 3s [' in page  # paused while a control has focus
     assert f'<tr data-run-id="{r2}">' in page
     assert f'action="/queue/runs/{r2}/move"' not in page
-    assert "1 of 1 GPU slot in use" in page
+    assert f"1 of 1 {device()} slot in use" in page
 
 
 def test_quotas_refuse_launches_past_the_monthly_gpu_hours_and_hold_runs_past_concurrency(
