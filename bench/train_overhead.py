@@ -132,13 +132,7 @@ def run_engine(
     )
     reply.raise_for_status()
     run_id = reply.json()["id"]
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while (run := client.get(f"/api/v1/runs/{run_id}").json())["status"] not in TERMINAL:
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"run {run_id} did not finish (worker exit {worker.poll()})")
-        time.sleep(STATUS_POLL_S)
-    if run["status"] != "succeeded":
-        raise SystemExit(f"run {run_id} {run['status']}: {run.get('error')}")
+    wait_until_succeeded(client, run_id, worker)
     reset_engine_cache()
     with session_scope() as session:
         stamped = session.execute(
@@ -148,6 +142,21 @@ def run_engine(
         ).all()
     ends = {step: at.timestamp() for step, at in stamped}
     return steady_rate(ends, args.batch * args.block, args.steps)
+
+
+def wait_until_succeeded(
+    client: httpx.Client, run_id: int, worker: subprocess.Popen[bytes]
+) -> dict:
+    """Poll the run through the API until it ends; a failed run or a dead worker stops the
+    bench with the reason (shared by bench/gpu_train.py)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while (run := client.get(f"/api/v1/runs/{run_id}").json())["status"] not in TERMINAL:
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} did not finish (worker exit {worker.poll()})")
+        time.sleep(STATUS_POLL_S)
+    if run["status"] != "succeeded":
+        raise RuntimeError(f"run {run_id} {run['status']}: {run.get('error')}")
+    return run
 
 
 def run_bare(args: argparse.Namespace, train_file: Path) -> tuple[float, int]:
