@@ -258,6 +258,7 @@ def evaluate_version(evaluation_id: int) -> str:
     except Exception as exc:
         _fail(Evaluation, evaluation_id, exc)
         return "failed"
+    figures: dict[str, Any] = metrics.pop("figures", None) or {}
     with session_scope() as session:
         model_jobs.finish(
             session=session,
@@ -265,5 +266,6 @@ def evaluate_version(evaluation_id: int) -> str:
             job_id=evaluation_id,
             metrics={k: v for k, v in metrics.items() if v == v},  # NaN is not JSON
             samples=samples,
+            figures=figures,
         )
     return "succeeded"

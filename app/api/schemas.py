@@ -515,6 +515,7 @@ class EvaluationRead(ORM):
     dataset_id: int | None
     dataset_sha256: str
     dataset_version_id: int | None
+    kind: str = Field(description="`standard` or `harness` (lm-evaluation-harness tasks).")
     options: dict[str, Any]
     status: str
     progress: float

@@ -457,6 +457,12 @@ class Evaluation(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     samples: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # What was measured: "standard" (perplexity, BLEU/ROUGE or the classifier report) or
+    # "harness" (lm-evaluation-harness tasks from an uploaded dataset).
+    kind: Mapped[str] = mapped_column(String(20), default="standard", server_default="standard")
+    # Curves and tables too big for `metrics` (a classifier's ROC/PR/reliability and threshold
+    # table, a harness run's per-task results): served by GET /evaluations/{id}/figures.
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_by_id: Mapped[int | None] = mapped_column(

@@ -157,3 +157,53 @@ def test_a_model_is_imported_in_chunks_with_progress_and_a_refusal_is_a_message(
     page.get_by_role("button", name="Import").click()
     expect(page).to_have_url(re.compile(r"/models/versions/\d+$"), timeout=30_000)
     expect(page.get_by_role("heading", name=re.compile("tiny-upload"))).to_be_visible()
+
+
+def test_a_classifier_evaluation_draws_its_curves_and_the_threshold_explorer_answers(
+    page: Page, server: Server, classifier: str
+) -> None:
+    import json
+
+    from workers.registry_tasks import evaluate_version
+
+    rows = [
+        {"text": f"headline number {i} about {('rain', 'stocks', 'football')[i % 3]}",
+         "label": ("negative", "positive")[i % 2]}
+        for i in range(12)
+    ]  # fmt: skip
+    with httpx.Client(base_url=server.base_url, timeout=30) as api:
+        login = api.post("/api/v1/session", json={"email": ADMIN_EMAIL, "password": PASSWORD})
+        csrf = {"X-CSRF-Token": login.json()["csrf_token"]}
+        data = "\n".join(json.dumps(r) for r in rows).encode()
+        uploaded = api.post(
+            "/api/v1/datasets", files={"file": ("labels.jsonl", data)}, headers=csrf
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        version = next(
+            v for m in api.get("/api/v1/models").json() for v in m["versions"]
+            if v["serving_name"] == classifier
+        )  # fmt: skip
+        queued = api.post(
+            f"/api/v1/model-versions/{version['id']}/evaluations",
+            json={"dataset_id": uploaded.json()["id"]},
+            headers=csrf,
+        )
+        assert queued.status_code == 202, queued.text
+    assert evaluate_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+
+    page.goto(f"/models/versions/{version['id']}")
+    figures = page.get_by_test_id("eval-figures")
+    figures.locator("summary").click()
+    # Three uPlot charts: ROC (curve + chance line), precision-recall, reliability.
+    expect(figures.locator(".uplot")).to_have_count(3)
+    expect(figures.locator('[data-figure="roc"]')).to_have_attribute("data-series", "1")
+    cells = figures.get_by_test_id("threshold-explorer")
+    expect(cells.locator('[data-cell="tp"]')).not_to_have_text("—")
+    slider = cells.locator("[data-threshold]")
+    slider.fill("0")
+    # At threshold 0 every row is predicted positive: all positives found, none missed.
+    expect(cells.locator("[data-threshold-value]")).to_have_text("0.00")
+    expect(cells.locator('[data-cell="tp"]')).to_have_text("6")
+    expect(cells.locator('[data-cell="fn"]')).to_have_text("0")
+    expect(cells.locator('[data-cell="recall"]')).to_have_text("1.000")
+    _shot(page, "classifier-curves")

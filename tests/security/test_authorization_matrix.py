@@ -289,6 +289,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/evaluations/{evaluation_id}"): R(
         A.VIEWER, "id", url="/api/v1/evaluations/{evaluation}"
     ),
+    ("GET", "/api/v1/evaluations/{evaluation_id}/figures"): R(
+        A.VIEWER, "id", url="/api/v1/evaluations/{evaluation}/figures"
+    ),
     ("GET", "/api/v1/models/{model_id}/comparison"): R(
         A.VIEWER, "id", url="/api/v1/models/{model}/comparison"
     ),

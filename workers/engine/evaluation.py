@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from workers.engine import classifier_curves
 from workers.engine import metrics as engine_metrics
 from workers.engine.data import LabeledText, read_rows, render_rows
 from workers.engine.export import load_causal_lm
@@ -56,7 +57,7 @@ def evaluate(
     max_rows: int,
     max_new_tokens: int,
     progress: Callable[[float], None],
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import torch
 
     torch.manual_seed(0)
@@ -163,7 +164,7 @@ def evaluate_classifier(
     prompts: list[str],
     max_rows: int,
     progress: Callable[[float], None],
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix of a classifier
     on labelled rows (the training-time report), and its label for each prompt given, or for
     the first rows of the data when none are (never perplexity: a classifier has none).
@@ -192,27 +193,38 @@ def evaluate_classifier(
     labels = names + unknown
     index = {name: i for i, name in enumerate(labels)}
 
-    def predict(texts: list[str]) -> list[tuple[int, float]]:
-        context = int(getattr(model.config, "max_position_embeddings", 512))
+    context = int(getattr(model.config, "max_position_embeddings", 512))
+
+    def probabilities(texts: list[str]) -> list[list[float]]:
         batch = tokenizer(
             texts, padding=True, truncation=True, max_length=context, return_tensors="pt"
         )
         with torch.no_grad():
-            probs = model(**batch).logits.softmax(-1)
-        best = probs.max(-1)
-        return list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+            return [[float(p) for p in row] for row in model(**batch).logits.softmax(-1)]
+
+    def predict(texts: list[str]) -> list[tuple[int, float]]:
+        best = [max(enumerate(row), key=lambda item: item[1]) for row in probabilities(texts)]
+        return [(i, p) for i, p in best]
 
     y_true: list[int] = []
-    y_pred: list[int] = []
+    y_prob: list[list[float]] = []
     for start in range(0, len(rows), 32):
         chunk = rows[start : start + 32]
-        y_pred += [i for i, _ in predict([r.text for r in chunk])]
+        y_prob += probabilities([r.text for r in chunk])
         y_true += [index[r.label] for r in chunk]
         progress(0.8 * min(1.0, (start + len(chunk)) / max(len(rows), 1)))
+    y_pred = [max(range(len(p)), key=p.__getitem__) for p in y_prob]
     report = engine_metrics.classification_report(y_true, y_pred, labels)
     metrics: dict[str, Any] = engine_metrics.scalar_metrics(report)
     metrics["eval_rows"] = float(len(rows))
     metrics["per_class"] = report["per_class"]
+    if rows:
+        # ROC/PR with AUC, reliability and ECE, the threshold table: the summary numbers join
+        # the metrics (so the gate and the comparison can use them), the curves go to the
+        # evaluation's figures (the task stores them apart from the metrics).
+        figures = classifier_curves.curves(y_true, y_prob, names)
+        metrics.update(figures["summary"])
+        metrics["figures"] = figures
     if prompts:
         samples = [
             {"prompt": prompt, "output": f"{names[i]} ({score:.2f})"}

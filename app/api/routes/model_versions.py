@@ -3,7 +3,7 @@ and evaluations. (Listing models and reading a version stay in models.py.)"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
@@ -198,6 +198,21 @@ def read_evaluation(evaluation_id: int, session: SessionDep, ctx: Workspace) -> 
     return EvaluationRead.model_validate(
         model_jobs.get_evaluation(session=session, ctx=ctx, evaluation_id=evaluation_id)
     )
+
+
+@router.get("/evaluations/{evaluation_id}/figures")
+def read_evaluation_figures(
+    evaluation_id: int, session: SessionDep, ctx: Workspace
+) -> dict[str, Any]:
+    """The evaluation's figures, apart from its metrics (they are large): a classifier's ROC
+    and precision-recall curves with AUC, reliability diagram with ECE and, for two classes,
+    the threshold table; `{}` until it succeeds, or for an evaluation that has none."""
+    evaluation = model_jobs.get_evaluation(session=session, ctx=ctx, evaluation_id=evaluation_id)
+    return {
+        "evaluation_id": evaluation.id,
+        "status": evaluation.status,
+        "figures": evaluation.figures or {},
+    }
 
 
 @router.get("/models/{model_id}/comparison")
