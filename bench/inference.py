@@ -215,22 +215,30 @@ def main() -> None:
         **os.environ,
         "LLMIDE_DATA_DIR": str(data_dir),
         "LLMIDE_INFERENCE_PORT": str(port),
-        "PYTHONPATH": str(PROJECT_ROOT),
+        # Keep the caller's path (make gpu-check puts carried wheels on it) behind the project.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
     }
     os.environ.update({k: env[k] for k in ("LLMIDE_DATA_DIR", "LLMIDE_INFERENCE_PORT")})
     from app.core.settings import get_settings
 
     token = get_settings().internal_token
+    server_log = data_dir / "inference-server.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "workers.inference"],
         cwd=PROJECT_ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=server_log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(base, server, "the inference server")
+        try:
+            wait_healthy(base, server, "the inference server")
+        except SystemExit:
+            print(server_log.read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise
         headers = {"X-LLMIDE-Internal": token}
         if not gpu_only:
             load_on_server(base, headers, "smol", gguf)

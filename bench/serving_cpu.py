@@ -128,7 +128,13 @@ def main() -> None:
         token, model = seed(env, gguf)
         inference = subprocess.Popen(
             [sys.executable, "-m", "workers.inference"],
-            env={**os.environ, **env, "PYTHONPATH": str(PROJECT_ROOT)},
+            env={
+                **os.environ,
+                **env,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
+                ),
+            },
             cwd=PROJECT_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

