@@ -91,7 +91,7 @@ def main() -> None:
 
     from app.db.models import MetricPoint, Run
     from app.db.session import session_scope
-    from app.services import run_compare
+    from app.services.runs import compare as run_compare
 
     def every_point() -> bytes:
         with session_scope() as session:

@@ -281,7 +281,7 @@ def chat_jsonl(rows: int = 20) -> str:
 def record_unloadable_checkpoint(installation: Path, run_id: int, step: int) -> None:
     """A checkpoint the database offers but the engine cannot load: a real failure to resume."""
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     key = f"runs/{run_id}/checkpoints/checkpoint-{step}"
     broken = installation / "artifacts" / key

@@ -97,14 +97,14 @@ def all_imports() -> tuple[Import, ...]:
 
 
 def _internal(dotted: str) -> str | None:
-    """The module of ours a dotted name lies in (`app.services.runs.cancel` -> the module)."""
+    """The module of ours a dotted name lies in (`app.services.audit.record` -> the module)."""
     while dotted and dotted not in modules():
         dotted = dotted.rpartition(".")[0]
     return dotted or None
 
 
 def _package(module: str) -> str:
-    """`app.services.runs` -> `app.services`; a top-level module counts as its root."""
+    """`app.services.runs.service` -> `app.services`; a top-level module counts as its root."""
     parts = module.split(".")
     if len(parts) >= 2 and (ROOT / parts[0] / parts[1]).is_dir():
         return ".".join(parts[:2])

@@ -16,7 +16,8 @@ from celery.worker.control import inspect_command
 from app.core.celery_config import GPU_QUEUE, TRAIN_TASK, celery_options
 from app.core.settings import get_settings
 from app.db.session import session_scope
-from app.services import run_execution, scheduler
+from app.services import scheduler
+from app.services.runs import execution as run_execution
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ def poison_reason(deliveries: int) -> str:
 def _fail_run(args: tuple[Any, ...], reason: str) -> None:
     from app.db.models import Run, RunStatus
     from app.domain import lifecycle
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     with session_scope() as session:
         run = session.get(Run, int(args[0]))

@@ -17,7 +17,8 @@ from app.core.live import FLUSH_INTERVAL_S, RUN_UPDATES_CHANNEL
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.session import session_scope
-from app.services import artifacts, run_execution
+from app.services import artifacts
+from app.services.runs import execution as run_execution
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,9 @@ from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import Run, RunStatus
 from app.db.session import session_scope
-from app.services import artifacts, base_models, estimate, run_execution, run_queue
+from app.services import artifacts, base_models, estimate
+from app.services.runs import execution as run_execution
+from app.services.runs import queue as run_queue
 from workers.celery_app import celery_app
 from workers.metrics_sink import RunReporter
 

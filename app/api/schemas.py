@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.db.models import Role
-from app.services.run_config import RunConfig
+from app.services.runs.config import RunConfig
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -264,7 +264,7 @@ class RunCreate(BaseModel):
 
 
 def _priority_name(value: Any) -> Any:
-    from app.services.run_queue import priority_name
+    from app.services.runs.queue import priority_name
 
     return priority_name(value) if isinstance(value, int) else value
 

@@ -227,13 +227,13 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    # The queue (app/services/run_queue.py): higher priority first, then queue_rank (the run's
+    # The queue (app/services/runs/queue.py): higher priority first, then queue_rank (the run's
     # id unless an editor moved it); dispatched_at is set when the dispatcher sent the task.
     priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     queue_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    # A sweep's trial (app/services/sweeps.py): its number, the sampled hyperparameters and
+    # A sweep's trial (app/services/sweeps/service.py): its number, the sampled hyperparameters and
     # whether the pruner stopped it.
     sweep_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True

@@ -42,8 +42,10 @@ from app.openai.schemas import (
     Method,
     Supervised,
 )
-from app.services import registry, run_timeline, runs
-from app.services.run_config import DEFAULT_LEARNING_RATE, RunConfig
+from app.services import registry
+from app.services.runs import service as runs
+from app.services.runs import timeline as run_timeline
+from app.services.runs.config import DEFAULT_LEARNING_RATE, RunConfig
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai: fine-tuning"])

@@ -16,7 +16,8 @@ from app.db.session import session_scope
 from app.realtime.credentials import Credential, CredentialWatch, still_valid
 from app.realtime.hub import RunUpdateHub
 from app.realtime.stream import Cursor, authenticate, next_messages
-from app.services import runs, workspaces
+from app.services import workspaces
+from app.services.runs import service as runs
 
 router = APIRouter()
 

@@ -12,7 +12,8 @@ from app.core.errors import NotAuthenticated
 from app.core.security import hash_token
 from app.db.models import Run, RunStatus, User
 from app.realtime.credentials import Credential
-from app.services import chart_history, runs, sessions, tokens, workspaces
+from app.services import chart_history, sessions, tokens, workspaces
+from app.services.runs import service as runs
 from app.services.workspaces import WorkspaceContext
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.db.models import MetricPoint, Run, RunChartHistory, RunStatus
 from app.db.session import upsert_insert
 from app.services import downsample
-from app.services.runs import HISTORY_STEPS, MetricRow, metric_rows
+from app.services.runs.service import HISTORY_STEPS, MetricRow, metric_rows
 
 
 def history_rows(

@@ -271,7 +271,8 @@ def for_launch(
     """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start:
     the base and preset a launch would use, memory, steps as the trainer will count them, a
     duration when a throughput is known, and warnings about a plan too short to learn."""
-    from app.services import base_models, dataset_versions, datasets, run_presets
+    from app.services import base_models, dataset_versions, datasets
+    from app.services.runs import presets as run_presets
 
     version = None
     if dataset_id is not None:

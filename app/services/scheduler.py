@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Run
-from app.services import run_queue, sweeps
+from app.services.runs import queue as run_queue
+from app.services.sweeps import service as sweeps
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app.services import run_compare, runs
+from app.services.runs import compare as run_compare
+from app.services.runs import service as runs
 from app.web.pages import DbDep, PageDep, PageRoute
 from app.web.rendering import render
 

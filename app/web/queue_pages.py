@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from app.services import run_queue, runs
+from app.services.runs import queue as run_queue
+from app.services.runs import service as runs
 from app.web.pages import CSRF, DbDep, PageDep, PageRoute, redirect
 from app.web.rendering import render
 

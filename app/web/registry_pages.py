@@ -20,9 +20,9 @@ from app.services import (
     model_jobs,
     model_kind,
     registry,
-    runs,
 )
 from app.services.model_files import is_adapter
+from app.services.runs import service as runs
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render
 

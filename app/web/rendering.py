@@ -174,7 +174,7 @@ templates.env.filters.update(
 
 
 def _run_progress(run: Any) -> dict[str, Any]:
-    from app.services.runs import progress
+    from app.services.runs.service import progress
 
     return progress(run)
 

@@ -13,17 +13,11 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
-from app.services import (
-    base_models,
-    dataset_versions,
-    datasets,
-    estimate,
-    registry,
-    run_presets,
-    run_spec,
-    runs,
-)
-from app.services.run_config import RunConfig
+from app.services import base_models, dataset_versions, datasets, estimate, registry
+from app.services.runs import presets as run_presets
+from app.services.runs import service as runs
+from app.services.runs import spec as run_spec
+from app.services.runs.config import RunConfig
 from app.web.pages import (
     CSRF,
     DbDep,

@@ -12,8 +12,9 @@ from starlette.responses import Response
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
-from app.services import base_models, datasets, sweeps
-from app.services.run_config import RunConfig
+from app.services import base_models, datasets
+from app.services.runs.config import RunConfig
+from app.services.sweeps import service as sweeps
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect
 from app.web.pages import rollback as rollback_request
 from app.web.rendering import render

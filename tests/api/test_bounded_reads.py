@@ -20,7 +20,7 @@ def run_id(team: Team) -> int:
 
 def _write_steps(run_id: int, steps: range, *, eval_every: int = 0) -> None:
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     points = [(s, "train_loss", 10.0 / s) for s in steps]
     points += [(s, "eval_loss", 20.0 / s) for s in steps if eval_every and s % eval_every == 0]
@@ -49,7 +49,7 @@ def test_metrics_come_in_pages_of_whole_steps_that_miss_nothing(
 def test_a_new_chart_of_a_long_run_gets_a_thinned_history_and_a_reconnect_every_missing_point(
     team: Team, run_id: int, backend: str, client: TestClient
 ) -> None:
-    from app.services import runs
+    from app.services.runs import service as runs
 
     last = runs.HISTORY_STEPS * 2 + 10
     _write_steps(run_id, range(1, last + 1), eval_every=100)
@@ -78,7 +78,8 @@ def test_an_ended_long_runs_thinned_history_is_stored_once_and_replaced_when_sta
 
     from app.db.models import MetricPoint, RunChartHistory, RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution, runs
+    from app.services.runs import execution as run_execution
+    from app.services.runs import service as runs
 
     def charted_steps() -> list[int]:
         with client.websocket_connect(
@@ -114,7 +115,8 @@ def test_the_run_pages_figures_are_each_metrics_newest_value(
     team: Team, run_id: int, backend: str
 ) -> None:
     from app.db.session import session_scope
-    from app.services import run_execution, runs
+    from app.services.runs import execution as run_execution
+    from app.services.runs import service as runs
 
     with session_scope() as session:
         assert runs.latest_metrics(session=session, run_id=run_id) == {}

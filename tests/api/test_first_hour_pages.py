@@ -46,7 +46,7 @@ def test_prepares_split_boxes_are_each_labelled(team: Team) -> None:
 
 def test_compare_columns_carry_the_runs_names_and_bases(team: Team) -> None:
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()
     ids = []

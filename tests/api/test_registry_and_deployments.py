@@ -13,7 +13,7 @@ def finished_run_with_version(team: Team, installation: Path) -> tuple[int, dict
     """A run that the worker finished, as run_execution.finish records it (no real training)."""
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
     run_id = team.editor.post(
@@ -92,7 +92,7 @@ def test_non_finite_metric_values_are_left_out_instead_of_breaking_the_run(
     team: Team, value: float
 ) -> None:
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
     run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]
@@ -106,7 +106,7 @@ def test_non_finite_metric_values_are_left_out_instead_of_breaking_the_run(
 
 def test_checkpoint_metrics_with_nan_are_stored_without_it(team: Team, backend: str) -> None:
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
     run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]

@@ -94,8 +94,8 @@ def test_the_database_picks_the_same_points_as_the_reference_downsampling(
 ) -> None:
     from app.db.models import Run
     from app.db.session import session_scope
-    from app.services import run_compare
     from app.services.downsample import downsample
+    from app.services.runs import compare as run_compare
 
     run_id = _launch(team, dataset_id)
     rng = random.Random(11)
@@ -146,7 +146,7 @@ def test_a_run_with_200k_points_renders_its_chart_from_a_bounded_response(
 def test_a_long_runs_live_chart_history_keeps_spikes_and_the_newest_step(
     team: Team, dataset_id: int, client: TestClient
 ) -> None:
-    from app.services import runs
+    from app.services.runs import service as runs
 
     run_id = _launch(team, dataset_id)
     last = runs.HISTORY_STEPS * 5
@@ -199,7 +199,7 @@ def test_config_diff_of_two_runs_is_exact_with_nested_and_missing_keys(
 
 
 def test_config_diff_tells_a_missing_key_from_null_and_true_from_one() -> None:
-    from app.services.run_compare import MISSING, config_diff, flatten
+    from app.services.runs.compare import MISSING, config_diff, flatten
 
     assert flatten({"a": {"b": {"c": 1}, "d": {}}, "e": [1, {"x": 2}]}) == {
         "a.b.c": 1,
@@ -248,7 +248,7 @@ def test_compare_with_another_workspaces_run_is_not_found(team: Team, dataset_id
 
 
 def test_compare_refuses_too_many_runs_and_bad_parameters(team: Team, dataset_id: int) -> None:
-    from app.services.run_compare import MAX_RUNS
+    from app.services.runs.compare import MAX_RUNS
 
     run_id = _launch(team, dataset_id)
     many = team.viewer.get("/api/v1/compare", params={"run_ids": list(range(1, MAX_RUNS + 2))})
@@ -267,7 +267,8 @@ def test_metrics_download_as_csv_and_json_holds_every_point_exactly(
     team: Team, dataset_id: int, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.db.session import session_scope
-    from app.services import run_compare, run_execution
+    from app.services.runs import compare as run_compare
+    from app.services.runs import execution as run_execution
 
     monkeypatch.setattr(run_compare, "EXPORT_PAGE", 7)  # many pages: the keyset paging is used
     run_id = _launch(team, dataset_id)

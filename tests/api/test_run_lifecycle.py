@@ -36,7 +36,7 @@ def run_id(team: Team) -> int:
 
 def claim(run_id: int) -> None:
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     with session_scope() as session:
         assert run_execution.claim(session=session, run_id=run_id, task_id="test") is not None
@@ -57,7 +57,7 @@ def go_silent(run_id: int) -> None:
 
 def sweep() -> list[int]:
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     with session_scope() as session:
         return run_execution.interrupt_orphaned_runs(session=session)
@@ -74,7 +74,7 @@ def test_stop_and_keep_needs_a_running_run_and_an_editor(team: Team, run_id: int
     assert stopped.json()["stop_requested"] and stopped.json()["status"] == "running"
 
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     with session_scope() as session:  # what the worker's reporter reads
         assert run_execution.stop_flags(session=session, run_id=run_id) == (False, True)
@@ -124,7 +124,7 @@ def test_out_of_memory_errors_suggest_a_smaller_batch_and_keep_the_traceback_tai
 
     import torch
 
-    from app.services.run_execution import describe_failure
+    from app.services.runs.execution import describe_failure
 
     def allocate() -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -141,7 +141,7 @@ def test_out_of_memory_errors_suggest_a_smaller_batch_and_keep_the_traceback_tai
     assert error == "ValueError: bad things"
 
     # A rank of a multi-device run reports its error as a line: recognised the same way.
-    from app.services.run_execution import describe_error
+    from app.services.runs.execution import describe_error
 
     error, _ = describe_error("OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB", "")
     assert "smaller batch size" in error

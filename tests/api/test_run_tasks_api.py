@@ -128,7 +128,7 @@ def test_run_page_shows_the_final_classification_report_and_confusion_matrix(
 ) -> None:
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     run_id = team.editor.post(
         "/api/v1/runs", json={"dataset_id": chat_id, "base_model": "scratch-tiny"}

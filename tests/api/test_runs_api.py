@@ -88,7 +88,7 @@ def test_metrics_after_a_step_return_exactly_the_missing_points(
     team: Team, dataset_id: int, backend: str
 ) -> None:
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]
     with session_scope() as session:

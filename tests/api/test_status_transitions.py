@@ -66,7 +66,7 @@ def test_a_worker_cannot_finish_a_run_it_never_claimed(team: Team) -> None:
     from app.core.errors import InvalidTransition
     from app.db.models import Run, RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
     run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]
@@ -82,7 +82,7 @@ def test_cancelling_a_finished_run_answers_409_and_resume_of_a_queued_one_too(
 ) -> None:
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
     run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]

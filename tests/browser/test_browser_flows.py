@@ -357,7 +357,8 @@ def test_choosing_a_base_fills_in_its_preset_and_the_estimate_answers(page: Page
 def test_the_run_page_follows_the_run_live(page: Page, server: Server) -> None:
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import artifacts, run_execution
+    from app.services import artifacts
+    from app.services.runs import execution as run_execution
 
     run_id = int(server.state["run_id"])
     sockets: list[WebSocketRoute] = []  # every connection run.js opens, passed through

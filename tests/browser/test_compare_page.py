@@ -35,7 +35,7 @@ no_console_errors = flows.no_console_errors
 def two_runs(server: Server) -> tuple[int, int]:
     """The first admin, a dataset and two runs differing in learning rate, with metrics."""
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     with httpx.Client(base_url=server.base_url, timeout=30) as api:
         csrf, dataset_id = flows.first_admin_with_dataset(api)

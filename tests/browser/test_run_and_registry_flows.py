@@ -73,7 +73,7 @@ def runs(server: Server) -> dict[str, int]:
     """The first admin, a dataset, a finished run with a mid-way checkpoint and a queued run."""
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     with httpx.Client(base_url=server.base_url, timeout=30) as api:
         csrf, dataset_id = flows.first_admin_with_dataset(api)

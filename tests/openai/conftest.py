@@ -76,7 +76,8 @@ def finish_like_the_worker(
     """
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import artifacts, run_execution
+    from app.services import artifacts
+    from app.services.runs import execution as run_execution
 
     final_key = f"runs/{run_id}/final"
     artifacts.resolve(final_key).mkdir(parents=True)

@@ -20,7 +20,7 @@ def _report_like_the_worker(
 ) -> None:
     """Metric points and log lines written by the worker's own service functions."""
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     for step, values in sorted(steps.items()):
         with session_scope() as session:

@@ -10,7 +10,7 @@ import openai
 import pytest
 from sqlalchemy import update
 
-from app.services.run_config import DEFAULT_LEARNING_RATE
+from app.services.runs.config import DEFAULT_LEARNING_RATE
 from tests.conftest import Team
 from tests.openai.conftest import (
     OpenAIFor,

@@ -46,14 +46,14 @@ def set_slots(monkeypatch: pytest.MonkeyPatch, slots: int) -> None:
 
 def device() -> str:
     """What the queue says its slots are of on this machine ("CPU" here, "GPU" on a GPU host)."""
-    from app.services.run_queue import training_device
+    from app.services.runs.queue import training_device
 
     return training_device()
 
 
 def dispatch() -> list[int]:
     from app.db.session import session_scope
-    from app.services import run_queue
+    from app.services.runs import queue as run_queue
 
     with session_scope() as session:
         return run_queue.dispatch(session=session)

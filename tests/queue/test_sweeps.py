@@ -112,7 +112,8 @@ def test_a_tpe_sweep_prunes_a_trial_worse_than_the_median_and_still_completes(
 ) -> None:
     from app.db.models import Run, RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution, scheduler
+    from app.services import scheduler
+    from app.services.runs import execution as run_execution
     from workers.tasks import train_run
 
     created = create(

@@ -44,7 +44,7 @@ def run_with_trained_model(team: Team, installation: Path, trained: Path) -> tup
     finished as the training task finishes it; returns (run id, its registered final version)."""
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset = team.editor.upload("chat.jsonl", chat_jsonl(20)).json()
     run_id = team.editor.post(
@@ -80,7 +80,7 @@ def dummy_run_with_version(team: Team, installation: Path) -> tuple[int, dict]:
     """A finished run whose model is a placeholder file (for registry bookkeeping only)."""
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(10)).json()["id"]
     run_id = team.editor.post("/api/v1/runs", json={"dataset_id": dataset_id}).json()["id"]

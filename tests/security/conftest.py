@@ -172,7 +172,7 @@ class Site:
         """A run a worker has claimed ("running") or that then failed ("failed")."""
         from app.db.models import RunStatus
         from app.db.session import session_scope
-        from app.services import run_execution
+        from app.services.runs import execution as run_execution
 
         run_id = self.new_run()
         with session_scope() as session:
@@ -260,7 +260,7 @@ class Site:
         """A run the worker finished with a (dummy) safetensors model: (run, version, name)."""
         from app.db.models import ModelVersion, RunStatus
         from app.db.session import session_scope
-        from app.services import run_execution
+        from app.services.runs import execution as run_execution
 
         run_id = self.new_run(suffix=RUN_SUFFIX)
         final = self.artifact_root / "runs" / str(run_id) / "final"

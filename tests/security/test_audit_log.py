@@ -125,7 +125,7 @@ def test_the_log_pages_backwards_and_filters_by_action_or_resource(team: Team) -
 def test_registration_is_logged_as_done_by_whoever_launched_the_run(team: Team) -> None:
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import run_execution
+    from app.services.runs import execution as run_execution
 
     dataset = team.owner.upload("corpus.jsonl", text_jsonl(8)).json()
     run = team.editor.post("/api/v1/runs", json={"dataset_id": dataset["id"]}).json()

@@ -18,7 +18,7 @@ from app.api.schemas import (
     WorkerMachineRead,
 )
 from app.db.models import Run
-from app.services import run_queue
+from app.services.runs import queue as run_queue
 
 router = APIRouter(prefix="/api/v1", tags=["queue"])
 

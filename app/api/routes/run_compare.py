@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
 from app.api.deps import SessionDep, Workspace
-from app.services import run_compare, runs
+from app.services.runs import compare as run_compare
+from app.services.runs import service as runs
 
 router = APIRouter(tags=["compare"])
 

@@ -19,7 +19,9 @@ from app.api.schemas import (
     RunRead,
 )
 from app.db.base import MAX_ID
-from app.services import estimate, run_spec, runs
+from app.services import estimate
+from app.services.runs import service as runs
+from app.services.runs import spec as run_spec
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 

@@ -10,7 +10,7 @@ from app.api.deps import SessionDep, Workspace
 from app.api.schemas import SweepCreate, SweepDetail, SweepPage, SweepRead
 from app.db.base import MAX_ID
 from app.db.models import Sweep
-from app.services import sweeps
+from app.services.sweeps import service as sweeps
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"])
 

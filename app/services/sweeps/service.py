@@ -35,17 +35,11 @@ from app.db.models import (
     Workspace,
 )
 from app.domain import lifecycle
-from app.services import (
-    audit,
-    base_models,
-    dataset_versions,
-    datasets,
-    registry,
-    run_queue,
-    runs,
-)
-from app.services.run_config import RunConfig
-from app.services.run_queue import QuotaExceeded
+from app.services import audit, base_models, dataset_versions, datasets, registry
+from app.services.runs import queue as run_queue
+from app.services.runs import service as runs
+from app.services.runs.config import RunConfig
+from app.services.runs.queue import QuotaExceeded
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 METHODS = ("grid", "random", "tpe")
@@ -336,7 +330,7 @@ def create_sweep(
     version = dataset_versions.version_for_run(
         session=session, ctx=ctx, dataset=dataset, version_id=None
     )
-    from app.services.runs import check_fit
+    from app.services.runs.service import check_fit
 
     check_fit(model=model, schema=version.schema, config=config)
     run_queue.check_launch_quota(session=session, workspace=ctx.workspace)

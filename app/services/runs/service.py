@@ -12,16 +12,10 @@ from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
 from app.domain import lifecycle
-from app.services import (
-    audit,
-    base_models,
-    dataset_versions,
-    datasets,
-    fleet,
-    run_presets,
-    run_queue,
-)
-from app.services.run_config import TASK_SCHEMAS, RunConfig
+from app.services import audit, base_models, dataset_versions, datasets, fleet
+from app.services.runs import presets as run_presets
+from app.services.runs import queue as run_queue
+from app.services.runs.config import TASK_SCHEMAS, RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

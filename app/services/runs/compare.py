@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from app.core.errors import ValidationFailed
 from app.db.models import MetricPoint, Run
 from app.db.session import session_scope
-from app.services import downsample, runs
+from app.services import downsample
+from app.services.runs import service as runs
 from app.services.workspaces import WorkspaceContext
 
 MAX_RUNS = 10  # a chart with more lines than this is unreadable anyway

