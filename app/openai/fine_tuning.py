@@ -43,6 +43,7 @@ from app.openai.schemas import (
     Supervised,
 )
 from app.services import registry
+from app.services.runs import access as run_access
 from app.services.runs import service as runs
 from app.services.runs import timeline as run_timeline
 from app.services.runs.config import DEFAULT_LEARNING_RATE, RunConfig
@@ -70,7 +71,7 @@ def job_id(run_id: int) -> str:
 def _run_for_job(*, session: Session, ctx: WorkspaceContext, job: str) -> Run:
     run_id = parse_id(job, JOB_PREFIX, noun="fine-tuning job")
     try:
-        return runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+        return run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
     except NotFound:
         raise NotFound(f"no such fine-tuning job: {job!r}") from None
 

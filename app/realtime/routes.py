@@ -17,7 +17,7 @@ from app.realtime.credentials import Credential, CredentialWatch, still_valid
 from app.realtime.hub import RunUpdateHub
 from app.realtime.stream import Cursor, authenticate, next_messages
 from app.services import workspaces
-from app.services.runs import service as runs
+from app.services.runs import access as run_access
 
 router = APIRouter()
 
@@ -43,7 +43,7 @@ def _prepare(
             workspace_ref=websocket.query_params.get("workspace")
             or session_data.get("workspace_id"),
         )
-        run = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+        run = run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
         cursor = Cursor(after_step=after_step)
         messages, done = next_messages(session=session, run=run, cursor=cursor)
         user_id = ctx.user.id

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
-from app.db.models import JobStatus, ModelStage, ModelVersion, Role
+from app.db.models import JobStatus, ModelStage, ModelVersion
 from app.services import (
     artifacts,
     datasets,
@@ -22,7 +22,7 @@ from app.services import (
     registry,
 )
 from app.services.model_files import is_adapter
-from app.services.runs import service as runs
+from app.services.runs import access as run_access
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render
 
@@ -217,8 +217,7 @@ def register_checkpoint(
     run_id: int, checkpoint_id: int, request: Request, session: DbDep, pc: PageDep
 ) -> Response:
     """The run page's button: register this checkpoint and open its version page."""
-    pc.ctx.require(Role.editor)
-    run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
+    run = run_access.get_for_editor(session=session, ctx=pc.ctx, run_id=run_id)
     version, _ = registry.register_checkpoint_by_id(
         session=session, ctx=pc.ctx, checkpoint_id=checkpoint_id
     )

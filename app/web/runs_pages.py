@@ -14,6 +14,7 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
 from app.services import base_models, dataset_versions, datasets, estimate, registry
+from app.services.runs import access as run_access
 from app.services.runs import presets as run_presets
 from app.services.runs import service as runs
 from app.services.runs import spec as run_spec
@@ -188,7 +189,8 @@ def new_run(
     pc.ctx.require(Role.editor)
     values = _defaults(session, pc, dataset_id)
     if clone is not None:
-        spec = run_spec.spec_of(runs.get_for_member(session=session, ctx=pc.ctx, run_id=clone))
+        source = run_access.get_for_member(session=session, ctx=pc.ctx, run_id=clone)
+        spec = run_spec.spec_of(source)
         values.update(
             {k: "" if v is None else str(v) for k, v in spec["config"].items() if k in values},
             name=f"{spec['name']} (clone)"[:255],
@@ -287,7 +289,7 @@ def launch_run(
 @router.get("/{run_id}")
 def run_detail(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     """The live view; htmx asks for the side panel (checkpoints, model link, actions) only."""
-    run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
+    run = run_access.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
     return render(
         request,
         "run_detail.html",
@@ -340,7 +342,7 @@ def _config_page(
 @router.get("/{run_id}/config")
 def run_config(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     """The run's config as YAML, editable: launching it starts a new run (a clone)."""
-    run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
+    run = run_access.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
     return _config_page(request, run, run_spec.dump(run_spec.spec_of(run), "yaml"), None)
 
 
@@ -352,7 +354,7 @@ def launch_from_config(
     pc: PageDep,
     config_text: Annotated[str, Form(max_length=run_spec.MAX_SPEC_BYTES)],
 ) -> Response:
-    run = runs.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
+    run = run_access.get_for_member(session=session, ctx=pc.ctx, run_id=run_id)
     try:
         spec = run_spec.validate(run_spec.parse(config_text))
         new = run_spec.launch(session=session, ctx=pc.ctx, spec=spec)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
 from app.api.deps import SessionDep, Workspace
+from app.services.runs import access as run_access
 from app.services.runs import compare as run_compare
 from app.services.runs import service as runs
 
@@ -142,7 +143,7 @@ def download_metrics(
     format: Annotated[ExportFormat, Query()] = ExportFormat.csv,
 ) -> StreamingResponse:
     """Every metric point of the run, streamed (a million-point run never sits in memory)."""
-    run = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run = run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
     filename = f"run-{run.id}-metrics.{format.value}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if format is ExportFormat.csv:

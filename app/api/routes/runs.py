@@ -20,6 +20,7 @@ from app.api.schemas import (
 )
 from app.db.base import MAX_ID
 from app.services import estimate
+from app.services.runs import access as run_access
 from app.services.runs import service as runs
 from app.services.runs import spec as run_spec
 
@@ -75,7 +76,8 @@ def estimate_run(body: RunEstimateRequest, session: SessionDep, ctx: Workspace) 
 
 @router.get("/{run_id}", response_model=RunRead)
 def read_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
-    return RunRead.model_validate(runs.get_for_member(session=session, ctx=ctx, run_id=run_id))
+    run = run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    return RunRead.model_validate(run)
 
 
 @router.post("/{run_id}/cancel", response_model=RunRead)
@@ -112,7 +114,7 @@ def read_config(
     format: Annotated[str, Query(pattern="^(json|yaml)$")] = "yaml",  # noqa: A002
 ) -> PlainTextResponse:
     """The run's launch config as a file; POST it back (JSON) or edit and clone it."""
-    run = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run = run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
     media = "application/json" if format == "json" else "application/yaml"
     return PlainTextResponse(
         run_spec.dump(run_spec.spec_of(run), format),
@@ -147,7 +149,7 @@ def read_metrics(
     At most `limit` steps, always whole: ask again with `after_step` = the last step returned
     until fewer than `limit` steps come back.
     """
-    runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
     rows = runs.metric_page(session=session, run_id=run_id, after_step=after_step, steps=limit)
     # Plain dicts: FastAPI validates them once against the response model.
     return [{"step": p.pop("step"), "values": p} for p in runs.group_by_step(rows)]
@@ -161,7 +163,7 @@ def read_events(
     after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[RunEventRead]:
-    runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
     return [
         RunEventRead.model_validate(e)
         for e in runs.events(session=session, run_id=run_id, after_id=after_id, limit=limit)
@@ -170,7 +172,7 @@ def read_events(
 
 @router.get("/{run_id}/checkpoints", response_model=list[CheckpointRead])
 def read_checkpoints(run_id: int, session: SessionDep, ctx: Workspace) -> list[CheckpointRead]:
-    runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
     return [
         CheckpointRead.model_validate(c) for c in runs.checkpoints(session=session, run_id=run_id)
     ]

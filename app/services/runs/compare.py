@@ -19,7 +19,7 @@ from app.core.errors import ValidationFailed
 from app.db.models import MetricPoint, Run
 from app.db.session import session_scope
 from app.services import downsample
-from app.services.runs import service as runs
+from app.services.runs import access as run_access
 from app.services.workspaces import WorkspaceContext
 
 MAX_RUNS = 10  # a chart with more lines than this is unreadable anyway
@@ -38,7 +38,7 @@ def runs_for_compare(
         raise ValidationFailed("choose at least one run to compare", param="run_ids")
     if len(unique) > MAX_RUNS:
         raise ValidationFailed(f"compare at most {MAX_RUNS} runs at once", param="run_ids")
-    return [runs.get_for_member(session=session, ctx=ctx, run_id=run_id) for run_id in unique]
+    return [run_access.get_for_member(session=session, ctx=ctx, run_id=run_id) for run_id in unique]
 
 
 # --- config differences -------------------------------------------------------------------

@@ -28,7 +28,8 @@ from app.db.base import utcnow
 from app.db.models import Role, Run, RunDispatchLock, RunEvent, RunStatus, Workspace
 from app.db.session import rows_changed
 from app.services import audit
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.runs.access import get_for_editor
+from app.services.workspaces import WorkspaceContext
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,7 @@ def waiting_runs(*, session: Session, workspace_id: int) -> list[Run]:
 
 
 def _waiting_run(session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
-    ctx.require(Role.editor)
-    run = get_in_workspace(session=session, ctx=ctx, model=Run, row_id=run_id, what="run")
+    run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
     if run.status != RunStatus.queued or run.dispatched_at is not None or run.cancel_requested:
         raise InvalidTransition(
             f"run {run.id} is {run.status}"

@@ -15,8 +15,9 @@ from app.domain import lifecycle
 from app.services import audit, base_models, dataset_versions, datasets, fleet
 from app.services.runs import presets as run_presets
 from app.services.runs import queue as run_queue
+from app.services.runs.access import get_for_editor
 from app.services.runs.config import TASK_SCHEMAS, RunConfig
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces import WorkspaceContext
 
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 # Steps a new chart is sent in full; a longer run's history is thinned to this many (see
@@ -142,10 +143,6 @@ def check_fit(*, model: base_models.BaseModel, schema: str, config: RunConfig) -
         )
 
 
-def get_for_member(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
-    return get_in_workspace(session=session, ctx=ctx, model=Run, row_id=run_id, what="run")
-
-
 def list_for_workspace(
     *,
     session: Session,
@@ -181,8 +178,7 @@ def count_for_workspace(*, session: Session, ctx: WorkspaceContext) -> int:
 
 def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     """Queued runs end at once; running ones are flagged and the worker stops within a step."""
-    ctx.require(Role.editor)
-    run = get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
     status = RunStatus(run.status)
     if status.is_terminal:
         raise InvalidTransition(f"run {run.id} is already {status}; it cannot be cancelled")
@@ -209,8 +205,7 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
 def stop_and_keep(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     """End a running run early but keep it: the worker saves a checkpoint and the final model,
     the run finishes as succeeded and is registered like any other (cancel discards instead)."""
-    ctx.require(Role.editor)
-    run = get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
     if run.status != RunStatus.running or run.cancel_requested:
         raise InvalidTransition(
             f"run {run.id} is {run.status}; only a running run can be stopped and kept "
@@ -248,8 +243,7 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     A person asking gives it a fresh budget of automatic restarts. If the broker refuses,
     the run is put back as it was.
     """
-    ctx.require(Role.editor)
-    run = get_for_member(session=session, ctx=ctx, run_id=run_id)
+    run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
     before = RunStatus(run.status)
     if not can_resume(run):
         raise InvalidTransition(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
 from app.db.models import Run
+from app.services.runs import access as run_access
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig
 from app.services.workspaces import WorkspaceContext
@@ -110,7 +111,7 @@ def clone(
     *, session: Session, ctx: WorkspaceContext, run_id: int, overrides: dict[str, Any]
 ) -> Run:
     """Launch a new run from another's config, with optional overrides."""
-    source = runs.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    source = run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
     spec = validate(merge(spec_of(source), overrides))
     if "name" not in overrides:
         spec = spec.model_copy(update={"name": f"{source.name} (clone)"[:255]})
