@@ -214,6 +214,8 @@ class Run(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # "Stop and keep": end early, keep the model, finish as succeeded (unlike cancel).
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Paused (OpenAI's job pause): a cancel meant to be resumed; see services.runs.pause.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The traceback's last lines of a failed run, shown under its error on the run page.
     error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     step: Mapped[int] = mapped_column(Integer, default=0)

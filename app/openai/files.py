@@ -1,19 +1,22 @@
-"""OpenAI `files`: training files, which are this server's datasets (`file-<dataset id>`)."""
+"""OpenAI `files`: training files, which are this server's datasets (`file-<dataset id>`), and
+a finished fine-tuning job's step-metrics CSV (`file-results-<run id>`, made on request)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, Workspace
 from app.core.errors import NotFound, ValidationFailed
-from app.db.models import Dataset
+from app.db.models import Dataset, Run, RunStatus
 from app.openai.common import FILE_PREFIX, parse_id, parse_number, unix
 from app.openai.schemas import FileDeleted, FileList, FileObject
 from app.services import artifacts, datasets
+from app.services.runs import access as run_access
+from app.services.runs import results as job_results
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/files", tags=["openai: files"])
@@ -23,6 +26,34 @@ SUPPORTED_PURPOSE = "fine-tune"
 
 def file_id(dataset_id: int) -> str:
     return f"{FILE_PREFIX}{dataset_id}"
+
+
+RESULTS_PREFIX = f"{FILE_PREFIX}results-"
+RESULTS_PURPOSE = "fine-tune-results"
+
+
+def results_file_id(run_id: int) -> str:
+    return f"{RESULTS_PREFIX}{run_id}"
+
+
+def _results_run(*, session: Session, ctx: WorkspaceContext, file: str) -> Run | None:
+    """The finished run behind a results file id; None if `file` is not one; 404 if unknown."""
+    if not file.startswith(RESULTS_PREFIX):
+        return None
+    run_id = parse_id(file, RESULTS_PREFIX, noun="file")
+    try:
+        run = run_access.get_for_member(session=session, ctx=ctx, run_id=run_id)
+    except NotFound:
+        raise NotFound(f"no such file: {file!r}") from None
+    if not RunStatus(run.status).is_terminal or not job_results.has_metrics(
+        session=session, run_id=run.id
+    ):
+        raise NotFound(f"no such file: {file!r} (the job has no results yet)")
+    return run
+
+
+def _results_filename(run: Run) -> str:
+    return f"step_metrics_ftjob-{run.id}.csv"
 
 
 def dataset_for_file(
@@ -61,8 +92,14 @@ def create_file(
             f"upload with purpose '{SUPPORTED_PURPOSE}'",
             param="purpose",
         )
+    # Each upload is its own file object, as at OpenAI: identical bytes share storage only.
     dataset = datasets.create_from_upload(
-        session=session, ctx=ctx, stream=file.file, filename=file.filename, purpose=purpose
+        session=session,
+        ctx=ctx,
+        stream=file.file,
+        filename=file.filename,
+        purpose=purpose,
+        reuse_duplicate=False,
     )
     session.commit()
     return to_file(dataset)
@@ -101,11 +138,27 @@ def list_files(
 
 @router.get("/{file_id}", response_model=FileObject)
 def retrieve_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileObject:
+    run = _results_run(session=session, ctx=ctx, file=file_id)
+    if run is not None:
+        return FileObject(
+            id=file_id,
+            bytes=len(job_results.metrics_csv(session=session, run_id=run.id)),
+            created_at=unix(run.finished_at or run.created_at),
+            filename=_results_filename(run),
+            purpose=RESULTS_PURPOSE,
+        )
     return to_file(dataset_for_file(session=session, ctx=ctx, file=file_id))
 
 
 @router.get("/{file_id}/content", response_class=FileResponse)
-def download_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileResponse:
+def download_file(file_id: str, session: SessionDep, ctx: Workspace) -> Response:
+    run = _results_run(session=session, ctx=ctx, file=file_id)
+    if run is not None:
+        return Response(
+            job_results.metrics_csv(session=session, run_id=run.id),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{_results_filename(run)}"'},
+        )
     dataset = dataset_for_file(session=session, ctx=ctx, file=file_id)
     return FileResponse(  # the bytes as uploaded, like OpenAI's file content
         artifacts.existing(datasets.original_key(session=session, dataset=dataset)),
@@ -116,6 +169,12 @@ def download_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileResp
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileDeleted:
+    if _results_run(session=session, ctx=ctx, file=file_id) is not None:
+        raise ValidationFailed(
+            f"{file_id} is the results of a fine-tuning job, made from its metrics on request; "
+            "it goes when the job's run is deleted",
+            param="file_id",
+        )
     dataset = dataset_for_file(session=session, ctx=ctx, file=file_id)
     datasets.delete(session=session, ctx=ctx, dataset_id=dataset.id)
     return FileDeleted(id=file_id)

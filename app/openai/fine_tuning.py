@@ -2,12 +2,16 @@
 
 Status mapping (run → job): queued → queued, running → running, succeeded → succeeded,
 failed → failed, cancelled → cancelled, and interrupted → running, because an interrupted
-run (its worker died) is redelivered and resumes from its last checkpoint by itself.
+run (its worker died) is redelivered and resumes from its last checkpoint by itself. A run
+asked to cancel is `cancelled` from that moment (its worker stops within a step), and a paused
+one (`runs.paused`) is `paused` until it is resumed: the status a cancel or pause answers
+stays what every later read says.
+
+LoRA and QLoRA are this server's extension `llmide.adapter` (docs/openai-jobs.md).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -16,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, Workspace
 from app.core.errors import NotFound, ValidationFailed
-from app.db.base import utcnow
 from app.db.models import Checkpoint, Run, RunEvent, RunStatus
 from app.openai.common import (
     CHECKPOINT_PREFIX,
@@ -28,8 +31,9 @@ from app.openai.common import (
     unix,
     unix_or_none,
 )
-from app.openai.files import dataset_for_file, file_id
+from app.openai.files import dataset_for_file, file_id, results_file_id
 from app.openai.schemas import (
+    Adapter,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobCheckpointList,
@@ -39,11 +43,13 @@ from app.openai.schemas import (
     FineTuningJobList,
     Hyperparameters,
     JobError,
+    Llmide,
     Method,
     Supervised,
 )
 from app.services import registry
 from app.services.runs import access as run_access
+from app.services.runs import results as job_results
 from app.services.runs import service as runs
 from app.services.runs import timeline as run_timeline
 from app.services.runs.config import DEFAULT_LEARNING_RATE, RunConfig
@@ -79,7 +85,21 @@ def _run_for_job(*, session: Session, ctx: WorkspaceContext, job: str) -> Run:
 def _run_config(body: FineTuningJobCreate) -> RunConfig:
     """OpenAI's hyperparameters as a RunConfig: "auto" keeps our defaults."""
     chosen = body.chosen_hyperparameters()
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | str] = {}
+    adapter = body.llmide.adapter if body.llmide else None
+    if adapter is not None:
+        values["method"] = adapter.type
+        for ours, theirs in (("lora_r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout")):
+            value = getattr(adapter, theirs)
+            if value is None:
+                continue
+            if adapter.type == "full":
+                raise ValidationFailed(
+                    f"llmide.adapter.{theirs} applies to a lora or qlora adapter, not a full "
+                    "fine-tune",
+                    param=f"llmide.adapter.{theirs}",
+                )
+            values[ours] = value
     if chosen.n_epochs != "auto":
         values["epochs"] = chosen.n_epochs
     if chosen.batch_size != "auto":
@@ -112,11 +132,37 @@ def _hyperparameters(config: dict) -> Hyperparameters:
     )
 
 
-def _estimated_finish(run: Run) -> int | None:
-    eta_s = runs.progress(run)["eta_s"]
-    if not isinstance(eta_s, float):
+def _llmide(config: dict) -> Llmide:
+    method = str(config.get("method", "full"))
+    if method == "full":
+        return Llmide(adapter=Adapter(type="full"))
+    defaults = RunConfig()
+    return Llmide(
+        adapter=Adapter(
+            type=method,  # type: ignore[arg-type]
+            r=int(config.get("lora_r", defaults.lora_r)),
+            alpha=int(config.get("lora_alpha", defaults.lora_alpha)),
+            dropout=float(config.get("lora_dropout", defaults.lora_dropout)),
+        )
+    )
+
+
+def job_status(run: Run) -> str:
+    """The job's status: the run's, except a pause and a requested cancel, which show at once."""
+    status = RunStatus(run.status)
+    if run.paused and status in (RunStatus.cancelled, RunStatus.running, RunStatus.interrupted):
+        return "paused"
+    if run.cancel_requested and not status.is_terminal:
+        return "cancelled"
+    return JOB_STATUS[status]
+
+
+def _trained_tokens(session: Session, run: Run) -> int | None:
+    """Tokens trained on (all epochs, padding excluded); null while the job runs, as at OpenAI."""
+    if not RunStatus(run.status).is_terminal:
         return None
-    return unix(utcnow() + timedelta(seconds=eta_s))
+    value = runs.newest_metric(session=session, run_id=run.id, name="trained_tokens")
+    return int(value) if value is not None else None
 
 
 def to_job(*, session: Session, ctx: WorkspaceContext, run: Run) -> FineTuningJob:
@@ -129,6 +175,10 @@ def to_job(*, session: Session, ctx: WorkspaceContext, run: Run) -> FineTuningJo
     if status == RunStatus.failed:
         error = JobError(code="training_failed", message=run.error or "the run failed")
     hyperparameters = _hyperparameters(run.config)
+    finish = runs.estimated_finish(session=session, run=run)
+    result_files = []
+    if status.is_terminal and job_results.has_metrics(session=session, run_id=run.id):
+        result_files.append(results_file_id(run.id))
     return FineTuningJob(
         id=job_id(run.id),
         created_at=unix(run.created_at),
@@ -139,15 +189,16 @@ def to_job(*, session: Session, ctx: WorkspaceContext, run: Run) -> FineTuningJo
         method=Method(supervised=Supervised(hyperparameters=hyperparameters)),
         model=run.base_model,
         organization_id=ctx.workspace.slug,
-        status=JOB_STATUS[status],  # type: ignore[arg-type]
-        # Not recorded yet: the worker reports tokens per second, not a running total.
-        trained_tokens=None,
+        status=job_status(run),  # type: ignore[arg-type]
+        trained_tokens=_trained_tokens(session, run),
+        result_files=result_files,
         training_file=file_id(run.dataset_id),
         validation_file=(
             file_id(run.validation_dataset_id) if run.validation_dataset_id is not None else None
         ),
         seed=int(run.config.get("seed", RunConfig().seed)),
-        estimated_finish=_estimated_finish(run),
+        estimated_finish=unix(finish) if finish is not None else None,
+        llmide=_llmide(run.config),
     )
 
 
@@ -164,15 +215,21 @@ def create_fine_tuning_job(
         validation = dataset_for_file(
             session=session, ctx=ctx, file=body.validation_file, param="validation_file"
         )
-    run = runs.create_run(
-        session=session,
-        ctx=ctx,
-        dataset_id=training.id,
-        config=config,
-        base_model=body.model,
-        validation_dataset_id=validation.id if validation else None,
-        suffix=body.suffix,
-    )
+    try:
+        run = runs.create_run(
+            session=session,
+            ctx=ctx,
+            dataset_id=training.id,
+            config=config,
+            base_model=body.model,
+            validation_dataset_id=validation.id if validation else None,
+            suffix=body.suffix,
+        )
+    except ValidationFailed as exc:
+        if exc.param != "method":
+            raise
+        # The run's `method` is what this route calls llmide.adapter.type.
+        raise ValidationFailed(exc.message, param="llmide.adapter.type") from None
     return to_job(session=session, ctx=ctx, run=run)
 
 
@@ -209,6 +266,28 @@ def cancel_fine_tuning_job(
 ) -> FineTuningJob:
     run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
     run = runs.cancel(session=session, ctx=ctx, run_id=run.id)
+    return to_job(session=session, ctx=ctx, run=run)
+
+
+@router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJob)
+def pause_fine_tuning_job(
+    fine_tuning_job_id: str, session: SessionDep, ctx: Workspace
+) -> FineTuningJob:
+    """Stop the job at the end of its step with a checkpoint; `resume` continues from it."""
+    run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
+    run = runs.pause(session=session, ctx=ctx, run_id=run.id)
+    return to_job(session=session, ctx=ctx, run=run)
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=FineTuningJob)
+def resume_fine_tuning_job(
+    fine_tuning_job_id: str, session: SessionDep, ctx: Workspace
+) -> FineTuningJob:
+    """Queue a paused job again; it continues from the checkpoint its pause saved."""
+    run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
+    run = runs.resume_paused(
+        session=session, ctx=ctx, run_id=run.id, status_word=job_status(run)
+    )
     return to_job(session=session, ctx=ctx, run=run)
 
 

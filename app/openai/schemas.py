@@ -83,10 +83,52 @@ class SupervisedIn(BaseModel):
 
 
 class MethodIn(BaseModel):
+    """OpenAI's `method`: its `type` names the block (`supervised`, ...) holding its settings.
+
+    A new method is one more optional block here and one more entry in
+    app/openai/fine_tuning.METHODS; `block()` hands the chosen one over.
+    """
+
     model_config = ConfigDict(extra="allow")
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedIn | None = None
+
+    def block(self) -> BaseModel | None:
+        """The settings block of the chosen type (None when the request left it out)."""
+        value = getattr(self, self.type, None)
+        return value if isinstance(value, BaseModel) else None
+
+
+class AdapterIn(BaseModel):
+    """This server's extension (`llmide.adapter`): train a LoRA or QLoRA adapter instead of
+    every weight. Unset numbers keep the run defaults (r 8, alpha 16, dropout 0.05)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["full", "lora", "qlora"] = "full"
+    r: int | None = Field(None, ge=1, le=512)
+    alpha: int | None = Field(None, ge=1, le=4096)
+    dropout: float | None = Field(None, ge=0, lt=1)
+
+
+class LlmideIn(BaseModel):
+    """Fields OpenAI's API has no name for, under one key (`extra_body={"llmide": {...}}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: AdapterIn | None = None
+
+
+class Adapter(BaseModel):
+    type: Literal["full", "lora", "qlora"]
+    r: int | None = None
+    alpha: int | None = None
+    dropout: float | None = None
+
+
+class Llmide(BaseModel):
+    adapter: Adapter
 
 
 class FineTuningJobCreate(BaseModel):
@@ -102,6 +144,7 @@ class FineTuningJobCreate(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     # Accepted for client compatibility; not stored (runs have no metadata yet).
     metadata: dict[str, str] | None = None
+    llmide: LlmideIn | None = None
 
     def chosen_hyperparameters(self) -> HyperparametersIn:
         """The hyperparameters from `method.supervised` or the older top-level field."""
@@ -117,7 +160,8 @@ class FineTuningJobCreate(BaseModel):
                 f"method {self.method.type!r} is not supported; only 'supervised' fine-tuning is",
                 param="method.type",
             )
-        nested = self.method.supervised.hyperparameters if self.method.supervised else None
+        block = self.method.block()
+        nested = getattr(block, "hyperparameters", None)
         if nested is not None and self.hyperparameters is not None:
             raise ValidationFailed(
                 "give hyperparameters either in method.supervised or at the top level, not both",
@@ -159,7 +203,10 @@ class FineTuningJob(BaseModel):
     model: str
     organization_id: str
     result_files: list[str] = Field(default_factory=list)
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    # "paused" is OpenAI's own status of a paused job (its published enum lacks it).
+    status: Literal[
+        "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+    ]
     trained_tokens: int | None
     training_file: str
     validation_file: str | None
@@ -167,6 +214,7 @@ class FineTuningJob(BaseModel):
     seed: int
     estimated_finish: int | None
     metadata: dict[str, str] | None = None
+    llmide: Llmide | None = None
 
 
 class FineTuningJobList(BaseModel):

@@ -89,6 +89,7 @@ def ingest_upload(
     name: str | None = None,
     purpose: str = "fine-tune",
     options: ingest.IngestOptions | None = None,
+    reuse_duplicate: bool = True,
 ) -> UploadOutcome:
     """Store the upload's bytes in a temporary file (hashed, size-checked), then ingest it."""
     ctx.require(Role.editor)
@@ -109,6 +110,7 @@ def ingest_upload(
             name=name,
             purpose=purpose,
             options=options,
+            reuse_duplicate=reuse_duplicate,
         )
     finally:
         tmp.unlink(missing_ok=True)
@@ -124,16 +126,20 @@ def ingest_file(
     name: str | None = None,
     purpose: str = "fine-tune",
     options: ingest.IngestOptions | None = None,
+    reuse_duplicate: bool = True,
 ) -> UploadOutcome:
     """Ingest a received file (`path` is consumed: moved into the store as the original).
 
-    Same bytes already in the workspace: the existing dataset is the answer. Otherwise the
-    canonical file, the original and (with keep_valid) the rejected rows are stored and the
-    dataset is recorded with its version 1, in the caller's transaction.
+    Same bytes already in the workspace: the existing dataset is the answer, unless
+    `reuse_duplicate` is False (OpenAI's files: every upload is its own object with its own
+    filename); then a new dataset is recorded that shares the stored files, which deletion
+    keeps while another dataset still refers to them. Otherwise the canonical file, the
+    original and (with keep_valid) the rejected rows are stored and the dataset is recorded
+    with its version 1, in the caller's transaction.
     """
     ctx.require(Role.editor)
     filename = clean_filename(filename)
-    existing = find_duplicate(session=session, ctx=ctx, sha256=sha256)
+    existing = find_duplicate(session=session, ctx=ctx, sha256=sha256) if reuse_duplicate else None
     if existing is not None:
         return UploadOutcome(existing, duplicate=True)
     options = options or ingest.IngestOptions()
@@ -157,7 +163,7 @@ def ingest_file(
         # commit and answer its dataset, like a duplicate uploaded afterwards.
         workspaces.lock(session=session, ctx=ctx)
         existing = find_duplicate(session=session, ctx=ctx, sha256=sha256)
-        if existing is not None:
+        if existing is not None and reuse_duplicate:
             return UploadOutcome(existing, duplicate=True)
         canonical_key = f"datasets/versions/{result.sha256}.jsonl"
         original_key = f"datasets/originals/{sha256}.{fmt}{'.gz' if compressed else ''}"
@@ -240,8 +246,9 @@ def create_from_upload(
     name: str | None = None,
     purpose: str = "fine-tune",
     options: ingest.IngestOptions | None = None,
+    reuse_duplicate: bool = True,
 ) -> Dataset:
-    """The uploaded dataset (or the existing one for a duplicate upload)."""
+    """The uploaded dataset (or the existing one for a duplicate upload, if reused)."""
     return ingest_upload(
         session=session,
         ctx=ctx,
@@ -250,6 +257,7 @@ def create_from_upload(
         name=name,
         purpose=purpose,
         options=options,
+        reuse_duplicate=reuse_duplicate,
     ).dataset
 
 

@@ -171,3 +171,26 @@ def test_requests_without_a_valid_token_get_an_openai_authentication_error(
     team.owner.token = "llmide-not-a-token"
     with pytest.raises(openai.AuthenticationError):
         openai_for(team.owner).files.list()
+
+
+def test_identical_uploads_are_separate_file_objects_and_deleting_one_keeps_the_other(
+    team: Team, openai_for: OpenAIFor
+) -> None:
+    oa = openai_for(team.editor)
+    content = text_jsonl(5).encode()
+    first = oa.files.create(file=("a.jsonl", io.BytesIO(content)), purpose="fine-tune")
+    second = oa.files.create(file=("b.jsonl", io.BytesIO(content)), purpose="fine-tune")
+
+    assert first.id != second.id
+    assert (oa.files.retrieve(first.id).filename, oa.files.retrieve(second.id).filename) == (
+        "a.jsonl", "b.jsonl",
+    )
+    assert {f.id for f in oa.files.list()} == {first.id, second.id}
+
+    assert oa.files.delete(first.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        oa.files.retrieve(first.id)
+    assert oa.files.retrieve(second.id).filename == "b.jsonl"
+    assert oa.files.content(second.id).read() == content
+    job = create_job(team.editor, second.id)  # its data is still there to train on
+    assert job["training_file"] == second.id

@@ -343,6 +343,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel"): R(
         A.EDITOR, "id", url="/v1/fine_tuning/jobs/ftjob-{run}/cancel", consumes="run"
     ),
+    ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/pause"): R(
+        A.EDITOR, "id", url="/v1/fine_tuning/jobs/ftjob-{run}/pause", consumes="run"
+    ),
+    # {run} is queued, not paused: allowed callers reach that check (409).
+    ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume"): R(
+        A.EDITOR, "id", 409, url="/v1/fine_tuning/jobs/ftjob-{run}/resume"
+    ),
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"): R(
         A.VIEWER, "id", url="/v1/fine_tuning/jobs/ftjob-{run}/events"
     ),

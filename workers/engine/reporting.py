@@ -130,6 +130,8 @@ class ReportingCallback(TrainerCallback):
             "grad_norm": float(logs.get("grad_norm", math.nan)),
             "tokens_per_second": rate,
             "epoch": float(logs.get("epoch", state.epoch or 0.0)),
+            # The running total (non-padding tokens, all ranks): a job's trained_tokens.
+            "trained_tokens": float(state.num_input_tokens_seen),
         }
         self.callbacks.on_metrics(step, dict(self.latest_train))
         if self.sampler is not None and self.sampler.due():

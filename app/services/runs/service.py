@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
@@ -180,6 +181,12 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     """Queued runs end at once; running ones are flagged and the worker stops within a step."""
     run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
     status = RunStatus(run.status)
+    if run.paused:  # cancelling a paused run makes its stop final: it is no longer paused
+        run.paused = False
+        session.add(RunEvent(run_id=run.id, message=f"cancelled by {ctx.user.email} while paused"))
+        session.commit()
+        session.refresh(run)
+        return run
     if status.is_terminal:
         raise InvalidTransition(f"run {run.id} is already {status}; it cannot be cancelled")
     if status in (RunStatus.queued, RunStatus.interrupted):  # no worker holds it: ends now
@@ -200,6 +207,61 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     run_queue.dispatch_quietly(session=session)
     session.refresh(run)
     return run
+
+
+def pause(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
+    """Stop a queued or running run so that it can be resumed later (OpenAI's job pause).
+
+    A pause is a cancel that remembers it was meant to be taken up again: the worker stops at
+    the end of the step and saves a checkpoint, the run ends `cancelled` with `paused` set, and
+    `resume` continues it from that checkpoint. Pausing a paused run changes nothing.
+    """
+    run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
+    status = RunStatus(run.status)
+    if run.paused and (status == RunStatus.cancelled or run.cancel_requested):
+        return run
+    if status.is_terminal or run.cancel_requested:
+        raise InvalidTransition(
+            f"run {run.id} is {'being cancelled' if run.cancel_requested else status}; "
+            "only a queued or running run can be paused"
+        )
+    if status in (RunStatus.queued, RunStatus.interrupted):  # no worker holds it: stops now
+        lifecycle.transition(run, RunStatus.cancelled)
+        run.finished_at = utcnow()
+    run.cancel_requested = True
+    run.paused = True
+    session.add(RunEvent(run_id=run.id, message=f"pause requested by {ctx.user.email}"))
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="run.pause",
+        target_type="run",
+        target_id=run.id,
+        detail={"status_before": str(status)},
+    )
+    session.commit()
+    run_queue.dispatch_quietly(session=session)
+    session.refresh(run)
+    return run
+
+
+def resume_paused(
+    *, session: Session, ctx: WorkspaceContext, run_id: int, status_word: str | None = None
+) -> Run:
+    """Resume a paused run (only a paused one: OpenAI's resume); `status_word` names its state
+    in the refusal the way the caller shows it."""
+    run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
+    if not run.paused:
+        raise InvalidTransition(
+            f"fine-tuning job ftjob-{run.id} is {status_word or run.status}; only a paused job "
+            "can be resumed"
+        )
+    if run.status != RunStatus.cancelled:
+        raise InvalidTransition(
+            f"fine-tuning job ftjob-{run.id} is still stopping after its pause; retry in a few "
+            "seconds"
+        )
+    return resume(session=session, ctx=ctx, run_id=run.id)
 
 
 def stop_and_keep(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
@@ -252,7 +314,7 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         )
     saved = (
         run.error, run.error_detail, run.finished_at, run.attempts, run.stop_requested,
-        run.cancel_requested,
+        run.cancel_requested, run.paused,
     )  # fmt: skip
     lifecycle.transition(run, RunStatus.queued)
     run.error = None
@@ -261,6 +323,7 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     run.attempts = 0
     run.stop_requested = False
     run.cancel_requested = False
+    run.paused = False
     # Back in the queue like a new launch: the dispatcher sends it when a slot is free.
     run.dispatched_at = None
     session.add(RunEvent(run_id=run.id, message=f"resume requested by {ctx.user.email}; queued"))
@@ -281,7 +344,7 @@ def resume(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         run.status = before  # an undo, not a move: the resume never happened
         (
             run.error, run.error_detail, run.finished_at, run.attempts, run.stop_requested,
-            run.cancel_requested,
+            run.cancel_requested, run.paused,
         ) = saved  # fmt: skip
         session.commit()
         raise
@@ -405,6 +468,45 @@ def final_evaluation(checkpoints: list[Checkpoint]) -> dict[str, Any] | None:
         if checkpoint.is_final and isinstance(evaluation, dict):
             return evaluation
     return None
+
+
+def newest_metric(*, session: Session, run_id: int, name: str) -> float | None:
+    """The newest value of one metric of a run (one index lookup), or None if it has none."""
+    return session.scalar(
+        select(MetricPoint.value)
+        .where(MetricPoint.run_id == run_id, MetricPoint.name == name)
+        .order_by(MetricPoint.id.desc())
+        .limit(1)
+    )
+
+
+# Training steps whose timestamps measure the pace (the newest ones: the pace now).
+PACE_WINDOW = 50
+
+
+def estimated_finish(*, session: Session, run: Run) -> datetime | None:
+    """When a running run should reach its last step, from its measured pace; else None.
+
+    The pace is the time between recorded training steps (the newest PACE_WINDOW of them),
+    not the time since the run started: that also holds the model's load and the data's
+    tokenization, which made a first estimate minutes off. Before two steps are recorded
+    there is no pace, and no estimate rather than a guess.
+    """
+    if run.status != RunStatus.running or not run.total_steps or run.cancel_requested:
+        return None
+    rows = session.execute(
+        select(MetricPoint.step, MetricPoint.created_at)
+        .where(MetricPoint.run_id == run.id, MetricPoint.name == "train_loss")
+        .order_by(MetricPoint.step.desc())
+        .limit(PACE_WINDOW)
+    ).all()
+    if len(rows) < 2:
+        return None
+    (last_step, last_at), (first_step, first_at) = rows[0], rows[-1]
+    if last_step <= first_step or last_at < first_at:
+        return None
+    per_step = (last_at - first_at) / (last_step - first_step)
+    return last_at + per_step * max(0, run.total_steps - last_step)
 
 
 def progress(run: Run) -> dict[str, float | int | str | None]:
