@@ -1,7 +1,7 @@
 """runs.paused: a fine-tuning job paused through the OpenAI route (a cancel meant to resume)
 
 Revision ID: a7c3e9f1b5d2
-Revises: c2e8a4f6b1d3
+Revises: a4d8e2f6c1b9
 Create Date: 2026-12-04 17:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "a7c3e9f1b5d2"
-down_revision = "c2e8a4f6b1d3"
+down_revision = "a4d8e2f6c1b9"
 branch_labels = None
 depends_on = None
 
