@@ -23,7 +23,7 @@ from app.api.routes import (
     workers,
     workspaces,
 )
-from app.api.schemas import API_ERRORS
+from app.api.schemas.errors import API_ERRORS
 
 api_router = APIRouter(responses=API_ERRORS)
 for module in (

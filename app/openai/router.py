@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.schemas import OPENAI_ERRORS
+from app.api.schemas.errors import OPENAI_ERRORS
 from app.openai import chat, completions, files, fine_tuning, models
 
 openai_router = APIRouter(responses=OPENAI_ERRORS)

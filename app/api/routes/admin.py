@@ -11,13 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from app.api.deps import AdminUser, SessionDep
-from app.api.schemas import (
-    PasswordReset,
-    UserAdminRead,
-    UserUpdate,
-    WorkspaceAdminCreate,
-    WorkspaceAdminRead,
-)
+from app.api.schemas.users import PasswordReset, UserAdminRead, UserUpdate
+from app.api.schemas.workspaces import WorkspaceAdminCreate, WorkspaceAdminRead
 from app.services import users, workspaces
 
 router = APIRouter(prefix="/api/v1", tags=["administration"])

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import AuditEventRead, AuditPage
+from app.api.schemas.audit import AuditEventRead, AuditPage
 from app.db.base import MAX_ID
 from app.services import audit
 

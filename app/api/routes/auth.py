@@ -5,14 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from app.api.deps import CurrentUser, SessionDep, Workspace
-from app.api.schemas import (
-    FirstAdminCreate,
-    LoginRequest,
-    MeRead,
-    SessionRead,
-    UserRead,
-    WorkspaceWithRole,
-)
+from app.api.schemas.users import FirstAdminCreate, LoginRequest, MeRead, SessionRead, UserRead
+from app.api.schemas.workspaces import WorkspaceWithRole
 from app.services import login_throttle, sessions, users, workspaces
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import DatasetVersionRead
+from app.api.schemas.datasets import DatasetVersionRead
 from app.db.base import MAX_ID
 from app.services import dataset_prep
 

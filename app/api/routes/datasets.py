@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import (
+from app.api.schemas.datasets import (
     DatasetDetail,
     DatasetPreview,
     DatasetRead,

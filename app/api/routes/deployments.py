@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import (
+from app.api.schemas.deployments import (
     DeploymentCreate,
     DeploymentPredict,
     DeploymentRead,

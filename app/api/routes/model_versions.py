@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import (
+from app.api.schemas.registry import (
     EvaluationCreate,
     EvaluationRead,
     ExportCreate,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import ModelVersionRead, RegisteredModelRead
+from app.api.schemas.registry import ModelVersionRead, RegisteredModelRead
 from app.services import registry
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])

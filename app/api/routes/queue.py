@@ -7,16 +7,16 @@ from dataclasses import asdict
 from fastapi import APIRouter
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import (
+from app.api.schemas.queue import (
     QueuedRunRead,
     QueueRead,
     QuotasRead,
     QuotasUpdate,
     RunMove,
     RunPriorityUpdate,
-    RunRead,
     WorkerMachineRead,
 )
+from app.api.schemas.runs import RunRead
 from app.db.models import Run
 from app.services.runs import queue as run_queue
 

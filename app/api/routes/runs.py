@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, status
 from fastapi.responses import PlainTextResponse, Response
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import (
+from app.api.schemas.runs import (
     CheckpointRead,
     MetricPointRead,
     RunCreate,

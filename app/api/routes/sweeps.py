@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from app.api.deps import SessionDep, Workspace
-from app.api.schemas import SweepCreate, SweepDetail, SweepPage, SweepRead
+from app.api.schemas.sweeps import SweepCreate, SweepDetail, SweepPage, SweepRead
 from app.db.base import MAX_ID
 from app.db.models import Sweep
 from app.services.sweeps import service as sweeps

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.api.deps import CurrentUser, SessionDep
-from app.api.schemas import TokenCreate, TokenCreated, TokenRead
+from app.api.schemas.tokens import TokenCreate, TokenCreated, TokenRead
 from app.services import tokens
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])

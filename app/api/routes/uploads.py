@@ -10,13 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, Workspace
 from app.api.routes.datasets import SchemaName, detail
-from app.api.schemas import (
-    DatasetDetail,
-    ModelVersionRead,
-    UploadCreate,
-    UploadModelImport,
-    UploadRead,
-)
+from app.api.schemas.datasets import DatasetDetail
+from app.api.schemas.registry import ModelVersionRead
+from app.api.schemas.uploads import UploadCreate, UploadModelImport, UploadRead
 from app.services import datasets, uploads
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])

@@ -7,12 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from app.api.deps import AdminUser, CurrentUser, SessionDep, Workspace
-from app.api.schemas import (
+from app.api.schemas.users import UserCreate, UserRead
+from app.api.schemas.workspaces import (
     MemberCreate,
     MemberRead,
     MemberUpdate,
-    UserCreate,
-    UserRead,
     WorkspaceCreate,
     WorkspaceWithRole,
 )
