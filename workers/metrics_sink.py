@@ -7,7 +7,6 @@ thread flushes it at most every FLUSH_INTERVAL_S and publishes a wake-up on Redi
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -77,12 +76,16 @@ class RunReporter:
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         self.flush()
+        key = artifacts.key_for(path)
+        # In the shared store before it is recorded: a run resumed on another host only ever
+        # finds checkpoints whose files it can fetch (docs/fleet.md). Nothing to do without one.
+        artifacts.publish(key)
         with session_scope() as session:
             run_execution.record_checkpoint(
                 session=session,
                 run_id=self.run_id,
                 step=step,
-                storage_key=artifacts.key_for(path),
+                storage_key=key,
                 metrics=metrics,
             )
             # The engine logs "checkpoint saved at step N" itself: one line, not two.
@@ -95,8 +98,11 @@ class RunReporter:
             )
         # Marked in the database first: a crash between the two leaves files nobody offers,
         # never an offered checkpoint without files.
-        for key in doomed:
-            shutil.rmtree(artifacts.resolve(key), ignore_errors=True)
+        for doomed_key in doomed:
+            try:
+                artifacts.delete(doomed_key)  # here and in the shared store
+            except Exception:  # a store hiccup leaves an unoffered copy, never stops training
+                log.exception("could not delete checkpoint %s of run %s", doomed_key, self.run_id)
 
     def should_stop(self) -> bool:
         return self._cancel or self._keep or self._shutdown.is_set()

@@ -90,6 +90,11 @@ def export_version(export_id: int) -> str:
         _fail(ModelExport, export_id, exc)
         return "failed"
     size = sum(p.stat().st_size for p in Path(out_dir).iterdir() if p.is_file())
+    try:
+        artifacts.publish(key)  # the web that streams the download may be on another host
+    except Exception as exc:
+        _fail(ModelExport, export_id, exc)
+        return "failed"
     with session_scope() as session:
         model_jobs.finish(
             session=session,

@@ -160,12 +160,25 @@ def train_run(self, run_id: int) -> str:
         return "interrupted"
     # Stop-and-keep and early stopping end as succeeded: the model is kept and registered.
     status = RunStatus.cancelled if reason == "cancel" else RunStatus.succeeded
+    final_key = artifacts.key_for(ended.final_dir) if ended.final_dir else None
+    if final_key is not None:
+        try:
+            artifacts.publish(final_key)  # the registry and inference servers fetch it
+        except Exception as exc:
+            with session_scope() as session:
+                run_execution.finish(
+                    session=session,
+                    run_id=run_id,
+                    status=RunStatus.failed,
+                    error=f"the final model could not be stored: {exc}",
+                )
+            return "failed"
     with session_scope() as session:
         run_execution.finish(
             session=session,
             run_id=run_id,
             status=status,
-            final_checkpoint_key=artifacts.key_for(ended.final_dir) if ended.final_dir else None,
+            final_checkpoint_key=final_key,
             final_step=ended.global_step,
             # The full evaluation (a confusion matrix, per-class scores) rides along with the
             # final checkpoint's metrics, which the run page shows.

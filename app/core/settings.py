@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -118,6 +118,40 @@ class Settings(BaseSettings):
     # Share of GPU memory one vLLM engine may take; below vLLM's 0.9 because a redeploy loads
     # the new version beside the old one, so two engines must fit.
     vllm_gpu_memory_utilization: float = Field(0.45, gt=0.0, le=1.0)
+
+    # Artifacts for the whole fleet (docs/fleet.md): unset, the folder under data_dir (one
+    # machine, or a shared disk); `s3://bucket/prefix`, S3-compatible object storage that
+    # every worker and inference server reads and writes, each keeping only a local copy.
+    artifact_url: str | None = None
+    # Endpoint of a self-hosted S3 server (MinIO: http://minio:9000); unset: AWS. Credentials
+    # unset: boto3's own chain (AWS_* variables, instance roles).
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    # Files above the threshold go up and down in parts of this size (S3 allows 10,000
+    # parts: 16 MiB parts cover 160 GB) with this many transfers at once.
+    artifact_multipart_threshold_mb: int = Field(64, ge=5, le=5 * 1024)
+    artifact_multipart_chunk_mb: int = Field(16, ge=5, le=5 * 1024)
+    artifact_transfer_threads: int = Field(4, ge=1, le=64)
+    # With object storage, what an inference server (or worker) keeps of the model versions
+    # it pulled: least recently used versions go first beyond this size.
+    artifact_cache_gb: float = Field(20.0, gt=0)
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _s3_artifact_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlparse
+
+        parsed = urlparse(value)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(
+                "LLMIDE_ARTIFACT_URL must be s3://bucket[/prefix] (unset: the local folder)"
+            )
+        return value
 
     @field_validator("data_dir")
     @classmethod

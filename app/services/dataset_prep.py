@@ -208,11 +208,12 @@ def model_view_error_artifact(key: str) -> str:
 def model_view_state(version: DatasetVersion, settings: ModelViewSettings) -> dict[str, Any]:
     """{"status": ready|computing|failed|absent, "key", "result"|"error"}: reads artifacts only."""
     key = model_view_key(version, settings)
-    done = artifacts.resolve(model_view_artifact(key))
-    if done.is_file():
+    # fetched(): the worker that rendered it may be on another host (docs/fleet.md).
+    done = artifacts.fetched(model_view_artifact(key))
+    if done is not None and done.is_file():
         return {"status": "ready", "key": key, "result": json.loads(done.read_text())}
-    failed = artifacts.resolve(model_view_error_artifact(key))
-    if failed.is_file():
+    failed = artifacts.fetched(model_view_error_artifact(key))
+    if failed is not None and failed.is_file():
         return {"status": "failed", "key": key, "error": json.loads(failed.read_text())["error"]}
     pending = artifacts.resolve(f"datasets/model-view/{key}.pending")
     # A marker older than this belongs to a task that died (a killed worker): ask again.
@@ -230,7 +231,7 @@ def request_model_view(
     if state["status"] in ("ready", "computing"):
         return state
     key = state["key"]
-    artifacts.resolve(model_view_error_artifact(key)).unlink(missing_ok=True)  # a retry
+    artifacts.delete(model_view_error_artifact(key))  # a retry
     marker = artifacts.resolve(f"datasets/model-view/{key}.pending")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(os.getpid()))

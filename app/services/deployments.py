@@ -37,6 +37,7 @@ from app.services import (
     registry,
     serving_metrics,
 )
+from app.services.artifact_store import remote_store
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def context_length(version: ModelVersion) -> int | None:
     """The version's context window from its config.json (GPT-2's n_positions, else
     max_position_embeddings); None when the folder has no readable config."""
     try:
-        config = json.loads((artifacts.existing(version.storage_key) / "config.json").read_text())
+        config = json.loads(artifacts.read_member(version.storage_key, "config.json"))
     except (OSError, ValueError, NotFound):
         return None
     if not isinstance(config, dict):
@@ -114,12 +115,21 @@ def settings_of(deployment: Deployment) -> DeploymentSettings:
     )
 
 
+def serving_path(storage_key: str) -> str:
+    """What the inference server is asked to load: the folder's path on a shared disk, or,
+    with object storage, the key itself, which the server pulls into its own cache
+    (workers/inference/registry.py; docs/fleet.md)."""
+    if remote_store() is not None:
+        return storage_key  # not looked up per request: the server says if it is missing
+    return str(artifacts.existing(storage_key))
+
+
 def target_for_version(
     version: ModelVersion, deployment: Deployment | None = None
 ) -> ServingTarget:
     return ServingTarget(
         key=inference_key(version),
-        path=str(artifacts.existing(version.storage_key)),
+        path=serving_path(version.storage_key),
         serving_name=deployment.name if deployment and deployment.name else version.serving_name,
         deployment_id=deployment.id if deployment else None,
         settings=settings_of(deployment) if deployment else None,
@@ -197,7 +207,7 @@ def create(
 ) -> Deployment:
     ctx.require(Role.editor)
     version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
-    artifacts.existing(version.storage_key)
+    artifacts.ensure_present(version.storage_key)
     chosen = settings or DeploymentSettings()
     name = name or version.serving_name
     deployment = session.scalar(
@@ -346,7 +356,7 @@ def mark_redeploy(
 ) -> Deployment:
     deployment = _editable(session, ctx, deployment_id)
     version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
-    artifacts.existing(version.storage_key)
+    artifacts.ensure_present(version.storage_key)
     if version.id == deployment.model_version_id:
         raise InvalidTransition(f"deployment {deployment_id} already serves version {version.id}")
     deployment.pending_model_version_id = version.id

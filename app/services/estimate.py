@@ -430,7 +430,10 @@ def read_calibration_outcome(
     or failed to (the shape is not asked for again); (None, None) while nobody has."""
     from app.services import artifacts
 
-    path = artifacts.resolve(calibration_key(base_model, batch_size, block_size))
+    # Written by a worker, maybe on another host: fetched from the shared store if need be.
+    path = artifacts.fetched(calibration_key(base_model, batch_size, block_size))
+    if path is None:
+        return None, None
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -464,6 +467,7 @@ def write_calibration(
     body = {"error": error} if error else {"tokens_per_second": tokens_per_second, "device": device}
     staged.write_text(json.dumps(body))
     staged.replace(path)
+    artifacts.publish(calibration_key(base_model, batch_size, block_size))
     path.with_suffix(".pending").unlink(missing_ok=True)
 
 

@@ -393,6 +393,7 @@ def _register(
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, dest)
     staged.mkdir()  # the caller's cleanup expects a folder
+    artifacts.publish(key)  # for inference servers and workers on other hosts
     version = ModelVersion(
         workspace_id=ctx.workspace.id,
         registered_model_id=model.id,

@@ -148,6 +148,9 @@ class LoadedModel:
     stats: ServingStats = field(default_factory=ServingStats)
     on_batch: Any = None
     on_result: Any = None
+    # With object storage: the artifact key pulled into this server's cache before loading
+    # (source is then checked again on the local copy).
+    pull_key: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -402,6 +405,7 @@ class ModelRegistry:
         self._machine: Machine | None = None  # probed once, on the first non-forced choice
         # One load at a time: concurrent from_pretrained calls corrupt each other.
         self._load_lock = threading.Lock()
+        self._cache: Any = None  # artifacts.LocalCache, made on the first pull
 
     def get(self, name: str) -> LoadedModel | None:
         with self._mutex:
@@ -429,10 +433,18 @@ class ModelRegistry:
         different path replaces it, and requests already running on the old one finish on it.
         """
         validate_name(name)
-        source = resolve_model_path(raw_path, self._settings)
+        pull_key = self._remote_key(raw_path)
+        if pull_key is not None:
+            # Pulled in the load thread (it may be gigabytes); checked again once local.
+            source = ModelSource(self._settings.artifact_root / pull_key)
+        else:
+            source = resolve_model_path(raw_path, self._settings)
         with self._mutex:
             current = self._models.get(name)
-            same = current is not None and current.source == source
+            same = current is not None and (
+                current.source == source
+                or (pull_key is not None and current.pull_key == pull_key)
+            )
             retry = current is not None and (
                 retry_failed is True or (retry_failed == "when_due" and current.retry_due())
             )
@@ -453,6 +465,7 @@ class ModelRegistry:
                 on_batch=self.on_batch,
                 on_result=self.on_result,
                 attempts=current.attempts if same else 0,
+                pull_key=pull_key,
             )
             self._models[name] = entry
         if current is not None:
@@ -462,6 +475,35 @@ class ModelRegistry:
         )
         thread.start()
         return entry
+
+    def _remote_key(self, raw_path: str) -> str | None:
+        """The artifact key to pull when `raw_path` is a key and artifacts are in object
+        storage (the web sends keys then; docs/fleet.md); None: a local path, checked as such."""
+        if not self._settings.artifact_url or raw_path.startswith("/") or not raw_path:
+            return None
+        from app.core.errors import ValidationFailed
+        from app.services import artifacts
+
+        try:
+            artifacts.resolve(raw_path)  # the key rules: nothing outside the artifact root
+        except ValidationFailed as exc:
+            raise ModelPathRefused(exc.message) from exc
+        return raw_path
+
+    def _pull(self, entry: LoadedModel) -> None:
+        """Fetch the entry's version into the bounded local cache, then check it as a path.
+
+        The versions other entries serve stay pinned: the cache evicts only unused ones."""
+        if entry.pull_key is None:
+            return
+        from app.services import artifacts
+
+        if self._cache is None:
+            self._cache = artifacts.LocalCache(int(self._settings.artifact_cache_gb * 1024**3))
+        with self._mutex:
+            pinned = {e.pull_key for e in self._models.values() if e.pull_key}
+        local = self._cache.get(entry.pull_key, pinned=pinned)
+        entry.source = resolve_model_path(str(local), self._settings)
 
     def unload(self, name: str) -> LoadedModel | None:
         with self._mutex:
@@ -551,6 +593,7 @@ class ModelRegistry:
     def _load_locked(self, entry: LoadedModel) -> None:
         started = time.monotonic()
         try:
+            self._pull(entry)
             model, tokenizer, device, context, kind, labels = self._load_with_backend(entry)
         except BackendUnavailable as exc:  # asked for an engine that cannot run: say why
             logger.warning("not loading %s: %s", entry.name, exc)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.core.errors import NotFound
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
@@ -376,7 +377,11 @@ def resume_point(*, session: Session, run_id: int) -> tuple[str, int] | None:
     )
     if final is not None and (latest is None or final.step > latest.step):
         key = f"{artifacts.run_dir_key(run_id)}/checkpoints/checkpoint-{final.step}"
-        if (artifacts.resolve(key) / TRAINER_STATE_FILE).is_file():
+        try:  # here, or in the shared store when the run trained on another host
+            artifacts.read_member(key, TRAINER_STATE_FILE)
+        except NotFound:
+            pass
+        else:
             return key, final.step
     return (latest.storage_key, latest.step) if latest is not None else None
 
