@@ -28,12 +28,31 @@ def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_compose_file_is_valid_and_has_every_service() -> None:
-    env = {**os.environ, "POSTGRES_PASSWORD": "pw", "LLMIDE_SECRET_KEY": "k" * 40}
+    env = {
+        **os.environ,
+        "POSTGRES_PASSWORD": "pw",
+        "LLMIDE_SECRET_KEY": "k" * 40,
+        "MINIO_ROOT_PASSWORD": "minio-secret",
+    }
     result = _compose_config(env)
     assert result.returncode == 0, result.stderr
-    for service in ("web:", "worker-gpu:", "worker-cpu:", "inference:", "redis:", "postgres:"):
+    services = ("web:", "worker-gpu:", "worker-cpu:", "inference:", "redis:", "postgres:", "minio:")
+    for service in services:
         assert f"  {service}" in result.stdout
     assert "driver: nvidia" in result.stdout
+    # Artifacts go to the MinIO service (docs/fleet.md), with its password, not a default one.
+    assert "LLMIDE_ARTIFACT_URL: s3://llmide/artifacts" in result.stdout
+    assert "LLMIDE_S3_ENDPOINT_URL: http://minio:9000" in result.stdout
+    assert "LLMIDE_S3_SECRET_ACCESS_KEY: minio-secret" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_compose_refuses_to_start_without_the_object_store_password() -> None:
+    env = {**os.environ, "POSTGRES_PASSWORD": "pw", "LLMIDE_SECRET_KEY": "k" * 40}
+    env.pop("MINIO_ROOT_PASSWORD", None)
+    result = _compose_config(env)
+    assert result.returncode != 0
+    assert "MINIO_ROOT_PASSWORD" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")

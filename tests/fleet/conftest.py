@@ -90,6 +90,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def host(data_dir: Path, env: dict[str, str]) -> Iterator[None]:
     """This test process acting as one host: its own data folder, the given settings."""
     from app.core.settings import get_settings
+    from app.db.session import reset_engine_cache
     from app.services import artifact_store
 
     saved = {k: v for k, v in os.environ.items() if k.startswith("LLMIDE_")}
@@ -100,6 +101,7 @@ def host(data_dir: Path, env: dict[str, str]) -> Iterator[None]:
     os.environ["LLMIDE_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
     artifact_store._store_for.cache_clear()
+    reset_engine_cache()
     try:
         yield
     finally:
@@ -108,3 +110,4 @@ def host(data_dir: Path, env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
         get_settings.cache_clear()
         artifact_store._store_for.cache_clear()
+        reset_engine_cache()
