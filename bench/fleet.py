@@ -133,7 +133,8 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
     from app.db.migrate import upgrade_to_head
     from app.db.models import Run, RunStatus
     from app.db.session import get_engine, session_scope
-    from app.services import run_execution, run_queue
+    from app.services.runs import execution as run_execution
+    from app.services.runs import queue as run_queue
 
     upgrade_to_head(
         os.environ["LLMIDE_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
