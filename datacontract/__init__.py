@@ -17,6 +17,8 @@ SCHEMAS: tuple[str, ...] = (
     "instruction",
     "classification",
     "seq2seq",
+    "preference",
+    "kto",
 )
 # The plain-text format of datasets uploaded before versions existed (one document per
 # paragraph): still readable by the engine, prepared into `text` rows.
@@ -30,9 +32,25 @@ KEYS: Mapping[str, tuple[str, ...]] = {
     "instruction": ("instruction", "input", "output"),
     "classification": ("text", "label"),
     "seq2seq": ("source", "target"),
+    # Preference rows are conversations, as TRL reads them: `prompt` the shared turns (ending
+    # with the user's), `chosen`/`rejected` (`completion` for KTO) the assistant turns after it.
+    "preference": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
+}
+# Keys of a schema whose value is a list of {"role", "content"} messages (the text is in
+# each message's "content").
+MESSAGE_KEYS: Mapping[str, tuple[str, ...]] = {
+    "chat": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion"),
 }
 # Keys a row may lack at upload (stored as ""), per schema.
-OPTIONAL_KEYS: Mapping[str, frozenset[str]] = {"instruction": frozenset({"input"})}
+# A preference file without a prompt holds whole conversations (Anthropic HH style): the
+# prompt is the turns both share.
+OPTIONAL_KEYS: Mapping[str, frozenset[str]] = {
+    "instruction": frozenset({"input"}),
+    "preference": frozenset({"prompt"}),
+}
 # Flat string keys a cleaning step may change (never a label or a role); `chat` rows carry
 # their text in every message's "content".
 TEXT_KEYS: Mapping[str, tuple[str, ...]] = {
@@ -42,12 +60,17 @@ TEXT_KEYS: Mapping[str, tuple[str, ...]] = {
     "classification": ("text",),
     "seq2seq": ("source", "target"),
     "chat": (),
+    "preference": (),
+    "kto": (),
 }
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
-TASK_TYPES: tuple[str, ...] = ("causal_lm", "sft", "classification", "seq2seq")
+# Preference tuning (TRL): DPO (sigmoid or IPO loss), ORPO, SimPO (TRL's CPO with its simpo
+# loss) and KTO (unpaired good/bad answers).
+PREFERENCE_TASKS: tuple[str, ...] = ("dpo", "orpo", "simpo", "kto")
+TASK_TYPES: tuple[str, ...] = ("causal_lm", "sft", "classification", "seq2seq", *PREFERENCE_TASKS)
 # The task each schema trains by default (a run's task_type "auto"), and the schemas each
 # task can read.
 DEFAULT_TASK: Mapping[str, str] = {
@@ -58,10 +81,17 @@ DEFAULT_TASK: Mapping[str, str] = {
     "instruction": "sft",
     "classification": "classification",
     "seq2seq": "seq2seq",
+    "preference": "dpo",
+    "kto": "kto",
 }
 TASK_SCHEMAS: Mapping[str, tuple[str, ...]] = {
     "causal_lm": ("text", LEGACY_TXT, "chat", "prompt_completion", "instruction"),
     "sft": ("chat", "prompt_completion", "instruction"),
     "classification": ("classification",),
     "seq2seq": ("seq2seq",),
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "simpo": ("preference",),
+    # A pair is two KTO examples (its chosen answer desirable, its rejected one not).
+    "kto": ("kto", "preference"),
 }

@@ -45,6 +45,11 @@ _ENGINE_KEYS = (
     "lora_dropout",
     "devices",
     "logging_steps",
+    "beta",
+    "dpo_loss",
+    "simpo_gamma",
+    "kto_desirable_weight",
+    "kto_undesirable_weight",
 )
 
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+import datacontract as contract
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 
 # What a run can do with a model (the engine's task types).
-CAUSAL_TASKS = ("causal_lm", "sft", "classification", "seq2seq")
+CAUSAL_TASKS = ("causal_lm", "sft", "classification", "seq2seq", *contract.PREFERENCE_TASKS)
 ENCODER_TASKS = ("classification",)
 LSTM_TASKS = ("causal_lm", "sft", "seq2seq")
 # Encoder-only model types: they classify, they do not generate.

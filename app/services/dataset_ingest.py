@@ -10,6 +10,7 @@ touches the database: the caller decides what to store.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -53,8 +54,30 @@ ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
         "completion": ("completion", "answer", "output", "response"),
     },
     "text": {"text": ("text", "content", "document", "body", "passage", "sentence", "story")},
+    # TRL's {prompt, chosen, rejected}, OpenAI's DPO JSONL (input.messages, preferred_output,
+    # non_preferred_output) and Anthropic HH (chosen/rejected conversations, no prompt).
+    "preference": {
+        "prompt": ("prompt", "input", "question", "instruction", "query"),
+        "chosen": ("chosen", "preferred_output", "chosen_response", "preferred"),
+        "rejected": ("rejected", "non_preferred_output", "rejected_response", "dispreferred"),
+    },
+    # KTO's unpaired rows: one answer and whether it is desirable.
+    "kto": {
+        "prompt": ("prompt", "input", "question", "query"),
+        "completion": ("completion", "response", "output", "answer"),
+        "label": ("label", "desirable", "kto_label"),
+    },
 }
-DETECTION_ORDER = ("chat", "instruction", "classification", "seq2seq", "prompt_completion", "text")
+DETECTION_ORDER = (
+    "preference",
+    "kto",
+    "chat",
+    "instruction",
+    "classification",
+    "seq2seq",
+    "prompt_completion",
+    "text",
+)
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt")
 _EXTENSIONS = {
     "csv": "csv",
@@ -528,7 +551,6 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
                 param="column_map",
             )
         return schema, mapping, True
-    _refuse_preference_data(columns)
     best: tuple[tuple[int, int, int], str, dict[str, str]] | None = None
     for rank, schema in enumerate(DETECTION_ORDER):
         mapping = _match(schema, columns)
@@ -542,6 +564,18 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
         score = (int(complete), len(mapping), -rank)
         if best is None or score > best[0]:
             best = (score, schema, mapping)
+    if best is not None and best[1] == "kto" and not _boolean_labels(records, best[2]):
+        # prompt/completion rows with some other "label" column are not KTO data.
+        best = None
+        for rank, schema in enumerate(DETECTION_ORDER):
+            if schema == "kto":
+                continue
+            mapping = _match(schema, columns)
+            required = [k for k in SCHEMAS[schema] if k not in OPTIONAL_KEYS.get(schema, set())]
+            if mapping:
+                score = (int(all(k in mapping for k in required)), len(mapping), -rank)
+                if best is None or score > best[0]:
+                    best = (score, schema, mapping)
     if best is not None:
         complete = bool(best[0][0])
         return best[1], best[2], complete and not _ambiguous(columns, best[2])
@@ -562,26 +596,35 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
     )
 
 
-# Preference (DPO) data pairs a better and a worse answer; nothing here trains on pairs yet.
-PREFERENCE_FORMATS = (
-    (
-        ("preferred_output", "non_preferred_output"),
-        "OpenAI's DPO format: input, preferred_output, non_preferred_output",
-    ),
-    (("chosen", "rejected"), "the prompt / chosen / rejected format"),
-)
+def _boolean_labels(records: list[Any], mapping: dict[str, str]) -> bool:
+    """KTO's label says whether an answer is desirable: true/false (or 1/0). Most of the first
+    rows must say so; the odd other value is then that row's problem, not another schema."""
+    column = mapping.get("label")
+    values = [r.get(column) for r in records if isinstance(r, dict) and column in r]
+    valid = sum(_kto_label_or_none(v) is not None for v in values)
+    return valid > 0 and valid * 2 > len(values)
 
 
-def _refuse_preference_data(columns: list[str]) -> None:
-    lower = {c.lower() for c in columns}
-    for keys, described in PREFERENCE_FORMATS:
-        if all(key in lower for key in keys):
-            raise ValidationFailed(
-                f"this is preference data ({described}); preference (DPO) datasets are not "
-                "supported yet: upload supervised examples (chat messages, prompt/completion, "
-                "instruction/output, text or text/label)",
-                param="file",
-            )
+def _kto_label_or_none(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[value.strip().lower()]
+    return None
+
+
+_BOOLEAN_WORDS = {
+    "true": True,
+    "false": False,
+    "1": True,
+    "0": False,
+    "yes": True,
+    "no": False,
+    "desirable": True,
+    "undesirable": False,
+}
 
 
 def _ambiguous(columns: list[str], mapping: dict[str, str]) -> bool:
@@ -683,6 +726,146 @@ def check_messages(value: Any) -> list[dict[str, Any]]:
     return out
 
 
+_HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _hh_messages(text: str) -> list[dict[str, Any]] | None:
+    """Anthropic HH's "\n\nHuman: …\n\nAssistant: …" transcript as messages (None: not one)."""
+    parts = _HH_MARKER.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    return [
+        {"role": _HH_ROLES[role], "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+
+
+def _message_list(value: Any, name: str, default_role: str) -> list[dict[str, Any]]:
+    """A preference field as {"role", "content"} messages: a list of messages, OpenAI's
+    {"messages": [...]} input, a JSON string of either (CSV cells), an HH transcript, or plain
+    text (one `default_role` turn)."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped[:1] in ("[", "{"):
+            with contextlib.suppress(json.JSONDecodeError, safe_json.JSONRefused):
+                value = safe_json.loads(stripped)
+    if isinstance(value, str):
+        hh = _hh_messages(value)
+        if hh is not None:
+            value = hh
+        elif not value.strip():
+            raise _RowError(f'"{name}" is empty')
+        else:
+            return [{"role": default_role, "content": value}]
+    if isinstance(value, dict) and isinstance(value.get("messages"), list):
+        value = value["messages"]  # OpenAI's DPO input: {"messages": [...], "tools": ...}
+    if isinstance(value, dict) and "role" in value:
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise _RowError(f'"{name}" must be text or a non-empty list of messages')
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            raise _RowError(f'"{name}" message {index} must be an object')
+        role = message.get("role", message.get("from"))
+        role = _ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+        content = message.get("content", message.get("value"))
+        if role not in CHAT_ROLES:
+            raise _RowError(
+                f'"{name}" message {index} has role {role!r}; expected one of '
+                + ", ".join(CHAT_ROLES)
+            )
+        if not isinstance(content, str):
+            raise _RowError(f'"{name}" message {index} needs a string "content"')
+        if not content.strip() and role in ("user", "assistant"):
+            raise _RowError(f'"{name}" message {index} ({role}) has empty text')
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _check_prompt(prompt: list[dict[str, Any]]) -> None:
+    if not any(m["role"] == "user" for m in prompt):
+        raise _RowError("the prompt needs a user message")
+    if prompt[-1]["role"] == "assistant":
+        raise _RowError(
+            "the prompt ends with an assistant turn: the answer to judge must follow it"
+        )
+    seen_other = False
+    for index, message in enumerate(prompt, start=1):
+        if message["role"] == "system" and seen_other:
+            raise _RowError(
+                f"wrong role order: prompt message {index} is a system message after the "
+                "dialogue started"
+            )
+        seen_other = seen_other or message["role"] != "system"
+
+
+def _check_answer(answer: list[dict[str, Any]], name: str) -> None:
+    if any(m["role"] != "assistant" for m in answer):
+        raise _RowError(f'"{name}" must hold assistant turns only (the answer to the prompt)')
+
+
+def _split_conversations(
+    chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(prompt, chosen answer, rejected answer) of two whole conversations (HH style): the
+    prompt is the turns they share, up to the last one that is not the assistant's."""
+    shared = 0
+    while (
+        shared < min(len(chosen), len(rejected))
+        and chosen[shared]["role"] == rejected[shared]["role"]
+        and chosen[shared]["content"] == rejected[shared]["content"]
+    ):
+        shared += 1
+    while shared and chosen[shared - 1]["role"] == "assistant":
+        shared -= 1
+    if shared == 0:
+        raise _RowError(
+            "without a prompt column, chosen and rejected must be whole conversations that "
+            "start with the same user turn(s)"
+        )
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _preference_row(prompt_raw: Any, chosen_raw: Any, rejected_raw: Any) -> dict[str, Any]:
+    if chosen_raw is None or rejected_raw is None:
+        missing = "chosen" if chosen_raw is None else "rejected"
+        raise _RowError(f'missing field: "{missing}"')
+    chosen = _message_list(chosen_raw, "chosen", "assistant")
+    rejected = _message_list(rejected_raw, "rejected", "assistant")
+    if prompt_raw is None or (isinstance(prompt_raw, str) and not prompt_raw.strip()):
+        if prompt_raw is not None and not (len(chosen) > 1 or len(rejected) > 1):
+            raise _RowError('"prompt" is empty')
+        prompt, chosen, rejected = _split_conversations(chosen, rejected)
+    else:
+        prompt = _message_list(prompt_raw, "prompt", "user")
+    _check_prompt(prompt)
+    if not chosen or not rejected:
+        raise _RowError("chosen and rejected must each have an answer after the prompt")
+    _check_answer(chosen, "chosen")
+    _check_answer(rejected, "rejected")
+    if chosen == rejected:
+        raise _RowError("chosen and rejected are the same answer: there is nothing to prefer")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _kto_row(prompt_raw: Any, completion_raw: Any, label_raw: Any) -> dict[str, Any]:
+    for name, raw in (("prompt", prompt_raw), ("completion", completion_raw)):
+        if raw is None:
+            raise _RowError(f'missing field: "{name}"')
+    prompt = _message_list(prompt_raw, "prompt", "user")
+    completion = _message_list(completion_raw, "completion", "assistant")
+    _check_prompt(prompt)
+    _check_answer(completion, "completion")
+    label = _kto_label_or_none(label_raw)
+    if label is None:
+        raise _RowError(
+            f"label must be true or false (is the answer desirable?), not {label_raw!r}"
+        )
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
 def make_converter(schema: str, mapping: dict[str, str]) -> Callable[[Any], dict[str, Any]]:
     """A function from a source record to a canonical row; raises _RowError with a reason."""
 
@@ -698,7 +881,13 @@ def make_converter(schema: str, mapping: dict[str, str]) -> Callable[[Any], dict
         if not isinstance(record, dict):
             raise _RowError(f"each row must be a JSON object, not {type(record).__name__}")
         row: dict[str, Any]
-        if schema == "chat":
+        if schema == "preference":
+            row = _preference_row(
+                get(record, "prompt"), get(record, "chosen"), get(record, "rejected")
+            )
+        elif schema == "kto":
+            row = _kto_row(get(record, "prompt"), get(record, "completion"), get(record, "label"))
+        elif schema == "chat":
             if column("messages") not in record:
                 raise _RowError(f'missing field: "messages" (column "{column("messages")}")')
             row = {"messages": check_messages(record[column("messages")])}
@@ -779,9 +968,15 @@ def script_of(text: str, sample: int = 128) -> str:
 
 def row_text(row: dict[str, Any]) -> str:
     """All the text of a canonical row, for counting and searching."""
-    if "messages" in row:
-        return "\n".join(str(m.get("content") or "") for m in row["messages"])
-    return "\n".join(str(v) for k, v in row.items() if k not in ("label", "split"))
+    parts: list[str] = []
+    for key, value in row.items():
+        if key in ("label", "split"):
+            continue
+        if isinstance(value, list):  # messages (chat, preference and KTO rows)
+            parts += [str(m.get("content") or "") for m in value if isinstance(m, dict)]
+        else:
+            parts.append(str(value))
+    return "\n".join(parts)
 
 
 class StatsCollector:
@@ -803,6 +998,20 @@ class StatsCollector:
         self.hashes: set[int] = set()
         self.duplicates = 0
         self.dup_checked = 0
+        # Preference pairs: answer lengths (a DPO model learns "longer is better" when the
+        # chosen answers are longer: a known bias worth seeing before training).
+        self.chosen_chars = 0
+        self.rejected_chars = 0
+        self.chosen_longer = 0
+        self.rejected_longer = 0
+
+    def _add_preference(self, row: dict[str, Any]) -> None:
+        chosen = sum(len(m["content"]) for m in row["chosen"])
+        rejected = sum(len(m["content"]) for m in row["rejected"])
+        self.chosen_chars += chosen
+        self.rejected_chars += rejected
+        self.chosen_longer += chosen > rejected
+        self.rejected_longer += rejected > chosen
 
     def add(self, row: dict[str, Any], line: bytes) -> None:
         text = row_text(row)
@@ -828,6 +1037,8 @@ class StatsCollector:
             self.turns[len(row["messages"])] += 1
         if "split" in row:
             self.splits[row["split"]] += 1
+        if self.schema == "preference":
+            self._add_preference(row)
         if len(self.hashes) < _MAX_DUP_HASHES:
             key = int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little")
             if key in self.hashes:
@@ -868,6 +1079,18 @@ class StatsCollector:
         if self.schema == "chat":
             out["roles"] = dict(self.roles.most_common())
             out["messages_per_row"] = {str(k): v for k, v in sorted(self.turns.items())}
+        if self.schema == "preference" and self.rows:
+            out["preference"] = {
+                "chosen_mean_chars": round(self.chosen_chars / self.rows, 1),
+                "rejected_mean_chars": round(self.rejected_chars / self.rows, 1),
+                "chosen_longer_rate": round(self.chosen_longer / self.rows, 4),
+                "rejected_longer_rate": round(self.rejected_longer / self.rows, 4),
+            }
+        if self.schema == "kto":
+            out["labels"] = {
+                "desirable": self.labels.get(True, 0),  # type: ignore[call-overload]
+                "undesirable": self.labels.get(False, 0),  # type: ignore[call-overload]
+            }
         if self.splits:
             out["splits"] = dict(self.splits)
         return out

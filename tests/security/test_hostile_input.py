@@ -57,7 +57,9 @@ def test_a_lone_surrogate_in_a_dataset_row_is_refused_by_its_line(team: Team) ->
     assert emoji.status_code == 201, emoji.text
 
 
-def test_openai_dpo_files_are_refused_as_unsupported_preference_data(team: Team) -> None:
+def test_preference_files_are_ingested_and_a_broken_pair_is_a_row_problem(team: Team) -> None:
+    """Preference data was refused by name before DPO existed (issue 18); now it is a schema
+    (issue 14), and what is wrong in a pair is that line's 400, never a 500."""
     row = {
         "input": {"messages": [{"role": "user", "content": "Hello"}]},
         "preferred_output": [{"role": "assistant", "content": "Hi, how can I help?"}],
@@ -69,14 +71,15 @@ def test_openai_dpo_files_are_refused_as_unsupported_preference_data(team: Team)
         files={"file": ("dpo.jsonl", io.BytesIO(data))},
         data={"purpose": "fine-tune"},
     )
-    assert answer.status_code == 400, answer.text
-    message = answer.json()["error"]["message"]
-    assert "preference" in message and "not supported yet" in message
-    assert "preferred_output" in message
-    trl = team.editor.upload(
-        "pairs.jsonl", json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n"
+    assert answer.status_code == 200, answer.text
+    broken = team.editor.upload(
+        "pairs.jsonl",
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
+        + "\n"
+        + json.dumps({"prompt": "a", "chosen": {"role": "assistant"}, "rejected": "c"})
+        + "\n",
     )
-    assert trl.status_code == 400 and "chosen" in trl.json()["detail"]
+    assert broken.status_code == 400 and "line 2" in broken.json()["detail"]
 
 
 def test_a_file_with_only_some_columns_of_a_schema_names_the_missing_field(team: Team) -> None:

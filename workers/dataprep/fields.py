@@ -9,8 +9,10 @@ import datacontract as contract
 
 Row = dict[str, Any]
 
-# Flat string fields per schema; `chat` rows carry their text in every message's "content".
+# Flat string fields per schema; `chat`, `preference` and `kto` rows carry their text in every
+# message's "content" (MESSAGE_KEYS).
 _TEXT_KEYS = contract.TEXT_KEYS
+_MESSAGE_KEYS = contract.MESSAGE_KEYS
 
 
 def text_keys(schema: str) -> tuple[str, ...]:
@@ -22,8 +24,13 @@ def text_keys(schema: str) -> tuple[str, ...]:
 
 def texts(row: Row, schema: str) -> list[str]:
     """The row's text fields in a fixed order."""
-    if schema == "chat":
-        return [m.get("content") or "" for m in row.get("messages", ())]
+    if schema in _MESSAGE_KEYS:
+        return [
+            m.get("content") or ""
+            for key in _MESSAGE_KEYS[schema]
+            for m in row.get(key, ())
+            if isinstance(m, dict)
+        ]
     return [row.get(key) or "" for key in text_keys(schema)]
 
 
@@ -34,13 +41,14 @@ def joined_text(row: Row, schema: str) -> str:
 
 def map_texts(row: Row, schema: str, fn: Callable[[str], str]) -> Row:
     """A copy of the row with `fn` applied to every text field; other keys kept as they are."""
-    if schema == "chat":
-        messages = [
-            {**m, "content": fn(m["content"])} if isinstance(m.get("content"), str) else m
-            for m in row.get("messages", ())
-        ]
-        return {**row, "messages": messages}
     out = dict(row)
+    if schema in _MESSAGE_KEYS:
+        for key in _MESSAGE_KEYS[schema]:
+            out[key] = [
+                {**m, "content": fn(m["content"])} if isinstance(m.get("content"), str) else m
+                for m in row.get(key, ())
+            ]
+        return out
     for key in text_keys(schema):
         value = row.get(key)
         if isinstance(value, str):

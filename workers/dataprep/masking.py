@@ -138,6 +138,10 @@ def render_row(
         return Rendered(text=row.get("text") or "", trained=[], trains=False)
     if schema == "chat":
         return _render_chat(tokenizer, list(row.get("messages") or []))
+    if schema in ("preference", "kto"):
+        # The first answer (the chosen one of a pair) after its prompt; `render_answers` gives
+        # every answer of the row.
+        return render_answers(tokenizer, row, schema)[0][1]
     if schema == "prompt_completion":
         return _prompt_answer(
             tokenizer,
@@ -163,6 +167,20 @@ def render_row(
             tokenizer, prompt, row.get("output") or "", chat_template=chat_template
         )
     raise ValueError(f"unknown schema {schema!r}")
+
+
+def render_answers(tokenizer: Any, row: dict[str, Any], schema: str) -> list[tuple[str, Rendered]]:
+    """Each answer of a preference row after its prompt, named ("chosen", "rejected"; a KTO
+    row's one answer is "desirable" or "undesirable"). The trained characters are the
+    answer's: preference losses compare the answers' log-probabilities, never the prompt's."""
+    prompt = list(row.get("prompt") or [])
+    if schema == "kto":
+        name = "desirable" if row.get("label") else "undesirable"
+        return [(name, _render_chat(tokenizer, prompt + list(row.get("completion") or [])))]
+    return [
+        (name, _render_chat(tokenizer, prompt + list(row.get(name) or [])))
+        for name in ("chosen", "rejected")
+    ]
 
 
 def encode_rendered(

@@ -88,9 +88,17 @@ def model_view(
 ) -> dict[str, Any]:
     """Token-level detail for the first `detail_rows`; counts and warnings over `sample_rows`."""
     sample = list(islice(rows, sample_rows))
-    rendered = [
-        masking.render_row(tokenizer, r, schema, chat_template=chat_template) for r in sample
-    ]
+    # One rendering per answer: a preference pair shows its chosen and its rejected answer.
+    answers: list[tuple[int, str | None]] = []
+    rendered: list[masking.Rendered] = []
+    for index, row in enumerate(sample):
+        if schema in ("preference", "kto"):
+            for name, answer in masking.render_answers(tokenizer, row, schema):
+                answers.append((index, name))
+                rendered.append(answer)
+        else:
+            answers.append((index, None))
+            rendered.append(masking.render_row(tokenizer, row, schema, chat_template=chat_template))
     encoded: list[masking.Encoded] = []
     for start in range(0, len(rendered), 256):
         encoded += masking.encode_rendered(
@@ -161,7 +169,8 @@ def model_view(
         "warnings": warnings,
         "rows": [
             {
-                "index": i,
+                "index": answers[i][0],
+                "answer": answers[i][1],
                 "num_tokens": e.num_tokens,
                 "shown_tokens": len(e.input_ids),
                 "trained_tokens": sum(1 for lab in e.labels if lab != IGNORE_INDEX),
@@ -169,7 +178,7 @@ def model_view(
                 "warnings": sorted(set(e.warnings)),
                 "tokens": _token_rows(tokenizer, e),
             }
-            for i, e in enumerate(encoded[:detail_rows])
+            for i, e in enumerate(encoded[: detail_rows * (2 if schema == "preference" else 1)])
         ],
     }
 

@@ -19,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import datacontract as contract
 from app.core.prep_recipe import Recipe
 from workers.dataprep import fields
 from workers.dataprep.pipeline import BATCH_ROWS, Pipeline
@@ -58,9 +59,10 @@ def read_rows(
                 raise RowError(f"line {line_no}: not valid JSON ({exc})") from None
             if not isinstance(row, dict):
                 raise RowError(f"line {line_no}: not a JSON object")
-            if schema == "chat":
-                if not isinstance(row.get("messages"), list):
-                    raise RowError(f'line {line_no}: a chat row needs a "messages" list')
+            if schema in contract.MESSAGE_KEYS:
+                for key in contract.MESSAGE_KEYS[schema]:
+                    if not isinstance(row.get(key), list):
+                        raise RowError(f'line {line_no}: a {schema} row needs a "{key}" list')
             elif any(not isinstance(row.get(k, ""), str) for k in keys):
                 raise RowError(f"line {line_no}: {', '.join(keys)} must be strings")
             yield row

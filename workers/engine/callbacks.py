@@ -8,6 +8,17 @@ from typing import Protocol, runtime_checkable
 # Keys on_metrics sends. Training logs carry TRAIN_METRIC_KEYS, evaluations EVAL_METRIC_KEYS.
 TRAIN_METRIC_KEYS = ("train_loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
 EVAL_METRIC_KEYS = ("eval_loss", "eval_perplexity")
+# Preference runs (dpo, orpo, simpo, kto) add TRL's own measures to both, "/" spelled "_":
+# rewards_chosen, rewards_rejected, rewards_margins, rewards_accuracies, logps_chosen,
+# logps_rejected (and eval_rewards_chosen, ... on the held-out pairs).
+PREFERENCE_METRIC_KEYS = (
+    "rewards_chosen",
+    "rewards_rejected",
+    "rewards_margins",
+    "rewards_accuracies",
+    "logps_chosen",
+    "logps_rejected",
+)
 # System metrics (workers/engine/system_metrics.py) come as their own report, at most once a
 # second: a subset of SYSTEM_METRIC_KEYS (GPU keys and mfu only where they can be measured).
 

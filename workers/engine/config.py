@@ -20,6 +20,10 @@ TASK_SCHEMAS = contract.TASK_SCHEMAS
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("full", "lora", "qlora")
+PREFERENCE_TASKS = contract.PREFERENCE_TASKS
+DPO_LOSSES = ("sigmoid", "ipo")
+# Each method's beta when none is given (TRL's defaults; SimPO's paper uses 2.0).
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0}
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 MAX_DEVICES = 64
@@ -90,6 +94,16 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     early_stopping_metric: str = "eval_loss"
     early_stopping_mode: str = "min"
+    # Preference tuning (tasks dpo, orpo, simpo, kto; workers/engine/preference.py).
+    beta: float | None = None  # None: DEFAULT_BETA of the task
+    dpo_loss: str = "sigmoid"  # "sigmoid" (DPO) | "ipo"
+    simpo_gamma: float = 0.5  # SimPO's target reward margin
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
+
+    @property
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.resolved_task, 0.1)
 
     @property
     def is_scratch(self) -> bool:
@@ -211,6 +225,18 @@ class TrainConfig:
                 problems.append("LoRA needs a transformer; train the LSTM with method full")
             elif self.method == "qlora":
                 problems.append("QLoRA quantises a pretrained base; scratch models train in full")
+        if self.beta is not None and not (math.isfinite(self.beta) and 0 < self.beta <= 100):
+            problems.append(f"beta must be greater than 0 and at most 100 (got {self.beta})")
+        if self.dpo_loss not in DPO_LOSSES:
+            problems.append(f"DPO loss must be one of {', '.join(DPO_LOSSES)}")
+        if not 0 <= self.simpo_gamma <= 100:
+            problems.append(f"SimPO gamma must be between 0 and 100 (got {self.simpo_gamma})")
+        for name in ("kto_desirable_weight", "kto_undesirable_weight"):
+            value = getattr(self, name)
+            if not 0 < value <= 100:
+                problems.append(f"{name.replace('_', ' ')} must be above 0, at most 100")
+        if task == "kto" and self.batch_size < 2:
+            problems.append("KTO needs a batch size of at least 2 (its KL term pairs answers)")
         if not 1 <= self.lora_r <= 512:
             problems.append(f"LoRA r must be between 1 and 512 (got {self.lora_r})")
         if not 1 <= self.lora_alpha <= 4096:

@@ -35,9 +35,27 @@ class Pair:
     target: str
 
 
+@dataclass(frozen=True)
+class Preference:
+    """A `preference` row: the shared turns, then a better and a worse answer (assistant turns)."""
+
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    """A `kto` row: one answer to the prompt and whether it is desirable."""
+
+    prompt: list[Message]
+    completion: list[Message]
+    label: bool
+
+
 # A document: plain text, a chat conversation (rendered through the chat template later;
 # prompt_completion and instruction rows become conversations), a labelled text or a pair.
-Row = str | list[Message] | LabeledText | Pair
+Row = str | list[Message] | LabeledText | Pair | Preference | Unpaired
 
 CHAT_ROLES = frozenset(contract.CHAT_ROLES)
 # The canonical schemas of docs/DATA_CONTRACT.md (the engine also reads the old "txt", a plain
@@ -154,6 +172,42 @@ def _chat_row(record: object, where: str) -> list[Message]:
     return row
 
 
+def _messages(record: dict[str, Any], key: str, where: str) -> list[Message]:
+    messages = record.get(key)
+    if not isinstance(messages, list) or not messages:
+        raise DatasetError(f'{where}: expected a non-empty "{key}" list of messages')
+    out: list[Message] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise DatasetError(f'{where}: each "{key}" message needs a known role')
+        if not isinstance(message.get("content"), str):
+            raise DatasetError(f'{where}: each "{key}" message needs a string "content"')
+        out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def _preference_row(record: object, where: str) -> Preference:
+    if not isinstance(record, dict):
+        raise DatasetError(f"{where}: expected an object with prompt, chosen and rejected")
+    return Preference(
+        _messages(record, "prompt", where),
+        _messages(record, "chosen", where),
+        _messages(record, "rejected", where),
+    )
+
+
+def _kto_row(record: object, where: str) -> Unpaired:
+    if not isinstance(record, dict) or not isinstance(record.get("label"), bool):
+        raise DatasetError(
+            f"{where}: expected an object with prompt, completion and a true/false label"
+        )
+    return Unpaired(
+        _messages(record, "prompt", where),
+        _messages(record, "completion", where),
+        record["label"],
+    )
+
+
 _ROW_READERS: dict[str, Callable[[Any, str], Row]] = {
     "text": _text_row,
     "chat": _chat_row,
@@ -161,6 +215,8 @@ _ROW_READERS: dict[str, Callable[[Any, str], Row]] = {
     "instruction": _instruction_row,
     "classification": _classification_row,
     "seq2seq": _seq2seq_row,
+    "preference": _preference_row,
+    "kto": _kto_row,
 }
 
 
@@ -210,6 +266,12 @@ def tokenizer_corpus(rows: Iterable[Row]) -> Iterator[str]:
         elif isinstance(row, Pair):
             yield row.source
             yield row.target
+        elif isinstance(row, Preference):
+            for message in (*row.prompt, *row.chosen, *row.rejected):
+                yield message["content"]
+        elif isinstance(row, Unpaired):
+            for message in (*row.prompt, *row.completion):
+                yield message["content"]
         else:
             for message in row:
                 yield message["content"]
@@ -225,6 +287,10 @@ def render_rows(rows: Iterable[Row], tokenizer: PreTrainedTokenizerFast) -> Iter
             yield row.text
         elif isinstance(row, Pair):
             yield f"{row.source}\n{row.target}"
+        elif isinstance(row, Preference):
+            yield str(tokenizer.apply_chat_template([*row.prompt, *row.chosen], tokenize=False))
+        elif isinstance(row, Unpaired):
+            yield str(tokenizer.apply_chat_template([*row.prompt, *row.completion], tokenize=False))
         else:
             yield str(tokenizer.apply_chat_template(row, tokenize=False))
 

@@ -101,6 +101,29 @@ class PinnedTrainingArguments(TrainingArguments):
         return device
 
 
+def pinned_arguments_class(base: type[TrainingArguments]) -> type[TrainingArguments]:
+    """`base` (a TrainingArguments subclass such as TRL's DPOConfig) pinned to one GPU like
+    PinnedTrainingArguments."""
+
+    @dataclass
+    class Pinned(base):  # type: ignore[valid-type,misc]
+        cuda_index: int | None = field(default=None, metadata={"help": "the one GPU to train on"})
+
+        @cached_property
+        def _setup_devices(self) -> torch.device:
+            return PinnedTrainingArguments._setup_devices.func(self)  # type: ignore[attr-defined,no-any-return]
+
+    name = f"Pinned{base.__name__}"
+    existing = globals().get(name)
+    if isinstance(existing, type) and issubclass(existing, base):
+        return existing
+    # Named in this module, so the Trainer can pickle its arguments into a checkpoint.
+    Pinned.__name__ = Pinned.__qualname__ = name
+    Pinned.__module__ = __name__
+    globals()[name] = Pinned
+    return Pinned
+
+
 def available_cpus() -> int:
     """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota.
 

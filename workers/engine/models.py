@@ -154,11 +154,18 @@ def lora_targets(model: PreTrainedModel, config: TrainConfig) -> list[str] | str
 
 def apply_lora(model: PreTrainedModel, config: TrainConfig, task: str) -> Any:
     """Wrap the model so only the LoRA matrices (and a new classification head) train."""
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if config.method == "qlora":
         model = prepare_model_for_kbit_training(model)
-    lora = LoraConfig(
+    return get_peft_model(model, lora_config(model, config, task))
+
+
+def lora_config(model: PreTrainedModel, config: TrainConfig, task: str) -> Any:
+    """The run's LoRA settings for this model (TRL's trainers take it as peft_config)."""
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -167,7 +174,6 @@ def apply_lora(model: PreTrainedModel, config: TrainConfig, task: str) -> Any:
         # GPT-2's projections are Conv1D, whose weight is stored transposed.
         fan_in_fan_out=model.config.model_type == "gpt2",
     )
-    return get_peft_model(model, lora)
 
 
 def merged_model(model: Any, config: TrainConfig, source: Source | None, task: str) -> Any:

@@ -14,6 +14,23 @@ from workers.engine.callbacks import TrainCallbacks
 from workers.engine.files import make_readable
 from workers.engine.system_metrics import SystemSampler
 
+# What TRL's preference trainers log beside the loss (rewards/chosen, logps/rejected, kl,
+# ORPO's log_odds_ratio, ...): forwarded with "/" spelled "_" (rewards_chosen, and
+# eval_rewards_chosen for the held-out pairs).
+_PREFERENCE_KEYS = ("rewards/", "logps/", "logits/", "kl", "nll_loss", "log_odds")
+
+
+def preference_metrics(logs: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The preference metrics of one TRL log (keys after `prefix`), named for the database."""
+    out: dict[str, float] = {}
+    for key, value in logs.items():
+        name = key[len(prefix) :] if key.startswith(prefix) else None
+        if name is None or not name.startswith(_PREFERENCE_KEYS):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[prefix + name.replace("/", "_")] = float(value)
+    return out
+
 
 def perplexity(loss: float) -> float:
     """exp(loss), saturating to infinity instead of raising for a diverged run."""
@@ -31,9 +48,15 @@ class ReportingCallback(TrainerCallback):
     """
 
     def __init__(
-        self, callbacks: TrainCallbacks, *, log_every: int, sampler: SystemSampler | None = None
+        self,
+        callbacks: TrainCallbacks,
+        *,
+        log_every: int,
+        sampler: SystemSampler | None = None,
+        perplexity: bool = True,
     ) -> None:
         self.callbacks = callbacks
+        self.perplexity = perplexity
         self.sampler = sampler
         self._steps_since_log = 0
         self.log_every = max(1, log_every)
@@ -93,22 +116,27 @@ class ReportingCallback(TrainerCallback):
             self._report_training(step, args, state, logs)
         elif "eval_loss" in logs:
             eval_loss = float(logs["eval_loss"])
-            self.latest_eval = {"eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss)}
+            self.latest_eval = {"eval_loss": eval_loss}
+            if self.perplexity:
+                self.latest_eval["eval_perplexity"] = perplexity(eval_loss)
             # Task metrics (eval_accuracy, eval_f1_macro, ...), not the Trainer's timings.
             self.latest_eval.update(
                 (key, float(value))
                 for key, value in logs.items()
                 if key.startswith("eval_")
+                and "/" not in key
                 and key not in self.latest_eval
                 and not key.endswith(("_runtime", "_per_second"))
                 and isinstance(value, int | float)
             )
+            self.latest_eval.update(preference_metrics(logs, "eval_"))
             self.callbacks.on_metrics(step, dict(self.latest_eval))
-            self.callbacks.on_log(
-                "info",
-                f"eval at step {step}: loss {eval_loss:.4f} "
-                f"perplexity {self.latest_eval['eval_perplexity']:.2f}",
-            )
+            detail = ""
+            if "eval_perplexity" in self.latest_eval:
+                detail = f" perplexity {self.latest_eval['eval_perplexity']:.2f}"
+            elif "eval_rewards_accuracies" in self.latest_eval:
+                detail = f" preference accuracy {self.latest_eval['eval_rewards_accuracies']:.2f}"
+            self.callbacks.on_log("info", f"eval at step {step}: loss {eval_loss:.4f}{detail}")
 
     def _report_training(
         self, step: int, args: TrainingArguments, state: TrainerState, logs: dict[str, float]
@@ -132,6 +160,7 @@ class ReportingCallback(TrainerCallback):
             "epoch": float(logs.get("epoch", state.epoch or 0.0)),
             # The running total (non-padding tokens, all ranks): a job's trained_tokens.
             "trained_tokens": float(state.num_input_tokens_seen),
+            **preference_metrics(logs),
         }
         self.callbacks.on_metrics(step, dict(self.latest_train))
         if self.sampler is not None and self.sampler.due():

@@ -8,6 +8,7 @@ from types import MappingProxyType
 
 from transformers import GPT2Config, PretrainedConfig
 
+import datacontract as contract
 from workers.engine.lstm import LstmConfig
 
 # The vocabulary size a listing assumes; a run's real size is that of the tokenizer it trains.
@@ -26,7 +27,13 @@ class BaseModelSpec:
     context_length: int  # the longest block_size this size accepts (GPT-2's n_positions)
     architecture: str = "gpt2"  # "gpt2" | "lstm" (n_embd is then the LSTM's width)
     license: str | None = None  # your own weights: no licence to state
-    tasks: tuple[str, ...] = ("causal_lm", "sft", "classification", "seq2seq")
+    tasks: tuple[str, ...] = (
+        "causal_lm",
+        "sft",
+        "classification",
+        "seq2seq",
+        *contract.PREFERENCE_TASKS,
+    )
 
     def parameter_count(
         self, vocab_size: int = DEFAULT_VOCAB_SIZE, n_positions: int | None = None

@@ -30,7 +30,7 @@ from workers.engine.classify import (
     LabeledDataset,
     label_names,
 )
-from workers.engine.config import TrainConfig
+from workers.engine.config import PREFERENCE_TASKS, TrainConfig
 from workers.engine.data import (
     BlockDataset,
     LabeledText,
@@ -228,6 +228,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
     # "Writing model shards" bars at every checkpoint would only clutter a worker's log.
     hf_logging.disable_progress_bar()
     try:
+        if config.resolved_task in PREFERENCE_TASKS:
+            from workers.engine.preference import train_preference
+
+            return train_preference(config, callbacks)
         return _train(config, callbacks)
     except Exception as exc:
         callbacks.on_log("error", f"training failed: {exc}")
@@ -436,20 +440,7 @@ def _prepare_data(
     callbacks.on_log(
         "info", f"data loaded: {len(train_rows)} training and {len(eval_rows)} eval documents"
     )
-    source = None if config.is_scratch else pretrained_source(config)
-    if source is not None:
-        tokenizer = load_pretrained_tokenizer(source, config.block_size)
-        callbacks.on_log("info", f"tokenizer of {config.base_model}: vocab {len(tokenizer)}")
-    elif checkpoint is not None:
-        tokenizer = load_tokenizer(checkpoint)
-        callbacks.on_log("info", f"tokenizer loaded from {checkpoint.name}: vocab {len(tokenizer)}")
-    else:
-        tokenizer = train_tokenizer(
-            tokenizer_corpus(train_rows),
-            vocab_size=config.vocab_size,
-            model_max_length=config.block_size,
-        )
-        callbacks.on_log("info", f"tokenizer trained: vocab {len(tokenizer)}")
+    source, tokenizer = tokenizer_for(config, checkpoint, train_rows, callbacks)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     labels: list[str] | None = None
@@ -493,6 +484,28 @@ def _prepare_data(
         labels=labels,
         eval_rows=eval_rows,
     )
+
+
+def tokenizer_for(
+    config: TrainConfig, checkpoint: Path | None, train_rows: list[Row], callbacks: TrainCallbacks
+) -> tuple[Source | None, PreTrainedTokenizerBase]:
+    """The pretrained base's source and tokenizer; a scratch run's tokenizer comes from its
+    checkpoint when it resumes, else it is trained on the run's data."""
+    source = None if config.is_scratch else pretrained_source(config)
+    if source is not None:
+        tokenizer = load_pretrained_tokenizer(source, config.block_size)
+        callbacks.on_log("info", f"tokenizer of {config.base_model}: vocab {len(tokenizer)}")
+    elif checkpoint is not None:
+        tokenizer = load_tokenizer(checkpoint)
+        callbacks.on_log("info", f"tokenizer loaded from {checkpoint.name}: vocab {len(tokenizer)}")
+    else:
+        tokenizer = train_tokenizer(
+            tokenizer_corpus(train_rows),
+            vocab_size=config.vocab_size,
+            model_max_length=config.block_size,
+        )
+        callbacks.on_log("info", f"tokenizer trained: vocab {len(tokenizer)}")
+    return source, tokenizer
 
 
 def _conversations(rows: list[Row]) -> list[list[Message]]:
@@ -588,10 +601,35 @@ def _training_arguments(
     predictions: bool = False,
     world: World | None = None,
 ) -> PinnedTrainingArguments:
+    return PinnedTrainingArguments(
+        **training_kwargs(
+            config,
+            device,
+            schedule,
+            has_eval=has_eval,
+            precision=precision,
+            predictions=predictions,
+            world=world,
+        )
+    )
+
+
+def training_kwargs(
+    config: TrainConfig,
+    device: DevicePlan,
+    schedule: Schedule,
+    *,
+    has_eval: bool,
+    precision: str = "fp32",
+    predictions: bool = False,
+    world: World | None = None,
+) -> dict[str, Any]:
+    """The Trainer arguments of a run: shared by the supervised trainer and TRL's preference
+    trainers (whose configs are TrainingArguments with more fields)."""
     on_gpu = device.kind == "cuda"
     distributed = world is not None and world.size > 1
     warmup: float = config.warmup_steps if config.warmup_steps is not None else config.warmup_ratio
-    return PinnedTrainingArguments(
+    return dict(
         output_dir=str(config.output_dir / "checkpoints"),
         cuda_index=device.cuda_index,
         use_cpu=not on_gpu,

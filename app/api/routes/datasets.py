@@ -25,7 +25,14 @@ from app.services.workspaces import WorkspaceContext
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 SchemaName = Literal[
-    "text", "prompt_completion", "chat", "instruction", "classification", "seq2seq"
+    "text",
+    "prompt_completion",
+    "chat",
+    "instruction",
+    "classification",
+    "seq2seq",
+    "preference",
+    "kto",
 ]
 
 

@@ -14,6 +14,18 @@ import datacontract as contract
 
 DEFAULT_LEARNING_RATE = 5e-4
 TASK_TYPES = ("auto", *contract.TASK_TYPES)
+PREFERENCE_TASKS = contract.PREFERENCE_TASKS
+DPO_LOSSES = ("sigmoid", "ipo")
+# Each preference method's beta when none is given: TRL's defaults (SimPO's paper uses 2.0).
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0}
+# The knobs only some methods read (a knob set for a method that ignores it is refused).
+METHOD_KNOBS: dict[str, tuple[str, ...]] = {
+    "beta": PREFERENCE_TASKS,
+    "dpo_loss": ("dpo",),
+    "simpo_gamma": ("simpo",),
+    "kto_desirable_weight": ("kto",),
+    "kto_undesirable_weight": ("kto",),
+}
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("full", "lora", "qlora")
@@ -27,7 +39,9 @@ TASK_SCHEMAS = contract.TASK_SCHEMAS
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task_type: Literal["auto", "causal_lm", "sft", "classification", "seq2seq"] = "auto"
+    task_type: Literal[
+        "auto", "causal_lm", "sft", "classification", "seq2seq", "dpo", "orpo", "simpo", "kto"
+    ] = "auto"
     method: Literal["full", "lora", "qlora"] = "full"
     learning_rate: float = Field(DEFAULT_LEARNING_RATE, gt=0, le=1.0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
@@ -61,6 +75,14 @@ class RunConfig(BaseModel):
     keep_last_checkpoints: int | None = Field(None, ge=1, le=1000)
     keep_best_metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,63}$")
     keep_best_mode: Literal["min", "max"] = "min"
+    # Preference tuning (task dpo, orpo, simpo, kto; docs/preference.md). None: the method's
+    # default (DEFAULT_BETA). beta scales the implicit reward (DPO, KTO, SimPO) or weighs the
+    # odds-ratio term (ORPO, TRL's beta = the paper's lambda).
+    beta: float | None = Field(None, gt=0, le=100)
+    dpo_loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    simpo_gamma: float = Field(0.5, ge=0, le=100)  # SimPO's target reward margin (gamma/beta)
+    kto_desirable_weight: float = Field(1.0, gt=0, le=100)
+    kto_undesirable_weight: float = Field(1.0, gt=0, le=100)
 
     @model_validator(mode="before")
     @classmethod
@@ -78,6 +100,21 @@ class RunConfig(BaseModel):
         if self.max_steps and self.warmup_steps and self.warmup_steps > self.max_steps:
             raise ValueError("warm-up steps cannot exceed max steps")
         return self
+
+    def knob_problems(self, task: str) -> list[tuple[str, str]]:
+        """(field, message) for each method knob set away from its default for a task that
+        does not read it: a parameter is used or refused, never silently dropped."""
+        defaults = RunConfig.model_fields
+        problems = []
+        for name, tasks in METHOD_KNOBS.items():
+            if task not in tasks and getattr(self, name) != defaults[name].default:
+                problems.append(
+                    (name, f"{name} applies to {' or '.join(tasks)} runs, not to a {task} run")
+                )
+        return problems
+
+    def beta_for(self, task: str) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(task, 0.1)
 
     def task_for(self, schema: str) -> str:
         """The task a run of this config trains on a dataset of `schema`."""

@@ -114,6 +114,8 @@ def check_fit(*, model: base_models.BaseModel, schema: str, config: RunConfig) -
             f"this one holds {schema} rows",
             param="task_type",
         )
+    for field, message in config.knob_problems(task):
+        raise ValidationFailed(message, param=field)
     if task not in model.tasks:
         raise ValidationFailed(
             f"{model.name} cannot be trained for {task} (it supports {', '.join(model.tasks)})",
