@@ -233,6 +233,18 @@ def evaluate_version(evaluation_id: int) -> str:
         evaluation = session.get(Evaluation, evaluation_id)
         assert evaluation is not None
         version = session.get(ModelVersion, evaluation.model_version_id)
+        harness = (
+            (version.storage_key, dict(evaluation.options))
+            if evaluation.kind == "harness" and version is not None
+            else None
+        )
+    if harness is not None:
+        # Outside the session: a harness run takes minutes and holds no transaction open.
+        return _evaluate_harness(evaluation_id, *harness)
+    with session_scope() as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None
+        version = session.get(ModelVersion, evaluation.model_version_id)
         dataset = evaluation.dataset
         try:
             if dataset is None or dataset.sha256 != evaluation.dataset_sha256:
@@ -270,6 +282,39 @@ def evaluate_version(evaluation_id: int) -> str:
             job_type=Evaluation,
             job_id=evaluation_id,
             metrics={k: v for k, v in metrics.items() if v == v},  # NaN is not JSON
+            samples=samples,
+            figures=figures,
+        )
+    return "succeeded"
+
+
+def _evaluate_harness(evaluation_id: int, storage_key: str, options: dict[str, Any]) -> str:
+    """An lm-evaluation-harness evaluation: the task file's rows run by lm_eval in this process
+    on the version's weights (workers/engine/harness.py); per-task results go to figures."""
+    from workers.engine.harness import evaluate_harness
+
+    try:
+        metrics, samples, figures = evaluate_harness(
+            artifacts.existing(storage_key),
+            artifacts.existing(str(options["task_key"])),
+            task_type=str(options["task_type"]),
+            num_fewshot=int(options.get("num_fewshot", 0)),
+            metrics=list(options.get("metrics") or []),
+            regex=options.get("regex"),
+            max_new_tokens=int(options.get("max_new_tokens", 32)),
+            max_rows=int(options.get("max_rows", 500)),
+            apply_chat_template=bool(options.get("apply_chat_template")),
+            progress=_progress(Evaluation, evaluation_id),
+        )
+    except Exception as exc:
+        _fail(Evaluation, evaluation_id, exc)
+        return "failed"
+    with session_scope() as session:
+        model_jobs.finish(
+            session=session,
+            job_type=Evaluation,
+            job_id=evaluation_id,
+            metrics={k: v for k, v in metrics.items() if v == v},
             samples=samples,
             figures=figures,
         )

@@ -3,6 +3,7 @@ queueing, and the status updates the workers make."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import select, update
@@ -21,6 +22,7 @@ from app.services import (
     dataset_versions,
     datasets,
     gguf_support,
+    harness_tasks,
     model_kind,
     prompt_fit,
     registry,
@@ -153,6 +155,117 @@ def create_evaluation(
         dataset_sha256=dataset.sha256,
         dataset_version_id=dataset_version_id,
         options={"max_rows": max_rows, "prompts": chosen, "max_new_tokens": max_new_tokens},
+        status=JobStatus.queued,
+        progress=0.0,
+        metrics={},
+        samples=[],
+        created_by_id=ctx.user.id,
+    )
+    session.add(evaluation)
+    session.flush()
+    session.commit()
+    _send(session, evaluation, EVALUATE_TASK)
+    return evaluation
+
+
+# Harness evaluations (lm-evaluation-harness on an uploaded task file): bounds and defaults.
+HARNESS_MAX_FEWSHOT = 25
+HARNESS_GENERATION_METRICS = ("exact_match", "bleu", "rouge")
+
+
+def create_harness_evaluation(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    version_id: int,
+    data: bytes,
+    filename: str,
+    name: str | None = None,
+    task_type: str | None = None,
+    num_fewshot: int = 0,
+    metrics: list[str] | None = None,
+    regex: str | None = None,
+    max_new_tokens: int | None = None,
+    max_rows: int = 500,
+    apply_chat_template: bool = False,
+) -> Evaluation:
+    """Queue an lm-evaluation-harness evaluation of a causal-LM version on an uploaded task file
+    (multiple choice or generation; app/services/harness_tasks.py reads it and refuses a bad row
+    with its number). The evaluation's `dataset_sha256` is the canonical rows' hash, so two
+    versions run on the same file line up in the comparison."""
+    ctx.require(Role.editor)
+    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    if model_kind.is_classifier(version):
+        raise ValidationFailed(
+            f"{version.serving_name} is a classifier: harness tasks score a language model's "
+            "continuations; evaluate a classifier on a labelled dataset",
+            param="version_id",
+        )
+    if not 0 <= num_fewshot <= HARNESS_MAX_FEWSHOT:
+        raise ValidationFailed(
+            f"num_fewshot must be between 0 and {HARNESS_MAX_FEWSHOT}", param="num_fewshot"
+        )
+    if not 1 <= max_rows <= 5000:
+        raise ValidationFailed("max_rows must be between 1 and 5000", param="max_rows")
+    label = (name or filename.rsplit(".", 1)[0] or "task").strip()[:60]
+    parsed = harness_tasks.parse(data, filename, task_type=task_type, name=label)
+    if parsed.task_type == "multiple_choice":
+        # Generation settings on a multiple-choice task would be silently meaningless.
+        for param, value in (("metrics", metrics), ("regex", regex),
+                             ("max_new_tokens", max_new_tokens)):  # fmt: skip
+            if value:
+                raise ValidationFailed(
+                    f"{param} applies to generation tasks; multiple choice reports acc and "
+                    "acc_norm",
+                    param=param,
+                )
+        chosen_metrics: list[str] = ["acc", "acc_norm"]
+    else:
+        chosen_metrics = [m.strip() for m in (metrics or ["exact_match"]) if m.strip()]
+        unknown = [m for m in chosen_metrics if m not in HARNESS_GENERATION_METRICS]
+        if unknown or not chosen_metrics:
+            raise ValidationFailed(
+                f"unknown metric {', '.join(unknown) or '(none)'}: use "
+                f"{', '.join(HARNESS_GENERATION_METRICS)}",
+                param="metrics",
+            )
+        if regex:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValidationFailed(f"invalid regex: {exc}", param="regex") from exc
+        if max_new_tokens is not None and not 1 <= max_new_tokens <= 256:
+            raise ValidationFailed(
+                "max_new_tokens must be between 1 and 256", param="max_new_tokens"
+            )
+    if num_fewshot and not parsed.fewshot_rows:
+        smallest = min(parsed.tasks.values())
+        if smallest <= num_fewshot:
+            raise ValidationFailed(
+                f"num_fewshot {num_fewshot} needs more rows: a task has only {smallest} and "
+                "the file has no dev rows (a `split` column with dev) to draw examples from",
+                param="num_fewshot",
+            )
+    task_key = harness_tasks.store(parsed)
+    evaluation = Evaluation(
+        workspace_id=ctx.workspace.id,
+        model_version_id=version.id,
+        dataset_id=None,
+        dataset_sha256=parsed.sha256,
+        kind="harness",
+        options={
+            "name": label,
+            "task_key": task_key,
+            "task_type": parsed.task_type,
+            "tasks": parsed.tasks,
+            "fewshot_rows": parsed.fewshot_rows,
+            "num_fewshot": num_fewshot,
+            "metrics": chosen_metrics,
+            "regex": regex or None,
+            "max_new_tokens": max_new_tokens or 32,
+            "max_rows": max_rows,
+            "apply_chat_template": apply_chat_template,
+        },
         status=JobStatus.queued,
         progress=0.0,
         metrics={},

@@ -16,6 +16,7 @@ from app.services import (
     artifacts,
     datasets,
     gguf_support,
+    harness_tasks,
     model_import,
     model_jobs,
     model_kind,
@@ -208,6 +209,44 @@ def start_evaluation(
         version_id,
         lambda: model_jobs.create_evaluation(
             session=session, ctx=pc.ctx, version_id=version_id, dataset_id=dataset_id
+        ),
+    )
+
+
+@router.post("/models/versions/{version_id}/harness-evaluations", dependencies=[CSRF])
+def start_harness_evaluation(
+    version_id: int,
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    file: Annotated[UploadFile, File()],
+    name: Annotated[str, Form(max_length=60)] = "",
+    task_type: Annotated[str, Form(max_length=20)] = "",
+    num_fewshot: Annotated[int, Form(ge=0, le=25)] = 0,
+    metrics: Annotated[list[str] | None, Form()] = None,
+    regex: Annotated[str, Form(max_length=200)] = "",
+    apply_chat_template: Annotated[bool, Form()] = False,
+) -> Response:
+    """The version page's harness form: the same service as the API (a refusal is shown on
+    the page with its reason)."""
+    data = harness_tasks.read_upload(file.file)
+    return _act(
+        request,
+        session,
+        pc,
+        version_id,
+        lambda: model_jobs.create_harness_evaluation(
+            session=session,
+            ctx=pc.ctx,
+            version_id=version_id,
+            data=data,
+            filename=file.filename or "tasks.jsonl",
+            name=name or None,
+            task_type=task_type or None,
+            num_fewshot=num_fewshot,
+            metrics=metrics or None,
+            regex=regex or None,
+            apply_chat_template=apply_chat_template,
         ),
     )
 

@@ -283,6 +283,15 @@ RULES: dict[tuple[str, str], Rule] = {
         url="/api/v1/model-versions/{version}/evaluations",
         json={"dataset_id": "{dataset}"},
     ),
+    # The matrix's upload is text rows, not a task file: an allowed caller gets the 400 that
+    # names the missing prompt (tests/registry/test_harness_evaluation.py runs real ones).
+    ("POST", "/api/v1/model-versions/{version_id}/harness-evaluations"): R(
+        A.EDITOR,
+        "id",
+        400,
+        url="/api/v1/model-versions/{version}/harness-evaluations",
+        files="tasks.jsonl",
+    ),
     ("GET", "/api/v1/model-versions/{version_id}/evaluations"): R(
         A.VIEWER, "id", url="/api/v1/model-versions/{version}/evaluations"
     ),
@@ -486,6 +495,13 @@ RULES: dict[tuple[str, str], Rule] = {
         303,
         url="/models/versions/{version}/evaluations",
         form={"dataset_id": "{dataset}"},
+    ),
+    ("POST", "/models/versions/{version_id}/harness-evaluations"): R(
+        A.EDITOR,
+        "id",
+        400,
+        url="/models/versions/{version}/harness-evaluations",
+        files="tasks.jsonl",
     ),
     ("POST", "/runs/{run_id}/checkpoints/{checkpoint_id}/register"): R(
         A.EDITOR, "id", 303, url="/runs/{finished_run}/checkpoints/{checkpoint}/register"

@@ -23,7 +23,7 @@ from app.api.schemas.registry import (
 )
 from app.core.errors import Conflict
 from app.db.models import JobStatus
-from app.services import artifacts, model_import, model_jobs, registry
+from app.services import artifacts, harness_tasks, model_import, model_jobs, registry
 from app.services.model_files import zip_stream
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
@@ -182,6 +182,55 @@ def create_evaluation(
         max_rows=body.max_rows,
         max_new_tokens=body.max_new_tokens,
         prompts=body.prompts,
+    )
+    return EvaluationRead.model_validate(evaluation)
+
+
+@router.post(
+    "/model-versions/{version_id}/harness-evaluations",
+    response_model=EvaluationRead,
+    status_code=202,
+)
+def create_harness_evaluation(
+    version_id: int,
+    session: SessionDep,
+    ctx: Workspace,
+    file: Annotated[
+        UploadFile,
+        File(
+            description="the task rows: JSONL, JSON, CSV or TSV; multiple choice (question, "
+            "choices or A/B/C/D columns, answer index or letter; MMLU's headerless CSV, C-Eval, "
+            "CMMLU) or generation (prompt, answer); optional subject and split (dev) columns"
+        ),
+    ],
+    name: Annotated[str | None, Form(max_length=60)] = None,
+    task_type: Annotated[str | None, Form(description="multiple_choice or generation")] = None,
+    num_fewshot: Annotated[int, Form(ge=0, le=25)] = 0,
+    metrics: Annotated[
+        str | None, Form(description="generation: comma-separated exact_match, bleu, rouge")
+    ] = None,
+    regex: Annotated[
+        str | None, Form(max_length=200, description="generation: extract the answer first")
+    ] = None,
+    max_new_tokens: Annotated[int | None, Form(ge=1, le=256)] = None,
+    max_rows: Annotated[int, Form(ge=1, le=5000)] = 500,
+    apply_chat_template: Annotated[bool, Form()] = False,
+) -> EvaluationRead:
+    """Queue an lm-evaluation-harness evaluation of the version on an uploaded task file."""
+    evaluation = model_jobs.create_harness_evaluation(
+        session=session,
+        ctx=ctx,
+        version_id=version_id,
+        data=harness_tasks.read_upload(file.file),
+        filename=file.filename or "tasks.jsonl",
+        name=name,
+        task_type=task_type or None,
+        num_fewshot=num_fewshot,
+        metrics=[m for m in (metrics or "").split(",") if m.strip()] or None,
+        regex=regex or None,
+        max_new_tokens=max_new_tokens,
+        max_rows=max_rows,
+        apply_chat_template=apply_chat_template,
     )
     return EvaluationRead.model_validate(evaluation)
 
