@@ -34,6 +34,8 @@ from app.openai.common import (
 from app.openai.files import dataset_for_file, file_id, results_file_id
 from app.openai.schemas import (
     Adapter,
+    Dpo,
+    DpoHyperparameters,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobCheckpointList,
@@ -52,7 +54,7 @@ from app.services.runs import access as run_access
 from app.services.runs import results as job_results
 from app.services.runs import service as runs
 from app.services.runs import timeline as run_timeline
-from app.services.runs.config import DEFAULT_LEARNING_RATE, RunConfig
+from app.services.runs.config import DEFAULT_BETA, DEFAULT_LEARNING_RATE, RunConfig
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai: fine-tuning"])
@@ -108,6 +110,11 @@ def _run_config(body: FineTuningJobCreate) -> RunConfig:
         values["learning_rate"] = DEFAULT_LEARNING_RATE * chosen.learning_rate_multiplier
     if body.seed is not None:
         values["seed"] = body.seed
+    if body.method_type == "dpo":
+        values["task_type"] = "dpo"
+        beta = getattr(chosen, "beta", "auto")
+        if beta != "auto":
+            values["beta"] = beta
     try:
         return RunConfig(**values)
     except ValidationError as exc:
@@ -117,6 +124,7 @@ def _run_config(body: FineTuningJobCreate) -> RunConfig:
             "learning_rate": "hyperparameters.learning_rate_multiplier",
             "epochs": "hyperparameters.n_epochs",
             "batch_size": "hyperparameters.batch_size",
+            "beta": "method.dpo.hyperparameters.beta",
         }.get(field, field or None)
         raise ValidationFailed(f"{param}: {error['msg']}", param=param) from None
 
@@ -130,6 +138,39 @@ def _hyperparameters(config: dict) -> Hyperparameters:
         learning_rate_multiplier=round(learning_rate / DEFAULT_LEARNING_RATE, 6),
         n_epochs=int(epochs) if epochs.is_integer() else epochs,
     )
+
+
+def _method(config: dict, hyperparameters: Hyperparameters) -> Method:
+    """The job's method as OpenAI shows it: dpo for a DPO run, supervised for the rest."""
+    if config.get("task_type") != "dpo":
+        return Method(supervised=Supervised(hyperparameters=hyperparameters))
+    beta = config.get("beta")
+    return Method(
+        type="dpo",
+        dpo=Dpo(
+            hyperparameters=DpoHyperparameters(
+                **hyperparameters.model_dump(),
+                beta=float(beta) if beta is not None else DEFAULT_BETA["dpo"],
+            )
+        ),
+    )
+
+
+def _check_training_data(method: str, schema: str) -> None:
+    """OpenAI's rule: a DPO job reads preference pairs, a supervised one conversations."""
+    preference = schema in ("preference", "kto")
+    if method == "dpo" and schema != "preference":
+        raise ValidationFailed(
+            "a dpo job needs a training file of preference pairs (input, preferred_output, "
+            f"non_preferred_output); this file holds {schema} rows",
+            param="training_file",
+        )
+    if method == "supervised" and preference:
+        raise ValidationFailed(
+            f"this training file holds {schema} data: create the job with "
+            'method={"type": "dpo"} to tune on it',
+            param="training_file",
+        )
 
 
 def _llmide(config: dict) -> Llmide:
@@ -186,7 +227,7 @@ def to_job(*, session: Session, ctx: WorkspaceContext, run: Run) -> FineTuningJo
         fine_tuned_model=fine_tuned_model,
         finished_at=unix_or_none(run.finished_at),
         hyperparameters=hyperparameters,
-        method=Method(supervised=Supervised(hyperparameters=hyperparameters)),
+        method=_method(run.config, hyperparameters),
         model=run.base_model,
         organization_id=ctx.workspace.slug,
         status=job_status(run),  # type: ignore[arg-type]
@@ -210,11 +251,13 @@ def create_fine_tuning_job(
     training = dataset_for_file(
         session=session, ctx=ctx, file=body.training_file, param="training_file"
     )
+    _check_training_data(body.method_type, training.format)
     validation = None
     if body.validation_file is not None:
         validation = dataset_for_file(
             session=session, ctx=ctx, file=body.validation_file, param="validation_file"
         )
+        _check_training_data(body.method_type, validation.format)
     try:
         run = runs.create_run(
             session=session,
@@ -285,9 +328,7 @@ def resume_fine_tuning_job(
 ) -> FineTuningJob:
     """Queue a paused job again; it continues from the checkpoint its pause saved."""
     run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
-    run = runs.resume_paused(
-        session=session, ctx=ctx, run_id=run.id, status_word=job_status(run)
-    )
+    run = runs.resume_paused(session=session, ctx=ctx, run_id=run.id, status_word=job_status(run))
     return to_job(session=session, ctx=ctx, run=run)
 
 

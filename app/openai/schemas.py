@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 from app.core.errors import ValidationFailed
@@ -45,6 +53,7 @@ _HYPERPARAMETER_RANGES: dict[str, tuple[float, float | None, bool]] = {
     "batch_size": (1, 256, True),
     "n_epochs": (1, 50, True),
     "learning_rate_multiplier": (0, None, False),
+    "beta": (0, 2, False),  # DPO's beta: above 0, at most 2
 }
 
 
@@ -82,6 +91,23 @@ class SupervisedIn(BaseModel):
     hyperparameters: HyperparametersIn | None = None
 
 
+class DpoHyperparametersIn(HyperparametersIn):
+    """OpenAI's DPO hyperparameters: the supervised ones and beta ("auto": 0.1)."""
+
+    beta: Auto | float = "auto"
+
+    @field_validator("beta", mode="before")
+    @classmethod
+    def _beta_auto_or_in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        return cls._auto_or_in_range(value, info)
+
+
+class DpoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparametersIn | None = None
+
+
 class MethodIn(BaseModel):
     """OpenAI's `method`: its `type` names the block (`supervised`, ...) holding its settings.
 
@@ -93,6 +119,7 @@ class MethodIn(BaseModel):
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedIn | None = None
+    dpo: DpoIn | None = None
 
     def block(self) -> BaseModel | None:
         """The settings block of the chosen type (None when the request left it out)."""
@@ -155,19 +182,34 @@ class FineTuningJobCreate(BaseModel):
             )
         if self.method is None:
             return self.hyperparameters or HyperparametersIn()
-        if self.method.type != "supervised":
+        kind = self.method.type
+        if kind not in ("supervised", "dpo"):
             raise ValidationFailed(
-                f"method {self.method.type!r} is not supported; only 'supervised' fine-tuning is",
+                f"method {kind!r} is not supported; 'supervised' and 'dpo' fine-tuning are",
                 param="method.type",
             )
+        for other in ("supervised", "dpo"):
+            if other != kind and getattr(self.method, other) is not None:
+                raise ValidationFailed(
+                    f"method.{other} is given but method.type is {kind!r}: give the settings "
+                    f"of the chosen method in method.{kind}",
+                    param=f"method.{other}",
+                )
         block = self.method.block()
         nested = getattr(block, "hyperparameters", None)
         if nested is not None and self.hyperparameters is not None:
             raise ValidationFailed(
-                "give hyperparameters either in method.supervised or at the top level, not both",
+                f"give hyperparameters either in method.{kind} or at the top level, not both",
                 param="hyperparameters",
             )
+        if kind == "dpo" and nested is None and self.hyperparameters is not None:
+            # The top-level field is the supervised one's older spelling: it has no beta.
+            return DpoHyperparametersIn(**self.hyperparameters.model_dump())
         return nested or self.hyperparameters or HyperparametersIn()
+
+    @property
+    def method_type(self) -> str:
+        return self.method.type if self.method is not None else "supervised"
 
 
 class Hyperparameters(BaseModel):
@@ -180,9 +222,23 @@ class Supervised(BaseModel):
     hyperparameters: Hyperparameters
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: float | Auto
+
+
+class Dpo(BaseModel):
+    hyperparameters: DpoHyperparameters
+
+
 class Method(BaseModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: Supervised
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_the_chosen_block(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # OpenAI's schema types each block as an object: the unchosen ones are left out.
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class JobError(BaseModel):

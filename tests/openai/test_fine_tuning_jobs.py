@@ -106,7 +106,7 @@ def test_jobs_take_hyperparameters_from_method_supervised_and_auto_keeps_default
     ("fields", "param"),
     [
         ({"model": "gpt-4o-mini"}, "model"),
-        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
         ({"hyperparameters": {"n_epochs": 0}}, "n_epochs"),
         ({"hyperparameters": {"learning_rate_multiplier": 5000}},
          "hyperparameters.learning_rate_multiplier"),
