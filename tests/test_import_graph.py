@@ -26,6 +26,7 @@ ALLOWED_IMPORTS: dict[tuple[str, str], str] = {
     # The LSTM is a model definition registered with transformers' Auto classes, not training
     # code: the inference server needs it to load a trained LSTM (imported inside the loader).
     ("workers.inference.registry", "workers.engine.lstm"): "model class to load LSTM weights",
+    ("workers.inference.embeddings", "workers.engine.lstm"): "model class to load LSTM weights",
 }
 # Module cycles (module-level imports) that remain, as sorted tuples of their modules.
 ALLOWED_MODULE_CYCLES: dict[tuple[str, ...], str] = {}

@@ -313,6 +313,65 @@ class FineTuningJobCheckpointList(BaseModel):
     has_more: bool
 
 
+# --- embeddings ---------------------------------------------------------------------------
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+class EmbeddingCreate(BaseModel):
+    """OpenAI's embeddings request; unknown fields are refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=255)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, le=65536)
+    # An end-user id for OpenAI's abuse monitoring: it changes no output, so it is accepted
+    # and kept nowhere.
+    user: str | None = Field(None, max_length=256)
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list of texts or of token arrays; empty ones are refused."""
+        value = self.input
+        if isinstance(value, str):
+            items: list[Any] = [value]
+        elif value and all(isinstance(v, int) for v in value):
+            items = [value]  # one token array
+        else:
+            items = list(value)
+        if not items:
+            raise ValidationFailed("input must hold at least one text", param="input")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ValidationFailed(
+                f"at most {MAX_EMBEDDING_INPUTS} inputs per request, not {len(items)}",
+                param="input",
+            )
+        for index, item in enumerate(items):
+            if isinstance(item, str) and not item:
+                raise ValidationFailed(f"input[{index}] is an empty string", param="input")
+            if isinstance(item, list) and not item:
+                raise ValidationFailed(f"input[{index}] is an empty token array", param="input")
+        return items
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a base64 string of little-endian float32 with base64
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 # --- models -------------------------------------------------------------------------------
 class Model(BaseModel):
     id: str

@@ -150,6 +150,14 @@ async def predict(name: str, path: str | None, inputs: str | list[str], **load: 
         return _checked(await client.post("/predict", json=body))
 
 
+async def embed(name: str, path: str | None, inputs: list[str] | list[list[int]]) -> dict:
+    """Unit-length embeddings of texts or token arrays: {"embeddings", "prompt_tokens"}; the
+    model is loaded for embeddings from `path` first if the server does not hold it yet."""
+    body = {"name": name, "path": path, "inputs": inputs}
+    async with _client(GENERATE_TIMEOUT) as client:
+        return _checked(await client.post("/embed", json=body))
+
+
 async def model_status(name: str) -> dict[str, Any]:
     """One deployment's status; InferenceError(404) if the server does not hold it."""
     async with _client(CONTROL_TIMEOUT) as client:

@@ -373,6 +373,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/completions"): R(
         A.VIEWER, "id", json={"model": "{serving_name}", "prompt": "hello"}, inference=True
     ),
+    ("POST", "/v1/embeddings"): R(
+        A.VIEWER, "id", json={"model": "{serving_name}", "input": "hello"}, inference=True
+    ),
     # --- pages ------------------------------------------------------------------------------
     ("GET", "/setup"): R(A.PUBLIC, public=(303, 303)),
     ("POST", "/setup"): R(
@@ -854,6 +857,7 @@ VIEWER_WRITES = {
     ("POST", "/workspace"): "choosing which of their workspaces to look at",
     ("POST", "/v1/chat/completions"): "using a registered model (it may be loaded on demand)",
     ("POST", "/v1/completions"): "using a registered model (it may be loaded on demand)",
+    ("POST", "/v1/embeddings"): "using a registered model (it may be loaded on demand)",
     ("POST", "/playground/stream"): "using a registered model (it may be loaded on demand)",
     ("POST", "/playground/classify"): "using a registered classifier (loaded on demand)",
     # Only editors can start a chunked upload; these act on the caller's own upload.

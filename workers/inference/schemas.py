@@ -30,7 +30,7 @@ class ModelRead(BaseModel):
     status: Literal["loading", "ready", "failed"]
     error: str | None
     loaded_at: float | None
-    kind: Literal["causal-lm", "classifier"] = "causal-lm"
+    kind: Literal["causal-lm", "classifier", "embedding"] = "causal-lm"
     backend: Literal["transformers", "vllm", "llamacpp"] | None = None  # None until chosen
     backend_reason: str | None = None  # why that engine
     in_flight: int = 0  # requests running or queued on it now
@@ -62,6 +62,24 @@ class PredictRequest(BaseModel):
 
     def texts(self) -> list[str]:
         return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+MAX_EMBED_INPUTS = 2048  # OpenAI's limit per request
+
+
+class EmbedRequest(BaseModel):
+    """Embed texts or token-id arrays with the model at `path`, loaded for embeddings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    path: str | None = Field(default=None, max_length=4096)
+    inputs: list[str] | list[list[int]] = Field(min_length=1, max_length=MAX_EMBED_INPUTS)
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]]
+    prompt_tokens: int
 
 
 class Prediction(BaseModel):

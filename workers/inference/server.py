@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.instance import INSTANCE_HEADER
 from app.core.settings import Settings, get_settings
-from workers.inference import generation
+from workers.inference import embeddings, generation
 from workers.inference.generation import (
     EngineBusy,
     GenerationFailed,
@@ -39,6 +39,8 @@ from workers.inference.registry import (
     ModelRegistry,
 )
 from workers.inference.schemas import (
+    EmbedRequest,
+    EmbedResponse,
     GenerateRequest,
     GenerateResponse,
     LoadRequest,
@@ -120,6 +122,7 @@ def _ensure(
     retry_failed: bool | str,
     replicas: int | None = None,
     max_batch_size: int | None = None,
+    embedding: bool = False,
 ) -> LoadedModel:
     try:
         return state.registry.ensure(
@@ -128,13 +131,19 @@ def _ensure(
             retry_failed=retry_failed,
             replicas=replicas,
             max_batch_size=max_batch_size,
+            embedding=embedding,
         )
     except (ModelPathRefused, InvalidModelName) as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
 
 async def get_ready_model(
-    state: InferenceState, name: str, path: str | None, body: Any = None
+    state: InferenceState,
+    name: str,
+    path: str | None,
+    body: Any = None,
+    *,
+    embedding: bool = False,
 ) -> LoadedModel:
     """The named model once it is ready, loading it from `path` first if needed; else raise.
 
@@ -143,7 +152,12 @@ async def get_ready_model(
     if path is not None:
         # A failed load is retried once its back-off delay has passed, not on every request.
         found = state.registry.get(name)
-        if found is not None and found.path == path and found.status != "failed":
+        if (
+            found is not None
+            and found.path == path
+            and found.status != "failed"
+            and found.embedding == embedding
+        ):
             entry = found  # the usual case: no path resolution on every request
         else:
             entry = _ensure(
@@ -153,6 +167,7 @@ async def get_ready_model(
                 retry_failed="when_due",
                 replicas=getattr(body, "replicas", None),
                 max_batch_size=getattr(body, "max_batch_size", None),
+                embedding=embedding,
             )
     else:
         found = state.registry.get(name)
@@ -229,7 +244,7 @@ def _unavailable(detail: str) -> HTTPException:
 
 def _require_kind(entry: LoadedModel, kind: str) -> None:
     if entry.kind != kind:
-        other = "/predict" if entry.kind == "classifier" else "/generate"
+        other = {"classifier": "/predict", "embedding": "/embed"}.get(entry.kind, "/generate")
         raise HTTPException(
             status_code=400,
             detail=f"model {entry.name!r} is a {entry.kind} model; use {other} for it",
@@ -422,6 +437,25 @@ async def predict(body: PredictRequest, state: StateDep) -> dict[str, Any]:
     tracker.first_token()
     tracker.finish(None, cancelled=False)
     return {"predictions": predictions}
+
+
+@router.post("/embed", response_model=EmbedResponse)
+async def embed(body: EmbedRequest, state: StateDep) -> dict[str, Any]:
+    """Unit-length embeddings (mean-pooled last hidden states) of texts or token arrays."""
+    arrived = time.perf_counter()
+    entry = await get_ready_model(state, body.name, body.path, body, embedding=True)
+    _require_kind(entry, "embedding")
+    tracker = _Tracker(state, entry, arrived, stream=False)
+    try:
+        ids = await asyncio.to_thread(embeddings.token_ids, entry, body.inputs)
+        vectors = await asyncio.to_thread(embeddings.embed, entry, ids)
+    except embeddings.EmbeddingRefused as exc:
+        tracker.failed()
+        detail = {"message": str(exc), "code": exc.code, "param": exc.param}
+        raise HTTPException(status_code=400, detail=detail) from exc
+    tracker.first_token()
+    tracker.finish(None, cancelled=False)
+    return {"embeddings": vectors, "prompt_tokens": sum(len(row) for row in ids)}
 
 
 def classify(entry: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
