@@ -179,8 +179,22 @@ run_step serve_vllm "$T_VLLM" env LLMIDE_INFERENCE_BACKEND=vllm "$VLLM_PY" bench
   --gpu-only "${SHAPE_ARGS[@]}"
 run_step serve_transformers "$T_TRANSFORMERS" env LLMIDE_INFERENCE_BACKEND=transformers \
   "$PY" bench/inference.py --gpu-only "${SHAPE_ARGS[@]}"
-run_step gpu_tests "$T_TESTS" env GPU_CHECK_REQUIRE_GPU=1 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rs \
-  --timeout "${GPU_CHECK_TEST_TIMEOUT_S:-150}"
+# One pytest per test file, each under its own timeout: a file that hangs still leaves the
+# others' results and every failure's reason in the log (one pytest killed by the step's cap
+# prints no summary at all — what the first H200 run showed: "..FF" and nothing else).
+gpu_tests() {
+  local rc=0 file
+  for file in tests/gpu/test_*.py; do
+    echo "--- $file"
+    timeout -k 5 "${GPU_CHECK_TEST_FILE_S:-100}" env GPU_CHECK_REQUIRE_GPU=1 "$PY" -m pytest -q \
+      -p no:cacheprovider -m gpu "$file" -rA --tb=short \
+      --timeout "${GPU_CHECK_TEST_TIMEOUT_S:-90}" || rc=1
+  done
+  return $rc
+}
+export -f gpu_tests
+export PY
+run_step gpu_tests "$T_TESTS" bash -c gpu_tests
 
 # --- summary --------------------------------------------------------------------------------
 SUMMARY=$LOG_DIR/gpu-check.md

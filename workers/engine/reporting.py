@@ -32,6 +32,24 @@ def preference_metrics(logs: dict[str, Any], prefix: str = "") -> dict[str, floa
     return out
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: every step after it would be wasted GPU time,
+    and a model trained through it is garbage that must not reach the registry."""
+
+
+def check_finite_loss(loss: float, step: int, precision: str) -> None:
+    """Raise TrainingDiverged, with advice a person can act on, when `loss` is not finite."""
+    if math.isfinite(loss):
+        return
+    advice = "lower the learning rate, or set max_grad_norm (gradient clipping)"
+    if precision == "fp16":
+        advice = "use bf16 or fp32 instead of fp16 (its range overflows), or " + advice
+    raise TrainingDiverged(
+        f"the training loss became {loss} at step {step}: the model diverged. Try: {advice}. "
+        "Checkpoints saved before this step are kept."
+    )
+
+
 def perplexity(loss: float) -> float:
     """exp(loss), saturating to infinity instead of raising for a diverged run."""
     try:
@@ -113,6 +131,8 @@ class ReportingCallback(TrainerCallback):
         logs = logs or {}
         step = state.global_step
         if "loss" in logs:
+            precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+            check_finite_loss(float(logs["loss"]), step, precision)
             self._report_training(step, args, state, logs)
         elif "eval_loss" in logs:
             eval_loss = float(logs["eval_loss"])
