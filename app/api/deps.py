@@ -20,17 +20,26 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def get_session() -> Iterator[Session]:
+    """The request's unit of work: committed once when the route returns, rolled back when it
+    raises (docs/architecture.md, "Transactions: who commits"). Services only flush."""
     with session_scope() as session:
         yield session
 
 
+# scope="function": the commit runs once the route has returned and its answer is serialized,
+# but before the answer is sent, so a client that has the answer finds the write in its next
+# request, and a commit that fails is this request's error rather than a lost write after a
+# 2xx. (With the default "request" scope the commit would run after the answer was sent.)
+#
 # A request holds its session (and, once it queries, a pooled connection) across several
-# thread-pool hops: its dependencies, the endpoint, the response. Unbounded, a burst deadlocked:
-# every worker thread waited for a connection while the requests holding the connections
-# waited for a thread, until the pool's 30 s timeout answered 500. So at most REQUEST_SESSIONS
-# requests (fewer than the pool's connections) hold a session at once; the others wait in the
-# event loop, without a thread. Every user of SessionDep shares this one limit.
-SessionDep = Annotated[Session, Depends(get_session, max_concurrency=REQUEST_SESSIONS)]
+# thread-pool hops: its dependencies and the endpoint. Unbounded, a burst deadlocked: every
+# worker thread waited for a connection while the requests holding the connections waited for
+# a thread, until the pool's 30 s timeout answered 500. So at most REQUEST_SESSIONS requests
+# (fewer than the pool's connections) hold a session at once; the others wait in the event
+# loop, without a thread. Every user of SessionDep shares this one limit.
+SessionDep = Annotated[
+    Session, Depends(get_session, scope="function", max_concurrency=REQUEST_SESSIONS)
+]
 
 
 def _bearer(request: Request) -> str | None:

@@ -101,7 +101,6 @@ def create_file(
         purpose=purpose,
         reuse_duplicate=False,
     )
-    session.commit()
     return to_file(dataset)
 
 

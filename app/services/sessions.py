@@ -49,8 +49,9 @@ def sign_in(request: Request, user: User, *, session: Session) -> None:
         )
     )
     session.add(BrowserSession(user_id=user.id, sid_hash=hash_token(sid)))
-    # Committed now: the browser may send the cookie before this request's session closes.
-    session.commit()
+    # Flushed only: the request's session commits before the answer that carries the cookie
+    # is sent (app/api/deps.SessionDep), so the browser never holds a sid the database lacks.
+    session.flush()
     request.session["user_id"] = user.id
     request.session["sid"] = sid
     request.session["csrf"] = new_csrf_token()
@@ -60,7 +61,6 @@ def sign_out(request: Request, *, session: Session) -> None:
     sid = request.session.get("sid")
     if isinstance(sid, str):
         session.execute(delete(BrowserSession).where(BrowserSession.sid_hash == hash_token(sid)))
-        session.commit()
     request.session.clear()
 
 

@@ -60,7 +60,6 @@ def create_user(
         return _users_page(
             request, session, pc, exc.status_code, error=exc.message, email=email, admin=is_admin
         )
-    session.commit()
     return _users_page(
         request,
         session,
@@ -84,7 +83,6 @@ def set_active(
     except DomainError as exc:
         rollback(request)
         return _users_page(request, session, pc, exc.status_code, row_error=exc.message)
-    session.commit()
     said = "enabled again" if active else "disabled: they cannot sign in and their tokens stop"
     return _users_page(request, session, pc, message=f"{user.email} is {said}.")
 
@@ -106,7 +104,6 @@ def reset_password(
     except DomainError as exc:
         rollback(request)
         return _users_page(request, session, pc, exc.status_code, row_error=exc.message)
-    session.commit()
     return _users_page(
         request, session, pc, message=f"{user.email}'s password is changed; tell them the new one."
     )
@@ -148,7 +145,6 @@ def create_workspace(
             request, session, pc, exc.status_code, error=exc.message, name=name,
             owner_email=owner_email,
         )  # fmt: skip
-    session.commit()
     return _workspaces_page(
         request,
         session,

@@ -52,7 +52,6 @@ def create_first_admin(
             {"errors": errors, "email": email, "error": None if exc.param else exc.message},
             status_code=exc.status_code,
         )
-    session.commit()
     sessions.sign_in(request, user, session=session)
     return _see_other("/")
 

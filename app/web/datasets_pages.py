@@ -83,7 +83,6 @@ def upload_dataset(
             block="upload_panel",
             status_code=200 if is_htmx(request) else exc.status_code,
         )
-    session.commit()
     if not is_htmx(request):
         return redirect(request, f"/datasets/{dataset.id}")
     return render(
@@ -161,5 +160,4 @@ def dataset_rows(
 @router.post("/{dataset_id}/delete", dependencies=[CSRF])
 def delete_dataset(dataset_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     datasets.delete(session=session, ctx=pc.ctx, dataset_id=dataset_id)
-    session.commit()
     return redirect(request, "/datasets")

@@ -118,7 +118,6 @@ def _act(
     """Run one change; on a refusal show the page again with the reason (nothing is kept)."""
     try:
         action()
-        session.commit()
     except DomainError as exc:
         if exc.status_code == 404:
             raise
@@ -263,7 +262,6 @@ def register_checkpoint(
     if version.run_id != run.id:
         rollback(request)
         raise NotFound(f"checkpoint {checkpoint_id} not found in run {run_id}")
-    session.commit()
     return redirect(request, f"/models/versions/{version.id}")
 
 
@@ -295,5 +293,4 @@ def import_model(
     except DomainError as exc:
         rollback(request)
         return models_page_with_error(request, session, pc, exc.message, exc.status_code)
-    session.commit()
     return redirect(request, f"/models/versions/{version.id}")

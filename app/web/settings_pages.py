@@ -51,7 +51,6 @@ def create_token(
     except DomainError as exc:
         rollback(request)
         return _tokens_page(request, session, pc, exc.status_code, error=exc.message)
-    session.commit()
     response = _tokens_page(request, session, pc, created_secret=secret, created_name=token.name)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -60,7 +59,6 @@ def create_token(
 @router.post("/tokens/{token_id}/revoke", dependencies=[CSRF])
 def revoke_token(token_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     tokens.revoke_token(session=session, user=pc.user, token_id=token_id)
-    session.commit()
     if not is_htmx(request):
         return redirect(request, "/settings/tokens")
     return _tokens_page(request, session, pc)
@@ -124,7 +122,6 @@ def add_member(
             role=role,
             create_account=email.strip().lower() if missing else None,
         )
-    session.commit()
     return _members_page(request, session, pc, added=membership.user.email)
 
 
@@ -162,7 +159,6 @@ def change_member_role(
         rollback(request)
         return _members_page(request, session, pc, exc.status_code, member_error=exc.message)
     email = membership.user.email
-    session.commit()
     return _after_member_change(request, session, pc, user_id, changed=f"{email} is now {role}.")
 
 
@@ -176,7 +172,6 @@ def remove_member(user_id: int, request: Request, session: DbDep, pc: PageDep) -
         rollback(request)
         return _members_page(request, session, pc, exc.status_code, member_error=exc.message)
     email = removed.user.email
-    session.commit()
     return _after_member_change(request, session, pc, user_id, changed=f"{email} was removed.")
 
 

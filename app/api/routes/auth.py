@@ -22,7 +22,6 @@ def create_first_admin(
 ) -> SessionRead:
     """Create the first administrator; refused once any user exists."""
     user = users.create_first_admin(session=session, email=body.email, password=body.password)
-    session.commit()
     sessions.sign_in(request, user, session=session)
     return SessionRead(user=UserRead.model_validate(user), csrf_token=sessions.csrf_token(request))
 

@@ -100,7 +100,6 @@ def upload_dataset(
         name=name,
         options=options,
     )
-    session.commit()
     if outcome.duplicate:
         response.status_code = status.HTTP_200_OK
     return detail(session, outcome.dataset, duplicate=outcome.duplicate)

@@ -37,7 +37,6 @@ def register_version(
     version, created = registry.register_checkpoint_by_id(
         session=session, ctx=ctx, checkpoint_id=body.checkpoint_id
     )
-    session.commit()
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return ModelVersionRead.model_validate(version)
 
@@ -49,7 +48,6 @@ def import_from_path(
     version = model_import.import_from_path(
         session=session, ctx=ctx, name=body.name, path=body.path
     )
-    session.commit()
     return ModelVersionRead.model_validate(version)
 
 
@@ -63,7 +61,6 @@ def import_upload(
     version = model_import.import_from_upload(
         session=session, ctx=ctx, name=name, stream=file.file, filename=file.filename
     )
-    session.commit()
     return ModelVersionRead.model_validate(version)
 
 
@@ -74,7 +71,6 @@ def update_stage(
     version = registry.set_stage(
         session=session, ctx=ctx, version_id=version_id, stage=body.stage, reason=body.reason
     )
-    session.commit()
     return ModelVersionRead.model_validate(version)
 
 
@@ -92,7 +88,6 @@ def update_tags(
     version_id: int, body: TagsUpdate, session: SessionDep, ctx: Workspace
 ) -> ModelVersionRead:
     version = registry.set_tags(session=session, ctx=ctx, version_id=version_id, tags=body.tags)
-    session.commit()
     return ModelVersionRead.model_validate(version)
 
 

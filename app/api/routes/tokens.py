@@ -19,7 +19,6 @@ def read_tokens(session: SessionDep, user: CurrentUser) -> list[TokenRead]:
 @router.post("", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
 def create_token(body: TokenCreate, session: SessionDep, user: CurrentUser) -> TokenCreated:
     token, secret = tokens.create_token(session=session, user=user, name=body.name)
-    session.commit()
     return TokenCreated(**TokenRead.model_validate(token).model_dump(), token=secret)
 
 

@@ -27,7 +27,6 @@ def start_upload(body: UploadCreate, session: SessionDep, ctx: Workspace) -> Upl
         total_size=body.total_size,
         purpose=body.purpose,
     )
-    session.commit()
     return UploadRead.model_validate(upload)
 
 
@@ -67,7 +66,6 @@ async def send_chunk(
                 body=spool,
                 length=length,
             )
-            session.commit()
             return UploadRead.model_validate(upload)
 
         return await run_in_threadpool(write)
@@ -91,7 +89,6 @@ def complete_upload(
     outcome = uploads.complete(
         session=session, ctx=ctx, upload_id=upload_id, name=name, options=options
     )
-    session.commit()
     if outcome.duplicate:
         response.status_code = status.HTTP_200_OK
     return detail(session, outcome.dataset, duplicate=outcome.duplicate)
@@ -106,11 +103,9 @@ def import_model_upload(
     """Import a completed chunked upload (purpose "model") as a new model version: how a
     model larger than one request (say a 513 MB SmolLM2 version) is imported."""
     version = uploads.complete_model(session=session, ctx=ctx, upload_id=upload_id, name=body.name)
-    session.commit()
     return ModelVersionRead.model_validate(version)
 
 
 @router.delete("/{upload_id}", status_code=status.HTTP_204_NO_CONTENT)
 def abort_upload(upload_id: int, session: SessionDep, ctx: Workspace) -> None:
     uploads.abort(session=session, ctx=ctx, upload_id=upload_id)
-    session.commit()

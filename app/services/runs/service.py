@@ -186,8 +186,7 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     if run.paused:  # cancelling a paused run makes its stop final: it is no longer paused
         run.paused = False
         session.add(RunEvent(run_id=run.id, message=f"cancelled by {ctx.user.email} while paused"))
-        session.commit()
-        session.refresh(run)
+        session.flush()
         return run
     if status.is_terminal:
         raise InvalidTransition(f"run {run.id} is already {status}; it cannot be cancelled")
@@ -278,7 +277,7 @@ def stop_and_keep(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Ru
     if not run.stop_requested:
         run.stop_requested = True
         session.add(RunEvent(run_id=run.id, message=f"stop and keep requested by {ctx.user.email}"))
-    session.commit()
+    session.flush()
     return run
 
 
