@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 if TYPE_CHECKING:  # a type only: registry imports this module (lanes, errors) when it loads
@@ -75,18 +76,45 @@ class EngineBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """OpenAI-style sampling settings for one request."""
+    """OpenAI-style sampling settings for one request.
+
+    Beyond temperature and top_p: OpenAI's additive presence/frequency penalties, a logit
+    bias per token id, log-probabilities of the chosen tokens (with the `top_logprobs` most
+    likely alternatives), the prompt's own token log-probabilities (`prompt_logprobs`: the
+    completions API's echo), and a constraint on the output (`constraint`: ("json_object", "")
+    or ("json_schema", the schema as JSON text)) that each engine enforces with its grammar.
+    """
 
     max_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
+    constraint: tuple[str, str] | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Only temperature, top_p, stop and max_tokens: what a shared batch can honour."""
+        return not (
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.logit_bias
+            or self.logprobs
+            or self.prompt_logprobs
+            or self.constraint
+        )
 
     @property
     def batch_key(self) -> tuple[float, float] | None:
-        """Requests with equal keys can share a batch; seeded ones run alone (reproducible)."""
-        if self.seed is not None:
+        """Requests with equal keys can share a batch; seeded ones run alone (reproducible),
+        and so do requests with per-row processing (penalties, bias, grammar, logprobs)."""
+        if self.seed is not None or not self.plain:
             return None
         if self.temperature == 0:
             return (0.0, 1.0)
@@ -102,6 +130,12 @@ class PreparedRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False  # set by the lane when its row was stopped by `cancel`
     trimmed: int = 0  # oldest messages left out so the conversation fits the context
+    grammar: Any = None  # the engine's compiled form of params.constraint
+
+
+# One token's log-probability in OpenAI's chat shape: {"token", "logprob", "bytes",
+# "top_logprobs": [{"token", "logprob", "bytes"}]}; a prompt's first token has logprob None.
+TokenLogprob = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -110,14 +144,37 @@ class GenerationResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # the completion's tokens (params.logprobs)
+    prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's tokens (prompt_logprobs)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "text": self.text,
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
+        if self.prompt_logprobs is not None:
+            out["prompt_logprobs"] = self.prompt_logprobs
+        return out
+
+
+def token_entry(
+    piece: bytes, logprob: float | None, top: Sequence[tuple[bytes, float]] = ()
+) -> TokenLogprob:
+    """One token's log-probability entry from its bytes (a piece of a multi-byte character
+    keeps its exact bytes; its text shows U+FFFD where the character is cut)."""
+    return {
+        "token": piece.decode("utf-8", "replace"),
+        "logprob": logprob,
+        "bytes": list(piece),
+        "top_logprobs": [
+            {"token": p.decode("utf-8", "replace"), "logprob": lp, "bytes": list(p)}
+            for p, lp in top
+        ],
+    }
 
 
 # --------------------------------------------------------------------------- prompt preparation
@@ -140,11 +197,68 @@ def message_text(content: Any) -> str:
     raise PromptRejected("message content must be a string or a list of text parts")
 
 
-def render_chat(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> str:
-    """The model's own chat template, or a plain "role: content" transcript when it has none."""
-    flat = [{"role": str(m["role"]), "content": message_text(m.get("content"))} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def tool_instructions(tools: Sequence[dict[str, Any]]) -> str:
+    """The system text that offers `tools` to a model whose chat template knows no tools
+    (Hermes-style tags: what most small instruction models have seen)."""
+    functions = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+    return (
+        "You can call functions. To call one, answer with only "
+        f'{TOOL_CALL_OPEN}{{"name": <function name>, "arguments": <arguments object>}}'
+        f"{TOOL_CALL_CLOSE}\nThe functions:\n{functions}"
+    )
+
+
+def _call_text(call: dict[str, Any]) -> str:
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):
+            arguments = json.loads(arguments)
+    body = json.dumps({"name": function.get("name"), "arguments": arguments}, ensure_ascii=False)
+    return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> str:
+    """The model's own chat template, or a plain "role: content" transcript when it has none.
+
+    With `tools`, a template that handles tools itself gets them (and the messages' structured
+    tool calls); any other template gets them described in the system message, and earlier
+    tool calls written into the assistant's text the way it is asked to write them.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    native = bool(tools) and isinstance(template, str) and "tools" in template
+    flat: list[dict[str, Any]] = []
+    for m in messages:
+        entry: dict[str, Any] = {
+            "role": str(m["role"]),
+            "content": message_text(m.get("content")),
+        }
+        calls = m.get("tool_calls") or []
+        if calls and native:
+            entry["tool_calls"] = calls
+        elif calls:
+            entry["content"] += "".join(_call_text(call) for call in calls)
+        if native and m.get("tool_call_id"):
+            entry["tool_call_id"] = m["tool_call_id"]
+        flat.append(entry)
+    if tools and not native:
+        offer = tool_instructions(tools)
+        if flat and flat[0]["role"] == "system":
+            flat[0] = {**flat[0], "content": f"{flat[0]['content']}\n\n{offer}".strip()}
+        else:
+            flat.insert(0, {"role": "system", "content": offer})
+    if template:
+        extra = {"tools": list(tools)} if native and tools else {}
+        return str(
+            tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True, **extra)
+        )
     lines = [f"{m['role']}: {m['content']}" for m in flat]
     return "\n".join([*lines, "assistant:"])
 
@@ -198,10 +312,11 @@ def _encode(
     prompt: str | None,
     messages: Sequence[dict[str, Any]] | None,
     context: int | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> list[int]:
     """Token ids of the prompt or rendered chat; with `context`, a text that cannot fit is
     refused from its length before it is tokenized (a 10 MB prompt took 27 s to tokenize)."""
-    text = render_chat(tokenizer, messages) if messages is not None else (prompt or "")
+    text = render_chat(tokenizer, messages, tools) if messages is not None else (prompt or "")
     if context:
         # No token stands for more than max_token_chars characters.
         limit = context * max_token_chars(tokenizer)
@@ -224,6 +339,46 @@ def _encode(
     return list(ids)
 
 
+def vocab_size(tokenizer: Any) -> int | None:
+    """How many token ids the tokenizer (hence the model's input) knows; None if unknown."""
+    try:
+        return int(len(tokenizer))
+    except TypeError:
+        return None
+
+
+def _checked_ids(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """A client's token-array prompt, refused unless every id is in the vocabulary."""
+    if not ids:
+        raise PromptRejected("the prompt's token array is empty", param="prompt")
+    size = vocab_size(tokenizer)
+    bad = next((t for t in ids if t < 0 or (size is not None and t >= size)), None)
+    if bad is not None:
+        raise PromptRejected(
+            f"token id {bad} is not in this model's vocabulary of {size} tokens", param="prompt"
+        )
+    return list(ids)
+
+
+def compile_constraint(entry: LoadedModel, constraint: tuple[str, str]) -> Any:
+    """The engine's grammar for a JSON constraint: llama.cpp compiles GBNF itself, vLLM hands
+    the schema to its guided decoding, the transformers lanes use xgrammar."""
+    compiler = getattr(entry.engine, "compile_constraint", None)
+    if compiler is None:
+        from workers.inference.constraints import xgrammar_compile
+
+        compiler = lambda c: xgrammar_compile(entry.tokenizer, entry.model, c)  # noqa: E731
+    try:
+        return compiler(constraint)
+    except PromptRejected:
+        raise
+    except Exception as exc:
+        raise PromptRejected(
+            f"the JSON schema cannot be enforced: {type(exc).__name__}: {exc}",
+            param="response_format",
+        ) from exc
+
+
 def _wanted_room(context: int, cap: int) -> int:
     """Room a trimmed conversation keeps for the answer: the cap, but at most half the
     context (a longer history is worth more than a long answer)."""
@@ -237,17 +392,52 @@ def prepare_request(
     messages: Sequence[dict[str, Any]] | None,
     params: SamplingParams,
     budget: Budget | None = None,
+    prompt_ids: Sequence[int] | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> PreparedRequest:
     """Render and tokenise a request and fix its generation budget (`Budget`); refuse it if
-    it cannot fit the model's context window."""
-    budget = budget or Budget()
+    it cannot fit the model's context window. `prompt_ids` is a prompt given as token ids."""
+    prepared = _prepare(
+        entry,
+        prompt=prompt,
+        messages=messages,
+        params=params,
+        budget=budget or Budget(),
+        prompt_ids=prompt_ids,
+        tools=tools,
+    )
+    if params.constraint is not None:
+        prepared.grammar = compile_constraint(entry, params.constraint)
+    return prepared
+
+
+def _prepare(
+    entry: LoadedModel,
+    *,
+    prompt: str | None,
+    messages: Sequence[dict[str, Any]] | None,
+    params: SamplingParams,
+    budget: Budget,
+    prompt_ids: Sequence[int] | None,
+    tools: Sequence[dict[str, Any]] | None,
+) -> PreparedRequest:
     tokenizer = entry.tokenizer
     if tokenizer is None:
         raise ModelNotReady(f"model {entry.name!r} is not loaded")
     context = entry.context_length
     # A chat that may drop old turns is not refused from its whole length.
     trims = budget.trim_history and not budget.explicit and messages is not None
-    ids = _encode(tokenizer, prompt, messages, None if trims else context)
+    if prompt_ids is not None:
+        ids = _checked_ids(tokenizer, prompt_ids)
+        if context and len(ids) > context:
+            raise PromptRejected(
+                f"this model's maximum context length is {context} tokens; the prompt has "
+                f"{len(ids)} tokens",
+                code="context_length_exceeded",
+                param="prompt",
+            )
+    else:
+        ids = _encode(tokenizer, prompt, messages, None if trims else context, tools)
     if budget.explicit:
         if context and len(ids) + params.max_tokens > context:
             raise PromptRejected(
@@ -271,7 +461,7 @@ def prepare_request(
                 break
             del kept[first]
             trimmed += 1
-            ids = _encode(tokenizer, None, kept)
+            ids = _encode(tokenizer, None, kept, None, tools)
     left = context - len(ids)
     if left < 1:
         raise PromptRejected(
@@ -386,17 +576,33 @@ def generate_batch(
     stopper = _RowStopper(tokenizer, longest, requests)
     if isinstance(streamer, BatchStreamer):
         streamer.stopper = stopper
+    # Per-row processing (penalties, bias, grammar, logprobs) only ever runs in a batch of one.
+    processors = _processors(params, requests[0].grammar, longest) if len(requests) == 1 else []
+    prompt_logprobs: list[TokenLogprob] | None = None
+    step_logits: Any = None
     try:
         with _RNG_LOCK if sample else contextlib.nullcontext(), torch.inference_mode():
+            if params.prompt_logprobs:
+                prompt_logprobs = _prompt_logprobs(model, tokenizer, requests[0], device)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                stopping_criteria=StoppingCriteriaList([stopper]),
-                streamer=streamer,
-            )
+            if params.max_tokens == 0:
+                output = input_ids
+            else:
+                generated = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([stopper]),
+                    logits_processor=LogitsProcessorList(processors),
+                    streamer=streamer,
+                    output_logits=params.logprobs,
+                    return_dict_in_generate=params.logprobs,
+                )
+                if params.logprobs:
+                    output, step_logits = generated.sequences, generated.logits
+                else:
+                    output = generated
     except Exception as exc:
         logger.exception("generation failed")
         raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
@@ -418,15 +624,85 @@ def generate_batch(
         finish: FinishReason = "stop"
         if not hit_stop and eos_at is None and completion_tokens >= request.params.max_tokens:
             finish = "length"
+            # A character whose bytes the limit cut apart is dropped, not shown as U+FFFD.
+            text = text.rstrip("\ufffd")
+        logprobs = None
+        if request.params.logprobs:
+            logprobs = _token_logprobs(tokenizer, step_logits, row, tokens, request.params)
         results.append(
             GenerationResult(
                 text=text,
                 finish_reason=finish,
                 prompt_tokens=len(request.input_ids),
                 completion_tokens=completion_tokens,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
             )
         )
     return results
+
+
+def _processors(params: SamplingParams, grammar: Any, prompt_len: int) -> list[Any]:
+    from workers.inference.constraints import PenaltiesAndBias, grammar_processor
+
+    processors: list[Any] = []
+    if params.presence_penalty or params.frequency_penalty or params.logit_bias:
+        processors.append(PenaltiesAndBias(params, prompt_len))
+    if grammar is not None:
+        processors.append(grammar_processor(grammar))
+    return processors
+
+
+def _token_bytes(tokenizer: Any, token: int) -> bytes:
+    """A token's text as bytes (byte-level BPE spells bytes as characters: undone here)."""
+    piece = tokenizer.convert_ids_to_tokens(int(token))
+    try:
+        return bytes(tokenizer.convert_tokens_to_string([piece]), "utf-8")
+    except Exception:  # an unusual tokenizer: its plain decode
+        return tokenizer.decode([int(token)]).encode("utf-8")
+
+
+def _entries(tokenizer: Any, logprobs: Any, tokens: Sequence[int], k: int) -> list[TokenLogprob]:
+    """Entries for `tokens`, row i of `logprobs` being the distribution token i was drawn from."""
+    import torch
+
+    entries = []
+    for index, token in enumerate(tokens):
+        row = logprobs[index]
+        top: list[tuple[bytes, float]] = []
+        if k:
+            values, ids = torch.topk(row, min(k, row.shape[-1]))
+            top = [
+                (_token_bytes(tokenizer, int(t)), float(v))
+                for v, t in zip(values.tolist(), ids.tolist(), strict=True)
+            ]
+        entries.append(token_entry(_token_bytes(tokenizer, token), float(row[token]), top))
+    return entries
+
+
+def _token_logprobs(
+    tokenizer: Any, step_logits: Any, row: int, tokens: Sequence[int], params: SamplingParams
+) -> list[TokenLogprob]:
+    """The model's own log-probabilities (before temperature) of the generated tokens."""
+    import torch
+
+    if not tokens:
+        return []
+    stacked = torch.stack([step[row] for step in step_logits[: len(tokens)]]).float()
+    return _entries(tokenizer, torch.log_softmax(stacked, dim=-1), tokens, params.top_logprobs)
+
+
+def _prompt_logprobs(
+    model: Any, tokenizer: Any, request: PreparedRequest, device: str
+) -> list[TokenLogprob]:
+    """Each prompt token's log-probability given those before it (the first has none)."""
+    import torch
+
+    ids = request.input_ids
+    logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+    logprobs = torch.log_softmax(logits[:-1], dim=-1)
+    first = token_entry(_token_bytes(tokenizer, ids[0]), None)
+    return [first, *_entries(tokenizer, logprobs, ids[1:], request.params.top_logprobs)]
 
 
 # --------------------------------------------------------------------------- streaming rows

@@ -45,11 +45,14 @@ from workers.inference.generation import (
     ModelNotReady,
     PreparedRequest,
     SamplingParams,
+    TokenLogprob,
     cut_at_stop,
+    token_entry,
 )
 
 logger = logging.getLogger(__name__)
 
+PENALTY_WINDOW = 4096  # tokens the presence/frequency penalties look back over
 N_BATCH = 512  # tokens one decode step may carry: running sequences first, then prompt chunks
 MAX_SLOTS = 64  # sequences one context holds (the deployment's max_batch_size is at most 64)
 
@@ -100,11 +103,17 @@ class LlamaCppTokenizer:
                 return {"input_ids": list(buffer[:count])}
             size = -count
 
+    def __len__(self) -> int:
+        import llama_cpp
+
+        return int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+
     def apply_chat_template(
         self,
         messages: Sequence[dict[str, Any]],
         tokenize: bool = False,
         add_generation_prompt: bool = True,
+        **extra: Any,
     ) -> str:
         if self._template is None:
             from jinja2.exceptions import TemplateError
@@ -122,6 +131,7 @@ class LlamaCppTokenizer:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         )
 
@@ -170,32 +180,100 @@ class _Sequence:
     completion_tokens: int = 0
     reserved: int = 0  # KV cells held: prompt + max_tokens
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    # (index in the step's batch, prompt position) of prompt logits to read (echo's logprobs)
+    prompt_rows: list[tuple[int, int]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
     def request(self) -> PreparedRequest:
         return self.job.request
 
 
-def sampler_chain(params: SamplingParams) -> Any:
+def json_grammar(constraint: tuple[str, str]) -> str:
+    """GBNF for a JSON constraint, by llama-cpp-python's converter (llama.cpp's own rules):
+    any JSON object for json_object, the schema's documents for json_schema."""
+    from llama_cpp import llama_grammar
+
+    kind, schema = constraint
+    if kind == "json_object":
+        return str(llama_grammar.JSON_GBNF)
+    return str(llama_grammar.json_schema_to_gbnf(schema))
+
+
+def sampler_chain(
+    params: SamplingParams,
+    vocab: Any = None,
+    grammar: str | None = None,
+) -> Any:
     """A llama.cpp sampler chain meaning what the OpenAI parameters mean.
 
-    temperature 0 is greedy; otherwise temperature, then top_p (as transformers orders them),
-    then a draw seeded by `seed` (a fresh random seed when none is given).
+    logit_bias first (added to the logits, as OpenAI does), then the presence and frequency
+    penalties over everything generated so far, then the grammar (tokens that would break
+    the JSON get no chance); then greedy at temperature 0, else temperature, top_p (as
+    transformers orders them) and a draw seeded by `seed` (a fresh random seed when none).
     """
     import llama_cpp
 
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    if params.temperature == 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
-    if params.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(
-            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
-        )
-    seed = params.seed if params.seed is not None else secrets.randbits(32)
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def add(sampler: Any) -> None:
+        if not sampler:
+            raise GenerationFailed("llama.cpp refused a sampler of this request")
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    try:
+        if params.logit_bias and vocab is not None:
+            n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
+            for index, (token, bias) in enumerate(params.logit_bias):
+                biases[index].token, biases[index].bias = token, bias
+            add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
+        if params.presence_penalty or params.frequency_penalty:
+            # The whole generation is penalised (OpenAI counts every earlier token). The
+            # binding declares an older (n_vocab, last_n, ...) signature while the library
+            # takes (last_n, ...): the window goes in both integer slots so either reads it.
+            window = PENALTY_WINDOW
+            add(
+                llama_cpp.llama_sampler_init_penalties(
+                    window, window, 1.0, params.frequency_penalty, params.presence_penalty
+                )
+            )
+        if grammar is not None and vocab is not None:
+            add(llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root"))
+        if params.temperature == 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+            return chain
+        add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        if params.top_p < 1.0:
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        seed = params.seed if params.seed is not None else secrets.randbits(32)
+        add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    except BaseException:
+        llama_cpp.llama_sampler_free(chain)
+        raise
     return chain
+
+
+def log_softmax(logits: Any) -> Any:
+    """Log-probabilities of a logits vector (numpy float32), computed in float64."""
+    import numpy as np
+
+    values = np.asarray(logits, dtype=np.float64)
+    shifted = values - values.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def top_entries(logprobs: Any, k: int) -> list[tuple[int, float]]:
+    """The k most likely token ids with their log-probabilities, most likely first."""
+    import numpy as np
+
+    if k <= 0:
+        return []
+    k = min(k, len(logprobs))
+    best = np.argpartition(-logprobs, k - 1)[:k]
+    best = best[np.argsort(-logprobs[best])]
+    return [(int(t), float(logprobs[t])) for t in best]
 
 
 # --------------------------------------------------------------------------- the engine
@@ -221,6 +299,7 @@ class LlamaCppEngine:
         self._model = model
         self._ctx = context
         self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._memory = llama_cpp.llama_get_memory(context)
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self._free_ids = list(range(slots))
@@ -238,6 +317,18 @@ class LlamaCppEngine:
     @property
     def load(self) -> int:
         return len(self._waiting) + len(self._running)
+
+    def compile_constraint(self, constraint: tuple[str, str]) -> str:
+        """The request's GBNF; checked here (llama.cpp parses it) so a grammar it cannot use
+        is the client's 400, not a failure in the decoding thread."""
+        import llama_cpp
+
+        grammar = json_grammar(constraint)
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise ValueError("llama.cpp could not parse the grammar made from this schema")
+        llama_cpp.llama_sampler_free(sampler)
+        return grammar
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -324,7 +415,7 @@ class LlamaCppEngine:
                 _Sequence(
                     seq_id=self._free_ids.pop(0),
                     job=job,
-                    sampler=sampler_chain(request.params),
+                    sampler=sampler_chain(request.params, self._vocab, request.grammar),
                     prompt=list(request.input_ids),
                     reserved=need,
                 )
@@ -363,30 +454,70 @@ class LlamaCppEngine:
             take = min(remaining, N_BATCH - count)
             if take <= 0:
                 break
+            echo = sequence.request.params.prompt_logprobs
             for offset in range(take):
-                last = sequence.fed + offset == len(sequence.prompt) - 1
+                at = sequence.fed + offset
+                last = at == len(sequence.prompt) - 1
                 if last:
                     sequence.logits_at = count
-                add(
-                    sequence.prompt[sequence.fed + offset], sequence.position, sequence.seq_id, last
-                )
+                if echo and not last:
+                    sequence.prompt_rows.append((count, at))
+                add(sequence.prompt[at], sequence.position, sequence.seq_id, last or echo)
                 sequence.position += 1
             sequence.fed += take
         batch.n_tokens = count
         return count
 
+    def _logprobs_at(self, index: int) -> Any:
+        """The log-probabilities of the next token from row `index` of the last decode."""
+        import llama_cpp
+        import numpy as np
+
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        return log_softmax(np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)))
+
+    def _entry(self, logprobs: Any, token: int, k: int) -> TokenLogprob:
+        top = [(_piece(self._vocab, t), lp) for t, lp in top_entries(logprobs, k)]
+        return token_entry(_piece(self._vocab, token), float(logprobs[token]), top)
+
+    def _prompt_logprobs(self, sequence: _Sequence) -> None:
+        """Each prompt token's log-probability given the tokens before it (echo)."""
+        params = sequence.request.params
+        if sequence.prompt_logprobs is None:
+            first = sequence.prompt[0]
+            sequence.prompt_logprobs = [token_entry(_piece(self._vocab, first), None)]
+        rows = list(sequence.prompt_rows)
+        if sequence.logits_at >= 0:
+            rows.append((sequence.logits_at, len(sequence.prompt) - 1))
+        for index, position in rows:
+            if position + 1 < len(sequence.prompt):
+                logprobs = self._logprobs_at(index)
+                token = sequence.prompt[position + 1]
+                sequence.prompt_logprobs.append(self._entry(logprobs, token, params.top_logprobs))
+        sequence.prompt_rows.clear()
+
     def _sample(self) -> None:
         import llama_cpp
 
         for sequence in list(self._running):
+            params = sequence.request.params
+            if params.prompt_logprobs and sequence.last is None:
+                self._prompt_logprobs(sequence)
             if sequence.logits_at < 0:
                 continue  # a prompt still being prefilled
+            if params.max_tokens == 0:  # the prompt's logprobs were all that was asked
+                self._finish(sequence, "length")
+                continue
+            logprobs = self._logprobs_at(sequence.logits_at) if params.logprobs else None
             token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, sequence.logits_at)
             sequence.completion_tokens += 1
-            params = sequence.request.params
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 self._finish(sequence, "stop")
                 continue
+            if logprobs is not None:
+                if sequence.logprobs is None:
+                    sequence.logprobs = []
+                sequence.logprobs.append(self._entry(logprobs, token, params.top_logprobs))
             piece = sequence.decoder.decode(_piece(self._vocab, token))
             sequence.last = token
             if piece:
@@ -418,14 +549,17 @@ class LlamaCppEngine:
         if error is not None:
             sequence.job.send(error)
             return
-        # Bytes of a character the model never finished; the final result carries them.
-        sequence.text += sequence.decoder.decode(b"", final=True)
+        # Bytes of a character the model never finished are dropped, not shown as U+FFFD:
+        # an answer cut by max_tokens ends on a whole character.
         text, _ = cut_at_stop(sequence.text, sequence.request.params.stop)
+        params = sequence.request.params
         result = GenerationResult(
             text=text,
             finish_reason=reason or "stop",
             prompt_tokens=len(sequence.prompt),
             completion_tokens=sequence.completion_tokens,
+            logprobs=(sequence.logprobs or []) if params.logprobs else None,
+            prompt_logprobs=sequence.prompt_logprobs if params.prompt_logprobs else None,
         )
         if self.on_result is not None:
             # Counted here, not by the request: a client that left still cost these tokens.

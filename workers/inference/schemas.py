@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -97,6 +98,23 @@ class ChatMessage(BaseModel):
 
     role: str = Field(min_length=1, max_length=64)
     content: str | list[dict[str, Any]] | None = None
+    # Earlier tool calls and tool results, for templates that render them (render_chat).
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    """A constraint on the output: any JSON object, or documents of a JSON schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    def constraint(self) -> tuple[str, str]:
+        if self.type == "json_object":
+            return ("json_object", "")
+        return ("json_schema", json.dumps(self.json_schema or {}))
 
 
 class GenerateRequest(BaseModel):
@@ -107,9 +125,12 @@ class GenerateRequest(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     path: str | None = Field(default=None, max_length=4096)
     prompt: str | None = None
+    prompt_ids: list[int] | None = Field(default=None, max_length=131072)
     messages: list[ChatMessage] | None = None
-    # None: what fits in the context after the prompt, up to max_tokens_cap.
-    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    tools: list[dict[str, Any]] | None = None
+    # None: what fits in the context after the prompt, up to max_tokens_cap. 0 only with
+    # prompt_logprobs: the prompt's own log-probabilities are the answer (lm-eval's scoring).
+    max_tokens: int | None = Field(default=None, ge=0, le=32768)
     max_tokens_cap: int | None = Field(default=None, ge=1, le=32768)
     # Chats only: drop the oldest turns when the history leaves the answer too little room.
     trim_history: bool = False
@@ -117,6 +138,13 @@ class GenerateRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] | None = None
     seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] | None = Field(default=None, max_length=300)
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+    prompt_logprobs: bool = False
+    response_format: ResponseFormat | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1, description="the web facade fans n out")
     # Used only when this request loads the model (on demand, e.g. after a restart).
@@ -142,19 +170,33 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> GenerateRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        given = [self.prompt is not None, self.prompt_ids is not None, self.messages is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of 'prompt', 'prompt_ids' and 'messages'")
+        if self.max_tokens == 0 and not self.prompt_logprobs:
+            raise ValueError("max_tokens 0 generates nothing; it is for prompt_logprobs only")
         if self.messages is not None and not self.messages:
             raise ValueError("'messages' must not be empty")
         return self
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
-            max_tokens=self.max_tokens or self.max_tokens_cap or DEFAULT_MAX_TOKENS,
+            max_tokens=(
+                self.max_tokens
+                if self.max_tokens is not None
+                else self.max_tokens_cap or DEFAULT_MAX_TOKENS
+            ),
             temperature=self.temperature,
             top_p=self.top_p,
             stop=tuple(self.stop or ()),
             seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=tuple(sorted((self.logit_bias or {}).items())),
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            prompt_logprobs=self.prompt_logprobs,
+            constraint=self.response_format.constraint() if self.response_format else None,
         )
 
     def budget(self) -> Budget:
@@ -176,3 +218,5 @@ class GenerateResponse(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     trimmed_messages: int = 0
+    logprobs: list[dict[str, Any]] | None = None
+    prompt_logprobs: list[dict[str, Any]] | None = None

@@ -264,9 +264,11 @@ async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[st
             messages=body.message_dicts(),
             params=body.sampling(),
             budget=body.budget(),
+            prompt_ids=body.prompt_ids,
+            tools=body.tools,
         )
     except PromptRejected as exc:
-        if exc.code is None:
+        if exc.code is None and exc.param is None:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         # The web facade turns this into OpenAI's error with its code and param.
         detail = {"message": str(exc), "code": exc.code, "param": exc.param}
@@ -401,14 +403,9 @@ async def _sse_events(
                 yield _sse({"delta": item})
             else:
                 tracker.finish(item, cancelled=prepared.cancelled)
-                yield _sse(
-                    {
-                        "finish_reason": item.finish_reason,
-                        "prompt_tokens": item.prompt_tokens,
-                        "completion_tokens": item.completion_tokens,
-                        "trimmed_messages": prepared.trimmed,
-                    }
-                )
+                final = item.as_dict()
+                del final["text"]
+                yield _sse({**final, "trimmed_messages": prepared.trimmed})
     except (ModelNotReady, GenerationFailed) as exc:
         status = 503 if isinstance(exc, ModelNotReady) else 500
         tracker.failed()
