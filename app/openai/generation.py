@@ -68,13 +68,15 @@ def sampling(
     top_p: float | None,
     stop: str | list[str] | None,
     seed: int | None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """The inference client's parameters: the request's, else the deployment's defaults.
 
     A deployment's max new tokens is also its limit: asking for more is a 400 naming
     max_tokens. Without max_tokens the inference server generates what fits after the prompt
     in the model's context, up to the deployment's max new tokens (max_tokens_cap); unset
-    parameters of an undeployed version are left to the server's defaults.
+    parameters of an undeployed version are left to the server's defaults. `extra`
+    (penalties, logit_bias, logprobs, response_format, tools ...) goes as given when set.
     """
     chosen = target.settings
     cap = None
@@ -95,6 +97,7 @@ def sampling(
         "top_p": top_p,
         "stop": [stop] if isinstance(stop, str) else stop,
         "seed": seed,
+        **extra,
         **target.load_options,
     }
     return {key: value for key, value in params.items() if value is not None}
@@ -107,15 +110,26 @@ def _choice_params(params: dict[str, Any], index: int) -> dict[str, Any]:
     return params
 
 
-async def generate(target: ServingTarget, n: int = 1, **params: Any) -> list[dict[str, Any]]:
-    """n whole completions (sent together, so the server batches them); one result per choice."""
+def fan_out(n: int, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The n choices' requests of one prompt."""
+    return [_choice_params(params, i) for i in range(n)]
+
+
+async def generate(
+    target: ServingTarget,
+    n: int = 1,
+    *,
+    choices: list[dict[str, Any]] | None = None,
+    **params: Any,
+) -> list[dict[str, Any]]:
+    """n whole completions (sent together, so the server batches them); one result per choice.
+
+    `choices` gives each choice's request instead (several prompts, each n times)."""
+    requests = choices if choices is not None else fan_out(n, params)
     timer = serving_metrics.RequestTimer(serving_metrics.label_for(target))
     try:
         results = await asyncio.gather(
-            *(
-                inference_client.generate(target.key, target.path, **_choice_params(params, i))
-                for i in range(n)
-            )
+            *(inference_client.generate(target.key, target.path, **r) for r in requests)
         )
     except INFERENCE_ERRORS as exc:
         error = inference_error(exc)
@@ -142,13 +156,11 @@ def _error_event(error: DomainError) -> dict[str, Any]:
 
 
 async def _merged(
-    target: ServingTarget, n: int, params: dict[str, Any]
+    target: ServingTarget, requests: list[dict[str, Any]]
 ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
     """Events of n upstream streams as (choice index, event), in arrival order."""
-    upstreams = [
-        inference_client.generate_stream(target.key, target.path, **_choice_params(params, i))
-        for i in range(n)
-    ]
+    n = len(requests)
+    upstreams = [inference_client.generate_stream(target.key, target.path, **r) for r in requests]
     if n == 1:
         try:
             async for event in upstreams[0]:
@@ -194,6 +206,7 @@ async def stream(
     n: int = 1,
     opening: list[dict[str, Any]],
     on_event: ChunkMaker,
+    choices: list[dict[str, Any]] | None = None,
     **params: Any,
 ) -> StreamingResponse:
     """An SSE response: `opening` chunks, then `on_event`'s chunks per event, then [DONE].
@@ -204,7 +217,7 @@ async def stream(
     closes the upstream streams, which cancels their generation in the inference server.
     """
     timer = serving_metrics.RequestTimer(serving_metrics.label_for(target))
-    upstream = _merged(target, n, params)
+    upstream = _merged(target, choices if choices is not None else fan_out(n, params))
     try:
         first = await anext(upstream, None)
     except INFERENCE_ERRORS as exc:

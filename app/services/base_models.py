@@ -372,6 +372,17 @@ def available() -> dict[str, BaseModel]:
     return models
 
 
+def is_servable(entry: BaseModel) -> bool:
+    """Whether the base can answer chats and completions as it is: a packaged or local text
+    generator with weights (scratch sizes exist only to be trained; encoders only classify)."""
+    return (
+        entry.source in ("package", "local")
+        and entry.path is not None
+        and entry.architecture not in _ENCODER_TYPES
+        and entry.architecture != "lstm"
+    )
+
+
 def hub_model(name: str) -> BaseModel:
     """An `hf:org/model` entry: facts are known only once a worker has downloaded it."""
     hub_id = name[len(HUB_PREFIX) :]

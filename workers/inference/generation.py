@@ -628,7 +628,9 @@ def generate_batch(
             text = text.rstrip("\ufffd")
         logprobs = None
         if request.params.logprobs:
-            logprobs = _token_logprobs(tokenizer, step_logits, row, tokens, request.params)
+            # The end token too: it is one of the completion tokens (vLLM's way).
+            scored = generated[:completion_tokens]
+            logprobs = _token_logprobs(tokenizer, step_logits, row, scored, request.params)
         results.append(
             GenerationResult(
                 text=text,

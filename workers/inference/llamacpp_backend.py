@@ -511,13 +511,13 @@ class LlamaCppEngine:
             logprobs = self._logprobs_at(sequence.logits_at) if params.logprobs else None
             token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, sequence.logits_at)
             sequence.completion_tokens += 1
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                self._finish(sequence, "stop")
-                continue
-            if logprobs is not None:
+            if logprobs is not None:  # the end token too: it is a completion token (vLLM's way)
                 if sequence.logprobs is None:
                     sequence.logprobs = []
                 sequence.logprobs.append(self._entry(logprobs, token, params.top_logprobs))
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                self._finish(sequence, "stop")
+                continue
             piece = sequence.decoder.decode(_piece(self._vocab, token))
             sequence.last = token
             if piece:

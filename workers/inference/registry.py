@@ -238,11 +238,15 @@ class LoadedModel:
 
 
 def allowed_roots(settings: Settings) -> list[Path]:
-    """Folders weights may come from: the artifact root and installed model packages.
+    """Folders weights may come from: the artifact root, the local models folder and installed
+    model packages.
 
     The SmolLM2 package is located without importing it (importing it pulls in the `llm` tool).
     """
     roots = [settings.artifact_root.resolve()]
+    if settings.models_dir is not None:
+        # Local base models (LLMIDE_MODELS_DIR) are served as they are under /v1 too.
+        roots.append(settings.models_dir.resolve())
     for package in MODEL_PACKAGES:
         try:
             spec = importlib.util.find_spec(package)
