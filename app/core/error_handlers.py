@@ -91,6 +91,7 @@ def error_response(
 # A body with a million unknown keys once produced a 40 MB error: list a few problems, each
 # cut short (a message may quote the input), and count the rest.
 MAX_LISTED_ERRORS = 10
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 MAX_ERROR_CHARS = 300
 
 
@@ -103,7 +104,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
             str(p)[:80] for p in err.get("loc", ()) if p not in ("body", "query", "path", "form")
         ]
         where = ".".join(loc)
-        first_param = first_param or (loc[-1] if loc else None)
+        # A union's member tags ("str", "list[int]") say which type failed, not which field.
+        fields = [p for p in loc if "[" not in p and p not in _TYPE_TAGS]
+        first_param = first_param or (fields[-1] if fields else None)
         text = f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
         parts.append(text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…")
     message = "; ".join(parts) or "invalid request"

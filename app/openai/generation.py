@@ -41,9 +41,11 @@ def now() -> int:
     return int(time.time())
 
 
-def usage(*results: dict[str, Any]) -> Usage:
-    """Token usage of one or n choices (the prompt is counted once, as OpenAI does)."""
-    prompt = int(results[0]["prompt_tokens"])
+def usage(*results: dict[str, Any], per_prompt: int | None = None) -> Usage:
+    """Token usage of one or n choices (the prompt is counted once, as OpenAI does); with
+    several prompts, `per_prompt` (n) choices share each prompt."""
+    share = per_prompt or len(results)
+    prompt = sum(int(r["prompt_tokens"]) for r in results[::share])
     completion = sum(int(r["completion_tokens"]) for r in results)
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion

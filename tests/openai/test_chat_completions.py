@@ -99,7 +99,16 @@ def test_chat_completion_through_the_openai_package_maps_model_errors(
         ({"messages": []}, "messages"),
         ({"temperature": 3}, "temperature"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logit_bias": {"hello": 5}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        ({"frobnicate": True}, "frobnicate"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_chat_completion_refuses_what_it_cannot_do_with_a_clear_400(
@@ -262,8 +271,21 @@ def test_completion_answers_and_streams_a_text_completion(
     streamed = oa.completions.create(model=fine_tuned_model, prompt="once upon", stream=True)
     assert "".join(c.choices[0].text for c in streamed) == "Hello!"
 
-    for prompt in (["a", "b"], [1, 2, 3]):
+    # Several prompts: choice i*n+j is prompt i's j-th; usage counts each prompt once.
+    response = team.owner.post(
+        "/v1/completions", json={"model": fine_tuned_model, "prompt": [[7], [1, 2]], "n": 2}
+    )
+    body = assert_schema(response.json(), "CreateCompletionResponse")
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    assert body["usage"]["prompt_tokens"] == 10
+    assert [c.get("prompt", c.get("prompt_ids")) for c in fake_inference.calls[-4:]] == [
+        [7], [7], [1, 2], [1, 2]
+    ]
+    refusals = (([], "prompt"), ([[]], "prompt"), (["a", [1]], "prompt"), ("a", "suffix"))
+    for prompt, param in refusals:
         response = team.owner.post(
-            "/v1/completions", json={"model": fine_tuned_model, "prompt": prompt}
+            "/v1/completions",
+            json={"model": fine_tuned_model, "prompt": prompt, "suffix": "x"}
+            if param == "suffix" else {"model": fine_tuned_model, "prompt": prompt},
         )
-        assert assert_openai_error(response, 400)["param"] == "prompt"
+        assert assert_openai_error(response, 400)["param"] == param

