@@ -397,7 +397,9 @@ def test_streaming_yields_deltas_then_a_final_event_then_done(client: TestClient
         {"prompt": "a", "temperature": 3},
         {"prompt": "a", "max_tokens": 0},
         {"prompt": "a", "stop": ["1", "2", "3", "4", "5"]},
-        {"prompt": "a", "frequency_penalty": 1},
+        {"prompt": "a", "frequency_penalty": 3},
+        {"prompt": "a", "best_of": 2},
+        {"prompt_ids": [1], "prompt": "a"},
     ],
 )
 def test_bad_parameters_are_422(client: TestClient, body: dict[str, Any]) -> None:

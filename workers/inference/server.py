@@ -251,7 +251,8 @@ def _require_kind(entry: LoadedModel, kind: str) -> None:
         )
 
 
-@router.post("/generate", response_model=GenerateResponse)
+# Logprobs only when asked for: the answer carries no null fields.
+@router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
 async def generate(body: GenerateRequest, state: StateDep) -> Response | dict[str, Any]:
     arrived = time.perf_counter()
     entry = await get_ready_model(state, body.name, body.path, body)
