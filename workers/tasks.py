@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_TASK
+from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_NODE_TASK, TRAIN_TASK
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import Run, RunStatus
@@ -133,6 +134,7 @@ def train_run(self, run_id: int) -> str:
             )
             return "failed"
         retention = {k: v for k, v in run.config.items() if k.startswith("keep_")}
+        nodes, attempt = run_queue.run_slots(run.config), run.attempts
         run_execution.add_event(
             session=session,
             run_id=run_id,
@@ -140,10 +142,20 @@ def train_run(self, run_id: int) -> str:
             + f" (attempt {run.attempts})",
         )
 
-    if config.devices > 1:
+    if nodes > 1:
+        ended = _train_on_several_nodes(run_id, attempt, nodes, config, retention)
+    elif config.devices > 1:
         ended = _train_on_several_devices(run_id, config, retention)
     else:
         ended = _train_in_this_process(run_id, config, retention)
+    if ended.gang_incomplete:
+        with session_scope() as session:
+            requeue = run_execution.gang_incomplete(
+                session=session, run_id=run_id, nodes=nodes, waited_s=get_settings().gang_timeout_s
+            )
+        if requeue:
+            celery_app.send_task(TRAIN_TASK, args=[run_id], queue=GPU_QUEUE)
+        return "interrupted" if requeue else "failed"
     if ended.failure is not None:
         with session_scope() as session:
             run_execution.finish(
@@ -165,8 +177,8 @@ def train_run(self, run_id: int) -> str:
         return "interrupted"
     # Stop-and-keep and early stopping end as succeeded: the model is kept and registered.
     status = RunStatus.cancelled if reason == "cancel" else RunStatus.succeeded
-    final_key = artifacts.key_for(ended.final_dir) if ended.final_dir else None
-    if final_key is not None:
+    final_key = ended.final_key or (artifacts.key_for(ended.final_dir) if ended.final_dir else None)
+    if final_key is not None and not ended.published:
         try:
             artifacts.publish(final_key)  # the registry and inference servers fetch it
         except Exception as exc:
@@ -206,6 +218,9 @@ class _Ended:
     report: dict[str, Any] = field(default_factory=dict)
     stop_reason: str | None = None  # "cancel" | "shutdown" | "keep" | None
     failure: tuple[str, str] | None = None
+    final_key: str | None = None  # set where rank 0 trained on another node
+    published: bool = False  # the final model is in the shared store already
+    gang_incomplete: bool = False  # a multi-node run whose nodes did not all start
 
 
 def _train_in_this_process(run_id: int, config: Any, retention: dict[str, Any]) -> _Ended:
@@ -229,8 +244,16 @@ def _train_in_this_process(run_id: int, config: Any, retention: dict[str, Any]) 
     )
 
 
-def _train_on_several_devices(run_id: int, config: Any, retention: dict[str, Any]) -> _Ended:
-    """torchrun with one process per device (workers/torchrun_launch.py); rank 0 reports."""
+def _train_on_several_devices(
+    run_id: int,
+    config: Any,
+    retention: dict[str, Any],
+    rendezvous: Any = None,
+    node_label: str = "",
+    result_key: str | None = None,
+) -> _Ended:
+    """torchrun with one process per device (workers/torchrun_launch.py); rank 0 reports.
+    With a rendezvous: this machine's share of a multi-node run."""
     from workers.torchrun_launch import TorchrunLaunch
 
     try:
@@ -243,10 +266,15 @@ def _train_on_several_devices(run_id: int, config: Any, retention: dict[str, Any
         retention=retention,
         processes=config.devices,
         cuda_devices=cuda_devices,
+        rendezvous=rendezvous,
+        node_label=node_label,
+        result_key=result_key,
     )
     with _checkpoint_on_sigterm(launch.forward_shutdown):
         launch.start()
         outcome = launch.wait()
+    if outcome.gang_incomplete:
+        return _Ended(gang_incomplete=True, failure=(outcome.error or "", outcome.traceback))
     if outcome.result is None:
         log.error("run %s failed on %s devices: %s", run_id, config.devices, outcome.error)
         return _Ended(
@@ -262,7 +290,91 @@ def _train_on_several_devices(run_id: int, config: Any, retention: dict[str, Any
         metrics=result["metrics"],
         report=result["report"],
         stop_reason=reason,
+        final_key=result.get("final_key"),
+        published=bool(result.get("published")),
     )
+
+
+def _rendezvous(run_id: int, attempt: int, nodes: int, endpoint: str, is_host: bool) -> Any:
+    from workers.torchrun_launch import Rendezvous
+
+    settings = get_settings()
+    return Rendezvous(
+        endpoint=endpoint,
+        run_key=f"run-{run_id}-attempt-{attempt}",
+        nodes=nodes,
+        is_host=is_host,
+        timeout_s=settings.gang_timeout_s,
+        local_addr=settings.node_address,
+    )
+
+
+def result_key(run_id: int, attempt: int) -> str:
+    """Where global rank 0 of a multi-node attempt leaves its result for the claiming task."""
+    return f"{artifacts.run_dir_key(run_id)}/launch/attempt-{int(attempt)}/result.json"
+
+
+def _train_on_several_nodes(
+    run_id: int, attempt: int, nodes: int, config: Any, retention: dict[str, Any]
+) -> _Ended:
+    """The claiming task of a multi-node run: host the rendezvous, send one train_node task
+    per other node, train this node's share. The rendezvous waits for all of them (the gang):
+    if they do not all join in time, none trains and the run goes back to the queue."""
+    settings = get_settings()
+    with socket.socket() as probe:  # a free port for the rendezvous store this node hosts
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"{settings.node_address or socket.gethostname()}:{port}"
+    for _ in range(nodes - 1):
+        celery_app.send_task(TRAIN_NODE_TASK, args=[run_id, attempt, endpoint], queue=GPU_QUEUE)
+    with session_scope() as session:
+        run_execution.add_event(
+            session=session,
+            run_id=run_id,
+            message=f"{nodes} nodes × {config.devices} device(s): waiting for every node to "
+            f"join the rendezvous at {endpoint} (at most {settings.gang_timeout_s:.0f} s)",
+        )
+    return _train_on_several_devices(
+        run_id,
+        config,
+        retention,
+        rendezvous=_rendezvous(run_id, attempt, nodes, endpoint, is_host=True),
+        node_label="0",
+        result_key=result_key(run_id, attempt),
+    )
+
+
+# Not redelivered when its worker dies: that node's peers then fail, and the claiming task
+# hands the whole run back (a node task alone cannot resume anything).
+@celery_app.task(name=TRAIN_NODE_TASK, bind=True, acks_late=True, reject_on_worker_lost=False)
+def train_node(self, run_id: int, attempt: int, endpoint: str) -> str:
+    """Another node of a multi-node run: fetch the data and the checkpoint like the claiming
+    task did, then join its rendezvous. A message for an older attempt does nothing."""
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None or run.status != RunStatus.running or run.attempts != attempt:
+            log.info("node task of run %s attempt %s is stale; not joining", run_id, attempt)
+            return "skipped"
+        nodes = run_queue.run_slots(run.config)
+        retention = {k: v for k, v in run.config.items() if k.startswith("keep_")}
+        point = run_execution.resume_point(session=session, run_id=run_id)
+        try:
+            resume_from = artifacts.existing(point[0]) if point else None
+            config = _engine_config(run, resume_from)
+        except Exception:  # the gang then misses this node and the run is re-queued
+            log.exception("node task of run %s could not prepare; not joining", run_id)
+            return "failed"
+    ended = _train_on_several_devices(
+        run_id,
+        config,
+        retention,
+        rendezvous=_rendezvous(run_id, attempt, nodes, endpoint, is_host=False),
+        node_label=(self.request.id or "node")[:12],
+        result_key=result_key(run_id, attempt),
+    )
+    if ended.gang_incomplete:
+        return "gang incomplete"
+    return "node failed" if ended.failure is not None else "node done"
 
 
 def _pinned_gpus(count: int) -> list[str] | None:

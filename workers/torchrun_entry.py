@@ -55,18 +55,38 @@ def main(argv: list[str]) -> int:
         return 1
     if reporter is not None:
         reporter.close()
-        write_result(
-            spec_path,
-            {
-                "final_dir": str(result.final_dir),
-                "global_step": result.global_step,
-                "metrics": result.metrics,
-                "stopped": result.stopped,
-                "stop_reason": reporter.stop_reason if result.stopped else None,
-                "report": result.report,
-            },
-        )
+        outcome = {
+            "final_dir": str(result.final_dir),
+            "global_step": result.global_step,
+            "metrics": result.metrics,
+            "stopped": result.stopped,
+            "stop_reason": reporter.stop_reason if result.stopped else None,
+            "report": result.report,
+        }
+        if spec.get("publish_final") or spec.get("result_key"):
+            # Several nodes: this rank may not be on the claiming task's machine, so the final
+            # model goes to the store from here and the result under a key it can read.
+            from app.services import artifacts
+
+            final_key = artifacts.key_for(result.final_dir)
+            artifacts.publish(final_key)
+            outcome |= {"final_key": final_key, "published": True}
+        write_result(spec_path, outcome)
+        if spec.get("result_key"):
+            write_result_key(spec["result_key"], outcome)
     return 0
+
+
+def write_result_key(key: str, outcome: dict[str, Any]) -> None:
+    """The result where every node's task can read it: under the store, whole or absent."""
+    import os
+
+    from app.services import artifacts
+
+    fd, tmp = artifacts.temp_file(".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(outcome, handle)
+    artifacts.commit_file(tmp, key)  # moved into place, then published
 
 
 if __name__ == "__main__":

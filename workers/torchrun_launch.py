@@ -9,6 +9,12 @@ The parent reads one or the other when torchrun exits. A SIGTERM to the task is 
 the ranks (not to torchrun, which would kill them): each rank wants to stop, the stop vote
 ends all of them at the same step with a checkpoint, and the run is handed back as for a
 single process.
+
+Several machines (`nodes` > 1, docs/fleet.md): each node's task starts its own torchrun with
+`--nnodes N` and a c10d rendezvous hosted by the task that claimed the run. The rendezvous is
+the gang: every node waits until all N have joined (or `LLMIDE_GANG_TIMEOUT_S` passed, and then
+none trains). Global rank 0 may land on any node, so it publishes the final model and writes
+its result under an artifact key the claiming task reads (object storage or a shared disk).
 """
 
 from __future__ import annotations
@@ -69,6 +75,23 @@ class Outcome:
     result: dict[str, Any] | None = None
     error: str | None = None  # the exception line ("ValueError: ...")
     traceback: str = ""  # that rank's traceback (or torchrun's output when no rank wrote one)
+    gang_incomplete: bool = False  # not every node joined the rendezvous: nobody trained
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of a multi-node run meet: torchrun's c10d rendezvous."""
+
+    endpoint: str  # host:port of the store the claiming node's torchrun hosts
+    run_key: str  # one per attempt ("run-7-attempt-2"): a late node never joins a newer one
+    nodes: int
+    is_host: bool
+    timeout_s: float
+    local_addr: str | None = None  # how the other nodes reach this one (LLMIDE_NODE_ADDRESS)
+
+
+# What torchrun prints when the nodes did not all join in time (or the host gave up).
+RENDEZVOUS_FAILURES = ("RendezvousTimeoutError", "RendezvousClosedError")
 
 
 class TorchrunLaunch:
@@ -82,23 +105,49 @@ class TorchrunLaunch:
         retention: dict[str, Any],
         processes: int,
         cuda_devices: list[str] | None = None,
+        rendezvous: Rendezvous | None = None,
+        node_label: str = "",
+        result_key: str | None = None,
     ) -> None:
         self.processes = processes
         self.cuda_devices = cuda_devices
-        self.dir = Path(config.output_dir) / LAUNCH_DIR
+        self.rendezvous = rendezvous
+        self.result_key = result_key
+        # Two nodes of one run may share a data folder (one machine, or a shared disk).
+        name = f"{LAUNCH_DIR}-node-{node_label}" if rendezvous is not None else LAUNCH_DIR
+        self.dir = Path(config.output_dir) / name
         shutil.rmtree(self.dir, ignore_errors=True)
         (self.dir / ERRORS_DIR).mkdir(parents=True)
-        spec = {"run_id": run_id, "retention": retention, "config": config_to_dict(config)}
+        spec = {
+            "run_id": run_id,
+            "retention": retention,
+            "config": config_to_dict(config),
+            "result_key": result_key,
+            "publish_final": rendezvous is not None,
+        }
         (self.dir / SPEC_FILE).write_text(json.dumps(spec))
         self._process: subprocess.Popen[bytes] | None = None
         self.shutdown_requested = False
 
     def command(self) -> list[str]:
+        where = ["--standalone"]
+        rdzv = self.rendezvous
+        if rdzv is not None:
+            where = [
+                f"--nnodes={rdzv.nodes}",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={rdzv.endpoint}",
+                f"--rdzv_id={rdzv.run_key}",
+                f"--rdzv_conf=is_host={int(rdzv.is_host)},join_timeout={int(rdzv.timeout_s)}",
+                "--max_restarts=0",  # a failed node fails the attempt; the queue retries it
+            ]
+            if rdzv.local_addr:
+                where.append(f"--local_addr={rdzv.local_addr}")
         return [
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--standalone",
+            *where,
             f"--nproc_per_node={self.processes}",
             "-m",
             ENTRY_MODULE,
@@ -140,6 +189,13 @@ class TorchrunLaunch:
         result_path = self.dir / RESULT_FILE
         if code == 0 and result_path.is_file():
             return Outcome(result=json.loads(result_path.read_text()))
+        if code == 0 and self.result_key is not None:
+            # Rank 0 trained on another node: its result is in the artifact store.
+            from app.services import artifacts
+
+            stored = artifacts.fetched(self.result_key)
+            if stored is not None:
+                return Outcome(result=json.loads(stored.read_text()))
         return self._failure(code)
 
     def _failure(self, code: int) -> Outcome:
@@ -152,6 +208,13 @@ class TorchrunLaunch:
             first = json.loads(errors[0].read_text())
             return Outcome(error=first["error"], traceback=first["traceback"])
         output = (self.dir / OUTPUT_FILE).read_text(errors="replace")[-OUTPUT_TAIL_CHARS:]
+        if self.rendezvous is not None and any(name in output for name in RENDEZVOUS_FAILURES):
+            return Outcome(
+                error=f"not all {self.rendezvous.nodes} nodes joined within "
+                f"{self.rendezvous.timeout_s:.0f} s",
+                traceback=output,
+                gang_incomplete=True,
+            )
         return Outcome(
             error=f"the training processes exited with code {code} without an error report",
             traceback=output,

@@ -7,6 +7,9 @@ from typing import Any
 from app.core.settings import Settings
 
 TRAIN_TASK = "llmide.train_run"
+# One more node of a multi-node run (docs/fleet.md): joins the rendezvous of the train_run
+# task that claimed the run; the run is trained by all its nodes or by none.
+TRAIN_NODE_TASK = "llmide.train_node"
 # Registry jobs (queue cpu): ONNX / merged exports and evaluations of a model version.
 EXPORT_TASK = "llmide.export_version"
 EVALUATE_TASK = "llmide.evaluate_version"

@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     # it pulled: least recently used versions go first beyond this size.
     artifact_cache_gb: float = Field(20.0, gt=0)
 
+    # Multi-node runs (docs/fleet.md): the address other nodes reach this worker at for the
+    # rendezvous it hosts (unset: its host name), and how long a run's nodes may take to all
+    # start before none of them trains and the run goes back to the queue.
+    node_address: str | None = None
+    gang_timeout_s: float = Field(300.0, ge=5.0, le=24 * 3600)
+
     @field_validator("artifact_url")
     @classmethod
     def _s3_artifact_url(cls, value: str | None) -> str | None:

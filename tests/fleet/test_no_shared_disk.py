@@ -35,10 +35,13 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
     env = s3_server.env(s3_server.new_bucket(), "llmide")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    from app.core.settings import get_settings
     from app.services import artifact_store
 
+    get_settings.cache_clear()
     artifact_store._store_for.cache_clear()
     yield env
+    get_settings.cache_clear()
     artifact_store._store_for.cache_clear()
 
 

@@ -30,6 +30,7 @@ SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METHODS = ("full", "lora", "qlora")
 MAX_DEVICES = 64  # the engine's MAX_DEVICES
+MAX_NODES = 64
 # The task a dataset schema trains by default, and the schemas each task reads: the data
 # contract's (datacontract, docs/DATA_CONTRACT.md), which the engine reads too.
 DEFAULT_TASK = contract.DEFAULT_TASK
@@ -61,6 +62,9 @@ class RunConfig(BaseModel):
     block_size: int = Field(128, ge=16, le=8192)  # the training sequence length
     # Data-parallel processes on one machine (GPUs on a GPU worker); above 1: torchrun.
     devices: int = Field(1, ge=1, le=MAX_DEVICES)
+    # Machines the run spans (docs/fleet.md): each runs `devices` processes; above 1, one
+    # Celery task per node joins a c10d rendezvous and the queue starts all nodes or none.
+    nodes: int = Field(1, ge=1, le=MAX_NODES)
     # Steps between training logs; None: every step on the CPU, every 10 on a GPU (a log
     # reads the loss back from the GPU, a synchronisation the other steps avoid).
     logging_steps: int | None = Field(None, ge=1, le=100_000)

@@ -158,6 +158,36 @@ def interrupt_for_shutdown(*, session: Session, run_id: int, step: int) -> bool:
     return handed_back
 
 
+def gang_incomplete(*, session: Session, run_id: int, nodes: int, waited_s: float) -> bool:
+    """Not every node of a multi-node run joined its rendezvous in time, so none trained (all
+    or none). The run goes back to the queue while automatic restarts are left, else it fails
+    saying why. True when it should be re-sent."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return False
+    max_restarts = get_settings().run_max_restarts
+    if run.attempts > max_restarts:
+        finish(
+            session=session,
+            run_id=run_id,
+            status=RunStatus.failed,
+            error=f"the run needs {nodes} nodes, and {run.attempts} times they did not all "
+            f"start within {waited_s:.0f} s; give it fewer nodes or free more GPU workers",
+        )
+        return False
+    handed_back = _move(session, run_id, RunStatus.running, RunStatus.interrupted)
+    if handed_back:
+        add_event(
+            session=session,
+            run_id=run_id,
+            level="warning",
+            message=f"not all {nodes} nodes started within {waited_s:.0f} s, so none trained; "
+            f"the run goes back to the queue (attempt {run.attempts} of {max_restarts + 1})",
+        )
+    session.commit()
+    return handed_back
+
+
 OOM_SUGGESTION = (
     "The run ran out of memory: try a smaller batch size with gradient accumulation to keep "
     "the effective batch, a shorter sequence length, LoRA, or bf16."

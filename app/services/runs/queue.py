@@ -67,6 +67,23 @@ def _queue_order() -> tuple[Any, ...]:
     return (Run.priority.desc(), func.coalesce(Run.queue_rank, Run.id), Run.id)
 
 
+def run_slots(config: dict[str, Any] | None) -> int:
+    """GPU worker slots a run holds: one per node (a multi-node run is gang-scheduled)."""
+    nodes = (config or {}).get("nodes")
+    return nodes if isinstance(nodes, int) and nodes > 1 else 1
+
+
+def check_fleet_fits(*, nodes: int) -> None:
+    """A run on more nodes than the fleet has slots would wait for ever: refused at launch."""
+    slots = get_settings().max_concurrent_runs
+    if nodes > slots:
+        raise ValidationFailed(
+            f"nodes={nodes} is more than the fleet's {slots} GPU worker slot(s) "
+            "(LLMIDE_MAX_CONCURRENT_RUNS); the run could never start",
+            param="nodes",
+        )
+
+
 def active_by_workspace(*, session: Session) -> dict[int, int]:
     rows = session.execute(
         select(Run.workspace_id, func.count()).where(_active_clause()).group_by(Run.workspace_id)
@@ -94,8 +111,16 @@ def _pick(session: Session) -> Run | None:
     their next run, then to the older run. Within a workspace: priority, then queue order.
     """
     settings = get_settings()
-    active = active_by_workspace(session=session)
-    if sum(active.values()) >= settings.max_concurrent_runs:
+    # Active runs per workspace (fair share, quotas) and the slots they hold (a multi-node
+    # run holds one per node), from one read of the few active rows.
+    active: dict[int, int] = {}
+    used = 0
+    for workspace_id, config in session.execute(
+        select(Run.workspace_id, Run.config).where(_active_clause())
+    ):
+        active[workspace_id] = active.get(workspace_id, 0) + 1
+        used += run_slots(config)
+    if used >= settings.max_concurrent_runs:
         return None
     quotas: dict[int, float] = {
         ws: float(quota)
@@ -130,7 +155,12 @@ def _pick(session: Session) -> Run | None:
     if not eligible:
         return None
     best = min(eligible, key=lambda h: (active.get(h.workspace_id, 0), -h.priority, h.id))
-    return session.get(Run, best.id)
+    run = session.get(Run, best.id)
+    if run is not None and used + run_slots(run.config) > settings.max_concurrent_runs:
+        # Gang scheduling: all of its nodes start together or it waits, and nothing smaller
+        # overtakes it meanwhile (else a big run could wait for ever behind small ones).
+        return None
+    return run
 
 
 def dispatch_one(*, session: Session, started_now: int | None = None) -> int | None:
@@ -430,7 +460,7 @@ def queue_view(*, session: Session, ctx: WorkspaceContext) -> QueueView:
         active=mine,
         machines=machines,
         slots=settings.max_concurrent_runs,
-        fleet_active=len(active_all),
+        fleet_active=sum(run_slots(run.config) for run in active_all),  # a node is a slot
         quotas=quotas(session=session, ctx=ctx),
         device=training_device(),
     )
@@ -441,6 +471,11 @@ def queue_view(*, session: Session, ctx: WorkspaceContext) -> QueueView:
         elif view.fleet_active >= view.slots:
             view.waiting_reason = (
                 f"all {view.slots} {view.device} slot(s) of the fleet are busy"
+            )
+        elif view.fleet_active + run_slots(waiting[0].config) > view.slots:
+            view.waiting_reason = (
+                f"the next run needs {run_slots(waiting[0].config)} nodes at once and "
+                f"{view.slots - view.fleet_active} of {view.slots} slot(s) are free"
             )
     return view
 

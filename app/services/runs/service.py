@@ -52,6 +52,7 @@ def create_run(
     ctx.require(Role.editor)
     priority_value = run_queue.parse_priority(priority)
     run_queue.check_launch_quota(session=session, workspace=ctx.workspace)
+    run_queue.check_fleet_fits(nodes=config.nodes)
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     version = dataset_versions.version_for_run(
         session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
