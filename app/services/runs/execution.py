@@ -184,8 +184,7 @@ def gang_incomplete(*, session: Session, run_id: int, nodes: int, waited_s: floa
             message=f"not all {nodes} nodes started within {waited_s:.0f} s, so none trained; "
             f"the run goes back to the queue (attempt {run.attempts} of {max_restarts + 1})",
         )
-    session.commit()
-    return handed_back
+    return handed_back  # the caller's session scope commits, then re-sends the task
 
 
 OOM_SUGGESTION = (
