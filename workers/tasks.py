@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import object_session
+
 from app.core.celery_config import CALIBRATE_TASK, GPU_QUEUE, TRAIN_NODE_TASK, TRAIN_TASK
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
-from app.db.models import Run, RunStatus
+from app.db.models import ModelVersion, Run, RunStatus
 from app.db.session import session_scope
-from app.services import artifacts, base_models, estimate
+from app.services import artifacts, base_models, estimate, version_bases
 from app.services.runs import execution as run_execution
 from app.services.runs import queue as run_queue
 from workers.celery_app import celery_app
@@ -54,6 +56,14 @@ _ENGINE_KEYS = (
 )
 
 
+def _base_version(run: Run) -> ModelVersion:
+    """The registered version a run starts from (its config's base_version_id)."""
+    version = object_session(run).get(ModelVersion, int(run.config["base_version_id"]))  # type: ignore[union-attr]
+    if version is None:
+        raise ValidationFailed("the run's base version was deleted", param="model")
+    return version
+
+
 def _engine_config(run: Run, resume_from: Path | None):
     from workers.engine import TrainConfig
 
@@ -61,7 +71,11 @@ def _engine_config(run: Run, resume_from: Path | None):
     validation = run.validation_dataset
     # Packaged and local models are found again on this worker (its own packages and models
     # folder); hub ids go to the engine as they are.
-    model = base_models.require_known(run.base_model)
+    if config.get("base_version_id") is not None:
+        # A registered version (SFT → DPO): its own folder in the artifact store.
+        model = version_bases.as_base(_base_version(run))
+    else:
+        model = base_models.require_known(run.base_model)
     return TrainConfig(
         base_model_path=Path(model.path) if model.path else None,
         gguf_file=model.gguf_file,

@@ -90,6 +90,9 @@ class Estimate:
     plan_warnings: list[str] = field(default_factory=list)
     # The hyperparameters the run would get from the base's preset (fields not given).
     preset: dict[str, Any] = field(default_factory=dict)
+    # A full DPO/KTO run's frozen reference model (its weights, no gradients); 0 when the
+    # method needs none or a LoRA run uses the base with its adapters disabled.
+    reference_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,9 +124,17 @@ def estimate(
     device_label: str,
     total_steps: int | None = None,
     tokens_per_second: float | None = None,
+    task: str = "causal_lm",
 ) -> Estimate:
-    """Memory by part against the device's memory, and a duration when a calibration is known."""
+    """Memory by part against the device's memory, and a duration when a calibration is known.
+
+    A paired preference run (DPO, ORPO, SimPO) puts each chosen and rejected answer through
+    the model together: twice the sequences of a batch. A full DPO or KTO run also keeps a
+    frozen copy of the weights as its reference.
+    """
     arch = ARCHITECTURES.get(base_model)
+    if task in ("dpo", "orpo", "simpo"):
+        batch_size *= 2  # sequences through the model per step
     duration = None
     if total_steps and tokens_per_second:
         duration = total_steps * batch_size * block_size / tokens_per_second
@@ -142,7 +153,8 @@ def estimate(
     per_layer = arch.activation_bytes_per_token_width * s * b * h * act_scale
     logits = 2 * b * s * arch.vocab_size * 4
     activations = int(arch.n_layer * per_layer + logits)
-    total = weights + gradients + optimizer + activations
+    reference = weights if task in ("dpo", "kto") and not lora else 0
+    total = weights + gradients + optimizer + activations + reference
     fits = None if device_bytes is None else total * MARGIN <= device_bytes
     warning = None
     suggestions: list[str] = []
@@ -168,6 +180,7 @@ def estimate(
         total_steps=total_steps,
         tokens_per_second=tokens_per_second,
         duration_s=duration,
+        reference_bytes=reference,
     )
 
 
@@ -271,7 +284,7 @@ def for_launch(
     """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start:
     the base and preset a launch would use, memory, steps as the trainer will count them, a
     duration when a throughput is known, and warnings about a plan too short to learn."""
-    from app.services import base_models, dataset_versions, datasets
+    from app.services import dataset_versions, datasets, version_bases
     from app.services.runs import presets as run_presets
 
     version = None
@@ -282,7 +295,7 @@ def for_launch(
         )
     schema = version.schema if version is not None else None
     base_model = base_model or run_presets.default_base_model(schema)
-    model = base_models.require_known(base_model)
+    model, _ = version_bases.resolve(session=session, ctx=ctx, name=base_model)
     config = run_presets.with_presets(config, model)
     device_bytes, label = device_memory()
     shape = (base_model, config.batch_size, config.block_size)
@@ -331,6 +344,7 @@ def for_launch(
         device_label=label,
         total_steps=steps,
         tokens_per_second=rate,
+        task=config.task_for(schema) if schema else config.task_type,
     )
     # Only someone who may launch starts a calibration task; a viewer gets the arithmetic. A
     # shape the arithmetic says cannot fit is never timed: a worker would train one real batch

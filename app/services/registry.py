@@ -8,6 +8,7 @@ import re
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -108,6 +109,19 @@ def serving_name_for(run: Run, workspace_slug: str) -> str:
     return ":".join(parts)
 
 
+def _base_version_lineage(session: Session, version_id: Any) -> dict[str, Any]:
+    if version_id is None:
+        return {}
+    base = session.get(ModelVersion, int(version_id))
+    if base is None:
+        return {"base_version_id": int(version_id)}
+    return {
+        "base_version_id": base.id,
+        "base_version_name": base.serving_name,
+        "base_run_id": base.run_id,
+    }
+
+
 def register_checkpoint(
     *, session: Session, run: Run, checkpoint: Checkpoint, user_id: int | None = None
 ) -> ModelVersion:
@@ -175,6 +189,8 @@ def register_checkpoint(
             "step": checkpoint.step,
             "is_final": checkpoint.is_final,
             "metrics": checkpoint.metrics,
+            # Tuned from a registered version (SFT → DPO): that version and its own run.
+            **_base_version_lineage(session, config.get("base_version_id")),
         },
         tags=[],
         stage=ModelStage.none,

@@ -71,6 +71,11 @@ class LaunchForm(BaseModel):
     lora_r: str = ""
     lora_alpha: str = ""
     lora_dropout: str = ""
+    beta: str = ""
+    dpo_loss: str = ""
+    simpo_gamma: str = ""
+    kto_desirable_weight: str = ""
+    kto_undesirable_weight: str = ""
     priority: str = "normal"
 
 

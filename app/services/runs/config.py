@@ -115,6 +115,14 @@ class RunConfig(BaseModel):
                 problems.append(
                     (name, f"{name} applies to {' or '.join(tasks)} runs, not to a {task} run")
                 )
+        if task == "kto" and self.batch_size < 2:
+            problems.append(
+                (
+                    "batch_size",
+                    "a kto run needs batch_size 2 or more (its KL term "
+                    "compares answers within a batch)",
+                )
+            )
         return problems
 
     def beta_for(self, task: str) -> float:

@@ -13,7 +13,7 @@ from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
 from app.domain import lifecycle
-from app.services import audit, base_models, dataset_versions, datasets, fleet
+from app.services import audit, base_models, dataset_versions, datasets, fleet, version_bases
 from app.services.runs import presets as run_presets
 from app.services.runs import queue as run_queue
 from app.services.runs.access import get_for_editor
@@ -59,7 +59,8 @@ def create_run(
     )
     schema = version.schema if version is not None else dataset.format
     base_model = base_model or run_presets.default_base_model(schema)
-    model = base_models.require_known(base_model)
+    # A known base, or one of the workspace's registered versions (SFT → DPO).
+    model, base_version = version_bases.resolve(session=session, ctx=ctx, name=base_model)
     config = run_presets.with_presets(config, model)
     check_fit(model=model, schema=schema, config=config)
     if validation_dataset_id is not None:
@@ -73,7 +74,10 @@ def create_run(
         dataset_id=dataset.id,
         validation_dataset_id=validation_dataset_id,
         dataset_version_id=version.id,
-        config=config.model_dump(),
+        config={
+            **config.model_dump(),
+            **({"base_version_id": base_version.id} if base_version is not None else {}),
+        },
         suffix=suffix,
         status=RunStatus.queued,
         created_by_id=ctx.user.id,
