@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 celery_app = Celery(
     "llmide",
-    include=["workers.tasks", "workers.registry_tasks", "workers.prep_tasks"],
+    include=[
+        "workers.tasks",
+        "workers.registry_tasks",
+        "workers.prep_tasks",
+        "workers.batch_tasks",
+    ],
     # Every task counts its deliveries and is given up after too many (the poison limit).
     task_cls="workers.delivery_guard:GuardedTask",
 )

@@ -16,6 +16,7 @@ EVALUATE_TASK = "llmide.evaluate_version"
 CALIBRATE_TASK = "llmide.calibrate_training"
 PREPARE_TASK = "llmide.prepare_dataset"  # a new dataset version from its parent and a recipe
 MODEL_VIEW_TASK = "llmide.model_view"  # rows as a model sees them, stored as a JSON artifact
+BATCH_TASK = "llmide.run_batch"  # an OpenAI batch: its requests through the inference server
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 

@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 
 from app.core.celery_config import (
+    BATCH_TASK,
     CALIBRATE_TASK,
     CPU_QUEUE,
     GPU_QUEUE,
@@ -37,6 +38,10 @@ def enqueue_preparation(version_id: int) -> str:
 
 def enqueue_model_view(payload: dict[str, Any]) -> str:
     return _send(MODEL_VIEW_TASK, [payload], CPU_QUEUE, "the model view was not started")
+
+
+def enqueue_batch(batch_id: int) -> str:
+    return _send(BATCH_TASK, [batch_id], CPU_QUEUE, "the batch was not started")
 
 
 def _send(task: str, args: list[Any], queue: str, consequence: str) -> str:

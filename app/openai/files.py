@@ -1,4 +1,5 @@
-"""OpenAI `files`: training files, which are this server's datasets (`file-<dataset id>`), and
+"""OpenAI `files`: training files, which are this server's datasets (`file-<dataset id>`),
+batch input, output and error files kept as they are (`file-raw-<id>`, services.batches), and
 a finished fine-tuning job's step-metrics CSV (`file-results-<run id>`, made on request)."""
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, Workspace
 from app.core.errors import NotFound, ValidationFailed
-from app.db.models import Dataset, Run, RunStatus
+from app.db.models import Dataset, Run, RunStatus, StoredFile
 from app.openai.common import FILE_PREFIX, parse_id, parse_number, unix
 from app.openai.schemas import FileDeleted, FileList, FileObject
-from app.services import artifacts, datasets
+from app.services import artifacts, batches, datasets
 from app.services.runs import access as run_access
 from app.services.runs import results as job_results
 from app.services.workspaces import WorkspaceContext
@@ -29,6 +30,35 @@ def file_id(dataset_id: int) -> str:
 
 
 RESULTS_PREFIX = f"{FILE_PREFIX}results-"
+RAW_PREFIX = f"{FILE_PREFIX}raw-"
+RAW_PURPOSES = (batches.BATCH_PURPOSE, batches.OUTPUT_PURPOSE)
+
+
+def raw_file_id(stored_id: int) -> str:
+    return f"{RAW_PREFIX}{stored_id}"
+
+
+def stored_for_file(
+    *, session: Session, ctx: WorkspaceContext, file: str, param: str | None = None
+) -> StoredFile | None:
+    """The stored file behind a `file-raw-` id; None if `file` is not one; 404 if unknown."""
+    if not file.startswith(RAW_PREFIX):
+        return None
+    number = parse_id(file, RAW_PREFIX, noun="file", param=param)
+    try:
+        return batches.get_file(session=session, ctx=ctx, file_id=number)
+    except NotFound:
+        raise NotFound(f"no such file: {file!r}", param=param) from None
+
+
+def stored_to_file(row: StoredFile) -> FileObject:
+    return FileObject(
+        id=raw_file_id(row.id),
+        bytes=row.size_bytes,
+        created_at=unix(row.created_at),
+        filename=row.filename,
+        purpose=row.purpose,
+    )
 RESULTS_PURPOSE = "fine-tune-results"
 
 
@@ -86,10 +116,17 @@ def create_file(
     ],
     purpose: Annotated[str, Form()],
 ) -> FileObject:
+    if purpose == batches.BATCH_PURPOSE:
+        # Kept as uploaded; its request lines are checked when a batch is created from it.
+        row = batches.store_upload(
+            session=session, ctx=ctx, stream=file.file, filename=file.filename, purpose=purpose
+        )
+        session.commit()
+        return stored_to_file(row)
     if purpose != SUPPORTED_PURPOSE:
         raise ValidationFailed(
-            f"purpose {purpose!r} is not supported: this server stores training data only, "
-            f"upload with purpose '{SUPPORTED_PURPOSE}'",
+            f"purpose {purpose!r} is not supported: this server stores training data "
+            f"('{SUPPORTED_PURPOSE}') and batch inputs ('{batches.BATCH_PURPOSE}')",
             param="purpose",
         )
     # Each upload is its own file object, as at OpenAI: identical bytes share storage only.
@@ -113,6 +150,24 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
 ) -> FileList:
+    if purpose in RAW_PURPOSES:
+        raw_after = None
+        if after is not None:
+            raw_after = parse_number(after, RAW_PREFIX)
+            if raw_after is None:
+                raise ValidationFailed(f"after: {after!r} is not a {purpose} file id",
+                                       param="after")
+        stored = batches.page_files(
+            session=session, ctx=ctx, purpose=purpose, after_id=raw_after, limit=limit + 1,
+            ascending=order == "asc",
+        )
+        listed = [stored_to_file(r) for r in stored[:limit]]
+        return FileList(
+            data=listed,
+            first_id=listed[0].id if listed else "",
+            last_id=listed[-1].id if listed else "",
+            has_more=len(stored) > limit,
+        )
     after_id = None
     if after is not None:
         after_id = parse_number(after, FILE_PREFIX)
@@ -146,6 +201,9 @@ def retrieve_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileObje
             filename=_results_filename(run),
             purpose=RESULTS_PURPOSE,
         )
+    stored = stored_for_file(session=session, ctx=ctx, file=file_id)
+    if stored is not None:
+        return stored_to_file(stored)
     return to_file(dataset_for_file(session=session, ctx=ctx, file=file_id))
 
 
@@ -157,6 +215,13 @@ def download_file(file_id: str, session: SessionDep, ctx: Workspace) -> Response
             job_results.metrics_csv(session=session, run_id=run.id),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{_results_filename(run)}"'},
+        )
+    stored = stored_for_file(session=session, ctx=ctx, file=file_id)
+    if stored is not None:
+        return FileResponse(
+            artifacts.existing(stored.storage_key),
+            media_type="application/octet-stream",
+            filename=stored.filename,
         )
     dataset = dataset_for_file(session=session, ctx=ctx, file=file_id)
     return FileResponse(  # the bytes as uploaded, like OpenAI's file content
@@ -174,6 +239,10 @@ def delete_file(file_id: str, session: SessionDep, ctx: Workspace) -> FileDelete
             "it goes when the job's run is deleted",
             param="file_id",
         )
+    stored = stored_for_file(session=session, ctx=ctx, file=file_id)
+    if stored is not None:
+        batches.delete_file(session=session, ctx=ctx, file_id=stored.id)
+        return FileDeleted(id=file_id)
     dataset = dataset_for_file(session=session, ctx=ctx, file=file_id)
     datasets.delete(session=session, ctx=ctx, dataset_id=dataset.id)
     return FileDeleted(id=file_id)

@@ -129,6 +129,26 @@ class Site:
         assert created.status_code == 201, created.text
         return int(created.json()["id"])
 
+    def new_batch_file(self) -> int:
+        """A `purpose: batch` file of the owner's (file-raw-<id>) with one chat request."""
+        line = json.dumps({
+            "custom_id": self.unique("req"), "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        })
+        created = self.api("owner", "POST", "/v1/files", data={"purpose": "batch"},
+                           files={"file": ("batch.jsonl", (line + "\n").encode())})
+        assert created.status_code == 200, created.text
+        return int(created.json()["id"].removeprefix("file-raw-"))
+
+    def new_batch(self) -> int:
+        """A queued batch of the owner's (no worker runs here: it stays `validating`)."""
+        created = self.api("owner", "POST", "/v1/batches", json={
+            "input_file_id": f"file-raw-{self.ids['batch_file']}",
+            "endpoint": "/v1/chat/completions", "completion_window": "24h",
+        })
+        assert created.status_code == 200, created.text
+        return int(created.json()["id"].removeprefix("batch_"))
+
     def first_version(self, dataset_id: int) -> int:
         from sqlalchemy import select
 
@@ -432,6 +452,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             )
             ids["deployment"] = site.new_deployment()
             ids["sweep"] = site.new_sweep()
+            ids["batch_file"] = site.new_batch_file()
+            ids["batch"] = site.new_batch()
             ids.update(site.registry_things())
             ids["token"] = site.new_token(TOKEN_NAME)
             # Someone who exists but belongs to nobody else's workspace (member invitations).

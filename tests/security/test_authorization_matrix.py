@@ -365,6 +365,20 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints"): R(
         A.VIEWER, "id", url="/v1/fine_tuning/jobs/ftjob-{finished_run}/checkpoints"
     ),
+    ("GET", "/v1/batches"): R(A.VIEWER, "list"),
+    ("POST", "/v1/batches"): R(
+        A.EDITOR,
+        "id",
+        json={
+            "input_file_id": "file-raw-{batch_file}",
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
+    ),
+    ("GET", "/v1/batches/{batch}"): R(A.VIEWER, "id", url="/v1/batches/batch_{batch}"),
+    ("POST", "/v1/batches/{batch}/cancel"): R(
+        A.EDITOR, "id", url="/v1/batches/batch_{batch}/cancel", consumes="batch"
+    ),
     ("GET", "/v1/models"): R(A.VIEWER, "list"),
     ("GET", "/v1/models/{model}"): R(A.VIEWER, "id", url="/v1/models/{serving_name}"),
     ("POST", "/v1/chat/completions"): R(
@@ -694,6 +708,7 @@ def fresh(site: Site, kind: str) -> Any:
         "running_run": lambda: site.new_run_in("running"),
         "failed_run": lambda: site.new_run_in("failed"),
         "deployment": site.new_deployment,
+        "batch": site.new_batch,
         "token": site.new_token,
         "member_email": site.new_user,
         "member": site.new_member,

@@ -1,0 +1,421 @@
+"""The OpenAI Batch API's records: stored files (batch input, output and error files) and
+batches: create (with the input checked line by line), read, list, cancel, and what the worker
+records while it runs one (workers/batch_tasks.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import IO, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core import task_queue
+from app.core.errors import InvalidTransition, NotFound, ValidationFailed
+from app.core.settings import get_settings
+from app.db.base import utcnow
+from app.db.models import Batch, Role, StoredFile
+from app.db.session import rows_changed
+from app.services import artifacts, audit
+from app.services.datasets import clean_filename
+from app.services.workspaces import WorkspaceContext, get_in_workspace
+
+BATCH_PURPOSE = "batch"
+OUTPUT_PURPOSE = "batch_output"
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+COMPLETION_WINDOW = "24h"
+MAX_REQUESTS = 50_000  # OpenAI's limit per batch
+MAX_LISTED_ERRORS = 100  # problems of an invalid input file listed on the batch
+# Statuses in which a worker may still change the batch.
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+# --- stored files -------------------------------------------------------------------------
+def store_upload(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    stream: IO[bytes],
+    filename: str | None,
+    purpose: str,
+) -> StoredFile:
+    """Keep an upload's bytes as they are (a batch input is checked when a batch uses it)."""
+    ctx.require(Role.editor)
+    name = clean_filename(filename)
+    max_bytes = get_settings().max_upload_bytes
+    fd, tmp = artifacts.temp_file()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            while chunk := stream.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValidationFailed(
+                        f"the file is larger than the upload limit of {max_bytes} bytes "
+                        "(LLMIDE_MAX_UPLOAD_BYTES)",
+                        param="file",
+                    )
+                sink.write(chunk)
+        return _record(session=session, ctx=ctx, tmp=tmp, filename=name, purpose=purpose, size=size)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def store_bytes(
+    *, session: Session, ctx: WorkspaceContext, data: bytes, filename: str, purpose: str
+) -> StoredFile:
+    """Keep bytes the server wrote (a batch's output or error file)."""
+    fd, tmp = artifacts.temp_file()
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            sink.write(data)
+        return _record(
+            session=session, ctx=ctx, tmp=tmp, filename=filename, purpose=purpose, size=len(data)
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _record(
+    *, session: Session, ctx: WorkspaceContext, tmp: Any, filename: str, purpose: str, size: int
+) -> StoredFile:
+    key = f"openai_files/{ctx.workspace.id}/{secrets.token_hex(16)}"
+    artifacts.commit_file(tmp, key)
+    row = StoredFile(
+        workspace_id=ctx.workspace.id,
+        purpose=purpose,
+        filename=filename,
+        size_bytes=size,
+        storage_key=key,
+        created_by_id=ctx.user.id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_file(*, session: Session, ctx: WorkspaceContext, file_id: int) -> StoredFile:
+    return get_in_workspace(session=session, ctx=ctx, model=StoredFile, row_id=file_id, what="file")
+
+
+def get_file_by_id(*, session: Session, file_id: int | None) -> StoredFile | None:
+    """A stored file by id for the worker (which acts for the batch, not for a request)."""
+    return session.get(StoredFile, file_id) if file_id is not None else None
+
+
+def page_files(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    purpose: str | None,
+    after_id: int | None,
+    limit: int,
+    ascending: bool,
+) -> list[StoredFile]:
+    query = select(StoredFile).where(StoredFile.workspace_id == ctx.workspace.id)
+    if purpose is not None:
+        query = query.where(StoredFile.purpose == purpose)
+    if after_id is not None:
+        query = query.where(StoredFile.id > after_id if ascending else StoredFile.id < after_id)
+    order = StoredFile.id.asc() if ascending else StoredFile.id.desc()
+    return list(session.scalars(query.order_by(order).limit(limit)))
+
+
+def delete_file(*, session: Session, ctx: WorkspaceContext, file_id: int) -> None:
+    """Delete a stored file; refused while a batch that has not ended reads it."""
+    ctx.require(Role.editor)
+    row = get_file(session=session, ctx=ctx, file_id=file_id)
+    busy = session.scalar(
+        select(Batch.id).where(Batch.input_file_id == row.id, Batch.status.in_(ACTIVE)).limit(1)
+    )
+    if busy is not None:
+        raise InvalidTransition(f"file-raw-{row.id} is the input of batch_{busy}, still running")
+    key = row.storage_key
+    session.delete(row)
+    session.flush()
+    artifacts.delete(key)
+
+
+def file_bytes(row: StoredFile) -> bytes:
+    return artifacts.existing(row.storage_key).read_bytes()
+
+
+# --- checking an input file ---------------------------------------------------------------
+@dataclass(frozen=True)
+class RequestLine:
+    custom_id: str
+    body: dict[str, Any]
+
+
+def parse_input(data: bytes, endpoint: str) -> tuple[list[RequestLine], list[dict[str, Any]]]:
+    """The requests of a batch input file, and OpenAI-style errors for each bad line."""
+    lines: list[RequestLine] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def bad(number: int, code: str, message: str, param: str | None = None) -> None:
+        errors.append({"code": code, "message": message, "param": param, "line": number})
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        bad(1, "invalid_json_line", "the file is not UTF-8 text")
+        return [], errors
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError as exc:
+            bad(number, "invalid_json_line", f"line {number} is not JSON: {exc}")
+            continue
+        if not isinstance(row, dict):
+            bad(number, "invalid_request", f"line {number} is not a JSON object")
+            continue
+        custom_id, url, body = row.get("custom_id"), row.get("url"), row.get("body")
+        unknown = sorted(set(row) - {"custom_id", "method", "url", "body"})
+        if unknown:
+            bad(
+                number,
+                "invalid_request",
+                f"line {number}: unknown field {unknown[0]!r}",
+                unknown[0],
+            )
+        elif not isinstance(custom_id, str) or not custom_id:
+            bad(
+                number,
+                "missing_required_parameter",
+                f"line {number}: custom_id is missing",
+                "custom_id",
+            )
+        elif custom_id in seen:
+            bad(
+                number,
+                "duplicate_custom_id",
+                f"line {number}: custom_id {custom_id!r} is used on an earlier line",
+                "custom_id",
+            )
+        elif row.get("method") != "POST":
+            bad(number, "invalid_method", f"line {number}: method must be POST", "method")
+        elif url != endpoint:
+            bad(
+                number,
+                "mismatched_url",
+                f"line {number}: url {url!r} differs from the batch's endpoint {endpoint!r}",
+                "url",
+            )
+        elif not isinstance(body, dict):
+            bad(number, "invalid_request", f"line {number}: body must be an object", "body")
+        elif body.get("stream"):
+            bad(
+                number,
+                "invalid_request",
+                f"line {number}: stream is not available in a batch",
+                "body.stream",
+            )
+        else:
+            seen.add(custom_id)
+            lines.append(RequestLine(custom_id, body))
+    if not lines and not errors:
+        bad(1, "empty_file", "the input file holds no requests")
+    if len(lines) > MAX_REQUESTS:
+        bad(
+            MAX_REQUESTS + 1,
+            "too_many_requests",
+            f"a batch holds at most {MAX_REQUESTS} requests, this file {len(lines)}",
+        )
+    return lines, errors
+
+
+# --- batches ------------------------------------------------------------------------------
+def create(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    input_file_id: int,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict[str, str] | None,
+) -> Batch:
+    """Check the input file now: a bad one gives a `failed` batch listing its lines' problems
+    (as OpenAI answers); a good one is queued for a `cpu` worker."""
+    ctx.require(Role.editor)
+    if endpoint not in ENDPOINTS:
+        raise ValidationFailed(
+            f"endpoint {endpoint!r} is not supported; use one of {', '.join(ENDPOINTS)}",
+            param="endpoint",
+        )
+    if completion_window != COMPLETION_WINDOW:
+        raise ValidationFailed("completion_window must be '24h'", param="completion_window")
+    try:
+        source = get_file(session=session, ctx=ctx, file_id=input_file_id)
+    except NotFound:
+        raise NotFound(f"no such file: 'file-raw-{input_file_id}'", param="input_file_id") from None
+    if source.purpose != BATCH_PURPOSE:
+        raise ValidationFailed(
+            f"the input file's purpose is {source.purpose!r}; upload it with purpose 'batch'",
+            param="input_file_id",
+        )
+    lines, problems = parse_input(file_bytes(source), endpoint)
+    now = utcnow()
+    batch = Batch(
+        workspace_id=ctx.workspace.id,
+        endpoint=endpoint,
+        completion_window=completion_window,
+        input_file_id=source.id,
+        status="validating",
+        total=len(lines),
+        batch_metadata=metadata,
+        created_by_id=ctx.user.id,
+        created_at=now,
+        expires_at=now + timedelta(hours=24),
+    )
+    if problems:
+        batch.status, batch.failed_at = "failed", now
+        batch.errors = problems[:MAX_LISTED_ERRORS]
+        batch.total = 0
+    session.add(batch)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="batch.create",
+        target_type="batch",
+        target_id=batch.id,
+        detail={"endpoint": endpoint, "requests": len(lines)},
+    )
+    # Committed before the task is sent (the worker must find it); a refused send fails it.
+    session.commit()
+    if batch.status == "validating":
+        try:
+            task_queue.enqueue_batch(batch.id)
+        except Exception:
+            batch.status, batch.failed_at = "failed", utcnow()
+            batch.errors = [
+                {
+                    "code": "queue_unavailable",
+                    "message": "the job queue is not reachable; create the batch again shortly",
+                    "param": None,
+                    "line": None,
+                }
+            ]
+            session.commit()
+            raise
+    return batch
+
+
+def get(*, session: Session, ctx: WorkspaceContext, batch_id: int) -> Batch:
+    return get_in_workspace(session=session, ctx=ctx, model=Batch, row_id=batch_id, what="batch")
+
+
+def page(
+    *, session: Session, ctx: WorkspaceContext, before_id: int | None, limit: int
+) -> list[Batch]:
+    query = select(Batch).where(Batch.workspace_id == ctx.workspace.id)
+    if before_id is not None:
+        query = query.where(Batch.id < before_id)
+    return list(session.scalars(query.order_by(Batch.id.desc()).limit(limit)))
+
+
+def cancel(*, session: Session, ctx: WorkspaceContext, batch_id: int) -> Batch:
+    """A batch not picked up yet ends at once; a running one is `cancelling` until its worker
+    stops (within one request), then `cancelled` with the answers it has."""
+    ctx.require(Role.editor)
+    batch = get(session=session, ctx=ctx, batch_id=batch_id)
+    if batch.status not in ("validating", "in_progress"):
+        raise InvalidTransition(f"batch_{batch.id} is {batch.status}; it cannot be cancelled")
+    now = utcnow()
+    batch.cancelling_at = now
+    if batch.status == "validating":
+        batch.status, batch.cancelled_at = "cancelled", now
+    else:
+        batch.status = "cancelling"
+    audit.record(
+        session=session,
+        actor=ctx,
+        action="batch.cancel",
+        target_type="batch",
+        target_id=batch.id,
+        detail={},
+    )
+    session.commit()
+    return batch
+
+
+# --- what the worker records --------------------------------------------------------------
+def begin(*, session: Session, batch_id: int) -> bool:
+    """Claim a batch for a worker (one guarded UPDATE); False if it is not waiting. An
+    `in_progress` one is claimed again: its worker died and the task was redelivered, so it
+    runs from the start (its answers were not filed)."""
+    claimed = rows_changed(
+        session,
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status.in_(("validating", "in_progress")))
+        .values(status="in_progress", in_progress_at=utcnow()),
+    )
+    return claimed == 1
+
+
+def progress(*, session: Session, batch_id: int, completed: int, failed: int) -> str:
+    """Record the counts; returns the batch's status (`cancelling` tells the worker to stop)."""
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(completed=completed, failed=failed)
+    )
+    return str(session.scalar(select(Batch.status).where(Batch.id == batch_id)))
+
+
+def finish(
+    *,
+    session: Session,
+    batch_id: int,
+    ctx: WorkspaceContext,
+    output: bytes,
+    errors: bytes,
+    completed: int,
+    failed: int,
+) -> Batch:
+    """File the output and error files (each only if it has lines) and end the batch:
+    `completed`, or `cancelled` when a cancel arrived while it ran."""
+    batch = session.get(Batch, batch_id)
+    assert batch is not None
+    now = utcnow()
+    batch.finalizing_at = now
+    if output:
+        batch.output_file_id = store_bytes(
+            session=session,
+            ctx=ctx,
+            data=output,
+            filename=f"batch_{batch_id}_output.jsonl",
+            purpose=OUTPUT_PURPOSE,
+        ).id
+    if errors:
+        batch.error_file_id = store_bytes(
+            session=session,
+            ctx=ctx,
+            data=errors,
+            filename=f"batch_{batch_id}_error.jsonl",
+            purpose=OUTPUT_PURPOSE,
+        ).id
+    batch.completed, batch.failed = completed, failed
+    if batch.status == "cancelling":
+        batch.status, batch.cancelled_at = "cancelled", now
+    else:
+        batch.status, batch.completed_at = "completed", now
+    session.flush()
+    return batch
+
+
+def fail(*, session: Session, batch_id: int, message: str) -> None:
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(
+            status="failed",
+            failed_at=utcnow(),
+            errors=[{"code": "batch_failed", "message": message, "param": None, "line": None}],
+        )
+    )
