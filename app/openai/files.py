@@ -121,7 +121,6 @@ def create_file(
         row = batches.store_upload(
             session=session, ctx=ctx, stream=file.file, filename=file.filename, purpose=purpose
         )
-        session.commit()
         return stored_to_file(row)
     if purpose != SUPPORTED_PURPOSE:
         raise ValidationFailed(

@@ -342,7 +342,7 @@ def cancel(*, session: Session, ctx: WorkspaceContext, batch_id: int) -> Batch:
         target_id=batch.id,
         detail={},
     )
-    session.commit()
+    session.flush()
     return batch
 
 
