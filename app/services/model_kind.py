@@ -34,6 +34,11 @@ def is_classifier(version: ModelVersion) -> bool:
     """True when the version's weights are a sequence classifier (answers /predict)."""
     try:
         folder = artifacts.resolve(version.storage_key)
-    except DomainError:  # a refused key: not something we can classify with
+        if folder.is_dir():
+            return is_classifier_folder(folder)
+        # Trained on another host (object storage, docs/fleet.md): its config.json alone.
+        config = json.loads(artifacts.read_member(version.storage_key, "config.json"))
+    except (DomainError, ValueError):  # refused, missing or unreadable: nothing to classify
         return False
-    return folder.is_dir() and is_classifier_folder(folder)
+    found = config.get("architectures") if isinstance(config, dict) else None
+    return any(str(a).endswith("ForSequenceClassification") for a in found or [])

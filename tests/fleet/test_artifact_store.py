@@ -9,6 +9,7 @@ import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,3 +248,23 @@ def test_an_artifact_url_that_is_not_s3_is_refused_by_name(tmp_path: Path):
     for bad in ("http://bucket/prefix", "s3://", "bucket/prefix"):
         with pytest.raises(ValidationError, match="LLMIDE_ARTIFACT_URL"):
             Settings(data_dir=tmp_path, artifact_url=bad)
+
+
+def test_the_web_tells_a_classifier_trained_on_another_host_by_its_config_alone(
+    s3_env: dict[str, str], tmp_path: Path
+):
+    from types import SimpleNamespace
+
+    from app.services import model_kind
+
+    with host(tmp_path / "worker", s3_env):
+        folder = artifacts.resolve("runs/9/final")
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+        write_random(folder / "model.safetensors", 50_000)
+        artifacts.publish("runs/9/final")
+    with host(tmp_path / "web", s3_env):
+        version: Any = SimpleNamespace(storage_key="runs/9/final")
+        assert model_kind.is_classifier(version)
+        assert not artifacts.resolve("runs/9/final").exists()  # nothing but config.json read
+        assert not model_kind.is_classifier(SimpleNamespace(storage_key="runs/10/final"))  # type: ignore[arg-type]
