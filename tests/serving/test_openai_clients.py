@@ -317,3 +317,121 @@ def _token_ids(text: str) -> list[int]:
 
     llm = Llama(str(smol_folder() / GGUF_NAME), vocab_only=True, verbose=False)
     return list(llm.tokenize(text.encode(), add_bos=False, special=False))
+
+
+def test_langchain_structured_output_and_tools_and_litellm_work(live_v1: LiveV1) -> None:
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        """A city and the country it is in."""
+
+        name: str = Field(max_length=20)
+        country: str = Field(max_length=20)
+
+    chat = ChatOpenAI(
+        model=SMOL, base_url=live_v1.base_url, api_key=live_v1.token, temperature=0,
+        max_tokens=60, max_retries=0,
+    )
+    city = chat.with_structured_output(City).invoke("Name the capital city of France.")
+    assert isinstance(city, City) and city.name
+
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return "sunny"
+
+    message = chat.bind_tools([get_weather], tool_choice="get_weather").invoke(
+        "What is the weather in Paris?"
+    )
+    (call,) = message.tool_calls
+    assert call["name"] == "get_weather" and isinstance(call["args"].get("city"), str)
+
+    import os
+
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # never fetch the price list
+    import litellm
+
+    litellm.telemetry = False
+    answer = litellm.completion(
+        model=f"openai/{SMOL}", api_base=live_v1.base_url, api_key=live_v1.token,
+        messages=CAPITAL, max_tokens=8, temperature=0,
+    )
+    assert answer.choices[0].message.content
+    called = litellm.completion(
+        model=f"openai/{SMOL}", api_base=live_v1.base_url, api_key=live_v1.token,
+        messages=[{"role": "user", "content": "What time is it in UTC?"}],
+        tools=[TIME_TOOL], tool_choice="required", max_tokens=40, temperature=0,
+    )
+    (tool_call,) = called.choices[0].message.tool_calls
+    assert tool_call.function.name == "get_time"
+    assert "zone" in json.loads(tool_call.function.arguments)
+
+
+# Trivially easy continuations (answer first here; lm-eval sees them shuffled by `order`):
+# only correct prompt log-probabilities put the right one first.
+EASY = [
+    ("The capital of France is", ["Paris", "Tokyo", "Nairobi", "Lima"]),
+    ("Two plus two equals", ["four", "nineteen", "eleven", "twenty"]),
+    ("On a clear day the sky is", ["blue", "green", "brown", "striped"]),
+    ("The opposite of hot is", ["cold", "table", "seven", "loud"]),
+    ("A week has seven", ["days", "bananas", "engines", "rivers"]),
+    ("Cats like to chase", ["mice", "planets", "taxes", "violins"]),
+    ("The sun rises in the", ["east", "basement", "fridge", "piano"]),
+    ("Ice is frozen", ["water", "sand", "iron", "paper"]),
+]
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's tokenizer as a Hugging Face folder (lm-eval tokenizes the requests itself)."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("smol-tokenizer")
+    AutoTokenizer.from_pretrained(smol_folder(), gguf_file=GGUF_NAME).save_pretrained(folder)
+    return folder
+
+
+def test_lm_eval_local_completions_scores_an_easy_multiple_choice_task_well_above_chance(
+    live_v1: LiveV1, smol_tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the task's data is a local JSONL file
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import lm_eval
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from lm_eval.tasks import TaskManager
+
+    rows = []
+    for index, (question, choices) in enumerate(EASY):
+        order = choices[index % 4 :] + choices[: index % 4]  # the answer moves about
+        rows.append({"question": question, "choices": order, "answer": order.index(choices[0])})
+    data = tmp_path / "easy.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "easy.yaml").write_text(
+        "task: llmide_easy\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\n"
+        "doc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    model = LocalCompletionsAPI(
+        model=SMOL,
+        base_url=f"{live_v1.base_url}/completions",
+        tokenizer=str(smol_tokenizer_dir),
+        tokenizer_backend="huggingface",
+        header={"Authorization": f"Bearer {live_v1.token}"},
+        batch_size=8,  # eight token-array prompts per request
+        max_retries=1,
+    )
+    results = lm_eval.simple_evaluate(
+        model=model,
+        tasks=["llmide_easy"],
+        task_manager=TaskManager(include_path=str(tmp_path)),
+        cache_requests=False,
+    )
+    assert results is not None
+    accuracy = results["results"]["llmide_easy"]["acc,none"]
+    assert accuracy >= 0.75, results["results"]  # chance is 0.25
