@@ -61,9 +61,10 @@ def xgrammar_compile(tokenizer: Any, model: Any, constraint: tuple[str, str]) ->
     """The compiled grammar of ("json_object", "") or ("json_schema", schema JSON)."""
     compiler = _compiler(tokenizer, model)
     kind, schema = constraint
+    # Compact JSON: a small model left free whitespace can pad an answer until its limit.
     if kind == "json_object":
-        return compiler.compile_json_schema('{"type": "object"}')
-    return compiler.compile_json_schema(schema)
+        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
+    return compiler.compile_json_schema(schema, any_whitespace=False)
 
 
 def grammar_processor(compiled: Any) -> Any:

@@ -563,7 +563,8 @@ def generate_batch(
     # Every knob is set explicitly: a checkpoint's generation_config.json (repetition penalty,
     # top_k, ...) must not silently change what the OpenAI parameters mean.
     config = GenerationConfig(
-        max_new_tokens=max(r.params.max_tokens for r in requests),
+        # max_tokens 0 (a prompt scored, nothing generated) never reaches model.generate.
+        max_new_tokens=max(1, max(r.params.max_tokens for r in requests)),
         do_sample=sample,
         temperature=params.temperature if sample else 1.0,
         top_p=params.top_p if sample else 1.0,
