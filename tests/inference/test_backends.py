@@ -42,6 +42,7 @@ from workers.inference.vllm_backend import (
     engine_kwargs,
     eos_token_ids,
     finish_reason_of,
+    structured_kwargs,
     vllm_sampling_kwargs,
 )
 
@@ -234,6 +235,56 @@ def test_sampling_params_translate_to_vllms_with_nothing_left_to_its_defaults() 
     assert (sampled["temperature"], sampled["top_p"], sampled["seed"]) == (0.7, 0.9, 5)
     assert sampled["stop"] == ["\n", "END"]
     assert vllm_sampling_kwargs(SamplingParams(), [2, 7])["stop_token_ids"] == [2, 7]
+
+
+def test_penalties_bias_logprobs_and_json_constraints_reach_vllm() -> None:
+    params = SamplingParams(
+        max_tokens=0,
+        presence_penalty=0.5,
+        frequency_penalty=-1.0,
+        logit_bias=((7, 5.0),),
+        logprobs=True,
+        top_logprobs=3,
+        prompt_logprobs=True,
+        constraint=("json_schema", '{"type": "object"}'),
+    )
+    kwargs = vllm_sampling_kwargs(params)
+    assert (kwargs["presence_penalty"], kwargs["frequency_penalty"]) == (0.5, -1.0)
+    assert kwargs["logit_bias"] == {7: 5.0}
+    assert (kwargs["logprobs"], kwargs["prompt_logprobs"]) == (3, 3)
+    assert kwargs["max_tokens"] == 1  # vLLM's least; the token is dropped (max_tokens 0)
+    assert structured_kwargs(params.constraint) == {"json": {"type": "object"}}
+    assert structured_kwargs(("json_object", "")) == {"json_object": True}
+    plain = vllm_sampling_kwargs(SamplingParams())
+    assert plain["logprobs"] is None and plain["logit_bias"] is None
+
+
+def test_vllm_logprobs_become_openai_entries_and_max_tokens_0_keeps_only_the_prompt() -> None:
+    def lp(value: float, rank: int, text: str) -> Any:
+        return SimpleNamespace(logprob=value, rank=rank, decoded_token=text)
+
+    request = PreparedRequest(
+        input_ids=[4, 5],
+        params=SamplingParams(max_tokens=2, logprobs=True, top_logprobs=1),
+    )
+    collector = DeltaCollector(request)
+    collector.add("Hi", [9], None, [{9: lp(-0.5, 2, "Hi"), 3: lp(-0.1, 1, "Yo")}])
+    collector.add("!", [8], "length", [{8: lp(-0.2, 1, "!")}])
+    result = collector.result()
+    assert result.logprobs is not None
+    assert [(e["token"], e["logprob"]) for e in result.logprobs] == [("Hi", -0.5), ("!", -0.2)]
+    yo = {"token": "Yo", "logprob": -0.1, "bytes": [89, 111]}
+    assert result.logprobs[0]["top_logprobs"] == [yo]
+
+    scoring = PreparedRequest(
+        input_ids=[4, 5], params=SamplingParams(max_tokens=0, prompt_logprobs=True)
+    )
+    collector = DeltaCollector(scoring)
+    collector.add_prompt([None, {5: lp(-2.0, 1, " b")}])
+    collector.add("x", [1], "length")
+    result = collector.result()
+    assert (result.text, result.completion_tokens, result.finish_reason) == ("", 0, "length")
+    assert [e["logprob"] for e in result.prompt_logprobs or []] == [None, -2.0]
 
 
 def test_the_end_tokens_are_the_generation_configs_as_on_the_transformers_path(

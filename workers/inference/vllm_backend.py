@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,9 @@ from workers.inference.generation import (
     ModelNotReady,
     PreparedRequest,
     SamplingParams,
+    TokenLogprob,
     cut_at_stop,
+    token_entry,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,12 +66,18 @@ def vllm_sampling_kwargs(
     greedy = params.temperature == 0
     kwargs: dict[str, Any] = {
         "n": 1,
-        "max_tokens": params.max_tokens,
+        # vLLM generates at least one token: with max_tokens 0 (a prompt scored) the one it
+        # makes is dropped by the DeltaCollector.
+        "max_tokens": max(1, params.max_tokens),
         "temperature": 0.0 if greedy else params.temperature,
         "top_p": 1.0 if greedy else params.top_p,
         "repetition_penalty": 1.0,
-        "presence_penalty": 0.0,
-        "frequency_penalty": 0.0,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "logit_bias": dict(params.logit_bias) or None,
+        # vLLM's logprobs=k: the sampled token's and the k most likely (0: the sampled only).
+        "logprobs": params.top_logprobs if params.logprobs else None,
+        "prompt_logprobs": params.top_logprobs if params.prompt_logprobs else None,
         "stop": list(params.stop) or None,
         "stop_token_ids": list(stop_token_ids) or None,
         "include_stop_str_in_output": False,
@@ -78,6 +86,29 @@ def vllm_sampling_kwargs(
     if params.seed is not None:
         kwargs["seed"] = params.seed
     return kwargs
+
+
+def structured_kwargs(constraint: tuple[str, str] | None) -> dict[str, Any]:
+    """The JSON constraint as the keyword arguments of vLLM's structured-output parameters
+    (`StructuredOutputsParams` in recent vLLM, `GuidedDecodingParams` before)."""
+    if constraint is None:
+        return {}
+    kind, schema = constraint
+    if kind == "json_object":
+        return {"json_object": True}
+    return {"json": json.loads(schema)}
+
+
+def logprob_entry(token_id: int, candidates: dict[int, Any], k: int) -> TokenLogprob:
+    """One token's entry from vLLM's {token id: Logprob(logprob, rank, decoded_token)}."""
+    chosen = candidates.get(token_id)
+    ranked = sorted(
+        (c for c in candidates.items() if c[1].rank is not None),
+        key=lambda item: item[1].rank,
+    )[:k]
+    top = [((c.decoded_token or "").encode("utf-8"), float(c.logprob)) for _, c in ranked]
+    piece = ((chosen.decoded_token if chosen else "") or "").encode("utf-8")
+    return token_entry(piece, float(chosen.logprob) if chosen else None, top)
 
 
 def finish_reason_of(
@@ -108,14 +139,45 @@ class DeltaCollector:
     text: str = ""
     completion_tokens: int = 0
     vllm_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
-    def add(self, text: str, token_ids: Sequence[int], finish_reason: str | None) -> str:
+    def add(
+        self,
+        text: str,
+        token_ids: Sequence[int],
+        finish_reason: str | None,
+        logprobs: Sequence[dict[int, Any]] | None = None,
+    ) -> str:
         """Record one delta; returns the text to hand to the client now (may be empty)."""
+        if self.request.params.max_tokens == 0:  # only the prompt's logprobs were asked for
+            self.vllm_reason = "length"
+            return ""
         self.text += text
         self.completion_tokens += len(token_ids)
+        if logprobs and self.request.params.logprobs:
+            k = self.request.params.top_logprobs
+            for token, candidates in zip(token_ids, logprobs, strict=False):
+                self.logprobs.append(logprob_entry(token, candidates, k))
         if finish_reason is not None:
             self.vllm_reason = finish_reason
         return text
+
+    def add_prompt(self, prompt_logprobs: Sequence[dict[int, Any] | None] | None) -> None:
+        """vLLM's prompt logprobs (None for the first token), once."""
+        if not self.request.params.prompt_logprobs or self.prompt_logprobs is not None:
+            return
+        if prompt_logprobs is None:
+            return
+        ids = self.request.input_ids
+        k = self.request.params.top_logprobs
+        entries: list[TokenLogprob] = []
+        for token, candidates in zip(ids, prompt_logprobs, strict=False):
+            if candidates is None:
+                entries.append(token_entry(b"", None))
+            else:
+                entries.append(logprob_entry(token, candidates, k))
+        self.prompt_logprobs = entries
 
     def result(self) -> GenerationResult:
         # vLLM already cut at the stop string; cutting again is idempotent and guards the
@@ -124,18 +186,28 @@ class DeltaCollector:
         reason = finish_reason_of(
             self.vllm_reason, self.completion_tokens, self.request.params.max_tokens
         )
+        params = self.request.params
         return GenerationResult(
             text=text,
             finish_reason=reason,
             prompt_tokens=len(self.request.input_ids),
             completion_tokens=self.completion_tokens,
+            logprobs=self.logprobs if params.logprobs else None,
+            prompt_logprobs=self.prompt_logprobs if params.prompt_logprobs else None,
         )
 
 
-def completion_delta(output: Any) -> tuple[str, list[int], str | None]:
-    """(text, token ids, finish reason) of a RequestOutput's single completion."""
+def completion_delta(
+    output: Any,
+) -> tuple[str, list[int], str | None, list[dict[int, Any]] | None]:
+    """(text, token ids, finish reason, logprobs) of a RequestOutput's single completion."""
     completion = output.outputs[0]
-    return str(completion.text or ""), list(completion.token_ids or ()), completion.finish_reason
+    return (
+        str(completion.text or ""),
+        list(completion.token_ids or ()),
+        completion.finish_reason,
+        getattr(completion, "logprobs", None),
+    )
 
 
 def engine_kwargs(directory: Path, gpu_memory_utilization: float) -> dict[str, Any]:
@@ -217,6 +289,12 @@ class VLLMEngine:
     def load(self) -> int:
         return self.running
 
+    def compile_constraint(self, constraint: tuple[str, str]) -> tuple[str, str]:
+        """vLLM compiles the grammar itself; a schema that is not JSON is refused here."""
+        if constraint[0] == "json_schema":
+            json.loads(constraint[1])
+        return constraint
+
     def submit(self, job: Job) -> None:
         if self._closed:
             raise ModelNotReady(f"model {self.name!r} was unloaded")
@@ -260,6 +338,7 @@ class VLLMEngine:
         prompt, sampling = self.build_inputs(job.request, self.stop_token_ids)
         request_id = f"{self.name}-{uuid.uuid4().hex}"
         async for output in self.engine.generate(prompt, sampling, request_id):
+            collector.add_prompt(getattr(output, "prompt_logprobs", None))
             piece = collector.add(*completion_delta(output))
             if piece:
                 job.send(piece)
@@ -292,9 +371,21 @@ def vllm_inputs(request: PreparedRequest, stop_token_ids: Sequence[int]) -> tupl
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind
 
+    extra: dict[str, Any] = {}
+    structured = structured_kwargs(request.params.constraint)
+    if structured:
+        try:  # vLLM >= 0.10.2
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(**structured)
+        except ImportError:
+            from vllm.sampling_params import GuidedDecodingParams
+
+            extra["guided_decoding"] = GuidedDecodingParams(**structured)
     sampling = VllmSamplingParams(
         **vllm_sampling_kwargs(request.params, stop_token_ids),
         output_kind=RequestOutputKind.DELTA,
+        **extra,
     )
     return TokensPrompt(prompt_token_ids=list(request.input_ids)), sampling
 
