@@ -260,3 +260,23 @@ def test_an_oversized_prompt_is_refused_before_tokenizing_with_the_context_error
     detail = huge.json()["detail"]
     assert detail["code"] == "context_length_exceeded" and detail["param"] == "messages"
     assert "characters" in detail["message"]
+
+
+def test_prompt_logprobs_cover_every_prompt_token_even_when_prompts_share_a_prefix(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    """Echo's scoring (lm-eval's multiple choice): each prompt token gets its log-probability
+    every time, also for a prompt whose beginning another request has just decoded (a KV
+    cache that reuses a shared prefix must still produce these logits)."""
+    base, headers = smol_server
+    stem = "The capital of France is"
+    answers = [
+        generate(base, headers, prompt=prompt, max_tokens=0, prompt_logprobs=True).json()
+        for prompt in (f"{stem} Paris", f"{stem} Paris", f"{stem} Rome")
+    ]
+    first, again, other = ([e["logprob"] for e in a["prompt_logprobs"]] for a in answers)
+    assert len(first) == answers[0]["prompt_tokens"]
+    assert first[0] is None and again[0] is None and other[0] is None
+    assert again[1:] == pytest.approx(first[1:], abs=1e-3)
+    assert other[1:-1] == pytest.approx(first[1:-1], abs=1e-3)
+    assert other[-1] < first[-1]  # Rome is less likely than Paris
