@@ -243,6 +243,12 @@ class Run(Base):
     sweep_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sweep_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     sweep_pruned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # A fold of a cross-validation (app/services/cross_validation.py): not registered when it
+    # ends; the user registers the fold (or a final fit) they choose.
+    cross_validation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cross_validations.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    cross_validation_fold: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     # One run per trial number: two controllers racing for the same trial cannot both launch.
     __table_args__ = (Index("uq_runs_sweep_trial", "sweep_id", "sweep_trial", unique=True),)
@@ -582,6 +588,64 @@ class Sweep(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class CrossValidation(Base):
+    """A k-fold cross-validation: k fold runs on dataset versions that differ only in which
+    rows are `validation` (docs/evaluation.md)."""
+
+    __tablename__ = "cross_validations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
+    source_version_id: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(255))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    k: Mapped[int] = mapped_column(Integer)
+    stratified: Mapped[bool] = mapped_column(Boolean, default=False)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    fold_version_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    final_fit_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    registered_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ArenaVote(Base):
+    """A blind side-by-side vote from the playground: the prompt, both answers, both versions
+    and which one won. Read by the arena leaderboard and, as preference pairs, by DPO."""
+
+    __tablename__ = "arena_votes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    # The conversation the answers reply to (OpenAI chat messages; the last is the user's).
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    answer_a: Mapped[str] = mapped_column(Text)
+    answer_b: Mapped[str] = mapped_column(Text)
+    version_a_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    version_b_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    # What the voter saw as "left"/"right" after the random swap is not kept: a and b are the
+    # models in the order the vote names them, `winner` is "a", "b", "tie" or "both_bad".
+    model_a: Mapped[str] = mapped_column(String(255))
+    model_b: Mapped[str] = mapped_column(String(255))
+    winner: Mapped[str] = mapped_column(String(10))
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
 class RunDispatchLock(Base):

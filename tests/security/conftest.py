@@ -209,6 +209,12 @@ class Site:
         assert created.status_code == 201, created.text
         return int(created.json()["id"])
 
+    def new_cross_validation(self) -> int:
+        body = {"dataset_id": self.ids["dataset"], "k": 2, "config": {"max_steps": 2}}
+        created = self.api("owner", "POST", "/api/v1/cross-validations", json=body)
+        assert created.status_code == 201, created.text
+        return int(created.json()["id"])
+
     def new_token(self, name: str = "spare") -> int:
         created = self.api("owner", "POST", "/api/v1/tokens", json={"name": name})
         assert created.status_code == 201, created.text
@@ -454,6 +460,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
             ids["sweep"] = site.new_sweep()
             ids["batch_file"] = site.new_batch_file()
             ids["batch"] = site.new_batch()
+            ids["cross_validation"] = site.new_cross_validation()
             ids.update(site.registry_things())
             ids["token"] = site.new_token(TOKEN_NAME)
             # Someone who exists but belongs to nobody else's workspace (member invitations).

@@ -219,6 +219,22 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/sweeps/{sweep_id}/cancel"): R(
         A.EDITOR, "id", url="/api/v1/sweeps/{sweep}/cancel", consumes="sweep"
     ),
+    ("GET", "/api/v1/cross-validations"): R(A.VIEWER, "list"),
+    ("POST", "/api/v1/cross-validations"): R(
+        A.EDITOR, "id", 201, json={"dataset_id": "{dataset}", "k": 2, "config": {"max_steps": 2}}
+    ),
+    ("GET", "/api/v1/cross-validations/{cv_id}"): R(
+        A.VIEWER, "id", url="/api/v1/cross-validations/{cross_validation}"
+    ),
+    # Its folds have not run: an allowed caller hears that the fold is still queued.
+    ("POST", "/api/v1/cross-validations/{cv_id}/register"): R(
+        A.EDITOR, "id", 409, url="/api/v1/cross-validations/{cross_validation}/register",
+        json={"fold": 1},
+    ),
+    ("POST", "/api/v1/cross-validations/{cv_id}/final-fit"): R(
+        A.EDITOR, "id", 202, url="/api/v1/cross-validations/{cross_validation}/final-fit",
+        consumes="cross_validation",
+    ),
     ("GET", "/api/v1/queue"): R(A.VIEWER, "list"),
     ("GET", "/api/v1/quotas"): R(A.VIEWER, "list"),
     ("PUT", "/api/v1/quotas"): R(
@@ -520,6 +536,22 @@ RULES: dict[tuple[str, str], Rule] = {
         url="/models/versions/{version}/harness-evaluations",
         files="tasks.jsonl",
     ),
+    ("GET", "/cross-validations"): R(A.VIEWER, "list"),
+    ("POST", "/cross-validations"): R(
+        A.EDITOR, "id", 303, form={"dataset_id": "{dataset}", "k": "2",
+                                   "config": '{{"max_steps": 2}}'},
+    ),
+    ("GET", "/cross-validations/{cv_id}"): R(
+        A.VIEWER, "id", url="/cross-validations/{cross_validation}"
+    ),
+    ("POST", "/cross-validations/{cv_id}/register"): R(
+        A.EDITOR, "id", 409, url="/cross-validations/{cross_validation}/register",
+        form={"fold": "1"},
+    ),
+    ("POST", "/cross-validations/{cv_id}/final-fit"): R(
+        A.EDITOR, "id", 303, url="/cross-validations/{cross_validation}/final-fit",
+        consumes="cross_validation",
+    ),
     ("POST", "/runs/{run_id}/checkpoints/{checkpoint_id}/register"): R(
         A.EDITOR, "id", 303, url="/runs/{finished_run}/checkpoints/{checkpoint}/register"
     ),
@@ -703,6 +735,7 @@ def fresh(site: Site, kind: str) -> Any:
         "dataset": site.new_dataset,
         "run": site.new_run,
         "sweep": site.new_sweep,
+        "cross_validation": site.new_cross_validation,
         "upload": site.new_upload,
         "sent_upload": site.new_sent_upload,
         "running_run": lambda: site.new_run_in("running"),

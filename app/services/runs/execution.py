@@ -452,6 +452,14 @@ def finish(
                 message="not registered: a sweep trial; the sweep registers its best trial's "
                 "model when it ends",
             )
+        elif status == RunStatus.succeeded and run.cross_validation_id is not None:
+            # A fold's model is registered only if the user picks it (docs/evaluation.md).
+            add_event(
+                session=session,
+                run_id=run_id,
+                message=f"not registered: fold {run.cross_validation_fold} of cross-validation "
+                f"{run.cross_validation_id}; register the fold (or a final fit) you choose",
+            )
         elif status == RunStatus.succeeded:
             version = registry.register_checkpoint(session=session, run=run, checkpoint=checkpoint)
             add_event(
