@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from app.api.routes import (
     admin,
+    arena,
     audit,
     auth,
     base_models,
@@ -46,6 +47,7 @@ for module in (
     models,
     model_versions,
     deployments,
+    arena,
     audit,
     workers,
 ):

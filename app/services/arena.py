@@ -8,8 +8,11 @@ preference pair (the winner's answer chosen, the other rejected) for DPO data.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import random
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,19 +75,30 @@ def start_battle(
         raise ValidationFailed(
             "a battle needs two chat models: register (or deploy) at least two", param="models"
         )
-    a, b = (rng or random.SystemRandom()).sample(names, 2)
-    return _serializer().dumps({"w": ctx.workspace.id, "a": a, "b": b})
+    pair = sorted((rng or random.SystemRandom()).sample(names, 2))
+    # The token is signed, not encrypted: it names the pair in sorted order, and which of the
+    # two is "A" follows from a keyed hash of its nonce, so nobody without the server's key
+    # can tell the sides apart before voting.
+    nonce = secrets.token_hex(8)
+    return _serializer().dumps({"w": ctx.workspace.id, "m": pair, "n": nonce})
+
+
+def _swap(nonce: str) -> int:
+    key = get_settings().resolved_secret_key().encode()
+    return hmac.new(key, f"arena-side:{nonce}".encode(), hashlib.sha256).digest()[0] & 1
 
 
 def open_battle(*, ctx: WorkspaceContext, token: str) -> tuple[str, str]:
     """The (a, b) model names of a battle token of this workspace."""
+    refused = ValidationFailed("unknown or expired battle; start a new one", param="battle")
     try:
         data = _serializer().loads(token, max_age=BATTLE_MAX_AGE_S)
     except BadSignature as exc:
-        raise ValidationFailed("unknown or expired battle; start a new one", param="battle") from exc
+        raise refused from exc
     if not isinstance(data, dict) or data.get("w") != ctx.workspace.id:
-        raise ValidationFailed("unknown or expired battle; start a new one", param="battle")
-    return str(data["a"]), str(data["b"])
+        raise refused
+    pair, swap = [str(m) for m in data["m"]], _swap(str(data["n"]))
+    return pair[swap], pair[1 - swap]
 
 
 # --- votes -----------------------------------------------------------------------------------
@@ -222,9 +236,7 @@ def bradley_terry(
             new.append(wins[i] / denominator)
         mean_log = sum(math.log(s) for s in new) / n
         strength = [s / math.exp(mean_log) for s in new]
-    return {
-        m: ELO_BASE + ELO_SCALE * math.log10(strength[index[m]]) for m in models
-    }
+    return {m: ELO_BASE + ELO_SCALE * math.log10(strength[index[m]]) for m in models}
 
 
 def _score(winner: str) -> float:
@@ -255,7 +267,7 @@ def leaderboard(
         present = sorted({m for a, b, _ in resampled for m in (a, b)})
         for model, value in bradley_terry(resampled, present, iterations=100).items():
             samples[model].append(value)
-    table = []
+    table: list[dict[str, Any]] = []
     for model in models:
         values = sorted(samples[model])
         low = values[int(0.025 * (len(values) - 1))] if values else None
@@ -275,7 +287,7 @@ def leaderboard(
                 "ties": played - won - lost,
             }
         )
-    table.sort(key=lambda r: -r["rating"])
+    table.sort(key=lambda r: -float(r["rating"]))
     for rank, row in enumerate(table, start=1):
         row["rank"] = rank
     return {"votes": len(battles), "models": table, "rounds": rounds}

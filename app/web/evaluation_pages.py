@@ -1,20 +1,22 @@
 """Evaluation pages: k-fold cross-validations (list, launch, per fold and mean ± std, register
-a fold or a final fit)."""
+a fold or a final fit) and the arena (blind battles, votes, leaderboard)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response
 
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
-from app.services import base_models, cross_validation, datasets
+from app.db.models import Role
+from app.services import arena, base_models, cross_validation, datasets
 from app.services.runs.config import RunConfig
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect
 from app.web.pages import rollback as rollback_request
+from app.web.playground_pages import ChatMessage, PlaygroundRequest, stream_answer
 from app.web.rendering import render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -149,3 +151,78 @@ def final_fit(cv_id: int, request: Request, session: DbDep, pc: PageDep) -> Resp
         rollback_request(request)
         return _cv_page(request, session, pc, cv_id, exc.message, exc.status_code)
     return redirect(request, f"/runs/{run.id}")
+
+
+# --- the arena -------------------------------------------------------------------------------
+class BattleRequest(BaseModel):
+    models: list[str] | None = Field(default=None, max_length=50)
+
+
+class ArenaStreamRequest(BaseModel):
+    battle: str = Field(min_length=1, max_length=2000)
+    side: Literal["a", "b"]
+    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+
+
+class ArenaVoteForm(BaseModel):
+    battle: str = Field(min_length=1, max_length=2000)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
+    answer_a: str = Field(max_length=20_000)
+    answer_b: str = Field(max_length=20_000)
+    winner: Literal["a", "b", "tie", "both_bad"]
+
+
+@router.get("/arena")
+def arena_page(request: Request, session: DbDep, pc: PageDep) -> Response:
+    """Blind battles between two of the workspace's chat models, and the leaderboard."""
+    return render(
+        request,
+        "arena.html",
+        {
+            "models": arena.chat_models(session=session, ctx=pc.ctx),
+            "board": arena.leaderboard(session=session, ctx=pc.ctx),
+        },
+    )
+
+
+@router.post("/arena/battle", dependencies=[CSRF])
+def start_battle(body: BattleRequest, session: DbDep, pc: PageDep) -> dict[str, str]:
+    """A sealed random pair: the browser gets a token, not the names."""
+    return {"battle": arena.start_battle(session=session, ctx=pc.ctx, pool=body.models)}
+
+
+@router.post("/arena/stream", dependencies=[CSRF])
+async def stream_side(
+    body: ArenaStreamRequest, request: Request, session: DbDep, pc: PageDep
+) -> Response:
+    """One side's answer, streamed as the playground streams (the name stays sealed)."""
+    pc.ctx.require(Role.editor)  # battles are an editor's: voting writes the workspace's data
+    a, b = arena.open_battle(ctx=pc.ctx, token=body.battle)
+    ask = PlaygroundRequest(
+        model=a if body.side == "a" else b,
+        messages=body.messages,
+        temperature=body.temperature,
+        max_tokens=body.max_tokens,
+    )
+    return await stream_answer(session, pc, ask)
+
+
+@router.post("/arena/vote", dependencies=[CSRF])
+def vote(body: ArenaVoteForm, session: DbDep, pc: PageDep) -> dict[str, Any]:
+    """Record the vote and reveal who was who."""
+    pc.ctx.require(Role.editor)
+    a, b = arena.open_battle(ctx=pc.ctx, token=body.battle)
+    recorded = arena.record_vote(
+        session=session,
+        ctx=pc.ctx,
+        messages=[m.model_dump() for m in body.messages],
+        model_a=a,
+        model_b=b,
+        answer_a=body.answer_a,
+        answer_b=body.answer_b,
+        winner=body.winner,
+    )
+    session.commit()
+    return {"vote_id": recorded.id, "model_a": a, "model_b": b, "winner": body.winner}

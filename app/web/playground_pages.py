@@ -194,6 +194,11 @@ async def stream_chat(
 
     Errors travel inside the stream (status 200) so the chat shows them where the answer would be.
     """
+    return await stream_answer(session, pc, body)
+
+
+async def stream_answer(session: Any, pc: Any, body: PlaygroundRequest) -> Response:
+    """The playground's streamed answer of `body.model` (also the arena's, for each side)."""
     try:
         target = await run_in_threadpool(
             deployments.resolve_model, session=session, ctx=pc.ctx, name=body.model

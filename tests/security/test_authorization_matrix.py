@@ -235,6 +235,14 @@ RULES: dict[tuple[str, str], Rule] = {
         A.EDITOR, "id", 202, url="/api/v1/cross-validations/{cross_validation}/final-fit",
         consumes="cross_validation",
     ),
+    # One model in the owner's workspace: a vote of it against itself is the 400 that says so.
+    ("POST", "/api/v1/arena/votes"): R(
+        A.EDITOR, ok=400,
+        json={"messages": [{"role": "user", "content": "hi"}], "model_a": "{serving_name}",
+              "model_b": "{serving_name}", "answer_a": "x", "answer_b": "y", "winner": "a"},
+    ),
+    ("GET", "/api/v1/arena/votes"): R(A.VIEWER, "list"),
+    ("GET", "/api/v1/arena/leaderboard"): R(A.VIEWER, "list"),
     ("GET", "/api/v1/queue"): R(A.VIEWER, "list"),
     ("GET", "/api/v1/quotas"): R(A.VIEWER, "list"),
     ("PUT", "/api/v1/quotas"): R(
@@ -535,6 +543,18 @@ RULES: dict[tuple[str, str], Rule] = {
         400,
         url="/models/versions/{version}/harness-evaluations",
         files="tasks.jsonl",
+    ),
+    ("GET", "/arena"): R(A.VIEWER, "list"),
+    # The owner's workspace has one chat model: a battle needs two (400 saying so).
+    ("POST", "/arena/battle"): R(A.EDITOR, ok=400, json={}),
+    ("POST", "/arena/stream"): R(
+        A.EDITOR, ok=400,
+        json={"battle": "forged", "side": "a", "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    ("POST", "/arena/vote"): R(
+        A.EDITOR, ok=400,
+        json={"battle": "forged", "messages": [{"role": "user", "content": "hi"}],
+              "answer_a": "x", "answer_b": "y", "winner": "a"},
     ),
     ("GET", "/cross-validations"): R(A.VIEWER, "list"),
     ("POST", "/cross-validations"): R(
