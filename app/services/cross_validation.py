@@ -185,7 +185,7 @@ def create(
         version_ids.append(version.id)
     cv.fold_version_ids = version_ids
     cv_id = cv.id
-    session.commit()
+    # No commit here: the first fold's create_run commits this with its run, before dispatch.
     launched: list[Run] = []
     try:
         for index, version_id in enumerate(version_ids):
@@ -220,7 +220,6 @@ def create(
         detail={"k": k, "runs": [r.id for r in launched]},
         workspace_id=ctx.workspace.id,
     )
-    session.commit()
     return made
 
 
@@ -365,5 +364,4 @@ def launch_final_fit(*, session: Session, ctx: WorkspaceContext, cv_id: int) -> 
         name=f"{cv.name} · final fit",
     )
     cv.final_fit_run_id = run.id
-    session.commit()
     return run

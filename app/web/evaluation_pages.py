@@ -132,7 +132,6 @@ def register_fold(
         version = cross_validation.register_fold(
             session=session, ctx=pc.ctx, cv_id=cv_id, fold=fold
         )
-        session.commit()
     except DomainError as exc:
         if exc.status_code in (403, 404):
             raise
@@ -224,5 +223,4 @@ def vote(body: ArenaVoteForm, session: DbDep, pc: PageDep) -> dict[str, Any]:
         answer_b=body.answer_b,
         winner=body.winner,
     )
-    session.commit()
     return {"vote_id": recorded.id, "model_a": a, "model_b": b, "winner": body.winner}

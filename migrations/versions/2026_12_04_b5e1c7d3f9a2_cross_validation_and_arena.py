@@ -1,7 +1,7 @@
 """cross-validations (k fold runs) and arena votes (blind side-by-side preferences)
 
 Revision ID: b5e1c7d3f9a2
-Revises: a7c3e9f1b5d2
+Revises: b5e1d9c3a7f4
 Create Date: 2026-12-04 17:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'b5e1c7d3f9a2'
-down_revision = 'a7c3e9f1b5d2'
+down_revision = 'b5e1d9c3a7f4'
 branch_labels = None
 depends_on = None
 

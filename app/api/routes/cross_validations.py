@@ -54,7 +54,6 @@ def register_fold(
 ) -> ModelVersionRead:
     """Register the chosen fold's final model as a version of the registry."""
     version = cross_validation.register_fold(session=session, ctx=ctx, cv_id=cv_id, fold=body.fold)
-    session.commit()
     return ModelVersionRead.model_validate(version)
 
 
