@@ -289,3 +289,72 @@ def test_completion_answers_and_streams_a_text_completion(
             if param == "suffix" else {"model": fine_tuned_model, "prompt": prompt},
         )
         assert assert_openai_error(response, 400)["param"] == param
+
+
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}
+CALL_TEXT = ('<tool_call>{"name": "lookup", "arguments": {"q": "x"}}</tool_call>',)
+
+
+def test_the_facade_sends_tools_grammars_bias_and_logprobs_to_the_inference_server(
+    team: Team, fine_tuned_model: str, fake_inference: FakeInference
+) -> None:
+    named = {"type": "function", "function": {"name": "lookup"}}
+    response = team.owner.post("/v1/chat/completions", json={
+        "model": fine_tuned_model, "messages": HELLO, "tools": [TOOL], "tool_choice": named,
+        "logit_bias": {"17": -100}, "logprobs": True, "top_logprobs": 2,
+        "presence_penalty": 0.5, "user": "someone",
+    })
+    assert response.status_code == 200, response.text
+    call = fake_inference.calls[-1]
+    assert call["tools"] == [TOOL]
+    schema = call["response_format"]["json_schema"]
+    assert schema["properties"]["name"] == {"const": "lookup"}
+    assert schema["properties"]["arguments"] == TOOL["function"]["parameters"]
+    assert (call["logit_bias"], call["logprobs"], call["top_logprobs"]) == ({17: -100.0}, True, 2)
+    assert call["presence_penalty"] == 0.5
+
+    team.owner.post("/v1/chat/completions", json={
+        "model": fine_tuned_model, "messages": HELLO, "tools": [TOOL], "tool_choice": "none",
+        "response_format": {"type": "json_object"},
+    })
+    call = fake_inference.calls[-1]
+    assert "tools" not in call and call["response_format"] == {"type": "json_object"}
+
+
+def test_an_auto_tool_call_is_read_back_whole_and_streamed(
+    team: Team, client: TestClient, fine_tuned_model: str, fake_inference: FakeInference
+) -> None:
+    fake_inference.deltas = CALL_TEXT
+    request = {"model": fine_tuned_model, "messages": HELLO, "tools": [TOOL]}
+    body = assert_schema(
+        team.owner.post("/v1/chat/completions", json=request).json(),
+        "CreateChatCompletionResponse",
+    )
+    (choice,) = body["choices"]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "lookup", "arguments": '{"q": "x"}'}
+
+    # Streamed: the tagged text is held back and comes out as one tool_calls delta.
+    fake_inference.deltas = ("<tool", '_call>{"name": "lookup", ', '"arguments": {"q": "x"}}')
+    payloads = _sse_payloads(
+        client, team.owner.headers, "/v1/chat/completions", {**request, "stream": True}
+    )
+    chunks = [assert_schema(json.loads(p), "CreateChatCompletionStreamResponse")
+              for p in payloads[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert not any(d.get("content") for d in deltas)
+    (calls,) = [d["tool_calls"] for d in deltas if d.get("tool_calls")]
+    assert calls[0]["index"] == 0 and calls[0]["function"]["name"] == "lookup"
+    # (the fake's stream ends "length": a call cut short would not be one; this one is whole)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+    # Plain words in auto mode stream as content once they cannot be a call.
+    fake_inference.deltas = ("Sure", ", here", " it is")
+    payloads = _sse_payloads(
+        client, team.owner.headers, "/v1/chat/completions", {**request, "stream": True}
+    )
+    text = "".join(json.loads(p)["choices"][0]["delta"].get("content") or ""
+                   for p in payloads[:-1])
+    assert text == "Sure, here it is"
