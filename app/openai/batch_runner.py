@@ -23,7 +23,7 @@ from app.db.models import Batch, User
 from app.db.session import session_scope
 from app.openai import chat, completions, embeddings
 from app.openai.schemas import ChatCompletionCreate, CompletionCreate, EmbeddingCreate
-from app.services import batches, workspaces
+from app.services import batches, dataset_prep, workspaces
 from app.services.workspaces import WorkspaceContext
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,13 @@ async def run(batch_id: int) -> str:
             counts["completed" if status == 200 else "failed"] += 1
             with session_scope() as session:
                 now = batches.progress(session=session, batch_id=batch_id, **counts)
+                if batch.result_version_id is not None:  # the dataset page's progress bar
+                    done = counts["completed"] + counts["failed"]
+                    dataset_prep.progress(
+                        session=session,
+                        version_id=batch.result_version_id,
+                        fraction=0.99 * done / len(lines),
+                    )
             if now == "cancelling":
                 stopping.set()
 
@@ -151,6 +158,15 @@ async def run(batch_id: int) -> str:
             output.append(_line(line.custom_id, *answer))
         else:
             errors.append(_line(line.custom_id, *answer))
+    if batch.result_version_id is not None:
+        with session_scope() as session:
+            batches.file_generated_version(
+                session=session,
+                batch_id=batch_id,
+                version_id=batch.result_version_id,
+                lines=lines,
+                answers=answers,
+            )
     with session_scope() as session:
         ended = batches.finish(
             session=session,

@@ -4,6 +4,7 @@ records while it runs one (workers/batch_tasks.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -18,9 +19,9 @@ from app.core import task_queue
 from app.core.errors import InvalidTransition, NotFound, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import utcnow
-from app.db.models import Batch, Role, StoredFile
+from app.db.models import Batch, DatasetVersion, Role, StoredFile
 from app.db.session import rows_changed
-from app.services import artifacts, audit
+from app.services import artifacts, audit, dataset_prep
 from app.services.datasets import clean_filename
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -240,6 +241,8 @@ def create(
     endpoint: str,
     completion_window: str,
     metadata: dict[str, str] | None,
+    source_version_id: int | None = None,
+    result_version_id: int | None = None,
 ) -> Batch:
     """Check the input file now: a bad one gives a `failed` batch listing its lines' problems
     (as OpenAI answers); a good one is queued for a `cpu` worker."""
@@ -270,6 +273,8 @@ def create(
         status="validating",
         total=len(lines),
         batch_metadata=metadata,
+        source_version_id=source_version_id,
+        result_version_id=result_version_id,
         created_by_id=ctx.user.id,
         created_at=now,
         expires_at=now + timedelta(hours=24),
@@ -418,4 +423,164 @@ def fail(*, session: Session, batch_id: int, message: str) -> None:
             failed_at=utcnow(),
             errors=[{"code": "batch_failed", "message": message, "param": None, "line": None}],
         )
+    )
+
+
+# --- answers for a dataset (the dataset page's "Generate answers") ------------------------
+GENERATE_SCHEMAS = ("chat", "prompt_completion", "text")
+GENERATE_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+MAX_GENERATE_TOKENS = 4096
+
+
+def _prompt_line(
+    index: int, row: dict[str, Any], schema: str, endpoint: str, model: str, max_tokens: int
+) -> str:
+    """The batch request for one dataset row: its messages up to the last answer, or its
+    prompt (a text row's text), asked of `model`."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    if schema == "chat":
+        messages = list(row.get("messages") or [])
+        while messages and messages[-1].get("role") == "assistant":
+            messages.pop()  # the answer the model is asked to write
+        body["messages"] = messages
+    else:
+        prompt = str(row.get("prompt") if schema == "prompt_completion" else row.get("text"))
+        if endpoint == "/v1/chat/completions":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+    line = {"custom_id": f"row-{index}", "method": "POST", "url": endpoint, "body": body}
+    return json.dumps(line, ensure_ascii=False)
+
+
+def create_for_dataset(
+    *, session: Session, ctx: WorkspaceContext, dataset_id: int, version_id: int, model: str,
+    endpoint: str, max_tokens: int,
+) -> Batch:
+    """Ask `model` for an answer to every prompt of a ready version, as a batch whose answers
+    become a new version of the dataset (its parent: the prompts' version; shown `preparing`
+    with the batch's progress until the worker files it)."""
+    ctx.require(Role.editor)
+    parent = dataset_prep.get_version(
+        session=session, ctx=ctx, dataset_id=dataset_id, version_id=version_id
+    )
+    if parent.status != "ready":
+        raise InvalidTransition(f"version {parent.version} is {parent.status}, not ready")
+    if parent.schema not in GENERATE_SCHEMAS:
+        raise ValidationFailed(
+            f"a {parent.schema} dataset has no prompts to answer; answers are generated for "
+            "chat, prompt/completion and text datasets",
+            param="version_id",
+        )
+    if endpoint not in GENERATE_ENDPOINTS or (
+        parent.schema == "chat" and endpoint != "/v1/chat/completions"
+    ):
+        raise ValidationFailed(
+            "chat datasets are answered with /v1/chat/completions; others with either "
+            "/v1/chat/completions or /v1/completions",
+            param="endpoint",
+        )
+    if not 1 <= max_tokens <= MAX_GENERATE_TOKENS:
+        raise ValidationFailed(
+            f"max tokens must be from 1 to {MAX_GENERATE_TOKENS}", param="max_tokens"
+        )
+    model = model.strip()
+    if not model:
+        raise ValidationFailed("choose the model that answers", param="model")
+    rows = artifacts.existing(parent.storage_key).read_text(encoding="utf-8").splitlines()
+    lines = [
+        _prompt_line(i, json.loads(raw), parent.schema, endpoint, model, max_tokens)
+        for i, raw in enumerate(rows)
+        if raw.strip()
+    ]
+    if not lines:
+        raise ValidationFailed("the version has no rows", param="version_id")
+    source = store_bytes(
+        session=session, ctx=ctx, data=("\n".join(lines) + "\n").encode(),
+        filename=f"dataset-{dataset_id}-v{parent.version}-prompts.jsonl", purpose=BATCH_PURPOSE,
+    )
+    answers = dataset_prep.record_generated_version(
+        session=session, ctx=ctx, parent=parent,
+        schema="chat" if parent.schema == "chat" else "prompt_completion",
+        recipe={"generate": {"model": model, "endpoint": endpoint, "max_tokens": max_tokens}},
+    )
+    batch = create(
+        session=session, ctx=ctx, input_file_id=source.id, endpoint=endpoint,
+        completion_window=COMPLETION_WINDOW, metadata={"dataset_version": str(parent.id)},
+        source_version_id=parent.id, result_version_id=answers.id,
+    )
+    if batch.status == "failed":  # a model name the input check refused, say
+        dataset_prep.fail(session=session, version_id=answers.id,
+                          error="; ".join(e["message"] for e in batch.errors or []))
+    return batch
+
+
+def generated_rows(
+    schema: str, lines: list[RequestLine], answers: list[tuple[int, dict[str, Any]] | None]
+) -> list[dict[str, Any]]:
+    """The new version's rows: each prompt with the answer it got (unanswered rows left out)."""
+    rows: list[dict[str, Any]] = []
+    for line, answer in zip(lines, answers, strict=True):
+        if answer is None or answer[0] != 200:
+            continue
+        choice = answer[1]["choices"][0]
+        if "message" in choice:
+            text = str(choice["message"].get("content") or "")
+        else:
+            text = str(choice.get("text") or "")
+        body = line.body
+        if schema == "chat":
+            rows.append({"messages": [*body["messages"], {"role": "assistant", "content": text}]})
+        elif "prompt" in body:
+            rows.append({"prompt": body["prompt"], "completion": text})
+        else:
+            rows.append({"prompt": body["messages"][-1]["content"], "completion": text})
+    return rows
+
+
+def file_generated_version(
+    *,
+    session: Session,
+    batch_id: int,
+    version_id: int,
+    lines: list[RequestLine],
+    answers: list[tuple[int, dict[str, Any]] | None],
+) -> None:
+    """Write the answered rows as the new version's canonical file and mark it ready (or
+    failed, with the reason, when no request was answered)."""
+    version = session.get(DatasetVersion, version_id)
+    if version is None:
+        return  # deleted with its dataset meanwhile
+    rows = generated_rows(version.schema, lines, answers)
+    if not rows:
+        dataset_prep.fail(
+            session=session,
+            version_id=version_id,
+            error=f"no prompt was answered (batch_{batch_id}: see its error file)",
+        )
+        return
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    sha = hashlib.sha256(data).hexdigest()
+    fd, tmp = artifacts.temp_file(".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            sink.write(data)
+        key = dataset_prep.version_key(sha)
+        artifacts.commit_file(tmp, key)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dataset_prep.complete(
+        session=session,
+        version_id=version_id,
+        sha256=sha,
+        storage_key=key,
+        num_rows=len(rows),
+        size_bytes=len(data),
+        report={
+            "generate": {
+                "batch": f"batch_{batch_id}",
+                "answered": len(rows),
+                "unanswered": len(lines) - len(rows),
+            }
+        },
     )

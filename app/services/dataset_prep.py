@@ -121,6 +121,51 @@ def create_version(
     return version
 
 
+def record_generated_version(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    parent: DatasetVersion,
+    schema: str,
+    recipe: dict[str, Any],
+) -> DatasetVersion:
+    """A `preparing` version whose rows a batch will write (services.batches: answers from a
+    model for the parent's prompts); flushed, not committed: the batch's creation commits."""
+    number = (
+        session.scalar(
+            select(func.max(DatasetVersion.version)).where(
+                DatasetVersion.dataset_id == parent.dataset_id
+            )
+        )
+        or 0
+    ) + 1
+    version = DatasetVersion(
+        workspace_id=ctx.workspace.id,
+        dataset_id=parent.dataset_id,
+        version=number,
+        parent_id=parent.id,
+        schema=schema,
+        sha256="",
+        storage_key="",
+        num_rows=0,
+        size_bytes=0,
+        recipe=recipe,
+        report={},
+        status=PREPARING,
+        progress=0.0,
+        created_by_id=ctx.user.id,
+    )
+    session.add(version)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(
+            "another version of this dataset was created at the same time; retry"
+        ) from None
+    return version
+
+
 # --- worker side ----------------------------------------------------------------------------
 def begin(*, session: Session, version_id: int) -> tuple[DatasetVersion, DatasetVersion] | None:
     """The version to prepare and its parent, or None when it is not (or no longer) preparing."""

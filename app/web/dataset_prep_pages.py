@@ -18,7 +18,7 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.core.prep_recipe import STEP_NAMES
 from app.db.models import Dataset, DatasetVersion, DatasetVersionStatus
-from app.services import dataset_prep
+from app.services import batches, dataset_prep, registry
 from app.services.workspaces import get_in_workspace
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, rollback
 from app.web.rendering import render
@@ -72,6 +72,9 @@ def _panel(
             "busy": any(v.status == DatasetVersionStatus.preparing for v in versions),
             "step_labels": STEP_LABELS,
             "default_order": DEFAULT_ORDER,
+            "model_names": [
+                v.serving_name for v in registry.list_versions(session=session, ctx=pc.ctx)
+            ],
             "form": {},
             **extra,
         },
@@ -169,6 +172,34 @@ async def prepare_version(
         rollback(request)
         return _panel(request, session, pc, dataset_id, prepare_error=exc.message, form=dict(form))
     return _panel(request, session, pc, dataset_id, prepared=True)
+
+
+@router.post("/{dataset_id}/versions/generate", dependencies=[CSRF])
+async def generate_answers(
+    dataset_id: int, request: Request, session: DbDep, pc: PageDep
+) -> Response:
+    """A model's answer to every prompt of a version, as a batch that writes a new version."""
+    form = await request.form()
+    try:
+        max_tokens = _number(form, "max_tokens", int)
+        batch = batches.create_for_dataset(
+            session=session,
+            ctx=pc.ctx,
+            dataset_id=dataset_id,
+            version_id=_number(form, "version_id", int) or 0,
+            model=str(form.get("model") or ""),
+            endpoint=str(form.get("endpoint") or "/v1/chat/completions"),
+            max_tokens=256 if max_tokens is None else max_tokens,
+        )
+    except Forbidden:
+        raise
+    except DomainError as exc:
+        rollback(request)
+        return _panel(request, session, pc, dataset_id, generate_error=exc.message, form=dict(form))
+    if batch.status == "failed":
+        errors = "; ".join(str(e.get("message")) for e in batch.errors or [])
+        return _panel(request, session, pc, dataset_id, generate_error=errors, form=dict(form))
+    return _panel(request, session, pc, dataset_id, generated=f"batch_{batch.id}")
 
 
 def _view_settings(source: Any) -> dict[str, Any]:

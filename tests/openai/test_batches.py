@@ -248,3 +248,55 @@ def test_batches_and_their_files_belong_to_their_workspace(
         oa.files.delete(input_id)
     oa.batches.cancel(batch.id)
     assert oa.files.delete(input_id).deleted is True
+
+
+def test_the_dataset_page_generates_answers_for_every_prompt_into_a_new_version(
+    team: Team, openai_for: OpenAIFor, fine_tuned_model: str, fake_inference: FakeInference
+) -> None:
+    from tests.openai.conftest import upload_file
+    from tests.signed_in import HTML, sign_in
+
+    file_id = upload_file(team.editor, "".join(
+        json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                 {"role": "assistant", "content": "old answer"}]}) + "\n"
+        for i in range(3)
+    ))
+    dataset_id = int(file_id.removeprefix("file-"))
+    source = team.editor.get(f"/api/v1/datasets/{dataset_id}").json()["version_id"]
+    csrf = sign_in(team.editor)
+    page = team.editor.client.get(f"/datasets/{dataset_id}/versions-panel", headers=HTML)
+    assert "Generate answers" in page.text
+
+    answer = team.editor.client.post(
+        f"/datasets/{dataset_id}/versions/generate",
+        data={"version_id": str(source), "model": fine_tuned_model, "max_tokens": "16",
+              "endpoint": "/v1/chat/completions", "csrf_token": csrf},
+        headers=HTML,
+    )
+    assert answer.status_code == 200, answer.text[:500]
+    assert "Answers are being generated" in answer.text
+    versions = team.editor.get(f"/api/v1/datasets/{dataset_id}/versions").json()
+    new = next(v for v in (versions if isinstance(versions, list) else versions["data"])
+               if v["id"] != source)
+    assert new["status"] == "preparing" and new["parent_id"] == source
+    assert 'hx-trigger="every 1s"' in answer.text  # the table polls its progress
+
+    (batch,) = openai_for(team.editor).batches.list().data
+    assert batch.metadata == {"dataset_version": str(source)}
+    assert _run_worker(batch.id) == "completed"
+
+    ready = team.editor.get(f"/api/v1/datasets/{dataset_id}/versions/{new['id']}").json()
+    assert ready["status"] == "ready" and ready["num_rows"] == 3
+    assert ready["recipe"]["generate"]["model"] == fine_tuned_model
+    rows = team.editor.get(f"/api/v1/datasets/{dataset_id}/rows",
+                           params={"version_id": new["id"]})
+    if rows.status_code == 200:  # the rows API shows the generated answers
+        assert "an answer" in rows.text and "old answer" not in rows.text
+
+    bad = team.editor.client.post(
+        f"/datasets/{dataset_id}/versions/generate",
+        data={"version_id": str(source), "model": fine_tuned_model, "max_tokens": "0",
+              "csrf_token": csrf},
+        headers=HTML,
+    )
+    assert bad.status_code == 200 and "max tokens must be" in bad.text

@@ -453,6 +453,12 @@ RULES: dict[tuple[str, str], Rule] = {
         url="/datasets/{prep_dataset}/versions",
         form={"parent_version_id": "{prep_version}", "step_nfkc": "on"},
     ),
+    ("POST", "/datasets/{dataset_id}/versions/generate"): R(
+        A.EDITOR,
+        "id",
+        url="/datasets/{prep_dataset}/versions/generate",
+        form={"version_id": "{prep_version}", "model": "{serving_name}", "max_tokens": "8"},
+    ),
     ("GET", "/datasets/{dataset_id}/versions/{version_id}/model-view"): R(
         A.VIEWER, "id", url="/datasets/{prep_dataset}/versions/{prep_version}/model-view"
     ),
