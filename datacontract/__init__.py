@@ -19,6 +19,7 @@ SCHEMAS: tuple[str, ...] = (
     "seq2seq",
     "preference",
     "kto",
+    "token_classification",
 )
 # The plain-text format of datasets uploaded before versions existed (one document per
 # paragraph): still readable by the engine, prepared into `text` rows.
@@ -36,6 +37,8 @@ KEYS: Mapping[str, tuple[str, ...]] = {
     # with the user's), `chosen`/`rejected` (`completion` for KTO) the assistant turns after it.
     "preference": ("prompt", "chosen", "rejected"),
     "kto": ("prompt", "completion", "label"),
+    # Character spans into the text, end exclusive: [{"start", "end", "label"}] (datacontract.ner).
+    "token_classification": ("text", "entities"),
 }
 # Keys of a schema whose value is a list of {"role", "content"} messages (the text is in
 # each message's "content").
@@ -62,6 +65,9 @@ TEXT_KEYS: Mapping[str, tuple[str, ...]] = {
     "chat": (),
     "preference": (),
     "kto": (),
+    # Entities are character offsets into the text: a step that changed the text would move
+    # them, so no cleaning step touches these rows' text.
+    "token_classification": (),
 }
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -70,7 +76,14 @@ CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 # Preference tuning (TRL): DPO (sigmoid or IPO loss), ORPO, SimPO (TRL's CPO with its simpo
 # loss) and KTO (unpaired good/bad answers).
 PREFERENCE_TASKS: tuple[str, ...] = ("dpo", "orpo", "simpo", "kto")
-TASK_TYPES: tuple[str, ...] = ("causal_lm", "sft", "classification", "seq2seq", *PREFERENCE_TASKS)
+TASK_TYPES: tuple[str, ...] = (
+    "causal_lm",
+    "sft",
+    "classification",
+    "seq2seq",
+    "token_classification",
+    *PREFERENCE_TASKS,
+)
 # The task each schema trains by default (a run's task_type "auto"), and the schemas each
 # task can read.
 DEFAULT_TASK: Mapping[str, str] = {
@@ -83,6 +96,7 @@ DEFAULT_TASK: Mapping[str, str] = {
     "seq2seq": "seq2seq",
     "preference": "dpo",
     "kto": "kto",
+    "token_classification": "token_classification",
 }
 TASK_SCHEMAS: Mapping[str, tuple[str, ...]] = {
     "causal_lm": ("text", LEGACY_TXT, "chat", "prompt_completion", "instruction"),
@@ -94,4 +108,5 @@ TASK_SCHEMAS: Mapping[str, tuple[str, ...]] = {
     "simpo": ("preference",),
     # A pair is two KTO examples (its chosen answer desirable, its rejected one not).
     "kto": ("kto", "preference"),
+    "token_classification": ("token_classification",),
 }

@@ -28,6 +28,7 @@ from typing import IO, Any
 import datacontract as contract
 from app.core import safe_json
 from app.core.errors import PayloadTooLarge, ValidationFailed
+from datacontract import ner
 
 # Each schema's keys, and those a row may lack (filled with ""): docs/DATA_CONTRACT.md.
 SCHEMAS = contract.KEYS
@@ -67,18 +68,28 @@ ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
         "completion": ("completion", "response", "output", "answer"),
         "label": ("label", "desirable", "kto_label"),
     },
+    "token_classification": {
+        "text": ("text", "sentence", "content", "document"),
+        "entities": ("entities", "spans", "entity_spans"),
+    },
+}
+# The other form of entity rows: one tag per token (BIO or BIOES), converted to text + spans.
+TOKEN_ALIASES: dict[str, tuple[str, ...]] = {
+    "tokens": ("tokens", "words"),
+    "tags": ("tags", "ner_tags", "labels", "ner", "bio"),
 }
 DETECTION_ORDER = (
     "preference",
     "kto",
     "chat",
     "instruction",
+    "token_classification",
     "classification",
     "seq2seq",
     "prompt_completion",
     "text",
 )
-FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt")
+FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt", "conll")
 _EXTENSIONS = {
     "csv": "csv",
     "tsv": "tsv",
@@ -91,6 +102,7 @@ _EXTENSIONS = {
     "txt": "txt",
     "text": "txt",
     "md": "txt",
+    "conll": "conll",
 }
 TEXT_SPLITS = ("blocks", "lines", "file")
 ON_ERROR = ("reject", "keep_valid")
@@ -150,8 +162,8 @@ def source_format(filename: str) -> tuple[str, bool]:
     ext = lower.rsplit(".", 1)[-1] if "." in lower else ""
     if ext not in _EXTENSIONS:
         raise ValidationFailed(
-            f"unsupported file type {filename!r}: upload .csv, .tsv, .jsonl, .json, .parquet "
-            "or .txt, optionally gzip-compressed (.gz)",
+            f"unsupported file type {filename!r}: upload .csv, .tsv, .jsonl, .json, .parquet, "
+            ".txt or .conll, optionally gzip-compressed (.gz)",
             param="file",
         )
     return _EXTENSIONS[ext], compressed
@@ -437,6 +449,88 @@ def _read_text(binary: IO[bytes], limits: Limits, split: str) -> Iterator[Item]:
     yield from flush()
 
 
+CONLL_DOCSTART = "-DOCSTART-"
+CONLL_DETECT_LINES = 200
+CONLL_SAMPLE_BYTES = 1 << 16
+CONLL_LINES = "_conll_lines"  # a CoNLL sentence's line numbers, so a bad tag names its line
+
+
+def looks_like_conll(sample: bytes) -> bool:
+    """The detection rule for a .txt upload: its first 200 non-blank lines (document markers
+    aside) each have at least two whitespace-separated fields, the last a tag (O, or B-/I-/
+    E-/S- and a type), and at least one tag is not O. Prose almost never ends every line so."""
+    head = sample.decode("utf-8", "replace").lstrip("\ufeff")
+    lines = [ln for ln in head.splitlines() if ln.strip() and not ln.startswith(CONLL_DOCSTART)]
+    if len(sample) >= CONLL_SAMPLE_BYTES and lines:
+        lines = lines[:-1]  # the last line may be cut in the middle
+    lines = lines[:CONLL_DETECT_LINES]
+    if not lines:
+        return False
+    tags = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or not ner.TAG_PATTERN.match(fields[-1]):
+            return False
+        tags.append(fields[-1])
+    return any(tag != ner.OUTSIDE for tag in tags)
+
+
+def _read_conll(binary: IO[bytes], limits: Limits) -> Iterator[Item]:
+    """CoNLL sentences: a token and its tag per line (first and last of the whitespace-
+    separated fields, so CoNLL-2003's POS and chunk columns are skipped), a blank line between
+    sentences, `-DOCSTART-` lines ignored. A sentence is one record; a malformed line makes
+    its sentence a problem naming that line."""
+    tokens: list[str] = []
+    tags: list[str] = []
+    numbers: list[int] = []
+    start = 0
+    problem: Problem | None = None
+    size = 0
+
+    def flush() -> Iterator[Item]:
+        nonlocal tokens, tags, numbers, problem, size
+        location = f"line {start}"
+        if problem is not None:
+            yield location, problem
+        elif tokens:
+            yield location, {"tokens": tokens, "tags": tags, CONLL_LINES: numbers}
+        tokens, tags, numbers, problem, size = [], [], [], None, 0
+
+    for line_no, raw in _raw_lines(binary, limits):
+        text = _decode(raw, f"line {line_no}")
+        if isinstance(text, Problem):
+            yield text.location, text
+            continue
+        stripped = text.strip()
+        if not stripped:
+            yield from flush()
+            continue
+        if stripped.startswith(CONLL_DOCSTART):
+            continue
+        if not tokens and problem is None:
+            start = line_no
+        size += len(raw)
+        if size > limits.max_document_bytes:
+            raise ValidationFailed(
+                f"line {line_no}: the sentence is longer than the limit of "
+                f"{limits.max_document_bytes} bytes (max_document_bytes)"
+            )
+        fields = stripped.split()
+        if problem is not None:
+            continue
+        if len(fields) < 2:
+            problem = Problem(
+                f"line {line_no}",
+                "expected a token and its tag separated by whitespace",
+                stripped[:500],
+            )
+            continue
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+        numbers.append(line_no)
+    yield from flush()
+
+
 def _read_parquet(path: Path, limits: Limits) -> Iterator[Item]:
     import pyarrow as pa  # imported here: only Parquet uploads pay for it
     import pyarrow.parquet as pq
@@ -480,6 +574,7 @@ def read_records(
         "csv": lambda: _read_delimited(binary, limits, ","),
         "tsv": lambda: _read_delimited(binary, limits, "\t"),
         "txt": lambda: _read_text(binary, limits, text_split),
+        "conll": lambda: _read_conll(binary, limits),
     }
 
     def closing() -> Iterator[Item]:
@@ -521,6 +616,9 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
     A user's `schema` and `column_map` win; keys they leave out are filled from the aliases.
     """
     columns = _columns(records)
+    token_columns = _token_columns(columns, options)
+    if token_columns is not None:
+        return "token_classification", token_columns, True
     for key, column in options.column_map.items():
         if columns and column not in columns:
             raise ValidationFailed(
@@ -531,6 +629,8 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
     if options.schema:
         schema = options.schema
         allowed = set(SCHEMAS[schema])
+        if schema == "token_classification":
+            allowed |= set(TOKEN_ALIASES)
         unknown = set(options.column_map) - allowed
         if unknown:
             raise ValidationFailed(
@@ -627,6 +727,33 @@ _BOOLEAN_WORDS = {
 }
 
 
+def _token_columns(columns: list[str], options: IngestOptions) -> dict[str, str] | None:
+    """{"tokens", "tags"} -> column when the rows are tokens with one tag each (mapped by
+    hand or found by name), else None (text + spans rows go through the aliases)."""
+    if options.schema not in (None, "token_classification"):
+        return None
+    lower = {c.lower(): c for c in columns}
+    found: dict[str, str] = {}
+    for key, aliases in TOKEN_ALIASES.items():
+        if key in options.column_map:
+            found[key] = options.column_map[key]
+            continue
+        for alias in aliases:
+            if alias in lower:
+                found[key] = lower[alias]
+                break
+    if len(found) < 2:
+        if found and any(k in options.column_map for k in TOKEN_ALIASES):
+            missing = next(k for k in TOKEN_ALIASES if k not in found)
+            raise ValidationFailed(
+                f"column_map: tokens + tags rows need a column for {missing}", param="column_map"
+            )
+        return None
+    if "entities" in {c.lower() for c in columns} and not options.column_map:
+        return None  # text + spans rows that also carry tokens: the spans are exact
+    return found
+
+
 def _ambiguous(columns: list[str], mapping: dict[str, str]) -> bool:
     """Unsure when other text-like columns are left unmapped (the user should confirm)."""
     return len(columns) - len(mapping) > 2
@@ -660,6 +787,41 @@ def _label(value: Any, column: str) -> str:
     if isinstance(value, float):
         return str(value)
     raise _RowError(f'the label (column "{column}") must be one value, not a list or object')
+
+
+def _entity_row(
+    record: dict[str, Any], mapping: dict[str, str], column: Callable[[str], str]
+) -> dict[str, Any]:
+    """A `token_classification` row from tokens + tags (BIO/BIOES, checked strictly) or from
+    text + character spans (in range, not overlapping)."""
+    try:
+        if "tokens" in mapping:
+            tokens, tags = record.get(mapping["tokens"]), record.get(mapping["tags"])
+            for key, value in (("tokens", tokens), ("tags", tags)):
+                if not isinstance(value, list) or not value:
+                    raise _RowError(f'"{column(key)}" must be a non-empty list of strings')
+            assert isinstance(tags, list) and isinstance(tokens, list)
+            if any(not isinstance(tag, str) for tag in tags):
+                raise _RowError(
+                    f'"{column("tags")}" must hold tag strings such as B-PER, I-PER, O '
+                    "(integer tag ids need their names)"
+                )
+            return ner.from_tokens(tokens, tags)
+        text = _text(record.get(mapping["text"]), "text", column("text"))
+        raw = record.get(mapping["entities"]) if "entities" in mapping else None
+        if raw is None:
+            raise _RowError(f'missing field: "entities" (column "{column("entities")}")')
+        if isinstance(raw, str):  # CSV/TSV cells hold the list as JSON
+            try:
+                raw = safe_json.loads(raw)
+            except (json.JSONDecodeError, safe_json.JSONRefused):
+                raise _RowError('"entities" is not a JSON list') from None
+        return {"text": text, "entities": ner.check_entities(text, raw)}
+    except ner.TagError as exc:
+        lines = record.get(CONLL_LINES)
+        if isinstance(lines, list) and exc.index is not None and exc.index < len(lines):
+            raise _RowError(f"{exc} (line {lines[exc.index]})") from None
+        raise _RowError(str(exc)) from None
 
 
 def check_messages(value: Any) -> list[dict[str, Any]]:
@@ -891,6 +1053,8 @@ def make_converter(schema: str, mapping: dict[str, str]) -> Callable[[Any], dict
             if column("messages") not in record:
                 raise _RowError(f'missing field: "messages" (column "{column("messages")}")')
             row = {"messages": check_messages(record[column("messages")])}
+        elif schema == "token_classification":
+            row = _entity_row(record, mapping, column)
         elif schema == "classification":
             row = {
                 "text": _text(get(record, "text"), "text", column("text")),
@@ -970,7 +1134,7 @@ def row_text(row: dict[str, Any]) -> str:
     """All the text of a canonical row, for counting and searching."""
     parts: list[str] = []
     for key, value in row.items():
-        if key in ("label", "split"):
+        if key in ("label", "split", "entities"):
             continue
         if isinstance(value, list):  # messages (chat, preference and KTO rows)
             parts += [str(m.get("content") or "") for m in value if isinstance(m, dict)]
@@ -991,6 +1155,11 @@ class StatsCollector:
         self.hist = [0] * len(_CHAR_BINS)
         self.labels: Counter[str] = Counter()
         self.labels_other = 0
+        # token_classification: entities per type, the rows holding each, their characters.
+        self.entity_types: Counter[str] = Counter()
+        self.entity_rows: Counter[str] = Counter()
+        self.entity_chars: Counter[str] = Counter()
+        self.rows_without_entities = 0
         self.roles: Counter[str] = Counter()
         self.turns: Counter[int] = Counter()
         self.scripts: Counter[str] = Counter()
@@ -1031,6 +1200,15 @@ class StatsCollector:
                 self.labels[label] += 1
             else:
                 self.labels_other += 1
+        if "entities" in row:
+            found = {e["label"] for e in row["entities"]}
+            if len(self.entity_types) < _MAX_LABELS or found <= set(self.entity_types):
+                for entity in row["entities"]:
+                    self.entity_types[entity["label"]] += 1
+                    self.entity_chars[entity["label"]] += entity["end"] - entity["start"]
+                self.entity_rows.update(found)
+            if not found:
+                self.rows_without_entities += 1
         if "messages" in row:
             for message in row["messages"]:
                 self.roles[message["role"]] += 1
@@ -1076,6 +1254,19 @@ class StatsCollector:
             out["labels"] = dict(self.labels.most_common())
             if self.labels_other:
                 out["labels_other"] = self.labels_other
+        if self.schema == "token_classification":
+            out["entity_types"] = {
+                label: {
+                    "entities": count,
+                    "rows": self.entity_rows[label],
+                    "mean_chars": round(self.entity_chars[label] / count, 1),
+                }
+                for label, count in self.entity_types.most_common()
+            }
+            out["entities"] = {
+                "total": sum(self.entity_types.values()),
+                "rows_without": self.rows_without_entities,
+            }
         if self.schema == "chat":
             out["roles"] = dict(self.roles.most_common())
             out["messages_per_row"] = {str(k): v for k, v in sorted(self.turns.items())}
@@ -1125,13 +1316,34 @@ def ingest(
         raise ValidationFailed(
             f"text_split must be one of {', '.join(TEXT_SPLITS)}", param="text_split"
         )
+    if fmt == "txt" and options.schema == "token_classification":
+        fmt = "conll"  # asked for: every line that is not "token tag" is reported
+    elif fmt == "txt" and options.schema is None:
+        with _open_binary(path, limits) as probe:
+            if looks_like_conll(probe.read(CONLL_SAMPLE_BYTES)):
+                fmt = "conll"
     if fmt == "txt" and options.schema not in (None, "text"):
-        raise ValidationFailed("a plain-text file becomes text rows", param="schema")
+        raise ValidationFailed(
+            "a plain-text file becomes text rows (or token_classification rows when it is "
+            "CoNLL: a token and its tag per line)",
+            param="schema",
+        )
+    if fmt == "conll" and options.schema not in (None, "token_classification"):
+        raise ValidationFailed(
+            "a CoNLL file (a token and its tag per line) becomes token_classification rows",
+            param="schema",
+        )
     items, _ = read_records(path, fmt, limits, options.text_split)
     head = list(islice(items, DETECT_ROWS))
     valid_head = [record for _, record in head if not isinstance(record, Problem)]
     if fmt == "txt":
         schema, mapping, confident = "text", {"text": "text"}, True
+    elif fmt == "conll":
+        schema, mapping, confident = (
+            "token_classification",
+            {"tokens": "tokens", "tags": "tags"},
+            True,
+        )
     else:
         schema, mapping, confident = detect_schema(valid_head, options)
     convert = make_converter(schema, mapping)

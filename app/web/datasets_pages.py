@@ -33,6 +33,7 @@ SCHEMA_LABELS = {
     "instruction": "instruction / input / output",
     "classification": "text + label",
     "seq2seq": "source / target",
+    "token_classification": "entities (CoNLL, tokens + tags, text + spans)",
 }
 
 

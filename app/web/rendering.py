@@ -148,6 +148,7 @@ SCHEMA_NAMES = {
     "instruction": "instruction",
     "classification": "classification",
     "seq2seq": "sequence to sequence",
+    "token_classification": "named entities",
 }
 
 

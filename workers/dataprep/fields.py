@@ -31,6 +31,9 @@ def texts(row: Row, schema: str) -> list[str]:
             for m in row.get(key, ())
             if isinstance(m, dict)
         ]
+    if schema == "token_classification":
+        # Read by filters and duplicate checks; never changed (entities are offsets into it).
+        return [row.get("text") or ""]
     return [row.get(key) or "" for key in text_keys(schema)]
 
 

@@ -134,7 +134,8 @@ def render_row(
     if schema == "text":
         text = (row.get("text") or "") + (tokenizer.eos_token or "")
         return Rendered(text=text, trained=[(0, len(text))])
-    if schema == "classification":
+    if schema in ("classification", "token_classification"):
+        # The loss is on labels (the row's or each word's), not on producing tokens.
         return Rendered(text=row.get("text") or "", trained=[], trains=False)
     if schema == "chat":
         return _render_chat(tokenizer, list(row.get("messages") or []))

@@ -33,6 +33,7 @@ SchemaName = Literal[
     "seq2seq",
     "preference",
     "kto",
+    "token_classification",
 ]
 
 
