@@ -254,3 +254,65 @@ def tag_set(types: Iterable[str]) -> list[str]:
     for label in sorted(set(types)):
         out += [f"B-{label}", f"I-{label}"]
     return out
+
+
+def continuation(tag: str) -> str:
+    """The tag of a word's later sub-words: B-X continues as I-X."""
+    return f"I-{tag[2:]}" if tag.startswith("B-") else tag
+
+
+def char_owners(text: str, word_spans: Sequence[tuple[int, int]]) -> list[int]:
+    """For each character, the index of the word it belongs to (-1: whitespace)."""
+    owner = [-1] * len(text)
+    for index, (start, end) in enumerate(word_spans):
+        for c in range(start, end):
+            owner[c] = index
+    return owner
+
+
+def token_words(offsets: Sequence[Sequence[int]], owner: Sequence[int]) -> list[int | None]:
+    """The word each sub-word token belongs to: the word of its first non-space character
+    (None for special tokens, which cover no character, and tokens of whitespace alone)."""
+    out: list[int | None] = []
+    for start, end in offsets:
+        word = None
+        for c in range(start, min(end, len(owner))):
+            if owner[c] >= 0:
+                word = owner[c]
+                break
+        out.append(word)
+    return out
+
+
+def entities_from_tokens(
+    text: str,
+    offsets: Sequence[Sequence[int]],
+    token_tags: Sequence[str],
+    token_scores: Sequence[float],
+) -> list[dict[str, object]]:
+    """Entities (label, score, start, end: character offsets into `text`) from a model's
+    per-token tags, given the tokenizer's offset mapping (special and padding tokens at
+    (0, 0)). Each word is read at its first sub-word; a word whose characters begin inside a
+    sub-word of the word before (two Han characters merged into one token) continues that
+    word's tag; words past the truncation are left out."""
+    word_spans = words(text)
+    owner = char_owners(text, word_spans)
+    word_tags: list[str | None] = [None] * len(word_spans)
+    word_scores = [0.0] * len(word_spans)
+    for position, word in enumerate(token_words(offsets, owner)):
+        if word is not None and word_tags[word] is None:
+            word_tags[word] = token_tags[position]
+            word_scores[word] = float(token_scores[position])
+    seen = [k for k, tag in enumerate(word_tags) if tag is not None]
+    last = max(seen) if seen else -1
+    resolved: list[str] = []
+    scores: list[float] = []
+    for k in range(last + 1):
+        tag = word_tags[k]
+        if tag is None:
+            previous = resolved[-1] if resolved else OUTSIDE
+            tag = continuation(previous)
+            word_scores[k] = scores[-1] if scores else 0.0
+        resolved.append(tag)
+        scores.append(word_scores[k])
+    return decode_words(word_spans[: last + 1], resolved, scores)

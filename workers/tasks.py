@@ -53,6 +53,7 @@ _ENGINE_KEYS = (
     "simpo_gamma",
     "kto_desirable_weight",
     "kto_undesirable_weight",
+    "label_alignment",
 )
 
 

@@ -26,8 +26,15 @@ from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 
 # What a run can do with a model (the engine's task types).
-CAUSAL_TASKS = ("causal_lm", "sft", "classification", "seq2seq", *contract.PREFERENCE_TASKS)
-ENCODER_TASKS = ("classification",)
+CAUSAL_TASKS = (
+    "causal_lm",
+    "sft",
+    "classification",
+    "seq2seq",
+    "token_classification",
+    *contract.PREFERENCE_TASKS,
+)
+ENCODER_TASKS = ("classification", "token_classification")
 LSTM_TASKS = ("causal_lm", "sft", "seq2seq")
 # Encoder-only model types: they classify, they do not generate.
 _ENCODER_TYPES = frozenset(
@@ -181,7 +188,7 @@ def describe_hf_dir(
     return BaseModel(
         name=name,
         description=f"{title or directory.name}: a pretrained {model_type} {kind}"
-        + (" (classification only)" if kind == "encoder" else ""),
+        + (" (classification and token classification only)" if kind == "encoder" else ""),
         parameters=parameters_label(count) if count else "?",
         context_length=int(context),
         architecture=model_type,

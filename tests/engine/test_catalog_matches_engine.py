@@ -83,7 +83,8 @@ def test_the_packaged_minilm_is_listed_with_the_engines_facts() -> None:
     assert entry.parameter_count == facts["parameters"]
     assert entry.architecture == facts["architecture"] == "bert"
     assert entry.context_length == facts["context_length"] == 512
-    assert entry.tasks == ("classification",) and entry.license == "apache-2.0"
+    assert entry.tasks == ("classification", "token_classification")
+    assert entry.license == "apache-2.0"
 
 
 @pytest.mark.slow

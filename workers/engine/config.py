@@ -24,6 +24,7 @@ PREFERENCE_TASKS = contract.PREFERENCE_TASKS
 DPO_LOSSES = ("sigmoid", "ipo")
 # Each method's beta when none is given (TRL's defaults; SimPO's paper uses 2.0).
 DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0}
+LABEL_ALIGNMENTS = ("first", "all")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 MAX_DEVICES = 64
@@ -89,6 +90,9 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] | None = None  # None: per architecture (models.py)
     generation_eval_rows: int = 32  # seq2seq: eval rows generated for BLEU/ROUGE at the end
+    # token_classification: which sub-words of a word carry its label in training, "first"
+    # (the others are ignored) or "all" (the others continue it as I-X).
+    label_alignment: str = "first"
     # Early stopping: end the run when this evaluation metric has not improved (lower for
     # "min", higher for "max") for `patience` evaluations. None: off.
     early_stopping_patience: int | None = None
@@ -216,6 +220,8 @@ class TrainConfig:
             problems.append(
                 f"gradient clipping must be between 0 and 1000 (got {self.max_grad_norm})"
             )
+        if self.label_alignment not in LABEL_ALIGNMENTS:
+            problems.append(f"label alignment must be one of {', '.join(LABEL_ALIGNMENTS)}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.method not in METHODS:

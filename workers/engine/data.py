@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
 import datacontract as contract
+from datacontract import ner
 from workers.engine.loss_mask import IGNORE_INDEX, Message, instruction_prompt, pair_conversation
 from workers.engine.paragraphs import read_paragraphs
 
@@ -25,6 +26,18 @@ class LabeledText:
 
     text: str
     label: str
+
+
+@dataclass(frozen=True)
+class EntityText:
+    """A `token_classification` row: a text and its entities as character spans (checked at
+    upload: in range, sorted, not overlapping; datacontract.ner)."""
+
+    text: str
+    entities: tuple[tuple[int, int, str], ...]
+
+    def entity_dicts(self) -> list[dict[str, Any]]:
+        return [{"start": s, "end": e, "label": label} for s, e, label in self.entities]
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,7 @@ class Unpaired:
 
 # A document: plain text, a chat conversation (rendered through the chat template later;
 # prompt_completion and instruction rows become conversations), a labelled text or a pair.
-Row = str | list[Message] | LabeledText | Pair | Preference | Unpaired
+Row = str | list[Message] | LabeledText | Pair | EntityText | Preference | Unpaired
 
 CHAT_ROLES = frozenset(contract.CHAT_ROLES)
 # The canonical schemas of docs/DATA_CONTRACT.md (the engine also reads the old "txt", a plain
@@ -147,6 +160,18 @@ def _classification_row(record: object, where: str) -> LabeledText:
     return LabeledText(text, label)
 
 
+def _token_row(record: object, where: str) -> EntityText:
+    text = _strings(record, where, ("text",))[0]
+    assert isinstance(record, dict)
+    try:
+        entities = ner.check_entities(text, record.get("entities"))
+    except ner.TagError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    return EntityText(
+        text, tuple((int(e["start"]), int(e["end"]), str(e["label"])) for e in entities)
+    )
+
+
 def _seq2seq_row(record: object, where: str) -> Pair:
     source, target = _strings(record, where, ("source", "target"))
     return Pair(source, target)
@@ -217,6 +242,7 @@ _ROW_READERS: dict[str, Callable[[Any, str], Row]] = {
     "seq2seq": _seq2seq_row,
     "preference": _preference_row,
     "kto": _kto_row,
+    "token_classification": _token_row,
 }
 
 
@@ -261,7 +287,7 @@ def tokenizer_corpus(rows: Iterable[Row]) -> Iterator[str]:
     for row in rows:
         if isinstance(row, str):
             yield row
-        elif isinstance(row, LabeledText):
+        elif isinstance(row, LabeledText | EntityText):
             yield row.text
         elif isinstance(row, Pair):
             yield row.source
@@ -283,7 +309,7 @@ def render_rows(rows: Iterable[Row], tokenizer: PreTrainedTokenizerFast) -> Iter
     for row in rows:
         if isinstance(row, str):
             yield row
-        elif isinstance(row, LabeledText):
+        elif isinstance(row, LabeledText | EntityText):
             yield row.text
         elif isinstance(row, Pair):
             yield f"{row.source}\n{row.target}"

@@ -129,3 +129,61 @@ def generation_scores(predictions: Sequence[str], references: Sequence[str]) -> 
             totals[name] += value
     n = max(1, len(predictions))
     return {"bleu": float(bleu), **{name: value / n for name, value in totals.items()}}
+
+
+def token_classification_report(
+    y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]]
+) -> dict[str, Any]:
+    """Entity-level precision, recall and F1 per type, micro and macro (seqeval, CoNLL's
+    reading of BIO: an I-X after O starts an entity), token accuracy, and a confusion matrix
+    of entity types per word (B-/I- stripped, "O" last).
+
+    confusion[i][j] counts words of true type i predicted as type j; seqeval's own figures
+    are not recomputed here, so they equal a direct seqeval call on the same sequences.
+    """
+    from seqeval.metrics import accuracy_score
+    from seqeval.metrics import classification_report as seqeval_report
+
+    report = seqeval_report(
+        [list(s) for s in y_true], [list(s) for s in y_pred], output_dict=True, zero_division=0
+    )
+    types = sorted({t[2:] for seq in (*y_true, *y_pred) for t in seq if t != "O" and len(t) > 2})
+    per_type = {
+        label: {
+            "precision": float(report[label]["precision"]),
+            "recall": float(report[label]["recall"]),
+            "f1": float(report[label]["f1-score"]),
+            "support": float(report[label]["support"]),
+        }
+        for label in types
+        if label in report
+    }
+    for label in types:  # a type only ever predicted, never present: seqeval leaves it out
+        per_type.setdefault(label, {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0.0})
+    names = [*types, "O"]
+    index = {name: i for i, name in enumerate(names)}
+    confusion = [[0] * len(names) for _ in names]
+    for gold_seq, pred_seq in zip(y_true, y_pred, strict=True):
+        for gold, pred in zip(gold_seq, pred_seq, strict=True):
+            confusion[index[gold[2:] if gold != "O" else "O"]][
+                index[pred[2:] if pred != "O" else "O"]
+            ] += 1
+    micro = report.get("micro avg", {})
+    macro = report.get("macro avg", {})
+    return {
+        "kind": "token_classification",
+        "precision_micro": float(micro.get("precision", 0.0)),
+        "recall_micro": float(micro.get("recall", 0.0)),
+        "f1_micro": float(micro.get("f1-score", 0.0)),
+        "precision_macro": float(macro.get("precision", 0.0)),
+        "recall_macro": float(macro.get("recall", 0.0)),
+        "f1_macro": float(macro.get("f1-score", 0.0)),
+        "token_accuracy": float(
+            accuracy_score([list(s) for s in y_true], [list(s) for s in y_pred])
+        )
+        if any(y_true)
+        else 0.0,
+        "per_type": per_type,
+        "labels": names,
+        "confusion_matrix": confusion,
+    }

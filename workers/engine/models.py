@@ -16,6 +16,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -34,6 +35,13 @@ LORA_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "key", "value"],
     "roberta": ["query", "key", "value"],
     "distilbert": ["q_lin", "k_lin", "v_lin"],
+}
+
+
+# The tasks whose head predicts labels (per text, per token) and the Auto class that builds it.
+LABELLED_TASKS: dict[str, Any] = {
+    "classification": AutoModelForSequenceClassification,
+    "token_classification": AutoModelForTokenClassification,
 }
 
 
@@ -95,9 +103,9 @@ def load_pretrained_model(
     kwargs: dict[str, Any] = {**source.kwargs(), "dtype": torch.float32}
     if config.method == "qlora":
         kwargs.update(quantization_kwargs())
-    if task == "classification":
+    if task in LABELLED_TASKS:
         assert labels is not None
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = LABELLED_TASKS[task].from_pretrained(
             source.location,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
@@ -170,7 +178,10 @@ def lora_config(model: PreTrainedModel, config: TrainConfig, task: str) -> Any:
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=lora_targets(model, config),
-        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
+        task_type={
+            "classification": TaskType.SEQ_CLS,
+            "token_classification": TaskType.TOKEN_CLS,
+        }.get(task, TaskType.CAUSAL_LM),
         # GPT-2's projections are Conv1D, whose weight is stored transposed.
         fan_in_fan_out=model.config.model_type == "gpt2",
     )
@@ -190,13 +201,9 @@ def merged_model(model: Any, config: TrainConfig, source: Source | None, task: s
 
     with tempfile.TemporaryDirectory() as adapter_dir:
         model.save_pretrained(adapter_dir)
-        auto = (
-            AutoModelForSequenceClassification
-            if task == "classification"
-            else (AutoModelForCausalLM)
-        )
+        auto = LABELLED_TASKS.get(task, AutoModelForCausalLM)
         extra: dict[str, Any] = {}
-        if task == "classification":
+        if task in LABELLED_TASKS:
             extra = {
                 "num_labels": model.config.num_labels,
                 "id2label": model.config.id2label,

@@ -32,6 +32,7 @@ class BaseModelSpec:
         "sft",
         "classification",
         "seq2seq",
+        "token_classification",
         *contract.PREFERENCE_TASKS,
     )
 

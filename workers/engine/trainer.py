@@ -13,6 +13,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
@@ -33,6 +34,7 @@ from workers.engine.classify import (
 from workers.engine.config import PREFERENCE_TASKS, TrainConfig
 from workers.engine.data import (
     BlockDataset,
+    EntityText,
     LabeledText,
     Message,
     Pair,
@@ -71,6 +73,12 @@ from workers.engine.reporting import ReportingCallback
 from workers.engine.scratch import scratch_config
 from workers.engine.sft import PadCollator, build_sft_dataset
 from workers.engine.system_metrics import SystemSampler
+from workers.engine.token_classify import (
+    EntityDataset,
+    TokenCollator,
+    TokenEvaluator,
+    tag_names,
+)
 from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
 
 TRAINER_STATE_FILE = "trainer_state.json"  # what makes a directory a resumable checkpoint
@@ -288,11 +296,11 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
             "info",
             f"{config.method}: {trainable:,} of {total:,} parameters train (r={config.lora_r})",
         )
-    evaluator = (
-        ClassificationEvaluator(prepared.labels or [])
-        if prepared.task == "classification"
-        else None
-    )
+    evaluator: ClassificationEvaluator | TokenEvaluator | None = None
+    if prepared.task == "classification":
+        evaluator = ClassificationEvaluator(prepared.labels or [])
+    elif prepared.task == "token_classification":
+        evaluator = TokenEvaluator(prepared.labels or [])
     reporter = ReportingCallback(
         callbacks,
         log_every=math.ceil(schedule.total_steps / LOG_LINES_PER_RUN),
@@ -458,6 +466,26 @@ def _prepare_data(
         eval_set = LabeledDataset(held, tokenizer, labels, config.block_size) if held else None
         collator = ClassificationCollator(pad_id)
         unit = f"texts, {len(labels)} labels"
+    elif task == "token_classification":
+        entity_rows = [r for r in train_rows if isinstance(r, EntityText)]
+        held_entities = [r for r in eval_rows if isinstance(r, EntityText)]
+        labels = tag_names(entity_rows, held_entities)
+        if len(labels) < 2:
+            raise ValueError("token classification needs at least one entity in the data")
+        train_set = EntityDataset(
+            entity_rows, tokenizer, labels, config.block_size, config.label_alignment
+        )
+        # Evaluated on each word's first sub-word whatever the alignment (token_classify).
+        eval_set = (
+            EntityDataset(held_entities, tokenizer, labels, config.block_size, "first")
+            if held_entities
+            else None
+        )
+        collator = TokenCollator(pad_id)
+        unit = (
+            f"texts, {(len(labels) - 1) // 2} entity types, labels on "
+            f"{config.label_alignment} sub-words"
+        )
     else:  # sft, seq2seq: conversations masked to the answers
         train_set = build_sft_dataset(_conversations(train_rows), tokenizer, config.block_size)
         eval_set = None
@@ -573,11 +601,13 @@ def _build_model(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-    if task == "classification":
+    if task in ("classification", "token_classification"):
         labels = prepared.labels or []
         model_config.num_labels = len(labels)
         model_config.id2label = dict(enumerate(labels))
         model_config.label2id = {label: i for i, label in enumerate(labels)}
+        if task == "token_classification":
+            return AutoModelForTokenClassification.from_config(model_config)
         return AutoModelForSequenceClassification.from_config(model_config)
     model = AutoModelForCausalLM.from_config(model_config)
     # GPT-2's class name ("LMHeadModel") hides its loss type from transformers 5, which then

@@ -25,6 +25,7 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
     "simpo_gamma": ("simpo",),
     "kto_desirable_weight": ("kto",),
     "kto_undesirable_weight": ("kto",),
+    "label_alignment": ("token_classification",),
 }
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -41,7 +42,16 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_type: Literal[
-        "auto", "causal_lm", "sft", "classification", "seq2seq", "dpo", "orpo", "simpo", "kto"
+        "auto",
+        "causal_lm",
+        "sft",
+        "classification",
+        "seq2seq",
+        "token_classification",
+        "dpo",
+        "orpo",
+        "simpo",
+        "kto",
     ] = "auto"
     method: Literal["full", "lora", "qlora"] = "full"
     learning_rate: float = Field(DEFAULT_LEARNING_RATE, gt=0, le=1.0)
@@ -71,6 +81,9 @@ class RunConfig(BaseModel):
     lora_r: int = Field(8, ge=1, le=512)
     lora_alpha: int = Field(16, ge=1, le=4096)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
+    # token_classification only: a word's label on its first sub-word, or on all of them
+    # (the later ones as I-X); None: "first". Refused for the other tasks (METHOD_KNOBS).
+    label_alignment: Literal["first", "all"] | None = None
     # Early stopping on an evaluation metric (needs an eval set): off unless patience is set.
     early_stopping_patience: int | None = Field(None, ge=1, le=1000)
     early_stopping_metric: str = Field("eval_loss", pattern=r"^[a-z][a-z0-9_]{0,63}$")
