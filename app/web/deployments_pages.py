@@ -41,10 +41,23 @@ def examples(base_url: str, name: str) -> dict[str, str]:
     return {"curl": curl, "python": "import os\n" + python}
 
 
-def predict_examples(origin: str, deployment_id: int) -> dict[str, str]:
-    """Copyable calls of a classifier deployment: its /predict, with curl and Python."""
+def predict_examples(origin: str, deployment_id: int, *, entities: bool = False) -> dict[str, str]:
+    """Copyable calls of a classifier deployment: its /predict, with curl and Python (for an
+    entity model, the spans it answers: label, score and character offsets)."""
     url = f"{origin}/api/v1/deployments/{deployment_id}/predict"
-    body = json.dumps({"inputs": ["a text to classify"]})
+    sample = (
+        "李明在北京大学读书。 Ada Lovelace lived in London." if entities else "a text to classify"
+    )
+    body = json.dumps({"inputs": [sample]}, ensure_ascii=False)
+    show = (
+        'for prediction in answer.json()["predictions"]:\n'
+        '    for entity in prediction["entities"]:\n'
+        '        print(entity["label"], entity["start"], entity["end"], entity["text"], '
+        'entity["score"])'
+        if entities
+        else 'for prediction in answer.json()["predictions"]:\n'
+        '    print(prediction["label"], prediction["scores"])'
+    )
     curl = (
         f"curl {url} \\\n"
         '  -H "Authorization: Bearer $LLMIDE_TOKEN" \\\n'
@@ -56,13 +69,11 @@ def predict_examples(origin: str, deployment_id: int) -> dict[str, str]:
         "answer = httpx.post(\n"
         f'    "{url}",\n'
         '    headers={"Authorization": f"Bearer {os.environ[\'LLMIDE_TOKEN\']}"},\n'
-        '    json={"inputs": ["a text to classify"]},\n'
+        f"    json={body},\n"
         ")\n"
-        "answer.raise_for_status()\n"
-        'for prediction in answer.json()["predictions"]:\n'
-        '    print(prediction["label"], prediction["scores"])'
+        "answer.raise_for_status()\n" + show
     )
-    return {"curl": curl, "python": python, "kind": "predict"}
+    return {"curl": curl, "python": python, "kind": "entities" if entities else "predict"}
 
 
 def deployments_context(
@@ -75,6 +86,7 @@ def deployments_context(
     origin = str(request.base_url).rstrip("/")
     base_url = origin + "/v1"
     classifiers = {d.id for d in rows if model_kind.is_classifier(d.model_version)}
+    entity_models = {d.id for d in rows if model_kind.is_token_classifier(d.model_version)}
     return {
         "deployments": rows,
         "server_up": loaded is not None,
@@ -89,7 +101,7 @@ def deployments_context(
         "base_url": base_url,
         "classifiers": classifiers,
         "examples": {
-            d.id: predict_examples(origin, d.id)
+            d.id: predict_examples(origin, d.id, entities=d.id in entity_models)
             if d.id in classifiers
             else examples(base_url, d.name or d.model_version.serving_name)
             for d in rows

@@ -113,10 +113,31 @@ def _classifier_page(
     )
 
 
-def _ranked(prediction: dict[str, Any]) -> dict[str, Any]:
-    """One prediction as the page shows it: the label, then every class by probability."""
+def _ranked(prediction: dict[str, Any], text: str) -> dict[str, Any]:
+    """One prediction as the page shows it: the label, then every class by probability; for
+    an entity model, the text cut into plain and entity segments for highlighting."""
+    if "entities" in prediction:
+        return {"entities": prediction["entities"], "segments": entity_segments(text, prediction)}
     scores = sorted(prediction.get("scores", {}).items(), key=lambda item: -item[1])
     return {"label": prediction.get("label"), "score": prediction.get("score"), "scores": scores}
+
+
+def entity_segments(text: str, prediction: dict[str, Any]) -> list[dict[str, Any]]:
+    """The text as consecutive pieces, each plain ({"text"}) or an entity ({"text", "label",
+    "score"}), in order: the page highlights entities without any offset arithmetic in JS."""
+    pieces: list[dict[str, Any]] = []
+    at = 0
+    for entity in sorted(prediction.get("entities", ()), key=lambda e: e["start"]):
+        start, end = int(entity["start"]), int(entity["end"])
+        if start < at or end > len(text):
+            continue  # never expected (the server's spans are in range and apart)
+        if start > at:
+            pieces.append({"text": text[at:start]})
+        pieces.append({"text": text[start:end], "label": entity["label"], "score": entity["score"]})
+        at = end
+    if at < len(text):
+        pieces.append({"text": text[at:]})
+    return pieces
 
 
 @router.get("/classify")
@@ -162,7 +183,7 @@ async def classify(
     if target is not None:
         try:
             answer = await deployments.classify(target, text)
-            result = _ranked(answer["predictions"][0])
+            result = _ranked(answer["predictions"][0], text)
         except DomainError as exc:
             error = exc.message
     return _classifier_page(

@@ -48,6 +48,10 @@ class Machine:
     llamacpp_error: str | None = None  # why `import llama_cpp` failed, when it is installed
 
 
+# Architectures answered by /predict: a label per text, or a label per token (entities).
+CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification")
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the model folder is, as far as choosing an engine goes."""
@@ -70,7 +74,7 @@ def model_facts(directory: Path, gguf_file: str | None) -> ModelFacts:
     return ModelFacts(
         architectures=architectures,
         gguf=gguf_file is not None,
-        classifier=any(a.endswith("ForSequenceClassification") for a in architectures),
+        classifier=any(a.endswith(CLASSIFIER_SUFFIXES) for a in architectures),
     )
 
 

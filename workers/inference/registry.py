@@ -338,7 +338,8 @@ def pick_device() -> tuple[str, Any]:
 
 
 def is_classifier(directory: Path) -> bool:
-    """A folder whose config names a *ForSequenceClassification architecture."""
+    """A folder whose config names a *ForSequenceClassification or *ForTokenClassification
+    architecture (answered by /predict)."""
     return model_facts(directory, None).classifier
 
 
@@ -351,6 +352,7 @@ def _load_weights(
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
         AutoTokenizer,
     )
 
@@ -364,9 +366,14 @@ def _load_weights(
     directory = str(source.directory)
     if not source.gguf_file and is_classifier(source.directory):
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            directory, use_safetensors=True, **{dtype_key: dtype}
+        token_level = any(
+            a.endswith("ForTokenClassification")
+            for a in model_facts(source.directory, None).architectures
         )
+        auto = (
+            AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+        )
+        model = auto.from_pretrained(directory, use_safetensors=True, **{dtype_key: dtype})
         model.to(device)
         model.eval()
         id2label = getattr(model.config, "id2label", None) or {}

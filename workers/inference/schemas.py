@@ -89,8 +89,23 @@ class Prediction(BaseModel):
     scores: dict[str, float]
 
 
+class Entity(BaseModel):
+    """An entity a token-classification model found: character offsets into the input text
+    (end exclusive, Python string indices, so Chinese characters count one each)."""
+
+    label: str
+    score: float  # the mean probability of its words' predicted tags
+    start: int
+    end: int
+    text: str  # input[start:end]
+
+
+class EntityPrediction(BaseModel):
+    entities: list[Entity]
+
+
 class PredictResponse(BaseModel):
-    predictions: list[Prediction]
+    predictions: list[Prediction | EntityPrediction]
 
 
 class ChatMessage(BaseModel):

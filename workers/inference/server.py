@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.instance import INSTANCE_HEADER
 from app.core.settings import Settings, get_settings
+from datacontract import ner
 from workers.inference import embeddings, generation
 from workers.inference.generation import (
     EngineBusy,
@@ -422,7 +423,8 @@ async def _sse_events(
 
 @router.post("/predict", response_model=PredictResponse)
 async def predict(body: PredictRequest, state: StateDep) -> dict[str, Any]:
-    """Labels and scores (softmax) from a sequence-classification model."""
+    """Labels and scores (softmax) from a sequence-classification model, or entities with
+    their character offsets from a token-classification (NER) model."""
     arrived = time.perf_counter()
     entry = await get_ready_model(state, body.name, body.path, body)
     _require_kind(entry, "classifier")
@@ -463,6 +465,8 @@ def classify(entry: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
     model, tokenizer = entry.model, entry.tokenizer
     if model is None or tokenizer is None:
         raise ModelNotReady(f"model {entry.name!r} was unloaded")
+    if type(model).__name__.endswith("ForTokenClassification"):
+        return find_entities(entry, texts)
     encoded = tokenizer(
         texts,
         padding=True,
@@ -478,6 +482,45 @@ def classify(entry: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
         scores = {labels[i]: float(p) for i, p in enumerate(row)}
         best = max(range(len(row)), key=row.__getitem__)
         out.append({"label": labels[best], "score": float(row[best]), "scores": scores})
+    return out
+
+
+def find_entities(entry: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
+    """Blocking: the entities of each text, as character spans into it.
+
+    Offsets come from the fast tokenizer's offset mapping and are read per word
+    (datacontract.ner.entities_from_tokens), so they index the text the caller sent, Chinese
+    included. Text past the model's context is not read (no entity is reported there).
+    """
+    import torch
+
+    model, tokenizer = entry.model, entry.tokenizer
+    assert model is not None and tokenizer is not None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelNotReady(f"model {entry.name!r} has no fast tokenizer (no character offsets)")
+    encoded = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=entry.context_length or 512,
+        return_offsets_mapping=True,
+        return_tensors="pt",
+    )
+    offsets = encoded.pop("offset_mapping").tolist()
+    mask = encoded["attention_mask"].tolist()
+    with torch.inference_mode():
+        logits = model(**encoded.to(entry.device)).logits.float()
+    best_p, best = torch.softmax(logits, dim=-1).max(dim=-1)
+    tags = entry.labels
+    out = []
+    for row, text in enumerate(texts):
+        row_offsets = [o if mask[row][i] else (0, 0) for i, o in enumerate(offsets[row])]
+        entities = ner.entities_from_tokens(
+            text, row_offsets, [tags[int(i)] for i in best[row].tolist()], best_p[row].tolist()
+        )
+        for entity in entities:
+            entity["text"] = text[entity["start"] : entity["end"]]  # type: ignore[misc]
+        out.append({"entities": entities})
     return out
 
 
