@@ -133,7 +133,14 @@ def create_evaluation(
             session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
         )
     classifier = model_kind.is_classifier(version)
-    if classifier and dataset.format != "classification":
+    if model_kind.is_token_classifier(version):
+        if dataset.format != "token_classification":
+            raise ValidationFailed(
+                f"{version.serving_name} finds entities: evaluate it on a token_classification "
+                f"dataset (text + entities), not on {dataset.format} rows",
+                param="dataset_id",
+            )
+    elif classifier and dataset.format != "classification":
         raise ValidationFailed(
             f"{version.serving_name} is a classifier: evaluate it on a classification dataset "
             f"(text + label), not on {dataset.format} rows",

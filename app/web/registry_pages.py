@@ -64,6 +64,7 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
     return {
         "version": version,
         "classifier": model_kind.is_classifier(version),
+        "entity_model": model_kind.is_token_classifier(version),
         "model": version.registered_model,
         "lineage": version.lineage or {},
         "history": registry.stage_history(session=session, ctx=pc.ctx, version_id=version.id),

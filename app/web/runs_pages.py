@@ -76,6 +76,7 @@ class LaunchForm(BaseModel):
     simpo_gamma: str = ""
     kto_desirable_weight: str = ""
     kto_undesirable_weight: str = ""
+    label_alignment: str = ""
     priority: str = "normal"
 
 
@@ -128,9 +129,7 @@ def _form_page(
         {
             "datasets": listed,
             "versions": dataset_versions.ready_for_datasets(session=session, datasets=listed),
-            "default_bases": {
-                d.id: run_presets.default_base_model(d.format) for d in listed
-            },
+            "default_bases": {d.id: run_presets.default_base_model(d.format) for d in listed},
             "base_models": offered,
             "presets": run_presets.presets_by_base(offered),
             "values": values,

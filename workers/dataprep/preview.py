@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
+from datacontract import ner
 from workers.dataprep import masking
 from workers.engine.loss_mask import IGNORE_INDEX
 
@@ -76,6 +77,37 @@ def _token_rows(tokenizer: Any, encoded: masking.Encoded) -> list[dict[str, Any]
     return tokens
 
 
+def entity_detail(row: dict[str, Any], encoded: masking.Encoded) -> dict[str, Any]:
+    """An entity row as training reads it: the text cut into plain and entity pieces (for
+    highlighting) and, per token, the tag it is trained on. A word's first sub-word carries
+    its tag; later sub-words carry it (as I-) only with label_alignment "all" (`tag_all`)."""
+    text = encoded.text
+    entities = list(row.get("entities") or [])
+    word_spans, tags = ner.word_tags(text, entities)
+    words_of_tokens = ner.token_words(encoded.offsets, ner.char_owners(text, word_spans))
+    seen: set[int] = set()
+    token_tags: list[dict[str, str | None]] = []
+    for word in words_of_tokens:
+        if word is None:
+            token_tags.append({"tag": None, "tag_all": None})
+        elif word not in seen:
+            seen.add(word)
+            token_tags.append({"tag": tags[word], "tag_all": tags[word]})
+        else:
+            token_tags.append({"tag": None, "tag_all": ner.continuation(tags[word])})
+    pieces: list[dict[str, Any]] = []
+    at = 0
+    for entity in sorted(entities, key=lambda e: e["start"]):
+        start, end = int(entity["start"]), int(entity["end"])
+        if start > at:
+            pieces.append({"text": text[at:start]})
+        pieces.append({"text": text[start:end], "label": entity["label"]})
+        at = end
+    if at < len(text):
+        pieces.append({"text": text[at:]})
+    return {"segments": pieces, "token_tags": token_tags}
+
+
 def model_view(
     *,
     tokenizer: Any,
@@ -134,7 +166,11 @@ def model_view(
                 "base's tokenizer is trained on your data)",
             },
         )
-    template_wanted = chat_template and schema not in ("text", "classification")
+    template_wanted = chat_template and schema not in (
+        "text",
+        "classification",
+        "token_classification",
+    )
     if (
         template_wanted
         and not masking.has_chat_template(tokenizer)
@@ -177,6 +213,7 @@ def model_view(
                 "truncated": e.truncated,
                 "warnings": sorted(set(e.warnings)),
                 "tokens": _token_rows(tokenizer, e),
+                **(entity_detail(sample[i], e) if schema == "token_classification" else {}),
             }
             for i, e in enumerate(encoded[: detail_rows * (2 if schema == "preference" else 1)])
         ],

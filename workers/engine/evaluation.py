@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from datacontract import ner
 from workers.engine import classifier_curves
 from workers.engine import metrics as engine_metrics
-from workers.engine.data import LabeledText, read_rows, render_rows
+from workers.engine.data import EntityText, LabeledText, read_rows, render_rows
 from workers.engine.export import load_causal_lm
 from workers.engine.loss_mask import IGNORE_INDEX, TemplateError, mask_conversation
 
@@ -61,6 +62,15 @@ def evaluate(
     import torch
 
     torch.manual_seed(0)
+    if is_token_classifier(model_dir):
+        return evaluate_token_classifier(
+            model_dir,
+            data_file,
+            data_format,
+            prompts=prompts,
+            max_rows=max_rows,
+            progress=progress,
+        )
     if is_classifier(model_dir):
         return evaluate_classifier(
             model_dir, data_file, data_format, prompts=prompts, max_rows=max_rows,
@@ -244,3 +254,94 @@ def evaluate_classifier(
                                        strict=True)
         ]  # fmt: skip
     return metrics, samples
+
+
+def is_token_classifier(model_dir: Path) -> bool:
+    """A token classifier (what a token_classification run saves), by its architecture."""
+    config = model_dir / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return any(str(a).endswith("ForTokenClassification") for a in architectures)
+
+
+def evaluate_token_classifier(
+    model_dir: Path,
+    data_file: Path,
+    data_format: str,
+    *,
+    prompts: list[str],
+    max_rows: int,
+    progress: Callable[[float], None],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The training-time report of an entity model on entity rows: seqeval's entity-level
+    P/R/F1 per type and micro/macro, token (word) accuracy and the type confusion matrix, with
+    the entities it finds in each prompt given, or in the first rows of the data.
+
+    Rows are read as serving reads them (each word at its first sub-word, token_classify),
+    so the scores describe what /predict answers. An entity type the model does not know
+    can never be found: it counts as missed.
+    """
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from workers.engine.token_classify import predict_entities
+
+    if data_format != "token_classification":
+        raise ValueError(
+            "an entity (token classification) model is evaluated on a token_classification "
+            f"dataset (text + entities), not on {data_format} rows"
+        )
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    context = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    context = min(context, int(getattr(model.config, "n_positions", context) or context))
+    rows = [
+        r
+        for r in read_rows(data_file, data_format, prefer_split=EVAL_SPLIT)[:max_rows]
+        if isinstance(r, EntityText)
+    ]
+    y_true: list[list[str]] = []
+    y_pred: list[list[str]] = []
+    for start in range(0, len(rows), 32):
+        chunk = rows[start : start + 32]
+        found = predict_entities(model, tokenizer, [r.text for r in chunk], context)
+        for row, entities in zip(chunk, found, strict=True):
+            # The predicted entities as tags over the same words (cut at the gold boundaries
+            # and the predicted ones alike, so both read the same word sequence).
+            cuts = [o for e in (*row.entity_dicts(), *entities) for o in (e["start"], e["end"])]
+            words = ner.words(row.text, cuts)
+            y_true.append(_tags_over(words, row.entity_dicts()))
+            y_pred.append(_tags_over(words, entities))
+        progress(0.8 * min(1.0, (start + len(chunk)) / max(len(rows), 1)))
+    report = engine_metrics.token_classification_report(y_true, y_pred)
+    metrics: dict[str, Any] = engine_metrics.scalar_metrics(report)
+    metrics["eval_rows"] = float(len(rows))
+    metrics["per_type"] = report["per_type"]
+    shown_texts = prompts or [r.text for r in rows[:SAMPLE_ROWS]]
+    shown = predict_entities(model, tokenizer, shown_texts, context) if shown_texts else []
+    samples: list[dict[str, Any]] = []
+    for i, (text, entities) in enumerate(zip(shown_texts, shown, strict=True)):
+        sample = {"prompt": text, "output": _entity_line(text, entities)}
+        if not prompts:
+            sample["expected"] = _entity_line(text, rows[i].entity_dicts())
+        samples.append(sample)
+    return metrics, samples
+
+
+def _tags_over(word_spans: list[tuple[int, int]], entities: list[dict[str, Any]]) -> list[str]:
+    """BIO tags of words (already cut at every entity boundary) for these entities."""
+    tags = [ner.OUTSIDE] * len(word_spans)
+    for entity in entities:
+        first = True
+        for k, (start, end) in enumerate(word_spans):
+            if start >= int(entity["start"]) and end <= int(entity["end"]):
+                tags[k] = f"{'B' if first else 'I'}-{entity['label']}"
+                first = False
+    return tags
+
+
+def _entity_line(text: str, entities: list[dict[str, Any]]) -> str:
+    """Entities as a person reads them: "李明 PER, 北京大学 ORG" ("no entity" when none)."""
+    if not entities:
+        return "no entity"
+    return ", ".join(f"{text[int(e['start']) : int(e['end'])]} {e['label']}" for e in entities)
