@@ -45,7 +45,7 @@ class Span:
     end: int  # exclusive
     label: str
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "label": self.label}
 
 
@@ -127,7 +127,7 @@ def join_tokens(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
     return "".join(parts), offsets
 
 
-def from_tokens(tokens: Sequence[str], tags: Sequence[str]) -> dict[str, object]:
+def from_tokens(tokens: Sequence[str], tags: Sequence[str]) -> dict[str, Any]:
     """A CoNLL sentence or a tokens + tags row as a canonical row (text + character spans)."""
     if len(tokens) != len(tags):
         raise TagError(f"{len(tokens)} tokens but {len(tags)} tags: one tag per token")
@@ -144,7 +144,7 @@ def from_tokens(tokens: Sequence[str], tags: Sequence[str]) -> dict[str, object]
     return {"text": text, "entities": entities}
 
 
-def check_entities(text: str, entities: object) -> list[dict[str, object]]:
+def check_entities(text: str, entities: object) -> list[dict[str, Any]]:
     """Entities sorted by start, each inside the text, not empty, not overlapping another and
     labelled; raises TagError naming the first bad one (its 1-based place in the row)."""
     if not isinstance(entities, list):
@@ -213,12 +213,12 @@ def word_tags(
 
 def decode_words(
     word_spans: Sequence[tuple[int, int]], tags: Sequence[str], scores: Sequence[float]
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Entities (label, score, start, end) from predicted word tags, read leniently as a
     model's output is: an I-X that does not continue an X entity starts one (seqeval's
     default reading). The score is the mean of the entity's words' scores."""
-    entities: list[dict[str, object]] = []
-    current: dict[str, object] | None = None
+    entities: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
     current_scores: list[float] = []
 
     def close() -> None:
@@ -289,7 +289,7 @@ def entities_from_tokens(
     offsets: Sequence[Sequence[int]],
     token_tags: Sequence[str],
     token_scores: Sequence[float],
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Entities (label, score, start, end: character offsets into `text`) from a model's
     per-token tags, given the tokenizer's offset mapping (special and padding tokens at
     (0, 0)). Each word is read at its first sub-word; a word whose characters begin inside a
@@ -303,8 +303,11 @@ def entities_from_tokens(
         if word is not None and word_tags[word] is None:
             word_tags[word] = token_tags[position]
             word_scores[word] = float(token_scores[position])
-    seen = [k for k, tag in enumerate(word_tags) if tag is not None]
-    last = max(seen) if seen else -1
+    # The last word any token reaches (the rest was truncated away).
+    last = max(
+        (owner[c] for start, end in offsets for c in range(start, min(end, len(owner)))),
+        default=-1,
+    )
     resolved: list[str] = []
     scores: list[float] = []
     for k in range(last + 1):

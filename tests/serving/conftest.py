@@ -129,3 +129,62 @@ def register_version(team: Team) -> RegisterVersion:
         return dict(versions[0])
 
     return register
+
+
+# The entities the hand-built NER model knows, by token: a first token starts an entity, the
+# next continues it. Every other token (and [UNK]) is O.
+NER_TOKENS = {
+    "李": "B-PER",
+    "明": "I-PER",
+    "北": "B-LOC",
+    "京": "I-LOC",
+    "ada": "B-PER",
+    "london": "B-LOC",
+}
+NER_TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+def build_tiny_ner_model(folder: Path) -> None:
+    """A BERT token classifier whose answer is known in advance: no encoder layer, so each
+    token's logits depend on its own id only, and the embeddings and classifier are set so
+    each token of NER_TOKENS gets its tag and every other one O. Its WordPiece tokenizer (a
+    fast one: offset mappings) splits Chinese into characters like BERT's."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += [*NER_TOKENS, "在", "工", "作", "住", "，", "。", "lives", "in", "the", "city"]
+    tokenizer = BertTokenizerFast(
+        vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True
+    )
+    width = len(NER_TAGS) * 2
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=width,
+        num_hidden_layers=0,
+        num_attention_heads=1,
+        intermediate_size=width,
+        max_position_embeddings=64,
+        type_vocab_size=1,
+        num_labels=len(NER_TAGS),
+        id2label=dict(enumerate(NER_TAGS)),
+        label2id={tag: i for i, tag in enumerate(NER_TAGS)},
+        pad_token_id=0,
+        hidden_dropout_prob=0.0,
+    )
+    model = BertForTokenClassification(config)
+    with torch.no_grad():
+        embeddings = model.bert.embeddings
+        embeddings.position_embeddings.weight.zero_()
+        embeddings.token_type_embeddings.weight.zero_()
+        words = torch.zeros(len(vocab), width)
+        for token_id, token in enumerate(vocab):
+            tag = NER_TOKENS.get(token, "O")
+            words[token_id, NER_TAGS.index(tag)] = 10.0  # one hot: LayerNorm keeps the peak
+        embeddings.word_embeddings.weight.copy_(words)
+        model.classifier.weight.copy_(torch.eye(len(NER_TAGS), width) * 5.0)
+        model.classifier.bias.zero_()
+    model.architectures = None
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder, safe_serialization=True)
