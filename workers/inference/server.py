@@ -519,7 +519,7 @@ def find_entities(entry: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
             text, row_offsets, [tags[int(i)] for i in best[row].tolist()], best_p[row].tolist()
         )
         for entity in entities:
-            entity["text"] = text[entity["start"] : entity["end"]]  # type: ignore[misc]
+            entity["text"] = text[entity["start"] : entity["end"]]
         out.append({"entities": entities})
     return out
 
