@@ -16,7 +16,7 @@ from seqeval import metrics as seqeval
 
 from datacontract import ner
 from workers.engine import TrainConfig, train
-from workers.engine.data import EntityText, read_rows
+from workers.engine.data import EntityText, read_rows, split_rows
 from workers.engine.loss_mask import IGNORE_INDEX
 from workers.engine.metrics import token_classification_report
 from workers.engine.token_classify import align, labelled_sequences, tag_names
@@ -337,3 +337,58 @@ def test_an_unknown_label_alignment_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="label alignment must be one of first, all"):
         config.validate()
+
+
+def build_local_chinese_bert(folder: Path) -> None:
+    """A local encoder folder like a Chinese BERT under LLMIDE_MODELS_DIR: one small layer,
+    random weights, a WordPiece vocabulary of the fixture's characters (a fast tokenizer)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    chars = sorted({c for row in zh_rows() for c in row["text"]})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)})
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_local_chinese_encoder_fine_tunes_for_entities(tmp_path: Path, method: str) -> None:
+    base = tmp_path / "models" / "tiny-chinese-bert"
+    build_local_chinese_bert(base)
+    data = tmp_path / "zh.jsonl"
+    data.write_text((FIXTURES / "zh_spans.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    config = TrainConfig(
+        output_dir=tmp_path / "run",
+        train_file=data,
+        train_format="token_classification",
+        base_model="local:tiny-chinese-bert",
+        base_model_path=base,
+        method=method,
+        learning_rate=1e-3,
+        batch_size=4,
+        block_size=32,
+        max_steps=2,
+        eval_split=0.25,
+        save_steps=100,
+        device="cpu",
+    )
+    result = train(config, Recorder())
+    saved = json.loads((result.final_dir / "config.json").read_text())
+    assert saved["architectures"] == ["BertForTokenClassification"]
+    assert len(saved["id2label"]) == 7
+    # Every Chinese character is a word and a token of its own: the report reads one tag per
+    # character of the held-out rows.
+    _, held = split_rows(read_rows(data, "token_classification"), 0.25, config.seed)
+    confusion = result.report["confusion_matrix"]
+    assert sum(sum(row) for row in confusion) == sum(len(r.text) for r in held)  # type: ignore[union-attr]
