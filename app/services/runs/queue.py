@@ -428,7 +428,7 @@ class QueueView:
 
 
 def training_device() -> str:
-    """ "GPU" when workers are given GPUs (LLMIDE_WORKER_GPUS) or this machine has an NVIDIA
+    """"GPU" when workers are given GPUs (LLMIDE_WORKER_GPUS) or this machine has an NVIDIA
     device, else "CPU": the queue page names what its slots and hours are of. (The web never
     imports torch; a remote GPU fleet sets LLMIDE_WORKER_GPUS on its workers and here.)"""
     if get_settings().worker_gpus.strip() or Path("/dev/nvidia0").exists():
