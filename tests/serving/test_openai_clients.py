@@ -435,3 +435,33 @@ def test_lm_eval_local_completions_scores_an_easy_multiple_choice_task_well_abov
     assert results is not None
     accuracy = results["results"]["llmide_easy"]["acc,none"]
     assert accuracy >= 0.75, results["results"]  # chance is 0.25
+
+
+def test_every_model_listed_answers_a_completion_local_bases_included(
+    serving_env: int,
+    installation: Path,
+    team: Team,
+    register_version: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A Hugging Face folder under LLMIDE_MODELS_DIR is a `local:` base served as it is; with
+    the packaged SmolLM2 and a fine-tuned version, each listed id answers (loaded on demand)."""
+    from app.core.settings import get_settings
+    from tests.inference.test_inference_server import build_tiny_model
+
+    smol_folder()
+    monkeypatch.setenv("LLMIDE_LLAMACPP_THREADS", "1")
+    build_tiny_model(tmp_path / "models" / "tiny-gpt")
+    monkeypatch.setenv("LLMIDE_MODELS_DIR", str(tmp_path / "models"))
+    get_settings.cache_clear()
+    version = register_version()
+    with inference_process(installation, serving_env):
+        listed = assert_schema(team.owner.get("/v1/models").json(), "ListModelsResponse")
+        ids = [m["id"] for m in listed["data"]]
+        assert {"local:tiny-gpt", SMOL, version["serving_name"]} <= set(ids)
+        for model in ids:
+            answer = team.owner.post(
+                "/v1/completions", json={"model": model, "prompt": "the", "max_tokens": 2}
+            )
+            assert answer.status_code == 200, (model, answer.text)
