@@ -238,3 +238,34 @@ def test_the_version_page_runs_a_benchmark_and_shows_scores_with_standard_errors
     assert refused.status_code == 400 and "applies to generation tasks" in refused.text
     listed = team.editor.get(f"/api/v1/model-versions/{lm_version['id']}/evaluations").json()
     assert len(listed) == 1
+
+
+def test_the_comparison_lines_up_two_versions_on_one_benchmark_with_the_differences_interval(
+    team: Team, lm_version: dict, tmp_path: Path
+) -> None:
+    from tests.inference.test_inference_server import build_tiny_model
+    from tests.signed_in import HTML, sign_in
+    from workers.registry_tasks import evaluate_version
+
+    build_tiny_model(lm_version["folder"].parent / "tiny2", positions=256, seed=1)
+    second = team.editor.post("/api/v1/models/import", json={"name": "tiny", "path": "tiny2"})
+    assert second.status_code == 201, second.text
+    content = "".join(json.dumps(r) + "\n" for r in MC_ROWS)
+    for version_id in (lm_version["id"], second.json()["id"]):
+        queued = _submit(team, version_id, "quiz.jsonl", content)
+        assert evaluate_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+    model_id = second.json()["registered_model_id"]
+    table = team.viewer.get(f"/api/v1/models/{model_id}/comparison").json()
+    [group] = table["datasets"]
+    assert group["kind"] == "harness" and group["dataset_name"] == "benchmark quiz"
+    assert group["baseline"] == 1 and set(group["versions"]) == {"1", "2"}
+    first, later = group["versions"]["1"], group["versions"]["2"]
+    diff = group["differences"]["2"]["acc"]
+    assert diff["diff"] == pytest.approx(later["acc"] - first["acc"])
+    se = (later["acc_stderr"] ** 2 + first["acc_stderr"] ** 2) ** 0.5
+    assert diff["stderr"] == pytest.approx(se)
+    assert diff["low"] == pytest.approx(diff["diff"] - 1.96 * se)
+    assert diff["significant"] == (abs(diff["diff"]) > 1.96 * se)
+    sign_in(team.viewer)
+    page = team.viewer.client.get(f"/models?model={model_id}", headers=HTML).text
+    assert 'data-testid="eval-compare"' in page and "(baseline)" in page and "Δ" in page
