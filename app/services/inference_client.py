@@ -7,8 +7,10 @@ OpenAI facade can map both once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -55,28 +57,70 @@ def _same_installation(expected: str, base_url: str) -> Any:
     return check
 
 
-@asynccontextmanager
-async def _client(timeout: httpx.Timeout) -> AsyncIterator[httpx.AsyncClient]:
+# One pooled client per event loop (a web process has one; tests and CLI calls run their own
+# with asyncio.run): building an httpx client costs ~20 ms of CPU (its SSL context), more than
+# the rest of a request's web-side work, and a kept-alive connection skips the TCP handshake.
+# Connections idle less than uvicorn's keep-alive (5 s) so the server never closes one under us.
+_Keyed = tuple[tuple[str, ...], httpx.AsyncClient]
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Keyed] = weakref.WeakKeyDictionary()
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0)
+
+
+def _shared_client() -> httpx.AsyncClient:
     settings = get_settings()
-    async with httpx.AsyncClient(
+    key = (settings.inference_base_url, settings.internal_token, settings.resolved_instance_id)
+    loop = asyncio.get_running_loop()
+    found = _CLIENTS.get(loop)
+    if found is not None and found[0] == key and not found[1].is_closed:
+        return found[1]
+    client = httpx.AsyncClient(
         base_url=settings.inference_base_url,
         headers={TOKEN_HEADER: settings.internal_token},
-        timeout=timeout,
+        limits=_LIMITS,
         # Before any answer is read: never act on another installation's reply.
         event_hooks={
             "response": [
                 _same_installation(settings.resolved_instance_id, settings.inference_base_url)
             ]
         },
-    ) as client:
-        try:
-            yield client
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-            raise InferenceUnavailable() from exc
-        except httpx.ReadError as exc:
-            raise InferenceUnavailable() from exc
-        except httpx.TimeoutException as exc:
-            raise InferenceError(504, "the inference server did not answer in time") from exc
+    )
+    _CLIENTS[loop] = (key, client)
+    return client
+
+
+@asynccontextmanager
+async def _client(timeout: httpx.Timeout) -> AsyncIterator[_TimedClient]:
+    try:
+        yield _TimedClient(_shared_client(), timeout)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+        raise InferenceUnavailable() from exc
+    except httpx.ReadError as exc:
+        raise InferenceUnavailable() from exc
+    except httpx.TimeoutException as exc:
+        raise InferenceError(504, "the inference server did not answer in time") from exc
+
+
+class _TimedClient:
+    """The shared client with this call's timeout on every request."""
+
+    def __init__(self, client: httpx.AsyncClient, timeout: httpx.Timeout) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    async def get(self, url: str) -> httpx.Response:
+        return await self._client.get(url, timeout=self._timeout)
+
+    async def put(self, url: str, *, json: Any) -> httpx.Response:
+        return await self._client.put(url, json=json, timeout=self._timeout)
+
+    async def post(self, url: str, *, json: Any) -> httpx.Response:
+        return await self._client.post(url, json=json, timeout=self._timeout)
+
+    async def delete(self, url: str) -> httpx.Response:
+        return await self._client.delete(url, timeout=self._timeout)
+
+    def stream(self, method: str, url: str, *, json: Any) -> Any:
+        return self._client.stream(method, url, json=json, timeout=self._timeout)
 
 
 # An absolute path of two parts or more (a model folder, a file in a library's traceback).

@@ -145,7 +145,11 @@ def test_seeds_reproduce_stop_strings_cut_and_max_tokens_ends_with_length(
     base, headers = smol_server
     sampled = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0.9, "seed": 7}
     first = generate(base, headers, **sampled).json()
-    assert generate(base, headers, **sampled).json() == first
+    again = generate(base, headers, **sampled).json()
+    # The second one reuses the first one's cached prompt cells; the answer is the same.
+    assert again.pop("cached_tokens") > 0
+    first.pop("cached_tokens")
+    assert again == first
     counted = generate(base, headers, prompt=COUNTING, max_tokens=10, temperature=0).json()
     assert counted["finish_reason"] == "length" and counted["completion_tokens"] == 10
     assert counted["text"].startswith(" 30")
@@ -280,3 +284,139 @@ def test_prompt_logprobs_cover_every_prompt_token_even_when_prompts_share_a_pref
     assert again[1:] == pytest.approx(first[1:], abs=1e-3)
     assert other[1:-1] == pytest.approx(first[1:-1], abs=1e-3)
     assert other[-1] < first[-1]  # Rome is less likely than Paris
+
+
+def metric(base: str, headers: dict[str, str], sample: str) -> float:
+    """One sample's value from the inference server's /metrics (0 when absent)."""
+    text = httpx.get(f"{base}/metrics", headers=headers).text
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+STEPS = "llmide_inference_steps_to_first_token"
+CACHED = 'llmide_inference_prompt_tokens_cached_total{model="smol"}'
+
+
+def steps_histogram(base: str, headers: dict[str, str]) -> tuple[float, float, float]:
+    """(requests observed, of them first token within 2 steps, within 4 steps) for "smol"."""
+    return (
+        metric(base, headers, f'{STEPS}_count{{model="smol"}}'),
+        metric(base, headers, f'{STEPS}_bucket{{le="2.0",model="smol"}}'),
+        metric(base, headers, f'{STEPS}_bucket{{le="4.0",model="smol"}}'),
+    )
+
+
+def stream_in_background(
+    base: str, headers: dict[str, str], body: dict[str, Any]
+) -> tuple[threading.Thread, threading.Event, dict[str, Any]]:
+    """Start a long stream; returns its thread, an event set at its first token, its final event."""
+    started = threading.Event()
+    final: dict[str, Any] = {}
+
+    def run() -> None:
+        with httpx.stream(
+            "POST",
+            f"{base}/generate",
+            json={"name": "smol", "stream": True, **body},
+            headers=headers,
+            timeout=300,
+        ) as response:
+            for event in events_of(response):
+                if isinstance(event, dict) and event.get("delta"):
+                    started.set()
+                elif isinstance(event, dict) and "finish_reason" in event:
+                    final.update(event)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, started, final
+
+
+def test_a_request_arriving_mid_generation_gets_its_first_token_at_the_next_step(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    """Counted in the engine's decode steps: the step running when B arrives, then B's own."""
+    base, headers = smol_server
+    before = steps_histogram(base, headers)
+    thread, a_started, a_final = stream_in_background(
+        base, headers, {"prompt": COUNTING, "max_tokens": 120, "temperature": 0}
+    )
+    assert a_started.wait(120), "stream A never produced a token"
+    b = generate(base, headers, messages=QUESTION, max_tokens=3, temperature=0)
+    assert b.status_code == 200, b.text
+    assert not a_final, "A finished before B did: B did not arrive mid-generation"
+    thread.join(300)
+    assert a_final["finish_reason"] == "length", a_final  # A ran on while B came and went
+    count, within_2, _ = steps_histogram(base, headers)
+    # Both A (alone: its prefill step) and B (mid-generation) got their first token within
+    # two steps of arriving.
+    assert (count - before[0], within_2 - before[1]) == (2, 2)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_running_streams_keep_decoding(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    """A ~700-token prompt arriving mid-stream does not stall A for its whole prefill: it goes
+    in chunks of PREFILL_CHUNK tokens, one per step, each step also decoding A's next token."""
+    base, headers = smol_server
+    long_prompt = " ".join(f"item {i} is {i * 7 % 13}" for i in range(120))
+    before = steps_histogram(base, headers)
+    thread, a_started, a_final = stream_in_background(
+        base, headers, {"prompt": COUNTING, "max_tokens": 150, "temperature": 0}
+    )
+    assert a_started.wait(120), "stream A never produced a token"
+    b = generate(base, headers, prompt=long_prompt, max_tokens=2, temperature=0)
+    assert b.status_code == 200, b.text
+    assert b.json()["prompt_tokens"] > 4 * 128, b.json()
+    assert not a_final, "A finished before B did: B did not arrive mid-generation"
+    thread.join(300)
+    assert a_final["finish_reason"] == "length", a_final
+    count, within_2, within_4 = steps_histogram(base, headers)
+    assert count - before[0] == 2
+    assert within_2 - before[1] == 1  # A; B took more than two steps ...
+    assert within_4 - before[2] == 1  # ... more than four: its prompt went in chunks
+
+
+def test_a_repeated_prompt_reuses_the_cached_prefix_and_answers_the_same(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = smol_server
+    body = {
+        "prompt": "The history of the harbour town of Saint-Malo begins",
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+    first = generate(base, headers, **body).json()
+    again = generate(base, headers, **body).json()
+    # Every prompt token but the last (whose logits give the first token) came from the cache.
+    assert again["cached_tokens"] == again["prompt_tokens"] - 1 > first["cached_tokens"]
+    assert (again["text"], again["completion_tokens"]) == (
+        first["text"],
+        first["completion_tokens"],
+    )
+
+
+def test_identical_prompts_arriving_together_are_prefilled_once(
+    smol_server: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = smol_server
+    prompt = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(12))
+    cached_before = metric(base, headers, CACHED)
+    answers: list[dict[str, Any]] = []
+
+    def ask() -> None:
+        answers.append(generate(base, headers, prompt=prompt, max_tokens=4, temperature=0).json())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert len(answers) == 4
+    prompt_tokens = answers[0]["prompt_tokens"]
+    assert sorted(a["cached_tokens"] for a in answers) == [0] + [prompt_tokens - 1] * 3
+    assert len({a["text"] for a in answers}) == 1
+    cached_after = metric(base, headers, CACHED)
+    assert cached_after - cached_before == 3 * (prompt_tokens - 1)

@@ -146,6 +146,10 @@ class GenerationResult:
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None  # the completion's tokens (params.logprobs)
     prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's tokens (prompt_logprobs)
+    # Prompt tokens whose KV cells came from the engine's prefix cache (llama.cpp), not prefill.
+    cached_tokens: int = 0
+    # Engine decode steps from submission to the first token (llama.cpp); metrics only.
+    first_token_steps: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -153,6 +157,7 @@ class GenerationResult:
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
         }
         if self.logprobs is not None:
             out["logprobs"] = self.logprobs
@@ -940,8 +945,18 @@ async def stream(
     stops = request.params.stop
     raw, sent = "", 0
     try:
+        pending: Event | None = None
         while True:
-            item = await job.events.get()
+            item = pending if pending is not None else await job.events.get()
+            pending = None
+            # A consumer that fell behind (a busy machine, a slow client) takes every text
+            # piece already queued as one delta: fewer events, the same text.
+            while isinstance(item, str) and not job.events.empty():
+                following = job.events.get_nowait()
+                if not isinstance(following, str):
+                    pending = following
+                    break
+                item += following
             if isinstance(item, BaseException):
                 raise item
             if isinstance(item, GenerationResult):

@@ -13,6 +13,20 @@ running sequence plus a chunk of any new prompt. A request that arrives joins at
 (its prompt is prefilled alongside the others' decoding), so nobody waits for another request's
 whole generation. Each sequence samples with its own sampler chain (temperature, top_p, seed).
 
+Scheduling within a step, as llama.cpp's server and vLLM's chunked prefill do: running
+sequences' next tokens go first; prompts fill what is left, oldest first, up to N_BATCH tokens
+when nothing is decoding and PREFILL_CHUNK while something is (so a long new prompt delays the
+running streams by one chunk per step, never by its whole prefill). A prompt that fits the chunk
+gets its first token from the step after it arrives.
+
+Prefix caching: the KV cache is one unified pool, so a new sequence can share the cells of any
+sequence whose tokens begin like its prompt (`llama_memory_seq_cp` only tags cells with another
+sequence id: nothing is copied) and prefill only the rest. Sources are the running sequences
+and the last finished ones, whose cells are kept (up to CACHED_SEQUENCES of them) until their
+room or their sequence id is needed. A system prompt, a conversation's history re-sent with
+each turn, and `n` choices of one prompt are prefilled once. Prompts arriving together that
+share a prefix do not all prefill it: the later ones wait one step for the first one's cells.
+
 Admission: at most `limit()` requests per deployment (running or waiting for KV room); more is
 `EngineBusy` (429 with Retry-After). A request starts once its prompt plus `max_tokens` fits in
 the free KV cache; the context check at preparation guarantees a lone request always fits.
@@ -24,13 +38,14 @@ at import time.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import logging
 import os
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +69,15 @@ logger = logging.getLogger(__name__)
 
 PENALTY_WINDOW = 4096  # tokens the presence/frequency penalties look back over
 N_BATCH = 512  # tokens one decode step may carry: running sequences first, then prompt chunks
+# Prompt tokens per step while other sequences are decoding: bounds how long a new prompt's
+# prefill delays their next token (about 0.1-0.3 s for a 135M model on two cores).
+PREFILL_CHUNK = 128
 MAX_SLOTS = 64  # sequences one context holds (the deployment's max_batch_size is at most 64)
+# Finished sequences whose KV cells stay cached for prefix reuse; each holds a sequence id, so
+# they also come out of MAX_SLOTS (and are evicted first when a request needs one).
+CACHED_SEQUENCES = 16
+# Waiting a step for a sibling's prefix is worth it only when it saves at least this many.
+MIN_SHARED_WAIT = 16
 
 
 # --------------------------------------------------------------------------- prompt side
@@ -179,6 +202,11 @@ class _Sequence:
     text: str = ""
     completion_tokens: int = 0
     reserved: int = 0  # KV cells held: prompt + max_tokens
+    kv: list[int] = field(default_factory=list)  # the tokens in this sequence's KV cells, in order
+    attached: bool = False  # prefix sharing decided (done once, before its first prefill)
+    cached_tokens: int = 0  # prompt tokens taken from another sequence's cells
+    submitted_step: int = 0  # the engine's step count when the request was submitted
+    first_token_steps: int | None = None  # steps from submission to the first token
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     # (index in the step's batch, prompt position) of prompt logits to read (echo's logprobs)
     prompt_rows: list[tuple[int, int]] = field(default_factory=list)
@@ -188,6 +216,23 @@ class _Sequence:
     @property
     def request(self) -> PreparedRequest:
         return self.job.request
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
+    limit = min(len(a), len(b))
+    if limit == 0 or a[0] != b[0]:
+        return 0
+    if a[:limit] == b[:limit]:
+        return limit
+    low, high = 1, limit  # a[:low] == b[:low] and a[:high] != b[:high]: bisect on slices
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def json_grammar(constraint: tuple[str, str]) -> str:
@@ -309,6 +354,14 @@ class LlamaCppEngine:
         self.on_result = on_result
         self._waiting: deque[Job] = deque()
         self._running: list[_Sequence] = []
+        # Finished sequences kept for prefix reuse: seq id -> tokens in its cells, oldest first.
+        self._cache: OrderedDict[int, list[int]] = OrderedDict()
+        self._cached_cells = 0
+        # Events produced during a step, delivered once per event loop after it (one wakeup).
+        self._outbox: list[tuple[Job, Any]] = []
+        self.steps = 0  # decode steps run (tests count steps, not seconds)
+        self._submitted_at: dict[int, int] = {}  # id(job) -> steps when it was submitted
+        self.prompt_tokens_cached = 0  # prompt tokens served from cached cells, in total
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"llamacpp-{name}", daemon=True)
@@ -338,6 +391,7 @@ class LlamaCppEngine:
             if self.load >= limit:
                 raise EngineBusy(self.name, limit)
             self._waiting.append(job)
+            self._submitted_at[id(job)] = self.steps
             self._cond.notify()
 
     def close(self) -> None:
@@ -363,6 +417,12 @@ class LlamaCppEngine:
 
     def _step(self) -> bool:
         """Admit, decode one step, sample; False once closed."""
+        try:
+            return self._step_once()
+        finally:
+            self._flush()
+
+    def _step_once(self) -> bool:
         refused: list[Job] = []
         with self._cond:
             while not self._closed and not self._running and not self._waiting:
@@ -371,10 +431,11 @@ class LlamaCppEngine:
                 # Like a closing lane: requests already running finish, waiting ones are refused.
                 refused = list(self._waiting)
                 self._waiting.clear()
+                self._submitted_at.clear()
             else:
                 self._admit()
         for job in refused:
-            job.send(ModelNotReady(f"model {self.name!r} was unloaded"))
+            self._send(job, ModelNotReady(f"model {self.name!r} was unloaded"))
         if self._closed and not self._running:
             return False
         self._drop_cancelled()
@@ -386,6 +447,7 @@ class LlamaCppEngine:
         import llama_cpp
 
         code = llama_cpp.llama_decode(self._ctx, self._batch)
+        self.steps += 1
         if code != 0:
             # 1: no KV room (admission should prevent it); <0: invalid batch or fatal. The
             # sequences in this step cannot go on; the engine itself stays up for the next.
@@ -396,17 +458,41 @@ class LlamaCppEngine:
         self._sample()
         return True
 
+    def _send(self, job: Job, item: Any) -> None:
+        self._outbox.append((job, item))
+
+    def _flush(self) -> None:
+        """Hand the step's events to their event loops: one wakeup per loop, not per token."""
+        if not self._outbox:
+            return
+        by_loop: dict[Any, list[tuple[Job, Any]]] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            # A closed loop means the server is shutting down; nobody listens any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
+
     def _admit(self) -> None:
         """Start waiting requests (oldest first) while a sequence id and KV room are free."""
-        while self._waiting and self._free_ids:
+        while self._waiting:
             job = self._waiting[0]
             request = job.request
             if request.cancel.is_set():
                 self._waiting.popleft()
+                self._submitted_at.pop(id(job), None)
                 request.cancelled = True
-                job.send(ModelNotReady("cancelled before it started"))
+                self._send(job, ModelNotReady("cancelled before it started"))
                 continue
             need = len(request.input_ids) + request.params.max_tokens
+            # Cached sequences give way first: their room and their ids are only a bonus.
+            while self._cache and (
+                not self._free_ids or self._reserved + self._cached_cells + need > self.kv_tokens
+            ):
+                self._evict_oldest()
+            if not self._free_ids:
+                return
             if self._reserved + need > self.kv_tokens and self._running:
                 return  # the oldest waits for room; later ones wait behind it (no starvation)
             self._waiting.popleft()
@@ -418,8 +504,17 @@ class LlamaCppEngine:
                     sampler=sampler_chain(request.params, self._vocab, request.grammar),
                     prompt=list(request.input_ids),
                     reserved=need,
+                    submitted_step=self._submitted_at.pop(id(job), self.steps),
                 )
             )
+
+    def _evict_oldest(self) -> None:
+        import llama_cpp
+
+        seq_id, tokens = self._cache.popitem(last=False)
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        self._cached_cells -= len(tokens)
+        self._free_ids.append(seq_id)
 
     def _drop_cancelled(self) -> None:
         for sequence in list(self._running):
@@ -427,31 +522,83 @@ class LlamaCppEngine:
                 sequence.request.cancelled = True
                 self._finish(sequence, "stop")
 
+    def _attach(self, sequence: _Sequence, earlier: list[_Sequence]) -> bool:
+        """Share the longest cached prefix of the sequence's prompt; False: wait a step.
+
+        Sources are cells already decoded: cached finished sequences and running ones. The
+        last prompt token is always decoded (its logits give the first token). If an earlier
+        sequence is still prefilling a longer common prefix, waiting one step for its cells
+        beats prefilling the same tokens twice.
+        """
+        import llama_cpp
+
+        if sequence.request.params.prompt_logprobs:
+            sequence.attached = True  # echo wants every prompt position's logits: prefill all
+            return True
+        wanted = len(sequence.prompt) - 1
+        best, source, cached_source = 0, -1, False
+        for seq_id, tokens in self._cache.items():
+            shared = min(common_prefix(sequence.prompt, tokens), wanted)
+            if shared > best:
+                best, source, cached_source = shared, seq_id, True
+        pending = 0
+        for other in self._running:
+            if other is sequence:
+                continue
+            shared = min(common_prefix(sequence.prompt, other.kv), wanted)
+            if shared > best:
+                best, source, cached_source = shared, other.seq_id, False
+            if other in earlier and other.fed < len(other.prompt):
+                pending = max(pending, min(common_prefix(sequence.prompt, other.prompt), wanted))
+        if pending >= best + MIN_SHARED_WAIT:
+            return False
+        sequence.attached = True
+        if best > 0:
+            llama_cpp.llama_memory_seq_cp(self._memory, source, sequence.seq_id, 0, best)
+            sequence.kv = sequence.prompt[:best]
+            sequence.fed = sequence.position = sequence.cached_tokens = best
+            self.prompt_tokens_cached += best
+            if cached_source and best == len(self._cache[source]):
+                # The new sequence holds every cell of the cached one now: it is redundant.
+                self._cached_cells -= len(self._cache.pop(source))
+                llama_cpp.llama_memory_seq_rm(self._memory, source, -1, -1)
+                self._free_ids.append(source)
+        return True
+
     def _fill_batch(self) -> int:
-        """Every decoding sequence's last token, then prompt chunks up to N_BATCH tokens."""
+        """Every decoding sequence's last token, then prompt chunks (oldest prompt first)."""
         batch = self._batch
         count = 0
 
-        def add(token: int, position: int, seq_id: int, logits: bool) -> None:
+        def add(sequence: _Sequence, token: int, logits: bool) -> None:
             nonlocal count
             batch.token[count] = token
-            batch.pos[count] = position
+            batch.pos[count] = sequence.position
             batch.n_seq_id[count] = 1
-            batch.seq_id[count][0] = seq_id
+            batch.seq_id[count][0] = sequence.seq_id
             batch.logits[count] = logits
+            sequence.kv.append(token)
+            sequence.position += 1
             count += 1
 
+        # Prefix sharing first, against the cells decoded in earlier steps only.
+        prefilling: list[_Sequence] = []
+        waits: set[int] = set()
         for sequence in self._running:
             sequence.logits_at = -1
+            if sequence.last is None and sequence.fed < len(sequence.prompt):
+                if not sequence.attached and not self._attach(sequence, prefilling):
+                    waits.add(sequence.seq_id)
+                prefilling.append(sequence)
+        for sequence in self._running:
             if sequence.last is not None:
                 sequence.logits_at = count
-                add(sequence.last, sequence.position, sequence.seq_id, True)
-                sequence.position += 1
-        for sequence in self._running:
-            remaining = len(sequence.prompt) - sequence.fed
-            if sequence.last is not None or remaining <= 0:
+                add(sequence, sequence.last, True)
+        budget = N_BATCH if count == 0 else min(PREFILL_CHUNK, N_BATCH - count)
+        for sequence in prefilling:
+            take = min(len(sequence.prompt) - sequence.fed, budget)
+            if sequence.seq_id in waits:
                 continue
-            take = min(remaining, N_BATCH - count)
             if take <= 0:
                 break
             echo = sequence.request.params.prompt_logprobs
@@ -462,9 +609,9 @@ class LlamaCppEngine:
                     sequence.logits_at = count
                 if echo and not last:
                     sequence.prompt_rows.append((count, at))
-                add(sequence.prompt[at], sequence.position, sequence.seq_id, last or echo)
-                sequence.position += 1
+                add(sequence, sequence.prompt[at], last or echo)
             sequence.fed += take
+            budget -= take
         batch.n_tokens = count
         return count
 
@@ -515,6 +662,8 @@ class LlamaCppEngine:
                 if sequence.logprobs is None:
                     sequence.logprobs = []
                 sequence.logprobs.append(self._entry(logprobs, token, params.top_logprobs))
+            if sequence.first_token_steps is None:
+                sequence.first_token_steps = self.steps - sequence.submitted_step
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 self._finish(sequence, "stop")
                 continue
@@ -529,7 +678,7 @@ class LlamaCppEngine:
                     if any(stop in tail for stop in params.stop):
                         self._finish(sequence, "stop")
                         continue
-                sequence.job.send(piece)
+                self._send(sequence.job, piece)
             if sequence.completion_tokens >= params.max_tokens:
                 self._finish(sequence, "length")
 
@@ -542,12 +691,19 @@ class LlamaCppEngine:
         import llama_cpp
 
         self._running.remove(sequence)
-        llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
         llama_cpp.llama_sampler_free(sequence.sampler)
-        self._free_ids.append(sequence.seq_id)
         self._reserved -= sequence.reserved
+        if error is None and sequence.kv and not self._closed:
+            # Keep its cells for the next request that starts the same way (the newest last).
+            self._cache[sequence.seq_id] = sequence.kv
+            self._cached_cells += len(sequence.kv)
+            while len(self._cache) > CACHED_SEQUENCES:
+                self._evict_oldest()
+        else:
+            llama_cpp.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+            self._free_ids.append(sequence.seq_id)
         if error is not None:
-            sequence.job.send(error)
+            self._send(sequence.job, error)
             return
         # Bytes of a character the model never finished are dropped, not shown as U+FFFD:
         # an answer cut by max_tokens ends on a whole character.
@@ -560,20 +716,24 @@ class LlamaCppEngine:
             completion_tokens=sequence.completion_tokens,
             logprobs=(sequence.logprobs or []) if params.logprobs else None,
             prompt_logprobs=sequence.prompt_logprobs if params.prompt_logprobs else None,
+            cached_tokens=sequence.cached_tokens,
+            first_token_steps=sequence.first_token_steps,
         )
         if self.on_result is not None:
             # Counted here, not by the request: a client that left still cost these tokens.
             self.on_result(sequence.request, result)
-        sequence.job.send(result)
+        self._send(sequence.job, result)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:
             waiting = list(self._waiting)
             self._waiting.clear()
+            self._submitted_at.clear()
         for job in waiting:
-            job.send(error)
+            self._send(job, error)
         for sequence in list(self._running):
             self._finish(sequence, None, error)
+        self._flush()
 
     def _free(self) -> None:
         import llama_cpp
@@ -581,6 +741,12 @@ class LlamaCppEngine:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
+
+
+def _deliver(items: list[tuple[Job, Any]]) -> None:
+    """On the event loop: put a step's events on their requests' queues."""
+    for job, item in items:
+        job.events.put_nowait(item)
 
 
 # --------------------------------------------------------------------------- loading

@@ -60,6 +60,20 @@ class InferenceMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.prompt_tokens_cached = Counter(
+            "llmide_inference_prompt_tokens_cached",
+            "Prompt tokens taken from the engine's prefix cache instead of prefilled, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.steps_to_first_token = Histogram(
+            "llmide_inference_steps_to_first_token",
+            "Decode steps from a request's submission to its first token (llama.cpp engine): "
+            "2 means it joined at the next step (the one running when it arrived, then its own).",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "llmide_inference_batch_size",
             "Requests decoded together in one batch.",

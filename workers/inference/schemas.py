@@ -232,6 +232,7 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens, served from the prefix cache (llama.cpp)
     trimmed_messages: int = 0
     logprobs: list[dict[str, Any]] | None = None
     prompt_logprobs: list[dict[str, Any]] | None = None

@@ -72,6 +72,10 @@ class InferenceState:
         """Every decoded row, finished or cancelled: tokens actually generated, cancellations."""
         self.metrics.prompt_tokens.labels(name).inc(result.prompt_tokens)
         self.metrics.completion_tokens.labels(name).inc(result.completion_tokens)
+        if result.cached_tokens:
+            self.metrics.prompt_tokens_cached.labels(name).inc(result.cached_tokens)
+        if result.first_token_steps is not None:
+            self.metrics.steps_to_first_token.labels(name).observe(result.first_token_steps)
         if request.cancelled:
             self.metrics.cancelled.labels(name).inc()
 
