@@ -26,6 +26,12 @@ pytest_plugins = ["tests.ci_skips"]
 
 _security._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
+# The suite's tiny safetensors GPT-2 models test the transformers lanes (batching, replicas,
+# redeploys); the product exports such versions to GGUF for llama.cpp when they load on a CPU,
+# which tests/inference/test_llamacpp.py covers with the setting on. Inference processes the
+# tests start inherit this.
+os.environ.setdefault("LLMIDE_LLAMACPP_EXPORT", "false")
+
 POSTGRES_URL = os.environ.get(
     "LLMIDE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -27,6 +27,9 @@ ALLOWED_IMPORTS: dict[tuple[str, str], str] = {
     # code: the inference server needs it to load a trained LSTM (imported inside the loader).
     ("workers.inference.registry", "workers.engine.lstm"): "model class to load LSTM weights",
     ("workers.inference.embeddings", "workers.engine.lstm"): "model class to load LSTM weights",
+    # The GGUF export (paths in, a file out; no training code): a safetensors causal LM that
+    # loads on a CPU is exported once for llama.cpp (imported inside the loader).
+    ("workers.inference.registry", "workers.engine.gguf"): "GGUF export for llama.cpp on load",
 }
 # Module cycles (module-level imports) that remain, as sorted tuples of their modules.
 ALLOWED_MODULE_CYCLES: dict[tuple[str, ...], str] = {}

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     # context is at most this (and the model's training context).
     llamacpp_threads: int = Field(0, ge=0, le=256)
     llamacpp_kv_tokens: int = Field(8192, ge=256, le=1_048_576)
+    # A safetensors causal LM (GPT-2 / Llama family) that llama.cpp would serve is exported to a
+    # q8_0 GGUF once (kept under <data dir>/gguf-cache) when it loads; false keeps such
+    # versions on the transformers lanes.
+    llamacpp_export: bool = True
     # Share of GPU memory one vLLM engine may take; below vLLM's 0.9 because a redeploy loads
     # the new version beside the old one, so two engines must fit.
     vllm_gpu_memory_utilization: float = Field(0.45, gt=0.0, le=1.0)

@@ -8,6 +8,7 @@ request plumbing runs against a stand-in engine that speaks vLLM's streaming-del
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import time
@@ -24,6 +25,7 @@ from tests.inference.test_inference_server import TINY, build_tiny_model, wait_r
 from tests.serving.conftest import build_tiny_classifier
 from workers.inference import generation
 from workers.inference.backends import (
+    GGUF_EXPORT_ARCHITECTURES,
     BackendUnavailable,
     Machine,
     ModelFacts,
@@ -87,10 +89,42 @@ def test_auto_serves_a_gguf_causal_lm_with_llamacpp_and_says_why() -> None:
     assert choose_engine("auto", both, LLAMA)[0] == "vllm"
 
 
+MISTRAL = ModelFacts(architectures=("MistralForCausalLM",), gguf=False, classifier=False)
+
+
+def test_a_safetensors_gpt2_or_llama_on_a_cpu_is_exported_to_gguf_for_llamacpp() -> None:
+    for architecture in ("LlamaForCausalLM", "GPT2LMHeadModel"):
+        facts = ModelFacts(architectures=(architecture,), gguf=False, classifier=False)
+        engine, reason = choose_engine("auto", CPU_WITH_LLAMACPP, facts)
+        assert engine == "llamacpp"
+        assert "exported to GGUF (q8_0)" in reason and "vLLM is not installed" in reason
+    assert choose_engine("llamacpp", CPU_WITH_LLAMACPP, LLAMA)[0] == "llamacpp"
+    # On a GPU with vLLM, vLLM serves the safetensors folder itself.
+    both = Machine(
+        vllm_version="0.11.0",
+        cuda=True,
+        vllm_architectures=frozenset({"LlamaForCausalLM"}),
+        llamacpp_version="0.3.36",
+    )
+    assert choose_engine("auto", both, LLAMA)[0] == "vllm"
+
+
+def test_the_export_list_is_the_gguf_writers() -> None:
+    from workers.engine.gguf import SUPPORTED_ARCHITECTURES
+
+    assert set(SUPPORTED_ARCHITECTURES) == GGUF_EXPORT_ARCHITECTURES
+
+
 def test_safetensors_versions_classifiers_and_the_lstm_stay_on_transformers_with_a_reason() -> None:
-    engine, reason = choose_engine("auto", CPU_WITH_LLAMACPP, LLAMA)
+    engine, reason = choose_engine("auto", CPU_WITH_LLAMACPP, MISTRAL)
     assert engine == "transformers"
     assert "safetensors weights only" in reason and "GGUF" in reason
+    assert "not MistralForCausalLM" in reason
+    export_off = Machine(
+        vllm_version=None, cuda=False, llamacpp_version="0.3.36", llamacpp_export=False
+    )
+    engine, reason = choose_engine("auto", export_off, LLAMA)
+    assert engine == "transformers" and "LLMIDE_LLAMACPP_EXPORT=false" in reason
     classifier = ModelFacts(
         architectures=("BertForSequenceClassification",), gguf=False, classifier=True
     )
@@ -109,7 +143,7 @@ def test_a_missing_or_broken_llamacpp_falls_back_to_transformers_under_auto_only
     with pytest.raises(BackendUnavailable, match="LLMIDE_INFERENCE_BACKEND=llamacpp"):
         choose_engine("llamacpp", missing, GGUF)
     with pytest.raises(BackendUnavailable, match="safetensors weights only"):
-        choose_engine("llamacpp", CPU_WITH_LLAMACPP, LLAMA)
+        choose_engine("llamacpp", CPU_WITH_LLAMACPP, MISTRAL)
 
 
 def test_transformers_is_never_vllm_and_classifiers_always_use_transformers() -> None:
@@ -145,7 +179,7 @@ def test_without_vllms_registry_the_architecture_name_decides_what_is_a_causal_l
     assert "not a causal language model" in (vllm_refusal(unknown_registry, onnxish) or "")
 
 
-def test_this_machine_has_no_vllm_and_no_cuda_so_auto_serves_with_transformers(
+def test_this_machine_has_no_vllm_and_no_cuda_so_auto_serves_with_llamacpp_or_transformers(
     tmp_path: Path,
 ) -> None:
     machine = probe_machine()
@@ -155,7 +189,12 @@ def test_this_machine_has_no_vllm_and_no_cuda_so_auto_serves_with_transformers(
     build_tiny_model(tmp_path)
     facts = model_facts(tmp_path, None)
     assert facts.architectures == ("GPT2LMHeadModel",) and not facts.classifier
-    assert choose_backend("auto", machine, facts) == "transformers"
+    assert facts.gguf_exportable
+    # llama-cpp-python is installed here: the GPT-2 is exported to GGUF for it, unless the
+    # export is turned off.
+    assert choose_backend("auto", machine, facts) == "llamacpp"
+    no_export = dataclasses.replace(machine, llamacpp_export=False)
+    assert choose_backend("auto", no_export, facts) == "transformers"
     with pytest.raises(BackendUnavailable, match="not installed"):
         choose_backend("vllm", machine, facts)
 

@@ -303,8 +303,10 @@ def test_generate_returns_text_usage_and_length_when_max_tokens_is_reached(
         "finish_reason",
         "prompt_tokens",
         "completion_tokens",
+        "cached_tokens",  # prompt tokens from llama.cpp's prefix cache; 0 on the lanes
         "trimmed_messages",
     }
+    assert body["cached_tokens"] == 0
     assert body["finish_reason"] == "length"
     assert body["completion_tokens"] == 5
     assert body["prompt_tokens"] > 0
@@ -378,12 +380,15 @@ def test_streaming_yields_deltas_then_a_final_event_then_done(client: TestClient
     assert events[-1] == "[DONE]"
     final = events[-2]
     deltas = [e["delta"] for e in events[:-2]]
-    assert len(deltas) > 1 and all(isinstance(d, str) for d in deltas)
+    # Pieces decoded while the reader was busy come as one delta, so how many deltas there
+    # are depends on timing; their text does not.
+    assert deltas and all(isinstance(d, str) and d for d in deltas)
     assert "".join(deltas) == whole["text"]
     assert final == {
         "finish_reason": "length",
         "prompt_tokens": whole["prompt_tokens"],
         "completion_tokens": 10,
+        "cached_tokens": 0,
         "trimmed_messages": 0,
     }
 

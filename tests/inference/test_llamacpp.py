@@ -21,10 +21,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from app.core.settings import Settings, get_settings
-from tests.inference.test_inference_server import REPO_ROOT, free_port, wait_healthy
-from workers.inference.server import TOKEN_HEADER
+from tests.inference.test_inference_server import (
+    REPO_ROOT,
+    build_tiny_model,
+    free_port,
+    wait_healthy,
+)
+from workers.inference.server import TOKEN_HEADER, create_app
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -420,3 +426,75 @@ def test_identical_prompts_arriving_together_are_prefilled_once(
     assert len({a["text"] for a in answers}) == 1
     cached_after = metric(base, headers, CACHED)
     assert cached_after - cached_before == 3 * (prompt_tokens - 1)
+
+
+# --------------------------------------------------------------------------- auto GGUF export
+
+
+@pytest.fixture(scope="module")
+def export_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """An in-process inference server (auto, export on) with two tiny safetensors GPT-2s: one
+    the exporter writes, one it refuses (a ReLU MLP: llama.cpp's GPT-2 graph uses GELU)."""
+    data_dir = tmp_path_factory.mktemp("llamacpp-export")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLMIDE_DATA_DIR", str(data_dir))
+        patch.setenv("LLMIDE_INFERENCE_BACKEND", "auto")
+        patch.setenv("LLMIDE_LLAMACPP_EXPORT", "true")
+        patch.setenv("LLMIDE_LLAMACPP_THREADS", "1")
+        get_settings.cache_clear()
+        settings = get_settings()
+        settings.ensure_dirs()
+        build_tiny_model(settings.artifact_root / "models" / "tiny")
+        relu = settings.artifact_root / "models" / "relu"
+        build_tiny_model(relu)
+        config = json.loads((relu / "config.json").read_text())
+        (relu / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
+        app = create_app(settings=settings)
+        with TestClient(app, headers={TOKEN_HEADER: settings.internal_token}) as client:
+            yield client
+    get_settings.cache_clear()
+
+
+def load_and_wait(client: TestClient, name: str) -> dict[str, Any]:
+    assert client.put(f"/models/{name}", json={"path": f"models/{name}"}).status_code in (200, 202)
+    deadline = time.monotonic() + 300
+    while (status := client.get(f"/models/{name}").json())["status"] == "loading":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return dict(status)
+
+
+def test_a_safetensors_causal_lm_on_a_cpu_is_exported_to_gguf_and_served_by_llamacpp(
+    export_client: TestClient,
+) -> None:
+    status = load_and_wait(export_client, "tiny")
+    assert status["status"] == "ready", status
+    assert status["backend"] == "llamacpp"
+    assert "exported to GGUF (q8_0)" in status["backend_reason"]
+    answer = export_client.post(
+        "/generate", json={"name": "tiny", "prompt": "the cat sat", "max_tokens": 5}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["completion_tokens"] == 5
+    # The export is kept: a reload (a restart, a redeploy of the same weights) reuses it.
+    settings = get_settings()
+    exported = sorted((settings.data_dir / "gguf-cache").glob("*-q8_0/*.gguf"))
+    assert len(exported) == 1
+    written = exported[0].stat().st_mtime_ns
+    export_client.delete("/models/tiny")
+    assert load_and_wait(export_client, "tiny")["backend"] == "llamacpp"
+    assert exported[0].stat().st_mtime_ns == written
+
+
+def test_a_failed_export_falls_back_to_transformers_and_says_why(
+    export_client: TestClient,
+) -> None:
+    status = load_and_wait(export_client, "relu")
+    assert status["status"] == "ready", status
+    assert status["backend"] == "transformers"
+    reason = status["backend_reason"]
+    assert "GGUF export for llama.cpp failed" in reason and "relu" in reason
+    answer = export_client.post(
+        "/generate", json={"name": "relu", "prompt": "the cat sat", "max_tokens": 3}
+    )
+    assert answer.status_code == 200, answer.text

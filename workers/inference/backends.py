@@ -2,10 +2,11 @@
 
 `LLMIDE_INFERENCE_BACKEND` (settings.inference_backend) asks for one: `auto` takes vLLM only
 where it can really serve the model (vllm imports, a CUDA GPU is present, and the folder is a
-Hugging Face causal LM whose architecture vLLM knows), else llama.cpp where the model is a GGUF
-file and llama-cpp-python imports, else the transformers lanes (classifiers, encoders, the LSTM
-baseline, safetensors-only versions on a CPU); `vllm` and `llamacpp` insist and fail the load
-with the reason otherwise; `transformers` never tries another engine.
+Hugging Face causal LM whose architecture vLLM knows), else llama.cpp where llama-cpp-python
+imports and the model is a GGUF file or a safetensors causal LM our GGUF export writes (GPT-2
+and Llama families: exported to q8_0 once when it loads), else the transformers lanes
+(classifiers, encoders, the LSTM baseline, other architectures); `vllm` and `llamacpp` insist
+and fail the load with the reason otherwise; `transformers` never tries another engine.
 
 The decision is a pure function of facts about the machine and the model folder (`Machine`,
 `model_facts`), so its rules are tested on any machine; `probe_machine` gathers the real facts.
@@ -30,6 +31,13 @@ CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 # Architectures this project defines itself (workers/engine): transformers loads them through
 # its Auto registration, vLLM has no implementation of them.
 OWN_ARCHITECTURES = frozenset({"LstmForCausalLM"})
+# What workers/engine/gguf.py writes as GGUF (its SUPPORTED_ARCHITECTURES; a test keeps the two
+# equal): a safetensors version of these is exported for llama.cpp when it loads on a CPU.
+GGUF_EXPORT_ARCHITECTURES = frozenset({"GPT2LMHeadModel", "LlamaForCausalLM"})
+# q8_0, not f16: half the bytes per token read in a memory-bound CPU decode and half the disk,
+# at a quality loss llama.cpp's own checks (and tests/registry) find in the last digits only;
+# q4_k_m would be smaller again but changes small models' greedy answers.
+GGUF_EXPORT_QUANTIZATION = "q8_0"
 
 
 class BackendUnavailable(RuntimeError):
@@ -46,6 +54,7 @@ class Machine:
     vllm_error: str | None = None  # why `import vllm` failed, when it is installed but broken
     llamacpp_version: str | None = None  # None: llama_cpp does not import
     llamacpp_error: str | None = None  # why `import llama_cpp` failed, when it is installed
+    llamacpp_export: bool = True  # LLMIDE_LLAMACPP_EXPORT: export safetensors LMs to GGUF
 
 
 # Architectures answered by /predict: a label per text, or a label per token (entities).
@@ -59,6 +68,11 @@ class ModelFacts:
     architectures: tuple[str, ...]
     gguf: bool
     classifier: bool
+
+    @property
+    def gguf_exportable(self) -> bool:
+        """Safetensors weights of an architecture our GGUF export writes."""
+        return not self.gguf and bool(GGUF_EXPORT_ARCHITECTURES.intersection(self.architectures))
 
 
 def model_facts(directory: Path, gguf_file: str | None) -> ModelFacts:
@@ -116,10 +130,17 @@ def llamacpp_refusal(machine: Machine, model: ModelFacts) -> str | None:
     if not model.gguf:
         if OWN_ARCHITECTURES.intersection(model.architectures):
             return f"{', '.join(model.architectures)} is this project's own architecture"
-        return (
-            "the version has safetensors weights only and llama.cpp serves GGUF files "
-            "(export the version to GGUF to serve it with llama.cpp)"
-        )
+        if not model.gguf_exportable:
+            return (
+                "the version has safetensors weights only, llama.cpp serves GGUF files and the "
+                f"GGUF export writes {' and '.join(sorted(GGUF_EXPORT_ARCHITECTURES))}, not "
+                f"{', '.join(model.architectures) or 'a folder without an architecture'}"
+            )
+        if not machine.llamacpp_export:
+            return (
+                "the version has safetensors weights only and LLMIDE_LLAMACPP_EXPORT=false "
+                "(llama.cpp serves GGUF files; export the version to GGUF to serve it so)"
+            )
     return None
 
 
@@ -145,6 +166,12 @@ def choose_engine(requested: Requested, machine: Machine, model: ModelFacts) -> 
     llama_reason = llamacpp_refusal(machine, model)
     if llama_reason is None:
         where = "" if requested == "llamacpp" else f" (vLLM: {vllm_reason})"
+        if not model.gguf:
+            return "llamacpp", (
+                f"a safetensors causal LM on a CPU: exported to GGUF "
+                f"({GGUF_EXPORT_QUANTIZATION}) when it loads, then llama.cpp (llama-cpp-python "
+                f"{machine.llamacpp_version}) decodes it with continuous batching{where}"
+            )
         return "llamacpp", (
             f"a GGUF causal LM: llama.cpp (llama-cpp-python {machine.llamacpp_version}) "
             f"decodes it with continuous batching{where}"

