@@ -65,6 +65,20 @@ def _base_version(run: Run) -> ModelVersion:
     return version
 
 
+def _teacher(run: Run) -> base_models.BaseModel | None:
+    """A distilling run's teacher, found again on this worker (a version's folder, or a
+    packaged or local model)."""
+    config = run.config
+    if config.get("teacher_version_id") is not None:
+        version = object_session(run).get(ModelVersion, int(config["teacher_version_id"]))  # type: ignore[union-attr]
+        if version is None:
+            raise ValidationFailed("the run's teacher version was deleted", param="teacher")
+        return version_bases.as_base(version)
+    if config.get("teacher"):
+        return base_models.require_known(str(config["teacher"]))
+    return None
+
+
 def _engine_config(run: Run, resume_from: Path | None):
     from workers.engine import TrainConfig
 
@@ -77,7 +91,12 @@ def _engine_config(run: Run, resume_from: Path | None):
         model = version_bases.as_base(_base_version(run))
     else:
         model = base_models.require_known(run.base_model)
+    teacher = _teacher(run)
     return TrainConfig(
+        teacher_path=Path(teacher.path) if teacher is not None and teacher.path else None,
+        teacher_gguf_file=teacher.gguf_file if teacher is not None else None,
+        distill_temperature=float(config.get("distill_temperature") or 2.0),
+        distill_weight=float(config.get("distill_weight", 0.5)),
         base_model_path=Path(model.path) if model.path else None,
         gguf_file=model.gguf_file,
         **{key: config[key] for key in _ENGINE_KEYS if config.get(key) is not None},

@@ -122,6 +122,21 @@ def _base_version_lineage(session: Session, version_id: Any) -> dict[str, Any]:
     }
 
 
+def _teacher_lineage(session: Session, config: dict[str, Any]) -> dict[str, Any]:
+    if not config.get("teacher"):
+        return {}
+    out: dict[str, Any] = {"teacher": config["teacher"]}
+    version_id = config.get("teacher_version_id")
+    teacher = session.get(ModelVersion, int(version_id)) if version_id is not None else None
+    if teacher is not None:
+        out.update(
+            teacher_version_id=teacher.id,
+            teacher_run_id=teacher.run_id,
+            teacher_size_bytes=teacher.size_bytes,
+        )
+    return out
+
+
 def register_checkpoint(
     *, session: Session, run: Run, checkpoint: Checkpoint, user_id: int | None = None
 ) -> ModelVersion:
@@ -191,6 +206,8 @@ def register_checkpoint(
             "metrics": checkpoint.metrics,
             # Tuned from a registered version (SFT → DPO): that version and its own run.
             **_base_version_lineage(session, config.get("base_version_id")),
+            # Distilled from a teacher (a version of this registry, or a base model).
+            **_teacher_lineage(session, config),
         },
         tags=[],
         stage=ModelStage.none,

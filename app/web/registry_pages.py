@@ -37,6 +37,31 @@ STAGE_ACTIONS = {
 }
 
 
+def _teacher_compare(
+    session: Session, version: ModelVersion, evaluations: list[Any]
+) -> list[dict[str, Any]] | None:
+    """A distilled version beside its teacher: size, final losses, newest evaluation."""
+    teacher_id = (version.lineage or {}).get("teacher_version_id")
+    teacher = session.get(ModelVersion, int(teacher_id)) if teacher_id is not None else None
+    if teacher is None or teacher.workspace_id != version.workspace_id:
+        return None
+
+    def row(label: str, v: ModelVersion, evals: list[Any]) -> dict[str, Any]:
+        metrics = (v.lineage or {}).get("metrics") or {}
+        done = [e for e in evals if e.status == JobStatus.succeeded and e.metrics]
+        return {
+            "label": label,
+            "version": v,
+            "size_bytes": v.size_bytes,
+            "eval_loss": metrics.get("eval_loss"),
+            "tokens_per_second": metrics.get("tokens_per_second"),
+            "evaluation": done[0].metrics if done else {},
+        }
+
+    teacher_evals = model_jobs.list_evaluations(session=session, version=teacher)
+    return [row("student", version, evaluations), row("teacher", teacher, teacher_evals)]
+
+
 def _version_context(session: Session, pc: PageContext, version: ModelVersion) -> dict[str, Any]:
     exports = model_jobs.list_exports(session=session, version=version)
     evaluations = model_jobs.list_evaluations(session=session, version=version)
@@ -62,6 +87,7 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
             continue
         allowed.append((stage.value, label))
     return {
+        "teacher_compare": _teacher_compare(session, version, evaluations),
         "version": version,
         "classifier": model_kind.is_classifier(version),
         "entity_model": model_kind.is_token_classifier(version),

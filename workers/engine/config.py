@@ -104,6 +104,13 @@ class TrainConfig:
     simpo_gamma: float = 0.5  # SimPO's target reward margin
     kto_desirable_weight: float = 1.0
     kto_undesirable_weight: float = 1.0
+    # Logit distillation (workers/engine/distill.py): a teacher sharing the student's tokenizer
+    # (a HF folder, or the folder of teacher_gguf_file); the loss mixes the task's cross-entropy
+    # with the KL to the teacher's distribution softened by the temperature.
+    teacher_path: Path | None = None
+    teacher_gguf_file: str | None = None
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5  # share of the KL term (0: plain training, 1: KL only)
 
     @property
     def resolved_beta(self) -> float:
@@ -241,6 +248,17 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 < value <= 100:
                 problems.append(f"{name.replace('_', ' ')} must be above 0, at most 100")
+        if not 0 < self.distill_temperature <= 20:
+            problems.append(
+                "distillation temperature must be above 0, at most 20 "
+                f"(got {self.distill_temperature})"
+            )
+        if not 0 <= self.distill_weight <= 1:
+            problems.append(
+                f"distillation weight must be between 0 and 1 (got {self.distill_weight})"
+            )
+        if self.teacher_path is not None and task not in ("causal_lm", "sft"):
+            problems.append(f"logit distillation trains causal_lm or sft runs, not {task}")
         if task == "kto" and self.batch_size < 2:
             problems.append("KTO needs a batch size of at least 2 (its KL term pairs answers)")
         if not 1 <= self.lora_r <= 512:

@@ -112,9 +112,7 @@ def _classification_quality(
     picked = [int(out[0].argmax()) for out in logits]
     agreement = sum(p == int(r[0].argmax()) for p, r in zip(picked, reference, strict=True))
     known = [(p, label) for p, label in zip(picked, labels, strict=True) if label is not None]
-    accuracy = (
-        sum(id2label.get(p) == label for p, label in known) / len(known) if known else None
-    )
+    accuracy = sum(id2label.get(p) == label for p, label in known) / len(known) if known else None
     return {"agreement": agreement / max(len(picked), 1), "accuracy": accuracy}
 
 

@@ -308,7 +308,19 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
             parameters=model.num_parameters(), cuda_index=device.cuda_index, devices=world.size
         ),
     )
-    trainer = AtomicCheckpointTrainer(
+    trainer_class: type[AtomicCheckpointTrainer] = AtomicCheckpointTrainer
+    teacher = None
+    if config.teacher_path is not None:
+        from workers.engine.distill import DistillingTrainer, load_teacher
+
+        teacher = load_teacher(config, prepared.tokenizer)
+        trainer_class = DistillingTrainer
+        callbacks.on_log(
+            "info",
+            f"distilling from a {teacher.num_parameters():,}-parameter teacher "
+            f"(temperature {config.distill_temperature:g}, weight {config.distill_weight:g})",
+        )
+    trainer = trainer_class(
         model=model,
         args=_training_arguments(
             config,
@@ -327,6 +339,10 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         compute_metrics=evaluator,
         callbacks=[reporter, *_lifecycle_callbacks(config, callbacks)],
     )
+    if teacher is not None:
+        trainer.teacher = teacher  # type: ignore[attr-defined]
+        trainer.temperature = config.distill_temperature  # type: ignore[attr-defined]
+        trainer.weight = config.distill_weight  # type: ignore[attr-defined]
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
     if trainer.args.world_size > 1:  # the process group exists once the arguments set it up
@@ -520,6 +536,13 @@ def tokenizer_for(
     """The pretrained base's source and tokenizer; a scratch run's tokenizer comes from its
     checkpoint when it resumes, else it is trained on the run's data."""
     source = None if config.is_scratch else pretrained_source(config)
+    if source is None and checkpoint is None and config.teacher_path is not None:
+        # Logit distillation needs one vocabulary: a scratch student reads with its teacher's.
+        from workers.engine.distill import teacher_tokenizer
+
+        tokenizer = teacher_tokenizer(config)
+        callbacks.on_log("info", f"tokenizer of the teacher: vocab {len(tokenizer)}")
+        return source, tokenizer
     if source is not None:
         tokenizer = load_pretrained_tokenizer(source, config.block_size)
         callbacks.on_log("info", f"tokenizer of {config.base_model}: vocab {len(tokenizer)}")

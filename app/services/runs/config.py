@@ -100,6 +100,12 @@ class RunConfig(BaseModel):
     simpo_gamma: float = Field(0.5, ge=0, le=100)  # SimPO's target reward margin (gamma/beta)
     kto_desirable_weight: float = Field(1.0, gt=0, le=100)
     kto_undesirable_weight: float = Field(1.0, gt=0, le=100)
+    # Logit distillation (causal_lm and sft runs): the teacher is a base model name or a
+    # registered version's serving name sharing the student's tokenizer (a scratch student
+    # takes the teacher's). None: no teacher.
+    teacher: str | None = Field(None, min_length=1, max_length=255)
+    distill_temperature: float = Field(2.0, gt=0, le=20)
+    distill_weight: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -128,6 +134,13 @@ class RunConfig(BaseModel):
                 problems.append(
                     (name, f"{name} applies to {' or '.join(tasks)} runs, not to a {task} run")
                 )
+        if self.teacher is not None and task not in ("causal_lm", "sft"):
+            problems.append(
+                ("teacher", f"logit distillation trains causal_lm or sft runs, not {task}")
+            )
+        for name in ("distill_temperature", "distill_weight"):
+            if self.teacher is None and getattr(self, name) != defaults[name].default:
+                problems.append((name, f"{name} needs a teacher"))
         if task == "kto" and self.batch_size < 2:
             problems.append(
                 (

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
-from app.db.models import Checkpoint, MetricPoint, Role, Run, RunEvent, RunStatus
+from app.db.models import Checkpoint, MetricPoint, ModelVersion, Role, Run, RunEvent, RunStatus
 from app.domain import lifecycle
 from app.services import audit, base_models, dataset_versions, datasets, fleet, version_bases
 from app.services.runs import presets as run_presets
@@ -63,6 +63,7 @@ def create_run(
     model, base_version = version_bases.resolve(session=session, ctx=ctx, name=base_model)
     config = run_presets.with_presets(config, model)
     check_fit(model=model, schema=schema, config=config)
+    teacher_version = _check_teacher(session=session, ctx=ctx, config=config)
     if validation_dataset_id is not None:
         datasets.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
     if suffix is not None and not _SUFFIX_RE.match(suffix):
@@ -77,6 +78,7 @@ def create_run(
         config={
             **config.model_dump(),
             **({"base_version_id": base_version.id} if base_version is not None else {}),
+            **({"teacher_version_id": teacher_version.id} if teacher_version is not None else {}),
         },
         suffix=suffix,
         status=RunStatus.queued,
@@ -108,6 +110,23 @@ def create_run(
         raise
     session.refresh(run)
     return run
+
+
+def _check_teacher(
+    *, session: Session, ctx: WorkspaceContext, config: RunConfig
+) -> ModelVersion | None:
+    """The distillation teacher: a pretrained base model or a registered version (a scratch
+    size has no weights to teach with)."""
+    if config.teacher is None:
+        return None
+    teacher, version = version_bases.resolve(session=session, ctx=ctx, name=config.teacher)
+    if teacher.source == "scratch" or teacher.path is None:
+        raise ValidationFailed(
+            f"{config.teacher} has no trained weights to teach with: choose a registered "
+            "version or a pretrained model",
+            param="teacher",
+        )
+    return version
 
 
 def check_fit(*, model: base_models.BaseModel, schema: str, config: RunConfig) -> None:

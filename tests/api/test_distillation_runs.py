@@ -1,0 +1,76 @@
+"""Logit distillation through the product: a registered version teaches a scratch student
+(API → worker); the student's version names its teacher and the page compares them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Team, text_jsonl
+from tests.signed_in import HTML, sign_in
+
+SHORT = {"max_steps": 3, "block_size": 32, "batch_size": 4, "learning_rate": 1e-3}
+
+
+def _train(run_id: int) -> str:
+    from workers.tasks import train_run
+
+    return str(train_run.apply(args=[run_id], task_id=f"run-{run_id}").result)
+
+
+def _version_of(run_id: int) -> dict:
+    from app.db.session import session_scope
+    from app.services import registry
+
+    with session_scope() as session:
+        version = registry.version_for_run(session=session, run_id=run_id)
+        assert version is not None
+        return {"id": version.id, "name": version.serving_name, "lineage": dict(version.lineage)}
+
+
+def test_a_version_teaches_a_scratch_student_and_the_page_compares_them(team: Team) -> None:
+    corpus = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
+    teacher_run = team.editor.post(
+        "/api/v1/runs",
+        json={"dataset_id": corpus, "base_model": "scratch-nano", "config": SHORT},
+    )
+    assert teacher_run.status_code == 201, teacher_run.text
+    assert _train(teacher_run.json()["id"]) == "succeeded"
+    teacher = _version_of(teacher_run.json()["id"])
+
+    student_run = team.editor.post(
+        "/api/v1/runs",
+        json={
+            "dataset_id": corpus,
+            "base_model": "scratch-nano",
+            "config": {**SHORT, "teacher": teacher["name"], "distill_temperature": 3.0},
+        },
+    )
+    assert student_run.status_code == 201, student_run.text
+    assert _train(student_run.json()["id"]) == "succeeded"
+    student = _version_of(student_run.json()["id"])
+    assert student["lineage"]["teacher_version_id"] == teacher["id"]
+    assert student["lineage"]["teacher_run_id"] == teacher_run.json()["id"]
+
+    events = team.editor.get(f"/api/v1/runs/{student_run.json()['id']}/events").text
+    assert "distilling from a" in events and "tokenizer of the teacher" in events
+
+    sign_in(team.editor)
+    page = team.editor.client.get(f"/models/versions/{student['id']}", headers=HTML).text
+    assert 'data-testid="teacher-compare"' in page and teacher["name"] in page
+
+
+@pytest.mark.parametrize(
+    ("config", "param"),
+    [
+        ({"distill_weight": 0.9}, "distill_weight"),  # no teacher
+        ({"teacher": "scratch-tiny"}, "teacher"),  # a size, not trained weights
+        ({"teacher": "no-such-model"}, "model"),
+    ],
+)
+def test_distillation_settings_are_refused_by_name(team: Team, config: dict, param: str) -> None:
+    corpus = team.editor.upload("corpus.jsonl", text_jsonl(20)).json()["id"]
+    response = team.editor.post(
+        "/api/v1/runs", json={"dataset_id": corpus, "base_model": "scratch-nano", "config": config}
+    )
+    assert response.status_code == 400, response.text
+    assert param in response.text
