@@ -45,8 +45,15 @@ def test_web_run_config_offers_exactly_the_engines_choices() -> None:
     devices = fields["devices"].metadata
     assert [m.le for m in devices if hasattr(m, "le")] == [engine_config.MAX_DEVICES]
     # Checkpoint retention is applied by the worker's reporter (workers/metrics_sink.py), not
-    # by the engine; every other field reaches TrainConfig.
-    worker_only = {"eval_split", "keep_last_checkpoints", "keep_best_metric", "keep_best_mode"}
+    # by the engine; a distillation teacher's name is found again by the worker and reaches
+    # the engine as teacher_path; every other field reaches TrainConfig.
+    worker_only = {
+        "eval_split",
+        "keep_last_checkpoints",
+        "keep_best_metric",
+        "keep_best_mode",
+        "teacher",
+    }
     assert set(fields) - worker_only <= set(TrainConfig.__dataclass_fields__)
 
 
