@@ -87,8 +87,11 @@ def _engine_config(run: Run, resume_from: Path | None):
     # Packaged and local models are found again on this worker (its own packages and models
     # folder); hub ids go to the engine as they are.
     if config.get("base_version_id") is not None:
-        # A registered version (SFT → DPO): its own folder in the artifact store.
-        model = version_bases.as_base(_base_version(run))
+        # A registered version (SFT → DPO): its own folder in the artifact store, fetched to
+        # this worker first if it was trained on another host.
+        version = _base_version(run)
+        artifacts.existing(version.storage_key)
+        model = version_bases.as_base(version)
     else:
         model = base_models.require_known(run.base_model)
     teacher = _teacher(run)

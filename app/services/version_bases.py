@@ -12,7 +12,7 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.errors import ValidationFailed
+from app.core.errors import NotFound, ValidationFailed
 from app.db.models import ModelVersion
 from app.services import artifacts, base_models
 from app.services.workspaces import WorkspaceContext
@@ -36,8 +36,10 @@ def as_base(version: ModelVersion) -> base_models.BaseModel:
     name = version.serving_name
     try:
         folder = artifacts.resolve(version.storage_key)
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
+        # Only its config.json: the web checks a launch without fetching the weights from
+        # object storage (docs/fleet.md); the worker fetches the folder before training.
+        config = json.loads(artifacts.read_member(version.storage_key, "config.json"))
+    except (OSError, ValueError, NotFound) as exc:
         raise ValidationFailed(
             f"version {name!r} has no Hugging Face model folder to train from ({exc})",
             param="model",

@@ -268,3 +268,30 @@ def test_the_web_tells_a_classifier_trained_on_another_host_by_its_config_alone(
         assert model_kind.is_classifier(version)
         assert not artifacts.resolve("runs/9/final").exists()  # nothing but config.json read
         assert not model_kind.is_classifier(SimpleNamespace(storage_key="runs/10/final"))  # type: ignore[arg-type]
+
+
+def test_a_version_trained_elsewhere_is_checked_as_a_base_from_its_config_alone(
+    s3_env: dict[str, str], tmp_path: Path
+):
+    """Launching SFT → DPO on the web checks the base version without fetching its weights;
+    the worker that trains fetches the folder (workers/tasks._engine_config)."""
+    from types import SimpleNamespace
+
+    from app.services import version_bases
+
+    with host(tmp_path / "worker", s3_env):
+        folder = artifacts.resolve("runs/11/final")
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(
+            '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": 64}'
+        )
+        write_random(folder / "model.safetensors", 50_000)
+        artifacts.publish("runs/11/final")
+    with host(tmp_path / "web", s3_env):
+        version: Any = SimpleNamespace(storage_key="runs/11/final", serving_name="sft:v1")
+        base = version_bases.as_base(version)
+        assert (base.context_length, base.architecture) == (64, "gpt2")
+        assert not artifacts.resolve("runs/11/final").exists()
+        missing: Any = SimpleNamespace(storage_key="runs/12/final", serving_name="gone:v1")
+        with pytest.raises(ValidationFailed, match="gone:v1"):
+            version_bases.as_base(missing)
