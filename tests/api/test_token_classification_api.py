@@ -256,6 +256,8 @@ def test_a_registered_entity_model_is_evaluated_with_seqevals_figures(
     assert metrics["f1_macro"] == pytest.approx(seqeval.f1_score(y_true, y_pred, average="macro"))
     assert metrics["token_accuracy"] == pytest.approx(seqeval.accuracy_score(y_true, y_pred))
     assert metrics["per_type"]["ORG"]["recall"] == 0.0 and metrics["eval_rows"] == 3
+    assert metrics["confusion"]["labels"] == ["LOC", "ORG", "PER", "O"]
+    assert metrics["confusion"]["matrix"][1] == [2, 0, 0, 2]  # 北京 of 北京大学 taken for LOC
     assert done["samples"][0] == {
         "prompt": "李明在北京",
         "output": "李明 PER, 北京 LOC",
@@ -270,3 +272,4 @@ def test_a_registered_entity_model_is_evaluated_with_seqevals_figures(
     sign_in(team.viewer)
     page = team.viewer.client.get(f"/models/versions/{created.json()['id']}", headers=HTML).text
     assert "Micro F1" in page and "entity types" in page
+    assert 'data-testid="entity-confusion"' in page

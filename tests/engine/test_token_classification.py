@@ -392,3 +392,34 @@ def test_a_local_chinese_encoder_fine_tunes_for_entities(tmp_path: Path, method:
     _, held = split_rows(read_rows(data, "token_classification"), 0.25, config.seed)
     confusion = result.report["confusion_matrix"]
     assert sum(sum(row) for row in confusion) == sum(len(r.text) for r in held)  # type: ignore[union-attr]
+
+
+def test_the_model_view_highlights_entities_and_the_tag_each_sub_word_carries(
+    minilm_tokenizer,
+) -> None:
+    from workers.dataprep.preview import model_view
+
+    rows = [
+        {"text": "Werner Zwingmann visited Bratislava",
+         "entities": [{"start": 0, "end": 16, "label": "PER"},
+                      {"start": 25, "end": 35, "label": "LOC"}]},
+        zh_rows()[0],
+    ]  # fmt: skip
+    view = model_view(
+        tokenizer=minilm_tokenizer, rows=rows, schema="token_classification", max_length=32
+    )
+    english, chinese = view["rows"]
+    assert english["segments"] == [
+        {"text": "Werner Zwingmann", "label": "PER"},
+        {"text": " visited "},
+        {"text": "Bratislava", "label": "LOC"},
+    ]
+    shown = [
+        (token["text"], tags["tag"], tags["tag_all"])
+        for token, tags in zip(english["tokens"], english["token_tags"], strict=True)
+        if not token["special"]
+    ]
+    # "Zwingmann" is z ##wing ##mann: its later pieces carry I-PER only with alignment "all".
+    assert [first for _, first, _ in shown] == ["B-PER", "I-PER", None, None, "O", "B-LOC"]
+    assert [every for _, _, every in shown] == ["B-PER", "I-PER", "I-PER", "I-PER", "O", "B-LOC"]
+    assert [s.get("label") for s in chinese["segments"]] == ["PER", None, "ORG", None]

@@ -317,6 +317,8 @@ def evaluate_token_classifier(
     metrics: dict[str, Any] = engine_metrics.scalar_metrics(report)
     metrics["eval_rows"] = float(len(rows))
     metrics["per_type"] = report["per_type"]
+    # Per word, entity types with "O" last: rows true, columns predicted (the run page's view).
+    metrics["confusion"] = {"labels": report["labels"], "matrix": report["confusion_matrix"]}
     shown_texts = prompts or [r.text for r in rows[:SAMPLE_ROWS]]
     shown = predict_entities(model, tokenizer, shown_texts, context) if shown_texts else []
     samples: list[dict[str, Any]] = []
