@@ -241,6 +241,8 @@ RULES: dict[tuple[str, str], Rule] = {
         json={"messages": [{"role": "user", "content": "hi"}], "model_a": "{serving_name}",
               "model_b": "{serving_name}", "answer_a": "x", "answer_b": "y", "winner": "a"},
     ),
+    # No decisive vote in the owner's workspace: 400 saying so.
+    ("POST", "/api/v1/arena/votes/dataset"): R(A.EDITOR, ok=400),
     ("GET", "/api/v1/arena/votes"): R(A.VIEWER, "list"),
     ("GET", "/api/v1/arena/leaderboard"): R(A.VIEWER, "list"),
     ("GET", "/api/v1/queue"): R(A.VIEWER, "list"),

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, status
 
 from app.api.deps import SessionDep, Workspace
+from app.api.schemas.datasets import DatasetRead
 from app.api.schemas.evaluation import ArenaVoteCreate, ArenaVoteRead
 from app.db.base import MAX_ID
-from app.services import arena
+from app.services import arena, arena_preferences
 
 router = APIRouter(prefix="/api/v1/arena", tags=["evaluation"])
 
@@ -29,6 +30,16 @@ def create_vote(body: ArenaVoteCreate, session: SessionDep, ctx: Workspace) -> A
         winner=body.winner,
     )
     return ArenaVoteRead.model_validate(vote)
+
+
+@router.post("/votes/dataset", response_model=DatasetRead, status_code=status.HTTP_201_CREATED)
+def create_votes_dataset(
+    session: SessionDep, ctx: Workspace, name: Annotated[str | None, Query(max_length=255)] = None
+) -> DatasetRead:
+    """The workspace's decisive votes as a preference dataset (winner chosen, loser rejected),
+    ready for a DPO run; the same votes again answer the dataset they already made."""
+    dataset = arena_preferences.votes_as_dataset(session=session, ctx=ctx, name=name)
+    return DatasetRead.model_validate(dataset)
 
 
 @router.get("/votes", response_model=list[ArenaVoteRead])
