@@ -428,8 +428,9 @@ def list_fine_tuning_job_checkpoints(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
 ) -> FineTuningJobCheckpointList:
-    """Checkpoints newest first. Only the final one is registered (servable) under its name;
-    the others are named after it with `:ckpt-step-N` for reference."""
+    """Checkpoints newest first. The final one is named by its registered version; the others
+    `<run's model>:ckpt-step-N`, which chat and completions serve from the checkpoint's folder
+    (services.deployments.checkpoint_target)."""
     run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
     checkpoints = runs.checkpoints(session=session, run_id=run.id)[::-1]
     if after is not None:

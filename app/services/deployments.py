@@ -30,7 +30,7 @@ from app.core.errors import (
     ValidationFailed,
 )
 from app.core.settings import get_settings
-from app.db.models import Deployment, DeploymentStatus, ModelVersion, Role
+from app.db.models import Checkpoint, Deployment, DeploymentStatus, ModelVersion, Role, Run
 from app.services import (
     artifacts,
     audit,
@@ -183,6 +183,39 @@ def servable_bases() -> list[base_models.BaseModel]:
     return [m for m in base_models.available().values() if base_models.is_servable(m)]
 
 
+# A fine-tuning job's intermediate checkpoint as OpenAI lists it: <run's model>:ckpt-step-N.
+_CHECKPOINT_NAME = re.compile(r"^ft:.+:run-(\d{1,10}):ckpt-step-(\d{1,10})$")
+
+
+def checkpoint_target(
+    *, session: Session, ctx: WorkspaceContext, name: str
+) -> ServingTarget | None:
+    """The checkpoint a `...:run-N:ckpt-step-S` name means (served from its folder, loaded on
+    demand like an undeployed version); None if the name is not one; 404 if the run or the
+    step is unknown here or the retention policy removed it."""
+    match = _CHECKPOINT_NAME.match(name)
+    if match is None:
+        return None
+    run_id, step = int(match.group(1)), int(match.group(2))
+    run = session.get(Run, run_id) if run_id <= 2**31 - 1 else None
+    if run is None or run.workspace_id != ctx.workspace.id:
+        raise ModelNotFound(f"the model {name!r} does not exist in this workspace")
+    if name != f"{registry.serving_name_for(run, ctx.workspace.slug)}:ckpt-step-{step}":
+        raise ModelNotFound(f"the model {name!r} does not exist in this workspace")
+    checkpoint = session.scalar(
+        select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == step)
+    )
+    if checkpoint is None or checkpoint.deleted_at is not None:
+        raise ModelNotFound(
+            f"the model {name!r} does not exist: run {run.id} keeps no checkpoint at step {step}"
+        )
+    return ServingTarget(
+        key=f"ckpt-{checkpoint.id}",
+        path=str(artifacts.existing(checkpoint.storage_key)),
+        serving_name=name,
+    )
+
+
 def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> ServingTarget:
     """The version a `model` name in an OpenAI request means, deployed or not (loaded on demand).
 
@@ -196,6 +229,9 @@ def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> Serv
             return target_for_version(deployment.model_version, deployment)
     version = registry.find_by_serving_name(session=session, ctx=ctx, name=name)
     if version is None:
+        checkpoint = checkpoint_target(session=session, ctx=ctx, name=name)
+        if checkpoint is not None:
+            return checkpoint
         if name in base_models.CATALOG:
             raise ValidationFailed(
                 f"{name} is a base architecture trained from scratch and has no weights to "

@@ -239,3 +239,41 @@ def test_estimated_finish_comes_from_the_measured_step_rate(
     expected = start + timedelta(seconds=2 * 99)  # step 10 at +18 s, 90 steps of 2 s to go
     assert estimated is not None
     assert abs(estimated - timegm(expected.utctimetuple())) <= 1
+
+
+def test_an_intermediate_checkpoint_answers_chat_by_its_listed_model_id(
+    team: Team, openai_for: OpenAIFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import artifacts, inference_client
+
+    asked: list[tuple[str, str]] = []
+
+    async def generate(name: str, path: str, **params: object) -> dict:
+        asked.append((name, path))
+        return {"text": "hi", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1}
+
+    monkeypatch.setattr(inference_client, "generate", generate)
+    oa = openai_for(team.owner)
+    job = create_job(team.owner, upload_file(team.owner))
+    run_id = run_id_of(job["id"])
+    finish_like_the_worker(run_id, checkpoint_steps=(5,))
+    artifacts.resolve(f"runs/{run_id}/checkpoint-5").mkdir(parents=True)
+    listed = {c.step_number: c.fine_tuned_model_checkpoint
+              for c in oa.fine_tuning.jobs.checkpoints.list(job["id"])}
+    assert listed[5].endswith(":ckpt-step-5")
+
+    reply = oa.chat.completions.create(model=listed[5],
+                                       messages=[{"role": "user", "content": "hello"}])
+    assert reply.choices[0].message.content == "hi" and reply.model == listed[5]
+    assert asked[-1][1] == str(artifacts.resolve(f"runs/{run_id}/checkpoint-5"))
+    # The final checkpoint is served by its registered version's own name.
+    assert oa.chat.completions.create(model=listed[10], messages=[
+        {"role": "user", "content": "hello"}]).choices[0].message.content == "hi"
+
+    for wrong in (listed[5].replace(":ckpt-step-5", ":ckpt-step-6"),
+                  listed[5].replace(f"run-{run_id}", "run-999999")):
+        with pytest.raises(openai.NotFoundError):
+            oa.chat.completions.create(model=wrong, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):  # another workspace's checkpoint
+        openai_for(team.outsider).chat.completions.create(
+            model=listed[5], messages=[{"role": "user", "content": "x"}])
