@@ -88,13 +88,15 @@ async def create_completion(
             logit_bias=body.token_bias(),
             logprobs=body.logprobs is not None or None,
             top_logprobs=body.logprobs or None,
-            # An echoed token array is turned back into text from its tokens.
-            prompt_logprobs=body.echo or None,
+            prompt_logprobs=(body.echo and body.logprobs is not None) or None,
         )
     n = body.n or 1
     choices: list[dict[str, Any]] = []
     for prompt in prompts:
-        given = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_ids": prompt}
+        given: dict[str, Any] = {"prompt": prompt}
+        if not isinstance(prompt, str):
+            # An echoed token array is turned back into text from its tokens' entries.
+            given = {"prompt_ids": prompt, **({"prompt_logprobs": True} if body.echo else {})}
         choices += generation.fan_out(n, {**params, **given})
     completion_id, created = generation.new_id("cmpl"), generation.now()
     if not body.stream:

@@ -180,6 +180,8 @@ def test_the_openai_client_gets_logprobs_echo_grammars_tools_and_errors(live_v1:
     assert choice.logprobs.token_logprobs[1 : len(token_ids)] == pytest.approx(
         first["token_logprobs"][1:], abs=1e-3
     )
+    echoed = oa.completions.create(model=SMOL, prompt=token_ids, echo=True, max_tokens=1)
+    assert echoed.choices[0].text.startswith(likely) and echoed.choices[0].logprobs is None
 
     # response_format: the grammar makes the answer valid JSON of the schema.
     person = {
