@@ -122,11 +122,27 @@ def _base_version_lineage(session: Session, version_id: Any) -> dict[str, Any]:
     }
 
 
-def _teacher_lineage(session: Session, config: dict[str, Any]) -> dict[str, Any]:
-    if not config.get("teacher"):
-        return {}
-    out: dict[str, Any] = {"teacher": config["teacher"]}
+def _teacher_lineage(session: Session, config: dict[str, Any], run: Run) -> dict[str, Any]:
+    """Who taught this model: the run's logit-distillation teacher, or (sequence-level
+    distillation) the model whose generated answers the run's dataset version holds."""
+    name = config.get("teacher")
     version_id = config.get("teacher_version_id")
+    out: dict[str, Any] = {}
+    if name:
+        out = {"teacher": name, "distillation": "logits"}
+    else:
+        generated = ((run.dataset_version.recipe or {}) if run.dataset_version else {}).get(
+            "generate"
+        )
+        if not isinstance(generated, dict) or not generated.get("model"):
+            return {}
+        name = str(generated["model"])
+        out = {"teacher": name, "distillation": "sequences"}
+        version_id = session.scalar(
+            select(ModelVersion.id).where(
+                ModelVersion.workspace_id == run.workspace_id, ModelVersion.serving_name == name
+            )
+        )
     teacher = session.get(ModelVersion, int(version_id)) if version_id is not None else None
     if teacher is not None:
         out.update(
@@ -207,7 +223,7 @@ def register_checkpoint(
             # Tuned from a registered version (SFT → DPO): that version and its own run.
             **_base_version_lineage(session, config.get("base_version_id")),
             # Distilled from a teacher (a version of this registry, or a base model).
-            **_teacher_lineage(session, config),
+            **_teacher_lineage(session, config, run),
         },
         tags=[],
         stage=ModelStage.none,

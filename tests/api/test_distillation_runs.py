@@ -74,3 +74,48 @@ def test_distillation_settings_are_refused_by_name(team: Team, config: dict, par
     )
     assert response.status_code == 400, response.text
     assert param in response.text
+
+
+def test_a_student_trained_on_a_teachers_generated_answers_names_its_teacher(team: Team) -> None:
+    """Sequence-level distillation: the teacher's answers are a dataset version made by the
+    batch generation (recipe.generate names the model); the student's version names it too."""
+    from app.db.models import DatasetVersion
+    from app.db.session import session_scope
+
+    corpus = team.editor.upload("corpus.jsonl", text_jsonl(40)).json()["id"]
+    teacher_run = team.editor.post(
+        "/api/v1/runs", json={"dataset_id": corpus, "base_model": "scratch-nano", "config": SHORT}
+    ).json()
+    assert _train(teacher_run["id"]) == "succeeded"
+    teacher = _version_of(teacher_run["id"])
+    with session_scope() as session:
+        # What the "generate answers" batch leaves: a version whose recipe names the model.
+        parent = session.query(DatasetVersion).filter_by(dataset_id=corpus).one()
+        child = DatasetVersion(
+            workspace_id=parent.workspace_id,
+            dataset_id=corpus,
+            version=2,
+            parent_id=parent.id,
+            schema=parent.schema,
+            sha256=parent.sha256,
+            storage_key=parent.storage_key,
+            num_rows=parent.num_rows,
+            size_bytes=parent.size_bytes,
+            recipe={"generate": {"model": teacher["name"], "endpoint": "/v1/completions"}},
+        )
+        session.add(child)
+        session.flush()
+        child_id = child.id
+    student_run = team.editor.post(
+        "/api/v1/runs",
+        json={
+            "dataset_id": corpus,
+            "dataset_version_id": child_id,
+            "base_model": "scratch-nano",
+            "config": SHORT,
+        },
+    ).json()
+    assert _train(student_run["id"]) == "succeeded"
+    lineage = _version_of(student_run["id"])["lineage"]
+    assert lineage["teacher"] == teacher["name"] and lineage["distillation"] == "sequences"
+    assert lineage["teacher_version_id"] == teacher["id"]
