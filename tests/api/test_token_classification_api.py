@@ -273,3 +273,44 @@ def test_a_registered_entity_model_is_evaluated_with_seqevals_figures(
     page = team.viewer.client.get(f"/models/versions/{created.json()['id']}", headers=HTML).text
     assert "Micro F1" in page and "entity types" in page
     assert 'data-testid="entity-confusion"' in page
+
+
+def test_the_model_view_of_chinese_entities_shows_them_highlighted_with_each_tokens_tag(
+    team: Team,
+) -> None:
+    from workers.prep_tasks import compute_model_view
+
+    dataset = upload(team.editor, "zh.jsonl", (FIXTURES / "zh_spans.jsonl").read_bytes())
+    dataset_id = dataset.json()["id"]
+    (version,) = team.editor.get(f"/api/v1/datasets/{dataset_id}/versions").json()
+    url = f"/api/v1/datasets/{dataset_id}/versions/{version['id']}/model-view"
+    # The page's own settings (it offers no vocabulary size: the default one).
+    settings = {"tokenizer": "scratch", "max_length": 32, "detail_rows": 2}
+    started = team.viewer.post(url, json=settings)
+    assert started.status_code == 202, started.text
+    payload = {"key": started.json()["key"], "version_id": version["id"]}
+    payload["settings"] = {**settings, "chat_template": True, "sample_rows": 500}
+    assert compute_model_view(payload) == "ready"
+    state = team.viewer.get(url, params=settings).json()
+    first = state["result"]["rows"][0]
+    assert first["segments"] == [
+        {"text": "李明", "label": "PER"},
+        {"text": "在"},
+        {"text": "北京大学", "label": "ORG"},
+        {"text": "读书。"},
+    ]
+    # The scratch tokenizer (byte-level BPE trained on these rows) may merge characters; each
+    # token carries the tag of the character it starts in, and 李 starts the PER entity.
+    tags = [t["tag"] for t in first["token_tags"] if t["tag"] is not None]
+    assert tags[0] == "B-PER" and "B-ORG" in tags
+    assert not any("template" in w["code"] for w in state["result"]["warnings"])
+
+    sign_in(team.viewer)
+    page = team.viewer.client.get(
+        f"/datasets/{dataset_id}/versions/{version['id']}/model-view",
+        params=settings,
+        headers=HTML,
+    )
+    assert page.status_code == 200
+    assert 'data-testid="model-view-entities"' in page.text
+    assert '<mark class="entity" data-label="ORG">北京大学' in page.text
