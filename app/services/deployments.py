@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import (
     Conflict,
+    DomainError,
     InvalidTransition,
     NotFound,
     ServiceUnavailable,
@@ -214,6 +215,40 @@ def checkpoint_target(
         path=str(artifacts.existing(checkpoint.storage_key)),
         serving_name=name,
     )
+
+
+def kept_checkpoints(*, session: Session, ctx: WorkspaceContext) -> list[tuple[str, Checkpoint]]:
+    """The workspace's kept fine-tuning checkpoints by the names checkpoint_target serves
+    (`...:run-N:ckpt-step-S`), newest first; a checkpoint registered as a version goes by the
+    version's own name instead, and classifiers' are left out (they do not generate)."""
+    from app.services import model_kind
+
+    rows = session.execute(
+        select(Checkpoint, Run)
+        .join(Run, Run.id == Checkpoint.run_id)
+        .where(Run.workspace_id == ctx.workspace.id, Checkpoint.deleted_at.is_(None))
+        .order_by(Checkpoint.id.desc())
+    ).all()
+    registered = set(
+        session.scalars(
+            select(ModelVersion.checkpoint_id).where(
+                ModelVersion.workspace_id == ctx.workspace.id,
+                ModelVersion.checkpoint_id.is_not(None),
+            )
+        )
+    )
+    kept = []
+    for checkpoint, run in rows:
+        if checkpoint.id in registered:
+            continue
+        with contextlib.suppress(DomainError):  # a key the store refuses: nothing to serve
+            if model_kind.is_classifier_folder(artifacts.resolve(checkpoint.storage_key)):
+                continue
+            name = (
+                f"{registry.serving_name_for(run, ctx.workspace.slug)}:ckpt-step-{checkpoint.step}"
+            )
+            kept.append((name, checkpoint))
+    return kept
 
 
 def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> ServingTarget:

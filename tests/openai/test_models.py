@@ -41,7 +41,18 @@ def test_models_list_the_workspaces_fine_tuned_models_by_serving_name(
     assert assert_schema(retrieved, "Model")["id"] == fine_tuned_model
     assert openai_for(team.viewer).models.retrieve(fine_tuned_model).id == fine_tuned_model
 
-    assert fine_tuned_model not in [m["id"] for m in team.outsider.get("/v1/models").json()["data"]]
+    # The job's kept checkpoint is listed by the name its checkpoints list gives it; the final
+    # one goes by the version's own name.
+    checkpoint = f"{fine_tuned_model}:ckpt-step-5"
+    ids = [m["id"] for m in listed["data"]]
+    assert checkpoint in ids and ids.count(fine_tuned_model) == 1
+    assert not [i for i in ids if i.startswith(fine_tuned_model) and i.endswith("-10")]
+    assert assert_schema(team.viewer.get(f"/v1/models/{checkpoint}").json(), "Model")["id"] == (
+        checkpoint
+    )
+
+    outsider_ids = [m["id"] for m in team.outsider.get("/v1/models").json()["data"]]
+    assert fine_tuned_model not in outsider_ids and checkpoint not in outsider_ids
     assert_openai_error(team.outsider.get(f"/v1/models/{fine_tuned_model}"), 404)
 
 
