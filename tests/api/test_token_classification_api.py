@@ -62,6 +62,9 @@ def test_a_conll_file_becomes_entity_rows_with_statistics_per_type(
         "ORG": 4,
     }
     assert types["ORG"]["rows"] == 4 and stats["stats"]["entities"]["total"] == 26
+    sign_in(team.viewer)
+    page = team.viewer.client.get(f"/datasets/{body['id']}", headers=HTML).text
+    assert 'data-testid="entity-types"' in page and "26 in all" in page
 
 
 def test_prose_in_a_txt_file_stays_text() -> None:

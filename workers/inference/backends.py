@@ -103,7 +103,7 @@ def vllm_refusal(machine: Machine, model: ModelFacts) -> str | None:
     if model.gguf:
         return "the model is a GGUF file; vLLM serves Hugging Face model folders (safetensors)"
     if model.classifier:
-        return "the model is a sequence classifier; vLLM serves text generation models"
+        return "the model is a classifier (per text or per token); vLLM serves text generation"
     if not model.architectures:
         return "the model folder's config.json names no architecture"
     if OWN_ARCHITECTURES.intersection(model.architectures):
@@ -126,7 +126,7 @@ def llamacpp_refusal(machine: Machine, model: ModelFacts) -> str | None:
             return f"llama-cpp-python is installed but does not import ({machine.llamacpp_error})"
         return "llama-cpp-python is not installed in the inference process"
     if model.classifier:
-        return "the model is a sequence classifier; llama.cpp serves text generation"
+        return "the model is a classifier (per text or per token); llama.cpp serves text generation"
     if not model.gguf:
         if OWN_ARCHITECTURES.intersection(model.architectures):
             return f"{', '.join(model.architectures)} is this project's own architecture"
@@ -154,7 +154,10 @@ def choose_engine(requested: Requested, machine: Machine, model: ModelFacts) -> 
     if requested == "transformers":
         return "transformers", "LLMIDE_INFERENCE_BACKEND=transformers"
     if model.classifier:
-        return "transformers", "a sequence classifier: /predict is served by transformers"
+        return (
+            "transformers",
+            "a classifier (labels per text or entities): /predict is served by transformers",
+        )
     vllm_reason = vllm_refusal(machine, model)
     if vllm_reason is None and requested in ("auto", "vllm"):
         return "vllm", f"a causal LM on a CUDA GPU with vLLM {machine.vllm_version}"
