@@ -235,11 +235,14 @@ def evaluate_version(evaluation_id: int) -> str:
         version = session.get(ModelVersion, evaluation.model_version_id)
         harness = (
             (version.storage_key, dict(evaluation.options))
-            if evaluation.kind == "harness" and version is not None
+            if evaluation.kind in ("harness", "judge") and version is not None
             else None
         )
+        evaluation_kind, workspace_id = evaluation.kind, evaluation.workspace_id
     if harness is not None:
         # Outside the session: a harness run takes minutes and holds no transaction open.
+        if evaluation_kind == "judge":
+            return _evaluate_judge(evaluation_id, workspace_id, *harness)
         return _evaluate_harness(evaluation_id, *harness)
     with session_scope() as session:
         evaluation = session.get(Evaluation, evaluation_id)
@@ -304,6 +307,43 @@ def _evaluate_harness(evaluation_id: int, storage_key: str, options: dict[str, A
             max_new_tokens=int(options.get("max_new_tokens", 32)),
             max_rows=int(options.get("max_rows", 500)),
             apply_chat_template=bool(options.get("apply_chat_template")),
+            progress=_progress(Evaluation, evaluation_id),
+        )
+    except Exception as exc:
+        _fail(Evaluation, evaluation_id, exc)
+        return "failed"
+    with session_scope() as session:
+        model_jobs.finish(
+            session=session,
+            job_type=Evaluation,
+            job_id=evaluation_id,
+            metrics={k: v for k, v in metrics.items() if v == v},
+            samples=samples,
+            figures=figures,
+        )
+    return "succeeded"
+
+
+def _evaluate_judge(
+    evaluation_id: int, workspace_id: int, storage_key: str, options: dict[str, Any]
+) -> str:
+    """A judge evaluation: the version judges the chosen arena votes (workers/engine/judge.py);
+    each verdict goes to figures, the agreement with people to metrics."""
+    from app.services import arena
+    from workers.engine.judge import judge
+
+    try:
+        with session_scope() as session:
+            items = arena.judge_items(
+                session=session, workspace_id=workspace_id, vote_ids=list(options["vote_ids"])
+            )
+        if not items:
+            raise ValueError("the judged votes were deleted")
+        metrics, samples, figures = judge(
+            artifacts.existing(storage_key),
+            items,
+            mode=str(options.get("mode", "pairwise")),
+            rubric=options.get("rubric"),
             progress=_progress(Evaluation, evaluation_id),
         )
     except Exception as exc:

@@ -116,6 +116,14 @@ def _version_id(session: Session, ctx: WorkspaceContext, name: str) -> int | Non
     return version.id if version else None
 
 
+def version_id_for(*, session: Session, ctx: WorkspaceContext, name: str) -> int:
+    """The version a model name of this workspace routes to; 404 naming it otherwise."""
+    found = _version_id(session, ctx, name)
+    if found is None:
+        raise NotFound(f"the model {name!r} does not exist in this workspace", param="model")
+    return found
+
+
 def _check_messages(messages: list[dict[str, Any]]) -> None:
     for i, message in enumerate(messages):
         if message.get("role") not in ("system", "user", "assistant") or not isinstance(
@@ -182,17 +190,43 @@ def record_vote(
 
 
 def list_votes(
-    *, session: Session, ctx: WorkspaceContext, limit: int = 100, after_id: int = 0
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    limit: int = 100,
+    after_id: int = 0,
+    newest: bool = False,
 ) -> list[ArenaVote]:
-    """The workspace's votes in id order, `after_id` to page on (what DPO data reads)."""
-    return list(
-        session.scalars(
-            select(ArenaVote)
-            .where(ArenaVote.workspace_id == ctx.workspace.id, ArenaVote.id > after_id)
-            .order_by(ArenaVote.id)
-            .limit(limit)
-        )
+    """The workspace's votes in id order, `after_id` to page on (what DPO data reads); with
+    `newest`, the newest `limit` votes instead."""
+    query = select(ArenaVote).where(
+        ArenaVote.workspace_id == ctx.workspace.id, ArenaVote.id > after_id
     )
+    order = ArenaVote.id.desc() if newest else ArenaVote.id
+    return list(session.scalars(query.order_by(order).limit(limit)))
+
+
+def judge_items(
+    *, session: Session, workspace_id: int, vote_ids: list[int]
+) -> list[dict[str, Any]]:
+    """The votes a judge evaluation reads (worker side): question, both answers, the winner."""
+    votes = session.scalars(
+        select(ArenaVote)
+        .where(ArenaVote.workspace_id == workspace_id, ArenaVote.id.in_(vote_ids))
+        .order_by(ArenaVote.id)
+    )
+    return [
+        {
+            "vote_id": v.id,
+            "question": "\n".join(m["content"] for m in v.messages if m["role"] == "user"),
+            "answer_a": v.answer_a,
+            "answer_b": v.answer_b,
+            "model_a": v.model_a,
+            "model_b": v.model_b,
+            "human": "tie" if v.winner in ("tie", "both_bad") else v.winner,
+        }
+        for v in votes
+    ]
 
 
 def count_votes(*, session: Session, ctx: WorkspaceContext) -> int:

@@ -3,6 +3,8 @@ queueing, and the status updates the workers make."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -17,6 +19,7 @@ from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role
 from app.db.session import rows_changed
 from app.domain import lifecycle
 from app.services import (
+    arena,
     artifacts,
     audit,
     dataset_versions,
@@ -280,6 +283,62 @@ def create_harness_evaluation(
             "max_rows": max_rows,
             "apply_chat_template": apply_chat_template,
         },
+        status=JobStatus.queued,
+        progress=0.0,
+        metrics={},
+        samples=[],
+        created_by_id=ctx.user.id,
+    )
+    session.add(evaluation)
+    session.flush()
+    session.commit()
+    _send(session, evaluation, EVALUATE_TASK)
+    return evaluation
+
+
+JUDGE_MODES = ("pairwise", "rubric")
+
+
+def create_judge_evaluation(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    version_id: int,
+    mode: str = "pairwise",
+    rubric: str | None = None,
+    max_votes: int = 200,
+) -> Evaluation:
+    """Queue a judge evaluation: the version (a causal LM) judges the workspace's arena votes —
+    pairwise with the answers in both orders, or by rubric scores — and its verdicts are
+    compared with the people's (docs/evaluation.md, "Judges")."""
+    ctx.require(Role.editor)
+    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    if model_kind.is_classifier(version):
+        raise ValidationFailed(
+            f"{version.serving_name} is a classifier: a judge writes its verdict as text",
+            param="version_id",
+        )
+    if mode not in JUDGE_MODES:
+        raise ValidationFailed(f"mode must be one of {', '.join(JUDGE_MODES)}", param="mode")
+    if rubric is not None and mode != "rubric":
+        raise ValidationFailed("rubric applies to mode rubric", param="rubric")
+    if not 1 <= max_votes <= 2000:
+        raise ValidationFailed("max_votes must be between 1 and 2000", param="max_votes")
+    votes = arena.list_votes(session=session, ctx=ctx, limit=max_votes, newest=True)
+    if not votes:
+        raise ValidationFailed(
+            "the workspace has no arena votes to judge: vote in the arena first",
+            param="version_id",
+        )
+    ids = sorted(v.id for v in votes)
+    evaluation = Evaluation(
+        workspace_id=ctx.workspace.id,
+        model_version_id=version.id,
+        dataset_id=None,
+        # The judged votes, by id: two judges on the same votes line up in the comparison.
+        dataset_sha256=hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+        kind="judge",
+        options={"mode": mode, "rubric": rubric, "vote_ids": ids, "name": f"arena votes ({mode})"},
         status=JobStatus.queued,
         progress=0.0,
         metrics={},

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
-from app.services import arena, base_models, cross_validation, datasets
+from app.services import arena, base_models, cross_validation, datasets, model_jobs
 from app.services.runs.config import RunConfig
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect
 from app.web.pages import rollback as rollback_request
@@ -224,3 +224,24 @@ def vote(body: ArenaVoteForm, session: DbDep, pc: PageDep) -> dict[str, Any]:
         winner=body.winner,
     )
     return {"vote_id": recorded.id, "model_a": a, "model_b": b, "winner": body.winner}
+
+
+@router.post("/arena/judge", dependencies=[CSRF])
+def judge_votes(
+    request: Request,
+    session: DbDep,
+    pc: PageDep,
+    model: Annotated[str, Form(min_length=1, max_length=255)],
+    mode: Annotated[str, Form(pattern="^(pairwise|rubric)$")] = "pairwise",
+    rubric: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    """The arena's judge form: the chosen model judges the votes; its version page shows it."""
+    version_id = arena.version_id_for(session=session, ctx=pc.ctx, name=model)
+    model_jobs.create_judge_evaluation(
+        session=session,
+        ctx=pc.ctx,
+        version_id=version_id,
+        mode=mode,
+        rubric=(rubric.strip() or None) if mode == "rubric" else None,
+    )
+    return redirect(request, f"/models/versions/{version_id}")

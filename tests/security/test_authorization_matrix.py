@@ -318,6 +318,14 @@ RULES: dict[tuple[str, str], Rule] = {
         url="/api/v1/model-versions/{version}/harness-evaluations",
         files="tasks.jsonl",
     ),
+    # The owner's workspace has no arena votes: an allowed caller hears there is nothing to judge.
+    ("POST", "/api/v1/model-versions/{version_id}/judge-evaluations"): R(
+        A.EDITOR,
+        "id",
+        400,
+        url="/api/v1/model-versions/{version}/judge-evaluations",
+        json={"mode": "pairwise"},
+    ),
     ("GET", "/api/v1/model-versions/{version_id}/evaluations"): R(
         A.VIEWER, "id", url="/api/v1/model-versions/{version}/evaluations"
     ),
@@ -555,6 +563,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/arena"): R(A.VIEWER, "list"),
     # The owner's workspace has one chat model: a battle needs two (400 saying so).
     ("POST", "/arena/battle"): R(A.EDITOR, ok=400, json={}),
+    # No votes in the owner's workspace: the judge form's 400 says there is nothing to judge.
+    ("POST", "/arena/judge"): R(A.EDITOR, "id", 400, form={"model": "{serving_name}"}),
     ("POST", "/arena/stream"): R(
         A.EDITOR, ok=400,
         json={"battle": "forged", "side": "a", "messages": [{"role": "user", "content": "hi"}]},

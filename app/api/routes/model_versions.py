@@ -14,6 +14,7 @@ from app.api.schemas.registry import (
     EvaluationRead,
     ExportCreate,
     ExportRead,
+    JudgeEvaluationCreate,
     ModelImportFromPath,
     ModelVersionRead,
     StageChangeRead,
@@ -226,6 +227,27 @@ def create_harness_evaluation(
         max_new_tokens=max_new_tokens,
         max_rows=max_rows,
         apply_chat_template=apply_chat_template,
+    )
+    return EvaluationRead.model_validate(evaluation)
+
+
+@router.post(
+    "/model-versions/{version_id}/judge-evaluations",
+    response_model=EvaluationRead,
+    status_code=202,
+)
+def create_judge_evaluation(
+    version_id: int, body: JudgeEvaluationCreate, session: SessionDep, ctx: Workspace
+) -> EvaluationRead:
+    """Queue the version as a judge of the workspace's arena votes (pairwise, both orders, or
+    by rubric); its agreement with the people's votes is the result."""
+    evaluation = model_jobs.create_judge_evaluation(
+        session=session,
+        ctx=ctx,
+        version_id=version_id,
+        mode=body.mode,
+        rubric=body.rubric,
+        max_votes=body.max_votes,
     )
     return EvaluationRead.model_validate(evaluation)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import ORM, UtcDateTime
 
@@ -87,6 +87,14 @@ class EvaluationCreate(BaseModel):
     max_rows: int = Field(default=200, ge=1, le=5000)
     max_new_tokens: int = Field(default=32, ge=1, le=256)
     prompts: list[str] | None = Field(default=None, max_length=10)
+
+
+class JudgeEvaluationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["pairwise", "rubric"] = "pairwise"
+    rubric: str | None = Field(default=None, max_length=1000)
+    max_votes: int = Field(default=200, ge=1, le=2000)
 
 
 class EvaluationRead(ORM):
