@@ -73,6 +73,7 @@ def _teacher(run: Run) -> base_models.BaseModel | None:
         version = object_session(run).get(ModelVersion, int(config["teacher_version_id"]))  # type: ignore[union-attr]
         if version is None:
             raise ValidationFailed("the run's teacher version was deleted", param="teacher")
+        artifacts.existing(version.storage_key)  # fetched first from object storage
         return version_bases.as_base(version)
     if config.get("teacher"):
         return base_models.require_known(str(config["teacher"]))
