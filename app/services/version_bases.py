@@ -73,3 +73,24 @@ def resolve(
     if version is not None:
         return as_base(version), version
     return base_models.require_known(name), None
+
+
+def offered(
+    *, session: Session, ctx: WorkspaceContext, limit: int = 20
+) -> list[base_models.BaseModel]:
+    """The workspace's newest versions a run can start from (the launch form lists them after
+    the base models); a version that cannot be a base (a classifier, a GGUF import) is left out.
+    """
+    versions = session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.workspace_id == ctx.workspace.id)
+        .order_by(ModelVersion.id.desc())
+        .limit(limit)
+    )
+    found = []
+    for version in versions:
+        try:
+            found.append(as_base(version))
+        except ValidationFailed:
+            continue
+    return found

@@ -13,7 +13,14 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
-from app.services import base_models, dataset_versions, datasets, estimate, registry
+from app.services import (
+    base_models,
+    dataset_versions,
+    datasets,
+    estimate,
+    registry,
+    version_bases,
+)
 from app.services.runs import access as run_access
 from app.services.runs import presets as run_presets
 from app.services.runs import service as runs
@@ -123,6 +130,8 @@ def _form_page(
 ) -> Response:
     listed = datasets.list_for_workspace(session=session, ctx=pc.ctx, limit=500)
     offered = list(base_models.available().values())
+    # The workspace's own versions too: tune an SFT model with DPO, say (docs/preference.md).
+    offered += version_bases.offered(session=session, ctx=pc.ctx)
     return render(
         request,
         "run_new.html",

@@ -82,6 +82,8 @@ def test_an_sft_version_is_tuned_with_dpo_and_the_lineage_shows_both_runs(team: 
     sign_in(team.editor)
     page = team.editor.client.get(f"/models/versions/{dpo_version['id']}", headers=HTML).text
     assert f'href="/runs/{sft.json()["id"]}"' in page and sft_version["name"] in page
+    form = team.editor.client.get("/runs/new", headers=HTML).text
+    assert f'<option value="{sft_version["name"]}"' in form  # a version offered as a base
     run_page = team.editor.client.get(f"/runs/{dpo.json()['id']}", headers=HTML).text
     assert 'data-chart="rewards_margins"' in run_page
     assert 'data-chart="eval_rewards_accuracies"' in run_page
