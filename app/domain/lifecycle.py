@@ -99,12 +99,17 @@ SWEEP_TRANSITIONS: Mapping[SweepStatus, frozenset[SweepStatus]] = {
 }
 
 D = DeploymentStatus
-# loading/ready/failed follow what the inference server reports (a server that restarted
-# loads the version again); stopped is final: deploying the version again makes a new row.
+# Who moves a deployment (app/services/deployments.py):
+#   deploy     a live row again → loading (deploying a loading one asks the server again)
+#   load fails → failed (the server is down or refused the version)
+#   reconcile  loading | ready | failed → what the inference server reports, the same one
+#              included (a server that restarted loads the version again)
+#   stop       loading | ready | failed → stopped
+# stopped is final: deploying the version again makes a new row.
 DEPLOYMENT_TRANSITIONS: Mapping[DeploymentStatus, frozenset[DeploymentStatus]] = {
-    D.loading: frozenset({D.ready, D.failed, D.stopped}),
-    D.ready: frozenset({D.loading, D.failed, D.stopped}),
-    D.failed: frozenset({D.loading, D.ready, D.stopped}),
+    D.loading: frozenset({D.loading, D.ready, D.failed, D.stopped}),
+    D.ready: frozenset({D.ready, D.loading, D.failed, D.stopped}),
+    D.failed: frozenset({D.failed, D.loading, D.ready, D.stopped}),
     D.stopped: frozenset(),
 }
 

@@ -32,6 +32,7 @@ from app.core.errors import (
 )
 from app.core.settings import get_settings
 from app.db.models import Checkpoint, Deployment, DeploymentStatus, ModelVersion, Role, Run
+from app.domain import lifecycle
 from app.services import (
     artifacts,
     audit,
@@ -336,7 +337,7 @@ def create(
         )
         session.add(deployment)
     else:
-        deployment.status = DeploymentStatus.loading
+        lifecycle.transition(deployment, DeploymentStatus.loading)
         deployment.error = None
     deployment.name = name
     deployment.replicas = chosen.replicas
@@ -403,7 +404,7 @@ async def deploy(
 
 
 def _mark_failed(session: Session, deployment: Deployment, error: str) -> None:
-    deployment.status = DeploymentStatus.failed
+    lifecycle.transition(deployment, DeploymentStatus.failed)
     deployment.error = error
     session.commit()
 
@@ -648,7 +649,8 @@ def apply_server_status(
                 # passed, so a transient failure heals without a person redeploying.
                 _queue_load(actions, deployment.model_version, deployment)
         if deployment.status != status or deployment.error != error:
-            deployment.status, deployment.error = status, error
+            lifecycle.transition(deployment, status)
+            deployment.error = error
             changed = True
     if changed:
         session.commit()
@@ -809,7 +811,7 @@ def mark_stopping(*, session: Session, ctx: WorkspaceContext, deployment_id: int
     deployment = get_for_member(session=session, ctx=ctx, deployment_id=deployment_id)
     if deployment.status == DeploymentStatus.stopped:
         raise InvalidTransition(f"deployment {deployment_id} is already stopped")
-    deployment.status = DeploymentStatus.stopped
+    lifecycle.transition(deployment, DeploymentStatus.stopped)
     audit.record(
         session=session,
         actor=ctx,

@@ -65,6 +65,19 @@ def test_deploying_while_the_inference_server_is_down_fails_clearly_and_records_
     assert "not reachable" in deployments[0]["error"]
 
 
+def test_deploying_a_failed_deployment_again_loads_the_same_row_again(
+    team: Team, installation: Path
+) -> None:
+    """failed → loading → failed through the lifecycle table: one row, the latest reason."""
+    _, version = finished_run_with_version(team, installation)
+    body = {"model_version_id": version["id"]}
+    assert team.editor.post("/api/v1/deployments", json=body).status_code == 503
+    again = team.editor.post("/api/v1/deployments", json=body)
+    assert again.status_code == 503 and "not reachable" in again.json()["detail"]
+    deployments = team.viewer.get("/api/v1/deployments").json()
+    assert [d["status"] for d in deployments] == ["failed"]
+
+
 def test_viewers_cannot_deploy_and_outsiders_cannot_see_deployments(
     team: Team, installation: Path
 ) -> None:

@@ -50,6 +50,17 @@ def test_a_move_outside_the_table_raises_invalid_transition_naming_the_record() 
     assert row.status == RunStatus.queued
 
 
+def test_a_stopped_deployment_never_moves_again_and_a_live_one_follows_its_server() -> None:
+    from app.domain import lifecycle
+    from app.domain.lifecycle import DeploymentStatus
+
+    live = ("loading", "ready", "failed")
+    for target in DeploymentStatus:
+        assert not lifecycle.allowed("stopped", target), target
+        for status in live:  # the server's report, the same one included; or a stop
+            assert lifecycle.allowed(status, target), (status, target)
+
+
 def test_stopped_and_cancelled_runs_may_be_queued_again_but_never_jump_to_running() -> None:
     from app.domain import lifecycle
     from app.domain.lifecycle import RunStatus
