@@ -137,6 +137,11 @@ def test_training_reduces_loss_and_saves_loadable_safetensors_checkpoints(
     assert any(message.startswith("tokenizer trained: vocab") for _, message in recorder.logs)
 
     assert [step for step, _, _ in recorder.checkpoints] == [8, 16, 24, 30]
+    # Each checkpoint is announced once (a job's events list showed every one twice).
+    saved = [message for _, message in recorder.logs if message.startswith("checkpoint saved")]
+    assert saved == [f"checkpoint saved at step {step}" for step in (8, 16, 24, 30)]
+    totals = [m["trained_tokens"] for _, m in recorder.metrics if "trained_tokens" in m]
+    assert totals == sorted(totals) and totals[0] > 0  # a running total
     for step, path, metrics in recorder.checkpoints:
         assert path == base_config.output_dir / "checkpoints" / f"checkpoint-{step}"
         assert "train_loss" in metrics

@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 # Keys on_metrics sends. Training logs carry TRAIN_METRIC_KEYS, evaluations EVAL_METRIC_KEYS.
-TRAIN_METRIC_KEYS = ("train_loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
+# trained_tokens: the running total of non-padding tokens (an OpenAI job's trained_tokens).
+TRAIN_METRIC_KEYS = (
+    "train_loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "epoch",
+    "trained_tokens",
+)
 EVAL_METRIC_KEYS = ("eval_loss", "eval_perplexity")
 # Preference runs (dpo, orpo, simpo, kto) add TRL's own measures to both, "/" spelled "_":
 # rewards_chosen, rewards_rejected, rewards_margins, rewards_accuracies, logps_chosen,
