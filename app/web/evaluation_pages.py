@@ -12,7 +12,14 @@ from starlette.responses import Response
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
-from app.services import arena, base_models, cross_validation, datasets, model_jobs
+from app.services import (
+    arena,
+    arena_preferences,
+    base_models,
+    cross_validation,
+    datasets,
+    model_jobs,
+)
 from app.services.runs.config import RunConfig
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect
 from app.web.pages import rollback as rollback_request
@@ -224,6 +231,13 @@ def vote(body: ArenaVoteForm, session: DbDep, pc: PageDep) -> dict[str, Any]:
         winner=body.winner,
     )
     return {"vote_id": recorded.id, "model_a": a, "model_b": b, "winner": body.winner}
+
+
+@router.post("/arena/preference-dataset", dependencies=[CSRF])
+def votes_dataset(request: Request, session: DbDep, pc: PageDep) -> Response:
+    """The workspace's decisive votes as a preference dataset (docs/preference.md), opened."""
+    dataset = arena_preferences.votes_as_dataset(session=session, ctx=pc.ctx)
+    return redirect(request, f"/datasets/{dataset.id}")
 
 
 @router.post("/arena/judge", dependencies=[CSRF])

@@ -54,3 +54,20 @@ def test_no_decisive_vote_is_a_clear_400_and_viewers_cannot_make_datasets(team: 
     empty = team.editor.post("/api/v1/arena/votes/dataset")
     assert empty.status_code == 400 and "no votes with a winner" in empty.json()["detail"]
     assert team.viewer.post("/api/v1/arena/votes/dataset").status_code == 403
+
+
+def test_the_arena_page_makes_the_dataset_and_opens_it(
+    team: Team,
+    two_models: tuple[dict, dict],  # noqa: F811
+) -> None:
+    from tests.signed_in import HTML, sign_in
+
+    first, second = two_models
+    _vote(team, first["serving_name"], second["serving_name"], "a", answer_a="red", answer_b="?")
+    csrf = sign_in(team.editor)
+    page = team.editor.client.get("/arena", headers=HTML).text
+    assert 'data-testid="votes-dataset-form"' in page
+    made = team.editor.client.post(
+        "/arena/preference-dataset", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert made.status_code == 303 and made.headers["location"].startswith("/datasets/")

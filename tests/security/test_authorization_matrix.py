@@ -565,6 +565,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/arena/battle"): R(A.EDITOR, ok=400, json={}),
     # No votes in the owner's workspace: the judge form's 400 says there is nothing to judge.
     ("POST", "/arena/judge"): R(A.EDITOR, "id", 400, form={"model": "{serving_name}"}),
+    # No decisive vote in the owner's workspace: 400 saying so.
+    ("POST", "/arena/preference-dataset"): R(A.EDITOR, ok=400),
     ("POST", "/arena/stream"): R(
         A.EDITOR, ok=400,
         json={"battle": "forged", "side": "a", "messages": [{"role": "user", "content": "hi"}]},
