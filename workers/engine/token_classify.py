@@ -84,11 +84,12 @@ class EntityDataset(Dataset[dict[str, Any]]):
                 "this base model's tokenizer is a slow one"
             )
         index = {tag: i for i, tag in enumerate(tags)}
-        self.items = [align(tokenizer, row, index, max_length, alignment) for row in rows]
         pad = tokenizer.pad_token_id or 0
+        aligned = (align(tokenizer, row, index, max_length, alignment) for row in rows)
+        # A tokenizer without special tokens gives an empty text no token: one pad, no label.
         self.items = [
             item if item.input_ids else Aligned([pad], [IGNORE_INDEX], item.word_tokens)
-            for item in self.items
+            for item in aligned
         ]
 
     def __len__(self) -> int:
