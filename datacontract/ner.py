@@ -151,8 +151,13 @@ def check_entities(text: str, entities: object) -> list[dict[str, Any]]:
         raise TagError('"entities" must be a list of {"start", "end", "label"} objects')
     spans: list[tuple[int, Span]] = []
     for i, entity in enumerate(entities, start=1):
+        if isinstance(entity, list) and len(entity) == 3:  # doccano's [start, end, label]
+            entity = dict(zip(("start", "end", "label"), entity, strict=True))
         if not isinstance(entity, dict):
-            raise TagError(f"entity {i} must be an object with start, end and label")
+            raise TagError(
+                f"entity {i} must be an object with start, end and label "
+                "(or a [start, end, label] list)"
+            )
         start, end, label = entity.get("start"), entity.get("end"), entity.get("label")
         if not (type(start) is int and type(end) is int):
             raise TagError(f"entity {i}: start and end must be integers (character offsets)")

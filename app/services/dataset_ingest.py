@@ -619,6 +619,9 @@ def detect_schema(records: list[Any], options: IngestOptions) -> tuple[str, dict
     token_columns = _token_columns(columns, options)
     if token_columns is not None:
         return "token_classification", token_columns, True
+    span_labels = _span_label_column(records, columns, options)
+    if span_labels is not None:
+        return "token_classification", span_labels, True
     for key, column in options.column_map.items():
         if columns and column not in columns:
             raise ValidationFailed(
@@ -752,6 +755,25 @@ def _token_columns(columns: list[str], options: IngestOptions) -> dict[str, str]
     if "entities" in {c.lower() for c in columns} and not options.column_map:
         return None  # text + spans rows that also carry tokens: the spans are exact
     return found
+
+
+def _span_label_column(
+    records: list[Any], columns: list[str], options: IngestOptions
+) -> dict[str, str] | None:
+    """doccano's span export, `{"text", "label": [[start, end, "PER"], ...]}`: a text column
+    and a label column whose values are lists (a classification label is one value)."""
+    if options.schema is not None or options.column_map:
+        return None
+    lower = {c.lower(): c for c in columns}
+    text, label = lower.get("text"), lower.get("label") or lower.get("labels")
+    if text is None or label is None:
+        return None
+    values = [r.get(label) for r in records if isinstance(r, dict) and label in r]
+    if not values or not all(isinstance(v, list) for v in values):
+        return None
+    if not any(v and isinstance(v[0], list | dict) for v in values):
+        return None  # empty lists only, or lists of plain values: not spans
+    return {"text": text, "entities": label}
 
 
 def _ambiguous(columns: list[str], mapping: dict[str, str]) -> bool:

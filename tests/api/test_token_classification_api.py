@@ -317,3 +317,23 @@ def test_the_model_view_of_chinese_entities_shows_them_highlighted_with_each_tok
     assert page.status_code == 200
     assert 'data-testid="model-view-entities"' in page.text
     assert '<mark class="entity" data-label="ORG">北京大学' in page.text
+
+
+def test_doccano_span_exports_are_read_as_entity_rows(team: Team) -> None:
+    rows = [
+        {"id": 1, "text": "王芳明天去上海出差。", "label": [[0, 2, "PER"], [5, 7, "LOC"]]},
+        {"id": 2, "text": "今天天气很好。", "label": []},
+    ]
+    content = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode()
+    response = upload(team.editor, "doccano.jsonl", content)
+    assert response.status_code == 201, response.text
+    assert response.json()["format"] == "token_classification"
+    assert response.json()["detection"]["column_map"] == {"text": "text", "entities": "label"}
+    assert canonical_rows(team.editor, response.json()["id"]) == [
+        {"text": "王芳明天去上海出差。", "entities": [{"start": 0, "end": 2, "label": "PER"},
+                                              {"start": 5, "end": 7, "label": "LOC"}]},
+        {"text": "今天天气很好。", "entities": []},
+    ]  # fmt: skip
+    # A text + label file with one label per row stays a classification set.
+    plain = upload(team.editor, "cls.jsonl", b'{"text": "good", "label": "pos"}\n')
+    assert plain.json()["format"] == "classification"
