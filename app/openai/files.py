@@ -59,6 +59,8 @@ def stored_to_file(row: StoredFile) -> FileObject:
         filename=row.filename,
         purpose=row.purpose,
     )
+
+
 RESULTS_PURPOSE = "fine-tune-results"
 
 
@@ -154,10 +156,15 @@ def list_files(
         if after is not None:
             raw_after = parse_number(after, RAW_PREFIX)
             if raw_after is None:
-                raise ValidationFailed(f"after: {after!r} is not a {purpose} file id",
-                                       param="after")
+                raise ValidationFailed(
+                    f"after: {after!r} is not a {purpose} file id", param="after"
+                )
         stored = batches.page_files(
-            session=session, ctx=ctx, purpose=purpose, after_id=raw_after, limit=limit + 1,
+            session=session,
+            ctx=ctx,
+            purpose=purpose,
+            after_id=raw_after,
+            limit=limit + 1,
             ascending=order == "asc",
         )
         listed = [stored_to_file(r) for r in stored[:limit]]
@@ -167,6 +174,8 @@ def list_files(
             last_id=listed[-1].id if listed else "",
             has_more=len(stored) > limit,
         )
+    if purpose is None:
+        return _all_files(session, ctx, limit=limit, ascending=order == "asc", after=after)
     after_id = None
     if after is not None:
         after_id = parse_number(after, FILE_PREFIX)
@@ -181,6 +190,52 @@ def list_files(
         purpose=purpose,
     )
     data = [to_file(d) for d in rows[:limit]]
+    return FileList(
+        data=data,
+        first_id=data[0].id if data else "",
+        last_id=data[-1].id if data else "",
+        has_more=len(rows) > limit,
+    )
+
+
+# Files one unfiltered listing reads from each of its two sources (datasets, stored files).
+MAX_LISTED = 10_000
+
+
+def _listing_order(file: FileObject) -> tuple[int, bool, int]:
+    """Creation time, then datasets before stored files, then the id's number."""
+    return file.created_at, file.id.startswith(RAW_PREFIX), int(file.id.rsplit("-", 1)[1])
+
+
+def _all_files(
+    session: Session, ctx: WorkspaceContext, *, limit: int, ascending: bool, after: str | None
+) -> FileList:
+    """Training files and batch files in one list by creation time (OpenAI lists every file
+    without a purpose). The two sources are merged here, so `after` may name either kind; a
+    workspace's newest MAX_LISTED of each are what is listed."""
+    rows = [
+        to_file(d)
+        for d in datasets.page_for_workspace(
+            session=session, ctx=ctx, limit=MAX_LISTED, ascending=ascending
+        )
+    ] + [
+        stored_to_file(r)
+        for r in batches.page_files(
+            session=session,
+            ctx=ctx,
+            purpose=None,
+            after_id=None,
+            limit=MAX_LISTED,
+            ascending=ascending,
+        )
+    ]
+    rows.sort(key=_listing_order, reverse=not ascending)
+    if after is not None:
+        ids = [f.id for f in rows]
+        if after not in ids:
+            raise ValidationFailed(f"after: {after!r} is not a file of this list", param="after")
+        rows = rows[ids.index(after) + 1 :]
+    data = rows[:limit]
     return FileList(
         data=data,
         first_id=data[0].id if data else "",

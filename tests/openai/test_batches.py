@@ -123,6 +123,13 @@ def test_a_chat_batch_runs_every_line_into_the_output_and_error_files(
         done.output_file_id, done.error_file_id,
     }
     assert_schema(team.owner.get("/v1/files?purpose=batch").json(), "ListFilesResponse")
+    # Unfiltered, the list holds every file, training and batch ones, newest first.
+    everything = assert_schema(team.owner.get("/v1/files").json(), "ListFilesResponse")
+    listed = [f["id"] for f in everything["data"]]
+    assert {input_id, done.output_file_id, done.error_file_id} <= set(listed)
+    assert listed.index(done.output_file_id) < listed.index(input_id)
+    second = team.owner.get("/v1/files", params={"limit": 1, "after": listed[0]}).json()
+    assert [f["id"] for f in second["data"]] == listed[1:2]
 
 
 def test_completions_and_embeddings_lines_answer_in_their_endpoints_shape(
