@@ -132,6 +132,13 @@ async def create_chat_completion(
     # Per choice: text held back while it may still be a tool call, and whether it was.
     held = [""] * n
     holding = [plan.mode != "off"] * n
+    logprobs_sent = [0] * n  # entries streamed so far; the finishing chunk has the rest
+
+    def logprobs_of(index: int, entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+        if not body.logprobs:
+            return None
+        logprobs_sent[index] += len(entries or [])
+        return {"content": entries or [], "refusal": None}
 
     def on_event(index: int, event: dict[str, Any]) -> list[dict[str, Any]]:
         if "finish_reason" not in event:
@@ -143,7 +150,10 @@ async def create_chat_completion(
                 if plan.mode == "forced" or tools.may_be_call(held[index]):
                     return []
                 holding[index], delta, held[index] = False, held[index], ""
-            return [chunk([choice(index, {"content": delta})])]
+            # With tools in play, held text would put entries out of order: all at the end.
+            entries = event.get("logprobs") if plan.mode == "off" else None
+            logprobs = logprobs_of(index, entries) if entries else None
+            return [chunk([choice(index, {"content": delta}, None, logprobs)])]
         finals.append(event)
         chunks = []
         calls: list[dict[str, Any]] = []
@@ -153,7 +163,7 @@ async def create_chat_completion(
                 chunks.append(chunk([choice(index, {"tool_calls": tools.chunk_calls(calls)})]))
             if content:
                 chunks.append(chunk([choice(index, {"content": content})]))
-        logprobs = {"content": event.get("logprobs") or [], "refusal": None}
+        rest = (event.get("logprobs") or [])[logprobs_sent[index] :]
         chunks.append(
             chunk(
                 [
@@ -161,7 +171,7 @@ async def create_chat_completion(
                         index,
                         {},
                         _finish(event["finish_reason"], calls),
-                        logprobs if body.logprobs else None,
+                        logprobs_of(index, rest),
                     )
                 ]
             )

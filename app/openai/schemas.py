@@ -409,8 +409,14 @@ class BatchObject(BaseModel):
     input_file_id: str
     completion_window: str
     status: Literal[
-        "validating", "failed", "in_progress", "finalizing", "completed", "expired",
-        "cancelling", "cancelled",
+        "validating",
+        "failed",
+        "in_progress",
+        "finalizing",
+        "completed",
+        "expired",
+        "cancelling",
+        "cancelled",
     ]
     output_file_id: str | None = None
     error_file_id: str | None = None

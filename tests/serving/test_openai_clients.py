@@ -145,7 +145,7 @@ def test_the_openai_client_gets_logprobs_echo_grammars_tools_and_errors(live_v1:
     text = body["choices"][0]["message"]["content"]
     assert "".join(e["token"] for e in content) == text
 
-    # Streamed logprobs arrive with the finishing chunk.
+    # Streamed logprobs arrive with the text they belong to.
     chunks = list(
         oa.chat.completions.create(
             model=SMOL, messages=CAPITAL, max_tokens=6, temperature=0, logprobs=True, stream=True
@@ -154,6 +154,8 @@ def test_the_openai_client_gets_logprobs_echo_grammars_tools_and_errors(live_v1:
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
     streamed = [e for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert [e.token for e in streamed] == [e["token"] for e in content]
+    with_text = [c for c in chunks if c.choices[0].delta.content and c.choices[0].logprobs]
+    assert len(with_text) > 1 or len(content) == 1
 
     # Completions: echo with max_tokens 0 scores the prompt; a token array scores the same.
     likely, unlikely = "The capital of France is Paris", "The capital of France is banana"

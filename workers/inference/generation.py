@@ -166,6 +166,18 @@ class GenerationResult:
         return out
 
 
+class Piece(str):
+    """A streamed text piece that carries the log-probability entries of the tokens that made
+    it (engines that score while streaming send these; a plain str carries none)."""
+
+    logprobs: list[TokenLogprob]
+
+    def __new__(cls, text: str, logprobs: Sequence[TokenLogprob] = ()) -> Piece:
+        piece = super().__new__(cls, text)
+        piece.logprobs = list(logprobs)
+        return piece
+
+
 def token_entry(
     piece: bytes, logprob: float | None, top: Sequence[tuple[bytes, float]] = ()
 ) -> TokenLogprob:
@@ -944,11 +956,14 @@ async def stream(
         job = submit(lanes_of, request)
     stops = request.params.stop
     raw, sent = "", 0
+    entries: list[TokenLogprob] = []  # logprobs of text not yet handed on
     try:
         pending: Event | None = None
         while True:
             item = pending if pending is not None else await job.events.get()
             pending = None
+            if isinstance(item, Piece):
+                entries += item.logprobs
             # A consumer that fell behind (a busy machine, a slow client) takes every text
             # piece already queued as one delta: fewer events, the same text.
             while isinstance(item, str) and not job.events.empty():
@@ -956,7 +971,9 @@ async def stream(
                 if not isinstance(following, str):
                     pending = following
                     break
-                item += following
+                if isinstance(following, Piece):
+                    entries += following.logprobs
+                item = str(item) + following
             if isinstance(item, BaseException):
                 raise item
             if isinstance(item, GenerationResult):
@@ -967,7 +984,8 @@ async def stream(
             raw += item
             safe = _safe_length(raw, stops)
             if safe > sent:
-                yield raw[sent:safe]
+                yield Piece(raw[sent:safe], entries) if entries else raw[sent:safe]
+                entries = []
                 sent = safe
     finally:
         request.cancel.set()  # a no-op once finished; stops the row if we left early

@@ -58,6 +58,7 @@ from workers.inference.generation import (
     GenerationResult,
     Job,
     ModelNotReady,
+    Piece,
     PreparedRequest,
     SamplingParams,
     TokenLogprob,
@@ -211,6 +212,7 @@ class _Sequence:
     # (index in the step's batch, prompt position) of prompt logits to read (echo's logprobs)
     prompt_rows: list[tuple[int, int]] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    logprobs_sent: int = 0  # entries already streamed with a piece
     prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
@@ -678,7 +680,14 @@ class LlamaCppEngine:
                     if any(stop in tail for stop in params.stop):
                         self._finish(sequence, "stop")
                         continue
-                self._send(sequence.job, piece)
+                if sequence.logprobs is not None:
+                    # The entries of every token since the last piece (a token that ended
+                    # half a character sent no piece of its own).
+                    fresh = sequence.logprobs[sequence.logprobs_sent :]
+                    sequence.logprobs_sent = len(sequence.logprobs)
+                    self._send(sequence.job, Piece(piece, fresh))
+                else:
+                    self._send(sequence.job, piece)
             if sequence.completion_tokens >= params.max_tokens:
                 self._finish(sequence, "length")
 

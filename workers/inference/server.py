@@ -406,7 +406,8 @@ async def _sse_events(
         async for item in events:
             if isinstance(item, str):
                 tracker.first_token()
-                yield _sse({"delta": item})
+                logprobs = getattr(item, "logprobs", None)
+                yield _sse({"delta": item, "logprobs": logprobs} if logprobs else {"delta": item})
             else:
                 tracker.finish(item, cancelled=prepared.cancelled)
                 final = item.as_dict()
