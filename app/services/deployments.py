@@ -14,8 +14,10 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -84,10 +86,27 @@ class ServingTarget:
     settings: DeploymentSettings | None = field(default=None)
 
     @property
-    def load_options(self) -> dict[str, int]:
+    def load_options(self) -> LoadOptions:
         if self.settings is None:
             return {}
         return {"replicas": self.settings.replicas, "max_batch_size": self.settings.max_batch_size}
+
+
+class LoadOptions(TypedDict, total=False):
+    """What the inference server's load takes of a deployment's settings."""
+
+    replicas: int
+    max_batch_size: int
+
+
+class SettingsChanges(TypedDict, total=False):
+    """A PATCH of a deployment's settings: only the fields it names (update_settings)."""
+
+    replicas: int | None
+    max_batch_size: int | None
+    max_new_tokens: int | None
+    temperature: float | None
+    top_p: float | None
 
 
 # Without a known context window (a GGUF-only folder, say) a deployment answers this many.
@@ -285,8 +304,8 @@ def resolve_model(*, session: Session, ctx: WorkspaceContext, name: str) -> Serv
                     param="model",
                 )
         raise ModelNotFound(f"the model {name!r} does not exist in this workspace")
-    deployment = next((d for d in live if d.model_version_id == version.id), None)
-    return target_for_version(version, deployment)
+    own = next((d for d in live if d.model_version_id == version.id), None)
+    return target_for_version(version, own)
 
 
 def _check_name(session: Session, ctx: WorkspaceContext, name: str, own_id: int | None) -> None:
@@ -451,7 +470,11 @@ def update_settings(
 
 
 async def scale(
-    *, session: Session, ctx: WorkspaceContext, deployment_id: int, **changes: object
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    deployment_id: int,
+    **changes: Unpack[SettingsChanges],
 ) -> Deployment:
     """Change replicas / batch size / defaults; the server applies them in place (no reload)."""
     deployment = await run_in_threadpool(
@@ -514,8 +537,8 @@ def _clear_pending(session: Session, deployment: Deployment, error: str) -> None
     session.commit()
 
 
-def _spawn(coro: object) -> None:
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(coro)
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
 
@@ -530,7 +553,7 @@ async def _watch_redeploy(deployment_id: int, interval_s: float = 0.2) -> None:
         if loaded is None:
             continue
 
-        def step(loaded: list[dict]) -> tuple[Actions, bool]:
+        def step(loaded: list[dict[str, Any]]) -> tuple[Actions, bool]:
             with session_scope() as session:
                 deployment = session.get(Deployment, deployment_id)
                 if deployment is None or deployment.pending_model_version_id is None:
@@ -599,7 +622,7 @@ def _queue_load(actions: Actions, version: ModelVersion, deployment: Deployment)
 
 
 def apply_server_status(
-    *, session: Session, deployments: list[Deployment], loaded: list[dict] | None
+    *, session: Session, deployments: list[Deployment], loaded: list[dict[str, Any]] | None
 ) -> Actions:
     """Bring recorded statuses in line with what the inference server reports.
 
@@ -683,7 +706,9 @@ async def _unload_after(key: str, delay_s: float) -> None:
         await inference_client.unload(key)
 
 
-async def refresh_status(*, session: Session, deployments: list[Deployment]) -> dict[int, dict]:
+async def refresh_status(
+    *, session: Session, deployments: list[Deployment]
+) -> dict[int, dict[str, Any]]:
     """Ask the inference server what it holds, record it, and re-load what it lost.
 
     Returns each deployment's live figures (requests, latency, TTFT, tokens/s) by id.
@@ -697,8 +722,8 @@ async def refresh_status(*, session: Session, deployments: list[Deployment]) -> 
 
 
 def stats_by_deployment(
-    deployments: list[Deployment], loaded: list[dict] | None
-) -> dict[int, dict]:
+    deployments: list[Deployment], loaded: list[dict[str, Any]] | None
+) -> dict[int, dict[str, Any]]:
     """Each deployment's live figures, plus `backend` (the engine serving it) and
     `backend_reason` (why that engine; docs/serving.md).
 
@@ -721,7 +746,7 @@ def stats_by_deployment(
     }
 
 
-def _with_web_counts(server: dict, web: dict[str, int]) -> dict:
+def _with_web_counts(server: dict[str, Any], web: dict[str, int]) -> dict[str, Any]:
     """Request counts are the web's: it sees what it refuses and /predict, the server does not.
     Cancellations are the larger count: the server also sees callers that went away after
     the web had handed their stream on."""
@@ -736,7 +761,7 @@ def _with_web_counts(server: dict, web: dict[str, int]) -> dict:
 
 async def predict(
     *, session: Session, ctx: WorkspaceContext, deployment_id: int, inputs: str | list[str]
-) -> dict:
+) -> dict[str, Any]:
     """Labels and scores from a deployed classification model."""
     deployment = await run_in_threadpool(
         get_for_member, session=session, ctx=ctx, deployment_id=deployment_id
@@ -748,7 +773,7 @@ async def predict(
     return await classify(target, inputs)
 
 
-async def classify(target: ServingTarget, inputs: str | list[str]) -> dict:
+async def classify(target: ServingTarget, inputs: str | list[str]) -> dict[str, Any]:
     """Labels and scores of `inputs` from the classifier behind `target`, counted in the
     deployment's traffic figures like a chat request (refusals as rejected, failures as errors)."""
     timer = serving_metrics.RequestTimer(serving_metrics.label_for(target))
@@ -799,7 +824,7 @@ async def reconcile_forever(interval_s: float) -> None:
             logger.exception("reconciling deployments failed")
 
 
-async def loaded_models() -> list[dict] | None:
+async def loaded_models() -> list[dict[str, Any]] | None:
     try:
         return await inference_client.list_loaded()
     except inference_client.InferenceUnavailable:

@@ -13,7 +13,7 @@ import re
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -163,6 +163,11 @@ def _checked(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _object(response: httpx.Response) -> dict[str, Any]:
+    """The server's JSON object answer (every endpoint but GET /models answers one)."""
+    return cast("dict[str, Any]", _checked(response))
+
+
 def _model_url(name: str) -> str:
     return "/models/" + quote(name, safe="")
 
@@ -184,40 +189,42 @@ async def ensure_loaded(
     if max_batch_size is not None:
         body["max_batch_size"] = max_batch_size
     async with _client(CONTROL_TIMEOUT) as client:
-        return _checked(await client.put(_model_url(name), json=body))
+        return _object(await client.put(_model_url(name), json=body))
 
 
-async def predict(name: str, path: str | None, inputs: str | list[str], **load: Any) -> dict:
+async def predict(
+    name: str, path: str | None, inputs: str | list[str], **load: Any
+) -> dict[str, Any]:
     """Labels and scores from a classification model: {"predictions": [{label, score, scores}]}."""
     body = {"name": name, "path": path, "inputs": inputs, **load}
     async with _client(GENERATE_TIMEOUT) as client:
-        return _checked(await client.post("/predict", json=body))
+        return _object(await client.post("/predict", json=body))
 
 
-async def embed(name: str, path: str | None, inputs: list[str] | list[list[int]]) -> dict:
+async def embed(name: str, path: str | None, inputs: list[str] | list[list[int]]) -> dict[str, Any]:
     """Unit-length embeddings of texts or token arrays: {"embeddings", "prompt_tokens"}; the
     model is loaded for embeddings from `path` first if the server does not hold it yet."""
     body = {"name": name, "path": path, "inputs": inputs}
     async with _client(GENERATE_TIMEOUT) as client:
-        return _checked(await client.post("/embed", json=body))
+        return _object(await client.post("/embed", json=body))
 
 
 async def model_status(name: str) -> dict[str, Any]:
     """One deployment's status; InferenceError(404) if the server does not hold it."""
     async with _client(CONTROL_TIMEOUT) as client:
-        return _checked(await client.get(_model_url(name)))
+        return _object(await client.get(_model_url(name)))
 
 
 async def unload(name: str) -> dict[str, Any]:
     """Drop a deployment and free its memory; InferenceError(404) if it is not loaded."""
     async with _client(CONTROL_TIMEOUT) as client:
-        return _checked(await client.delete(_model_url(name)))
+        return _object(await client.delete(_model_url(name)))
 
 
 async def list_loaded() -> list[dict[str, Any]]:
     """Every deployment the server holds: name, path, status, error, loaded_at."""
     async with _client(CONTROL_TIMEOUT) as client:
-        entries = _checked(await client.get("/models"))
+        entries = cast("list[dict[str, Any]]", _checked(await client.get("/models")))
     for entry in entries:  # a failed load's error is recorded on the deployment and shown
         if isinstance(entry.get("error"), str):
             entry["error"] = without_paths(entry["error"])
@@ -237,10 +244,12 @@ async def generate(name: str, path: str | None, **params: Any) -> dict[str, Any]
     loaded from `path` first if the server does not hold it yet.
     """
     async with _client(GENERATE_TIMEOUT) as client:
-        return _checked(await client.post("/generate", json=_body(name, path, params, False)))
+        return _object(await client.post("/generate", json=_body(name, path, params, False)))
 
 
-async def generate_stream(name: str, path: str | None, **params: Any) -> AsyncIterator[dict]:
+async def generate_stream(
+    name: str, path: str | None, **params: Any
+) -> AsyncIterator[dict[str, Any]]:
     """Stream a completion: yields {"delta": str} events, then {"finish_reason", "prompt_tokens",
     "completion_tokens"}; stops at [DONE]. An error event raises InferenceError.
 
