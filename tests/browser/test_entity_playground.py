@@ -47,7 +47,8 @@ def entity_model(server: Server) -> str:
     """A finished run whose final model is the hand-built entity model, registered."""
     from app.db.models import RunStatus
     from app.db.session import session_scope
-    from app.services import artifacts, run_execution
+    from app.services import artifacts
+    from app.services.runs import execution as run_execution
 
     with httpx.Client(base_url=server.base_url, timeout=30) as api:
         csrf, dataset_id = flows.first_admin_with_dataset(api)
