@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -186,10 +187,23 @@ def train_run(self, run_id: int) -> str:
         ended = _train_on_several_devices(run_id, config, retention)
     else:
         ended = _train_in_this_process(run_id, config, retention)
+    if nodes > 1:
+        with session_scope() as session:
+            if not run_execution.holds_attempt(session=session, run_id=run_id, attempt=attempt):
+                log.warning("run %s moved on past attempt %s; leaving it alone", run_id, attempt)
+                return "superseded"
     if ended.gang_incomplete:
         with session_scope() as session:
             requeue = run_execution.gang_incomplete(
                 session=session, run_id=run_id, nodes=nodes, waited_s=get_settings().gang_timeout_s
+            )
+        if requeue:
+            celery_app.send_task(TRAIN_TASK, args=[run_id], queue=GPU_QUEUE)
+        return "interrupted" if requeue else "failed"
+    if ended.failure is not None and nodes > 1 and _lost_a_node(*ended.failure):
+        with session_scope() as session:
+            requeue = run_execution.node_lost(
+                session=session, run_id=run_id, nodes=nodes, error=ended.failure[0]
             )
         if requeue:
             celery_app.send_task(TRAIN_TASK, args=[run_id], queue=GPU_QUEUE)
@@ -333,6 +347,26 @@ def _train_on_several_devices(
     )
 
 
+# How a rank says its peer on another machine is gone (gloo, NCCL, torchrun's agent), or that
+# torchrun ended its ranks without any of them reporting an error of its own.
+PEER_LOST = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "DistNetworkError",
+    "DistBackendError",
+    "RendezvousClosedError",
+    "communicator was aborted",
+    "without an error report",
+)
+
+
+def _lost_a_node(error: str, traceback_text: str) -> bool:
+    """Whether a multi-node attempt failed because a node went away, not because of the run."""
+    text = f"{error}\n{traceback_text}"
+    return any(marker in text for marker in PEER_LOST)
+
+
 def _rendezvous(run_id: int, attempt: int, nodes: int, endpoint: str, is_host: bool) -> Any:
     from workers.torchrun_launch import Rendezvous
 
@@ -372,14 +406,40 @@ def _train_on_several_nodes(
             message=f"{nodes} nodes × {config.devices} device(s): waiting for every node to "
             f"join the rendezvous at {endpoint} (at most {settings.gang_timeout_s:.0f} s)",
         )
-    return _train_on_several_devices(
-        run_id,
-        config,
-        retention,
-        rendezvous=_rendezvous(run_id, attempt, nodes, endpoint, is_host=True),
-        node_label="0",
-        result_key=result_key(run_id, attempt),
+    # Until every node has joined nobody reports, so this task keeps the run's heartbeat
+    # fresh while the gang gathers (else the sweeper would take a slow start for a dead run).
+    # Only that long: afterwards rank 0's reporter does it, and a rank 0 that died must let
+    # the heartbeat go stale.
+    gathering = threading.Event()
+    thread = threading.Thread(
+        target=_heartbeat_while_gathering,
+        args=(run_id, settings.gang_timeout_s, gathering),
+        name=f"run-{run_id}-gang-heartbeat",
+        daemon=True,
     )
+    thread.start()
+    try:
+        return _train_on_several_devices(
+            run_id,
+            config,
+            retention,
+            rendezvous=_rendezvous(run_id, attempt, nodes, endpoint, is_host=True),
+            node_label="0",
+            result_key=result_key(run_id, attempt),
+        )
+    finally:
+        gathering.set()
+        thread.join(timeout=5)
+
+
+def _heartbeat_while_gathering(run_id: int, for_s: float, done: threading.Event) -> None:
+    deadline = time.monotonic() + for_s
+    while not done.wait(run_execution.HEARTBEAT_EVERY_S) and time.monotonic() < deadline:
+        try:
+            with session_scope() as session:
+                run_execution.heartbeat(session=session, run_id=run_id)
+        except Exception:  # a database hiccup: the next beat retries
+            log.exception("heartbeat of run %s while its nodes gather failed", run_id)
 
 
 # Not redelivered when its worker dies: that node's peers then fail, and the claiming task

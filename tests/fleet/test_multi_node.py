@@ -45,27 +45,42 @@ def fleet_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     artifact_store._store_for.cache_clear()
 
 
+def start_worker(name: str, tmp_path: Path) -> LoggedProcess:
+    """A gpu worker on "its own machine": its own data folder, everything else shared."""
+    env = dict(os.environ)
+    env["LLMIDE_DATA_DIR"] = str(tmp_path / name)
+    argv = [sys.executable, "-m", "app.cli", "worker", "--queues", "gpu", "--concurrency", "1"]
+    return LoggedProcess(name, argv, env, tmp_path / f"{name}.log").start()
+
+
 @pytest.fixture
-def two_workers(
+def workers(
     backend: str, fleet_env: dict[str, str], installation: Path, tmp_path: Path
 ) -> Iterator[list[LoggedProcess]]:
+    """Two workers to begin with; a test may append more."""
     assert backend == "postgres" and os.environ.get("LLMIDE_DATABASE_URL")
-    workers = []
-    for node in ("node-a", "node-b"):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMIDE_")}
-        env |= {k: v for k, v in os.environ.items() if k.startswith("LLMIDE_")}
-        env["LLMIDE_DATA_DIR"] = str(tmp_path / node)
-        argv = [sys.executable, "-m", "app.cli", "worker", "--queues", "gpu", "--concurrency", "1"]
-        workers.append(LoggedProcess(node, argv, env, tmp_path / f"{node}.log").start())
+    started = [start_worker(name, tmp_path) for name in ("node-a", "node-b")]
     try:
-        yield workers
+        yield started
     finally:
-        for worker in workers:
+        for worker in started:
             worker.stop(timeout=30)
 
 
+def wait_for_end(team: Team, run_id: int, workers: list[LoggedProcess]) -> dict:
+    deadline = time.monotonic() + 600
+    while (run := team.viewer.get(f"/api/v1/runs/{run_id}").json())["status"] not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        assert time.monotonic() < deadline, "\n".join(w.log_tail(4000) for w in workers)
+        time.sleep(1)
+    return run
+
+
 def test_a_two_node_run_trains_on_two_workers_joined_by_a_rendezvous(
-    two_workers: list[LoggedProcess], team: Team, tmp_path: Path
+    workers: list[LoggedProcess], team: Team, tmp_path: Path
 ) -> None:
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
     config = {"max_steps": STEPS, "block_size": 16, "batch_size": 2, "save_steps": 3, "nodes": 2}
@@ -73,15 +88,8 @@ def test_a_two_node_run_trains_on_two_workers_joined_by_a_rendezvous(
     assert launched.status_code == 201, launched.text
     run_id = int(launched.json()["id"])
 
-    deadline = time.monotonic() + 400
-    while (run := team.viewer.get(f"/api/v1/runs/{run_id}").json())["status"] not in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
-        assert time.monotonic() < deadline, "\n".join(w.log_tail(4000) for w in two_workers)
-        time.sleep(1)
-    logs = "\n".join(w.log_tail(4000) for w in two_workers)
+    run = wait_for_end(team, run_id, workers)
+    logs = "\n".join(w.log_tail(4000) for w in workers)
     assert run["status"] == "succeeded", (run, logs)
 
     events = [e["message"] for e in team.viewer.get(f"/api/v1/runs/{run_id}/events").json()]

@@ -187,6 +187,45 @@ def gang_incomplete(*, session: Session, run_id: int, nodes: int, waited_s: floa
     return handed_back  # the caller's session scope commits, then re-sends the task
 
 
+def holds_attempt(*, session: Session, run_id: int, attempt: int) -> bool:
+    """Whether the run is still running as this attempt: a multi-node attempt whose nodes hung
+    on a lost peer may end long after the run went stale and was resumed as a newer one, and
+    must then touch nothing."""
+    run = session.get(Run, run_id)
+    return run is not None and run.status == RunStatus.running and run.attempts == attempt
+
+
+def node_lost(*, session: Session, run_id: int, nodes: int, error: str) -> bool:
+    """A node of a multi-node run died or dropped out mid-training (its peers' collectives
+    failed): like a crashed worker, the run resumes from its last checkpoint on the nodes that
+    are free, while automatic restarts are left; then it fails with the last error. True when
+    it should be re-sent."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return False
+    max_restarts = get_settings().run_max_restarts
+    first_line = error.strip().splitlines()[0][:300] if error.strip() else "no error report"
+    if run.attempts > max_restarts:
+        finish(
+            session=session,
+            run_id=run_id,
+            status=RunStatus.failed,
+            error=f"a node of this {nodes}-node run was lost {run.attempts} times; "
+            f"automatic restarts are capped at {max_restarts}. Last: {first_line}",
+        )
+        return False
+    handed_back = _move(session, run_id, RunStatus.running, RunStatus.interrupted)
+    if handed_back:
+        add_event(
+            session=session,
+            run_id=run_id,
+            level="warning",
+            message=f"a node of this {nodes}-node run was lost ({first_line}); it will resume "
+            f"from its last checkpoint (restart {run.attempts} of {max_restarts})",
+        )
+    return handed_back  # the caller's session scope commits, then re-sends the task
+
+
 OOM_SUGGESTION = (
     "The run ran out of memory: try a smaller batch size with gradient accumulation to keep "
     "the effective batch, a shorter sequence length, LoRA, or bf16."
