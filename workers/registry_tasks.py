@@ -330,13 +330,31 @@ def _evaluate_judge(
     """A judge evaluation: the version judges the chosen arena votes (workers/engine/judge.py);
     each verdict goes to figures, the agreement with people to metrics."""
     from app.services import arena
-    from workers.engine.judge import judge
+    from workers.engine.judge import generate_answers, judge
 
     try:
-        with session_scope() as session:
-            items = arena.judge_items(
-                session=session, workspace_id=workspace_id, vote_ids=list(options["vote_ids"])
-            )
+        if options.get("versions"):
+            # A match: both versions answer the prompts here, then the judge reads the pairs.
+            prompts = list(options["prompts"])
+            a, b = options["versions"]
+            answers = [
+                generate_answers(
+                    artifacts.existing(side["storage_key"]),
+                    prompts,
+                    int(options.get("max_new_tokens", 64)),
+                )
+                for side in (a, b)
+            ]
+            items = [
+                {"question": prompt, "answer_a": x, "answer_b": y, "human": "none",
+                 "model_a": a["name"], "model_b": b["name"]}
+                for prompt, x, y in zip(prompts, answers[0], answers[1], strict=True)
+            ]  # fmt: skip
+        else:
+            with session_scope() as session:
+                items = arena.judge_items(
+                    session=session, workspace_id=workspace_id, vote_ids=list(options["vote_ids"])
+                )
         if not items:
             raise ValueError("the judged votes were deleted")
         metrics, samples, figures = judge(

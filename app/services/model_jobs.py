@@ -307,6 +307,9 @@ def create_judge_evaluation(
     mode: str = "pairwise",
     rubric: str | None = None,
     max_votes: int = 200,
+    match: tuple[int, int] | None = None,
+    prompts: list[str] | None = None,
+    max_new_tokens: int = 64,
 ) -> Evaluation:
     """Queue a judge evaluation: the version (a causal LM) judges the workspace's arena votes —
     pairwise with the answers in both orders, or by rubric scores — and its verdicts are
@@ -324,6 +327,15 @@ def create_judge_evaluation(
         raise ValidationFailed("rubric applies to mode rubric", param="rubric")
     if not 1 <= max_votes <= 2000:
         raise ValidationFailed("max_votes must be between 1 and 2000", param="max_votes")
+    if match is not None:
+        return _create_judged_match(
+            session=session, ctx=ctx, judge=version, mode=mode, rubric=rubric, match=match,
+            prompts=prompts or [], max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+    if prompts:
+        raise ValidationFailed(
+            "prompts go with versions (a match of two versions)", param="prompts"
+        )
     votes = arena.list_votes(session=session, ctx=ctx, limit=max_votes, newest=True)
     if not votes:
         raise ValidationFailed(
@@ -339,6 +351,64 @@ def create_judge_evaluation(
         dataset_sha256=hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
         kind="judge",
         options={"mode": mode, "rubric": rubric, "vote_ids": ids, "name": f"arena votes ({mode})"},
+        status=JobStatus.queued,
+        progress=0.0,
+        metrics={},
+        samples=[],
+        created_by_id=ctx.user.id,
+    )
+    session.add(evaluation)
+    session.flush()
+    session.commit()
+    _send(session, evaluation, EVALUATE_TASK)
+    return evaluation
+
+
+def _create_judged_match(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    judge: ModelVersion,
+    mode: str,
+    rubric: str | None,
+    match: tuple[int, int],
+    prompts: list[str],
+    max_new_tokens: int,
+) -> Evaluation:
+    """The judge compares two versions' answers to the prompts (pairwise in both orders, or
+    by rubric): the worker generates both versions' replies, then judges them."""
+    chosen = [p.strip() for p in prompts if p.strip()]
+    if not chosen or len(chosen) > 50 or any(len(p) > 2000 for p in chosen):
+        raise ValidationFailed(
+            "a match needs 1 to 50 prompts of up to 2000 characters", param="prompts"
+        )
+    if match[0] == match[1]:
+        raise ValidationFailed("a match compares two different versions", param="versions")
+    if not 1 <= max_new_tokens <= 256:
+        raise ValidationFailed("max_new_tokens must be between 1 and 256", param="max_new_tokens")
+    sides = []
+    for version_id in match:
+        side = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+        if model_kind.is_classifier(side):
+            raise ValidationFailed(f"{side.serving_name} is a classifier", param="versions")
+        sides.append(side)
+    payload = json.dumps({"versions": list(match), "prompts": chosen}, sort_keys=True)
+    evaluation = Evaluation(
+        workspace_id=ctx.workspace.id,
+        model_version_id=judge.id,
+        dataset_id=None,
+        dataset_sha256=hashlib.sha256(payload.encode()).hexdigest(),
+        kind="judge",
+        options={
+            "mode": mode,
+            "rubric": rubric,
+            "prompts": chosen,
+            "max_new_tokens": max_new_tokens,
+            "versions": [
+                {"id": s.id, "name": s.serving_name, "storage_key": s.storage_key} for s in sides
+            ],
+            "name": f"{sides[0].serving_name} vs {sides[1].serving_name} ({mode})",
+        },  # fmt: skip
         status=JobStatus.queued,
         progress=0.0,
         metrics={},

@@ -119,3 +119,26 @@ def test_the_arena_page_sends_its_votes_to_a_judge_and_the_version_page_shows_th
     assert (
         'data-testid="judge-evaluations"' in version_page and "Agrees with people" in version_page
     )
+
+
+def test_a_judge_compares_two_versions_answers_in_a_match_and_reports_who_it_preferred(
+    team: Team, judge_and_votes: dict
+) -> None:
+    from workers.registry_tasks import evaluate_version
+
+    left, right = judge_and_votes["left"], judge_and_votes["right"]
+    url = f"/api/v1/model-versions/{judge_and_votes['judge']['id']}/judge-evaluations"
+    body = {"mode": "pairwise", "versions": [left["id"], right["id"]],
+            "prompts": ["Say hello.", "Name a fruit."], "max_new_tokens": 8}  # fmt: skip
+    queued = team.editor.post(url, json=body)
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["options"]["name"].startswith(left["serving_name"])
+    assert evaluate_version.apply(args=[queued.json()["id"]]).get() == "succeeded"
+    done = team.viewer.get(f"/api/v1/evaluations/{queued.json()['id']}").json()
+    metrics = done["metrics"]
+    assert metrics["judge_items"] == 2 and "judge_agreement" not in metrics  # no people here
+    wins = metrics["judge_wins_a"] + metrics["judge_wins_b"] + metrics["judge_ties"]
+    assert wins + metrics["judge_unreadable"] == 2
+    assert 0 <= metrics["judge_win_rate_a"] <= 1
+    same = team.editor.post(url, json={**body, "versions": [left["id"], left["id"]]})
+    assert same.status_code == 400 and "two different versions" in same.json()["detail"]

@@ -151,6 +151,24 @@ def judge(
     return metrics, samples, figures
 
 
+def generate_answers(model_dir: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """A version's greedy replies to the prompts (what a pairwise match of two versions judges)."""
+    import torch
+
+    from workers.engine.evaluation import _generate
+    from workers.engine.export import load_causal_lm
+
+    torch.manual_seed(0)
+    model, tokenizer = load_causal_lm(model_dir)
+    context = int(
+        getattr(model.config, "n_positions", None)
+        or getattr(model.config, "max_position_embeddings", None)
+        or 2048
+    )
+    tokens = min(max_new_tokens, max(1, context // 2))
+    return [_generate(model, tokenizer, prompt, tokens, context) for prompt in prompts]
+
+
 def _replies(replies: list[str]) -> str:
     return " | ".join(r.strip()[:40] for r in replies)
 
@@ -167,4 +185,13 @@ def agreement(verdicts: list[dict[str, Any]], mode: str) -> dict[str, float]:
     }
     if mode == "pairwise" and verdicts:
         metrics["judge_consistency"] = sum(1 for v in verdicts if v["consistent"]) / len(verdicts)
+    if verdicts:
+        # Who the judge preferred: A's share of the items, a tie counting half (a match of two
+        # versions has no people's votes, so this is its result).
+        wins_a = sum(1 for v in verdicts if v["verdict"] == "a")
+        ties = sum(1 for v in verdicts if v["verdict"] == "tie")
+        metrics["judge_wins_a"] = float(wins_a)
+        metrics["judge_wins_b"] = float(sum(1 for v in verdicts if v["verdict"] == "b"))
+        metrics["judge_ties"] = float(ties)
+        metrics["judge_win_rate_a"] = (wins_a + 0.5 * ties) / len(verdicts)
     return metrics

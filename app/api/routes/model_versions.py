@@ -248,6 +248,9 @@ def create_judge_evaluation(
         mode=body.mode,
         rubric=body.rubric,
         max_votes=body.max_votes,
+        match=(body.versions[0], body.versions[1]) if body.versions else None,
+        prompts=body.prompts,
+        max_new_tokens=body.max_new_tokens,
     )
     return EvaluationRead.model_validate(evaluation)
 

@@ -95,6 +95,14 @@ class JudgeEvaluationCreate(BaseModel):
     mode: Literal["pairwise", "rubric"] = "pairwise"
     rubric: str | None = Field(default=None, max_length=1000)
     max_votes: int = Field(default=200, ge=1, le=2000)
+    versions: list[int] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="A match instead of the arena's votes: these two versions answer `prompts`.",
+    )
+    prompts: list[str] | None = Field(default=None, max_length=50)
+    max_new_tokens: int = Field(default=64, ge=1, le=256)
 
 
 class EvaluationRead(ORM):
