@@ -261,7 +261,9 @@ def kept_checkpoints(*, session: Session, ctx: WorkspaceContext) -> list[tuple[s
     for checkpoint, run in rows:
         if checkpoint.id in registered:
             continue
-        with contextlib.suppress(DomainError):  # a key the store refuses: nothing to serve
+        # A checkpoint whose files are gone (or a key the store refuses) serves nothing.
+        with contextlib.suppress(DomainError):
+            artifacts.ensure_present(checkpoint.storage_key)
             if model_kind.is_classifier_folder(artifacts.resolve(checkpoint.storage_key)):
                 continue
             name = (

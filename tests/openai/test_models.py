@@ -41,9 +41,16 @@ def test_models_list_the_workspaces_fine_tuned_models_by_serving_name(
     assert assert_schema(retrieved, "Model")["id"] == fine_tuned_model
     assert openai_for(team.viewer).models.retrieve(fine_tuned_model).id == fine_tuned_model
 
-    # The job's kept checkpoint is listed by the name its checkpoints list gives it; the final
-    # one goes by the version's own name.
+    # The job's kept checkpoint is listed by the name its checkpoints list gives it once its
+    # files are there; the final one goes by the version's own name.
     checkpoint = f"{fine_tuned_model}:ckpt-step-5"
+    ids = [m["id"] for m in team.owner.get("/v1/models").json()["data"]]
+    assert checkpoint not in ids  # finish_like_the_worker writes no checkpoint folder
+    run_id = fine_tuned_model.rsplit("-", 1)[1]
+    from app.services import artifacts
+
+    artifacts.resolve(f"runs/{run_id}/checkpoint-5").mkdir(parents=True)
+    listed = assert_schema(team.owner.get("/v1/models").json(), "ListModelsResponse")
     ids = [m["id"] for m in listed["data"]]
     assert checkpoint in ids and ids.count(fine_tuned_model) == 1
     assert not [i for i in ids if i.startswith(fine_tuned_model) and i.endswith("-10")]
