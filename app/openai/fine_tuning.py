@@ -54,7 +54,12 @@ from app.services.runs import access as run_access
 from app.services.runs import results as job_results
 from app.services.runs import service as runs
 from app.services.runs import timeline as run_timeline
-from app.services.runs.config import DEFAULT_BETA, DEFAULT_LEARNING_RATE, RunConfig
+from app.services.runs.config import (
+    DEFAULT_BETA,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_TASK,
+    RunConfig,
+)
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai: fine-tuning"])
@@ -140,9 +145,14 @@ def _hyperparameters(config: dict) -> Hyperparameters:
     )
 
 
-def _method(config: dict, hyperparameters: Hyperparameters) -> Method:
-    """The job's method as OpenAI shows it: dpo for a DPO run, supervised for the rest."""
-    if config.get("task_type") != "dpo":
+def _method(run: Run, hyperparameters: Hyperparameters) -> Method:
+    """The job's method as OpenAI shows it: dpo for a DPO run (asked for, or chosen by its
+    preference data), supervised for the rest."""
+    config = run.config
+    task = config.get("task_type")
+    if task == "auto" and run.dataset_version is not None:
+        task = DEFAULT_TASK.get(run.dataset_version.schema, task)
+    if task != "dpo":
         return Method(supervised=Supervised(hyperparameters=hyperparameters))
     beta = config.get("beta")
     return Method(
@@ -227,7 +237,7 @@ def to_job(*, session: Session, ctx: WorkspaceContext, run: Run) -> FineTuningJo
         fine_tuned_model=fine_tuned_model,
         finished_at=unix_or_none(run.finished_at),
         hyperparameters=hyperparameters,
-        method=_method(run.config, hyperparameters),
+        method=_method(run, hyperparameters),
         model=run.base_model,
         organization_id=ctx.workspace.slug,
         status=job_status(run),  # type: ignore[arg-type]

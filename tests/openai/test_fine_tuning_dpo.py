@@ -136,3 +136,16 @@ def test_a_dpo_jobs_metrics_events_carry_rewards_margins_and_accuracy(team: Team
     metrics = [e for e in events if e["type"] == "metrics"][0]["data"]
     assert metrics["rewards_margins"] == 0.7 and metrics["rewards_accuracies"] == 1.0
     assert metrics["eval_rewards_margins"] == 0.5
+
+
+def test_a_run_launched_natively_on_pairs_shows_as_a_dpo_job(team: Team) -> None:
+    pairs = team.editor.upload("pairs.jsonl", json.dumps(PAIR) + "\n").json()["id"]
+    run = team.editor.post(
+        "/api/v1/runs", json={"dataset_id": pairs, "base_model": "scratch-tiny", "config": {}}
+    )
+    assert run.status_code == 201, run.text
+    job = team.editor.get(f"/v1/fine_tuning/jobs/ftjob-{run.json()['id']}")
+    body = assert_schema(job.json(), "FineTuningJob")
+    assert (
+        body["method"]["type"] == "dpo" and body["method"]["dpo"]["hyperparameters"]["beta"] == 0.1
+    )
