@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.schemas.common import UtcDateTime
 from app.services.runs.config import RunConfig
 
 ID = Field(ge=1, le=2**31 - 1, strict=True)
@@ -53,7 +53,7 @@ class CrossValidationRead(BaseModel):
     final_fit_run_id: int | None
     final_fit_status: str | None
     registered_version_id: int | None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class CrossValidationRegister(BaseModel):
@@ -85,4 +85,4 @@ class ArenaVoteRead(BaseModel):
     answer_a: str
     answer_b: str
     winner: str
-    created_at: datetime
+    created_at: UtcDateTime
