@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,16 @@ def test_kto_reads_unpaired_rows_and_splits_pairs_into_a_good_and_a_bad_answer(
     assert preference_records([pair], "dpo") == [
         {"prompt": user, "chosen": pair.chosen, "rejected": pair.rejected}
     ]
+
+
+def test_a_stopped_dpo_run_resumes_from_its_checkpoint_to_the_end(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "dpo", max_steps=6)
+    first = train(cfg, Recorder(stop_after=3))
+    assert first.stopped and first.global_step == 3
+    checkpoint = cfg.checkpoints_dir / "checkpoint-3"
+    assert (checkpoint / "trainer_state.json").is_file()
+    recorder = Recorder()
+    resumed = train(replace(cfg, resume_from=checkpoint), recorder)
+    assert resumed.global_step == 6 and not resumed.stopped
+    assert any("resumed at step 3" in line for _, line in recorder.logs)
+    assert min(step for step, m in recorder.metrics if "rewards_margins" in m) == 4
