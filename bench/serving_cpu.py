@@ -10,7 +10,14 @@ Printed (all greedy, the same counting prompt so no answer ends early):
                             web + inference + SSE) / bare llama.cpp's, target >= 0.9
   ttft_8_p95_vs_single=     p95 time to first token of 8 concurrent streams / single-stream TTFT,
                             target <= 3
+  ttft_8_distinct_p95_vs_single=  the same with 8 prompts that share no prefix (the engine's
+                            prefix cache cannot help: every prompt is prefilled), no target
   aggregate_speedup_8=      completion tokens/s of 8 concurrent streams / one stream's (last line)
+
+The single-stream and the first 8-stream figures repeat one prompt, as a chat's system prompt
+or a conversation's history repeats: the engine prefills it once and later requests reuse its
+KV cells (bare llama.cpp's `Llama` reuses its previous prompt the same way). The machine's load
+average is printed before and after.
 
 Runs: `python bench/serving_cpu.py [--threads N] [--tokens N]`. The machine's other load changes
 every figure: run it on an idle machine and read one run as one sample.
@@ -80,14 +87,22 @@ def seed(env: dict[str, str], gguf: Path) -> tuple[str, str]:
         return secret, version.serving_name
 
 
-def stream_once(client: object, model: str, tokens: int) -> tuple[float, float, int, float]:
+def distinct_prompt(index: int) -> str:
+    """A counting prompt of PROMPT's length that shares no leading token with the others."""
+    start = (index + 1) * 100
+    return ", ".join(str(i) for i in range(start, start + 29)) + ","
+
+
+def stream_once(
+    client: object, model: str, tokens: int, prompt: str = PROMPT
+) -> tuple[float, float, int, float]:
     """One streamed completion: (TTFT s, decode tokens/s, completion tokens, total s)."""
     started = time.perf_counter()
     stamps = []
     usage = 0
     for chunk in client.completions.create(  # type: ignore[attr-defined]
         model=model,
-        prompt=PROMPT,
+        prompt=prompt,
         max_tokens=tokens,
         temperature=0,
         stream=True,
@@ -108,6 +123,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     args = parser.parse_args()
     gguf = packaged_gguf()
+    print("load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
     bare = bare_decode_rate(gguf, args.threads, args.tokens)
     print(f"bare llama.cpp ({args.threads} threads): {bare:.1f} tokens/s decode")
@@ -157,6 +173,12 @@ def main() -> None:
                         )
                     )
                     wall = time.perf_counter() - started
+                    distinct = list(
+                        pool.map(
+                            lambda i: stream_once(client, model, args.tokens, distinct_prompt(i)),
+                            range(CONCURRENCY),
+                        )
+                    )
         finally:
             stop_process(inference)
 
@@ -171,8 +193,16 @@ def main() -> None:
         f"product {CONCURRENCY} streams: TTFT p50 {statistics.median(ttfts) * 1000:.0f} ms, "
         f"p95 {p95 * 1000:.0f} ms; aggregate {aggregate:.1f} tokens/s"
     )
+    distinct_ttfts = sorted(r[0] for r in distinct)
+    distinct_p95 = distinct_ttfts[min(len(distinct) - 1, round(0.95 * (len(distinct) - 1)))]
+    print(
+        f"product {CONCURRENCY} streams, prompts sharing no prefix: TTFT p50 "
+        f"{statistics.median(distinct_ttfts) * 1000:.0f} ms, p95 {distinct_p95 * 1000:.0f} ms"
+    )
+    print("load average after: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print(f"cpu_decode_vs_llamacpp={decode_1 / bare:.2f}")
     print(f"ttft_8_p95_vs_single={p95 / ttft_1:.2f}")
+    print(f"ttft_8_distinct_p95_vs_single={distinct_p95 / ttft_1:.2f}")
     print(f"aggregate_speedup_8={aggregate / rate_1:.2f}")
 
 
