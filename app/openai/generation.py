@@ -17,7 +17,7 @@ from starlette.responses import StreamingResponse
 
 from app.core.errors import DomainError, ValidationFailed
 from app.openai.common import inference_error
-from app.openai.schemas import Usage
+from app.openai.schemas import PromptTokensDetails, Usage
 from app.services import deployments, inference_client, serving_metrics
 from app.services.deployments import ServingTarget
 from app.services.workspaces import WorkspaceContext
@@ -46,9 +46,13 @@ def usage(*results: dict[str, Any], per_prompt: int | None = None) -> Usage:
     several prompts, `per_prompt` (n) choices share each prompt."""
     share = per_prompt or len(results)
     prompt = sum(int(r["prompt_tokens"]) for r in results[::share])
+    cached = sum(int(r.get("cached_tokens") or 0) for r in results[::share])
     completion = sum(int(r["completion_tokens"]) for r in results)
     return Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
 
 

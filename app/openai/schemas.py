@@ -714,10 +714,17 @@ class CompletionCreate(_GenerationRequest):
 MAX_CHOICES = 64
 
 
+class PromptTokensDetails(BaseModel):
+    # Prompt tokens the engine took from its prefix cache instead of prefilling them again
+    # (llama.cpp deployments; 0 where the engine has no such cache).
+    cached_tokens: int = 0
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class FunctionCall(BaseModel):

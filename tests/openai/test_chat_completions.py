@@ -160,7 +160,10 @@ def test_chat_completion_relays_the_inference_answer_with_usage(
         "index": 0, "finish_reason": "stop", "logprobs": None,
         "message": {"role": "assistant", "content": "Hello!", "refusal": None},
     }]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert body["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert raw.parse().choices[0].message.content == "Hello!"
 
     (call,) = fake_inference.calls
@@ -190,7 +193,10 @@ def test_chat_completion_streams_role_content_finish_and_usage_chunks(
     assert [c["choices"][0]["delta"].get("content") for c in chunks[1:4]] == ["Hel", "lo", "!"]
     assert chunks[4]["choices"][0]["finish_reason"] == "length"
     assert chunks[5]["choices"] == []
-    assert chunks[5]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert chunks[5]["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
     stream = openai_for(team.owner).chat.completions.create(
         model=fine_tuned_model, messages=HELLO, stream=True
@@ -358,3 +364,20 @@ def test_an_auto_tool_call_is_read_back_whole_and_streamed(
     text = "".join(json.loads(p)["choices"][0]["delta"].get("content") or ""
                    for p in payloads[:-1])
     assert text == "Sure, here it is"
+
+
+def test_usage_reports_the_engines_cached_prompt_tokens_as_openai_does() -> None:
+    """llama.cpp deployments say how many prompt tokens came from the prefix cache; the
+    prompt is counted once for n choices (choice 0's figure), 0 where nothing reports it."""
+    from app.openai.generation import usage
+
+    cached = {"prompt_tokens": 10, "completion_tokens": 2, "cached_tokens": 9}
+    fresh = {"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 0}
+    both = usage(cached, fresh).model_dump()
+    assert both == {
+        "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 9},
+    }
+    assert_schema(both, "CompletionUsage")
+    lanes = usage({"prompt_tokens": 4, "completion_tokens": 1})
+    assert lanes.prompt_tokens_details.cached_tokens == 0
