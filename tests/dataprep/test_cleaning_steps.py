@@ -248,3 +248,19 @@ def test_a_language_code_the_filter_does_not_know_is_refused_by_name() -> None:
     with pytest.raises(ValidationError) as refused:
         Recipe.model_validate({"steps": [{"step": "language_filter", "languages": ["zh", "xx"]}]})
     assert "unknown language code xx" in recipe_errors(refused.value)
+
+
+def test_cleaning_reaches_every_message_of_a_preference_pair_and_dedups_whole_pairs() -> None:
+    pair = {
+        "prompt": [{"role": "user", "content": "<b>Hi</b>"}],
+        "chosen": [{"role": "assistant", "content": "Hello <i>there</i>"}],
+        "rejected": [{"role": "assistant", "content": "<b>Go</b>"}],
+    }
+    rows, _ = run([{"step": "strip_html"}, {"step": "exact_dedup"}], [pair, pair], "preference")
+    assert rows == [
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "Hello there"}],
+            "rejected": [{"role": "assistant", "content": "Go"}],
+        }
+    ]
