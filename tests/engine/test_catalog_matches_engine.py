@@ -46,13 +46,16 @@ def test_web_run_config_offers_exactly_the_engines_choices() -> None:
     assert [m.le for m in devices if hasattr(m, "le")] == [engine_config.MAX_DEVICES]
     # Checkpoint retention is applied by the worker's reporter (workers/metrics_sink.py), not
     # by the engine; a distillation teacher's name is found again by the worker and reaches
-    # the engine as teacher_path; every other field reaches TrainConfig.
+    # the engine as teacher_path; the node count is the queue's and torchrun's (one process
+    # group over several hosts: the engine trains as one rank of it either way); every other
+    # field reaches TrainConfig.
     worker_only = {
         "eval_split",
         "keep_last_checkpoints",
         "keep_best_metric",
         "keep_best_mode",
         "teacher",
+        "nodes",
     }
     assert set(fields) - worker_only <= set(TrainConfig.__dataclass_fields__)
 

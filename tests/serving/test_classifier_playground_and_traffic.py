@@ -113,7 +113,7 @@ def test_rejected_chat_requests_are_counted_and_shown(
         for _ in range(7):  # above the deployment's limit: refused by the web (400)
             assert chat(team, name, max_tokens=64).status_code == 400
         assert chat(team, name, stop=["a", "b", "c", "d", "e"]).status_code == 400
-        assert chat(team, name, logprobs=True).status_code == 400
+        assert chat(team, name, not_an_openai_field=True).status_code == 400  # unknown: refused
         assert chat(team, name, max_tokens=4).status_code == 200
 
         assert traffic(team, dep["id"]) == "10 req · 9 rejected · 0 err"

@@ -642,8 +642,9 @@ def generate_batch(
         finish: FinishReason = "stop"
         if not hit_stop and eos_at is None and completion_tokens >= request.params.max_tokens:
             finish = "length"
-            # A character whose bytes the limit cut apart is dropped, not shown as U+FFFD.
-            text = text.rstrip("\ufffd")
+            # A character whose bytes the limit cut apart decodes to one U+FFFD: dropped.
+            # Earlier U+FFFDs are bytes that are simply not UTF-8 (an untrained model's): kept.
+            text = text.removesuffix("\ufffd")
         logprobs = None
         if request.params.logprobs:
             # The end token too: it is one of the completion tokens (vLLM's way).

@@ -402,13 +402,19 @@ async def _sse_events(
     response stops iterating this generator; closing it cancels the request's row.
     """
     events = generation.stream(entry, prepared, job)
+    sent = ""  # the deltas so far: the final text's rest is sent before the final event
     try:
         async for item in events:
             if isinstance(item, str):
                 tracker.first_token()
+                sent += item
                 logprobs = getattr(item, "logprobs", None)
                 yield _sse({"delta": item, "logprobs": logprobs} if logprobs else {"delta": item})
             else:
+                # What the streamer held back (bytes that never made a whole character, say)
+                # is part of the whole answer: a stream must add up to the same text.
+                if item.text.startswith(sent) and len(item.text) > len(sent):
+                    yield _sse({"delta": item.text[len(sent) :]})
                 tracker.finish(item, cancelled=prepared.cancelled)
                 final = item.as_dict()
                 del final["text"]
