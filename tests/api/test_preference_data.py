@@ -139,6 +139,7 @@ def test_the_model_view_shows_both_answers_with_only_their_tokens_trained() -> N
     )
     view = model_view(tokenizer=tokenizer, rows=[CANONICAL], schema="preference", max_length=128)
     chosen, rejected = view["rows"]
+    assert view["summary"]["sampled_rows"] == 2 and view["summary"]["answers_per_row"] == 2
     assert (chosen["index"], chosen["answer"]) == (0, "chosen")
     assert (rejected["index"], rejected["answer"]) == (0, "rejected")
     for row, answer in ((chosen, "It is 4."), (rejected, "5")):

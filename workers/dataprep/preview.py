@@ -190,7 +190,9 @@ def model_view(
         "chat_template": chat_template and masking.has_chat_template(tokenizer),
         "eos_token": tokenizer.eos_token,
         "summary": {
+            # Renderings: a preference pair counts its two answers ("answers_per_row").
             "sampled_rows": n,
+            "answers_per_row": 2 if schema == "preference" else 1,
             "truncated_rows": counts.get(masking.TRUNCATED, 0),
             "truncated_rate": round(counts.get(masking.TRUNCATED, 0) / n, 4) if n else 0.0,
             "mean_tokens": round(sum(token_counts) / n, 1) if n else 0.0,
