@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.browser import served_models
 from tests.browser import test_browser_flows as flows
 from tests.browser.test_browser_flows import (
     ADMIN_EMAIL,
@@ -20,65 +20,24 @@ from tests.browser.test_browser_flows import (
     PASSWORD,
     PHONE,
     Server,
-    _free_port,
     _shot,
     assert_pages_fit,
-    running_app,
 )
-from tests.serving.conftest import build_tiny_classifier, inference_process
+from tests.serving.conftest import build_tiny_classifier
 
 pytestmark = pytest.mark.browser
-browser = flows.browser
-no_console_errors = flows.no_console_errors
-INFERENCE_PORT = _free_port()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
-    with (
-        running_app(
-            tmp_path_factory, sqlite_template, LLMIDE_INFERENCE_PORT=str(INFERENCE_PORT)
-        ) as srv,
-        inference_process(srv.data_dir, INFERENCE_PORT),
-    ):
-        yield srv
+browser = served_models.browser
+no_console_errors = served_models.no_console_errors
+server = served_models.server
 
 
 @pytest.fixture(scope="module")
 def classifier(server: Server) -> str:
     """A finished run whose final model is a 2-class classifier, registered; its serving name."""
-    from app.db.models import RunStatus
-    from app.db.session import session_scope
-    from app.services import artifacts
-    from app.services.runs import execution as run_execution
-
-    with httpx.Client(base_url=server.base_url, timeout=30) as api:
-        csrf, dataset_id = flows.first_admin_with_dataset(api)
-        launched = api.post(
-            "/api/v1/runs",
-            json={"dataset_id": dataset_id, "name": "sentiment", "config": {}},
-            headers=csrf,
-        )
-        assert launched.status_code == 201, launched.text
-        run_id = int(launched.json()["id"])
-    folder = artifacts.resolve(f"{artifacts.run_dir_key(run_id)}/final")
-    build_tiny_classifier(folder)
-    with session_scope() as session:
-        assert run_execution.claim(session=session, run_id=run_id, task_id="browser-test")
-        run_execution.finish(
-            session=session,
-            run_id=run_id,
-            status=RunStatus.succeeded,
-            final_checkpoint_key=artifacts.key_for(folder),
-            final_step=1,
-            final_metrics={},
-        )
-    with httpx.Client(base_url=server.base_url, timeout=30) as api:
-        login = api.post("/api/v1/session", json={"email": ADMIN_EMAIL, "password": PASSWORD})
-        assert login.status_code == 200, login.text
-        versions = [v for m in api.get("/api/v1/models").json() for v in m["versions"]]
-    assert len(versions) == 1
-    return str(versions[0]["serving_name"])
+    [serving_name] = served_models.register_finished_runs(
+        server, [("sentiment", build_tiny_classifier)]
+    )
+    return serving_name
 
 
 @pytest.fixture(scope="module")
