@@ -47,19 +47,26 @@ metadata:
 """
 
 
-@pytest.fixture
-def lm_version(team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A tiny causal LM (1-layer GPT-2, 256 positions) imported as a version."""
+def import_tiny_lm(team: Team, imports: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A tiny causal LM (1-layer GPT-2, 256 positions) built in `imports`/tiny and imported by
+    the editor as a version; the version as the API returns it."""
     from app.core.settings import get_settings
     from tests.inference.test_inference_server import build_tiny_model
 
-    imports = tmp_path / "imports"
     build_tiny_model(imports / "tiny", positions=256)
     monkeypatch.setenv("LLMIDE_IMPORT_DIR", str(imports))
     get_settings.cache_clear()
     created = team.editor.post("/api/v1/models/import", json={"name": "tiny", "path": "tiny"})
     assert created.status_code == 201, created.text
-    return {"id": created.json()["id"], "folder": imports / "tiny"}
+    return dict(created.json())
+
+
+@pytest.fixture
+def lm_version(team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A tiny causal LM (1-layer GPT-2, 256 positions) imported as a version."""
+    imports = tmp_path / "imports"
+    created = import_tiny_lm(team, imports, monkeypatch)
+    return {"id": created["id"], "folder": imports / "tiny"}
 
 
 def _submit(team: Team, version_id: int, name: str, content: str, **form: str):
@@ -70,13 +77,9 @@ def _submit(team: Team, version_id: int, name: str, content: str, **form: str):
     )
 
 
-def _lm_eval_itself(folder: Path, tmp_path: Path, rows: list[dict], num_fewshot: int) -> dict:
-    """lm_eval's own run: its hf model on the folder, its task from YAML, its JSON loader."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    tasks_dir = tmp_path / "lm_eval_tasks"
-    tasks_dir.mkdir()
+def write_lm_eval_tasks(tasks_dir: Path, rows: list[dict]) -> list[str]:
+    """One lm_eval task per subject of `rows`, as its user would write it into `tasks_dir`:
+    the subject's test and dev rows as JSONL, a YAML with MMLU's template; the task names."""
     names = []
     for subject in sorted({r["subject"] for r in rows}):
         for split in ("test", "dev"):
@@ -93,6 +96,17 @@ def _lm_eval_itself(folder: Path, tmp_path: Path, rows: list[dict], num_fewshot:
             )
         )
         names.append(f"user_{subject}")
+    return names
+
+
+def _lm_eval_itself(folder: Path, tmp_path: Path, rows: list[dict], num_fewshot: int) -> dict:
+    """lm_eval's own run: its hf model on the folder, its task from YAML, its JSON loader."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    tasks_dir = tmp_path / "lm_eval_tasks"
+    tasks_dir.mkdir()
+    names = write_lm_eval_tasks(tasks_dir, rows)
     results = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(folder), "device": "cpu"},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry.test_harness_evaluation import LM_EVAL_YAML, MC_ROWS, MMLU_TEMPLATE
+from tests.registry.test_harness_evaluation import MC_ROWS, import_tiny_lm, write_lm_eval_tasks
 from tests.serving.test_openai_clients import LiveV1, live_v1  # noqa: F401 (fixture)
 
 
@@ -25,18 +25,11 @@ def test_a_multiple_choice_task_scores_the_same_in_the_product_and_through_v1(
     from lm_eval.models.openai_completions import LocalCompletionsAPI
     from lm_eval.tasks import TaskManager
 
-    from app.core.settings import get_settings
-    from tests.inference.test_inference_server import build_tiny_model
     from workers.registry_tasks import evaluate_version
 
     team = live_v1.team
     imports = tmp_path / "imports"
-    build_tiny_model(imports / "tiny", positions=256)
-    monkeypatch.setenv("LLMIDE_IMPORT_DIR", str(imports))
-    get_settings.cache_clear()
-    created = team.editor.post("/api/v1/models/import", json={"name": "tiny", "path": "tiny"})
-    assert created.status_code == 201, created.text
-    version = created.json()
+    version = import_tiny_lm(team, imports, monkeypatch)
 
     # In the product: the task file uploaded, lm_eval's HFLM on the version's weights.
     content = "".join(json.dumps(r) + "\n" for r in MC_ROWS)
@@ -51,22 +44,7 @@ def test_a_multiple_choice_task_scores_the_same_in_the_product_and_through_v1(
     ours = {t["task"]: t["metrics"]["acc"]["value"] for t in figures["figures"]["tasks"]}
 
     # lm_eval from outside: its own task YAML and JSON loader, the product's /v1 as the model.
-    names = []
-    for subject in sorted({r["subject"] for r in MC_ROWS}):
-        for split in ("test", "dev"):
-            chosen = [r for r in MC_ROWS if r["subject"] == subject and r["split"] == split]
-            (tmp_path / f"{subject}_{split}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in chosen)
-            )
-        (tmp_path / f"{subject}.yaml").write_text(
-            LM_EVAL_YAML.format(
-                template=MMLU_TEMPLATE,
-                task=f"user_{subject}",
-                test=tmp_path / f"{subject}_test.jsonl",
-                dev=tmp_path / f"{subject}_dev.jsonl",
-            )
-        )
-        names.append(f"user_{subject}")
+    names = write_lm_eval_tasks(tmp_path, MC_ROWS)
     model = LocalCompletionsAPI(
         model=version["serving_name"],
         base_url=f"{live_v1.base_url}/completions",
