@@ -66,6 +66,18 @@ def run_id_of(job_id: str) -> int:
     return int(job_id.removeprefix("ftjob-"))
 
 
+def set_run(run_id: int, **values: object) -> None:
+    """Write columns of a run directly, for a state no public call leads to quickly (a run
+    already running, an old start time)."""
+    from sqlalchemy import update
+
+    from app.db.models import Run
+    from app.db.session import session_scope
+
+    with session_scope() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
 def finish_like_the_worker(
     run_id: int, *, final_step: int = 10, checkpoint_steps: tuple[int, ...] = (5,),
     final_metrics: dict[str, float] | None = None,

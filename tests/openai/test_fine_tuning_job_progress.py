@@ -14,7 +14,6 @@ from datetime import timedelta
 
 import openai
 import pytest
-from sqlalchemy import update
 
 from app.db.base import utcnow
 from tests.conftest import Team
@@ -24,6 +23,7 @@ from tests.openai.conftest import (
     finish_like_the_worker,
     raw_json,
     run_id_of,
+    set_run,
     upload_file,
 )
 from tests.openai.openai_schema import assert_openai_error, assert_schema
@@ -32,14 +32,6 @@ from tests.openai.openai_schema import assert_openai_error, assert_schema
 @pytest.fixture(autouse=True)
 def _both_databases(backend: str) -> None:
     """Every test here runs on SQLite and on Postgres."""
-
-
-def _set_run(run_id: int, **values: object) -> None:
-    from app.db.models import Run
-    from app.db.session import session_scope
-
-    with session_scope() as session:
-        session.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
 def _claim(run_id: int) -> None:
@@ -143,7 +135,7 @@ def test_pause_stops_a_job_and_resume_queues_it_again(team: Team, openai_for: Op
     with pytest.raises(openai.ConflictError, match="still stopping"):
         oa.fine_tuning.jobs.resume(job["id"])
 
-    _set_run(run_id, status="cancelled", finished_at=utcnow())  # the worker stopped
+    set_run(run_id, status="cancelled", finished_at=utcnow())  # the worker stopped
     assert oa.fine_tuning.jobs.retrieve(job["id"]).status == "paused"
     resumed = raw_json(oa.fine_tuning.jobs.with_raw_response.resume(job["id"]), "FineTuningJob")
     assert resumed["status"] == "queued"
@@ -228,13 +220,13 @@ def test_estimated_finish_comes_from_the_measured_step_rate(
     _claim(run_id)
     # Loading took ten minutes before step 1; then a step every 2 s: 100 steps in all.
     start = utcnow()
-    _set_run(run_id, started_at=start - timedelta(minutes=10), step=1, total_steps=100)
+    set_run(run_id, started_at=start - timedelta(minutes=10), step=1, total_steps=100)
     _report(run_id, [(1, "train_loss", 3.0, start)])
     assert oa.fine_tuning.jobs.retrieve(job["id"]).estimated_finish is None  # no pace yet
 
     _report(run_id, [(s, "train_loss", 3.0, start + timedelta(seconds=2 * (s - 1)))
                      for s in range(2, 11)])
-    _set_run(run_id, step=10)
+    set_run(run_id, step=10)
     estimated = oa.fine_tuning.jobs.retrieve(job["id"]).estimated_finish
     expected = start + timedelta(seconds=2 * 99)  # step 10 at +18 s, 90 steps of 2 s to go
     assert estimated is not None

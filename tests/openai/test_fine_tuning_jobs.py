@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import openai
 import pytest
-from sqlalchemy import update
 
 from app.services.runs.config import DEFAULT_LEARNING_RATE
 from tests.conftest import Team
@@ -18,6 +17,7 @@ from tests.openai.conftest import (
     finish_like_the_worker,
     raw_json,
     run_id_of,
+    set_run,
     upload_file,
 )
 from tests.openai.openai_schema import assert_openai_error, assert_schema
@@ -26,14 +26,6 @@ from tests.openai.openai_schema import assert_openai_error, assert_schema
 @pytest.fixture(autouse=True)
 def _both_databases(backend: str) -> None:
     """Every test here runs on SQLite and on Postgres."""
-
-
-def _set_run(run_id: int, **values: object) -> None:
-    from app.db.models import Run
-    from app.db.session import session_scope
-
-    with session_scope() as session:
-        session.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
 def test_jobs_create_through_the_openai_package_queues_a_run_with_the_hyperparameters(
@@ -259,7 +251,7 @@ def test_job_status_maps_failed_to_an_error_object_and_interrupted_to_running(
 ) -> None:
     training = upload_file(team.owner)
     failed = create_job(team.owner, training)
-    _set_run(run_id_of(failed["id"]), status="failed", error="CUDA out of memory")
+    set_run(run_id_of(failed["id"]), status="failed", error="CUDA out of memory")
     body = team.owner.get(f"/v1/fine_tuning/jobs/{failed['id']}").json()
     assert assert_schema(body, "FineTuningJob")["status"] == "failed"
     assert body["error"] == {
@@ -267,7 +259,7 @@ def test_job_status_maps_failed_to_an_error_object_and_interrupted_to_running(
     }
 
     interrupted = create_job(team.owner, training)
-    _set_run(run_id_of(interrupted["id"]), status="interrupted")
+    set_run(run_id_of(interrupted["id"]), status="interrupted")
     body = team.owner.get(f"/v1/fine_tuning/jobs/{interrupted['id']}").json()
     assert assert_schema(body, "FineTuningJob")["status"] == "running"
     assert body["error"] is None
