@@ -284,6 +284,25 @@ def chat_jsonl(rows: int = 20) -> str:
     )
 
 
+def train_in_process(run_id: int) -> str:
+    """Run a queued run's training task here, as a worker would, to its end; its outcome
+    ("succeeded", "failed", ...)."""
+    from workers.tasks import train_run
+
+    return str(train_run.apply(args=[run_id], task_id=f"run-{run_id}").result)
+
+
+def version_of_run(run_id: int) -> dict[str, Any]:
+    """The version a succeeded run registered: its id, serving name and lineage."""
+    from app.db.session import session_scope
+    from app.services import registry
+
+    with session_scope() as session:
+        version = registry.version_for_run(session=session, run_id=run_id)
+        assert version is not None
+        return {"id": version.id, "name": version.serving_name, "lineage": dict(version.lineage)}
+
+
 def record_unloadable_checkpoint(installation: Path, run_id: int, step: int) -> None:
     """A checkpoint the database offers but the engine cannot load: a real failure to resume."""
     from app.db.session import session_scope

@@ -5,26 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Team, text_jsonl
+from tests.conftest import Team, text_jsonl, train_in_process, version_of_run
 from tests.signed_in import HTML, sign_in
 
 SHORT = {"max_steps": 3, "block_size": 32, "batch_size": 4, "learning_rate": 1e-3}
-
-
-def _train(run_id: int) -> str:
-    from workers.tasks import train_run
-
-    return str(train_run.apply(args=[run_id], task_id=f"run-{run_id}").result)
-
-
-def _version_of(run_id: int) -> dict:
-    from app.db.session import session_scope
-    from app.services import registry
-
-    with session_scope() as session:
-        version = registry.version_for_run(session=session, run_id=run_id)
-        assert version is not None
-        return {"id": version.id, "name": version.serving_name, "lineage": dict(version.lineage)}
 
 
 def test_a_version_teaches_a_scratch_student_and_the_page_compares_them(team: Team) -> None:
@@ -34,8 +18,8 @@ def test_a_version_teaches_a_scratch_student_and_the_page_compares_them(team: Te
         json={"dataset_id": corpus, "base_model": "scratch-nano", "config": SHORT},
     )
     assert teacher_run.status_code == 201, teacher_run.text
-    assert _train(teacher_run.json()["id"]) == "succeeded"
-    teacher = _version_of(teacher_run.json()["id"])
+    assert train_in_process(teacher_run.json()["id"]) == "succeeded"
+    teacher = version_of_run(teacher_run.json()["id"])
 
     student_run = team.editor.post(
         "/api/v1/runs",
@@ -46,8 +30,8 @@ def test_a_version_teaches_a_scratch_student_and_the_page_compares_them(team: Te
         },
     )
     assert student_run.status_code == 201, student_run.text
-    assert _train(student_run.json()["id"]) == "succeeded"
-    student = _version_of(student_run.json()["id"])
+    assert train_in_process(student_run.json()["id"]) == "succeeded"
+    student = version_of_run(student_run.json()["id"])
     assert student["lineage"]["teacher_version_id"] == teacher["id"]
     assert student["lineage"]["teacher_run_id"] == teacher_run.json()["id"]
 
@@ -86,8 +70,8 @@ def test_a_student_trained_on_a_teachers_generated_answers_names_its_teacher(tea
     teacher_run = team.editor.post(
         "/api/v1/runs", json={"dataset_id": corpus, "base_model": "scratch-nano", "config": SHORT}
     ).json()
-    assert _train(teacher_run["id"]) == "succeeded"
-    teacher = _version_of(teacher_run["id"])
+    assert train_in_process(teacher_run["id"]) == "succeeded"
+    teacher = version_of_run(teacher_run["id"])
     with session_scope() as session:
         # What the "generate answers" batch leaves: a version whose recipe names the model.
         parent = session.query(DatasetVersion).filter_by(dataset_id=corpus).one()
@@ -115,7 +99,7 @@ def test_a_student_trained_on_a_teachers_generated_answers_names_its_teacher(tea
             "config": SHORT,
         },
     ).json()
-    assert _train(student_run["id"]) == "succeeded"
-    lineage = _version_of(student_run["id"])["lineage"]
+    assert train_in_process(student_run["id"]) == "succeeded"
+    lineage = version_of_run(student_run["id"])["lineage"]
     assert lineage["teacher"] == teacher["name"] and lineage["distillation"] == "sequences"
     assert lineage["teacher_version_id"] == teacher["id"]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import Team, chat_jsonl
+from tests.conftest import Team, chat_jsonl, train_in_process, version_of_run
 from tests.signed_in import HTML, sign_in
 
 PAIRS = "".join(
@@ -25,22 +25,6 @@ PAIRS = "".join(
 SHORT = {"max_steps": 3, "block_size": 64, "batch_size": 4, "learning_rate": 1e-3}
 
 
-def _train(run_id: int) -> str:
-    from workers.tasks import train_run
-
-    return str(train_run.apply(args=[run_id], task_id=f"run-{run_id}").result)
-
-
-def _version_of(run_id: int) -> dict:
-    from app.db.session import session_scope
-    from app.services import registry
-
-    with session_scope() as session:
-        version = registry.version_for_run(session=session, run_id=run_id)
-        assert version is not None
-        return {"id": version.id, "name": version.serving_name, "lineage": dict(version.lineage)}
-
-
 def test_an_sft_version_is_tuned_with_dpo_and_the_lineage_shows_both_runs(team: Team) -> None:
     chat = team.editor.upload("chat.jsonl", chat_jsonl(40)).json()["id"]
     sft = team.editor.post(
@@ -52,8 +36,8 @@ def test_an_sft_version_is_tuned_with_dpo_and_the_lineage_shows_both_runs(team: 
         },
     )
     assert sft.status_code == 201, sft.text
-    assert _train(sft.json()["id"]) == "succeeded"
-    sft_version = _version_of(sft.json()["id"])
+    assert train_in_process(sft.json()["id"]) == "succeeded"
+    sft_version = version_of_run(sft.json()["id"])
 
     pairs = team.editor.upload("pairs.jsonl", PAIRS).json()
     assert pairs["format"] == "preference"
@@ -67,13 +51,13 @@ def test_an_sft_version_is_tuned_with_dpo_and_the_lineage_shows_both_runs(team: 
     )
     assert dpo.status_code == 201, dpo.text
     assert dpo.json()["config"]["task_type"] in ("auto", "dpo")
-    assert _train(dpo.json()["id"]) == "succeeded"
+    assert train_in_process(dpo.json()["id"]) == "succeeded"
 
     points = team.editor.get(f"/api/v1/runs/{dpo.json()['id']}/metrics").json()
     names = {name for point in points for name in point["values"]}
     assert {"rewards_margins", "rewards_accuracies", "eval_rewards_margins"} <= names
 
-    dpo_version = _version_of(dpo.json()["id"])
+    dpo_version = version_of_run(dpo.json()["id"])
     lineage = dpo_version["lineage"]
     assert lineage["base_version_id"] == sft_version["id"]
     assert lineage["base_run_id"] == sft.json()["id"] and lineage["run_id"] == dpo.json()["id"]
