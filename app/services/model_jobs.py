@@ -102,10 +102,7 @@ def create_export(
         results={},
         created_by_id=ctx.user.id,
     )
-    session.add(export)
-    session.flush()
-    session.commit()
-    _send(session, export, EXPORT_TASK)
+    _save_and_send(session, export, EXPORT_TASK)
     return export
 
 
@@ -165,24 +162,15 @@ def create_evaluation(
             f"at most {MAX_PROMPTS} prompts of up to 1000 characters", param="prompts"
         )
     prompt_fit.check_prompts_fit(artifacts.resolve(version.storage_key), chosen, max_new_tokens)
-    evaluation = Evaluation(
-        workspace_id=ctx.workspace.id,
+    return _queue_evaluation(
+        session=session,
+        ctx=ctx,
         model_version_id=version.id,
         dataset_id=dataset.id,
         dataset_sha256=dataset.sha256,
         dataset_version_id=dataset_version_id,
         options={"max_rows": max_rows, "prompts": chosen, "max_new_tokens": max_new_tokens},
-        status=JobStatus.queued,
-        progress=0.0,
-        metrics={},
-        samples=[],
-        created_by_id=ctx.user.id,
     )
-    session.add(evaluation)
-    session.flush()
-    session.commit()
-    _send(session, evaluation, EVALUATE_TASK)
-    return evaluation
 
 
 # Harness evaluations (lm-evaluation-harness on an uploaded task file): bounds and defaults.
@@ -264,8 +252,9 @@ def create_harness_evaluation(
                 param="num_fewshot",
             )
     task_key = harness_tasks.store(parsed)
-    evaluation = Evaluation(
-        workspace_id=ctx.workspace.id,
+    return _queue_evaluation(
+        session=session,
+        ctx=ctx,
         model_version_id=version.id,
         dataset_id=None,
         dataset_sha256=parsed.sha256,
@@ -283,17 +272,7 @@ def create_harness_evaluation(
             "max_rows": max_rows,
             "apply_chat_template": apply_chat_template,
         },
-        status=JobStatus.queued,
-        progress=0.0,
-        metrics={},
-        samples=[],
-        created_by_id=ctx.user.id,
     )
-    session.add(evaluation)
-    session.flush()
-    session.commit()
-    _send(session, evaluation, EVALUATE_TASK)
-    return evaluation
 
 
 JUDGE_MODES = ("pairwise", "rubric")
@@ -343,25 +322,16 @@ def create_judge_evaluation(
             param="version_id",
         )
     ids = sorted(v.id for v in votes)
-    evaluation = Evaluation(
-        workspace_id=ctx.workspace.id,
+    return _queue_evaluation(
+        session=session,
+        ctx=ctx,
         model_version_id=version.id,
         dataset_id=None,
         # The judged votes, by id: two judges on the same votes line up in the comparison.
         dataset_sha256=hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
         kind="judge",
         options={"mode": mode, "rubric": rubric, "vote_ids": ids, "name": f"arena votes ({mode})"},
-        status=JobStatus.queued,
-        progress=0.0,
-        metrics={},
-        samples=[],
-        created_by_id=ctx.user.id,
     )
-    session.add(evaluation)
-    session.flush()
-    session.commit()
-    _send(session, evaluation, EVALUATE_TASK)
-    return evaluation
 
 
 def _create_judged_match(
@@ -393,8 +363,9 @@ def _create_judged_match(
             raise ValidationFailed(f"{side.serving_name} is a classifier", param="versions")
         sides.append(side)
     payload = json.dumps({"versions": list(match), "prompts": chosen}, sort_keys=True)
-    evaluation = Evaluation(
-        workspace_id=ctx.workspace.id,
+    return _queue_evaluation(
+        session=session,
+        ctx=ctx,
         model_version_id=judge.id,
         dataset_id=None,
         dataset_sha256=hashlib.sha256(payload.encode()).hexdigest(),
@@ -409,21 +380,32 @@ def _create_judged_match(
             ],
             "name": f"{sides[0].serving_name} vs {sides[1].serving_name} ({mode})",
         },  # fmt: skip
+    )
+
+
+def _queue_evaluation(*, session: Session, ctx: WorkspaceContext, **columns: Any) -> Evaluation:
+    """Record an evaluation the caller has checked, queued and empty, and send it to a worker.
+    Every kind starts the same way (queued, no progress, metrics or samples, by the caller);
+    `columns` are what differs: the version, the data it is scored on, the kind, the options."""
+    evaluation = Evaluation(
+        workspace_id=ctx.workspace.id,
+        **columns,
         status=JobStatus.queued,
         progress=0.0,
         metrics={},
         samples=[],
         created_by_id=ctx.user.id,
     )
-    session.add(evaluation)
-    session.flush()
-    session.commit()
-    _send(session, evaluation, EVALUATE_TASK)
+    _save_and_send(session, evaluation, EVALUATE_TASK)
     return evaluation
 
 
-def _send(session: Session, job: ModelExport | Evaluation, task: str) -> None:
-    """Queue the job; if the broker refuses, the record goes again (no job that never runs)."""
+def _save_and_send(session: Session, job: ModelExport | Evaluation, task: str) -> None:
+    """Save the new job, then queue it; if the broker refuses, the record goes again (no job
+    that never runs)."""
+    session.add(job)
+    session.flush()
+    session.commit()
     try:
         job.task_id = task_queue.enqueue(task, [job.id], CPU_QUEUE)
     except Exception:
