@@ -279,12 +279,20 @@ def evaluate_version(evaluation_id: int) -> str:
         _fail(Evaluation, evaluation_id, exc)
         return "failed"
     figures: dict[str, Any] = metrics.pop("figures", None) or {}
+    return _succeeded(evaluation_id, metrics, samples, figures)
+
+
+def _succeeded(
+    evaluation_id: int, metrics: dict[str, Any], samples: Any, figures: dict[str, Any]
+) -> str:
+    """Record an evaluation's results, whatever its kind, and end it succeeded; a NaN metric
+    (an undefined score, e.g. one class missing) is left out because JSON has no NaN."""
     with session_scope() as session:
         model_jobs.finish(
             session=session,
             job_type=Evaluation,
             job_id=evaluation_id,
-            metrics={k: v for k, v in metrics.items() if v == v},  # NaN is not JSON
+            metrics={k: v for k, v in metrics.items() if v == v},
             samples=samples,
             figures=figures,
         )
@@ -312,16 +320,7 @@ def _evaluate_harness(evaluation_id: int, storage_key: str, options: dict[str, A
     except Exception as exc:
         _fail(Evaluation, evaluation_id, exc)
         return "failed"
-    with session_scope() as session:
-        model_jobs.finish(
-            session=session,
-            job_type=Evaluation,
-            job_id=evaluation_id,
-            metrics={k: v for k, v in metrics.items() if v == v},
-            samples=samples,
-            figures=figures,
-        )
-    return "succeeded"
+    return _succeeded(evaluation_id, metrics, samples, figures)
 
 
 def _evaluate_judge(
@@ -367,13 +366,4 @@ def _evaluate_judge(
     except Exception as exc:
         _fail(Evaluation, evaluation_id, exc)
         return "failed"
-    with session_scope() as session:
-        model_jobs.finish(
-            session=session,
-            job_type=Evaluation,
-            job_id=evaluation_id,
-            metrics={k: v for k, v in metrics.items() if v == v},
-            samples=samples,
-            figures=figures,
-        )
-    return "succeeded"
+    return _succeeded(evaluation_id, metrics, samples, figures)
