@@ -75,6 +75,16 @@ def _move(
     return rows_changed(session, statement.values(status=target, **values)) == 1
 
 
+def _hand_back(session: Session, run_id: int, *, event: str, **values: Any) -> bool:
+    """Move a running run back to interrupted, for the next worker to resume it from its last
+    checkpoint, and say why in a warning event; False (and no event) when it was no longer
+    running: another worker's sweeper, or a cancel, got there first."""
+    handed_back = _move(session, run_id, RunStatus.running, RunStatus.interrupted, **values)
+    if handed_back:
+        add_event(session=session, run_id=run_id, level="warning", message=event)
+    return handed_back
+
+
 def heartbeat(*, session: Session, run_id: int) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
 
@@ -118,16 +128,13 @@ def interrupt_orphaned_runs(*, session: Session) -> list[int]:
                     session=session, run_id=run_id, level="error", message=f"run failed: {error}"
                 )
             continue
-        if not _move(session, run_id, RunStatus.running, RunStatus.interrupted):
-            continue  # another worker's sweeper got there first
-        requeue.append(run_id)
-        add_event(
-            session=session,
-            run_id=run_id,
-            level="warning",
-            message="the worker running this run stopped answering; it will resume from its "
+        if _hand_back(
+            session,
+            run_id,
+            event="the worker running this run stopped answering; it will resume from its "
             f"last checkpoint (restart {attempts} of {max_restarts})",
-        )
+        ):
+            requeue.append(run_id)  # else another worker's sweeper got there first
     session.commit()
     return requeue
 
@@ -138,22 +145,14 @@ def interrupt_for_shutdown(*, session: Session, run_id: int, step: int) -> bool:
     A planned restart is not a crash: it does not use up one of the automatic restarts.
     True when the run should be re-queued (it was still this worker's and not cancelled).
     """
-    handed_back = _move(
+    handed_back = _hand_back(
         session,
         run_id,
-        RunStatus.running,
-        RunStatus.interrupted,
+        event=f"the worker is shutting down: checkpoint saved at step {step}; the run "
+        "will resume on the next worker",
         attempts=Run.attempts - 1,  # a claimed run has attempts >= 1
         step=step,
     )
-    if handed_back:
-        add_event(
-            session=session,
-            run_id=run_id,
-            level="warning",
-            message=f"the worker is shutting down: checkpoint saved at step {step}; the run "
-            "will resume on the next worker",
-        )
     session.commit()
     return handed_back
 
@@ -166,25 +165,15 @@ def gang_incomplete(*, session: Session, run_id: int, nodes: int, waited_s: floa
     if run is None:
         return False
     max_restarts = get_settings().run_max_restarts
-    if run.attempts > max_restarts:
-        finish(
-            session=session,
-            run_id=run_id,
-            status=RunStatus.failed,
-            error=f"the run needs {nodes} nodes, and {run.attempts} times they did not all "
-            f"start within {waited_s:.0f} s; give it fewer nodes or free more GPU workers",
-        )
-        return False
-    handed_back = _move(session, run_id, RunStatus.running, RunStatus.interrupted)
-    if handed_back:
-        add_event(
-            session=session,
-            run_id=run_id,
-            level="warning",
-            message=f"not all {nodes} nodes started within {waited_s:.0f} s, so none trained; "
-            f"the run goes back to the queue (attempt {run.attempts} of {max_restarts + 1})",
-        )
-    return handed_back  # the caller's session scope commits, then re-sends the task
+    return _retry_or_fail(  # the caller's session scope commits, then re-sends the task
+        session,
+        run,
+        max_restarts,
+        error=f"the run needs {nodes} nodes, and {run.attempts} times they did not all "
+        f"start within {waited_s:.0f} s; give it fewer nodes or free more GPU workers",
+        event=f"not all {nodes} nodes started within {waited_s:.0f} s, so none trained; "
+        f"the run goes back to the queue (attempt {run.attempts} of {max_restarts + 1})",
+    )
 
 
 def holds_attempt(*, session: Session, run_id: int, attempt: int) -> bool:
@@ -205,25 +194,27 @@ def node_lost(*, session: Session, run_id: int, nodes: int, error: str) -> bool:
         return False
     max_restarts = get_settings().run_max_restarts
     first_line = error.strip().splitlines()[0][:300] if error.strip() else "no error report"
+    return _retry_or_fail(  # the caller's session scope commits, then re-sends the task
+        session,
+        run,
+        max_restarts,
+        error=f"a node of this {nodes}-node run was lost {run.attempts} times; "
+        f"automatic restarts are capped at {max_restarts}. Last: {first_line}",
+        event=f"a node of this {nodes}-node run was lost ({first_line}); it will resume "
+        f"from its last checkpoint (restart {run.attempts} of {max_restarts})",
+    )
+
+
+def _retry_or_fail(
+    session: Session, run: Run, max_restarts: int, *, error: str, event: str
+) -> bool:
+    """A multi-node attempt that went wrong: while automatic restarts are left the run is
+    handed back for another attempt (`event` says so), after that it ends failed with
+    `error`. True when it was handed back and its task should be re-sent."""
     if run.attempts > max_restarts:
-        finish(
-            session=session,
-            run_id=run_id,
-            status=RunStatus.failed,
-            error=f"a node of this {nodes}-node run was lost {run.attempts} times; "
-            f"automatic restarts are capped at {max_restarts}. Last: {first_line}",
-        )
+        finish(session=session, run_id=run.id, status=RunStatus.failed, error=error)
         return False
-    handed_back = _move(session, run_id, RunStatus.running, RunStatus.interrupted)
-    if handed_back:
-        add_event(
-            session=session,
-            run_id=run_id,
-            level="warning",
-            message=f"a node of this {nodes}-node run was lost ({first_line}); it will resume "
-            f"from its last checkpoint (restart {run.attempts} of {max_restarts})",
-        )
-    return handed_back  # the caller's session scope commits, then re-sends the task
+    return _hand_back(session, run.id, event=event)
 
 
 OOM_SUGGESTION = (
