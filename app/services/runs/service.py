@@ -214,24 +214,13 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         return run
     if status.is_terminal:
         raise InvalidTransition(f"run {run.id} is already {status}; it cannot be cancelled")
-    if status in (RunStatus.queued, RunStatus.interrupted):  # no worker holds it: ends now
-        lifecycle.transition(run, RunStatus.cancelled)
-        run.finished_at = utcnow()
-    run.cancel_requested = True
-    session.add(RunEvent(run_id=run.id, message=f"cancellation requested by {ctx.user.email}"))
-    audit.record(
+    return _request_stop(
         session=session,
-        actor=ctx,
+        ctx=ctx,
+        run=run,
+        event=f"cancellation requested by {ctx.user.email}",
         action="run.cancel",
-        target_type="run",
-        target_id=run.id,
-        detail={"status_before": str(status)},
     )
-    session.commit()
-    # A cancelled waiting or sent-but-unclaimed run frees its place: the next one may start.
-    run_queue.dispatch_quietly(session=session)
-    session.refresh(run)
-    return run
 
 
 def pause(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
@@ -250,21 +239,46 @@ def pause(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
             f"run {run.id} is {'being cancelled' if run.cancel_requested else status}; "
             "only a queued or running run can be paused"
         )
-    if status in (RunStatus.queued, RunStatus.interrupted):  # no worker holds it: stops now
+    return _request_stop(
+        session=session,
+        ctx=ctx,
+        run=run,
+        event=f"pause requested by {ctx.user.email}",
+        action="run.pause",
+        pause=True,
+    )
+
+
+def _request_stop(
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    run: Run,
+    event: str,
+    action: str,
+    pause: bool = False,
+) -> Run:
+    """Flag a queued or running run to stop (a cancel, or with `pause` a pause): one that no
+    worker holds ends cancelled at once, a running one is stopped by its worker within a step.
+    Recorded as `event` on the run and `action` in the audit log."""
+    status = RunStatus(run.status)
+    if status in (RunStatus.queued, RunStatus.interrupted):  # no worker holds it: ends now
         lifecycle.transition(run, RunStatus.cancelled)
         run.finished_at = utcnow()
     run.cancel_requested = True
-    run.paused = True
-    session.add(RunEvent(run_id=run.id, message=f"pause requested by {ctx.user.email}"))
+    if pause:
+        run.paused = True
+    session.add(RunEvent(run_id=run.id, message=event))
     audit.record(
         session=session,
         actor=ctx,
-        action="run.pause",
+        action=action,
         target_type="run",
         target_id=run.id,
         detail={"status_before": str(status)},
     )
     session.commit()
+    # A cancelled waiting or sent-but-unclaimed run frees its place: the next one may start.
     run_queue.dispatch_quietly(session=session)
     session.refresh(run)
     return run
