@@ -14,7 +14,8 @@ Trainer counts them) over the steady-state steps: the first WARMUP steps and the
 (where the product writes its checkpoint) are left out. The product's steps are timed by the
 moments its metric points were stamped (each point is stamped when its step ends), with the
 worker's running token count; the bare side's by a callback at each step end. The two run
-alternately ROUNDS times and the best round of each is compared (a shared CPU is noisy).
+alternately ROUNDS times (bench/train_overhead.ROUNDS) and the best round of each is compared
+(a shared CPU is noisy).
 
     python bench/preference.py [--steps 30] [--batch 8] [--block 128] [--model scratch-tiny]
 
@@ -36,10 +37,13 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
-from bench.train_overhead import product, wait_until_succeeded  # noqa: E402
+from bench.train_overhead import (  # noqa: E402
+    alternate_rounds,
+    launched_run_points,
+    scratch_tokenizer_and_config,
+)
 
 WARMUP = 5
-ROUNDS = 2
 TARGET = 0.95
 BETA = 0.1
 LEARNING_RATE = 5e-4
@@ -76,41 +80,26 @@ def steady_rate(points: dict[int, tuple[float, float]], steps: int) -> float:
 
 
 def run_product(args: argparse.Namespace, client: httpx.Client, worker: Any, dataset: int) -> float:
-    from sqlalchemy import select
-
-    from app.db.models import MetricPoint
-    from app.db.session import reset_engine_cache, session_scope
-
-    reply = client.post(
-        "/api/v1/runs",
-        json={
-            "dataset_id": dataset,
-            "base_model": args.model,
-            "config": {
-                "task_type": "dpo",
-                "method": "full",
-                "beta": BETA,
-                "learning_rate": LEARNING_RATE,
-                "batch_size": args.batch,
-                "block_size": args.block,
-                "max_steps": args.steps,
-                "eval_split": 0.0,
-                "save_steps": args.steps,  # one checkpoint, after the timed window
-                "seed": 1,
-            },
+    stamped = launched_run_points(
+        client,
+        worker,
+        dataset=dataset,
+        model=args.model,
+        config={
+            "task_type": "dpo",
+            "method": "full",
+            "beta": BETA,
+            "learning_rate": LEARNING_RATE,
+            "batch_size": args.batch,
+            "block_size": args.block,
+            "max_steps": args.steps,
+            "eval_split": 0.0,
+            "save_steps": args.steps,  # one checkpoint, after the timed window
+            "seed": 1,
         },
+        metric="trained_tokens",
     )
-    reply.raise_for_status()
-    run_id = reply.json()["id"]
-    wait_until_succeeded(client, run_id, worker)
-    reset_engine_cache()
-    with session_scope() as session:
-        rows = session.execute(
-            select(MetricPoint.step, MetricPoint.created_at, MetricPoint.value).where(
-                MetricPoint.run_id == run_id, MetricPoint.name == "trained_tokens"
-            )
-        ).all()
-    return steady_rate({step: (at.timestamp(), value) for step, at, value in rows}, args.steps)
+    return steady_rate({step: (at.timestamp(), value) for step, at, value in stamped}, args.steps)
 
 
 def run_bare(args: argparse.Namespace, train_file: Path) -> tuple[float, int]:
@@ -120,28 +109,16 @@ def run_bare(args: argparse.Namespace, train_file: Path) -> tuple[float, int]:
     from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback, set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from workers.engine.data import read_rows, tokenizer_corpus
+    from workers.engine.data import read_rows
     from workers.engine.device import configure_cpu_threads, default_cpu_threads, plan_device
     from workers.engine.preference import _dataset, preference_records
-    from workers.engine.scratch import scratch_config
-    from workers.engine.tokenizer import train_tokenizer
 
     device = plan_device("auto")
     if device.kind == "cpu":
         configure_cpu_threads(default_cpu_threads())
     set_seed(1)
     rows = read_rows(train_file, "preference")
-    tokenizer = train_tokenizer(
-        tokenizer_corpus(rows), vocab_size=4096, model_max_length=args.block
-    )
-    config = scratch_config(
-        args.model,
-        vocab_size=len(tokenizer),
-        block_size=args.block,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    tokenizer, config = scratch_tokenizer_and_config(rows, args.model, args.block)
     model = AutoModelForCausalLM.from_config(config)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     points: dict[int, tuple[float, float]] = {}
@@ -196,22 +173,15 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="llmide-bench-dpo-"))
     train_file = pairs(root / "pairs.jsonl")
-    product_rates, bare_rates = [], []
-    params = 0
-    with product(root / "data") as (client, worker):
-        with train_file.open("rb") as stream:
-            uploaded = client.post("/api/v1/datasets", files={"file": (train_file.name, stream)})
-        uploaded.raise_for_status()
-        for round_ in range(ROUNDS):
-            product_rates.append(run_product(args, client, worker, uploaded.json()["id"]))
-            rate, params = run_bare(args, train_file)
-            bare_rates.append(rate)
-            print(
-                f"round {round_ + 1}: product {product_rates[-1]:,.0f} tokens/s, "
-                f"bare TRL {bare_rates[-1]:,.0f} tokens/s",
-                flush=True,
-            )
-    ours, bare = max(product_rates), max(bare_rates)
+    ours, bare, params = alternate_rounds(
+        root,
+        train_file,
+        ours=(
+            "product",
+            lambda client, worker, dataset: run_product(args, client, worker, dataset),
+        ),
+        bare=("bare TRL", lambda: run_bare(args, train_file)),
+    )
     ratio = ours / bare
     print(f"model {args.model} ({params:,} parameters), DPO beta {BETA}, full, frozen reference")
     print(f"batch {args.batch} pairs, sequences up to {args.block} tokens, {args.steps} steps")

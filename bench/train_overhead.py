@@ -34,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -106,41 +108,59 @@ def product(
         log.close()
 
 
-def run_engine(
-    args: argparse.Namespace, client: httpx.Client, worker: subprocess.Popen[bytes], dataset: int
-) -> float:
-    """Launch through the API, wait for the worker to finish it, time it by its metric points."""
+def launched_run_points(
+    client: httpx.Client,
+    worker: subprocess.Popen[bytes],
+    *,
+    dataset: int,
+    model: str,
+    config: dict[str, Any],
+    metric: str,
+) -> list[tuple[int, datetime, float]]:
+    """Launch a run through the API, wait for the worker to finish it, and read its `metric`
+    points back from the database as (step, moment stamped, value): the stamps time the steps
+    (shared by bench/preference.py)."""
     from sqlalchemy import select
 
     from app.db.models import MetricPoint
     from app.db.session import reset_engine_cache, session_scope
 
     reply = client.post(
-        "/api/v1/runs",
-        json={
-            "dataset_id": dataset,
-            "base_model": args.model,
-            "config": {
-                "batch_size": args.batch,
-                "block_size": args.block,
-                "max_steps": args.steps,
-                "eval_split": 0.0,
-                "save_steps": args.steps,  # one checkpoint, after the timed window
-                "seed": 1,
-            },
-        },
+        "/api/v1/runs", json={"dataset_id": dataset, "base_model": model, "config": config}
     )
     reply.raise_for_status()
     run_id = reply.json()["id"]
     wait_until_succeeded(client, run_id, worker)
     reset_engine_cache()
     with session_scope() as session:
-        stamped = session.execute(
-            select(MetricPoint.step, MetricPoint.created_at).where(
-                MetricPoint.run_id == run_id, MetricPoint.name == "train_loss"
+        rows = session.execute(
+            select(MetricPoint.step, MetricPoint.created_at, MetricPoint.value).where(
+                MetricPoint.run_id == run_id, MetricPoint.name == metric
             )
         ).all()
-    ends = {step: at.timestamp() for step, at in stamped}
+    return [(step, at, value) for step, at, value in rows]
+
+
+def run_engine(
+    args: argparse.Namespace, client: httpx.Client, worker: subprocess.Popen[bytes], dataset: int
+) -> float:
+    """Launch through the API, wait for the worker to finish it, time it by its metric points."""
+    stamped = launched_run_points(
+        client,
+        worker,
+        dataset=dataset,
+        model=args.model,
+        config={
+            "batch_size": args.batch,
+            "block_size": args.block,
+            "max_steps": args.steps,
+            "eval_split": 0.0,
+            "save_steps": args.steps,  # one checkpoint, after the timed window
+            "seed": 1,
+        },
+        metric="train_loss",
+    )
+    ends = {step: at.timestamp() for step, at, _value in stamped}
     return steady_rate(ends, args.batch * args.block, args.steps)
 
 
@@ -159,33 +179,41 @@ def wait_until_succeeded(
     return run
 
 
+def scratch_tokenizer_and_config(rows: list[Any], model: str, block: int) -> tuple[Any, Any]:
+    """The tokenizer the engine trains on `rows` (4096 entries) and the config of the scratch
+    `model` sized to it: what a bare baseline builds to match a run from scratch (shared by
+    bench/preference.py)."""
+    from workers.engine.data import tokenizer_corpus
+    from workers.engine.scratch import scratch_config
+    from workers.engine.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(tokenizer_corpus(rows), vocab_size=4096, model_max_length=block)
+    config = scratch_config(
+        model,
+        vocab_size=len(tokenizer),
+        block_size=block,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer, config
+
+
 def run_bare(args: argparse.Namespace, train_file: Path) -> tuple[float, int]:
     """The same model, data and optimizer in a plain loop; returns (tokens/s, parameters)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workers.engine.data import build_blocks, read_rows, render_rows, tokenizer_corpus
+    from workers.engine.data import build_blocks, read_rows, render_rows
     from workers.engine.device import configure_cpu_threads, plan_device
-    from workers.engine.scratch import scratch_config
-    from workers.engine.tokenizer import train_tokenizer
 
     device = plan_device(args.device)
     if device.kind == "cpu":
         configure_cpu_threads()
     torch.manual_seed(1)
     rows = read_rows(train_file, "text")
-    tokenizer = train_tokenizer(
-        tokenizer_corpus(rows), vocab_size=4096, model_max_length=args.block
-    )
+    tokenizer, config = scratch_tokenizer_and_config(rows, args.model, args.block)
     blocks = build_blocks(render_rows(rows, tokenizer), tokenizer, args.block)
-    config = scratch_config(
-        args.model,
-        vocab_size=len(tokenizer),
-        block_size=args.block,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     target = torch.device("cuda", device.cuda_index or 0) if device.kind == "cuda" else "cpu"
     model = AutoModelForCausalLM.from_config(config).to(target)
     model.loss_type = "ForCausalLM"  # as the engine sets it
@@ -234,6 +262,36 @@ def run_bare(args: argparse.Namespace, train_file: Path) -> tuple[float, int]:
     return steady_rate(ends, args.batch * args.block, args.steps), model.num_parameters()
 
 
+def alternate_rounds(
+    root: Path,
+    train_file: Path,
+    *,
+    ours: tuple[str, Callable[[httpx.Client, subprocess.Popen[bytes], int], float]],
+    bare: tuple[str, Callable[[], tuple[float, int]]],
+) -> tuple[float, float, int]:
+    """Upload `train_file` to a fresh product under `root`/data, then run the product's side
+    and the bare side alternately ROUNDS times, printing each round; the best rate of each
+    (a shared machine is noisy) and the bare model's parameter count (shared by
+    bench/preference.py)."""
+    (ours_label, run_ours), (bare_label, run_bare_side) = ours, bare
+    ours_rates, bare_rates = [], []
+    params = 0
+    with product(root / "data") as (client, worker):
+        with train_file.open("rb") as stream:
+            uploaded = client.post("/api/v1/datasets", files={"file": (train_file.name, stream)})
+        uploaded.raise_for_status()
+        for round_ in range(ROUNDS):
+            ours_rates.append(run_ours(client, worker, uploaded.json()["id"]))
+            rate, params = run_bare_side()
+            bare_rates.append(rate)
+            print(
+                f"round {round_ + 1}: {ours_label} {ours_rates[-1]:,.0f} tokens/s, "
+                f"{bare_label} {bare_rates[-1]:,.0f} tokens/s",
+                flush=True,
+            )
+    return max(ours_rates), max(bare_rates), params
+
+
 def peak_flops() -> float | None:
     import torch
 
@@ -254,22 +312,12 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="llmide-bench-train-"))
     train_file = corpus(root / "corpus.jsonl")
-    engine_rates, bare_rates = [], []
-    params = 0
-    with product(root / "data") as (client, worker):
-        with train_file.open("rb") as stream:
-            uploaded = client.post("/api/v1/datasets", files={"file": (train_file.name, stream)})
-        uploaded.raise_for_status()
-        for round_ in range(ROUNDS):
-            engine_rates.append(run_engine(args, client, worker, uploaded.json()["id"]))
-            rate, params = run_bare(args, train_file)
-            bare_rates.append(rate)
-            print(
-                f"round {round_ + 1}: engine {engine_rates[-1]:,.0f} tokens/s, "
-                f"bare loop {bare_rates[-1]:,.0f} tokens/s",
-                flush=True,
-            )
-    engine, bare = max(engine_rates), max(bare_rates)
+    engine, bare, params = alternate_rounds(
+        root,
+        train_file,
+        ours=("engine", lambda client, worker, dataset: run_engine(args, client, worker, dataset)),
+        bare=("bare loop", lambda: run_bare(args, train_file)),
+    )
     ratio = engine / bare
     print(f"model {args.model} ({params:,} parameters), batch {args.batch} x {args.block} tokens")
     print(f"engine (API -> Celery worker -> engine + RunReporter): {engine:,.0f} tokens/s")
