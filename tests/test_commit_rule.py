@@ -21,14 +21,14 @@ ALLOWED_COMMITS: dict[str, tuple[int, str]] = {
     "app/db/session.py": (1, "session_scope(): the request's and every task's one commit"),
     # Work that leaves the process: the row must be committed before its task is sent (the
     # worker must find it), and a send the broker refuses is undone by deleting the row.
-    "app/services/runs/service.py": (6, "before dispatch sends the run; undo after a refusal"),
+    "app/services/runs/service.py": (5, "before dispatch sends the run; undo after a refusal"),
     "app/services/runs/queue.py": (7, "the dispatcher's lock row lives one short transaction"),
     "app/services/sweeps/service.py": (5, "before a trial is dispatched; the periodic tick"),
     "app/services/dataset_prep.py": (5, "before the prep task is sent; worker progress"),
     "app/services/batches.py": (2, "before the batch task is sent; failed if it is refused"),
     # Worker-side progress other processes must see at once, each in its own short session.
     "app/services/runs/execution.py": (4, "claim, progress, checkpoints, finish (workers)"),
-    "app/services/model_jobs.py": (10, "export/evaluation jobs: sent tasks and their progress"),
+    "app/services/model_jobs.py": (6, "export/evaluation jobs: sent tasks and their progress"),
     "app/services/task_deliveries.py": (2, "delivery counts survive the task's own rollback"),
     # Before a slow call to the inference server, and in the background reconcile loop.
     "app/services/deployments.py": (7, "state others must see before an inference call"),
