@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, set_seed
@@ -33,12 +32,10 @@ from workers.engine.device import (
     resolve_precision,
 )
 from workers.engine.distributed import StopVote
-from workers.engine.files import make_readable
-from workers.engine.models import lora_config, merged_model
+from workers.engine.models import lora_config
 from workers.engine.reporting import ReportingCallback
 from workers.engine.system_metrics import SystemSampler
 from workers.engine.trainer import (
-    ADAPTER_DIR,
     LOG_LINES_PER_RUN,
     AtomicCheckpointTrainer,
     Prepared,
@@ -47,8 +44,8 @@ from workers.engine.trainer import (
     _checkpoint_to_resume,
     _lifecycle_callbacks,
     _load_rows,
-    _save_final,
     plan_schedule,
+    save_trained_model,
     tokenizer_for,
     training_kwargs,
 )
@@ -278,18 +275,16 @@ def train_preference(config: TrainConfig, callbacks: TrainCallbacks) -> TrainRes
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     step = trainer.state.global_step
 
-    adapter_dir: Path | None = None
-    if config.method != "full":
-        adapter_dir = config.output_dir / ADAPTER_DIR
-        if world.is_main:
-            trainer.model.save_pretrained(str(adapter_dir))
-            make_readable(adapter_dir)
-        trainer.model = merged_model(trainer.model, config, source, "causal_lm")
-    final_dir = _save_final(trainer, config.final_dir, world)
-    if reporter.stopped:
-        callbacks.on_log("info", f"stopped at step {step}; model saved to {final_dir.name}")
-    else:
-        callbacks.on_log("info", f"training finished at step {step}; model saved")
+    final_dir, adapter_dir = save_trained_model(
+        trainer,
+        config,
+        source,
+        "causal_lm",
+        world,
+        stopped=reporter.stopped,
+        step=step,
+        callbacks=callbacks,
+    )
     metrics = {
         **reporter.latest_train,
         **reporter.latest_eval,

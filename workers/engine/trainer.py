@@ -360,18 +360,16 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks) -> TrainResult:
         report = _generation_eval(config, trainer.model, prepared, callbacks)
         callbacks.on_metrics(step, {f"eval_{k}": v for k, v in report.items()})
 
-    adapter_dir = None
-    if config.method != "full":
-        adapter_dir = config.output_dir / ADAPTER_DIR
-        if world.is_main:
-            trainer.model.save_pretrained(str(adapter_dir))
-            make_readable(adapter_dir)
-        trainer.model = merged_model(trainer.model, config, prepared.source, prepared.task)
-    final_dir = _save_final(trainer, config.final_dir, world)
-    if reporter.stopped:
-        callbacks.on_log("info", f"stopped at step {step}; model saved to {final_dir.name}")
-    else:
-        callbacks.on_log("info", f"training finished at step {step}; model saved")
+    final_dir, adapter_dir = save_trained_model(
+        trainer,
+        config,
+        prepared.source,
+        prepared.task,
+        world,
+        stopped=reporter.stopped,
+        step=step,
+        callbacks=callbacks,
+    )
     metrics = {
         **reporter.latest_train,
         **reporter.latest_eval,
@@ -730,6 +728,35 @@ def training_kwargs(
 
 def _ddp_backend(device: DevicePlan) -> str:
     return "nccl" if device.kind == "cuda" else "gloo"
+
+
+def save_trained_model(
+    trainer: Trainer,
+    config: TrainConfig,
+    source: Any,
+    task: str,
+    world: World,
+    *,
+    stopped: bool,
+    step: int,
+    callbacks: TrainCallbacks,
+) -> tuple[Path, Path | None]:
+    """The end of every training method: a LoRA run keeps its adapter beside the merged
+    weights; the final folder is written whole; the log says how the run ended.
+    Returns (final_dir, adapter_dir or None)."""
+    adapter_dir = None
+    if config.method != "full":
+        adapter_dir = config.output_dir / ADAPTER_DIR
+        if world.is_main:
+            trainer.model.save_pretrained(str(adapter_dir))
+            make_readable(adapter_dir)
+        trainer.model = merged_model(trainer.model, config, source, task)
+    final_dir = _save_final(trainer, config.final_dir, world)
+    if stopped:
+        callbacks.on_log("info", f"stopped at step {step}; model saved to {final_dir.name}")
+    else:
+        callbacks.on_log("info", f"training finished at step {step}; model saved")
+    return final_dir, adapter_dir
 
 
 def _save_final(trainer: Trainer, final_dir: Path, world: World | None = None) -> Path:
