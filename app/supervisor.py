@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from app.core.settings import Settings
-from app.services import serving_metrics
+from app.services.serving import metrics as serving_metrics
 
 log = logging.getLogger("llmide.supervisor")
 

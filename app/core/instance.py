@@ -6,7 +6,7 @@ and should a web process still reach another installation's server (a port set b
 stale process), the two refuse each other: the internal token is derived from the
 installation id (Settings.internal_token), so the server answers 401 before acting, and every
 answer carries the server's installation id, which the web's client checks
-(app/services/inference_client.py) to say what is wrong.
+(app/services/serving/inference_client.py) to say what is wrong.
 """
 
 from __future__ import annotations

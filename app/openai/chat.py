@@ -22,7 +22,7 @@ from app.openai.schemas import (
     ChatMessageOut,
     ToolCall,
 )
-from app.services import serving_metrics
+from app.services.serving import metrics as serving_metrics
 
 router = APIRouter(prefix="/v1/chat/completions", tags=["openai: chat"])
 

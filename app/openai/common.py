@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from app.core.errors import DomainError, NotFound, ServiceUnavailable, ValidationFailed
-from app.services import inference_client
+from app.services.serving import inference_client
 
 FILE_PREFIX = "file-"
 JOB_PREFIX = "ftjob-"

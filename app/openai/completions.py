@@ -22,7 +22,7 @@ from app.openai.schemas import (
     CompletionCreate,
     CompletionLogprobs,
 )
-from app.services import serving_metrics
+from app.services.serving import metrics as serving_metrics
 
 router = APIRouter(prefix="/v1/completions", tags=["openai: completions"])
 

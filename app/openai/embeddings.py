@@ -8,8 +8,8 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep, Workspace
 from app.openai.common import inference_error
 from app.openai.schemas import Embedding, EmbeddingCreate, EmbeddingList, EmbeddingUsage
-from app.services import embeddings, inference_client
-from app.services.embeddings import EmbeddingTarget
+from app.services.serving import embeddings, inference_client
+from app.services.serving.embeddings import EmbeddingTarget
 
 router = APIRouter(prefix="/v1/embeddings", tags=["openai: embeddings"])
 

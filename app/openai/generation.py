@@ -18,8 +18,10 @@ from starlette.responses import StreamingResponse
 from app.core.errors import DomainError, ValidationFailed
 from app.openai.common import inference_error
 from app.openai.schemas import PromptTokensDetails, Usage
-from app.services import deployments, inference_client, serving_metrics
+from app.services import deployments
 from app.services.deployments import ServingTarget
+from app.services.serving import inference_client
+from app.services.serving import metrics as serving_metrics
 from app.services.workspaces import WorkspaceContext
 
 INFERENCE_ERRORS = (inference_client.InferenceUnavailable, inference_client.InferenceError)

@@ -39,11 +39,11 @@ from app.services import (
     artifacts,
     audit,
     base_models,
-    inference_client,
     registry,
-    serving_metrics,
 )
 from app.services.artifact_store import remote_store
+from app.services.serving import inference_client
+from app.services.serving import metrics as serving_metrics
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 logger = logging.getLogger(__name__)

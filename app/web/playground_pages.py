@@ -13,7 +13,9 @@ from starlette.responses import Response, StreamingResponse
 
 from app.core.errors import DomainError
 from app.db.models import Deployment, DeploymentStatus, ModelVersion
-from app.services import deployments, inference_client, model_kind, registry, serving_metrics
+from app.services import deployments, model_kind, registry
+from app.services.serving import inference_client
+from app.services.serving import metrics as serving_metrics
 from app.web.pages import CSRF, DbDep, PageDep, PageRoute
 from app.web.rendering import render
 

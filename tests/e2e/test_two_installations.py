@@ -56,7 +56,7 @@ def test_two_installations_get_their_own_inference_servers_and_refuse_each_other
     two_installations: list[tuple[LoggedProcess, Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.core.settings import Settings, get_settings
-    from app.services import inference_client
+    from app.services.serving import inference_client
 
     urls = []
     for process, data_dir in two_installations:

@@ -722,7 +722,7 @@ def server_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
 def test_the_real_process_serves_the_web_side_client(
     server_process: subprocess.Popen[bytes],
 ) -> None:
-    from app.services import inference_client as inference
+    from app.services.serving import inference_client as inference
 
     async def scenario() -> None:
         started = await inference.ensure_loaded("tiny", TINY)

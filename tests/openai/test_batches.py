@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from app.services import inference_client
+from app.services.serving import inference_client
 from tests.conftest import Team
 from tests.openai.conftest import OpenAIFor, raw_json
 from tests.openai.openai_schema import assert_openai_error, assert_schema

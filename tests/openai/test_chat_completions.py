@@ -15,7 +15,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.services import inference_client
+from app.services.serving import inference_client
 from tests.conftest import Team
 from tests.openai.conftest import OpenAIFor, raw_json
 from tests.openai.openai_schema import assert_openai_error, assert_schema

@@ -236,7 +236,8 @@ def test_estimated_finish_comes_from_the_measured_step_rate(
 def test_an_intermediate_checkpoint_answers_chat_by_its_listed_model_id(
     team: Team, openai_for: OpenAIFor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.services import artifacts, inference_client
+    from app.services import artifacts
+    from app.services.serving import inference_client
 
     asked: list[tuple[str, str]] = []
 

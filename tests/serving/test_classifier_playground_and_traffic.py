@@ -19,7 +19,7 @@ from tests.signed_in import HTML, sign_in
 @pytest.fixture(autouse=True)
 def fresh_counters() -> Iterator[None]:
     """Deployment ids restart in each test database; the process-wide counters must too."""
-    from app.services import serving_metrics
+    from app.services.serving import metrics as serving_metrics
 
     serving_metrics.REQUESTS.clear()
     yield

@@ -21,7 +21,7 @@ TEXT = "李明在北京工作，Ada lives in London。"
 
 @pytest.fixture(autouse=True)
 def fresh_counters() -> Iterator[None]:
-    from app.services import serving_metrics
+    from app.services.serving import metrics as serving_metrics
 
     serving_metrics.REQUESTS.clear()
     yield

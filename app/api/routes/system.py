@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from app.api.deps import CurrentUser, SessionDep
-from app.services import serving_metrics
+from app.services.serving import metrics as serving_metrics
 
 router = APIRouter(tags=["system"])
 

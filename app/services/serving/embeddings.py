@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
-from app.services import base_models, deployments, inference_client
+from app.services import base_models, deployments
+from app.services.serving import inference_client
 from app.services.workspaces import WorkspaceContext
 
 # Inference-server names of models loaded for embeddings: apart from the same folder loaded
