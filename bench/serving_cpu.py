@@ -77,7 +77,7 @@ def bare_decode_rate(gguf: Path, threads: int, tokens: int) -> float:
 def seed(env: dict[str, str], gguf: Path) -> tuple[str, str]:
     """A user with an API token and the packaged GGUF imported as a version; (token, model)."""
     os.environ.update(env)
-    from app.services import model_import
+    from app.services.registry import imports as model_import
 
     with bench_user() as (session, secret, ctx):
         version = model_import.import_from_path(

@@ -295,7 +295,7 @@ def train_in_process(run_id: int) -> str:
 def version_of_run(run_id: int) -> dict[str, Any]:
     """The version a succeeded run registered: its id, serving name and lineage."""
     from app.db.session import session_scope
-    from app.services import registry
+    from app.services.registry import versions as registry
 
     with session_scope() as session:
         version = registry.version_for_run(session=session, run_id=run_id)

@@ -28,7 +28,7 @@ ALLOWED_COMMITS: dict[str, tuple[int, str]] = {
     "app/services/batches.py": (2, "before the batch task is sent; failed if it is refused"),
     # Worker-side progress other processes must see at once, each in its own short session.
     "app/services/runs/execution.py": (4, "claim, progress, checkpoints, finish (workers)"),
-    "app/services/model_jobs.py": (6, "export/evaluation jobs: sent tasks and their progress"),
+    "app/services/registry/jobs.py": (6, "export/evaluation jobs: sent tasks and their progress"),
     "app/services/task_deliveries.py": (2, "delivery counts survive the task's own rollback"),
     # Before a slow call to the inference server, and in the background reconcile loop.
     "app/services/deployments.py": (7, "state others must see before an inference call"),

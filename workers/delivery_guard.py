@@ -66,7 +66,7 @@ def _fail_job(job_type_name: str) -> Callable[[tuple[Any, ...], str], None]:
         from app.db import models
         from app.domain import lifecycle
         from app.domain.lifecycle import JobStatus
-        from app.services import model_jobs
+        from app.services.registry import jobs as model_jobs
 
         job_type = getattr(models, job_type_name)
         with session_scope() as session:

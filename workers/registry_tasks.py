@@ -24,7 +24,8 @@ from app.db.models import (
     ModelVersion,
 )
 from app.db.session import session_scope
-from app.services import artifacts, model_jobs
+from app.services import artifacts
+from app.services.registry import jobs as model_jobs
 from workers.celery_app import celery_app
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ def gguf_path_for_version(version_id: int, quantization: str = "q8_0") -> Path:
     architecture llama.cpp cannot run: the message names it) or RuntimeError (the export
     failed; the message is the export's error).
     """
-    from app.services import gguf_support, model_jobs
+    from app.services.registry import gguf as gguf_support
+    from app.services.registry import jobs as model_jobs
 
     with session_scope() as session:
         version = session.get(ModelVersion, version_id)

@@ -21,7 +21,8 @@ from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ModelVersion, Run, RunStatus
 from app.db.session import session_scope
-from app.services import artifacts, base_models, estimate, version_bases
+from app.services import artifacts, estimate
+from app.services.registry import base_models, version_bases
 from app.services.runs import execution as run_execution
 from app.services.runs import queue as run_queue
 from workers.celery_app import celery_app

@@ -49,7 +49,7 @@ from app.openai.schemas import (
     Method,
     Supervised,
 )
-from app.services import registry
+from app.services.registry import versions as registry
 from app.services.runs import access as run_access
 from app.services.runs import results as job_results
 from app.services.runs import service as runs

@@ -18,7 +18,10 @@ from app.api.deps import SessionDep, Workspace
 from app.db.models import Deployment, ModelVersion
 from app.openai.common import unix
 from app.openai.schemas import Model, ModelList
-from app.services import base_models, deployments, model_kind, registry
+from app.services import deployments
+from app.services.registry import base_models
+from app.services.registry import kind as model_kind
+from app.services.registry import versions as registry
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/models", tags=["openai: models"])

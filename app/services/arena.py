@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session
 from app.core.errors import NotFound, ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ArenaVote, Deployment, DeploymentStatus, Role
-from app.services import audit, model_kind, registry
+from app.services import audit
+from app.services.registry import kind as model_kind
+from app.services.registry import versions as registry
 from app.services.workspaces import WorkspaceContext
 
 WINNERS = ("a", "b", "tie", "both_bad")

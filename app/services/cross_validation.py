@@ -29,8 +29,9 @@ from app.db.models import (
     Run,
     RunStatus,
 )
-from app.services import artifacts, audit, dataset_versions, datasets, registry
+from app.services import artifacts, audit, dataset_versions, datasets
 from app.services.dataset_prep import version_key
+from app.services.registry import versions as registry
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace

@@ -35,13 +35,10 @@ from app.core.errors import (
 from app.core.settings import get_settings
 from app.db.models import Checkpoint, Deployment, DeploymentStatus, ModelVersion, Role, Run
 from app.domain import lifecycle
-from app.services import (
-    artifacts,
-    audit,
-    base_models,
-    registry,
-)
+from app.services import artifacts, audit
 from app.services.artifact_store import remote_store
+from app.services.registry import base_models
+from app.services.registry import versions as registry
 from app.services.serving import inference_client
 from app.services.serving import metrics as serving_metrics
 from app.services.workspaces import WorkspaceContext, get_in_workspace
@@ -241,7 +238,7 @@ def kept_checkpoints(*, session: Session, ctx: WorkspaceContext) -> list[tuple[s
     """The workspace's kept fine-tuning checkpoints by the names checkpoint_target serves
     (`...:run-N:ckpt-step-S`), newest first; a checkpoint registered as a version goes by the
     version's own name instead, and classifiers' are left out (they do not generate)."""
-    from app.services import model_kind
+    from app.services.registry import kind as model_kind
 
     rows = session.execute(
         select(Checkpoint, Run)

@@ -284,7 +284,8 @@ def for_launch(
     """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start:
     the base and preset a launch would use, memory, steps as the trainer will count them, a
     duration when a throughput is known, and warnings about a plan too short to learn."""
-    from app.services import dataset_versions, datasets, version_bases
+    from app.services import dataset_versions, datasets
+    from app.services.registry import version_bases
     from app.services.runs import presets as run_presets
 
     version = None

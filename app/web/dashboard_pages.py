@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from app.db.models import DeploymentStatus, RunStatus
-from app.services import datasets, deployments, registry, users
+from app.services import datasets, deployments, users
+from app.services.registry import versions as registry
 from app.services.runs import service as runs
 from app.web.pages import DbDep, PageRoute, page_context
 from app.web.rendering import render

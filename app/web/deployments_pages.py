@@ -13,7 +13,9 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus
-from app.services import deployments, model_kind, registry
+from app.services import deployments
+from app.services.registry import kind as model_kind
+from app.services.registry import versions as registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render
 

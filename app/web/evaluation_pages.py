@@ -12,14 +12,9 @@ from starlette.responses import Response
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
-from app.services import (
-    arena,
-    arena_preferences,
-    base_models,
-    cross_validation,
-    datasets,
-    model_jobs,
-)
+from app.services import arena, arena_preferences, cross_validation, datasets
+from app.services.registry import base_models
+from app.services.registry import jobs as model_jobs
 from app.services.runs.config import RunConfig
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect
 from app.web.pages import rollback as rollback_request

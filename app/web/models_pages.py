@@ -14,7 +14,9 @@ from app.core.errors import NotFound, ServiceUnavailable, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import MAX_ID
 from app.db.models import Deployment, DeploymentStatus
-from app.services import datasets, deployments, model_jobs, registry
+from app.services import datasets, deployments
+from app.services.registry import jobs as model_jobs
+from app.services.registry import versions as registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
 from app.web.rendering import is_htmx, render
 

@@ -13,7 +13,9 @@ from starlette.responses import Response, StreamingResponse
 
 from app.core.errors import DomainError
 from app.db.models import Deployment, DeploymentStatus, ModelVersion
-from app.services import deployments, model_kind, registry
+from app.services import deployments
+from app.services.registry import kind as model_kind
+from app.services.registry import versions as registry
 from app.services.serving import inference_client
 from app.services.serving import metrics as serving_metrics
 from app.web.pages import CSRF, DbDep, PageDep, PageRoute

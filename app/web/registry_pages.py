@@ -12,17 +12,13 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
 from app.db.models import JobStatus, ModelStage, ModelVersion
-from app.services import (
-    artifacts,
-    datasets,
-    gguf_support,
-    harness_tasks,
-    model_import,
-    model_jobs,
-    model_kind,
-    registry,
-)
-from app.services.model_files import is_adapter
+from app.services import artifacts, datasets, harness_tasks
+from app.services.registry import gguf as gguf_support
+from app.services.registry import imports as model_import
+from app.services.registry import jobs as model_jobs
+from app.services.registry import kind as model_kind
+from app.services.registry import versions as registry
+from app.services.registry.files import is_adapter
 from app.services.runs import access as run_access
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render

@@ -14,7 +14,7 @@ from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from app.services import model_kind
+from app.services.registry import kind as model_kind
 from app.services.sessions import csrf_token
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -13,14 +13,9 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
-from app.services import (
-    base_models,
-    dataset_versions,
-    datasets,
-    estimate,
-    registry,
-    version_bases,
-)
+from app.services import dataset_versions, datasets, estimate
+from app.services.registry import base_models, version_bases
+from app.services.registry import versions as registry
 from app.services.runs import access as run_access
 from app.services.runs import presets as run_presets
 from app.services.runs import service as runs

@@ -12,7 +12,8 @@ from starlette.responses import Response
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
-from app.services import base_models, datasets
+from app.services import datasets
+from app.services.registry import base_models
 from app.services.runs.config import RunConfig
 from app.services.sweeps import service as sweeps
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect

@@ -138,7 +138,7 @@ def test_the_registry_page_shows_the_newest_versions_and_links_to_all(
 ) -> None:
     from app.db.models import Checkpoint, Run
     from app.db.session import session_scope
-    from app.services import registry
+    from app.services.registry import versions as registry
     from app.web.models_pages import VERSIONS_SHOWN
 
     with session_scope() as session:

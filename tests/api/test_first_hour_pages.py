@@ -88,7 +88,7 @@ def test_the_navigation_links_the_api_docs(team: Team) -> None:
 
 
 def test_each_base_says_which_languages_it_reads(team: Team) -> None:
-    from app.services import base_models
+    from app.services.registry import base_models
 
     listed = {m["name"]: m for m in team.viewer.get("/api/v1/base-models").json()}
     assert listed["scratch-tiny"]["languages"].startswith("any")

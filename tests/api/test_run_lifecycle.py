@@ -223,7 +223,7 @@ def test_retention_keeps_the_last_n_and_the_best_and_marks_the_rest_deleted(
     from app.core.errors import InvalidTransition
     from app.db.models import Checkpoint, Run
     from app.db.session import session_scope
-    from app.services import registry
+    from app.services.registry import versions as registry
     from workers.metrics_sink import RunReporter
 
     claim(run_id)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.services import base_models
-from app.services.base_models import CATALOG
+from app.services.registry import base_models
+from app.services.registry.base_models import CATALOG
 from app.services.runs import config as run_config
 from workers.engine import KNOWN_BASE_MODELS, NullCallbacks, TrainConfig, train
 from workers.engine import config as engine_config

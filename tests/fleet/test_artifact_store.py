@@ -255,7 +255,7 @@ def test_the_web_tells_a_classifier_trained_on_another_host_by_its_config_alone(
 ):
     from types import SimpleNamespace
 
-    from app.services import model_kind
+    from app.services.registry import kind as model_kind
 
     with host(tmp_path / "worker", s3_env):
         folder = artifacts.resolve("runs/9/final")
@@ -277,7 +277,7 @@ def test_a_version_trained_elsewhere_is_checked_as_a_base_from_its_config_alone(
     the worker that trains fetches the folder (workers/tasks._engine_config)."""
     from types import SimpleNamespace
 
-    from app.services import version_bases
+    from app.services.registry import version_bases
 
     with host(tmp_path / "worker", s3_env):
         folder = artifacts.resolve("runs/11/final")

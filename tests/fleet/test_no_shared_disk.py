@@ -75,7 +75,8 @@ def test_a_run_killed_on_host_a_resumes_exactly_on_host_b_and_serves_from_a_thir
     s3_env: dict[str, str], team: Team, installation: Path, tmp_path: Path
 ) -> None:
     from app.db.session import session_scope
-    from app.services import deployments, registry
+    from app.services import deployments
+    from app.services.registry import versions as registry
 
     database_url = f"sqlite:///{installation / 'llmide.db'}"
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]

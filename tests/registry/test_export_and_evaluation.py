@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services.model_files import zip_stream
+from app.services.registry.files import zip_stream
 from tests.conftest import Team, chat_jsonl
 from tests.registry.conftest import run_with_trained_model
 

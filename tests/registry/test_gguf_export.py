@@ -305,8 +305,8 @@ def test_the_version_page_offers_gguf_only_where_llama_cpp_runs_the_model(
 
 
 def test_the_web_side_and_the_writer_agree_on_the_architectures() -> None:
-    from app.services.gguf_support import GGUF_ARCHITECTURES
-    from app.services.model_jobs import GGUF_QUANTIZATIONS
+    from app.services.registry.gguf import GGUF_ARCHITECTURES
+    from app.services.registry.jobs import GGUF_QUANTIZATIONS
     from workers.engine.gguf import QUANTIZATIONS, SUPPORTED_ARCHITECTURES
 
     assert GGUF_ARCHITECTURES == SUPPORTED_ARCHITECTURES
@@ -438,7 +438,7 @@ def test_an_adapter_is_judged_by_its_base_only_when_that_base_is_in_the_artifact
     installation: Path, tmp_path: Path
 ) -> None:
     from app.core.errors import ValidationFailed
-    from app.services.gguf_support import check_exportable
+    from app.services.registry.gguf import check_exportable
 
     lstm = {"architectures": ["LstmForCausalLM"]}
     inside = installation / "artifacts" / "runs" / "9" / "final"

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.deps import CurrentUser
-from app.services import base_models
+from app.services.registry import base_models
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
 

@@ -24,8 +24,11 @@ from app.api.schemas.registry import (
 )
 from app.core.errors import Conflict
 from app.db.models import JobStatus
-from app.services import artifacts, harness_tasks, model_import, model_jobs, registry
-from app.services.model_files import zip_stream
+from app.services import artifacts, harness_tasks
+from app.services.registry import imports as model_import
+from app.services.registry import jobs as model_jobs
+from app.services.registry import versions as registry
+from app.services.registry.files import zip_stream
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 

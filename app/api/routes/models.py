@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.api.deps import SessionDep, Workspace
 from app.api.schemas.registry import ModelVersionRead, RegisteredModelRead
-from app.services import registry
+from app.services.registry import versions as registry
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 

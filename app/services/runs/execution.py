@@ -20,7 +20,8 @@ from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
 from app.db.session import rows_changed, upsert_insert
 from app.domain import lifecycle
-from app.services import artifacts, chart_history, registry, scheduler
+from app.services import artifacts, chart_history, scheduler
+from app.services.registry import versions as registry
 
 # Workers write a heartbeat at least this often, even during evaluation or checkpoint saving;
 # a run silent for settings.run_stale_after_s is taken to be orphaned.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from app.services import base_models
+from app.services.registry import base_models
 from app.services.runs.config import DEFAULT_TASK, RunConfig
 
 SCRATCH_DEFAULT = "scratch-tiny"

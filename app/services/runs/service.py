@@ -13,7 +13,8 @@ from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, ModelVersion, Role, Run, RunEvent, RunStatus
 from app.domain import lifecycle
-from app.services import audit, base_models, dataset_versions, datasets, fleet, version_bases
+from app.services import audit, dataset_versions, datasets, fleet
+from app.services.registry import base_models, version_bases
 from app.services.runs import presets as run_presets
 from app.services.runs import queue as run_queue
 from app.services.runs.access import get_for_editor

@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
-from app.services import base_models, deployments
+from app.services import deployments
+from app.services.registry import base_models
 from app.services.serving import inference_client
 from app.services.workspaces import WorkspaceContext
 

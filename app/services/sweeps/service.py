@@ -35,7 +35,9 @@ from app.db.models import (
     Workspace,
 )
 from app.domain import lifecycle
-from app.services import audit, base_models, dataset_versions, datasets, registry
+from app.services import audit, dataset_versions, datasets
+from app.services.registry import base_models
+from app.services.registry import versions as registry
 from app.services.runs import queue as run_queue
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig

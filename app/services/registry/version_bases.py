@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound, ValidationFailed
 from app.db.models import ModelVersion
-from app.services import artifacts, base_models
+from app.services import artifacts
+from app.services.registry import base_models
 from app.services.workspaces import WorkspaceContext
 
 

@@ -37,7 +37,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=/-]{0,39}$")
 MAX_TAGS = 20
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 @lru_cache

@@ -18,19 +18,12 @@ from app.db.base import utcnow
 from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role, User
 from app.db.session import rows_changed
 from app.domain import lifecycle
-from app.services import (
-    arena,
-    artifacts,
-    audit,
-    dataset_versions,
-    datasets,
-    gguf_support,
-    harness_tasks,
-    model_kind,
-    prompt_fit,
-    registry,
-)
-from app.services.model_files import is_adapter
+from app.services import arena, artifacts, audit, dataset_versions, datasets, harness_tasks
+from app.services.registry import gguf as gguf_support
+from app.services.registry import kind as model_kind
+from app.services.registry import prompt_fit
+from app.services.registry import versions as registry
+from app.services.registry.files import is_adapter
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 EXPORT_KINDS = ("onnx", "merged", "gguf")

@@ -24,8 +24,9 @@ from app.core import safe_json
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ModelStage, ModelVersion, Role
-from app.services import artifacts, audit, registry
-from app.services.model_files import is_model_file, is_pickle, model_files
+from app.services import artifacts, audit
+from app.services.registry import versions as registry
+from app.services.registry.files import is_model_file, is_pickle, model_files
 from app.services.workspaces import WorkspaceContext
 
 PICKLE_REFUSED = (

@@ -1,0 +1,15 @@
+"""The model registry: one package for everything a model is in the services layer.
+
+- `versions`: registered models and their numbered versions (register, list, find, stages,
+  tags), per workspace;
+- `imports`: registering a model that has no run (a Hugging Face folder or a GGUF file);
+- `files`: which files make a model folder, and streaming one out as a zip;
+- `jobs`: exports and evaluations of versions (queueing, and the workers' status updates);
+- `kind`, `gguf`, `prompt_fit`: what a version's own files say (classifier or generator,
+  exportable to llama.cpp, whether a prompt fits its context);
+- `base_models`: the base models this server offers for new runs (scratch, local, packaged,
+  hub); `version_bases`: a registered version as the base of a new run.
+
+Import the modules themselves (`from app.services.registry import versions as registry`); this
+file re-exports nothing, so importing one module never loads the others.
+"""
