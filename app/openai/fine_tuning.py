@@ -49,6 +49,7 @@ from app.openai.schemas import (
     Method,
     Supervised,
 )
+from app.services.registry import registration
 from app.services.registry import versions as registry
 from app.services.runs import access as run_access
 from app.services.runs import results as job_results
@@ -453,7 +454,7 @@ def list_fine_tuning_job_checkpoints(
         checkpoints = checkpoints[ids.index(after_id) + 1 :]
     page = checkpoints[:limit]
     version = registry.version_for_run(session=session, run_id=run.id) if page else None
-    base_name = registry.serving_name_for(run, ctx.workspace.slug)
+    base_name = registration.serving_name_for(run, ctx.workspace.slug)
     data = [
         FineTuningJobCheckpoint(
             id=f"{CHECKPOINT_PREFIX}{c.id}",

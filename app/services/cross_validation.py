@@ -31,7 +31,7 @@ from app.db.models import (
 )
 from app.services import artifacts, audit, dataset_versions, datasets
 from app.services.dataset_prep import version_key
-from app.services.registry import versions as registry
+from app.services.registry import registration
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig
 from app.services.workspaces import WorkspaceContext, get_in_workspace
@@ -332,7 +332,7 @@ def register_fold(
     ).first()
     if checkpoint is None:
         raise Conflict(f"fold {fold} has no final model")
-    version = registry.register_checkpoint(session=session, run=run, checkpoint=checkpoint)
+    version = registration.register_checkpoint(session=session, run=run, checkpoint=checkpoint)
     cv.registered_version_id = version.id
     audit.record(
         session=session,

@@ -37,7 +37,8 @@ from app.db.models import Checkpoint, Deployment, DeploymentStatus, ModelVersion
 from app.domain import lifecycle
 from app.services import artifacts, audit
 from app.services.artifact_store import remote_store
-from app.services.registry import base_models
+from app.services.registry import access as registry_access
+from app.services.registry import base_models, registration
 from app.services.registry import versions as registry
 from app.services.serving import inference_client
 from app.services.serving import metrics as serving_metrics
@@ -218,7 +219,7 @@ def checkpoint_target(
     run = session.get(Run, run_id) if run_id <= 2**31 - 1 else None
     if run is None or run.workspace_id != ctx.workspace.id:
         raise ModelNotFound(f"the model {name!r} does not exist in this workspace")
-    if name != f"{registry.serving_name_for(run, ctx.workspace.slug)}:ckpt-step-{step}":
+    if name != f"{registration.serving_name_for(run, ctx.workspace.slug)}:ckpt-step-{step}":
         raise ModelNotFound(f"the model {name!r} does not exist in this workspace")
     checkpoint = session.scalar(
         select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == step)
@@ -263,9 +264,8 @@ def kept_checkpoints(*, session: Session, ctx: WorkspaceContext) -> list[tuple[s
             artifacts.ensure_present(checkpoint.storage_key)
             if model_kind.is_classifier_folder(artifacts.resolve(checkpoint.storage_key)):
                 continue
-            name = (
-                f"{registry.serving_name_for(run, ctx.workspace.slug)}:ckpt-step-{checkpoint.step}"
-            )
+            base = registration.serving_name_for(run, ctx.workspace.slug)
+            name = f"{base}:ckpt-step-{checkpoint.step}"
             kept.append((name, checkpoint))
     return kept
 
@@ -335,7 +335,9 @@ def create(
     settings: DeploymentSettings | None = None,
 ) -> Deployment:
     ctx.require(Role.editor)
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     artifacts.ensure_present(version.storage_key)
     chosen = settings or DeploymentSettings()
     name = name or version.serving_name
@@ -488,7 +490,9 @@ def mark_redeploy(
     *, session: Session, ctx: WorkspaceContext, deployment_id: int, version_id: int
 ) -> Deployment:
     deployment = _editable(session, ctx, deployment_id)
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     artifacts.ensure_present(version.storage_key)
     if version.id == deployment.model_version_id:
         raise InvalidTransition(f"deployment {deployment_id} already serves version {version.id}")

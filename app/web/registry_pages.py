@@ -13,10 +13,12 @@ from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
 from app.db.models import JobStatus, ModelStage, ModelVersion
 from app.services import artifacts, datasets, harness_tasks
+from app.services.registry import access as registry_access
 from app.services.registry import gguf as gguf_support
 from app.services.registry import imports as model_import
 from app.services.registry import jobs as model_jobs
 from app.services.registry import kind as model_kind
+from app.services.registry import registration, stages
 from app.services.registry import versions as registry
 from app.services.registry.files import is_adapter
 from app.services.runs import access as run_access
@@ -72,7 +74,7 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
     except DomainError as exc:  # not a model llama.cpp runs (or its files are gone): no button
         gguf_refusal = exc.message
     try:
-        gate_ok, gate_message = registry.gate_status(session=session, version=version)
+        gate_ok, gate_message = stages.gate_status(session=session, version=version)
     except ValidationFailed as exc:  # a malformed server setting: say so, keep the page
         gate_ok, gate_message = False, exc.message
     allowed = []
@@ -89,7 +91,7 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
         "entity_model": model_kind.is_token_classifier(version),
         "model": version.registered_model,
         "lineage": version.lineage or {},
-        "history": registry.stage_history(session=session, ctx=pc.ctx, version_id=version.id),
+        "history": stages.stage_history(session=session, ctx=pc.ctx, version_id=version.id),
         "exports": exports,
         "evaluations": evaluations,
         "polling": any(j.status in active for j in exports)
@@ -124,7 +126,9 @@ def _page(
     error: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    version = registry.get_version_for_member(session=session, ctx=pc.ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=pc.ctx, version_id=version_id
+    )
     context = {**_version_context(session, pc, version), "error": error}
     return render(request, "model_version.html", context, status_code=status_code, block="jobs")
 
@@ -165,7 +169,7 @@ def move_stage(
         session,
         pc,
         version_id,
-        lambda: registry.set_stage(
+        lambda: stages.set_stage(
             session=session, ctx=pc.ctx, version_id=version_id, stage=stage, reason=reason
         ),
     )
@@ -279,7 +283,7 @@ def register_checkpoint(
 ) -> Response:
     """The run page's button: register this checkpoint and open its version page."""
     run = run_access.get_for_editor(session=session, ctx=pc.ctx, run_id=run_id)
-    version, _ = registry.register_checkpoint_by_id(
+    version, _ = registration.register_checkpoint_by_id(
         session=session, ctx=pc.ctx, checkpoint_id=checkpoint_id
     )
     if version.run_id != run.id:

@@ -138,7 +138,7 @@ def test_the_registry_page_shows_the_newest_versions_and_links_to_all(
 ) -> None:
     from app.db.models import Checkpoint, Run
     from app.db.session import session_scope
-    from app.services.registry import versions as registry
+    from app.services.registry import registration
     from app.web.models_pages import VERSIONS_SHOWN
 
     with session_scope() as session:
@@ -148,7 +148,7 @@ def test_the_registry_page_shows_the_newest_versions_and_links_to_all(
             checkpoint = Checkpoint(run_id=run_id, step=step, storage_key=f"runs/{run_id}/c{step}")
             session.add(checkpoint)
             session.flush()
-            model_id = registry.register_checkpoint(
+            model_id = registration.register_checkpoint(
                 session=session, run=run, checkpoint=checkpoint
             ).registered_model_id
     total = VERSIONS_SHOWN + 2

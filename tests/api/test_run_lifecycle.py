@@ -223,7 +223,7 @@ def test_retention_keeps_the_last_n_and_the_best_and_marks_the_rest_deleted(
     from app.core.errors import InvalidTransition
     from app.db.models import Checkpoint, Run
     from app.db.session import session_scope
-    from app.services.registry import versions as registry
+    from app.services.registry import registration
     from workers.metrics_sink import RunReporter
 
     claim(run_id)
@@ -249,7 +249,7 @@ def test_retention_keeps_the_last_n_and_the_best_and_marks_the_rest_deleted(
     with session_scope() as session:
         deleted = session.query(Checkpoint).filter_by(run_id=run_id, step=2).one()
         with pytest.raises(InvalidTransition, match="removed by the retention policy"):
-            registry.register_checkpoint(
+            registration.register_checkpoint(
                 session=session, run=session.get(Run, run_id), checkpoint=deleted
             )
 

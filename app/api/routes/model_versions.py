@@ -25,8 +25,10 @@ from app.api.schemas.registry import (
 from app.core.errors import Conflict
 from app.db.models import JobStatus
 from app.services import artifacts, harness_tasks
+from app.services.registry import access as registry_access
 from app.services.registry import imports as model_import
 from app.services.registry import jobs as model_jobs
+from app.services.registry import registration, stages
 from app.services.registry import versions as registry
 from app.services.registry.files import zip_stream
 
@@ -38,7 +40,7 @@ def register_version(
     body: VersionRegister, response: Response, session: SessionDep, ctx: Workspace
 ) -> ModelVersionRead:
     """Register any checkpoint of a run (201), or return the version it already is (200)."""
-    version, created = registry.register_checkpoint_by_id(
+    version, created = registration.register_checkpoint_by_id(
         session=session, ctx=ctx, checkpoint_id=body.checkpoint_id
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -72,7 +74,7 @@ def import_upload(
 def update_stage(
     version_id: int, body: StageUpdate, session: SessionDep, ctx: Workspace
 ) -> ModelVersionRead:
-    version = registry.set_stage(
+    version = stages.set_stage(
         session=session, ctx=ctx, version_id=version_id, stage=body.stage, reason=body.reason
     )
     return ModelVersionRead.model_validate(version)
@@ -80,7 +82,7 @@ def update_stage(
 
 @router.get("/model-versions/{version_id}/history", response_model=list[StageChangeRead])
 def read_history(version_id: int, session: SessionDep, ctx: Workspace) -> list[StageChangeRead]:
-    rows = registry.stage_history(session=session, ctx=ctx, version_id=version_id)
+    rows = stages.stage_history(session=session, ctx=ctx, version_id=version_id)
     return [
         StageChangeRead.model_validate(change).model_copy(update={"user_email": email})
         for change, email in rows
@@ -118,7 +120,9 @@ def _safe_top(name: str) -> str:
 )
 def download_version(version_id: int, session: SessionDep, ctx: Workspace) -> StreamingResponse:
     """The version as a Hugging Face folder in a zip, streamed (adapters as the adapter)."""
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     name = f"{version.registered_model.name}-v{version.version}"
     return _zip_response(version.storage_key, _safe_top(name))
 
@@ -140,7 +144,9 @@ def create_export(
 
 @router.get("/model-versions/{version_id}/exports", response_model=list[ExportRead])
 def read_exports(version_id: int, session: SessionDep, ctx: Workspace) -> list[ExportRead]:
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     return [
         ExportRead.model_validate(e)
         for e in model_jobs.list_exports(session=session, version=version)
@@ -260,7 +266,9 @@ def create_judge_evaluation(
 
 @router.get("/model-versions/{version_id}/evaluations", response_model=list[EvaluationRead])
 def read_evaluations(version_id: int, session: SessionDep, ctx: Workspace) -> list[EvaluationRead]:
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     rows = model_jobs.list_evaluations(session=session, version=version)
     return [EvaluationRead.model_validate(e) for e in rows]
 

@@ -1,7 +1,12 @@
 """The model registry: one package for everything a model is in the services layer.
 
-- `versions`: registered models and their numbered versions (register, list, find, stages,
-  tags), per workspace;
+- `access`: finding a version, model, export or evaluation for a caller, with the role the
+  action needs (`get_version_for_member`, `get_version_for_editor`, ...);
+- `versions`: the workspace's registered models and versions listed, counted and found, and a
+  version's tags;
+- `registration`: a checkpoint registered as the next version (content hash, code version,
+  lineage) and the names it gets;
+- `stages`: moving a version between stages, the production gate, the history of moves;
 - `imports`: registering a model that has no run (a Hugging Face folder or a GGUF file);
 - `files`: which files make a model folder, and streaming one out as a zip;
 - `jobs`: exports and evaluations of versions (queueing, and the workers' status updates);

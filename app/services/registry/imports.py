@@ -25,7 +25,7 @@ from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ModelStage, ModelVersion, Role
 from app.services import artifacts, audit
-from app.services.registry import versions as registry
+from app.services.registry import registration
 from app.services.registry.files import is_model_file, is_pickle, model_files
 from app.services.workspaces import WorkspaceContext
 
@@ -41,7 +41,7 @@ def import_from_path(
 ) -> ModelVersion:
     """Import a folder or .gguf file from under LLMIDE_IMPORT_DIR (nothing outside it)."""
     ctx.require(Role.editor)
-    name = registry.validate_model_name(name)
+    name = registration.validate_model_name(name)
     source = resolve_import_path(path)
     staged = _staging_dir()
     try:
@@ -194,7 +194,7 @@ def import_received(
     """Import a file already in the artifact store (a completed chunked upload): a .gguf is
     moved, not copied; a .zip is extracted. Checked exactly as a one-request upload."""
     ctx.require(Role.editor)
-    name = registry.validate_model_name(name)
+    name = registration.validate_model_name(name)
     filename = check_upload_name(filename)
     staged = _staging_dir()
     try:
@@ -214,7 +214,7 @@ def import_from_upload(
 ) -> ModelVersion:
     """Import an uploaded .zip of a model folder or a .gguf file."""
     ctx.require(Role.editor)
-    name = registry.validate_model_name(name)
+    name = registration.validate_model_name(name)
     filename = os.path.basename((filename or "").replace("\\", "/"))
     lower = filename.lower()
     if is_pickle(lower):
@@ -371,10 +371,10 @@ def _register(
     session: Session, ctx: WorkspaceContext, name: str, staged: Path, origin: str
 ) -> ModelVersion:
     """Move the checked files into the store and record the version (no run)."""
-    model = registry.get_or_create_model(session=session, ctx=ctx, name=name)
-    number = registry.next_version_number(session=session, model=model)
+    model = registration.get_or_create_model(session=session, ctx=ctx, name=name)
+    number = registration.next_version_number(session=session, model=model)
     key = f"imports/{secrets.token_hex(12)}"
-    sha256, size = registry.content_fingerprint(staged)
+    sha256, size = registration.content_fingerprint(staged)
     files = sorted(p.name for p in staged.iterdir())
     gguf = next((f for f in files if f.endswith(".gguf")), None)
     config: dict[str, Any] = {}
@@ -408,7 +408,7 @@ def _register(
         tags=[],
         content_sha256=sha256,
         size_bytes=size,
-        code_version=registry.code_version(),
+        code_version=registration.code_version(),
         created_by_id=ctx.user.id,
         lineage={
             "source": "import",

@@ -19,10 +19,10 @@ from app.db.models import Evaluation, JobStatus, ModelExport, ModelVersion, Role
 from app.db.session import rows_changed
 from app.domain import lifecycle
 from app.services import arena, artifacts, audit, dataset_versions, datasets, harness_tasks
+from app.services.registry import access as registry_access
 from app.services.registry import gguf as gguf_support
 from app.services.registry import kind as model_kind
 from app.services.registry import prompt_fit
-from app.services.registry import versions as registry
 from app.services.registry.files import is_adapter
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -51,7 +51,9 @@ def create_export(
     quantization: str | None = None,
 ) -> ModelExport:
     ctx.require(Role.editor)
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     if kind not in EXPORT_KINDS:
         raise ValidationFailed(
             f"export kind must be one of {', '.join(EXPORT_KINDS)}", param="kind"
@@ -124,7 +126,9 @@ def create_evaluation(
     dataset_version_id: int | None = None,
 ) -> Evaluation:
     ctx.require(Role.editor)
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     if dataset_version_id is not None:
         # Another workspace's version is a 404, another dataset's a 400, one still preparing
@@ -192,7 +196,9 @@ def create_harness_evaluation(
     with its number). The evaluation's `dataset_sha256` is the canonical rows' hash, so two
     versions run on the same file line up in the comparison."""
     ctx.require(Role.editor)
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     if model_kind.is_classifier(version):
         raise ValidationFailed(
             f"{version.serving_name} is a classifier: harness tasks score a language model's "
@@ -287,7 +293,9 @@ def create_judge_evaluation(
     pairwise with the answers in both orders, or by rubric scores — and its verdicts are
     compared with the people's (docs/evaluation.md, "Judges")."""
     ctx.require(Role.editor)
-    version = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+    version = registry_access.get_version_for_member(
+        session=session, ctx=ctx, version_id=version_id
+    )
     if model_kind.is_classifier(version):
         raise ValidationFailed(
             f"{version.serving_name} is a classifier: a judge writes its verdict as text",
@@ -351,7 +359,9 @@ def _create_judged_match(
         raise ValidationFailed("max_new_tokens must be between 1 and 256", param="max_new_tokens")
     sides = []
     for version_id in match:
-        side = registry.get_version_for_member(session=session, ctx=ctx, version_id=version_id)
+        side = registry_access.get_version_for_member(
+            session=session, ctx=ctx, version_id=version_id
+        )
         if model_kind.is_classifier(side):
             raise ValidationFailed(f"{side.serving_name} is a classifier", param="versions")
         sides.append(side)
@@ -464,7 +474,7 @@ def comparison(*, session: Session, ctx: WorkspaceContext, model_id: int) -> dic
     metrics: `<metric>_stderr`) also the difference's standard error, sqrt(se1² + se2²) (the
     versions are scored independently), its 95% interval and whether that excludes zero.
     """
-    model = registry.get_model_for_member(session=session, ctx=ctx, model_id=model_id)
+    model = registry_access.get_model_for_member(session=session, ctx=ctx, model_id=model_id)
     rows = session.execute(
         select(Evaluation, ModelVersion.version)
         .join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)

@@ -21,7 +21,7 @@ from app.db.models import Checkpoint, MetricPoint, Run, RunEvent, RunStatus
 from app.db.session import rows_changed, upsert_insert
 from app.domain import lifecycle
 from app.services import artifacts, chart_history, scheduler
-from app.services.registry import versions as registry
+from app.services.registry import registration
 
 # Workers write a heartbeat at least this often, even during evaluation or checkpoint saving;
 # a run silent for settings.run_stale_after_s is taken to be orphaned.
@@ -492,7 +492,9 @@ def finish(
                 f"{run.cross_validation_id}; register the fold (or a final fit) you choose",
             )
         elif status == RunStatus.succeeded:
-            version = registry.register_checkpoint(session=session, run=run, checkpoint=checkpoint)
+            version = registration.register_checkpoint(
+                session=session, run=run, checkpoint=checkpoint
+            )
             add_event(
                 session=session,
                 run_id=run_id,

@@ -36,8 +36,7 @@ from app.db.models import (
 )
 from app.domain import lifecycle
 from app.services import audit, dataset_versions, datasets
-from app.services.registry import base_models
-from app.services.registry import versions as registry
+from app.services.registry import base_models, registration
 from app.services.runs import queue as run_queue
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig
@@ -561,7 +560,7 @@ def _register_best(session: Session, sweep: Sweep) -> None:
     )
     if best is None or final is None or best.status != RunStatus.succeeded:
         return
-    version = registry.register_checkpoint(session=session, run=best, checkpoint=final)
+    version = registration.register_checkpoint(session=session, run=best, checkpoint=final)
     session.add(
         RunEvent(
             run_id=best.id,
