@@ -25,6 +25,7 @@ from app.db.models import (
 )
 from app.db.session import session_scope
 from app.services import artifacts
+from app.services.registry import exports as model_exports
 from app.services.registry import jobs as model_jobs
 from workers.celery_app import celery_app
 
@@ -172,14 +173,13 @@ def gguf_path_for_version(version_id: int, quantization: str = "q8_0") -> Path:
     failed; the message is the export's error).
     """
     from app.services.registry import gguf as gguf_support
-    from app.services.registry import jobs as model_jobs
 
     with session_scope() as session:
         version = session.get(ModelVersion, version_id)
         if version is None:
             raise ValueError(f"model version {version_id} not found")
         try:
-            quantization = model_jobs.gguf_quantization(quantization)
+            quantization = model_exports.gguf_quantization(quantization)
             gguf_support.check_exportable(artifacts.existing(version.storage_key))
         except Exception as exc:  # domain errors carry the person-readable reason
             raise ValueError(getattr(exc, "message", str(exc))) from exc

@@ -14,7 +14,7 @@ from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
 from app.services import arena, arena_preferences, cross_validation, datasets
 from app.services.registry import base_models
-from app.services.registry import jobs as model_jobs
+from app.services.registry import evaluations as model_evaluations
 from app.services.runs.config import RunConfig
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, form_errors, redirect
 from app.web.pages import rollback as rollback_request
@@ -246,7 +246,7 @@ def judge_votes(
 ) -> Response:
     """The arena's judge form: the chosen model judges the votes; its version page shows it."""
     version_id = arena.version_id_for(session=session, ctx=pc.ctx, name=model)
-    model_jobs.create_judge_evaluation(
+    model_evaluations.create_judge_evaluation(
         session=session,
         ctx=pc.ctx,
         version_id=version_id,

@@ -15,7 +15,7 @@ from app.core.settings import get_settings
 from app.db.base import MAX_ID
 from app.db.models import Deployment, DeploymentStatus
 from app.services import datasets, deployments
-from app.services.registry import jobs as model_jobs
+from app.services.registry import compare as version_compare
 from app.services.registry import versions as registry
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
 from app.web.rendering import is_htmx, render
@@ -65,7 +65,7 @@ def _models_context(
         "max_model_import_bytes": get_settings().max_model_import_bytes,
         # One model's page compares its versions side by side on the same evaluations.
         "comparison": (
-            model_jobs.comparison(session=session, ctx=pc.ctx, model_id=model_id)
+            version_compare.comparison(session=session, ctx=pc.ctx, model_id=model_id)
             if model_id is not None
             else None
         ),

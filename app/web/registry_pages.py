@@ -14,9 +14,10 @@ from app.db.base import MAX_ID
 from app.db.models import JobStatus, ModelStage, ModelVersion
 from app.services import artifacts, datasets, harness_tasks
 from app.services.registry import access as registry_access
+from app.services.registry import evaluations as model_evaluations
+from app.services.registry import exports as model_exports
 from app.services.registry import gguf as gguf_support
 from app.services.registry import imports as model_import
-from app.services.registry import jobs as model_jobs
 from app.services.registry import kind as model_kind
 from app.services.registry import registration, stages
 from app.services.registry import versions as registry
@@ -56,13 +57,13 @@ def _teacher_compare(
             "evaluation": done[0].metrics if done else {},
         }
 
-    teacher_evals = model_jobs.list_evaluations(session=session, version=teacher)
+    teacher_evals = model_evaluations.list_evaluations(session=session, version=teacher)
     return [row("student", version, evaluations), row("teacher", teacher, teacher_evals)]
 
 
 def _version_context(session: Session, pc: PageContext, version: ModelVersion) -> dict[str, Any]:
-    exports = model_jobs.list_exports(session=session, version=version)
-    evaluations = model_jobs.list_evaluations(session=session, version=version)
+    exports = model_exports.list_exports(session=session, version=version)
+    evaluations = model_evaluations.list_evaluations(session=session, version=version)
     active = (JobStatus.queued, JobStatus.running)
     try:
         adapter = is_adapter(artifacts.existing(version.storage_key))
@@ -98,7 +99,7 @@ def _version_context(session: Session, pc: PageContext, version: ModelVersion) -
         or any(j.status in active for j in evaluations),
         "adapter": adapter,
         "gguf_refusal": gguf_refusal,
-        "gguf_quantizations": model_jobs.GGUF_QUANTIZATIONS,
+        "gguf_quantizations": model_exports.GGUF_QUANTIZATIONS,
         "stage_actions": allowed,
         "gate_ok": gate_ok,
         "gate_message": gate_message,
@@ -209,7 +210,7 @@ def start_export(
         session,
         pc,
         version_id,
-        lambda: model_jobs.create_export(
+        lambda: model_exports.create_export(
             session=session,
             ctx=pc.ctx,
             version_id=version_id,
@@ -233,7 +234,7 @@ def start_evaluation(
         session,
         pc,
         version_id,
-        lambda: model_jobs.create_evaluation(
+        lambda: model_evaluations.create_evaluation(
             session=session, ctx=pc.ctx, version_id=version_id, dataset_id=dataset_id
         ),
     )
@@ -261,7 +262,7 @@ def start_harness_evaluation(
         session,
         pc,
         version_id,
-        lambda: model_jobs.create_harness_evaluation(
+        lambda: model_evaluations.create_harness_evaluation(
             session=session,
             ctx=pc.ctx,
             version_id=version_id,

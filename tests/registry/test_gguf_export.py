@@ -305,8 +305,8 @@ def test_the_version_page_offers_gguf_only_where_llama_cpp_runs_the_model(
 
 
 def test_the_web_side_and_the_writer_agree_on_the_architectures() -> None:
+    from app.services.registry.exports import GGUF_QUANTIZATIONS
     from app.services.registry.gguf import GGUF_ARCHITECTURES
-    from app.services.registry.jobs import GGUF_QUANTIZATIONS
     from workers.engine.gguf import QUANTIZATIONS, SUPPORTED_ARCHITECTURES
 
     assert GGUF_ARCHITECTURES == SUPPORTED_ARCHITECTURES

@@ -26,8 +26,10 @@ from app.core.errors import Conflict
 from app.db.models import JobStatus
 from app.services import artifacts, harness_tasks
 from app.services.registry import access as registry_access
+from app.services.registry import compare as version_compare
+from app.services.registry import evaluations as model_evaluations
+from app.services.registry import exports as model_exports
 from app.services.registry import imports as model_import
-from app.services.registry import jobs as model_jobs
 from app.services.registry import registration, stages
 from app.services.registry import versions as registry
 from app.services.registry.files import zip_stream
@@ -131,7 +133,7 @@ def download_version(version_id: int, session: SessionDep, ctx: Workspace) -> St
 def create_export(
     version_id: int, body: ExportCreate, session: SessionDep, ctx: Workspace
 ) -> ExportRead:
-    export = model_jobs.create_export(
+    export = model_exports.create_export(
         session=session,
         ctx=ctx,
         version_id=version_id,
@@ -149,14 +151,14 @@ def read_exports(version_id: int, session: SessionDep, ctx: Workspace) -> list[E
     )
     return [
         ExportRead.model_validate(e)
-        for e in model_jobs.list_exports(session=session, version=version)
+        for e in model_exports.list_exports(session=session, version=version)
     ]
 
 
 @router.get("/model-exports/{export_id}", response_model=ExportRead)
 def read_export(export_id: int, session: SessionDep, ctx: Workspace) -> ExportRead:
     return ExportRead.model_validate(
-        model_jobs.get_export(session=session, ctx=ctx, export_id=export_id)
+        registry_access.get_export_for_member(session=session, ctx=ctx, export_id=export_id)
     )
 
 
@@ -166,7 +168,7 @@ def read_export(export_id: int, session: SessionDep, ctx: Workspace) -> ExportRe
     responses={200: {"content": {"application/zip": {}}, "description": "A streamed zip."}},
 )
 def download_export(export_id: int, session: SessionDep, ctx: Workspace) -> StreamingResponse:
-    export = model_jobs.get_export(session=session, ctx=ctx, export_id=export_id)
+    export = registry_access.get_export_for_member(session=session, ctx=ctx, export_id=export_id)
     if export.status != JobStatus.succeeded or not export.storage_key:
         raise Conflict(f"export {export_id} is {export.status}; download it once it succeeded")
     return _zip_response(export.storage_key, f"export-{export.id}-{export.kind}")
@@ -178,7 +180,7 @@ def download_export(export_id: int, session: SessionDep, ctx: Workspace) -> Stre
 def create_evaluation(
     version_id: int, body: EvaluationCreate, session: SessionDep, ctx: Workspace
 ) -> EvaluationRead:
-    evaluation = model_jobs.create_evaluation(
+    evaluation = model_evaluations.create_evaluation(
         session=session,
         ctx=ctx,
         version_id=version_id,
@@ -222,7 +224,7 @@ def create_harness_evaluation(
     apply_chat_template: Annotated[bool, Form()] = False,
 ) -> EvaluationRead:
     """Queue an lm-evaluation-harness evaluation of the version on an uploaded task file."""
-    evaluation = model_jobs.create_harness_evaluation(
+    evaluation = model_evaluations.create_harness_evaluation(
         session=session,
         ctx=ctx,
         version_id=version_id,
@@ -250,7 +252,7 @@ def create_judge_evaluation(
 ) -> EvaluationRead:
     """Queue the version as a judge of the workspace's arena votes (pairwise, both orders, or
     by rubric); its agreement with the people's votes is the result."""
-    evaluation = model_jobs.create_judge_evaluation(
+    evaluation = model_evaluations.create_judge_evaluation(
         session=session,
         ctx=ctx,
         version_id=version_id,
@@ -269,15 +271,16 @@ def read_evaluations(version_id: int, session: SessionDep, ctx: Workspace) -> li
     version = registry_access.get_version_for_member(
         session=session, ctx=ctx, version_id=version_id
     )
-    rows = model_jobs.list_evaluations(session=session, version=version)
+    rows = model_evaluations.list_evaluations(session=session, version=version)
     return [EvaluationRead.model_validate(e) for e in rows]
 
 
 @router.get("/evaluations/{evaluation_id}", response_model=EvaluationRead)
 def read_evaluation(evaluation_id: int, session: SessionDep, ctx: Workspace) -> EvaluationRead:
-    return EvaluationRead.model_validate(
-        model_jobs.get_evaluation(session=session, ctx=ctx, evaluation_id=evaluation_id)
+    evaluation = registry_access.get_evaluation_for_member(
+        session=session, ctx=ctx, evaluation_id=evaluation_id
     )
+    return EvaluationRead.model_validate(evaluation)
 
 
 @router.get("/evaluations/{evaluation_id}/figures")
@@ -287,7 +290,9 @@ def read_evaluation_figures(
     """The evaluation's figures, apart from its metrics (they are large): a classifier's ROC
     and precision-recall curves with AUC, reliability diagram with ECE and, for two classes,
     the threshold table; `{}` until it succeeds, or for an evaluation that has none."""
-    evaluation = model_jobs.get_evaluation(session=session, ctx=ctx, evaluation_id=evaluation_id)
+    evaluation = registry_access.get_evaluation_for_member(
+        session=session, ctx=ctx, evaluation_id=evaluation_id
+    )
     return {
         "evaluation_id": evaluation.id,
         "status": evaluation.status,
@@ -298,4 +303,4 @@ def read_evaluation_figures(
 @router.get("/models/{model_id}/comparison")
 def read_comparison(model_id: int, session: SessionDep, ctx: Workspace) -> dict:
     """Versions side by side: the newest finished evaluation of each, grouped by dataset."""
-    return model_jobs.comparison(session=session, ctx=ctx, model_id=model_id)
+    return version_compare.comparison(session=session, ctx=ctx, model_id=model_id)

@@ -9,7 +9,10 @@
 - `stages`: moving a version between stages, the production gate, the history of moves;
 - `imports`: registering a model that has no run (a Hugging Face folder or a GGUF file);
 - `files`: which files make a model folder, and streaming one out as a zip;
-- `jobs`: exports and evaluations of versions (queueing, and the workers' status updates);
+- `exports`, `evaluations`: exporting a version (ONNX, merged LoRA, GGUF) and evaluating it
+  (on a dataset, a harness task file, as a judge), checked before the job is queued;
+- `jobs`: an export's or evaluation's job sent to a worker, and the worker's status updates;
+- `compare`: a model's versions side by side on the same evaluations;
 - `kind`, `gguf`, `prompt_fit`: what a version's own files say (classifier or generator,
   exportable to llama.cpp, whether a prompt fits its context);
 - `base_models`: the base models this server offers for new runs (scratch, local, packaged,
