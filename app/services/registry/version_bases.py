@@ -16,16 +16,8 @@ from app.core.errors import NotFound, ValidationFailed
 from app.db.models import ModelVersion
 from app.services import artifacts
 from app.services.registry import base_models
+from app.services.registry import versions as registry
 from app.services.workspaces import WorkspaceContext
-
-
-def find(*, session: Session, ctx: WorkspaceContext, name: str) -> ModelVersion | None:
-    """The workspace's version served under `name`, if there is one."""
-    return session.scalar(
-        select(ModelVersion).where(
-            ModelVersion.workspace_id == ctx.workspace.id, ModelVersion.serving_name == name
-        )
-    )
 
 
 def as_base(version: ModelVersion) -> base_models.BaseModel:
@@ -70,7 +62,11 @@ def resolve(
     *, session: Session, ctx: WorkspaceContext, name: str
 ) -> tuple[base_models.BaseModel, ModelVersion | None]:
     """A run's base by name: a known base model, else one of the workspace's versions."""
-    version = None if name in base_models.CATALOG else find(session=session, ctx=ctx, name=name)
+    version = (
+        None
+        if name in base_models.CATALOG
+        else registry.find_by_serving_name(session=session, ctx=ctx, name=name)
+    )
     if version is not None:
         return as_base(version), version
     return base_models.require_known(name), None
