@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reconciler = None
         if settings.deployment_reconcile_interval_s > 0:
             # Deployments come back by themselves after an inference restart (docs/serving.md).
-            from app.services.deployments import reconcile_forever
+            from app.services.serving.reconcile import reconcile_forever
 
             reconciler = asyncio.create_task(
                 reconcile_forever(settings.deployment_reconcile_interval_s)

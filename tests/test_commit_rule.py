@@ -31,7 +31,8 @@ ALLOWED_COMMITS: dict[str, tuple[int, str]] = {
     "app/services/registry/jobs.py": (6, "export/evaluation jobs: sent tasks and their progress"),
     "app/services/task_deliveries.py": (2, "delivery counts survive the task's own rollback"),
     # Before a slow call to the inference server, and in the background reconcile loop.
-    "app/services/deployments.py": (7, "state others must see before an inference call"),
+    "app/services/serving/deployments.py": (6, "state others must see before an inference call"),
+    "app/services/serving/reconcile.py": (1, "a switch every web process routes by, first"),
     # The sign-in throttle: its attempt row must survive the failed sign-in's rollback, and
     # its lock is taken by the first statement of a fresh transaction (docs/trust.md).
     "app/services/login_throttle.py": (2, "failed attempts stay counted; lock ordering"),

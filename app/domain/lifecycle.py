@@ -99,7 +99,7 @@ SWEEP_TRANSITIONS: Mapping[SweepStatus, frozenset[SweepStatus]] = {
 }
 
 D = DeploymentStatus
-# Who moves a deployment (app/services/deployments.py):
+# Who moves a deployment (app/services/serving/: deployments.py, reconcile.py):
 #   deploy     a live row again → loading (deploying a loading one asks the server again)
 #   load fails → failed (the server is down or refused the version)
 #   reconcile  loading | ready | failed → what the inference server reports, the same one

@@ -441,7 +441,7 @@ def list_fine_tuning_job_checkpoints(
 ) -> FineTuningJobCheckpointList:
     """Checkpoints newest first. The final one is named by its registered version; the others
     `<run's model>:ckpt-step-N`, which chat and completions serve from the checkpoint's folder
-    (services.deployments.checkpoint_target)."""
+    (services.serving.routing.checkpoint_target)."""
     run = _run_for_job(session=session, ctx=ctx, job=fine_tuning_job_id)
     checkpoints = runs.checkpoints(session=session, run_id=run.id)[::-1]
     if after is not None:

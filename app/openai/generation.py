@@ -18,10 +18,9 @@ from starlette.responses import StreamingResponse
 from app.core.errors import DomainError, ValidationFailed
 from app.openai.common import inference_error
 from app.openai.schemas import PromptTokensDetails, Usage
-from app.services import deployments
-from app.services.deployments import ServingTarget
-from app.services.serving import inference_client
+from app.services.serving import inference_client, routing
 from app.services.serving import metrics as serving_metrics
+from app.services.serving.targets import ServingTarget
 from app.services.workspaces import WorkspaceContext
 
 INFERENCE_ERRORS = (inference_client.InferenceUnavailable, inference_client.InferenceError)
@@ -60,7 +59,7 @@ def usage(*results: dict[str, Any], per_prompt: int | None = None) -> Usage:
 
 async def resolve_target(*, session: Session, ctx: WorkspaceContext, model: str) -> ServingTarget:
     def resolve() -> ServingTarget:
-        target = deployments.resolve_model(session=session, ctx=ctx, name=model)
+        target = routing.resolve_model(session=session, ctx=ctx, name=model)
         # Give the database connection back now: a generation can take minutes.
         session.commit()
         return target

@@ -18,10 +18,10 @@ from app.api.deps import SessionDep, Workspace
 from app.db.models import Deployment, ModelVersion
 from app.openai.common import unix
 from app.openai.schemas import Model, ModelList
-from app.services import deployments
 from app.services.registry import base_models
 from app.services.registry import kind as model_kind
 from app.services.registry import versions as registry
+from app.services.serving import deployments, routing
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/models", tags=["openai: models"])
@@ -57,7 +57,7 @@ def _named_deployments(session: Session, ctx: WorkspaceContext) -> list[Deployme
 def list_models(session: SessionDep, ctx: Workspace) -> ModelList:
     versions = registry.list_versions(session=session, ctx=ctx)
     return ModelList(
-        data=[_base_model(entry.name) for entry in deployments.servable_bases()]
+        data=[_base_model(entry.name) for entry in routing.servable_bases()]
         + [_deployment_model(d, ctx.workspace.slug) for d in _named_deployments(session, ctx)]
         + [
             _version_model(v, ctx.workspace.slug)
@@ -66,7 +66,7 @@ def list_models(session: SessionDep, ctx: Workspace) -> ModelList:
         ]
         + [
             Model(id=name, created=unix(checkpoint.created_at), owned_by=ctx.workspace.slug)
-            for name, checkpoint in deployments.kept_checkpoints(session=session, ctx=ctx)
+            for name, checkpoint in routing.kept_checkpoints(session=session, ctx=ctx)
         ]
     )
 
@@ -85,7 +85,7 @@ def retrieve_model(model: str, session: SessionDep, ctx: Workspace) -> Model:
     version = registry.find_by_serving_name(session=session, ctx=ctx, name=model)
     if version is not None:
         return _version_model(version, ctx.workspace.slug)
-    for name, checkpoint in deployments.kept_checkpoints(session=session, ctx=ctx):
+    for name, checkpoint in routing.kept_checkpoints(session=session, ctx=ctx):
         if name == model:
             return Model(id=name, created=unix(checkpoint.created_at), owned_by=ctx.workspace.slug)
-    raise deployments.ModelNotFound(f"the model {model!r} does not exist in this workspace")
+    raise routing.ModelNotFound(f"the model {model!r} does not exist in this workspace")

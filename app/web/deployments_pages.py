@@ -13,9 +13,11 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus
-from app.services import deployments
 from app.services.registry import kind as model_kind
 from app.services.registry import versions as registry
+from app.services.serving import control as deployment_control
+from app.services.serving import deployments, reconcile, targets
+from app.services.serving import stats as serving_stats
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import render
 
@@ -98,7 +100,7 @@ def deployments_context(
             d.status == DeploymentStatus.loading or d.pending_model_version_id is not None
             for d in rows
         ),
-        "stats": deployments.stats_by_deployment(rows, loaded),
+        "stats": serving_stats.stats_by_deployment(rows, loaded),
         "versions": registry.list_versions(session=session, ctx=pc.ctx),
         "base_url": base_url,
         "classifiers": classifiers,
@@ -118,9 +120,9 @@ def _deployments_page(
     loaded: list[dict] | None,
     error: str | None = None,
     status_code: int = 200,
-) -> tuple[Response, deployments.Actions]:
+) -> tuple[Response, reconcile.Actions]:
     rows = deployments.list_for_workspace(session=session, ctx=pc.ctx)
-    actions = deployments.apply_server_status(session=session, deployments=rows, loaded=loaded)
+    actions = reconcile.apply_server_status(session=session, deployments=rows, loaded=loaded)
     context = deployments_context(request, session, pc, rows, loaded)
     response = render(
         request,
@@ -134,9 +136,9 @@ def _deployments_page(
 
 @router.get("")
 async def deployment_list(request: Request, session: DbDep, pc: PageDep) -> Response:
-    loaded = await deployments.loaded_models()
+    loaded = await reconcile.loaded_models()
     response, actions = await run_in_threadpool(_deployments_page, request, session, pc, loaded)
-    await deployments.perform(actions)
+    await reconcile.perform(actions)
     return response
 
 
@@ -147,7 +149,7 @@ async def stop_deployment(
     deployment = await run_in_threadpool(
         deployments.mark_stopping, session=session, ctx=pc.ctx, deployment_id=deployment_id
     )
-    await deployments.unload(deployment)
+    await deployment_control.unload(deployment)
     return redirect(request, "/deployments")
 
 
@@ -155,7 +157,7 @@ async def _page_with_error(
     request: Request, session: Session, pc: PageContext, exc: DomainError
 ) -> Response:
     rollback(request)
-    loaded = await deployments.loaded_models()
+    loaded = await reconcile.loaded_models()
     response, _ = await run_in_threadpool(
         _deployments_page, request, session, pc, loaded, exc.message, exc.status_code
     )
@@ -186,21 +188,21 @@ async def create_deployment(
     name: Annotated[str, Form(max_length=255)] = "",
     replicas: Annotated[int, Form(ge=1, le=8)] = 1,
     max_batch_size: Annotated[int, Form(ge=1, le=64)] = 8,
-    # Empty: derived from the model's context (deployments.default_max_new_tokens).
+    # Empty: derived from the model's context (targets.default_max_new_tokens).
     max_new_tokens: Annotated[str, Form(max_length=8)] = "",
     temperature: Annotated[float, Form(ge=0, le=2)] = 0.7,
     top_p: Annotated[float, Form(gt=0, le=1)] = 1.0,
 ) -> Response:
     """Deploy a version with its serving settings in one click."""
     try:
-        settings = deployments.DeploymentSettings(
+        settings = targets.DeploymentSettings(
             replicas=replicas,
             max_batch_size=max_batch_size,
             max_new_tokens=_optional_tokens(max_new_tokens),
             temperature=temperature,
             top_p=top_p,
         )
-        await deployments.deploy(
+        await deployment_control.deploy(
             session=session,
             ctx=pc.ctx,
             version_id=model_version_id,
@@ -224,7 +226,7 @@ async def scale_deployment(
     max_batch_size: Annotated[int | None, Form(ge=1, le=64)] = None,
 ) -> Response:
     try:
-        await deployments.scale(
+        await deployment_control.scale(
             session=session,
             ctx=pc.ctx,
             deployment_id=deployment_id,
@@ -247,7 +249,7 @@ async def redeploy_deployment(
     model_version_id: Annotated[int, Form(ge=1, le=2**31 - 1)],
 ) -> Response:
     try:
-        await deployments.redeploy(
+        await deployment_control.redeploy(
             session=session, ctx=pc.ctx, deployment_id=deployment_id, version_id=model_version_id
         )
     except (Forbidden, NotFound):

@@ -14,9 +14,11 @@ from app.core.errors import NotFound, ServiceUnavailable, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import MAX_ID
 from app.db.models import Deployment, DeploymentStatus
-from app.services import datasets, deployments
+from app.services import datasets
 from app.services.registry import compare as version_compare
 from app.services.registry import versions as registry
+from app.services.serving import control as deployment_control
+from app.services.serving import deployments
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect
 from app.web.rendering import is_htmx, render
 
@@ -96,7 +98,7 @@ async def deploy_version(
 ) -> Response:
     """Record the deployment and ask the inference server to load it; say so if it is down."""
     try:
-        deployment: Deployment = await deployments.deploy(
+        deployment: Deployment = await deployment_control.deploy(
             session=session, ctx=pc.ctx, version_id=version_id
         )
     except (ServiceUnavailable, ValidationFailed) as exc:

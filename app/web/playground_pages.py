@@ -13,10 +13,10 @@ from starlette.responses import Response, StreamingResponse
 
 from app.core.errors import DomainError
 from app.db.models import Deployment, DeploymentStatus, ModelVersion
-from app.services import deployments
 from app.services.registry import kind as model_kind
 from app.services.registry import versions as registry
-from app.services.serving import inference_client
+from app.services.serving import classifiers as serving_classifiers
+from app.services.serving import deployments, inference_client, routing, targets
 from app.services.serving import metrics as serving_metrics
 from app.web.pages import CSRF, DbDep, PageDep, PageRoute
 from app.web.rendering import render
@@ -167,7 +167,7 @@ async def classify(
     """The classifier playground's answer: the predicted label and each class's probability,
     from the same /predict the API offers (a whole page, or the result block for htmx)."""
 
-    def prepare() -> tuple[list[str], deployments.ServingTarget | None, str | None]:
+    def prepare() -> tuple[list[str], targets.ServingTarget | None, str | None]:
         versions = registry.list_versions(session=session, ctx=pc.ctx)
         live = deployments.live_for_workspace(session=session, ctx=pc.ctx)
         classifiers = _classifier_names(versions, live)
@@ -176,7 +176,7 @@ async def classify(
         if not text.strip():
             return classifiers, None, "Write a text to classify."
         try:
-            target = deployments.resolve_model(session=session, ctx=pc.ctx, name=model)
+            target = routing.resolve_model(session=session, ctx=pc.ctx, name=model)
         except DomainError as exc:
             return classifiers, None, exc.message
         session.commit()  # give the connection back during inference
@@ -186,7 +186,7 @@ async def classify(
     result = None
     if target is not None:
         try:
-            answer = await deployments.classify(target, text)
+            answer = await serving_classifiers.classify(target, text)
             result = _ranked(answer["predictions"][0], text)
         except DomainError as exc:
             error = exc.message
@@ -226,7 +226,7 @@ async def stream_answer(session: Any, pc: Any, body: PlaygroundRequest) -> Respo
     """The playground's streamed answer of `body.model` (also the arena's, for each side)."""
     try:
         target = await run_in_threadpool(
-            deployments.resolve_model, session=session, ctx=pc.ctx, name=body.model
+            routing.resolve_model, session=session, ctx=pc.ctx, name=body.model
         )
     except DomainError as exc:
         return StreamingResponse(

@@ -75,8 +75,8 @@ def test_a_run_killed_on_host_a_resumes_exactly_on_host_b_and_serves_from_a_thir
     s3_env: dict[str, str], team: Team, installation: Path, tmp_path: Path
 ) -> None:
     from app.db.session import session_scope
-    from app.services import deployments
     from app.services.registry import versions as registry
+    from app.services.serving import targets
 
     database_url = f"sqlite:///{installation / 'llmide.db'}"
     dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
@@ -119,7 +119,7 @@ def test_a_run_killed_on_host_a_resumes_exactly_on_host_b_and_serves_from_a_thir
         version = registry.version_for_run(session=session, run_id=killed_id)
         assert version is not None
         key = version.storage_key
-        assert deployments.serving_path(key) == key
+        assert targets.serving_path(key) == key
 
     # An inference server with its own data folder pulls the version, then loads it.
     with host(tmp_path / "inference", s3_env):

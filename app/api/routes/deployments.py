@@ -17,7 +17,9 @@ from app.api.schemas.deployments import (
     DeploymentStats,
 )
 from app.db.models import Deployment
-from app.services import deployments
+from app.services.serving import access as deployment_access
+from app.services.serving import classifiers, deployments, reconcile, targets
+from app.services.serving import control as deployment_control
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 
@@ -59,7 +61,7 @@ async def read_deployments(
     request: Request, session: SessionDep, ctx: Workspace
 ) -> list[DeploymentRead]:
     rows = await run_in_threadpool(deployments.list_for_workspace, session=session, ctx=ctx)
-    stats = await deployments.refresh_status(session=session, deployments=rows) or {}
+    stats = await reconcile.refresh_status(session=session, deployments=rows) or {}
     return [to_read(d, request, stats.get(d.id)) for d in rows]
 
 
@@ -69,12 +71,12 @@ async def create_deployment(
 ) -> DeploymentRead:
     """One click: record the deployment and start loading it; poll until `ready`."""
     chosen = body.model_dump(exclude_none=True, exclude={"model_version_id", "name"})
-    deployment = await deployments.deploy(
+    deployment = await deployment_control.deploy(
         session=session,
         ctx=ctx,
         version_id=body.model_version_id,
         name=body.name,
-        settings=deployments.DeploymentSettings(**chosen),
+        settings=targets.DeploymentSettings(**chosen),
     )
     return to_read(deployment, request)
 
@@ -84,9 +86,9 @@ async def read_deployment(
     deployment_id: int, request: Request, session: SessionDep, ctx: Workspace
 ) -> DeploymentRead:
     deployment = await run_in_threadpool(
-        deployments.get_for_member, session=session, ctx=ctx, deployment_id=deployment_id
+        deployment_access.get_for_member, session=session, ctx=ctx, deployment_id=deployment_id
     )
-    stats = await deployments.refresh_status(session=session, deployments=[deployment]) or {}
+    stats = await reconcile.refresh_status(session=session, deployments=[deployment]) or {}
     return to_read(deployment, request, stats.get(deployment.id))
 
 
@@ -99,7 +101,7 @@ async def update_deployment(
     ctx: Workspace,
 ) -> DeploymentRead:
     """Scale (replicas, max batch size) or change default sampling; applied without a reload."""
-    deployment = await deployments.scale(
+    deployment = await deployment_control.scale(
         session=session, ctx=ctx, deployment_id=deployment_id, **body.model_dump(exclude_none=True)
     )
     return to_read(deployment, request)
@@ -114,7 +116,7 @@ async def redeploy_deployment(
     ctx: Workspace,
 ) -> DeploymentRead:
     """Serve another version under the same name with zero downtime (switches when ready)."""
-    deployment = await deployments.redeploy(
+    deployment = await deployment_control.redeploy(
         session=session, ctx=ctx, deployment_id=deployment_id, version_id=body.model_version_id
     )
     return to_read(deployment, request)
@@ -125,7 +127,7 @@ async def predict(
     deployment_id: int, body: DeploymentPredict, session: SessionDep, ctx: Workspace
 ) -> dict[str, Any]:
     """Labels and scores from a deployed sequence-classification model."""
-    return await deployments.predict(
+    return await classifiers.predict(
         session=session, ctx=ctx, deployment_id=deployment_id, inputs=body.inputs
     )
 
@@ -137,5 +139,5 @@ async def stop_deployment(
     deployment = await run_in_threadpool(
         deployments.mark_stopping, session=session, ctx=ctx, deployment_id=deployment_id
     )
-    await deployments.unload(deployment)
+    await deployment_control.unload(deployment)
     return to_read(deployment, request)

@@ -12,9 +12,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
-from app.services import deployments
 from app.services.registry import base_models
-from app.services.serving import inference_client
+from app.services.serving import inference_client, routing
 from app.services.workspaces import WorkspaceContext
 
 # Inference-server names of models loaded for embeddings: apart from the same folder loaded
@@ -39,7 +38,7 @@ def resolve_target(*, session: Session, ctx: WorkspaceContext, name: str) -> Emb
             return EmbeddingTarget(
                 key=KEY_PREFIX + name, path=str(path / entry.gguf_file if entry.gguf_file else path)
             )
-    target = deployments.resolve_model(session=session, ctx=ctx, name=name)
+    target = routing.resolve_model(session=session, ctx=ctx, name=name)
     return EmbeddingTarget(key=KEY_PREFIX + target.key, path=target.path)
 
 
