@@ -149,3 +149,24 @@ def test_editors_edit_tags_and_bad_tags_are_refused(team: Team, installation: Pa
         "candidate",
         "lang=en",
     ]
+
+
+def test_a_viewer_is_refused_a_change_whatever_the_id_and_an_outsider_finds_no_version(
+    team: Team, installation: Path
+) -> None:
+    """registry/access.py: the role is checked before the lookup, and another workspace's
+    version answers like an unknown one, so ids cannot be probed."""
+    _, version = dummy_run_with_version(team, installation)
+    unknown = 2**31 - 1
+    for version_id in (version["id"], unknown):
+        assert stage(team.viewer, version_id, "staging").status_code == 403
+        tagged = put(team.viewer, f"/api/v1/model-versions/{version_id}/tags", {"tags": ["a"]})
+        assert tagged.status_code == 403
+        exported = team.viewer.post(
+            f"/api/v1/model-versions/{version_id}/exports", json={"kind": "onnx"}
+        )
+        assert exported.status_code == 403
+    assert team.outsider.get(f"/api/v1/model-versions/{version['id']}").status_code == 404
+    assert stage(team.outsider, version["id"], "staging").status_code == 404
+    assert stage(team.editor, unknown, "staging").status_code == 404
+    assert team.viewer.get(f"/api/v1/model-versions/{version['id']}").status_code == 200
