@@ -123,7 +123,7 @@ def export_onnx(
     quantize: bool,
     progress: Progress,
     sample: tuple[Path, str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """model.onnx (+ model.int8.onnx) in out_dir, and a side-by-side report.
 
     The report compares torch fp32, ONNX fp32 and ONNX int8 on the same token rows: file size,
@@ -141,11 +141,11 @@ def export_onnx(
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer, wrapper, classifier = _load_for_export(source)
     progress(0.1)
-    context = getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", 1024
-    )
+    n_positions = getattr(model.config, "n_positions", None)  # GPT-2's name for it
+    max_positions = getattr(model.config, "max_position_embeddings", 1024)
+    context = int(n_positions or max_positions)
     example = torch.randint(0, model.config.vocab_size, (2, 8))
-    batch, seq = Dim("batch", min=1, max=64), Dim("sequence", min=2, max=int(context))
+    batch, seq = Dim("batch", min=1, max=64), Dim("sequence", min=2, max=context)
     program = torch.onnx.export(
         wrapper,
         (example, torch.ones_like(example)),
@@ -156,6 +156,7 @@ def export_onnx(
         optimize=True,
     )
     fp32_path = out_dir / "model.onnx"
+    assert program is not None  # only the legacy exporter (dynamo=False) returns None
     program.save(str(fp32_path), external_data=False)
     progress(0.5)
     for name in SIDE_FILES:
@@ -163,7 +164,7 @@ def export_onnx(
             shutil.copyfile(source / name, out_dir / name)
 
     texts, labels = _quality_rows(tokenizer, sample, classifier)
-    rows = [tokenizer(text, return_tensors="pt")["input_ids"][:, : int(context)] for text in texts]
+    rows = [tokenizer(text, return_tensors="pt")["input_ids"][:, :context] for text in texts]
     kept = [i for i, r in enumerate(rows) if r.shape[1] >= 2]
     rows, labels = [rows[i] for i in kept], [labels[i] for i in kept]
     id2label = {int(k): str(v) for k, v in (getattr(model.config, "id2label", None) or {}).items()}
@@ -233,7 +234,7 @@ def _perplexity(logits: list[Any], rows: list[Any]) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
-def merge_adapter(adapter: Path, base: Path, out_dir: Path, progress: Progress) -> dict:
+def merge_adapter(adapter: Path, base: Path, out_dir: Path, progress: Progress) -> dict[str, Any]:
     """A LoRA adapter merged into its base model: a plain Hugging Face folder (safetensors)."""
     from peft import PeftModel
     from transformers import AutoTokenizer

@@ -44,7 +44,10 @@ class LstmConfig(PretrainedConfig):
         self.dropout = dropout
         # An LSTM has no position table; this is the longest block the run trained on.
         self.max_position_embeddings = max_position_embeddings
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        # Not a field of transformers' config dataclass: its __init__ would only pass it on to
+        # __post_init__, which sets it like this.
+        self.tie_word_embeddings = tie_word_embeddings
+        super().__init__(**kwargs)
 
 
 class LstmForCausalLM(PreTrainedModel, GenerationMixin):
@@ -53,6 +56,9 @@ class LstmForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = LstmConfig
     base_model_prefix = "lstm_lm"
     _tied_weights_keys = {"lm_head.weight": "embed.weight"}
+    # Typed as the get/set_*_embeddings hooks trade them: any module.
+    embed: nn.Module
+    lm_head: nn.Module
 
     def __init__(self, config: LstmConfig) -> None:
         super().__init__(config)
@@ -65,7 +71,9 @@ class LstmForCausalLM(PreTrainedModel, GenerationMixin):
             batch_first=True,
         )
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+        # Untyped in transformers; mypy's untyped_calls_exclude matches a method by the class
+        # it is called on (this one), not the class that defines it.
+        self.post_init()  # type: ignore[no-untyped-call]
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Embedding, nn.Linear)):

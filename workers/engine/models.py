@@ -103,6 +103,7 @@ def load_pretrained_model(
     kwargs: dict[str, Any] = {**source.kwargs(), "dtype": torch.float32}
     if config.method == "qlora":
         kwargs.update(quantization_kwargs())
+    model: PreTrainedModel
     if task in LABELLED_TASKS:
         assert labels is not None
         model = LABELLED_TASKS[task].from_pretrained(
@@ -125,8 +126,9 @@ def _forget_gguf_quantization(model: PreTrainedModel) -> None:
     """transformers de-quantises GGUF weights to fp32 on load but keeps a GGUF "quantizer"
     marker, which makes the Trainer refuse to train and would be saved into config.json. The
     weights in memory are plain tensors, so the marker is dropped."""
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # torch types Module.__setattr__'s value as a Tensor or Module; it stores any value.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
 SYSTEM_TOKEN = "<|system|>"
@@ -79,7 +79,19 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def generation_eos_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+def fast_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerFast:
+    """The tokenizer as a fast (Rust-backed) one, for code that encodes through its backend.
+
+    Scratch tokenizers are always fast; a pretrained base may ship only a slow one.
+    """
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise ValueError(
+            f"a fast tokenizer (tokenizer.json) is needed; {type(tokenizer).__name__} is a slow one"
+        )
+    return tokenizer
+
+
+def generation_eos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids that end a generation: end of text, and end of a chat turn."""
     ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_TOKEN)]
     return [i for i in dict.fromkeys(ids) if isinstance(i, int)]

@@ -36,7 +36,6 @@ from workers.engine.data import (
     BlockDataset,
     EntityText,
     LabeledText,
-    Message,
     Pair,
     Row,
     build_blocks,
@@ -59,7 +58,7 @@ from workers.engine.device import (
 from workers.engine.distributed import StopVote
 from workers.engine.files import make_readable, publish_dir
 from workers.engine.lifecycle import EarlyStoppingOnMetric
-from workers.engine.loss_mask import pair_conversation
+from workers.engine.loss_mask import Message, pair_conversation
 from workers.engine.metrics import generation_scores, scalar_metrics
 from workers.engine.models import (
     Source,
@@ -71,7 +70,7 @@ from workers.engine.models import (
 )
 from workers.engine.reporting import ReportingCallback
 from workers.engine.scratch import scratch_config
-from workers.engine.sft import PadCollator, build_sft_dataset
+from workers.engine.sft import ExampleDataset, PadCollator, build_sft_dataset
 from workers.engine.system_metrics import SystemSampler
 from workers.engine.token_classify import (
     EntityDataset,
@@ -79,7 +78,12 @@ from workers.engine.token_classify import (
     TokenEvaluator,
     tag_names,
 )
-from workers.engine.tokenizer import generation_eos_ids, load_tokenizer, train_tokenizer
+from workers.engine.tokenizer import (
+    fast_tokenizer,
+    generation_eos_ids,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 TRAINER_STATE_FILE = "trainer_state.json"  # what makes a directory a resumable checkpoint
 # Where a checkpoint is written before it is renamed into place; the Trainer's checkpoint-*
@@ -89,6 +93,8 @@ EVALUATIONS_PER_RUN = 10
 CHECKPOINTS_PER_RUN = 4
 LOG_LINES_PER_RUN = 20  # "step N/M loss X" lines in the log tail; every step goes to on_metrics
 ADAPTER_DIR = "adapter"  # a LoRA run's adapter, beside the merged final model
+# What a supervised task trains and evaluates on (preference tasks hand TRL plain records).
+TaskDataset = BlockDataset | LabeledDataset | EntityDataset | ExampleDataset
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,9 @@ class AtomicCheckpointTrainer(Trainer):
             self.args.include_num_input_tokens_seen != "non_padding"
             or "attention_mask" not in inputs
         ):
-            super()._track_num_input_tokens(inputs)
+            # The Trainer's method is untyped; mypy's untyped_calls_exclude does not cover a call
+            # through super(), which names no class for it to match.
+            super()._track_num_input_tokens(inputs)  # type: ignore[no-untyped-call]
             return
         self._pending_tokens = self._pending_tokens + inputs["attention_mask"].sum()
 
@@ -417,9 +425,9 @@ def _generation_eval(
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        predictions.append(
-            tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-        )
+        answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        assert isinstance(answer, str)  # one sequence decodes to one text
+        predictions.append(answer.strip())
     scores = generation_scores(predictions, [pair.target for pair in pairs])
     callbacks.on_log(
         "info",
@@ -466,6 +474,8 @@ def _prepare_data(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     labels: list[str] | None = None
+    train_set: TaskDataset
+    eval_set: TaskDataset | None
     if task == "causal_lm":
         train_set, eval_set = _build_datasets(config, tokenizer, train_rows, eval_rows)
         collator: Any = default_data_collator  # equal-length blocks: stacking is all they need
@@ -585,10 +595,11 @@ def _build_datasets(
     train_rows: list[Row],
     eval_rows: list[Row],
 ) -> tuple[BlockDataset, BlockDataset | None]:
-    train_set = build_blocks(render_rows(train_rows, tokenizer), tokenizer, config.block_size)
+    fast = fast_tokenizer(tokenizer)  # blocks are encoded by its Rust backend in batches
+    train_set = build_blocks(render_rows(train_rows, fast), fast, config.block_size)
     eval_set = None
     if eval_rows:
-        eval_set = build_blocks(render_rows(eval_rows, tokenizer), tokenizer, config.block_size)
+        eval_set = build_blocks(render_rows(eval_rows, fast), fast, config.block_size)
     elif config.validation_file is None and config.eval_split > 0:
         # Too few documents to hold one out (e.g. a .txt without blank lines): split blocks.
         train_set, eval_set = train_set.split(config.eval_split, config.seed)
@@ -627,10 +638,13 @@ def _build_model(
         model_config.num_labels = len(labels)
         model_config.id2label = dict(enumerate(labels))
         model_config.label2id = {label: i for i, label in enumerate(labels)}
+        classifier: PreTrainedModel
         if task == "token_classification":
-            return AutoModelForTokenClassification.from_config(model_config)
-        return AutoModelForSequenceClassification.from_config(model_config)
-    model = AutoModelForCausalLM.from_config(model_config)
+            classifier = AutoModelForTokenClassification.from_config(model_config)
+        else:
+            classifier = AutoModelForSequenceClassification.from_config(model_config)
+        return classifier
+    model: PreTrainedModel = AutoModelForCausalLM.from_config(model_config)
     # GPT-2's class name ("LMHeadModel") hides its loss type from transformers 5, which then
     # warns on every run before falling back to this very loss.
     model.loss_type = "ForCausalLM"
@@ -747,10 +761,13 @@ def save_trained_model(
     adapter_dir = None
     if config.method != "full":
         adapter_dir = config.output_dir / ADAPTER_DIR
+        # A peft PeftModel (apply_lora, or TRL's peft_config), which the Trainer's own
+        # annotation (a PreTrainedModel or a torch Module) does not describe.
+        adapter_model: Any = trainer.model
         if world.is_main:
-            trainer.model.save_pretrained(str(adapter_dir))
+            adapter_model.save_pretrained(str(adapter_dir))
             make_readable(adapter_dir)
-        trainer.model = merged_model(trainer.model, config, source, task)
+        trainer.model = merged_model(adapter_model, config, source, task)
     final_dir = _save_final(trainer, config.final_dir, world)
     if stopped:
         callbacks.on_log("info", f"stopped at step {step}; model saved to {final_dir.name}")
