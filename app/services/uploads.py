@@ -19,6 +19,7 @@ from app.db.models import ChunkedUpload, ModelVersion, Role, UploadStatus
 from app.domain import lifecycle
 from app.services import artifacts, datasets
 from app.services import dataset_ingest as ingest
+from app.services.registry import import_checks
 from app.services.registry import imports as model_import
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
@@ -61,7 +62,7 @@ def create(
     ctx.require(Role.editor)
     clean = datasets.clean_filename(filename)
     if purpose == "model":
-        model_import.check_upload_name(clean)  # refuse pickles and other types before any byte
+        import_checks.check_upload_name(clean)  # refuse pickles and other types before any byte
         limit = get_settings().max_model_import_bytes
         setting, what = "LLMIDE_MAX_MODEL_IMPORT_BYTES", "model import"
     else:

@@ -7,7 +7,9 @@
 - `registration`: a checkpoint registered as the next version (content hash, code version,
   lineage) and the names it gets;
 - `stages`: moving a version between stages, the production gate, the history of moves;
-- `imports`: registering a model that has no run (a Hugging Face folder or a GGUF file);
+- `imports`: registering a model that has no run (a Hugging Face folder or a GGUF file, by
+  path or upload); `import_checks`: what its files must be (pickles refused);
+  `zip_extract`: unpacking an uploaded zip of a model folder safely;
 - `files`: which files make a model folder, and streaming one out as a zip;
 - `exports`, `evaluations`: exporting a version (ONNX, merged LoRA, GGUF) and evaluating it
   (on a dataset, a harness task file, as a judge), checked before the job is queued;
