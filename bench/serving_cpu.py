@@ -121,8 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--gguf", type=Path, help="a GGUF file instead of the packaged SmolLM2")
     args = parser.parse_args()
-    gguf = packaged_gguf()
+    gguf = args.gguf or packaged_gguf()
     print("load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
     bare = bare_decode_rate(gguf, args.threads, args.tokens)

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     # q8_0 GGUF once (kept under <data dir>/gguf-cache) when it loads; false keeps such
     # versions on the transformers lanes.
     llamacpp_export: bool = True
+    # true: a small GGUF in a type llama.cpp multiplies row by row on a CPU (Q4_1, Q5_1) is
+    # served re-quantised to q8_0, kept under <data dir>/gguf-cache: faster prompts and
+    # concurrent streams, answers that may differ from the file's after a few tokens
+    # (workers/inference/cpu_weights.py, docs/serving.md). Off: a file is served as imported.
+    llamacpp_requantize: bool = False
     # Share of GPU memory one vLLM engine may take; below vLLM's 0.9 because a redeploy loads
     # the new version beside the old one, so two engines must fit.
     vllm_gpu_memory_utilization: float = Field(0.45, gt=0.0, le=1.0)

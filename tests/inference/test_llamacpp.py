@@ -117,6 +117,8 @@ def test_auto_serves_the_packaged_gguf_with_llamacpp_and_says_why(
     assert status["status"] == "ready", status
     assert status["backend"] == "llamacpp"
     assert "GGUF" in status["backend_reason"] and "llama.cpp" in status["backend_reason"]
+    # Served as imported: re-quantising is opt-in (workers/inference/cpu_weights.py).
+    assert "re-quantised" not in status["backend_reason"]
 
 
 def test_a_chat_question_is_answered_whole_and_streamed_alike(

@@ -346,11 +346,19 @@ def write_f16(
     return arch
 
 
-def quantize(source: Path, target: Path, quantization: str, *, threads: int = 0) -> None:
+def quantize(
+    source: Path,
+    target: Path,
+    quantization: str,
+    *,
+    threads: int = 0,
+    allow_requantize: bool = False,
+) -> None:
     """llama.cpp's own quantiser: f16 GGUF -> q8_0 / q4_k_m GGUF.
 
     Tensors whose rows do not divide into k-quant blocks (256 values; small models have
     narrower rows) get llama.cpp's own fallback type, as its `llama-quantize` tool does.
+    `allow_requantize` takes an already quantised source (its tensors are de-quantised first).
     """
     import llama_cpp
 
@@ -363,6 +371,7 @@ def quantize(source: Path, target: Path, quantization: str, *, threads: int = 0)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[quantization]
     params.nthread = threads
+    params.allow_requantize = allow_requantize
     # llama.cpp logs a line per tensor through llama-cpp-python's logger: keep the warnings.
     chatter = logging.getLogger("llama-cpp-python")
     level = chatter.level
@@ -508,15 +517,56 @@ def ensure_gguf(source: Path, cache_dir: Path, *, quantization: str, name: str =
     weights get a new file and the same weights reuse the old one. It is written in a
     temporary folder and renamed into place, so a reader never sees half a file.
     """
+    files = [
+        path
+        for path in sorted(source.iterdir())
+        if path.is_file() and path.name.endswith((".safetensors", ".gguf", ".json"))
+    ]
+    return _cached_gguf(
+        files,
+        cache_dir,
+        quantization,
+        lambda staging: export_gguf(
+            source, staging, quantization=quantization, name=name, progress=lambda _: None
+        ),
+    )
+
+
+def ensure_requantized(source: Path, cache_dir: Path, *, quantization: str) -> Path:
+    """`source` (a quantised GGUF file) re-quantised by llama.cpp, once, then reused.
+
+    Kept like `ensure_gguf`'s exports: keyed by the file's bytes, written aside and renamed
+    into place.
+    """
+    return _cached_gguf(
+        [source],
+        cache_dir,
+        quantization,
+        lambda staging: quantize(
+            source,
+            staging / f"{source.stem}.{quantization}.gguf",
+            quantization,
+            allow_requantize=True,
+        ),
+    )
+
+
+def _cached_gguf(
+    inputs: list[Path], cache_dir: Path, quantization: str, write: Callable[[Path], object]
+) -> Path:
+    """The GGUF `write` puts in a folder, under cache_dir/<sha256 of inputs>-<quantization>/.
+
+    Written in a temporary folder and renamed into place, so a reader never sees half a
+    file and two processes writing at once both end with one whole file.
+    """
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted(source.iterdir()):
-        if path.is_file() and path.name.endswith((".safetensors", ".gguf", ".json")):
-            digest.update(path.name.encode() + b"\0")
-            with path.open("rb") as handle:
-                while chunk := handle.read(1024 * 1024):
-                    digest.update(chunk)
+    for path in inputs:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                digest.update(chunk)
     folder = cache_dir / f"{digest.hexdigest()[:32]}-{quantization}"
     existing = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
     if existing:
@@ -524,7 +574,7 @@ def ensure_gguf(source: Path, cache_dir: Path, *, quantization: str, name: str =
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".gguf-", dir=cache_dir))
     try:
-        export_gguf(source, staging, quantization=quantization, name=name, progress=lambda _: None)
+        write(staging)
         with contextlib.suppress(OSError):  # another process finished first: use its file
             staging.rename(folder)
     finally:

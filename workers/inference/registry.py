@@ -609,7 +609,7 @@ class ModelRegistry:
         from workers.inference.llamacpp_backend import MAX_SLOTS, cpu_threads, load_llamacpp
 
         if entry.source.gguf_file is not None:
-            gguf_path = entry.source.directory / entry.source.gguf_file
+            gguf_path = self._cpu_weights(entry, entry.source.directory / entry.source.gguf_file)
         else:
             gguf_path = self._exported_gguf(entry)
         engine, tokenizer, context = load_llamacpp(
@@ -622,6 +622,35 @@ class ModelRegistry:
             on_result=entry._count_result,
         )
         return engine, tokenizer, "cpu", context, "causal-lm", []
+
+    def _cpu_weights(self, entry: LoadedModel, gguf_path: Path) -> Path:
+        """The file llama.cpp should run: a small Q4_1/Q5_1 GGUF as its cached q8_0 copy.
+
+        Under the load lock; the copy is written once per file's bytes (about a second for a
+        135M model), so a restart or a redeploy finds it ready. A failed re-quantisation is
+        not fatal: the original file is served and the reason says why.
+        """
+        from workers.engine.gguf import ensure_requantized
+        from workers.inference.cpu_weights import TARGET, requantize_reason
+
+        if not self._settings.llamacpp_requantize:
+            return gguf_path
+        reason = requantize_reason(gguf_path)
+        if reason is None:
+            return gguf_path
+        try:
+            path = ensure_requantized(
+                gguf_path, self._settings.data_dir / "gguf-cache", quantization=TARGET
+            )
+        except Exception as exc:
+            logger.warning("%s: re-quantising %s failed: %s", entry.name, gguf_path.name, exc)
+            entry.backend_reason = (
+                f"{entry.backend_reason}; re-quantising it to {TARGET} failed "
+                f"({type(exc).__name__}: {exc}), so the file is served as it is"
+            )
+            return gguf_path
+        entry.backend_reason = f"{entry.backend_reason}; {reason}"
+        return path
 
     def _exported_gguf(self, entry: LoadedModel) -> Path:
         """The version's GGUF export for llama.cpp: written once per weights, then reused.
