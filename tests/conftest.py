@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -35,8 +36,27 @@ os.environ.setdefault("LLMIDE_LLAMACPP_EXPORT", "false")
 POSTGRES_URL = os.environ.get(
     "LLMIDE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-# Redis database 15 by default; tests only flush that one.
-REDIS_URL = os.environ.get("LLMIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def worker_redis_url(base_url: str, xdist_worker: str | None) -> str:
+    """The Redis database this test process may flush: the base URL's own (15 by default), or
+    under pytest-xdist one below it per worker (gw0 -> 15, gw1 -> 14, ...), so that parallel
+    workers never flush each other's queues."""
+    if not xdist_worker:
+        return base_url
+    parts = urlsplit(base_url)
+    own = int(parts.path.strip("/") or 0) - int(xdist_worker.removeprefix("gw"))
+    if own < 0:
+        raise RuntimeError(f"too many xdist workers for the Redis databases below {base_url}")
+    return urlunsplit(parts._replace(path=f"/{own}"))
+
+
+# Redis database 15 by default (LLMIDE_TEST_REDIS_URL names another); tests only flush that
+# one, or under pytest-xdist each worker its own below it.
+REDIS_URL = worker_redis_url(
+    os.environ.get("LLMIDE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
+    os.environ.get("PYTEST_XDIST_WORKER"),
+)
 PASSWORD = "correct-horse-42"
 
 

@@ -147,3 +147,14 @@ def test_settings_turn_postgres_urls_into_psycopg3_urls(monkeypatch: pytest.Monk
     assert settings.broker_url == "redis://h:6379/0"
     assert Settings(data_dir=Path("/tmp/x")).broker_url.startswith("sqla+sqlite:////tmp/x/")
     assert json.loads(json.dumps(Settings().allowed_hosts)) == ["127.0.0.1", "localhost", "[::1]"]
+
+
+def test_each_xdist_worker_flushes_a_redis_database_of_its_own() -> None:
+    from tests.conftest import worker_redis_url
+
+    base = "redis://127.0.0.1:6379/12"
+    assert worker_redis_url(base, None) == base  # not under xdist: the named database
+    assert worker_redis_url(base, "gw0") == base
+    assert worker_redis_url(base, "gw3") == "redis://127.0.0.1:6379/9"
+    with pytest.raises(RuntimeError, match="too many xdist workers"):
+        worker_redis_url("redis://127.0.0.1:6379/1", "gw2")
