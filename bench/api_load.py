@@ -145,8 +145,9 @@ def seed(env: dict[str, str], runs: int, steps: int, big_steps: int, users: int)
         RunStatus,
     )
     from app.db.session import get_engine, reset_engine_cache, session_scope
-    from app.services import datasets, tokens, workspaces
+    from app.services import tokens, workspaces
     from app.services import users as users_service
+    from app.services.datasets import service as datasets
     from app.services.runs.config import RunConfig
 
     get_settings.cache_clear()

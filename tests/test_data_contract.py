@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_web_the_workers_and_the_engine_read_the_same_schema_names() -> None:
     from app.api.routes.datasets import SchemaName
     from app.core import prep_recipe
-    from app.services import dataset_ingest
+    from app.services.datasets import ingest as dataset_ingest
     from app.services.runs import config as run_config
     from workers.dataprep import fields
     from workers.engine import config as engine_config

@@ -55,7 +55,7 @@ def _fail_run(args: tuple[Any, ...], reason: str) -> None:
 
 
 def _fail_version(args: tuple[Any, ...], reason: str) -> None:
-    from app.services import dataset_prep
+    from app.services.datasets import prep as dataset_prep
 
     with session_scope() as session:
         dataset_prep.fail(session=session, version_id=int(args[0]), error=reason)

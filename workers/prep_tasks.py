@@ -1,6 +1,6 @@
 """Celery tasks of the `cpu` queue for datasets: prepare a version, compute a model view.
 
-Thin adapters: they read state through `app.services.dataset_prep`, run the pure library
+Thin adapters: they read state through `app.services.datasets.prep`, run the pure library
 `workers.dataprep` and record the outcome. A failure is recorded on the version (or as an error
 artifact of the model view) with its reason; nothing half-written is left in the store.
 """
@@ -17,7 +17,8 @@ from typing import Any
 from app.core.celery_config import MODEL_VIEW_TASK, PREPARE_TASK
 from app.core.prep_recipe import ModelViewSettings, Recipe
 from app.db.session import session_scope
-from app.services import artifacts, dataset_prep
+from app.services import artifacts
+from app.services.datasets import prep as dataset_prep
 from workers.celery_app import celery_app
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from app.db.models import Batch, User
 from app.db.session import session_scope
 from app.openai import chat, completions, embeddings
 from app.openai.schemas import ChatCompletionCreate, CompletionCreate, EmbeddingCreate
-from app.services import batches, dataset_prep, workspaces
+from app.services import batches, workspaces
+from app.services.datasets import prep as dataset_prep
 from app.services.workspaces import WorkspaceContext
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from app.core.errors import NotFound, ValidationFailed
 from app.db.models import Dataset, Run, RunStatus, StoredFile
 from app.openai.common import FILE_PREFIX, parse_id, parse_number, unix
 from app.openai.schemas import FileDeleted, FileList, FileObject
-from app.services import artifacts, batches, datasets
+from app.services import artifacts, batches
+from app.services.datasets import service as datasets
 from app.services.runs import access as run_access
 from app.services.runs import results as job_results
 from app.services.workspaces import WorkspaceContext

@@ -2,7 +2,7 @@
 answer chosen, the other rejected) after the conversation both models answered.
 
 Ties and "both bad" votes say nothing about which answer is better and are left out. The
-rows go through the ordinary upload path (dataset_ingest), so they are checked, counted and
+rows go through the ordinary upload path (datasets.ingest), so they are checked, counted and
 stored like any uploaded preference file, as a new dataset ready for a DPO run.
 """
 
@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
 from app.db.models import ArenaVote, Dataset, Role
-from app.services import datasets
-from app.services.dataset_ingest import IngestOptions
+from app.services.datasets import service as datasets
+from app.services.datasets.ingest import IngestOptions
 from app.services.workspaces import WorkspaceContext
 
 DECISIVE = ("a", "b")

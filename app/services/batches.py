@@ -21,8 +21,9 @@ from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Batch, DatasetVersion, Role, StoredFile
 from app.db.session import rows_changed
-from app.services import artifacts, audit, dataset_prep
-from app.services.datasets import clean_filename
+from app.services import artifacts, audit
+from app.services.datasets import prep as dataset_prep
+from app.services.datasets.service import clean_filename
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 BATCH_PURPOSE = "batch"

@@ -29,8 +29,10 @@ from app.db.models import (
     Run,
     RunStatus,
 )
-from app.services import artifacts, audit, dataset_versions, datasets
-from app.services.dataset_prep import version_key
+from app.services import artifacts, audit
+from app.services.datasets import service as datasets
+from app.services.datasets import versions as dataset_versions
+from app.services.datasets.prep import version_key
 from app.services.registry import registration
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig

@@ -284,7 +284,8 @@ def for_launch(
     """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start:
     the base and preset a launch would use, memory, steps as the trainer will count them, a
     duration when a throughput is known, and warnings about a plan too short to learn."""
-    from app.services import dataset_versions, datasets
+    from app.services.datasets import service as datasets
+    from app.services.datasets import versions as dataset_versions
     from app.services.registry import version_bases
     from app.services.runs import presets as run_presets
 
@@ -379,7 +380,8 @@ def _script_warnings(
 ) -> list[str]:
     """A base that cannot read the data's script (an English-only one on Chinese text)."""
     from app.core.errors import DomainError
-    from app.services import artifacts, datasets, script_check
+    from app.services import artifacts, script_check
+    from app.services.datasets import service as datasets
 
     if version is None or dataset_id is None:
         return []

@@ -17,8 +17,9 @@ from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import ChunkedUpload, ModelVersion, Role, UploadStatus
 from app.domain import lifecycle
-from app.services import artifacts, datasets
-from app.services import dataset_ingest as ingest
+from app.services import artifacts
+from app.services.datasets import ingest
+from app.services.datasets import service as datasets
 from app.services.registry import import_checks
 from app.services.registry import imports as model_import
 from app.services.workspaces import WorkspaceContext, get_in_workspace

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.core.prep_recipe import STEP_NAMES
 from app.db.models import Dataset, DatasetVersion, DatasetVersionStatus
-from app.services import batches, dataset_prep
+from app.services import batches
+from app.services.datasets import prep as dataset_prep
 from app.services.registry import versions as registry
 from app.services.workspaces import get_in_workspace
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, rollback

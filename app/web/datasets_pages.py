@@ -10,7 +10,8 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.core.settings import get_settings
-from app.services import dataset_versions, datasets
+from app.services.datasets import service as datasets
+from app.services.datasets import versions as dataset_versions
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import is_htmx, render
 

@@ -14,7 +14,7 @@ from app.core.errors import NotFound, ServiceUnavailable, ValidationFailed
 from app.core.settings import get_settings
 from app.db.base import MAX_ID
 from app.db.models import Deployment, DeploymentStatus
-from app.services import datasets
+from app.services.datasets import service as datasets
 from app.services.registry import compare as version_compare
 from app.services.registry import versions as registry
 from app.services.serving import control as deployment_control

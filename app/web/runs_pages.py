@@ -13,7 +13,9 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
-from app.services import dataset_versions, datasets, estimate
+from app.services import estimate
+from app.services.datasets import service as datasets
+from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, version_bases
 from app.services.registry import versions as registry
 from app.services.runs import access as run_access

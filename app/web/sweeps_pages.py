@@ -12,7 +12,7 @@ from starlette.responses import Response
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
-from app.services import datasets
+from app.services.datasets import service as datasets
 from app.services.registry import base_models
 from app.services.runs.config import RunConfig
 from app.services.sweeps import service as sweeps

@@ -16,7 +16,7 @@ BOUND_MB = 200
 SCRIPT = r"""
 import json, resource, sys
 from pathlib import Path
-from app.services import dataset_ingest as ingest
+from app.services.datasets import ingest
 
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -110,7 +110,7 @@ def test_model_view_panel_polls_while_computing_then_shows_coloured_tokens(team:
     assert started.status_code == 200 and 'hx-trigger="every 1s"' in started.text
     assert "A worker is rendering" in started.text
     from app.core.prep_recipe import ModelViewSettings
-    from app.services import dataset_prep
+    from app.services.datasets import prep as dataset_prep
 
     settings = ModelViewSettings(tokenizer="scratch", max_length=64)
     with session_scope() as session:

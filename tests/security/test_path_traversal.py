@@ -379,7 +379,7 @@ def test_upload_file_names_never_choose_where_the_file_is_stored(
 
     from app.db.models import Dataset
     from app.db.session import session_scope
-    from app.services import datasets
+    from app.services.datasets import service as datasets
 
     with session_scope() as session:
         before = set(session.scalars(select(Dataset.id)))

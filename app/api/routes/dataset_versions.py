@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import SessionDep, Workspace
 from app.api.schemas.datasets import DatasetVersionRead
 from app.db.base import MAX_ID
-from app.services import dataset_prep
+from app.services.datasets import prep as dataset_prep
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["dataset versions"])
 

@@ -19,7 +19,8 @@ from app.api.schemas.datasets import (
 )
 from app.db.base import MAX_ID
 from app.db.models import Dataset, DatasetVersion
-from app.services import dataset_versions, datasets
+from app.services.datasets import service as datasets
+from app.services.datasets import versions as dataset_versions
 from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])

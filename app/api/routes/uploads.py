@@ -13,7 +13,8 @@ from app.api.routes.datasets import SchemaName, detail
 from app.api.schemas.datasets import DatasetDetail
 from app.api.schemas.registry import ModelVersionRead
 from app.api.schemas.uploads import UploadCreate, UploadModelImport, UploadRead
-from app.services import datasets, uploads
+from app.services import uploads
+from app.services.datasets import service as datasets
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Evaluation, JobStatus, ModelVersion
-from app.services import datasets
+from app.services.datasets import service as datasets
 from app.services.registry import access as registry_access
 from app.services.workspaces import WorkspaceContext
 

@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 from app.core.celery_config import EVALUATE_TASK
 from app.core.errors import ValidationFailed
 from app.db.models import Evaluation, JobStatus, ModelVersion
-from app.services import arena, artifacts, dataset_versions, datasets, harness_tasks
+from app.services import arena, artifacts, harness_tasks
+from app.services.datasets import service as datasets
+from app.services.datasets import versions as dataset_versions
 from app.services.registry import access as registry_access
 from app.services.registry import jobs as model_jobs
 from app.services.registry import kind as model_kind

@@ -13,7 +13,9 @@ from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, ModelVersion, Role, Run, RunEvent, RunStatus
 from app.domain import lifecycle
-from app.services import audit, dataset_versions, datasets, fleet
+from app.services import audit, fleet
+from app.services.datasets import service as datasets
+from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, version_bases
 from app.services.runs import presets as run_presets
 from app.services.runs import queue as run_queue

@@ -35,7 +35,9 @@ from app.db.models import (
     Workspace,
 )
 from app.domain import lifecycle
-from app.services import audit, dataset_versions, datasets
+from app.services import audit
+from app.services.datasets import service as datasets
+from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, registration
 from app.services.runs import queue as run_queue
 from app.services.runs import service as runs

@@ -20,7 +20,7 @@ from app.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFaile
 from app.core.settings import get_settings
 from app.db.models import ChunkedUpload, Dataset, DatasetVersion, Role, Run
 from app.services import artifacts, audit, workspaces
-from app.services import dataset_ingest as ingest
+from app.services.datasets import ingest
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 

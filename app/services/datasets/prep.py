@@ -25,7 +25,7 @@ from app.core.prep_recipe import ModelViewSettings, Recipe, recipe_errors
 from app.db.models import Dataset, DatasetVersion, Role
 from app.domain import lifecycle
 from app.services import artifacts
-from app.services.dataset_versions import FAILED, PREPARING, READY
+from app.services.datasets.versions import FAILED, PREPARING, READY
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 # A progress write costs a commit; the bar moves in steps of at least this much.

@@ -1,0 +1,12 @@
+"""Datasets: one package for everything a dataset is in the services layer.
+
+- `service`: upload and ingest into a dataset and its version 1, list, preview, download,
+  delete (what users do; scoped to the workspace);
+- `versions`: the immutable versions of a dataset, and the one a run trains on;
+- `prep`: a new version prepared from a parent and a recipe by a worker, and the model view;
+- `ingest`: the streaming pass from an uploaded file to canonical JSONL (no database).
+
+Import the modules themselves (`from app.services.datasets import versions as
+dataset_versions`); this file re-exports nothing, so importing one module never loads the
+others.
+"""
