@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_web_the_workers_and_the_engine_read_the_same_schema_names() -> None:
     from app.api.routes.datasets import SchemaName
     from app.core import prep_recipe
-    from app.services.datasets import ingest as dataset_ingest
+    from app.services.datasets import detection as dataset_detection
     from app.services.runs import config as run_config
     from workers.dataprep import fields
     from workers.engine import config as engine_config
@@ -23,7 +23,7 @@ def test_the_web_the_workers_and_the_engine_read_the_same_schema_names() -> None
     assert get_args(SchemaName) == contract.SCHEMAS  # a Literal for the OpenAPI schema
     assert prep_recipe.SCHEMAS is contract.SCHEMAS
     assert engine_data.SCHEMAS is contract.SCHEMAS
-    assert dataset_ingest.SCHEMAS is contract.KEYS
+    assert dataset_detection.SCHEMAS is contract.KEYS
     assert run_config.TASK_SCHEMAS is engine_config.TASK_SCHEMAS is contract.TASK_SCHEMAS
     assert run_config.DEFAULT_TASK is engine_config.DEFAULT_TASK is contract.DEFAULT_TASK
     for schema in contract.SCHEMAS:

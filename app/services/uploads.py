@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.models import ChunkedUpload, ModelVersion, Role, UploadStatus
 from app.domain import lifecycle
 from app.services import artifacts
-from app.services.datasets import ingest
+from app.services.datasets import formats, ingest
 from app.services.datasets import service as datasets
 from app.services.registry import import_checks
 from app.services.registry import imports as model_import
@@ -67,7 +67,7 @@ def create(
         limit = get_settings().max_model_import_bytes
         setting, what = "LLMIDE_MAX_MODEL_IMPORT_BYTES", "model import"
     else:
-        ingest.source_format(clean)  # refuse an unsupported type before any byte is sent
+        formats.source_format(clean)  # refuse an unsupported type before any byte is sent
         limit = get_settings().max_dataset_bytes
         setting, what = "LLMIDE_MAX_DATASET_BYTES", "dataset"
     if total_size > limit:

@@ -16,11 +16,11 @@ BOUND_MB = 200
 SCRIPT = r"""
 import json, resource, sys
 from pathlib import Path
-from app.services.datasets import ingest
+from app.services.datasets import ingest, readers
 
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-limits = ingest.Limits(
+limits = readers.Limits(
     max_line_bytes=1 << 20, max_rows=10_000_000, max_decompressed_bytes=1 << 31,
     max_document_bytes=1 << 24,
 )

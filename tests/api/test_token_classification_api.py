@@ -68,7 +68,7 @@ def test_a_conll_file_becomes_entity_rows_with_statistics_per_type(
 
 
 def test_prose_in_a_txt_file_stays_text() -> None:
-    from app.services.datasets.ingest import looks_like_conll
+    from app.services.datasets.formats import looks_like_conll
 
     assert not looks_like_conll(b"Once upon a time\nthere was a B-movie\n")
     assert not looks_like_conll(b"EU O\nrejects O\n")  # every tag O: nothing says entities

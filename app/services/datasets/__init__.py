@@ -4,7 +4,9 @@
   delete (what users do; scoped to the workspace);
 - `versions`: the immutable versions of a dataset, and the one a run trains on;
 - `prep`: a new version prepared from a parent and a recipe by a worker, and the model view;
-- `ingest`: the streaming pass from an uploaded file to canonical JSONL (no database).
+- `ingest`: the streaming pass from an uploaded file to canonical JSONL (no database), built
+  from `formats` (which format a file is), `readers` (one per format), `detection` (the
+  schema and column map), `converters` (a record to a canonical row) and `stats`.
 
 Import the modules themselves (`from app.services.datasets import versions as
 dataset_versions`); this file re-exports nothing, so importing one module never loads the

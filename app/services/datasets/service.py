@@ -20,7 +20,7 @@ from app.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFaile
 from app.core.settings import get_settings
 from app.db.models import ChunkedUpload, Dataset, DatasetVersion, Role, Run
 from app.services import artifacts, audit, workspaces
-from app.services.datasets import ingest
+from app.services.datasets import detection, formats, ingest, readers, stats
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 
@@ -38,9 +38,9 @@ class UploadOutcome:
     duplicate: bool  # the same bytes were already uploaded to this workspace: nothing new stored
 
 
-def _limits() -> ingest.Limits:
+def _limits() -> readers.Limits:
     settings = get_settings()
-    return ingest.Limits(
+    return readers.Limits(
         max_line_bytes=settings.max_line_bytes,
         max_rows=settings.max_dataset_rows,
         max_decompressed_bytes=settings.max_dataset_bytes,
@@ -94,7 +94,7 @@ def ingest_upload(
     """Store the upload's bytes in a temporary file (hashed, size-checked), then ingest it."""
     ctx.require(Role.editor)
     filename = clean_filename(filename)
-    ingest.source_format(filename)  # an unsupported type is refused before reading the body
+    formats.source_format(filename)  # an unsupported type is refused before reading the body
     fd, tmp = artifacts.temp_file()
     try:
         with os.fdopen(fd, "wb") as sink:
@@ -144,7 +144,7 @@ def ingest_file(
         return UploadOutcome(existing, duplicate=True)
     options = options or ingest.IngestOptions()
     settings = get_settings()
-    fmt, compressed = ingest.source_format(filename)
+    fmt, compressed = formats.source_format(filename)
     fd_c, tmp_canonical = artifacts.temp_file(".jsonl")
     fd_r, tmp_rejected = artifacts.temp_file(".jsonl")
     try:
@@ -382,7 +382,7 @@ def preview_page(
     matched = 0
     has_more = False
     for number, row in enumerate(_rows_of(version.storage_key, version.schema), start=1):
-        if needle is not None and needle not in ingest.row_text(row).casefold():
+        if needle is not None and needle not in stats.row_text(row).casefold():
             continue
         matched += 1
         if matched <= offset:
@@ -497,7 +497,7 @@ def parse_options(
             param="column_map",
         )
     if mapping and schema is None:
-        matching = [name for name, keys in ingest.SCHEMAS.items() if set(mapping) <= set(keys)]
+        matching = [name for name, keys in detection.SCHEMAS.items() if set(mapping) <= set(keys)]
         if not matching:
             raise ValidationFailed(
                 f"column_map keys {', '.join(sorted(mapping))} fit no schema", param="column_map"
