@@ -16,6 +16,7 @@ from app.db.models import Dataset, Run, RunStatus, StoredFile
 from app.openai.common import FILE_PREFIX, parse_id, parse_number, unix
 from app.openai.schemas import FileDeleted, FileList, FileObject
 from app.services import artifacts, batches
+from app.services.datasets import access as dataset_access
 from app.services.datasets import service as datasets
 from app.services.runs import access as run_access
 from app.services.runs import results as job_results
@@ -95,7 +96,7 @@ def dataset_for_file(
     """The dataset behind a file id of this workspace, or 404 naming the file id."""
     dataset_id = parse_id(file, FILE_PREFIX, noun="file", param=param)
     try:
-        return datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+        return dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     except NotFound:
         raise NotFound(f"no such file: {file!r}", param=param) from None
 

@@ -22,6 +22,7 @@ from app.db.base import utcnow
 from app.db.models import Batch, DatasetVersion, Role, StoredFile
 from app.db.session import rows_changed
 from app.services import artifacts, audit
+from app.services.datasets import access as dataset_access
 from app.services.datasets import prep as dataset_prep
 from app.services.datasets.service import clean_filename
 from app.services.workspaces import WorkspaceContext, get_in_workspace
@@ -461,8 +462,7 @@ def create_for_dataset(
     """Ask `model` for an answer to every prompt of a ready version, as a batch whose answers
     become a new version of the dataset (its parent: the prompts' version; shown `preparing`
     with the batch's progress until the worker files it)."""
-    ctx.require(Role.editor)
-    parent = dataset_prep.get_version(
+    parent = dataset_access.get_version_for_editor(
         session=session, ctx=ctx, dataset_id=dataset_id, version_id=version_id
     )
     if parent.status != "ready":

@@ -30,7 +30,7 @@ from app.db.models import (
     RunStatus,
 )
 from app.services import artifacts, audit
-from app.services.datasets import service as datasets
+from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
 from app.services.datasets.prep import version_key
 from app.services.registry import registration
@@ -100,7 +100,7 @@ def create(
     ctx.require(Role.editor)
     if not MIN_K <= k <= MAX_K:
         raise ValidationFailed(f"k must be between {MIN_K} and {MAX_K}", param="k")
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     source = dataset_versions.version_for_run(
         session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
     )

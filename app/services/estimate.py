@@ -284,14 +284,14 @@ def for_launch(
     """The launch form's and POST /api/v1/runs/estimate's answer for a run about to start:
     the base and preset a launch would use, memory, steps as the trainer will count them, a
     duration when a throughput is known, and warnings about a plan too short to learn."""
-    from app.services.datasets import service as datasets
+    from app.services.datasets import access as dataset_access
     from app.services.datasets import versions as dataset_versions
     from app.services.registry import version_bases
     from app.services.runs import presets as run_presets
 
     version = None
     if dataset_id is not None:
-        dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+        dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
         version = dataset_versions.version_for_run(
             session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
         )
@@ -381,11 +381,11 @@ def _script_warnings(
     """A base that cannot read the data's script (an English-only one on Chinese text)."""
     from app.core.errors import DomainError
     from app.services import artifacts, script_check
-    from app.services.datasets import service as datasets
+    from app.services.datasets import access as dataset_access
 
     if version is None or dataset_id is None:
         return []
-    key = version.storage_key or datasets.get_for_member(
+    key = version.storage_key or dataset_access.get_for_member(
         session=session, ctx=ctx, dataset_id=dataset_id
     ).storage_key
     try:

@@ -19,9 +19,9 @@ from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.core.prep_recipe import STEP_NAMES
 from app.db.models import Dataset, DatasetVersion, DatasetVersionStatus
 from app.services import batches
+from app.services.datasets import access as dataset_access
 from app.services.datasets import prep as dataset_prep
 from app.services.registry import versions as registry
-from app.services.workspaces import get_in_workspace
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, rollback
 from app.web.rendering import render
 
@@ -60,9 +60,7 @@ def _panel(
     block: str = "versions_panel",
     **extra: Any,
 ) -> Response:
-    dataset = get_in_workspace(
-        session=session, ctx=pc.ctx, model=Dataset, row_id=dataset_id, what="dataset"
-    )
+    dataset = dataset_access.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
     versions = _versions(session, dataset)
     return render(
         request,
@@ -229,7 +227,7 @@ def _view(
     *,
     start: bool,
 ) -> Response:
-    version = dataset_prep.get_version(
+    version = dataset_access.get_version_for_member(
         session=session, ctx=pc.ctx, dataset_id=dataset_id, version_id=version_id
     )
     settings = dataset_prep.parse_model_view_settings(raw)

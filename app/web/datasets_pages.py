@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden
 from app.core.settings import get_settings
+from app.services.datasets import access as dataset_access
 from app.services.datasets import service as datasets
 from app.services.datasets import versions as dataset_versions
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
@@ -110,7 +111,7 @@ Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 def _detail_context(
     session: Session, pc: PageContext, dataset_id: int, *, offset: int, query: str | None
 ) -> dict[str, Any]:
-    dataset = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
     versions = dataset_versions.list_for_dataset(session=session, dataset=dataset)
     current = next((v for v in versions if v.status == "ready"), None)
     report = (current.report or {}) if current is not None else {}

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role, RunStatus
 from app.services import estimate
+from app.services.datasets import access as dataset_access
 from app.services.datasets import service as datasets
 from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, version_bases
@@ -95,7 +96,9 @@ def _defaults(session: Session, pc: PageContext, dataset_id: int | None) -> dict
     if dataset_id is not None:
         # Not one of this workspace's: the form lists what the person may choose.
         with contextlib.suppress(DomainError):
-            chosen = datasets.get_for_member(session=session, ctx=pc.ctx, dataset_id=dataset_id)
+            chosen = dataset_access.get_for_member(
+                session=session, ctx=pc.ctx, dataset_id=dataset_id
+            )
     base = run_presets.default_base_model(chosen.format if chosen else None)
     values.update(
         name="",

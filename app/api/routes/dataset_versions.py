@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import SessionDep, Workspace
 from app.api.schemas.datasets import DatasetVersionRead
 from app.db.base import MAX_ID
+from app.services.datasets import access as dataset_access
 from app.services.datasets import prep as dataset_prep
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["dataset versions"])
@@ -81,7 +82,7 @@ def read_model_view(
             "detail_rows": detail_rows,
         }
     )
-    version = dataset_prep.get_version(
+    version = dataset_access.get_version_for_member(
         session=session, ctx=ctx, dataset_id=dataset_id, version_id=version_id
     )
     return ModelViewState(**dataset_prep.model_view_state(version, settings))
@@ -102,7 +103,7 @@ def request_model_view(
 ) -> ModelViewState:
     """Compute the view in a worker (cpu queue) unless it is stored already."""
     settings = dataset_prep.parse_model_view_settings(body)
-    version = dataset_prep.get_version(
+    version = dataset_access.get_version_for_member(
         session=session, ctx=ctx, dataset_id=dataset_id, version_id=version_id
     )
     return ModelViewState(

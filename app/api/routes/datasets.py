@@ -19,6 +19,7 @@ from app.api.schemas.datasets import (
 )
 from app.db.base import MAX_ID
 from app.db.models import Dataset, DatasetVersion
+from app.services.datasets import access as dataset_access
 from app.services.datasets import service as datasets
 from app.services.datasets import versions as dataset_versions
 from app.services.workspaces import WorkspaceContext
@@ -109,13 +110,13 @@ def upload_dataset(
 
 @router.get("/{dataset_id}", response_model=DatasetDetail)
 def read_dataset(dataset_id: int, session: SessionDep, ctx: Workspace) -> DatasetDetail:
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     return detail(session, dataset)
 
 
 @router.get("/{dataset_id}/versions", response_model=list[DatasetVersionRead])
 def read_versions(dataset_id: int, session: SessionDep, ctx: Workspace) -> list[DatasetVersionRead]:
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     rows = dataset_versions.list_for_dataset(session=session, dataset=dataset)
     return [DatasetVersionRead.model_validate(v) for v in rows]
 
@@ -124,7 +125,7 @@ def read_versions(dataset_id: int, session: SessionDep, ctx: Workspace) -> list[
 def read_version(
     dataset_id: int, version_id: int, session: SessionDep, ctx: Workspace
 ) -> DatasetVersionRead:
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     version = dataset_versions.get_for_dataset(
         session=session, ctx=ctx, dataset=dataset, version_id=version_id
     )
@@ -134,7 +135,7 @@ def read_version(
 def _version(
     session: Session, ctx: WorkspaceContext, dataset_id: int, version_id: int | None
 ) -> tuple[Dataset, DatasetVersion]:
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     return dataset, dataset_versions.chosen(
         session=session, ctx=ctx, dataset=dataset, version_id=version_id
     )

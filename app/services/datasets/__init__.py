@@ -3,6 +3,8 @@
 - `service`: upload and ingest into a dataset and its version 1, list, preview, download,
   delete (what users do; scoped to the workspace);
 - `versions`: the immutable versions of a dataset, and the one a run trains on;
+- `access`: a dataset or one of its versions for a caller, with the role the action needs
+  (`get_for_member`, `get_for_editor`, `get_version_for_member`, `get_version_for_editor`);
 - `prep`: a new version prepared from a parent and a recipe by a worker, and the model view;
 - `ingest`: the streaming pass from an uploaded file to canonical JSONL (no database), built
   from `formats` (which format a file is), `readers` (one per format), `detection` (the

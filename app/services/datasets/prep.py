@@ -20,13 +20,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core import task_queue
-from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.errors import Conflict, ValidationFailed
 from app.core.prep_recipe import ModelViewSettings, Recipe, recipe_errors
-from app.db.models import Dataset, DatasetVersion, Role
+from app.db.models import DatasetVersion
 from app.domain import lifecycle
 from app.services import artifacts
+from app.services.datasets import access
 from app.services.datasets.versions import FAILED, PREPARING, READY
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces import WorkspaceContext
 
 # A progress write costs a commit; the bar moves in steps of at least this much.
 PROGRESS_STEP = 0.02
@@ -48,19 +49,6 @@ def parse_model_view_settings(raw: Any) -> ModelViewSettings:
         raise ValidationFailed(f"invalid settings: {recipe_errors(exc)}") from None
 
 
-def get_version(
-    *, session: Session, ctx: WorkspaceContext, dataset_id: int, version_id: int
-) -> DatasetVersion:
-    """A version of the caller's dataset; any other id (or another dataset's version) is 404."""
-    dataset = get_in_workspace(
-        session=session, ctx=ctx, model=Dataset, row_id=dataset_id, what="dataset"
-    )
-    version = session.get(DatasetVersion, version_id) if 0 < version_id < 2**31 else None
-    if version is None or version.dataset_id != dataset.id:
-        raise NotFound(f"dataset {dataset_id} has no version {version_id}")
-    return version
-
-
 def create_version(
     *,
     session: Session,
@@ -70,8 +58,7 @@ def create_version(
     recipe: Recipe,
 ) -> DatasetVersion:
     """Record a `preparing` version and send the task; no task, no row (503 instead)."""
-    ctx.require(Role.editor)
-    parent = get_version(
+    parent = access.get_version_for_editor(
         session=session, ctx=ctx, dataset_id=dataset_id, version_id=parent_version_id
     )
     if parent.status != READY:

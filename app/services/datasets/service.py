@@ -20,8 +20,8 @@ from app.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFaile
 from app.core.settings import get_settings
 from app.db.models import ChunkedUpload, Dataset, DatasetVersion, Role, Run
 from app.services import artifacts, audit, workspaces
-from app.services.datasets import detection, formats, ingest, readers, stats
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.datasets import access, detection, formats, ingest, readers, stats
+from app.services.workspaces import WorkspaceContext
 
 
 def clean_filename(filename: str | None) -> str:
@@ -284,12 +284,6 @@ def original_key(*, session: Session, dataset: Dataset) -> str:
     return str(upload.get("original_key") or dataset.storage_key)
 
 
-def get_for_member(*, session: Session, ctx: WorkspaceContext, dataset_id: int) -> Dataset:
-    return get_in_workspace(
-        session=session, ctx=ctx, model=Dataset, row_id=dataset_id, what="dataset"
-    )
-
-
 def list_for_workspace(
     *, session: Session, ctx: WorkspaceContext, limit: int = 100, offset: int = 0
 ) -> list[Dataset]:
@@ -427,8 +421,7 @@ def _referenced_elsewhere(session: Session, key: str, dataset: Dataset) -> bool:
 def delete(*, session: Session, ctx: WorkspaceContext, dataset_id: int) -> None:
     """Delete a dataset, its versions and the files no other dataset shares; refused (409,
     naming them) while a run uses the dataset or one of its versions."""
-    ctx.require(Role.editor)
-    dataset = get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = access.get_for_editor(session=session, ctx=ctx, dataset_id=dataset_id)
     users = runs_using(session=session, dataset=dataset)
     if users:
         named = ", ".join(f"run {r.id} ({r.name})" for r in users[:10])

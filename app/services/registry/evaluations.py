@@ -16,7 +16,7 @@ from app.core.celery_config import EVALUATE_TASK
 from app.core.errors import ValidationFailed
 from app.db.models import Evaluation, JobStatus, ModelVersion
 from app.services import arena, artifacts, harness_tasks
-from app.services.datasets import service as datasets
+from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
 from app.services.registry import access as registry_access
 from app.services.registry import jobs as model_jobs
@@ -48,7 +48,7 @@ def create_evaluation(
     version = registry_access.get_version_for_editor(
         session=session, ctx=ctx, version_id=version_id
     )
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     if dataset_version_id is not None:
         # Another workspace's version is a 404, another dataset's a 400, one still preparing
         # a 409: the same rules as a run's dataset version.

@@ -14,7 +14,7 @@ from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, ModelVersion, Role, Run, RunEvent, RunStatus
 from app.domain import lifecycle
 from app.services import audit, fleet
-from app.services.datasets import service as datasets
+from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, version_bases
 from app.services.runs import presets as run_presets
@@ -56,7 +56,7 @@ def create_run(
     priority_value = run_queue.parse_priority(priority)
     run_queue.check_launch_quota(session=session, workspace=ctx.workspace)
     run_queue.check_fleet_fits(nodes=config.nodes)
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     version = dataset_versions.version_for_run(
         session=session, ctx=ctx, dataset=dataset, version_id=dataset_version_id
     )
@@ -68,7 +68,7 @@ def create_run(
     check_fit(model=model, schema=schema, config=config)
     teacher_version = _check_teacher(session=session, ctx=ctx, config=config)
     if validation_dataset_id is not None:
-        datasets.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
+        dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=validation_dataset_id)
     if suffix is not None and not _SUFFIX_RE.match(suffix):
         raise ValidationFailed("suffix must be 1 to 40 letters, digits, '-' or '_'", param="suffix")
     run = Run(

@@ -36,7 +36,7 @@ from app.db.models import (
 )
 from app.domain import lifecycle
 from app.services import audit
-from app.services.datasets import service as datasets
+from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, registration
 from app.services.runs import queue as run_queue
@@ -329,7 +329,7 @@ def create_sweep(
     base = config.model_dump()
     _check_space(search_space, method, base)
     model = base_models.require_known(base_model)
-    dataset = datasets.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
+    dataset = dataset_access.get_for_member(session=session, ctx=ctx, dataset_id=dataset_id)
     version = dataset_versions.version_for_run(
         session=session, ctx=ctx, dataset=dataset, version_id=None
     )
