@@ -12,15 +12,21 @@ Printed (all greedy, the same counting prompt so no answer ends early):
                             target <= 3
   ttft_8_distinct_p95_vs_single=  the same with 8 prompts that share no prefix (the engine's
                             prefix cache cannot help: every prompt is prefilled), no target
+  bare_llamacpp_batched_8_vs_single=  bare llama.cpp's own batching ceiling: tokens/s of decode
+                            steps carrying 8 sequences / steps carrying one (same file, threads)
   aggregate_speedup_8=      completion tokens/s of 8 concurrent streams / one stream's (last line)
+
+`--requantize` serves the opt-in q8_0 copy of a Q4_1 file (LLMIDE_LLAMACPP_REQUANTIZE, see
+workers/inference/cpu_weights.py) while bare llama.cpp keeps the file a user would run.
 
 The single-stream and the first 8-stream figures repeat one prompt, as a chat's system prompt
 or a conversation's history repeats: the engine prefills it once and later requests reuse its
 KV cells (bare llama.cpp's `Llama` reuses its previous prompt the same way). The machine's load
 average is printed before and after.
 
-Runs: `python bench/serving_cpu.py [--threads N] [--tokens N]`. The machine's other load changes
-every figure: run it on an idle machine and read one run as one sample.
+Runs: `python bench/serving_cpu.py [--threads N] [--tokens N] [--gguf FILE] [--requantize]`.
+The machine's other load changes every figure: run it on an idle machine and read one run as
+one sample.
 """
 
 from __future__ import annotations
@@ -74,6 +80,58 @@ def bare_decode_rate(gguf: Path, threads: int, tokens: int) -> float:
     return statistics.median(rates)
 
 
+def bare_batched_speedup(gguf: Path, threads: int, sequences: int, steps: int = 48) -> float:
+    """Bare llama.cpp's own ceiling for batching: tokens/s of one decode step carrying
+    `sequences` sequences / tokens/s of a step carrying one (llama.cpp's low-level batch API,
+    the same file, context settings and threads as the product's engine; no sampling, no HTTP).
+
+    On a CPU a small model is compute-bound, so this is well below `sequences`: no server on
+    this machine can batch better than the engine under it."""
+    import llama_cpp
+
+    from workers.inference.llamacpp_backend import N_BATCH
+
+    llama_cpp.llama_backend_init()
+    model = llama_cpp.llama_model_load_from_file(
+        str(gguf).encode(), llama_cpp.llama_model_default_params()
+    )
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 8192, N_BATCH, N_BATCH
+    params.n_seq_max, params.kv_unified = 64, True
+    params.n_threads = params.n_threads_batch = threads
+    context = llama_cpp.llama_init_from_model(model, params)
+    batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
+    prompt = 32
+
+    def add(index: int, token: int, position: int, seq: int, logits: bool) -> None:
+        batch.token[index], batch.pos[index], batch.n_seq_id[index] = token, position, 1
+        batch.seq_id[index][0], batch.logits[index] = seq, logits
+
+    def rate(count: int) -> float:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
+        for seq in range(count):
+            for position in range(prompt):
+                add(seq * prompt + position, 100 + seq + position, position, seq, False)
+        batch.n_tokens = count * prompt
+        assert llama_cpp.llama_decode(context, batch) == 0
+        times = []
+        for step in range(steps):
+            for seq in range(count):
+                add(seq, 200 + step, prompt + step, seq, True)
+            batch.n_tokens = count
+            started = time.perf_counter()
+            assert llama_cpp.llama_decode(context, batch) == 0
+            times.append(time.perf_counter() - started)
+        return count / statistics.median(times[4:])
+
+    try:
+        return rate(sequences) / rate(1)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(context)
+        llama_cpp.llama_model_free(model)
+
+
 def seed(env: dict[str, str], gguf: Path) -> tuple[str, str]:
     """A user with an API token and the packaged GGUF imported as a version; (token, model)."""
     os.environ.update(env)
@@ -122,12 +180,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--gguf", type=Path, help="a GGUF file instead of the packaged SmolLM2")
+    parser.add_argument(
+        "--requantize",
+        action="store_true",
+        help="serve with LLMIDE_LLAMACPP_REQUANTIZE=true (a Q4_1 file runs as its q8_0 copy); "
+        "the bare baseline keeps the file as it is",
+    )
     args = parser.parse_args()
     gguf = args.gguf or packaged_gguf()
     print("load average before: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
     bare = bare_decode_rate(gguf, args.threads, args.tokens)
     print(f"bare llama.cpp ({args.threads} threads): {bare:.1f} tokens/s decode")
+    ceiling = bare_batched_speedup(gguf, args.threads, CONCURRENCY)
+    print(f"bare llama.cpp, {CONCURRENCY} sequences per decode step: {ceiling:.2f}x one's tokens/s")
 
     import openai
 
@@ -142,6 +208,8 @@ def main() -> None:
             "LLMIDE_INFERENCE_BACKEND": "auto",
             "LLMIDE_LLAMACPP_THREADS": str(args.threads),
         }
+        if args.requantize:
+            env["LLMIDE_LLAMACPP_REQUANTIZE"] = "true"
         token, model = seed(env, gguf)
         inference = subprocess.Popen(
             [sys.executable, "-m", "workers.inference"],
@@ -204,6 +272,7 @@ def main() -> None:
     print(f"cpu_decode_vs_llamacpp={decode_1 / bare:.2f}")
     print(f"ttft_8_p95_vs_single={p95 / ttft_1:.2f}")
     print(f"ttft_8_distinct_p95_vs_single={distinct_p95 / ttft_1:.2f}")
+    print(f"bare_llamacpp_batched_8_vs_single={ceiling:.2f}")
     print(f"aggregate_speedup_8={aggregate / rate_1:.2f}")
 
 
