@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from app.core.errors import Conflict, InvalidTransition, ValidationFailed
-from app.db.models import Deployment, DeploymentStatus, Role
+from app.db.models import Deployment, DeploymentStatus
 from app.domain import lifecycle
 from app.services import artifacts, audit
 from app.services.registry import access as registry_access
@@ -97,8 +97,7 @@ def create(
 ) -> Deployment:
     """Record a deployment of `version_id` as loading (a stopped or failed one of the same
     version comes back); committed, so the load asked for next has its row."""
-    ctx.require(Role.editor)
-    version = registry_access.get_version_for_member(
+    version = registry_access.get_version_for_editor(
         session=session, ctx=ctx, version_id=version_id
     )
     artifacts.ensure_present(version.storage_key)
