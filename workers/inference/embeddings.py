@@ -56,7 +56,9 @@ def load_embedder(source: ModelSource) -> tuple[Any, Any, str, int | None, Kind,
         # A classifier's folder loads as its base encoder (the head's weights are left out).
         tokenizer = AutoTokenizer.from_pretrained(directory)
         model = AutoModel.from_pretrained(directory, use_safetensors=True, **{dtype_key: dtype})
-    model.to(device)
+    # transformers wraps `to` with functools.wraps, whose typeshed type binds no self: the
+    # device would be checked as the model argument.
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)
     config = model.config

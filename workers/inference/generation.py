@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -630,8 +630,9 @@ def generate_batch(
     for row, request in enumerate(requests):
         generated = output[row, longest:].tolist()
         limit = request.params.max_tokens
-        if stopper.stopped_at[row] is not None:
-            limit = min(limit, stopper.stopped_at[row])
+        stopped_at = stopper.stopped_at[row]
+        if stopped_at is not None:
+            limit = min(limit, stopped_at)
         generated = generated[:limit]
         eos_at = next((i for i, tok in enumerate(generated) if tok in eos_set), None)
         tokens = generated if eos_at is None else generated[:eos_at]
@@ -946,7 +947,7 @@ def submit(lanes_of: Any, request: PreparedRequest) -> Job:
 
 async def stream(
     lanes_of: Any, request: PreparedRequest, job: Job | None = None
-) -> AsyncIterator[str | GenerationResult]:
+) -> AsyncGenerator[str | GenerationResult, None]:
     """Yield text deltas as they are decoded, then the GenerationResult.
 
     `lanes_of` is the LoadedModel (anything with `submit(job)`); `job` one already submitted.

@@ -274,7 +274,8 @@ def sampler_chain(
             n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
             biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
             for index, (token, bias) in enumerate(params.logit_bias):
-                biases[index].token, biases[index].bias = token, bias
+                # llama_cpp annotates the field as a c_int32; ctypes takes and gives an int.
+                biases[index].token, biases[index].bias = token, bias  # type: ignore[assignment]
             add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
         if params.presence_penalty or params.frequency_penalty:
             # The whole generation is penalised (OpenAI counts every earlier token). The

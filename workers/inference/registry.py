@@ -401,7 +401,9 @@ def _load_weights(
         model = AutoModelForCausalLM.from_pretrained(
             directory, use_safetensors=True, **{dtype_key: dtype}
         )
-    model.to(device)
+    # transformers wraps `to` with functools.wraps, whose typeshed type binds no self: the
+    # device would be checked as the model argument.
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         # Left-padded batches need a pad id; the attention mask makes its value irrelevant.
@@ -466,34 +468,37 @@ class ModelRegistry:
             source = resolve_model_path(raw_path, self._settings)
         with self._mutex:
             current = self._models.get(name)
+            # The current entry when it holds these very weights for the same use, else None.
             same = (
-                current is not None
+                current
+                if current is not None
                 and (
                     current.source == source
                     or (pull_key is not None and current.pull_key == pull_key)
                 )
                 and current.embedding == embedding
+                else None
             )
             retry = current is not None and (
                 retry_failed is True or (retry_failed == "when_due" and current.retry_due())
             )
-            if same and (current.status != "failed" or not retry):
+            if same is not None and (same.status != "failed" or not retry):
                 if replicas is not None:
-                    current.replicas = replicas
+                    same.replicas = replicas
                 if max_batch_size is not None:
-                    current.max_batch_size = max_batch_size
-                if current.status == "ready":
-                    current.start_lanes()
-                return current
+                    same.max_batch_size = max_batch_size
+                if same.status == "ready":
+                    same.start_lanes()
+                return same
             entry = LoadedModel(
                 name=name,
                 path=raw_path,
                 source=source,
-                replicas=replicas or (current.replicas if same else 1),
-                max_batch_size=max_batch_size or (current.max_batch_size if same else 8),
+                replicas=replicas or (same.replicas if same is not None else 1),
+                max_batch_size=max_batch_size or (same.max_batch_size if same is not None else 8),
                 on_batch=self.on_batch,
                 on_result=self.on_result,
-                attempts=current.attempts if same else 0,
+                attempts=same.attempts if same is not None else 0,
                 pull_key=pull_key,
                 embedding=embedding,
             )
