@@ -147,7 +147,7 @@ def seed(env: dict[str, str], runs: int, steps: int, big_steps: int, users: int)
     from app.db.session import get_engine, reset_engine_cache, session_scope
     from app.services import tokens, workspaces
     from app.services import users as users_service
-    from app.services.datasets import service as datasets
+    from app.services.datasets import intake as dataset_intake
     from app.services.runs.config import RunConfig
 
     get_settings.cache_clear()
@@ -163,7 +163,7 @@ def seed(env: dict[str, str], runs: int, steps: int, big_steps: int, users: int)
         ]
         ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
         dataset_ids = [
-            datasets.create_from_upload(
+            dataset_intake.create_from_upload(
                 session=session,
                 ctx=ctx,
                 stream=io.BytesIO(_jsonl(50, f"seed {i}")),

@@ -17,6 +17,7 @@ from app.openai.common import FILE_PREFIX, parse_id, parse_number, unix
 from app.openai.schemas import FileDeleted, FileList, FileObject
 from app.services import artifacts, batches
 from app.services.datasets import access as dataset_access
+from app.services.datasets import intake as dataset_intake
 from app.services.datasets import service as datasets
 from app.services.runs import access as run_access
 from app.services.runs import results as job_results
@@ -133,7 +134,7 @@ def create_file(
             param="purpose",
         )
     # Each upload is its own file object, as at OpenAI: identical bytes share storage only.
-    dataset = datasets.create_from_upload(
+    dataset = dataset_intake.create_from_upload(
         session=session,
         ctx=ctx,
         stream=file.file,

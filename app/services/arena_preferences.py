@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import ValidationFailed
 from app.db.models import ArenaVote, Dataset, Role
-from app.services.datasets import service as datasets
+from app.services.datasets import intake as dataset_intake
 from app.services.datasets.ingest import IngestOptions
 from app.services.workspaces import WorkspaceContext
 
@@ -55,7 +55,7 @@ def votes_as_dataset(
             "the arena has no votes with a winner yet (ties and 'both bad' make no pair)"
         )
     payload = ("\n".join(lines) + "\n").encode("utf-8")
-    return datasets.create_from_upload(
+    return dataset_intake.create_from_upload(
         session=session,
         ctx=ctx,
         stream=io.BytesIO(payload),

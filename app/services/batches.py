@@ -24,7 +24,7 @@ from app.db.session import rows_changed
 from app.services import artifacts, audit
 from app.services.datasets import access as dataset_access
 from app.services.datasets import prep as dataset_prep
-from app.services.datasets.service import clean_filename
+from app.services.datasets.intake import clean_filename
 from app.services.workspaces import WorkspaceContext, get_in_workspace
 
 BATCH_PURPOSE = "batch"

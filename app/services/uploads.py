@@ -19,7 +19,7 @@ from app.db.models import ChunkedUpload, ModelVersion, Role, UploadStatus
 from app.domain import lifecycle
 from app.services import artifacts
 from app.services.datasets import formats, ingest
-from app.services.datasets import service as datasets
+from app.services.datasets import intake as dataset_intake
 from app.services.registry import import_checks
 from app.services.registry import imports as model_import
 from app.services.workspaces import WorkspaceContext, get_in_workspace
@@ -61,7 +61,7 @@ def create(
     """Open a chunked upload. `purpose` "model": a model import (.zip of a Hugging Face folder
     or .gguf, up to LLMIDE_MAX_MODEL_IMPORT_BYTES), completed by `complete_model`."""
     ctx.require(Role.editor)
-    clean = datasets.clean_filename(filename)
+    clean = dataset_intake.clean_filename(filename)
     if purpose == "model":
         import_checks.check_upload_name(clean)  # refuse pickles and other types before any byte
         limit = get_settings().max_model_import_bytes
@@ -194,15 +194,15 @@ def complete(
     upload_id: int,
     name: str | None,
     options: ingest.IngestOptions,
-) -> datasets.UploadOutcome:
+) -> dataset_intake.UploadOutcome:
     """Ingest the received file like a normal upload. A refused file keeps the upload open,
     so it can be completed again with other options (say on_error=keep_valid)."""
     upload, path = _received(session=session, ctx=ctx, upload_id=upload_id)
-    outcome = datasets.ingest_file(
+    outcome = dataset_intake.ingest_file(
         session=session,
         ctx=ctx,
         path=path,
-        sha256=datasets.file_sha256(path),
+        sha256=dataset_intake.file_sha256(path),
         filename=upload.filename,
         name=name,
         options=options,

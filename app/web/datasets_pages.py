@@ -11,6 +11,7 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden
 from app.core.settings import get_settings
 from app.services.datasets import access as dataset_access
+from app.services.datasets import intake as dataset_intake
 from app.services.datasets import service as datasets
 from app.services.datasets import versions as dataset_versions
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
@@ -59,13 +60,13 @@ def upload_dataset(
     """htmx swaps the upload panel (error or success) and refreshes the table out of band.
     Big files do not come here: static/js/upload.js sends them in chunks to /api/v1/uploads."""
     try:
-        options = datasets.parse_options(
+        options = dataset_intake.parse_options(
             schema=schema_name or None,
             column_map=column_map,
             on_error=on_error,
             text_split=text_split,
         )
-        outcome = datasets.ingest_upload(
+        outcome = dataset_intake.ingest_upload(
             session=session,
             ctx=pc.ctx,
             stream=file.file,

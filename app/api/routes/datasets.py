@@ -20,6 +20,7 @@ from app.api.schemas.datasets import (
 from app.db.base import MAX_ID
 from app.db.models import Dataset, DatasetVersion
 from app.services.datasets import access as dataset_access
+from app.services.datasets import intake as dataset_intake
 from app.services.datasets import service as datasets
 from app.services.datasets import versions as dataset_versions
 from app.services.workspaces import WorkspaceContext
@@ -92,10 +93,10 @@ def upload_dataset(
     text_split: Annotated[Literal["blocks", "lines", "file"], Form()] = "blocks",
 ) -> DatasetDetail:
     """A duplicate upload (same bytes in this workspace) answers 200 with `duplicate: true`."""
-    options = datasets.parse_options(
+    options = dataset_intake.parse_options(
         schema=schema_name, column_map=column_map, on_error=on_error, text_split=text_split
     )
-    outcome = datasets.ingest_upload(
+    outcome = dataset_intake.ingest_upload(
         session=session,
         ctx=ctx,
         stream=file.file,

@@ -14,7 +14,7 @@ from app.api.schemas.datasets import DatasetDetail
 from app.api.schemas.registry import ModelVersionRead
 from app.api.schemas.uploads import UploadCreate, UploadModelImport, UploadRead
 from app.services import uploads
-from app.services.datasets import service as datasets
+from app.services.datasets import intake as dataset_intake
 
 router = APIRouter(prefix="/api/v1/uploads", tags=["uploads"])
 
@@ -84,7 +84,7 @@ def complete_upload(
     on_error: Annotated[Literal["reject", "keep_valid"], Form()] = "reject",
     text_split: Annotated[Literal["blocks", "lines", "file"], Form()] = "blocks",
 ) -> DatasetDetail:
-    options = datasets.parse_options(
+    options = dataset_intake.parse_options(
         schema=schema_name, column_map=column_map, on_error=on_error, text_split=text_split
     )
     outcome = uploads.complete(

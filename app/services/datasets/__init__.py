@@ -1,7 +1,7 @@
 """Datasets: one package for everything a dataset is in the services layer.
 
-- `service`: upload and ingest into a dataset and its version 1, list, preview, download,
-  delete (what users do; scoped to the workspace);
+- `intake`: an upload becomes a dataset and its version 1 (hashing, duplicates, storage);
+- `service`: list, preview, download, delete (what users do; scoped to the workspace);
 - `versions`: the immutable versions of a dataset, and the one a run trains on;
 - `access`: a dataset or one of its versions for a caller, with the role the action needs
   (`get_for_member`, `get_for_editor`, `get_version_for_member`, `get_version_for_editor`);
