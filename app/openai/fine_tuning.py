@@ -122,7 +122,7 @@ def _run_config(body: FineTuningJobCreate) -> RunConfig:
         if beta != "auto":
             values["beta"] = beta
     try:
-        return RunConfig(**values)
+        return RunConfig.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error.get("loc") else ""

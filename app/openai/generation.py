@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -88,13 +88,14 @@ def sampling(
     chosen = target.settings
     cap = None
     if chosen is not None:
-        if max_tokens is not None and max_tokens > chosen.max_new_tokens:
+        # A deployed target's limit is always set (its column has a default); only settings
+        # still being chosen leave it None.
+        cap = chosen.max_new_tokens
+        if max_tokens is not None and cap is not None and max_tokens > cap:
             raise ValidationFailed(
-                f"max_tokens={max_tokens} is above this deployment's limit of "
-                f"{chosen.max_new_tokens} new tokens",
+                f"max_tokens={max_tokens} is above this deployment's limit of {cap} new tokens",
                 param="max_tokens",
             )
-        cap = chosen.max_new_tokens
         temperature = chosen.temperature if temperature is None else temperature
         top_p = chosen.top_p if top_p is None else top_p
     params = {
@@ -164,7 +165,7 @@ def _error_event(error: DomainError) -> dict[str, Any]:
 
 async def _merged(
     target: ServingTarget, requests: list[dict[str, Any]]
-) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
     """Events of n upstream streams as (choice index, event), in arrival order."""
     n = len(requests)
     upstreams = [inference_client.generate_stream(target.key, target.path, **r) for r in requests]

@@ -520,7 +520,8 @@ class _GenerationRequest(BaseModel):
             raise ValidationFailed(f"unrecognized request argument supplied: {name}", param=name)
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise ValidationFailed("at most 4 stop sequences are allowed", param="stop")
-        if self.stop is not None and any(not s for s in self.stop_list):
+        stops = self.stop_list
+        if stops is not None and any(not s for s in stops):
             raise ValidationFailed("stop sequences must not be empty", param="stop")
         if self.stream_options is not None and not self.stream:
             raise ValidationFailed(

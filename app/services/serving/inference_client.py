@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 from urllib.parse import quote
@@ -249,7 +249,7 @@ async def generate(name: str, path: str | None, **params: Any) -> dict[str, Any]
 
 async def generate_stream(
     name: str, path: str | None, **params: Any
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Stream a completion: yields {"delta": str} events, then {"finish_reason", "prompt_tokens",
     "completion_tokens"}; stops at [DONE]. An error event raises InferenceError.
 
