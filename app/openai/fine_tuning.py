@@ -36,6 +36,7 @@ from app.openai.schemas import (
     Adapter,
     Dpo,
     DpoHyperparameters,
+    EventLevel,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobCheckpointList,
@@ -45,6 +46,7 @@ from app.openai.schemas import (
     FineTuningJobList,
     Hyperparameters,
     JobError,
+    JobStatus,
     Llmide,
     Method,
     Supervised,
@@ -65,7 +67,7 @@ from app.services.workspaces import WorkspaceContext
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai: fine-tuning"])
 
-JOB_STATUS = {
+JOB_STATUS: dict[RunStatus, JobStatus] = {
     RunStatus.queued: "queued",
     RunStatus.running: "running",
     RunStatus.succeeded: "succeeded",
@@ -73,7 +75,12 @@ JOB_STATUS = {
     RunStatus.cancelled: "cancelled",
     RunStatus.interrupted: "running",  # it will be picked up again and resume
 }
-EVENT_LEVEL = {"info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+EVENT_LEVEL: dict[str, EventLevel] = {
+    "info": "info",
+    "warn": "warn",
+    "warning": "warn",
+    "error": "error",
+}
 # Our metric names where OpenAI has its own; the evaluation covers the whole validation set.
 METRIC_NAMES = {"eval_loss": ("valid_loss", "full_valid_loss")}
 
@@ -199,7 +206,7 @@ def _llmide(config: dict) -> Llmide:
     )
 
 
-def job_status(run: Run) -> str:
+def job_status(run: Run) -> JobStatus:
     """The job's status: the run's, except a pause and a requested cancel, which show at once."""
     status = RunStatus(run.status)
     if run.paused and status in (RunStatus.cancelled, RunStatus.running, RunStatus.interrupted):
@@ -241,7 +248,7 @@ def to_job(*, session: Session, ctx: WorkspaceContext, run: Run) -> FineTuningJo
         method=_method(run, hyperparameters),
         model=run.base_model,
         organization_id=ctx.workspace.slug,
-        status=job_status(run),  # type: ignore[arg-type]
+        status=job_status(run),
         trained_tokens=_trained_tokens(session, run),
         result_files=result_files,
         training_file=file_id(run.dataset_id),
@@ -393,7 +400,7 @@ def _message_event(
     return FineTuningJobEvent(
         id=_event_id(run, entry),
         created_at=unix(event.created_at),
-        level=EVENT_LEVEL.get(event.level, "info"),  # type: ignore[arg-type]
+        level=EVENT_LEVEL.get(event.level, "info"),
         message=event.message,
         type="message",
     )

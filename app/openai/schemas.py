@@ -18,6 +18,11 @@ from pydantic_core import PydanticCustomError
 from app.core.errors import ValidationFailed
 
 Auto = Literal["auto"]
+# "paused" is OpenAI's own status of a paused job (its published enum lacks it).
+JobStatus = Literal[
+    "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+]
+EventLevel = Literal["info", "warn", "error"]
 
 
 # --- files --------------------------------------------------------------------------------
@@ -259,10 +264,7 @@ class FineTuningJob(BaseModel):
     model: str
     organization_id: str
     result_files: list[str] = Field(default_factory=list)
-    # "paused" is OpenAI's own status of a paused job (its published enum lacks it).
-    status: Literal[
-        "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
-    ]
+    status: JobStatus
     trained_tokens: int | None
     training_file: str
     validation_file: str | None
@@ -283,7 +285,7 @@ class FineTuningJobEvent(BaseModel):
     id: str
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
     created_at: int
-    level: Literal["info", "warn", "error"]
+    level: EventLevel
     message: str
     type: Literal["message", "metrics"]
     data: dict[str, Any] = Field(default_factory=dict)
