@@ -67,37 +67,14 @@ def create_version(
         )
     if not recipe.steps and recipe.split is None and recipe.tokenize is None:
         raise ValidationFailed("the recipe has no steps, no split and no tokenization")
-    number = (
-        session.scalar(
-            select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == dataset_id)
-        )
-        or 0
-    ) + 1
-    version = DatasetVersion(
-        workspace_id=ctx.workspace.id,
-        dataset_id=dataset_id,
-        version=number,
-        parent_id=parent.id,
+    version = record_generated_version(
+        session=session,
+        ctx=ctx,
+        parent=parent,
         # A plain-text upload ("txt", one document per paragraph) is prepared into text rows.
         schema="text" if parent.schema == "txt" else parent.schema,
-        sha256="",
-        storage_key="",
-        num_rows=0,
-        size_bytes=0,
         recipe=recipe.model_dump(mode="json"),
-        report={},
-        status=PREPARING,
-        progress=0.0,
-        created_by_id=ctx.user.id,
     )
-    session.add(version)
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(
-            "another version of this dataset was created at the same time; retry"
-        ) from None
     session.commit()
     try:
         task_queue.enqueue_preparation(version.id)
@@ -116,8 +93,9 @@ def record_generated_version(
     schema: str,
     recipe: dict[str, Any],
 ) -> DatasetVersion:
-    """A `preparing` version whose rows a batch will write (services.batches: answers from a
-    model for the parent's prompts); flushed, not committed: the batch's creation commits."""
+    """A `preparing` child of `parent`, numbered next in its dataset, whose rows a task will
+    write (the preparation task, or a batch's answers for the parent's prompts); flushed, not
+    committed: the caller's unit of work commits."""
     number = (
         session.scalar(
             select(func.max(DatasetVersion.version)).where(
