@@ -126,7 +126,7 @@ def user_create(
     """Create a user (with their own workspace)."""
     from app.core.errors import DomainError
     from app.db.session import session_scope
-    from app.services import users
+    from app.services.workspaces import users
 
     try:
         with session_scope() as session:
@@ -144,7 +144,7 @@ def token_create(email: str, name: Annotated[str, typer.Option("--name")] = "cli
     """Create an API token for a user and print it alone on stdout (it is shown only once)."""
     from app.core.errors import DomainError
     from app.db.session import session_scope
-    from app.services import tokens, users
+    from app.services.workspaces import tokens, users
 
     try:
         with session_scope() as session:

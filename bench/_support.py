@@ -100,7 +100,8 @@ def bench_user() -> Iterator[tuple[Any, str, Any]]:
     from app.core.settings import get_settings
     from app.db.migrate import upgrade_to_head
     from app.db.session import reset_engine_cache, session_scope
-    from app.services import tokens, users, workspaces
+    from app.services.workspaces import access as workspace_access
+    from app.services.workspaces import tokens, users
 
     get_settings.cache_clear()
     reset_engine_cache()
@@ -111,7 +112,7 @@ def bench_user() -> Iterator[tuple[Any, str, Any]]:
             session=session, email="bench@example.com", password="bench-pass-123"
         )
         _, secret = tokens.create_token(session=session, user=user, name="bench")
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
+        ctx = workspace_access.context_for(session=session, user=user, workspace_ref=None)
         yield session, secret, ctx
 
 

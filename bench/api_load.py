@@ -145,10 +145,11 @@ def seed(env: dict[str, str], runs: int, steps: int, big_steps: int, users: int)
         RunStatus,
     )
     from app.db.session import get_engine, reset_engine_cache, session_scope
-    from app.services import tokens, workspaces
-    from app.services import users as users_service
     from app.services.datasets import intake as dataset_intake
     from app.services.runs.config import RunConfig
+    from app.services.workspaces import access as workspace_access
+    from app.services.workspaces import tokens
+    from app.services.workspaces import users as users_service
 
     get_settings.cache_clear()
     reset_engine_cache()
@@ -161,7 +162,7 @@ def seed(env: dict[str, str], runs: int, steps: int, big_steps: int, users: int)
             tokens.create_token(session=session, user=user, name=f"load-{i}")[1]
             for i in range(users)
         ]
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=None)
+        ctx = workspace_access.context_for(session=session, user=user, workspace_ref=None)
         dataset_ids = [
             dataset_intake.create_from_upload(
                 session=session,

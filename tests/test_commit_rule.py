@@ -35,7 +35,7 @@ ALLOWED_COMMITS: dict[str, tuple[int, str]] = {
     "app/services/serving/reconcile.py": (1, "a switch every web process routes by, first"),
     # The sign-in throttle: its attempt row must survive the failed sign-in's rollback, and
     # its lock is taken by the first statement of a fresh transaction (docs/trust.md).
-    "app/services/login_throttle.py": (2, "failed attempts stay counted; lock ordering"),
+    "app/services/workspaces/login_throttle.py": (2, "failed attempts stay counted; lock ordering"),
     # Give the pooled connection back before a generation that may take minutes.
     "app/openai/generation.py": (1, "connection back during inference"),
     "app/openai/embeddings.py": (1, "connection back while a model loads"),

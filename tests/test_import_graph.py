@@ -101,7 +101,7 @@ def all_imports() -> tuple[Import, ...]:
 
 
 def _internal(dotted: str) -> str | None:
-    """The module of ours a dotted name lies in (`app.services.audit.record` -> the module)."""
+    """The module of ours a dotted name lies in (`app.db.models.Run` -> the module)."""
     while dotted and dotted not in modules():
         dotted = dotted.rpartition(".")[0]
     return dotted or None

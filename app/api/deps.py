@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from app.core.errors import Forbidden, NotAuthenticated
 from app.db.models import Role, User
 from app.db.session import REQUEST_SESSIONS, session_scope
-from app.services import sessions, tokens, workspaces
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces import sessions, tokens
+from app.services.workspaces.access import WorkspaceContext
 
 WORKSPACE_HEADER = "X-LLMIDE-Workspace"
 CSRF_HEADER = "X-CSRF-Token"
@@ -106,7 +107,7 @@ def workspace_context(request: Request, session: SessionDep, user: CurrentUser) 
     )
     if ref is None and request.state.auth == "session":
         ref = request.session.get("workspace_id")
-    return workspaces.context_for(session=session, user=user, workspace_ref=ref)
+    return workspace_access.context_for(session=session, user=user, workspace_ref=ref)
 
 
 Workspace = Annotated[WorkspaceContext, Depends(workspace_context)]

@@ -23,9 +23,10 @@ from app.db.models import Batch, User
 from app.db.session import session_scope
 from app.openai import chat, completions, embeddings
 from app.openai.schemas import ChatCompletionCreate, CompletionCreate, EmbeddingCreate
-from app.services import batches, workspaces
+from app.services import batches
 from app.services.datasets import prep as dataset_prep
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces.access import WorkspaceContext
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ def _context(batch: Batch) -> WorkspaceContext:
         user = session.get(User, batch.created_by_id) if batch.created_by_id else None
         if user is None:
             raise DomainError("the batch's creator no longer exists")
-        ctx = workspaces.context_for(session=session, user=user, workspace_ref=batch.workspace_id)
+        ctx = workspace_access.context_for(
+            session=session, user=user, workspace_ref=batch.workspace_id
+        )
         session.expunge_all()  # keep the rows readable after this session closes
         return ctx
 

@@ -21,7 +21,7 @@ from app.services.datasets import intake as dataset_intake
 from app.services.datasets import service as datasets
 from app.services.runs import access as run_access
 from app.services.runs import results as job_results
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 router = APIRouter(prefix="/v1/files", tags=["openai: files"])
 

@@ -63,7 +63,7 @@ from app.services.runs.config import (
     DEFAULT_TASK,
     RunConfig,
 )
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai: fine-tuning"])
 

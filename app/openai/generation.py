@@ -21,7 +21,7 @@ from app.openai.schemas import PromptTokensDetails, Usage
 from app.services.serving import inference_client, routing
 from app.services.serving import metrics as serving_metrics
 from app.services.serving.targets import ServingTarget
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 INFERENCE_ERRORS = (inference_client.InferenceUnavailable, inference_client.InferenceError)
 _ERROR_TYPES = {

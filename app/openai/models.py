@@ -22,7 +22,7 @@ from app.services.registry import base_models
 from app.services.registry import kind as model_kind
 from app.services.registry import versions as registry
 from app.services.serving import deployments, routing
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 router = APIRouter(prefix="/v1/models", tags=["openai: models"])
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.db.session import session_scope
-from app.services import sessions, tokens
+from app.services.workspaces import sessions, tokens
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from app.db.session import session_scope
 from app.realtime.credentials import Credential, CredentialWatch, still_valid
 from app.realtime.hub import RunUpdateHub
 from app.realtime.stream import Cursor, authenticate, next_messages
-from app.services import workspaces
 from app.services.runs import access as run_access
+from app.services.workspaces import access as workspace_access
 
 router = APIRouter()
 
@@ -62,10 +62,10 @@ def _more(
         run = session.get(Run, run_id)
         if run is None:
             return [{"type": "status", "status": "deleted"}], True
-        if (
-            workspaces.role_in(session=session, user_id=user_id, workspace_id=run.workspace_id)
-            is None
-        ):
+        role = workspace_access.role_in(
+            session=session, user_id=user_id, workspace_id=run.workspace_id
+        )
+        if role is None:
             raise NotFound(f"run {run_id} not found")
         return next_messages(session=session, run=run, cursor=cursor)
 

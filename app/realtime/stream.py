@@ -12,9 +12,11 @@ from app.core.errors import NotAuthenticated
 from app.core.security import hash_token
 from app.db.models import Run, RunStatus, User
 from app.realtime.credentials import Credential
-from app.services import chart_history, sessions, tokens, workspaces
+from app.services import chart_history
 from app.services.runs import service as runs
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces import sessions, tokens
+from app.services.workspaces.access import WorkspaceContext
 
 
 @dataclass
@@ -47,7 +49,7 @@ def authenticate(
         credential = Credential("session", sid_hash) if sid_hash else None
     if user is None or not user.is_active or credential is None:
         raise NotAuthenticated("authentication required")
-    ctx = workspaces.context_for(session=session, user=user, workspace_ref=workspace_ref)
+    ctx = workspace_access.context_for(session=session, user=user, workspace_ref=workspace_ref)
     return ctx, credential
 
 

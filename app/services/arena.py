@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 from app.core.errors import NotFound, ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ArenaVote, Deployment, DeploymentStatus, Role
-from app.services import audit
 from app.services.registry import kind as model_kind
 from app.services.registry import versions as registry
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 WINNERS = ("a", "b", "tie", "both_bad")
 # Elo scale: a 400-point gap is 10:1 odds; 1000 is the average model.

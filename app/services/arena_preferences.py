@@ -18,7 +18,7 @@ from app.core.errors import ValidationFailed
 from app.db.models import ArenaVote, Dataset, Role
 from app.services.datasets import intake as dataset_intake
 from app.services.datasets.ingest import IngestOptions
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 DECISIVE = ("a", "b")
 

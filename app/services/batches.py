@@ -21,11 +21,12 @@ from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Batch, DatasetVersion, Role, StoredFile
 from app.db.session import rows_changed
-from app.services import artifacts, audit
+from app.services import artifacts
 from app.services.datasets import access as dataset_access
 from app.services.datasets import prep as dataset_prep
 from app.services.datasets.intake import clean_filename
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 BATCH_PURPOSE = "batch"
 OUTPUT_PURPOSE = "batch_output"

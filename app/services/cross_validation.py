@@ -29,14 +29,15 @@ from app.db.models import (
     Run,
     RunStatus,
 )
-from app.services import artifacts, audit
+from app.services import artifacts
 from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
 from app.services.datasets.prep import version_key
 from app.services.registry import registration
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 MIN_K, MAX_K = 2, 10
 MAX_ROWS = 200_000

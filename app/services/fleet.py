@@ -18,7 +18,7 @@ from app.core import task_queue
 from app.core.celery_config import GPU_QUEUE, TRAIN_TASK
 from app.core.settings import get_settings
 from app.db.models import Run
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 INSPECT_TIMEOUT_S = 1.5
 

@@ -22,7 +22,7 @@ from app.services.datasets import formats, ingest
 from app.services.datasets import intake as dataset_intake
 from app.services.registry import import_checks
 from app.services.registry import imports as model_import
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 OPEN = UploadStatus.open
 COMPLETED = UploadStatus.completed

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from app.core.errors import DomainError, Forbidden, NotFound
-from app.services import users, workspaces
+from app.services.workspaces import service as workspaces
+from app.services.workspaces import users
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, rollback
 from app.web.rendering import render
 

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
 from app.core.errors import DomainError
-from app.services import login_throttle, sessions, users, workspaces
-from app.services.sessions import session_user
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces import login_throttle, sessions, users
+from app.services.workspaces.sessions import session_user
 from app.web.pages import CSRF, DbDep, PageDep, PageRoute, rollback, safe_next
 from app.web.rendering import render
 
@@ -109,7 +110,7 @@ def switch_workspace(
     pc: PageDep,
     workspace_id: Annotated[int, Form()],
 ) -> Response:
-    ctx = workspaces.context_for(session=session, user=pc.user, workspace_ref=workspace_id)
+    ctx = workspace_access.context_for(session=session, user=pc.user, workspace_ref=workspace_id)
     sessions.switch_workspace(request, ctx.workspace.id)
     return _see_other(_section_of(request.headers.get("referer", ""), request))
 

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from app.db.models import DeploymentStatus, RunStatus
-from app.services import users
 from app.services.datasets import service as datasets
 from app.services.registry import versions as registry
 from app.services.runs import service as runs
 from app.services.serving import deployments
+from app.services.workspaces import users
 from app.web.pages import DbDep, PageRoute, page_context
 from app.web.rendering import render
 

@@ -16,9 +16,9 @@ from starlette.responses import RedirectResponse, Response
 from app.api.deps import CSRF_HEADER, SessionDep
 from app.core.errors import DomainError, NotAuthenticated, NotFound
 from app.db.models import Role, User, Workspace
-from app.services import workspaces
-from app.services.sessions import check_csrf, session_user
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces.access import WorkspaceContext
+from app.services.workspaces.sessions import check_csrf, session_user
 from app.web.rendering import is_htmx, render, render_error_page
 
 CSRF_FIELD = "csrf_token"
@@ -85,15 +85,15 @@ def page_context(request: Request, session: DbDep) -> PageContext:
         raise NotAuthenticated("sign in to continue")
     ref = request.session.get("workspace_id")
     # Loaded once: the context and the workspace switcher both need them.
-    memberships = workspaces.list_for_user(session=session, user=user)
+    memberships = workspace_access.list_for_user(session=session, user=user)
     try:
-        ctx = workspaces.context_for(
+        ctx = workspace_access.context_for(
             session=session, user=user, workspace_ref=ref, memberships=memberships
         )
     except NotFound:
         # The remembered workspace is gone (or the membership was removed): fall back.
         request.session.pop("workspace_id", None)
-        ctx = workspaces.context_for(
+        ctx = workspace_access.context_for(
             session=session, user=user, workspace_ref=None, memberships=memberships
         )
     request.state.nav = NavInfo(

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from app.services.registry import kind as model_kind
-from app.services.sessions import csrf_token
+from app.services.workspaces.sessions import csrf_token
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 templates = Jinja2Templates(directory=str(PROJECT_ROOT / "templates"))

@@ -11,7 +11,9 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
 from app.db.models import Role
-from app.services import audit, tokens, workspaces
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces import audit, tokens
+from app.services.workspaces import members as workspace_members
 from app.web.pages import CSRF, DbDep, PageContext, PageDep, PageRoute, redirect, rollback
 from app.web.rendering import is_htmx, render
 
@@ -72,7 +74,7 @@ def _members_page(
         request,
         "settings_members.html",
         {
-            "members": workspaces.list_members(session=session, ctx=pc.ctx),
+            "members": workspace_members.list_members(session=session, ctx=pc.ctx),
             "roles": [r.value for r in Role],
             **extra,
         },
@@ -103,7 +105,7 @@ def add_member(
     role: Annotated[str, Form(max_length=20)] = Role.viewer.value,
 ) -> Response:
     try:
-        membership = workspaces.add_member(
+        membership = workspace_members.add_member(
             session=session, ctx=pc.ctx, email=email, role=_role_from_form(role)
         )
     except Forbidden:
@@ -132,7 +134,7 @@ def _after_member_change(
     menu and the controls follow the role), so it is loaded afresh."""
     if user_id == pc.user.id:
         gone = (
-            workspaces.role_in(session=session, user_id=user_id, workspace_id=pc.workspace.id)
+            workspace_access.role_in(session=session, user_id=user_id, workspace_id=pc.workspace.id)
             is None
         )
         return redirect(request, "/" if gone else "/settings/members")
@@ -150,7 +152,7 @@ def change_member_role(
     role: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     try:
-        membership = workspaces.change_member_role(
+        membership = workspace_members.change_member_role(
             session=session, ctx=pc.ctx, user_id=user_id, role=_role_from_form(role)
         )
     except (Forbidden, NotFound):
@@ -165,7 +167,7 @@ def change_member_role(
 @router.post("/members/{user_id}/remove", dependencies=[CSRF])
 def remove_member(user_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     try:
-        removed = workspaces.remove_member(session=session, ctx=pc.ctx, user_id=user_id)
+        removed = workspace_members.remove_member(session=session, ctx=pc.ctx, user_id=user_id)
     except (Forbidden, NotFound):
         raise
     except DomainError as exc:

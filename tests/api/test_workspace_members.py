@@ -247,7 +247,8 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(backend: str, te
     from app.core.errors import Conflict
     from app.db.models import Role, User
     from app.db.session import get_sessionmaker, session_scope
-    from app.services import workspaces
+    from app.services.workspaces import access as workspace_access
+    from app.services.workspaces import members as workspace_members
 
     ids = member_ids(team)
     owner_id, editor_id = ids[team.owner.email], ids[team.editor.email]
@@ -257,8 +258,10 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(backend: str, te
 
     def demote(session: Any, actor_id: int, target_id: int) -> None:
         actor = session.get(User, actor_id)
-        ctx = workspaces.context_for(session=session, user=actor, workspace_ref=workspace)
-        workspaces.change_member_role(session=session, ctx=ctx, user_id=target_id, role=Role.viewer)
+        ctx = workspace_access.context_for(session=session, user=actor, workspace_ref=workspace)
+        workspace_members.change_member_role(
+            session=session, ctx=ctx, user_id=target_id, role=Role.viewer
+        )
 
     outcome: list[BaseException | None] = []
 

@@ -13,7 +13,8 @@ from fastapi import APIRouter, Path, status
 from app.api.deps import AdminUser, SessionDep
 from app.api.schemas.users import PasswordReset, UserAdminRead, UserUpdate
 from app.api.schemas.workspaces import WorkspaceAdminCreate, WorkspaceAdminRead
-from app.services import users, workspaces
+from app.services.workspaces import service as workspaces
+from app.services.workspaces import users
 
 router = APIRouter(prefix="/api/v1", tags=["administration"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import SessionDep, Workspace
 from app.api.schemas.audit import AuditEventRead, AuditPage
 from app.db.base import MAX_ID
-from app.services import audit
+from app.services.workspaces import audit
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 

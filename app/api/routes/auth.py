@@ -7,7 +7,8 @@ from fastapi import APIRouter, Request, status
 from app.api.deps import CurrentUser, SessionDep, Workspace
 from app.api.schemas.users import FirstAdminCreate, LoginRequest, MeRead, SessionRead, UserRead
 from app.api.schemas.workspaces import WorkspaceWithRole
-from app.services import login_throttle, sessions, users, workspaces
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces import login_throttle, sessions, users
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 
@@ -46,7 +47,7 @@ def logout(request: Request, session: SessionDep, user: CurrentUser) -> None:
 
 @router.get("/me", response_model=MeRead)
 def read_me(session: SessionDep, ctx: Workspace) -> MeRead:
-    memberships = workspaces.list_for_user(session=session, user=ctx.user)
+    memberships = workspace_access.list_for_user(session=session, user=ctx.user)
     return MeRead(
         user=UserRead.model_validate(ctx.user),
         workspace=WorkspaceWithRole(

@@ -23,7 +23,7 @@ from app.services.datasets import access as dataset_access
 from app.services.datasets import intake as dataset_intake
 from app.services.datasets import service as datasets
 from app.services.datasets import versions as dataset_versions
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 

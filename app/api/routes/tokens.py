@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from app.api.deps import CurrentUser, SessionDep
 from app.api.schemas.tokens import TokenCreate, TokenCreated, TokenRead
-from app.services import tokens
+from app.services.workspaces import tokens
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 

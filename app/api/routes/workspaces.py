@@ -16,7 +16,10 @@ from app.api.schemas.workspaces import (
     WorkspaceWithRole,
 )
 from app.db.models import Role
-from app.services import users, workspaces
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces import members as workspace_members
+from app.services.workspaces import service as workspaces
+from app.services.workspaces import users
 
 router = APIRouter(prefix="/api/v1", tags=["workspaces"])
 
@@ -25,7 +28,7 @@ router = APIRouter(prefix="/api/v1", tags=["workspaces"])
 def read_workspaces(session: SessionDep, user: CurrentUser) -> list[WorkspaceWithRole]:
     return [
         WorkspaceWithRole(id=ws.id, name=ws.name, slug=ws.slug, role=role)
-        for ws, role in workspaces.list_for_user(session=session, user=user)
+        for ws, role in workspace_access.list_for_user(session=session, user=user)
     ]
 
 
@@ -39,13 +42,15 @@ def create_workspace(
 
 @router.get("/members", response_model=list[MemberRead])
 def read_members(session: SessionDep, ctx: Workspace) -> list[MemberRead]:
-    members = workspaces.list_members(session=session, ctx=ctx)
+    members = workspace_members.list_members(session=session, ctx=ctx)
     return [MemberRead(user_id=m.user_id, email=m.user.email, role=Role(m.role)) for m in members]
 
 
 @router.post("/members", response_model=MemberRead, status_code=status.HTTP_201_CREATED)
 def add_member(body: MemberCreate, session: SessionDep, ctx: Workspace) -> MemberRead:
-    membership = workspaces.add_member(session=session, ctx=ctx, email=body.email, role=body.role)
+    membership = workspace_members.add_member(
+        session=session, ctx=ctx, email=body.email, role=body.role
+    )
     return MemberRead(
         user_id=membership.user_id, email=membership.user.email, role=Role(membership.role)
     )
@@ -59,7 +64,7 @@ def update_member(
     ctx: Workspace,
 ) -> MemberRead:
     """Owners only; demoting the workspace's last owner is refused (409)."""
-    membership = workspaces.change_member_role(
+    membership = workspace_members.change_member_role(
         session=session, ctx=ctx, user_id=user_id, role=body.role
     )
     return MemberRead(
@@ -75,7 +80,7 @@ def remove_member(
 ) -> None:
     """Owners only; removing the last owner is refused (409). The member's tokens and browser
     sessions lose this workspace on their next request."""
-    workspaces.remove_member(session=session, ctx=ctx, user_id=user_id)
+    workspace_members.remove_member(session=session, ctx=ctx, user_id=user_id)
 
 
 @router.post("/users", response_model=UserRead, status_code=status.HTTP_201_CREATED)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound
 from app.db.models import Dataset, DatasetVersion, Role
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, dataset_id: int) -> Dataset:

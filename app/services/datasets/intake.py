@@ -18,9 +18,11 @@ from app.core import safe_json
 from app.core.errors import PayloadTooLarge, ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import Dataset, DatasetVersion, Role
-from app.services import artifacts, audit, workspaces
+from app.services import artifacts
 from app.services.datasets import detection, formats, ingest, readers
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import access as workspace_access
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 
 def clean_filename(filename: str | None) -> str:
@@ -160,7 +162,7 @@ def ingest_file(
         # Identical uploads at once all found no duplicate above (the ingest takes a while):
         # check again under the workspace's lock, so the later ones wait for the first one's
         # commit and answer its dataset, like a duplicate uploaded afterwards.
-        workspaces.lock(session=session, ctx=ctx)
+        workspace_access.lock(session=session, ctx=ctx)
         existing = find_duplicate(session=session, ctx=ctx, sha256=sha256)
         if existing is not None and reuse_duplicate:
             return UploadOutcome(existing, duplicate=True)

@@ -27,7 +27,7 @@ from app.domain import lifecycle
 from app.services import artifacts
 from app.services.datasets import access
 from app.services.datasets.versions import FAILED, PREPARING, READY
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 # A progress write costs a commit; the bar moves in steps of at least this much.
 PROGRESS_STEP = 0.02

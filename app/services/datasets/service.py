@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, NotFound
 from app.db.models import ChunkedUpload, Dataset, DatasetVersion, Run
-from app.services import artifacts, audit
+from app.services import artifacts
 from app.services.datasets import access, stats
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 
 def first_version(*, session: Session, dataset: Dataset) -> DatasetVersion | None:

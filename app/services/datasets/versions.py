@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.db.models import Dataset, DatasetVersion, DatasetVersionStatus
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 READY = DatasetVersionStatus.ready
 PREPARING = DatasetVersionStatus.preparing

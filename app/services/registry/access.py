@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.db.models import Evaluation, ModelExport, ModelVersion, RegisteredModel, Role
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 
 def get_version_for_member(

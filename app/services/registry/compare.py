@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Evaluation, JobStatus, ModelVersion
 from app.services.datasets import service as datasets
 from app.services.registry import access as registry_access
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 # A difference whose 95% interval (±1.96 standard errors) excludes zero is marked as one.
 Z95 = 1.96

@@ -22,7 +22,7 @@ from app.services.registry import access as registry_access
 from app.services.registry import jobs as model_jobs
 from app.services.registry import kind as model_kind
 from app.services.registry import prompt_fit
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 # What every evaluation generates from unless the request brings its own prompts: the same
 # prompts for every version, so samples compare side by side.

@@ -17,7 +17,7 @@ from app.services.registry import gguf as gguf_support
 from app.services.registry import jobs as model_jobs
 from app.services.registry import kind as model_kind
 from app.services.registry.files import is_adapter
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 EXPORT_KINDS = ("onnx", "merged", "gguf")
 # llama.cpp's file types a GGUF export is written in (f16 by our writer, the rest by

@@ -19,7 +19,7 @@ from app.core import safe_json
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
 from app.db.models import ModelStage, ModelVersion, Role
-from app.services import artifacts, audit
+from app.services import artifacts
 from app.services.registry import registration
 from app.services.registry.files import model_files
 from app.services.registry.import_checks import (
@@ -28,7 +28,8 @@ from app.services.registry.import_checks import (
     check_upload_name,
 )
 from app.services.registry.zip_extract import extract_zip
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 
 def import_from_path(

@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.models import Evaluation, JobStatus, ModelExport, User
 from app.db.session import rows_changed
 from app.domain import lifecycle
-from app.services import audit
+from app.services.workspaces import audit
 
 
 def save_and_send(session: Session, job: ModelExport | Evaluation, task: str) -> None:

@@ -27,8 +27,9 @@ from app.db.models import (
     User,
     Workspace,
 )
-from app.services import artifacts, audit
-from app.services.workspaces import WorkspaceContext
+from app.services import artifacts
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 # Files that make up a model's weights: what the content hash covers.
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")

@@ -21,9 +21,9 @@ from app.db.models import (
     StageChange,
     User,
 )
-from app.services import audit
 from app.services.registry import access as registry_access
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 
 # --- stages ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from app.db.models import ModelVersion
 from app.services import artifacts
 from app.services.registry import base_models
 from app.services.registry import versions as registry
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 
 def as_base(version: ModelVersion) -> base_models.BaseModel:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.core.errors import ValidationFailed
 from app.db.models import ModelVersion, RegisteredModel
 from app.services.registry import access as registry_access
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=/-]{0,39}$")
 MAX_TAGS = 20

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.db.models import Role, Run
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:

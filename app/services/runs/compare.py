@@ -20,7 +20,7 @@ from app.db.models import MetricPoint, Run
 from app.db.session import session_scope
 from app.services import downsample
 from app.services.runs import access as run_access
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 MAX_RUNS = 10  # a chart with more lines than this is unreadable anyway
 DEFAULT_POINTS = 1_000  # per series: about a chart's width in pixels

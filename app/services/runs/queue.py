@@ -27,9 +27,9 @@ from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.db.models import Role, Run, RunDispatchLock, RunEvent, RunStatus, Workspace
 from app.db.session import rows_changed
-from app.services import audit
 from app.services.runs.access import get_for_editor
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from app.core.errors import InvalidTransition, ValidationFailed
 from app.db.base import utcnow
 from app.db.models import Checkpoint, MetricPoint, ModelVersion, Role, Run, RunEvent, RunStatus
 from app.domain import lifecycle
-from app.services import audit, fleet
+from app.services import fleet
 from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, version_bases
@@ -21,7 +21,8 @@ from app.services.runs import presets as run_presets
 from app.services.runs import queue as run_queue
 from app.services.runs.access import get_for_editor
 from app.services.runs.config import TASK_SCHEMAS, RunConfig
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 # Steps a new chart is sent in full; a longer run's history is thinned to this many (see

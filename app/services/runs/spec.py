@@ -19,7 +19,7 @@ from app.db.models import Run
 from app.services.runs import access as run_access
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 MAX_SPEC_BYTES = 64 * 1024
 

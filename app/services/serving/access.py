@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.db.models import Deployment, Role
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 
 def get_for_member(*, session: Session, ctx: WorkspaceContext, deployment_id: int) -> Deployment:

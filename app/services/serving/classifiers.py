@@ -14,7 +14,7 @@ from app.services.serving import access as deployment_access
 from app.services.serving import inference_client
 from app.services.serving import metrics as serving_metrics
 from app.services.serving.targets import ServingTarget, target_for_version
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 
 async def predict(

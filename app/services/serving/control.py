@@ -21,7 +21,7 @@ from app.services.serving.targets import (
     inference_key,
     target_for_version,
 )
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 
 async def _load(target: ServingTarget, session: Session, deployment: Deployment) -> None:

@@ -23,12 +23,13 @@ from sqlalchemy.orm import Session, joinedload
 from app.core.errors import Conflict, InvalidTransition, ValidationFailed
 from app.db.models import Deployment, DeploymentStatus
 from app.domain import lifecycle
-from app.services import artifacts, audit
+from app.services import artifacts
 from app.services.registry import access as registry_access
 from app.services.registry import versions as registry
 from app.services.serving import access as deployment_access
 from app.services.serving.targets import DeploymentSettings, default_max_new_tokens, settings_of
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext
 
 
 class SettingsChanges(TypedDict, total=False):

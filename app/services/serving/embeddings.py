@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import ValidationFailed
 from app.services.registry import base_models
 from app.services.serving import inference_client, routing
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 # Inference-server names of models loaded for embeddings: apart from the same folder loaded
 # for generation (the two loads hold different things: hidden states vs. a decoding engine).

@@ -19,7 +19,7 @@ from app.services.registry import base_models, registration
 from app.services.registry import versions as registry
 from app.services.serving import deployments
 from app.services.serving.targets import ServingTarget, target_for_version
-from app.services.workspaces import WorkspaceContext
+from app.services.workspaces.access import WorkspaceContext
 
 
 class ModelNotFound(NotFound):

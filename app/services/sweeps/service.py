@@ -35,7 +35,6 @@ from app.db.models import (
     Workspace,
 )
 from app.domain import lifecycle
-from app.services import audit
 from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
 from app.services.registry import base_models, registration
@@ -43,7 +42,8 @@ from app.services.runs import queue as run_queue
 from app.services.runs import service as runs
 from app.services.runs.config import RunConfig
 from app.services.runs.queue import QuotaExceeded
-from app.services.workspaces import WorkspaceContext, get_in_workspace
+from app.services.workspaces import audit
+from app.services.workspaces.access import WorkspaceContext, get_in_workspace
 
 METHODS = ("grid", "random", "tpe")
 MAX_TRIALS = 200

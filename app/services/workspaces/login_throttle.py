@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import TooManyRequests
 from app.db.base import utcnow
 from app.db.models import AuditEvent, User
-from app.services import audit
+from app.services.workspaces import audit
 
 MAX_FAILURES = 5
 WINDOW = timedelta(seconds=300)

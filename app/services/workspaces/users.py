@@ -16,7 +16,8 @@ from app.core.security import (
 )
 from app.db.base import get_by_id
 from app.db.models import BrowserSession, Role, User
-from app.services import audit, workspaces
+from app.services.workspaces import audit
+from app.services.workspaces import service as workspaces
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 

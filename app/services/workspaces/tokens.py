@@ -11,7 +11,7 @@ from app.core.errors import NotFound, ValidationFailed
 from app.core.security import hash_token, new_token_secret
 from app.db.base import get_by_id, utcnow
 from app.db.models import ApiToken, User
-from app.services import audit
+from app.services.workspaces import audit
 
 
 def create_token(*, session: Session, user: User, name: str = "api") -> tuple[ApiToken, str]:

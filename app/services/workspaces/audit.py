@@ -16,7 +16,7 @@ from app.core.middleware import client_ip
 from app.db.models import AuditEvent, Role, User
 
 if TYPE_CHECKING:  # workspaces records membership events, so it imports this module
-    from app.services.workspaces import WorkspaceContext
+    from app.services.workspaces.access import WorkspaceContext
 
 # The actions recorded today (the audit page offers them as filters); new ones follow the same
 # `<resource>.<verb>` shape and are listed in docs/trust.md.
