@@ -22,8 +22,9 @@ from fastapi.testclient import TestClient
 
 import app.core.security as _security  # noqa: E402
 
-# Under CI a skip for a missing Postgres, Redis or docker-compose fails (tests/ci_skips.py).
-pytest_plugins = ["tests.ci_skips"]
+# Under CI a skip for a missing Postgres, Redis or docker-compose fails (tests/ci_skips.py);
+# under pytest-xdist the long-running test files go out first (tests/xdist_order.py).
+pytest_plugins = ["tests.ci_skips", "tests.xdist_order"]
 
 _security._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
