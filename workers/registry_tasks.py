@@ -330,7 +330,7 @@ def _evaluate_judge(
 ) -> str:
     """A judge evaluation: the version judges the chosen arena votes (workers/engine/judge.py);
     each verdict goes to figures, the agreement with people to metrics."""
-    from app.services import arena
+    from app.services.evaluation import arena
     from workers.engine.judge import generate_answers, judge
 
     try:

@@ -243,8 +243,8 @@ class Run(Base):
     sweep_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sweep_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     sweep_pruned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    # A fold of a cross-validation (app/services/cross_validation.py): not registered when it
-    # ends; the user registers the fold (or a final fit) they choose.
+    # A fold of a cross-validation (app/services/evaluation/cross_validation.py): not registered
+    # when it ends; the user registers the fold (or a final fit) they choose.
     cross_validation_id: Mapped[int | None] = mapped_column(
         ForeignKey("cross_validations.id", ondelete="SET NULL"), nullable=True, index=True
     )

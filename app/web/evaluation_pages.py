@@ -12,8 +12,8 @@ from starlette.responses import Response
 from app.core import safe_json
 from app.core.errors import DomainError, Forbidden
 from app.db.models import Role
-from app.services import arena, arena_preferences, cross_validation
 from app.services.datasets import service as datasets
+from app.services.evaluation import arena, arena_preferences, cross_validation
 from app.services.registry import base_models
 from app.services.registry import evaluations as model_evaluations
 from app.services.runs.config import RunConfig

@@ -12,8 +12,9 @@ from starlette.responses import Response
 from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.db.base import MAX_ID
 from app.db.models import JobStatus, ModelStage, ModelVersion
-from app.services import artifacts, harness_tasks
+from app.services import artifacts
 from app.services.datasets import service as datasets
+from app.services.evaluation import harness_tasks
 from app.services.registry import access as registry_access
 from app.services.registry import evaluations as model_evaluations
 from app.services.registry import exports as model_exports

@@ -174,7 +174,7 @@ def test_a_generation_task_reports_exact_match_bleu_and_rouge_with_a_regex_filte
 
 
 def test_mmlu_c_eval_and_cmmlu_files_are_read_with_their_own_layouts() -> None:
-    from app.services.harness_tasks import parse
+    from app.services.evaluation.harness_tasks import parse
 
     mmlu = 'What is 2+2?,3,4,5,6,B\n"Capital of France?",Rome,Paris,Oslo,Bern,B\n'
     parsed = parse(mmlu.encode(), "astronomy_test.csv", task_type=None, name="astronomy")

@@ -1,4 +1,4 @@
-"""Harness evaluations: canonical task rows (app/services/harness_tasks.py) run as
+"""Harness evaluations: canonical task rows (app/services/evaluation/harness_tasks.py) run as
 lm-evaluation-harness tasks against a saved model, in this process, with lm_eval's own
 prompting, metrics, aggregation and standard errors.
 

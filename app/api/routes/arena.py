@@ -10,7 +10,7 @@ from app.api.deps import SessionDep, Workspace
 from app.api.schemas.datasets import DatasetRead
 from app.api.schemas.evaluation import ArenaVoteCreate, ArenaVoteRead
 from app.db.base import MAX_ID
-from app.services import arena, arena_preferences
+from app.services.evaluation import arena, arena_preferences
 
 router = APIRouter(prefix="/api/v1/arena", tags=["evaluation"])
 

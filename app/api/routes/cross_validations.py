@@ -12,7 +12,7 @@ from app.api.schemas.evaluation import (
     CrossValidationRegister,
 )
 from app.api.schemas.registry import ModelVersionRead
-from app.services import cross_validation
+from app.services.evaluation import cross_validation
 
 router = APIRouter(prefix="/api/v1/cross-validations", tags=["evaluation"])
 

@@ -24,7 +24,8 @@ from app.api.schemas.registry import (
 )
 from app.core.errors import Conflict
 from app.db.models import JobStatus
-from app.services import artifacts, harness_tasks
+from app.services import artifacts
+from app.services.evaluation import harness_tasks
 from app.services.registry import access as registry_access
 from app.services.registry import compare as version_compare
 from app.services.registry import evaluations as model_evaluations

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 from app.core.celery_config import EVALUATE_TASK
 from app.core.errors import ValidationFailed
 from app.db.models import Evaluation, JobStatus, ModelVersion
-from app.services import arena, artifacts, harness_tasks
+from app.services import artifacts
 from app.services.datasets import access as dataset_access
 from app.services.datasets import versions as dataset_versions
+from app.services.evaluation import arena, harness_tasks
 from app.services.registry import access as registry_access
 from app.services.registry import jobs as model_jobs
 from app.services.registry import kind as model_kind
@@ -111,9 +112,9 @@ def create_harness_evaluation(
     apply_chat_template: bool = False,
 ) -> Evaluation:
     """Queue an lm-evaluation-harness evaluation of a causal-LM version on an uploaded task file
-    (multiple choice or generation; app/services/harness_tasks.py reads it and refuses a bad row
-    with its number). The evaluation's `dataset_sha256` is the canonical rows' hash, so two
-    versions run on the same file line up in the comparison."""
+    (multiple choice or generation; app/services/evaluation/harness_tasks.py reads it and
+    refuses a bad row with its number). The evaluation's `dataset_sha256` is the canonical rows'
+    hash, so two versions run on the same file line up in the comparison."""
     version = registry_access.get_version_for_editor(
         session=session, ctx=ctx, version_id=version_id
     )
