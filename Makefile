@@ -48,11 +48,14 @@ run: install
 
 # ruff, then mypy (configured in pyproject.toml; its cache in .mypy_cache makes a rerun quick),
 # then the tests. Under CI (CI=true) a test that would skip for want of Postgres, Redis or
-# docker-compose fails instead (tests/ci_skips.py).
+# docker-compose fails instead (tests/ci_skips.py). The tests run in 3 pytest-xdist processes
+# (most of them wait on the processes they start): whole files to a worker, so a module's
+# fixtures stay in one process, the long-running files first (tests/xdist_order.py); each
+# worker has a Redis and a Postgres database of its own (tests/conftest.py).
 test: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 -n 3 --dist loadfile --no-loadscope-reorder
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
