@@ -457,8 +457,14 @@ def _prompt_line(
 
 
 def create_for_dataset(
-    *, session: Session, ctx: WorkspaceContext, dataset_id: int, version_id: int, model: str,
-    endpoint: str, max_tokens: int,
+    *,
+    session: Session,
+    ctx: WorkspaceContext,
+    dataset_id: int,
+    version_id: int,
+    model: str,
+    endpoint: str,
+    max_tokens: int,
 ) -> Batch:
     """Ask `model` for an answer to every prompt of a ready version, as a batch whose answers
     become a new version of the dataset (its parent: the prompts' version; shown `preparing`
@@ -498,22 +504,35 @@ def create_for_dataset(
     if not lines:
         raise ValidationFailed("the version has no rows", param="version_id")
     source = store_bytes(
-        session=session, ctx=ctx, data=("\n".join(lines) + "\n").encode(),
-        filename=f"dataset-{dataset_id}-v{parent.version}-prompts.jsonl", purpose=BATCH_PURPOSE,
+        session=session,
+        ctx=ctx,
+        data=("\n".join(lines) + "\n").encode(),
+        filename=f"dataset-{dataset_id}-v{parent.version}-prompts.jsonl",
+        purpose=BATCH_PURPOSE,
     )
     answers = dataset_prep.record_generated_version(
-        session=session, ctx=ctx, parent=parent,
+        session=session,
+        ctx=ctx,
+        parent=parent,
         schema="chat" if parent.schema == "chat" else "prompt_completion",
         recipe={"generate": {"model": model, "endpoint": endpoint, "max_tokens": max_tokens}},
     )
     batch = create(
-        session=session, ctx=ctx, input_file_id=source.id, endpoint=endpoint,
-        completion_window=COMPLETION_WINDOW, metadata={"dataset_version": str(parent.id)},
-        source_version_id=parent.id, result_version_id=answers.id,
+        session=session,
+        ctx=ctx,
+        input_file_id=source.id,
+        endpoint=endpoint,
+        completion_window=COMPLETION_WINDOW,
+        metadata={"dataset_version": str(parent.id)},
+        source_version_id=parent.id,
+        result_version_id=answers.id,
     )
     if batch.status == "failed":  # a model name the input check refused, say
-        dataset_prep.fail(session=session, version_id=answers.id,
-                          error="; ".join(e["message"] for e in batch.errors or []))
+        dataset_prep.fail(
+            session=session,
+            version_id=answers.id,
+            error="; ".join(e["message"] for e in batch.errors or []),
+        )
     return batch
 
 

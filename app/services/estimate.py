@@ -385,9 +385,12 @@ def _script_warnings(
 
     if version is None or dataset_id is None:
         return []
-    key = version.storage_key or dataset_access.get_for_member(
-        session=session, ctx=ctx, dataset_id=dataset_id
-    ).storage_key
+    key = (
+        version.storage_key
+        or dataset_access.get_for_member(
+            session=session, ctx=ctx, dataset_id=dataset_id
+        ).storage_key
+    )
     try:
         path = artifacts.resolve(key)
     except DomainError:  # a refused key: no file to read, no warning to give

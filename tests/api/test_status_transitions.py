@@ -12,15 +12,26 @@ def test_every_status_enum_keeps_the_strings_already_stored() -> None:
     from app.domain import lifecycle
 
     assert [s.value for s in lifecycle.RunStatus] == [
-        "queued", "running", "succeeded", "failed", "cancelled", "interrupted",
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "interrupted",
     ]
     assert [s.value for s in lifecycle.SweepStatus] == [
-        "running", "succeeded", "failed", "cancelled",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
     ]
     assert [s.value for s in lifecycle.DatasetVersionStatus] == ["ready", "preparing", "failed"]
     assert [s.value for s in lifecycle.UploadStatus] == ["open", "completed"]
     assert [s.value for s in lifecycle.DeploymentStatus] == [
-        "loading", "ready", "failed", "stopped",
+        "loading",
+        "ready",
+        "failed",
+        "stopped",
     ]
 
 

@@ -273,9 +273,7 @@ def test_a_big_file_is_chosen_and_sent_in_chunks_from_the_keyboard_on_a_phone(
         page.locator("body").focus()
         _key_to(page, "#upload-form input[type=file]")
         chooser = _open_file_chooser_by_keyboard(page)
-        chooser.set_files(
-            {"name": "big.jsonl", "mimeType": "application/jsonl", "buffer": rows}
-        )
+        chooser.set_files({"name": "big.jsonl", "mimeType": "application/jsonl", "buffer": rows})
         _key_to(page, "#upload-form button[type=submit]")
         page.keyboard.press("Enter")
 

@@ -56,9 +56,7 @@ def page(server: Server) -> Iterator[Page]:
 # Loading SmolLM2 from its GGUF, three LoRA epochs and the merged save take a few minutes on
 # two shared cores; the chat answers are the deployment's default length.
 @pytest.mark.timeout(1500)
-def test_a_newcomer_trains_deploys_and_chats_with_every_default(
-    page: Page, server: Server
-) -> None:
+def test_a_newcomer_trains_deploys_and_chats_with_every_default(page: Page, server: Server) -> None:
     page.goto("/")
     page.get_by_label("E-mail").fill("ada@example.com")
     page.get_by_label("Password").fill(PASSWORD)

@@ -86,6 +86,7 @@ def test_a_run_killed_mid_epoch_resumes_on_the_next_batch_and_ends_with_the_same
     expected = train_losses_by_step(straight)
     for step, loss in train_losses_by_step(resumed).items():
         assert loss == pytest.approx(expected[step], rel=1e-4, abs=1e-5), f"step {step}"
+
     # The token count (kept on the device between logs) survives the kill and the resume.
     def tokens_seen(run_dir: Path) -> int:
         state = run_dir / "checkpoints" / f"checkpoint-{TOTAL_STEPS}" / "trainer_state.json"

@@ -154,8 +154,10 @@ def test_calibration_never_runs_what_cannot_fit_and_a_lost_one_is_not_redelivere
         # one again (a rejected message goes back to the front of the queue).
         sender.send_task(CALIBRATE_TASK, args=["scratch-nano", 2, 16], queue=GPU_QUEUE)
         wait_for(
-            lambda: estimate(api, ("scratch-nano", 2, 16))["duration_source"] == "calibration"
-            or estimate(api, ("scratch-nano", 2, 16))["calibration_error"],
+            lambda: (
+                estimate(api, ("scratch-nano", 2, 16))["duration_source"] == "calibration"
+                or estimate(api, ("scratch-nano", 2, 16))["calibration_error"]
+            ),
             timeout=240,
             what="the next calibration",
             log=worker.log_tail,

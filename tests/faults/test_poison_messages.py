@@ -21,9 +21,7 @@ ROWS = [{"text": t} for t in ["the cat sat", "a dog ran", "the sun rose"] * 5]
 
 def counted() -> list[tuple[str, int]]:
     with session_scope() as session:
-        return [
-            (row.task_id, row.deliveries) for row in session.scalars(select(TaskDelivery))
-        ]
+        return [(row.task_id, row.deliveries) for row in session.scalars(select(TaskDelivery))]
 
 
 def test_a_task_whose_worker_died_on_every_delivery_is_given_up_and_says_why(

@@ -87,7 +87,8 @@ def test_the_q8_0_copy_scores_text_like_the_original(requantized: tuple[Path, Pa
     original_loss, original_choice = _teacher_forced(packaged_gguf())
     copy_loss, copy_choice = _teacher_forced(requantized[1])
     pairs = [
-        (a, b) for left, right in zip(original_choice, copy_choice, strict=True)
+        (a, b)
+        for left, right in zip(original_choice, copy_choice, strict=True)
         for a, b in zip(left, right, strict=True)
     ]
     agreement = sum(a == b for a, b in pairs) / len(pairs)

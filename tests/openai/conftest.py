@@ -79,7 +79,10 @@ def set_run(run_id: int, **values: object) -> None:
 
 
 def finish_like_the_worker(
-    run_id: int, *, final_step: int = 10, checkpoint_steps: tuple[int, ...] = (5,),
+    run_id: int,
+    *,
+    final_step: int = 10,
+    checkpoint_steps: tuple[int, ...] = (5,),
     final_metrics: dict[str, float] | None = None,
 ) -> None:
     """Claim, checkpoint and finish a run through the worker's own service functions.
@@ -97,13 +100,18 @@ def finish_like_the_worker(
         assert run_execution.claim(session=session, run_id=run_id, task_id="t")
         for step in checkpoint_steps:
             run_execution.record_checkpoint(
-                session=session, run_id=run_id, step=step,
+                session=session,
+                run_id=run_id,
+                step=step,
                 storage_key=f"runs/{run_id}/checkpoint-{step}",
                 metrics={"train_loss": 2.5, "grad_norm": 1.0},
             )
         run_execution.finish(
-            session=session, run_id=run_id, status=RunStatus.succeeded,
-            final_checkpoint_key=final_key, final_step=final_step,
+            session=session,
+            run_id=run_id,
+            status=RunStatus.succeeded,
+            final_checkpoint_key=final_key,
+            final_step=final_step,
             final_metrics=final_metrics or {"train_loss": 1.5, "eval_loss": 1.75},
         )
 

@@ -36,8 +36,12 @@ class FakeInference:
         self.calls += 1
         if self.on_call is not None:
             self.on_call()
-        return {"text": "an answer", "finish_reason": "stop", "prompt_tokens": 4,
-                "completion_tokens": 2}
+        return {
+            "text": "an answer",
+            "finish_reason": "stop",
+            "prompt_tokens": 4,
+            "completion_tokens": 2,
+        }
 
     async def embed(self, name: str, path: str, inputs: list) -> dict[str, Any]:
         self.calls += 1
@@ -82,15 +86,19 @@ def test_a_chat_batch_runs_every_line_into_the_output_and_error_files(
 ) -> None:
     oa = openai_for(team.owner)
     hello = [{"role": "user", "content": "hello"}]
-    input_id = _upload(oa, [
-        _line("a", {"model": fine_tuned_model, "messages": hello, "max_tokens": 5}),
-        _line("b", {"model": fine_tuned_model, "messages": hello}),
-        _line("missing", {"model": "no-such-model", "messages": hello}),
-        _line("bad", {"model": fine_tuned_model, "messages": []}),
-    ])
+    input_id = _upload(
+        oa,
+        [
+            _line("a", {"model": fine_tuned_model, "messages": hello, "max_tokens": 5}),
+            _line("b", {"model": fine_tuned_model, "messages": hello}),
+            _line("missing", {"model": "no-such-model", "messages": hello}),
+            _line("bad", {"model": fine_tuned_model, "messages": []}),
+        ],
+    )
 
-    batch = oa.batches.create(input_file_id=input_id, endpoint=CHAT, completion_window="24h",
-                              metadata={"purpose": "eval"})
+    batch = oa.batches.create(
+        input_file_id=input_id, endpoint=CHAT, completion_window="24h", metadata={"purpose": "eval"}
+    )
     assert batch.id.startswith("batch_")
     assert (batch.status, batch.input_file_id, batch.endpoint) == ("validating", input_id, CHAT)
     assert batch.request_counts.total == 4
@@ -120,7 +128,8 @@ def test_a_chat_batch_runs_every_line_into_the_output_and_error_files(
     output_file = oa.files.retrieve(done.output_file_id)
     assert output_file.purpose == "batch_output"
     assert {f.id for f in oa.files.list(purpose="batch_output")} == {
-        done.output_file_id, done.error_file_id,
+        done.output_file_id,
+        done.error_file_id,
     }
     assert_schema(team.owner.get("/v1/files?purpose=batch").json(), "ListFilesResponse")
     # Unfiltered, the list holds every file, training and batch ones, newest first.
@@ -137,14 +146,18 @@ def test_completions_and_embeddings_lines_answer_in_their_endpoints_shape(
 ) -> None:
     oa = openai_for(team.owner)
     completions = oa.batches.create(
-        input_file_id=_upload(oa, [_line("c", {"model": fine_tuned_model, "prompt": "Once"},
-                                         "/v1/completions")]),
-        endpoint="/v1/completions", completion_window="24h",
+        input_file_id=_upload(
+            oa, [_line("c", {"model": fine_tuned_model, "prompt": "Once"}, "/v1/completions")]
+        ),
+        endpoint="/v1/completions",
+        completion_window="24h",
     )
     embeddings = oa.batches.create(
-        input_file_id=_upload(oa, [_line("e", {"model": fine_tuned_model, "input": ["x", "y"]},
-                                         "/v1/embeddings")]),
-        endpoint="/v1/embeddings", completion_window="24h",
+        input_file_id=_upload(
+            oa, [_line("e", {"model": fine_tuned_model, "input": ["x", "y"]}, "/v1/embeddings")]
+        ),
+        endpoint="/v1/embeddings",
+        completion_window="24h",
     )
     assert _run_worker(completions.id) == _run_worker(embeddings.id) == "completed"
 
@@ -163,21 +176,30 @@ def test_an_invalid_input_file_gives_a_failed_batch_listing_each_bad_line(
 ) -> None:
     oa = openai_for(team.owner)
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    input_id = _upload(oa, [
-        _line("ok", body),
-        "not json",
-        _line("ok", body),
-        _line("other", body, "/v1/embeddings"),
-        json.dumps({"custom_id": "get", "method": "GET", "url": CHAT, "body": body}),
-        _line("stream", {**body, "stream": True}),
-    ])
-    raw = oa.batches.with_raw_response.create(input_file_id=input_id, endpoint=CHAT,
-                                              completion_window="24h")
+    input_id = _upload(
+        oa,
+        [
+            _line("ok", body),
+            "not json",
+            _line("ok", body),
+            _line("other", body, "/v1/embeddings"),
+            json.dumps({"custom_id": "get", "method": "GET", "url": CHAT, "body": body}),
+            _line("stream", {**body, "stream": True}),
+        ],
+    )
+    raw = oa.batches.with_raw_response.create(
+        input_file_id=input_id, endpoint=CHAT, completion_window="24h"
+    )
     batch = raw.http_response.json()
     assert batch["status"] == "failed" and batch["failed_at"]
     problems = {e["line"]: e["code"] for e in batch["errors"]["data"]}
-    assert problems == {2: "invalid_json_line", 3: "duplicate_custom_id", 4: "mismatched_url",
-                        5: "invalid_method", 6: "invalid_request"}
+    assert problems == {
+        2: "invalid_json_line",
+        3: "duplicate_custom_id",
+        4: "mismatched_url",
+        5: "invalid_method",
+        6: "invalid_request",
+    }
     assert _run_worker(batch["id"]) == "skipped"
 
 
@@ -202,15 +224,19 @@ def test_bad_batch_requests_are_refused_naming_the_parameter(
 
 
 def test_cancel_ends_a_waiting_batch_at_once_and_stops_a_running_one_between_requests(
-    team: Team, openai_for: OpenAIFor, fine_tuned_model: str, fake_inference: FakeInference,
+    team: Team,
+    openai_for: OpenAIFor,
+    fine_tuned_model: str,
+    fake_inference: FakeInference,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from app.openai import batch_runner
 
     oa = openai_for(team.editor)
     hello = [{"role": "user", "content": "hello"}]
-    input_id = _upload(oa, [_line(f"r{i}", {"model": fine_tuned_model, "messages": hello})
-                            for i in range(5)])
+    input_id = _upload(
+        oa, [_line(f"r{i}", {"model": fine_tuned_model, "messages": hello}) for i in range(5)]
+    )
     waiting = oa.batches.create(input_file_id=input_id, endpoint=CHAT, completion_window="24h")
     cancelled = oa.batches.cancel(waiting.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at
@@ -247,8 +273,9 @@ def test_batches_and_their_files_belong_to_their_workspace(
         outsider.files.retrieve(input_id)
     assert outsider.batches.list().data == []
     with pytest.raises(openai.PermissionDeniedError):
-        openai_for(team.viewer).batches.create(input_file_id=input_id, endpoint=CHAT,
-                                               completion_window="24h")
+        openai_for(team.viewer).batches.create(
+            input_file_id=input_id, endpoint=CHAT, completion_window="24h"
+        )
     assert openai_for(team.viewer).batches.retrieve(batch.id).id == batch.id
     # The input of a batch that has not ended cannot be deleted from under it.
     with pytest.raises(openai.ConflictError):
@@ -263,11 +290,21 @@ def test_the_dataset_page_generates_answers_for_every_prompt_into_a_new_version(
     from tests.openai.conftest import upload_file
     from tests.signed_in import HTML, sign_in
 
-    file_id = upload_file(team.editor, "".join(
-        json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
-                                 {"role": "assistant", "content": "old answer"}]}) + "\n"
-        for i in range(3)
-    ))
+    file_id = upload_file(
+        team.editor,
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"question {i}"},
+                        {"role": "assistant", "content": "old answer"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(3)
+        ),
+    )
     dataset_id = int(file_id.removeprefix("file-"))
     source = team.editor.get(f"/api/v1/datasets/{dataset_id}").json()["version_id"]
     csrf = sign_in(team.editor)
@@ -276,15 +313,23 @@ def test_the_dataset_page_generates_answers_for_every_prompt_into_a_new_version(
 
     answer = team.editor.client.post(
         f"/datasets/{dataset_id}/versions/generate",
-        data={"version_id": str(source), "model": fine_tuned_model, "max_tokens": "16",
-              "endpoint": "/v1/chat/completions", "csrf_token": csrf},
+        data={
+            "version_id": str(source),
+            "model": fine_tuned_model,
+            "max_tokens": "16",
+            "endpoint": "/v1/chat/completions",
+            "csrf_token": csrf,
+        },
         headers=HTML,
     )
     assert answer.status_code == 200, answer.text[:500]
     assert "Answers are being generated" in answer.text
     versions = team.editor.get(f"/api/v1/datasets/{dataset_id}/versions").json()
-    new = next(v for v in (versions if isinstance(versions, list) else versions["data"])
-               if v["id"] != source)
+    new = next(
+        v
+        for v in (versions if isinstance(versions, list) else versions["data"])
+        if v["id"] != source
+    )
     assert new["status"] == "preparing" and new["parent_id"] == source
     assert 'hx-trigger="every 1s"' in answer.text  # the table polls its progress
 
@@ -295,15 +340,18 @@ def test_the_dataset_page_generates_answers_for_every_prompt_into_a_new_version(
     ready = team.editor.get(f"/api/v1/datasets/{dataset_id}/versions/{new['id']}").json()
     assert ready["status"] == "ready" and ready["num_rows"] == 3
     assert ready["recipe"]["generate"]["model"] == fine_tuned_model
-    rows = team.editor.get(f"/api/v1/datasets/{dataset_id}/rows",
-                           params={"version_id": new["id"]})
+    rows = team.editor.get(f"/api/v1/datasets/{dataset_id}/rows", params={"version_id": new["id"]})
     if rows.status_code == 200:  # the rows API shows the generated answers
         assert "an answer" in rows.text and "old answer" not in rows.text
 
     bad = team.editor.client.post(
         f"/datasets/{dataset_id}/versions/generate",
-        data={"version_id": str(source), "model": fine_tuned_model, "max_tokens": "0",
-              "csrf_token": csrf},
+        data={
+            "version_id": str(source),
+            "model": fine_tuned_model,
+            "max_tokens": "0",
+            "csrf_token": csrf,
+        },
         headers=HTML,
     )
     assert bad.status_code == 200 and "max tokens must be" in bad.text

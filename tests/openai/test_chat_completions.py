@@ -33,8 +33,12 @@ class FakeInference:
 
     async def generate(self, name: str, path: str, **params: Any) -> dict[str, Any]:
         self.calls.append({"name": name, "path": path, **params})
-        return {"text": "".join(self.deltas), "finish_reason": "stop",
-                "prompt_tokens": 5, "completion_tokens": len(self.deltas)}
+        return {
+            "text": "".join(self.deltas),
+            "finish_reason": "stop",
+            "prompt_tokens": 5,
+            "completion_tokens": len(self.deltas),
+        }
 
     async def generate_stream(self, name: str, path: str, **params: Any) -> AsyncIterator[dict]:
         self.calls.append({"name": name, "path": path, **params})
@@ -93,15 +97,28 @@ def test_chat_completion_through_the_openai_package_maps_model_errors(
         ({"n": 0}, "n"),
         ({"n": 9}, "n"),
         ({"max_tokens": -1}, "max_tokens"),
-        ({"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
-         "messages[0].content"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+                    }
+                ]
+            },
+            "messages[0].content",
+        ),
         ({"messages": []}, "messages"),
         ({"temperature": 3}, "temperature"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}],
-          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logit_bias": {"hello": 5}}, "logit_bias"),
         ({"logit_bias": {"5": 101}}, "logit_bias"),
@@ -148,20 +165,31 @@ def test_chat_completion_relays_the_inference_answer_with_usage(
         model=fine_tuned_model,
         messages=[
             {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hel"},
-                                         {"type": "text", "text": "lo"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}],
+            },
         ],
-        max_completion_tokens=7, temperature=0, stop="\n", seed=3,
+        max_completion_tokens=7,
+        temperature=0,
+        stop="\n",
+        seed=3,
     )
     body = raw_json(raw, "CreateChatCompletionResponse")
     assert body["object"] == "chat.completion"
     assert body["model"] == fine_tuned_model
-    assert body["choices"] == [{
-        "index": 0, "finish_reason": "stop", "logprobs": None,
-        "message": {"role": "assistant", "content": "Hello!", "refusal": None},
-    }]
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "finish_reason": "stop",
+            "logprobs": None,
+            "message": {"role": "assistant", "content": "Hello!", "refusal": None},
+        }
+    ]
     assert body["usage"] == {
-        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
         "prompt_tokens_details": {"cached_tokens": 0},
     }
     assert raw.parse().choices[0].message.content == "Hello!"
@@ -170,7 +198,8 @@ def test_chat_completion_relays_the_inference_answer_with_usage(
     assert call["name"].startswith("mv-")
     assert call["path"].endswith("/final")
     assert call["messages"] == [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello"},
     ]
     assert (call["max_tokens"], call["temperature"]) == (7, 0)
     assert (call["stop"], call["seed"]) == (["\n"], 3)
@@ -178,15 +207,23 @@ def test_chat_completion_relays_the_inference_answer_with_usage(
 
 
 def test_chat_completion_streams_role_content_finish_and_usage_chunks(
-    team: Team, client: TestClient, openai_for: OpenAIFor, fine_tuned_model: str,
+    team: Team,
+    client: TestClient,
+    openai_for: OpenAIFor,
+    fine_tuned_model: str,
     fake_inference: FakeInference,
 ) -> None:
-    request = {"model": fine_tuned_model, "messages": HELLO, "stream": True,
-               "stream_options": {"include_usage": True}}
+    request = {
+        "model": fine_tuned_model,
+        "messages": HELLO,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     payloads = _sse_payloads(client, team.owner.headers, "/v1/chat/completions", request)
     assert payloads[-1] == "[DONE]"
-    chunks = [assert_schema(json.loads(p), "CreateChatCompletionStreamResponse")
-              for p in payloads[:-1]]
+    chunks = [
+        assert_schema(json.loads(p), "CreateChatCompletionStreamResponse") for p in payloads[:-1]
+    ]
     assert len({c["id"] for c in chunks}) == 1
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -194,7 +231,9 @@ def test_chat_completion_streams_role_content_finish_and_usage_chunks(
     assert chunks[4]["choices"][0]["finish_reason"] == "length"
     assert chunks[5]["choices"] == []
     assert chunks[5]["usage"] == {
-        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
         "prompt_tokens_details": {"cached_tokens": 0},
     }
 
@@ -208,7 +247,10 @@ def test_chat_completion_streams_role_content_finish_and_usage_chunks(
 
 
 def test_a_failure_in_the_middle_of_a_stream_becomes_an_error_event(
-    team: Team, client: TestClient, openai_for: OpenAIFor, fine_tuned_model: str,
+    team: Team,
+    client: TestClient,
+    openai_for: OpenAIFor,
+    fine_tuned_model: str,
     fake_inference: FakeInference,
 ) -> None:
     fake_inference.fail_after = 1
@@ -219,26 +261,42 @@ def test_a_failure_in_the_middle_of_a_stream_becomes_an_error_event(
         "the model crashed"
     )
     with pytest.raises(openai.APIError, match="the model crashed"):
-        list(openai_for(team.owner).chat.completions.create(
-            model=fine_tuned_model, messages=HELLO, stream=True
-        ))
+        list(
+            openai_for(team.owner).chat.completions.create(
+                model=fine_tuned_model, messages=HELLO, stream=True
+            )
+        )
 
 
 @pytest.mark.parametrize(
     ("raised", "status", "message"),
     [
-        (inference_client.InferenceError(400, "the prompt is longer than the context"), 400,
-         "the prompt is longer than the context"),
-        (inference_client.InferenceError(
-            422, [{"loc": ["body", "max_tokens"], "msg": "too large"}]),
-         400, "max_tokens: too large"),
-        (inference_client.InferenceError(504, "the inference server did not answer in time"), 504,
-         "the inference server did not answer in time"),
+        (
+            inference_client.InferenceError(400, "the prompt is longer than the context"),
+            400,
+            "the prompt is longer than the context",
+        ),
+        (
+            inference_client.InferenceError(
+                422, [{"loc": ["body", "max_tokens"], "msg": "too large"}]
+            ),
+            400,
+            "max_tokens: too large",
+        ),
+        (
+            inference_client.InferenceError(504, "the inference server did not answer in time"),
+            504,
+            "the inference server did not answer in time",
+        ),
     ],
 )
 def test_inference_errors_keep_their_status_and_explanation(
-    team: Team, fine_tuned_model: str, monkeypatch: pytest.MonkeyPatch,
-    raised: Exception, status: int, message: str,
+    team: Team,
+    fine_tuned_model: str,
+    monkeypatch: pytest.MonkeyPatch,
+    raised: Exception,
+    status: int,
+    message: str,
 ) -> None:
     async def failing(*args: Any, **kwargs: Any) -> dict:
         raise raised
@@ -253,7 +311,10 @@ def test_inference_errors_keep_their_status_and_explanation(
 
 
 def test_completion_answers_and_streams_a_text_completion(
-    team: Team, client: TestClient, openai_for: OpenAIFor, fine_tuned_model: str,
+    team: Team,
+    client: TestClient,
+    openai_for: OpenAIFor,
+    fine_tuned_model: str,
     fake_inference: FakeInference,
 ) -> None:
     oa = openai_for(team.owner)
@@ -267,7 +328,9 @@ def test_completion_answers_and_streams_a_text_completion(
     assert fake_inference.calls[-1]["max_tokens"] == 4
 
     payloads = _sse_payloads(
-        client, team.owner.headers, "/v1/completions",
+        client,
+        team.owner.headers,
+        "/v1/completions",
         {"model": fine_tuned_model, "prompt": "once upon", "stream": True},
     )
     assert payloads[-1] == "[DONE]"
@@ -285,20 +348,33 @@ def test_completion_answers_and_streams_a_text_completion(
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     assert body["usage"]["prompt_tokens"] == 10
     assert [c.get("prompt", c.get("prompt_ids")) for c in fake_inference.calls[-4:]] == [
-        [7], [7], [1, 2], [1, 2]
+        [7],
+        [7],
+        [1, 2],
+        [1, 2],
     ]
     refusals = (([], "prompt"), ([[]], "prompt"), (["a", [1]], "prompt"), ("a", "suffix"))
     for prompt, param in refusals:
         response = team.owner.post(
             "/v1/completions",
             json={"model": fine_tuned_model, "prompt": prompt, "suffix": "x"}
-            if param == "suffix" else {"model": fine_tuned_model, "prompt": prompt},
+            if param == "suffix"
+            else {"model": fine_tuned_model, "prompt": prompt},
         )
         assert assert_openai_error(response, 400)["param"] == param
 
 
-TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {
-    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"type": "string"}},
+            "required": ["q"],
+        },
+    },
+}
 CALL_TEXT = ('<tool_call>{"name": "lookup", "arguments": {"q": "x"}}</tool_call>',)
 
 
@@ -306,11 +382,20 @@ def test_the_facade_sends_tools_grammars_bias_and_logprobs_to_the_inference_serv
     team: Team, fine_tuned_model: str, fake_inference: FakeInference
 ) -> None:
     named = {"type": "function", "function": {"name": "lookup"}}
-    response = team.owner.post("/v1/chat/completions", json={
-        "model": fine_tuned_model, "messages": HELLO, "tools": [TOOL], "tool_choice": named,
-        "logit_bias": {"17": -100}, "logprobs": True, "top_logprobs": 2,
-        "presence_penalty": 0.5, "user": "someone",
-    })
+    response = team.owner.post(
+        "/v1/chat/completions",
+        json={
+            "model": fine_tuned_model,
+            "messages": HELLO,
+            "tools": [TOOL],
+            "tool_choice": named,
+            "logit_bias": {"17": -100},
+            "logprobs": True,
+            "top_logprobs": 2,
+            "presence_penalty": 0.5,
+            "user": "someone",
+        },
+    )
     assert response.status_code == 200, response.text
     call = fake_inference.calls[-1]
     assert call["tools"] == [TOOL]
@@ -320,10 +405,16 @@ def test_the_facade_sends_tools_grammars_bias_and_logprobs_to_the_inference_serv
     assert (call["logit_bias"], call["logprobs"], call["top_logprobs"]) == ({17: -100.0}, True, 2)
     assert call["presence_penalty"] == 0.5
 
-    team.owner.post("/v1/chat/completions", json={
-        "model": fine_tuned_model, "messages": HELLO, "tools": [TOOL], "tool_choice": "none",
-        "response_format": {"type": "json_object"},
-    })
+    team.owner.post(
+        "/v1/chat/completions",
+        json={
+            "model": fine_tuned_model,
+            "messages": HELLO,
+            "tools": [TOOL],
+            "tool_choice": "none",
+            "response_format": {"type": "json_object"},
+        },
+    )
     call = fake_inference.calls[-1]
     assert "tools" not in call and call["response_format"] == {"type": "json_object"}
 
@@ -347,8 +438,9 @@ def test_an_auto_tool_call_is_read_back_whole_and_streamed(
     payloads = _sse_payloads(
         client, team.owner.headers, "/v1/chat/completions", {**request, "stream": True}
     )
-    chunks = [assert_schema(json.loads(p), "CreateChatCompletionStreamResponse")
-              for p in payloads[:-1]]
+    chunks = [
+        assert_schema(json.loads(p), "CreateChatCompletionStreamResponse") for p in payloads[:-1]
+    ]
     deltas = [c["choices"][0]["delta"] for c in chunks]
     assert not any(d.get("content") for d in deltas)
     (calls,) = [d["tool_calls"] for d in deltas if d.get("tool_calls")]
@@ -361,8 +453,7 @@ def test_an_auto_tool_call_is_read_back_whole_and_streamed(
     payloads = _sse_payloads(
         client, team.owner.headers, "/v1/chat/completions", {**request, "stream": True}
     )
-    text = "".join(json.loads(p)["choices"][0]["delta"].get("content") or ""
-                   for p in payloads[:-1])
+    text = "".join(json.loads(p)["choices"][0]["delta"].get("content") or "" for p in payloads[:-1])
     assert text == "Sure, here it is"
 
 
@@ -375,7 +466,9 @@ def test_usage_reports_the_engines_cached_prompt_tokens_as_openai_does() -> None
     fresh = {"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 0}
     both = usage(cached, fresh).model_dump()
     assert both == {
-        "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
         "prompt_tokens_details": {"cached_tokens": 9},
     }
     assert_schema(both, "CompletionUsage")

@@ -51,7 +51,11 @@ def test_files_upload_list_retrieve_and_delete_through_the_openai_package(
     with pytest.raises(openai.NotFoundError):
         oa.files.retrieve(created["id"])
     assert assert_schema(team.editor.get("/v1/files").json(), "ListFilesResponse") == {
-        "object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False,
+        "object": "list",
+        "data": [],
+        "first_id": "",
+        "last_id": "",
+        "has_more": False,
     }
 
 
@@ -68,7 +72,8 @@ def test_files_upload_rejects_bad_jsonl_with_openai_error_naming_the_line(
 ) -> None:
     bad = json.dumps({"text": "fine"}) + "\n" + '{"text": "no closing brace"\n'
     response = team.owner.post(
-        "/v1/files", files={"file": ("bad.jsonl", io.BytesIO(bad.encode()))},
+        "/v1/files",
+        files={"file": ("bad.jsonl", io.BytesIO(bad.encode()))},
         data={"purpose": "fine-tune"},
     )
     error = assert_openai_error(response, 400)
@@ -84,7 +89,8 @@ def test_files_upload_rejects_bad_jsonl_with_openai_error_naming_the_line(
 
 def test_files_upload_refuses_purposes_other_than_fine_tune(team: Team) -> None:
     response = team.owner.post(
-        "/v1/files", files={"file": ("train.jsonl", io.BytesIO(text_jsonl().encode()))},
+        "/v1/files",
+        files={"file": ("train.jsonl", io.BytesIO(text_jsonl().encode()))},
         data={"purpose": "assistants"},
     )
     error = assert_openai_error(response, 400)
@@ -183,7 +189,8 @@ def test_identical_uploads_are_separate_file_objects_and_deleting_one_keeps_the_
 
     assert first.id != second.id
     assert (oa.files.retrieve(first.id).filename, oa.files.retrieve(second.id).filename) == (
-        "a.jsonl", "b.jsonl",
+        "a.jsonl",
+        "b.jsonl",
     )
     assert {f.id for f in oa.files.list()} == {first.id, second.id}
 

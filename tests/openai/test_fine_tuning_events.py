@@ -25,7 +25,8 @@ def _report_like_the_worker(
     for step, values in sorted(steps.items()):
         with session_scope() as session:
             run_execution.write_metrics(
-                session=session, run_id=run_id,
+                session=session,
+                run_id=run_id,
                 points=[(step, name, value) for name, value in values.items()],
             )
     if then_log is not None:
@@ -46,8 +47,10 @@ def test_events_list_the_runs_log_as_message_events_newest_first(
     job = create_job(team.owner, upload_file(team.owner))
     oa.fine_tuning.jobs.cancel(job["id"])
 
-    page = raw_json(oa.fine_tuning.jobs.with_raw_response.list_events(job["id"]),
-                    "ListFineTuningJobEventsResponse")
+    page = raw_json(
+        oa.fine_tuning.jobs.with_raw_response.list_events(job["id"]),
+        "ListFineTuningJobEventsResponse",
+    )
     messages = [e["message"] for e in page["data"]]
     assert messages == [
         "cancellation requested by owner@example.com",

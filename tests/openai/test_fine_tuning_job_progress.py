@@ -68,19 +68,20 @@ def test_lora_and_qlora_are_chosen_with_the_llmide_extension_and_shown_on_the_jo
         extra_body={"llmide": {"adapter": {"type": "lora", "r": 16, "alpha": 32}}},
     )
     job = raw_json(raw, "FineTuningJob")
-    assert job["llmide"] == {
-        "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.05}
-    }
+    assert job["llmide"] == {"adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.05}}
     assert job["hyperparameters"]["n_epochs"] == 2
     run = team.editor.get(f"/api/v1/runs/{run_id_of(job['id'])}").json()
     assert run["config"]["method"] == "lora"
     assert (run["config"]["lora_r"], run["config"]["lora_alpha"]) == (16, 32)
 
     full = create_job(team.editor, training)
-    assert full["llmide"] == {"adapter": {"type": "full", "r": None, "alpha": None,
-                                          "dropout": None}}
-    assert team.editor.get(f"/api/v1/runs/{run_id_of(full['id'])}").json()["config"][
-        "method"] == "full"
+    assert full["llmide"] == {
+        "adapter": {"type": "full", "r": None, "alpha": None, "dropout": None}
+    }
+    assert (
+        team.editor.get(f"/api/v1/runs/{run_id_of(full['id'])}").json()["config"]["method"]
+        == "full"
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,8 +128,9 @@ def test_pause_stops_a_job_and_resume_queues_it_again(team: Team, openai_for: Op
     run_id = run_id_of(job["id"])
     _claim(run_id)
 
-    paused = _as_published(oa.fine_tuning.jobs.with_raw_response.pause(job["id"]).http_response
-                           .json())
+    paused = _as_published(
+        oa.fine_tuning.jobs.with_raw_response.pause(job["id"]).http_response.json()
+    )
     assert paused["status"] == "paused"
     assert oa.fine_tuning.jobs.retrieve(job["id"]).status == "paused"
     # The worker is still stopping: resuming now is refused, not lost.
@@ -156,8 +158,10 @@ def test_pausing_a_queued_job_pauses_it_at_once_and_cancel_makes_it_final(
     assert oa.fine_tuning.jobs.pause(job["id"]).status == "paused"
     assert oa.fine_tuning.jobs.pause(job["id"]).status == "paused"  # again: no change
 
-    assert raw_json(oa.fine_tuning.jobs.with_raw_response.cancel(job["id"]),
-                    "FineTuningJob")["status"] == "cancelled"
+    assert (
+        raw_json(oa.fine_tuning.jobs.with_raw_response.cancel(job["id"]), "FineTuningJob")["status"]
+        == "cancelled"
+    )
     with pytest.raises(openai.ConflictError):
         oa.fine_tuning.jobs.resume(job["id"])
     with pytest.raises(openai.ConflictError):
@@ -180,16 +184,22 @@ def test_a_finished_job_has_trained_tokens_and_a_step_metrics_csv_result_file(
     oa = openai_for(team.owner)
     job = create_job(team.owner, upload_file(team.owner))
     run_id = run_id_of(job["id"])
-    _report(run_id, [
-        (1, "train_loss", 3.0), (1, "learning_rate", 0.001), (1, "trained_tokens", 512.0),
-        (2, "train_loss", 2.5), (2, "trained_tokens", 1024.0), (2, "eval_loss", 2.75),
-    ])
+    _report(
+        run_id,
+        [
+            (1, "train_loss", 3.0),
+            (1, "learning_rate", 0.001),
+            (1, "trained_tokens", 512.0),
+            (2, "train_loss", 2.5),
+            (2, "trained_tokens", 1024.0),
+            (2, "eval_loss", 2.75),
+        ],
+    )
     assert oa.fine_tuning.jobs.retrieve(job["id"]).trained_tokens is None  # not finished yet
     assert oa.fine_tuning.jobs.retrieve(job["id"]).result_files == []
 
     finish_like_the_worker(run_id, final_step=2, checkpoint_steps=())
-    finished = raw_json(oa.fine_tuning.jobs.with_raw_response.retrieve(job["id"]),
-                        "FineTuningJob")
+    finished = raw_json(oa.fine_tuning.jobs.with_raw_response.retrieve(job["id"]), "FineTuningJob")
     assert finished["trained_tokens"] == 1024
     (results_id,) = finished["result_files"]
 
@@ -202,8 +212,13 @@ def test_a_finished_job_has_trained_tokens_and_a_step_metrics_csv_result_file(
     assert [r["step"] for r in rows] == ["1", "2"]
     assert rows[0]["train_loss"] == "3.0" and rows[0]["valid_loss"] == ""
     assert rows[1]["valid_loss"] == "2.75" and rows[1]["trained_tokens"] == "1024"
-    assert set(rows[0]) >= {"step", "train_loss", "train_accuracy", "valid_loss",
-                            "valid_mean_token_accuracy"}
+    assert set(rows[0]) >= {
+        "step",
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+    }
 
     with pytest.raises(openai.BadRequestError, match="results of a fine-tuning job"):
         oa.files.delete(results_id)
@@ -224,8 +239,10 @@ def test_estimated_finish_comes_from_the_measured_step_rate(
     _report(run_id, [(1, "train_loss", 3.0, start)])
     assert oa.fine_tuning.jobs.retrieve(job["id"]).estimated_finish is None  # no pace yet
 
-    _report(run_id, [(s, "train_loss", 3.0, start + timedelta(seconds=2 * (s - 1)))
-                     for s in range(2, 11)])
+    _report(
+        run_id,
+        [(s, "train_loss", 3.0, start + timedelta(seconds=2 * (s - 1))) for s in range(2, 11)],
+    )
     set_run(run_id, step=10)
     estimated = oa.fine_tuning.jobs.retrieve(job["id"]).estimated_finish
     expected = start + timedelta(seconds=2 * 99)  # step 10 at +18 s, 90 steps of 2 s to go
@@ -251,22 +268,34 @@ def test_an_intermediate_checkpoint_answers_chat_by_its_listed_model_id(
     run_id = run_id_of(job["id"])
     finish_like_the_worker(run_id, checkpoint_steps=(5,))
     artifacts.resolve(f"runs/{run_id}/checkpoint-5").mkdir(parents=True)
-    listed = {c.step_number: c.fine_tuned_model_checkpoint
-              for c in oa.fine_tuning.jobs.checkpoints.list(job["id"])}
+    listed = {
+        c.step_number: c.fine_tuned_model_checkpoint
+        for c in oa.fine_tuning.jobs.checkpoints.list(job["id"])
+    }
     assert listed[5].endswith(":ckpt-step-5")
 
-    reply = oa.chat.completions.create(model=listed[5],
-                                       messages=[{"role": "user", "content": "hello"}])
+    reply = oa.chat.completions.create(
+        model=listed[5], messages=[{"role": "user", "content": "hello"}]
+    )
     assert reply.choices[0].message.content == "hi" and reply.model == listed[5]
     assert asked[-1][1] == str(artifacts.resolve(f"runs/{run_id}/checkpoint-5"))
     # The final checkpoint is served by its registered version's own name.
-    assert oa.chat.completions.create(model=listed[10], messages=[
-        {"role": "user", "content": "hello"}]).choices[0].message.content == "hi"
+    assert (
+        oa.chat.completions.create(
+            model=listed[10], messages=[{"role": "user", "content": "hello"}]
+        )
+        .choices[0]
+        .message.content
+        == "hi"
+    )
 
-    for wrong in (listed[5].replace(":ckpt-step-5", ":ckpt-step-6"),
-                  listed[5].replace(f"run-{run_id}", "run-999999")):
+    for wrong in (
+        listed[5].replace(":ckpt-step-5", ":ckpt-step-6"),
+        listed[5].replace(f"run-{run_id}", "run-999999"),
+    ):
         with pytest.raises(openai.NotFoundError):
             oa.chat.completions.create(model=wrong, messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError):  # another workspace's checkpoint
         openai_for(team.outsider).chat.completions.create(
-            model=listed[5], messages=[{"role": "user", "content": "x"}])
+            model=listed[5], messages=[{"role": "user", "content": "x"}]
+        )

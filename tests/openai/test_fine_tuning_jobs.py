@@ -36,9 +36,12 @@ def test_jobs_create_through_the_openai_package_queues_a_run_with_the_hyperparam
     validation = upload_file(team.editor, filename="valid.jsonl")
 
     raw = oa.fine_tuning.jobs.with_raw_response.create(
-        model="scratch-tiny", training_file=training, validation_file=validation,
+        model="scratch-tiny",
+        training_file=training,
+        validation_file=validation,
         hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2},
-        suffix="my-model", seed=7,
+        suffix="my-model",
+        seed=7,
     )
     job = raw_json(raw, "FineTuningJob")
     assert job["id"].startswith("ftjob-")
@@ -48,10 +51,13 @@ def test_jobs_create_through_the_openai_package_queues_a_run_with_the_hyperparam
     assert job["training_file"] == training
     assert job["validation_file"] == validation
     assert job["hyperparameters"] == {
-        "n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2.0,
+        "n_epochs": 3,
+        "batch_size": 4,
+        "learning_rate_multiplier": 2.0,
     }
     assert job["method"] == {
-        "type": "supervised", "supervised": {"hyperparameters": job["hyperparameters"]}
+        "type": "supervised",
+        "supervised": {"hyperparameters": job["hyperparameters"]},
     }
     assert job["seed"] == 7
     assert job["fine_tuned_model"] is None
@@ -77,10 +83,18 @@ def test_jobs_take_hyperparameters_from_method_supervised_and_auto_keeps_default
 ) -> None:
     training = upload_file(team.owner)
     job = openai_for(team.owner).fine_tuning.jobs.create(
-        model="scratch-tiny", training_file=training,
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 0.5,
-        }}},
+        model="scratch-tiny",
+        training_file=training,
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {
+                    "n_epochs": 2,
+                    "batch_size": "auto",
+                    "learning_rate_multiplier": 0.5,
+                }
+            },
+        },
     )
     assert job.hyperparameters.n_epochs == 2
     assert job.hyperparameters.batch_size == 8
@@ -90,7 +104,9 @@ def test_jobs_take_hyperparameters_from_method_supervised_and_auto_keeps_default
 
     defaults = create_job(team.owner, training, hyperparameters={"n_epochs": "auto"})
     assert defaults["hyperparameters"] == {
-        "n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1.0,
+        "n_epochs": 1,
+        "batch_size": 8,
+        "learning_rate_multiplier": 1.0,
     }
 
 
@@ -100,13 +116,22 @@ def test_jobs_take_hyperparameters_from_method_supervised_and_auto_keeps_default
         ({"model": "gpt-4o-mini"}, "model"),
         ({"method": {"type": "reinforcement"}}, "method.type"),
         ({"hyperparameters": {"n_epochs": 0}}, "n_epochs"),
-        ({"hyperparameters": {"learning_rate_multiplier": 5000}},
-         "hyperparameters.learning_rate_multiplier"),
+        (
+            {"hyperparameters": {"learning_rate_multiplier": 5000}},
+            "hyperparameters.learning_rate_multiplier",
+        ),
         ({"suffix": "not allowed!"}, "suffix"),
         ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
-        ({"hyperparameters": {"n_epochs": 2},
-          "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}},
-         "hyperparameters"),
+        (
+            {
+                "hyperparameters": {"n_epochs": 2},
+                "method": {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": {"n_epochs": 3}},
+                },
+            },
+            "hyperparameters",
+        ),
     ],
 )
 def test_jobs_with_invalid_parameters_are_bad_requests_naming_the_param(
@@ -230,7 +255,10 @@ def test_a_succeeded_job_names_its_registered_model_and_lists_its_checkpoints(
     assert final["fine_tuned_model_checkpoint"] == done["fine_tuned_model"]
     assert earlier["fine_tuned_model_checkpoint"] == done["fine_tuned_model"] + ":ckpt-step-5"
     assert final["metrics"] == {
-        "step": 10.0, "train_loss": 1.5, "valid_loss": 1.75, "full_valid_loss": 1.75,
+        "step": 10.0,
+        "train_loss": 1.5,
+        "valid_loss": 1.75,
+        "full_valid_loss": 1.75,
     }
     assert final["fine_tuning_job_id"] == job["id"]
     assert (page["first_id"], page["last_id"]) == (final["id"], earlier["id"])
@@ -255,7 +283,9 @@ def test_job_status_maps_failed_to_an_error_object_and_interrupted_to_running(
     body = team.owner.get(f"/v1/fine_tuning/jobs/{failed['id']}").json()
     assert assert_schema(body, "FineTuningJob")["status"] == "failed"
     assert body["error"] == {
-        "code": "training_failed", "message": "CUDA out of memory", "param": None,
+        "code": "training_failed",
+        "message": "CUDA out of memory",
+        "param": None,
     }
 
     interrupted = create_job(team.owner, training)

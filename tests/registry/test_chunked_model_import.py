@@ -47,9 +47,7 @@ def send_in_chunks(persona: Persona, filename: str, data: bytes) -> int:
     return upload_id
 
 
-def test_a_zipped_model_sent_in_chunks_becomes_a_model_version(
-    team: Team, tmp_path: Path
-) -> None:
+def test_a_zipped_model_sent_in_chunks_becomes_a_model_version(team: Team, tmp_path: Path) -> None:
     data = zipped_tiny_model(tmp_path)
     upload_id = send_in_chunks(team.editor, "tiny.zip", data)
     imported = team.editor.post(f"/api/v1/uploads/{upload_id}/import-model", json={"name": "tiny"})

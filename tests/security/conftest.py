@@ -131,21 +131,36 @@ class Site:
 
     def new_batch_file(self) -> int:
         """A `purpose: batch` file of the owner's (file-raw-<id>) with one chat request."""
-        line = json.dumps({
-            "custom_id": self.unique("req"), "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        })
-        created = self.api("owner", "POST", "/v1/files", data={"purpose": "batch"},
-                           files={"file": ("batch.jsonl", (line + "\n").encode())})
+        line = json.dumps(
+            {
+                "custom_id": self.unique("req"),
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            }
+        )
+        created = self.api(
+            "owner",
+            "POST",
+            "/v1/files",
+            data={"purpose": "batch"},
+            files={"file": ("batch.jsonl", (line + "\n").encode())},
+        )
         assert created.status_code == 200, created.text
         return int(created.json()["id"].removeprefix("file-raw-"))
 
     def new_batch(self) -> int:
         """A queued batch of the owner's (no worker runs here: it stays `validating`)."""
-        created = self.api("owner", "POST", "/v1/batches", json={
-            "input_file_id": f"file-raw-{self.ids['batch_file']}",
-            "endpoint": "/v1/chat/completions", "completion_window": "24h",
-        })
+        created = self.api(
+            "owner",
+            "POST",
+            "/v1/batches",
+            json={
+                "input_file_id": f"file-raw-{self.ids['batch_file']}",
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
         assert created.status_code == 200, created.text
         return int(created.json()["id"].removeprefix("batch_"))
 

@@ -67,9 +67,7 @@ def test_a_refused_or_failed_change_leaves_no_audit_row(backend: str, team: Team
     before = len(audit_rows())
 
     # a viewer may not launch; a dataset in use cannot be deleted; a second invitation conflicts
-    assert (
-        team.viewer.post("/api/v1/runs", json={"dataset_id": dataset["id"]}).status_code == 403
-    )
+    assert team.viewer.post("/api/v1/runs", json={"dataset_id": dataset["id"]}).status_code == 403
     assert team.editor.delete(f"/api/v1/datasets/{dataset['id']}").status_code == 409
     again = team.owner.post("/api/v1/members", json={"email": team.viewer.email, "role": "owner"})
     assert again.status_code == 409

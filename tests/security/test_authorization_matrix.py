@@ -202,7 +202,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/runs/{run_id}/config"): R(A.VIEWER, "id", url="/api/v1/runs/{run}/config"),
     ("POST", "/api/v1/runs/{run_id}/clone"): R(A.EDITOR, "id", 201, url="/api/v1/runs/{run}/clone"),
     ("POST", "/api/v1/runs/{run_id}/priority"): R(
-        A.EDITOR, "id", url="/api/v1/runs/{run}/priority", json={"priority": "high"},
+        A.EDITOR,
+        "id",
+        url="/api/v1/runs/{run}/priority",
+        json={"priority": "high"},
         consumes="run",
     ),
     ("POST", "/api/v1/runs/{run_id}/move"): R(
@@ -228,18 +231,31 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     # Its folds have not run: an allowed caller hears that the fold is still queued.
     ("POST", "/api/v1/cross-validations/{cv_id}/register"): R(
-        A.EDITOR, "id", 409, url="/api/v1/cross-validations/{cross_validation}/register",
+        A.EDITOR,
+        "id",
+        409,
+        url="/api/v1/cross-validations/{cross_validation}/register",
         json={"fold": 1},
     ),
     ("POST", "/api/v1/cross-validations/{cv_id}/final-fit"): R(
-        A.EDITOR, "id", 202, url="/api/v1/cross-validations/{cross_validation}/final-fit",
+        A.EDITOR,
+        "id",
+        202,
+        url="/api/v1/cross-validations/{cross_validation}/final-fit",
         consumes="cross_validation",
     ),
     # One model in the owner's workspace: a vote of it against itself is the 400 that says so.
     ("POST", "/api/v1/arena/votes"): R(
-        A.EDITOR, ok=400,
-        json={"messages": [{"role": "user", "content": "hi"}], "model_a": "{serving_name}",
-              "model_b": "{serving_name}", "answer_a": "x", "answer_b": "y", "winner": "a"},
+        A.EDITOR,
+        ok=400,
+        json={
+            "messages": [{"role": "user", "content": "hi"}],
+            "model_a": "{serving_name}",
+            "model_b": "{serving_name}",
+            "answer_a": "x",
+            "answer_b": "y",
+            "winner": "a",
+        },
     ),
     # No decisive vote in the owner's workspace: 400 saying so.
     ("POST", "/api/v1/arena/votes/dataset"): R(A.EDITOR, ok=400),
@@ -500,11 +516,19 @@ RULES: dict[tuple[str, str], Rule] = {
         A.EDITOR, "id", 303, url="/sweeps/{sweep}/cancel", consumes="sweep"
     ),
     ("POST", "/queue/runs/{run_id}/move"): R(
-        A.EDITOR, "id", 303, url="/queue/runs/{run}/move", form={"direction": "up"},
+        A.EDITOR,
+        "id",
+        303,
+        url="/queue/runs/{run}/move",
+        form={"direction": "up"},
         consumes="run",
     ),
     ("POST", "/queue/runs/{run_id}/priority"): R(
-        A.EDITOR, "id", 303, url="/queue/runs/{run}/priority", form={"priority": "low"},
+        A.EDITOR,
+        "id",
+        303,
+        url="/queue/runs/{run}/priority",
+        form={"priority": "low"},
         consumes="run",
     ),
     ("POST", "/queue/runs/{run_id}/cancel"): R(
@@ -568,28 +592,43 @@ RULES: dict[tuple[str, str], Rule] = {
     # No decisive vote in the owner's workspace: 400 saying so.
     ("POST", "/arena/preference-dataset"): R(A.EDITOR, ok=400),
     ("POST", "/arena/stream"): R(
-        A.EDITOR, ok=400,
+        A.EDITOR,
+        ok=400,
         json={"battle": "forged", "side": "a", "messages": [{"role": "user", "content": "hi"}]},
     ),
     ("POST", "/arena/vote"): R(
-        A.EDITOR, ok=400,
-        json={"battle": "forged", "messages": [{"role": "user", "content": "hi"}],
-              "answer_a": "x", "answer_b": "y", "winner": "a"},
+        A.EDITOR,
+        ok=400,
+        json={
+            "battle": "forged",
+            "messages": [{"role": "user", "content": "hi"}],
+            "answer_a": "x",
+            "answer_b": "y",
+            "winner": "a",
+        },
     ),
     ("GET", "/cross-validations"): R(A.VIEWER, "list"),
     ("POST", "/cross-validations"): R(
-        A.EDITOR, "id", 303, form={"dataset_id": "{dataset}", "k": "2",
-                                   "config": '{{"max_steps": 2}}'},
+        A.EDITOR,
+        "id",
+        303,
+        form={"dataset_id": "{dataset}", "k": "2", "config": '{{"max_steps": 2}}'},
     ),
     ("GET", "/cross-validations/{cv_id}"): R(
         A.VIEWER, "id", url="/cross-validations/{cross_validation}"
     ),
     ("POST", "/cross-validations/{cv_id}/register"): R(
-        A.EDITOR, "id", 409, url="/cross-validations/{cross_validation}/register",
+        A.EDITOR,
+        "id",
+        409,
+        url="/cross-validations/{cross_validation}/register",
         form={"fold": "1"},
     ),
     ("POST", "/cross-validations/{cv_id}/final-fit"): R(
-        A.EDITOR, "id", 303, url="/cross-validations/{cross_validation}/final-fit",
+        A.EDITOR,
+        "id",
+        303,
+        url="/cross-validations/{cross_validation}/final-fit",
         consumes="cross_validation",
     ),
     ("POST", "/runs/{run_id}/checkpoints/{checkpoint_id}/register"): R(

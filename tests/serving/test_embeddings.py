@@ -101,7 +101,8 @@ def test_a_fine_tuned_classifier_and_a_decoder_version_embed_too(
     with inference_process(installation, serving_env):
         for version, width in ((classifier, 32), (decoder, None)):
             result = oa.embeddings.create(
-                model=version["serving_name"], input=["the cat sat", "a dog ran", "the cat sat"],
+                model=version["serving_name"],
+                input=["the cat sat", "a dog ran", "the cat sat"],
                 encoding_format="float",
             )
             first, second, again = (d.embedding for d in result.data)
@@ -115,8 +116,11 @@ def test_a_fine_tuned_classifier_and_a_decoder_version_embed_too(
         # The same version still answers chat: its embedding load is a separate entry.
         chat = team.owner.post(
             "/v1/chat/completions",
-            json={"model": decoder["serving_name"], "max_tokens": 2,
-                  "messages": [{"role": "user", "content": "hi"}]},
+            json={
+                "model": decoder["serving_name"],
+                "max_tokens": 2,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
         )
         assert chat.status_code == 200, chat.text
 

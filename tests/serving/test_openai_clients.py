@@ -263,13 +263,21 @@ def test_the_openai_client_gets_logprobs_echo_grammars_tools_and_errors(live_v1:
 
     # logit_bias +100 on one token: every token is that one; penalties change the answer.
     biased = oa.completions.create(
-        model=SMOL, prompt="Hello", max_tokens=4, temperature=0, logprobs=0,
+        model=SMOL,
+        prompt="Hello",
+        max_tokens=4,
+        temperature=0,
+        logprobs=0,
         logit_bias={"42": 100},
     )
     assert len(set(biased.choices[0].logprobs.tokens)) == 1
     plain = oa.completions.create(model=SMOL, prompt="1, 2, 3,", max_tokens=12, temperature=0)
     penalised = oa.completions.create(
-        model=SMOL, prompt="1, 2, 3,", max_tokens=12, temperature=0, frequency_penalty=2,
+        model=SMOL,
+        prompt="1, 2, 3,",
+        max_tokens=12,
+        temperature=0,
+        frequency_penalty=2,
         presence_penalty=2,
     )
     assert penalised.choices[0].text != plain.choices[0].text
@@ -277,9 +285,11 @@ def test_the_openai_client_gets_logprobs_echo_grammars_tools_and_errors(live_v1:
     # Cut by max_tokens in the middle of a character: never U+FFFD, whole or streamed.
     emoji = [{"role": "user", "content": "Write ten emoji and Chinese characters: 你好🙂"}]
     for limit in (1, 2, 3, 5):
-        whole = oa.chat.completions.create(
-            model=SMOL, messages=emoji, max_tokens=limit, temperature=0
-        ).choices[0].message.content
+        whole = (
+            oa.chat.completions.create(model=SMOL, messages=emoji, max_tokens=limit, temperature=0)
+            .choices[0]
+            .message.content
+        )
         streamed = "".join(
             c.choices[0].delta.content or ""
             for c in oa.chat.completions.create(
@@ -334,8 +344,12 @@ def test_langchain_structured_output_and_tools_and_litellm_work(live_v1: LiveV1)
         country: str = Field(max_length=20)
 
     chat = ChatOpenAI(
-        model=SMOL, base_url=live_v1.base_url, api_key=live_v1.token, temperature=0,
-        max_tokens=60, max_retries=0,
+        model=SMOL,
+        base_url=live_v1.base_url,
+        api_key=live_v1.token,
+        temperature=0,
+        max_tokens=60,
+        max_retries=0,
     )
     city = chat.with_structured_output(City).invoke("Name the capital city of France.")
     assert isinstance(city, City) and city.name
@@ -357,14 +371,23 @@ def test_langchain_structured_output_and_tools_and_litellm_work(live_v1: LiveV1)
 
     litellm.telemetry = False
     answer = litellm.completion(
-        model=f"openai/{SMOL}", api_base=live_v1.base_url, api_key=live_v1.token,
-        messages=CAPITAL, max_tokens=8, temperature=0,
+        model=f"openai/{SMOL}",
+        api_base=live_v1.base_url,
+        api_key=live_v1.token,
+        messages=CAPITAL,
+        max_tokens=8,
+        temperature=0,
     )
     assert answer.choices[0].message.content
     called = litellm.completion(
-        model=f"openai/{SMOL}", api_base=live_v1.base_url, api_key=live_v1.token,
+        model=f"openai/{SMOL}",
+        api_base=live_v1.base_url,
+        api_key=live_v1.token,
         messages=[{"role": "user", "content": "What time is it in UTC?"}],
-        tools=[TIME_TOOL], tool_choice="required", max_tokens=40, temperature=0,
+        tools=[TIME_TOOL],
+        tool_choice="required",
+        max_tokens=40,
+        temperature=0,
     )
     (tool_call,) = called.choices[0].message.tool_calls
     assert tool_call.function.name == "get_time"

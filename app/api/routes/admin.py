@@ -46,9 +46,7 @@ def reset_password(
 
 @router.get("/admin/workspaces", response_model=list[WorkspaceAdminRead])
 def read_all_workspaces(session: SessionDep, admin: AdminUser) -> list[WorkspaceAdminRead]:
-    return [
-        _summary(s) for s in workspaces.list_all(session=session, admin=admin)
-    ]
+    return [_summary(s) for s in workspaces.list_all(session=session, admin=admin)]
 
 
 @router.post(

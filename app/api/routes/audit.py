@@ -34,6 +34,4 @@ def read_audit_events(
         )
         for e in events
     ]
-    return AuditPage(
-        items=items, next_before_id=events[-1].id if len(events) == limit else None
-    )
+    return AuditPage(items=items, next_before_id=events[-1].id if len(events) == limit else None)

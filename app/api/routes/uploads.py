@@ -95,9 +95,7 @@ def complete_upload(
     return detail(session, outcome.dataset, duplicate=outcome.duplicate)
 
 
-@router.post(
-    "/{upload_id}/import-model", response_model=ModelVersionRead, status_code=201
-)
+@router.post("/{upload_id}/import-model", response_model=ModelVersionRead, status_code=201)
 def import_model_upload(
     upload_id: int, body: UploadModelImport, session: SessionDep, ctx: Workspace
 ) -> ModelVersionRead:

@@ -211,9 +211,7 @@ def _check_prompt(prompt: list[dict[str, Any]]) -> None:
     if not any(m["role"] == "user" for m in prompt):
         raise RowError("the prompt needs a user message")
     if prompt[-1]["role"] == "assistant":
-        raise RowError(
-            "the prompt ends with an assistant turn: the answer to judge must follow it"
-        )
+        raise RowError("the prompt ends with an assistant turn: the answer to judge must follow it")
     seen_other = False
     for index, message in enumerate(prompt, start=1):
         if message["role"] == "system" and seen_other:
@@ -306,9 +304,7 @@ def _kto_row(prompt_raw: Any, completion_raw: Any, label_raw: Any) -> dict[str, 
     _check_answer(completion, "completion")
     label = kto_label(label_raw)
     if label is None:
-        raise RowError(
-            f"label must be true or false (is the answer desirable?), not {label_raw!r}"
-        )
+        raise RowError(f"label must be true or false (is the answer desirable?), not {label_raw!r}")
     return {"prompt": prompt, "completion": completion, "label": label}
 
 

@@ -34,7 +34,6 @@ class Limits:
     max_document_bytes: int
 
 
-
 @dataclass
 class Problem:
     location: str  # "line 3" or "row 3 (line 7)"
@@ -43,7 +42,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.location}: {self.reason}"
-
 
 
 def _raw_lines(binary: IO[bytes], limits: Limits) -> Iterator[tuple[int, bytes]]:

@@ -48,9 +48,7 @@ def newest_ready(*, session: Session, dataset: Dataset) -> DatasetVersion | None
     ).first()
 
 
-def ready_for_datasets(
-    *, session: Session, datasets: list[Dataset]
-) -> list[DatasetVersion]:
+def ready_for_datasets(*, session: Session, datasets: list[Dataset]) -> list[DatasetVersion]:
     """The ready versions of these datasets (the launch form's choices), newest first."""
     ids = [d.id for d in datasets]
     if not ids:

@@ -428,7 +428,7 @@ class QueueView:
 
 
 def training_device() -> str:
-    """"GPU" when workers are given GPUs (LLMIDE_WORKER_GPUS) or this machine has an NVIDIA
+    """ "GPU" when workers are given GPUs (LLMIDE_WORKER_GPUS) or this machine has an NVIDIA
     device, else "CPU": the queue page names what its slots and hours are of. (The web never
     imports torch; a remote GPU fleet sets LLMIDE_WORKER_GPUS on its workers and here.)"""
     if get_settings().worker_gpus.strip() or Path("/dev/nvidia0").exists():
@@ -469,9 +469,7 @@ def queue_view(*, session: Session, ctx: WorkspaceContext) -> QueueView:
         if quota is not None and len(mine) >= quota:
             view.waiting_reason = f"this workspace's quota of {quota} concurrent run(s) is in use"
         elif view.fleet_active >= view.slots:
-            view.waiting_reason = (
-                f"all {view.slots} {view.device} slot(s) of the fleet are busy"
-            )
+            view.waiting_reason = f"all {view.slots} {view.device} slot(s) of the fleet are busy"
         elif view.fleet_active + run_slots(waiting[0].config) > view.slots:
             view.waiting_reason = (
                 f"the next run needs {run_slots(waiting[0].config)} nodes at once and "
