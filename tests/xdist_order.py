@@ -1,14 +1,14 @@
 """A pytest plugin: under pytest-xdist, the test files that start real processes go out first.
 
-Run in parallel as `pytest -n 4 --dist loadfile --no-loadscope-reorder`: whole files go to
-the workers (so a module's fixtures stay in one process), in collection order. Left to xdist,
-files go out largest first by number of tests, so the one-test end-to-end files (a minute or
-more each: a web server, a worker, an inference process, Chromium) would come last and one
-worker would still be running them long after the others had finished. Here they come first:
-files marked e2e, then browser, then slow, then the rest, largest first as xdist would (the
-tests of tests/serving, each with an inference process of its own, count as slow). Within a
-file the order never changes (some browser modules build on their earlier tests). A plain
-`pytest` run is left in its own order.
+Run in parallel as the Makefile does (`pytest -n 3 --dist loadfile --no-loadscope-reorder`):
+whole files go to the workers (so a module's fixtures stay in one process), in collection
+order. Left to xdist, files go out largest first by number of tests, so the one-test end-to-end
+files (a minute or more each: a web server, a worker, an inference process, Chromium) would
+come last and one worker would still be running them long after the others had finished. Here
+they come first: files marked e2e, then browser, then slow, then the rest, largest first as
+xdist would (the tests of tests/serving, each with an inference process of its own, count as
+slow). Within a file the order never changes (some browser modules build on their earlier
+tests). A plain `pytest` run is left in its own order.
 Loaded by tests/conftest.py (`pytest_plugins`).
 """
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound, ValidationFailed
@@ -229,15 +229,6 @@ def judge_items(
         }
         for v in votes
     ]
-
-
-def count_votes(*, session: Session, ctx: WorkspaceContext) -> int:
-    return int(
-        session.scalar(
-            select(func.count(ArenaVote.id)).where(ArenaVote.workspace_id == ctx.workspace.id)
-        )
-        or 0
-    )
 
 
 # --- the leaderboard -------------------------------------------------------------------------

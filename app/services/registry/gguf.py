@@ -5,11 +5,11 @@ failed job. (The writer itself is `workers/engine/gguf.py`, which keeps the same
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 from app.core.errors import ValidationFailed
 from app.core.settings import get_settings
+from app.services.registry.base_models import read_gguf_header
 
 # transformers architecture -> llama.cpp architecture; the same as the writer's table.
 GGUF_ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}
@@ -25,27 +25,16 @@ def _refuse(shown: str) -> ValidationFailed:
 
 
 def _gguf_architecture(path: Path) -> str:
-    """general.architecture of a GGUF file. Writers put it first, so the header is read by
-    hand (a page load must not parse a 49k-token vocabulary); other layouts go to gguf-py."""
+    """general.architecture of a GGUF file, from the header reader the base-model catalogue uses
+    (it skips the vocabulary, so a page load stays quick)."""
     try:
-        with path.open("rb") as handle:
-            head = handle.read(4096)
-        if head[:4] == b"GGUF" and len(head) >= 24:
-            key_len = struct.unpack_from("<Q", head, 24)[0]
-            key = head[32 : 32 + key_len]
-            offset = 32 + key_len
-            if key == b"general.architecture" and struct.unpack_from("<I", head, offset)[0] == 8:
-                value_len = struct.unpack_from("<Q", head, offset + 4)[0]
-                return head[offset + 12 : offset + 12 + value_len].decode()
-        from gguf import GGUFReader
-
-        field = GGUFReader(str(path)).fields.get("general.architecture")
-        return str(field.contents()) if field is not None else "unknown"
+        fields, _ = read_gguf_header(path)
     except Exception as exc:  # a damaged file is the user's problem to know, not a 500
         raise ValidationFailed(
             f"the version's GGUF file {path.name!r} cannot be read ({type(exc).__name__})",
             param="kind",
         ) from exc
+    return str(fields.get("general.architecture", "unknown"))
 
 
 def _adapter_base(folder: Path) -> Path | None:
