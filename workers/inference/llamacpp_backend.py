@@ -79,6 +79,10 @@ MAX_SLOTS = 64  # sequences one context holds (the deployment's max_batch_size i
 CACHED_SEQUENCES = 16
 # Waiting a step for a sibling's prefix is worth it only when it saves at least this many.
 MIN_SHARED_WAIT = 16
+# Steps in a row that may carry only new prompts while other sequences wait to decode.
+PROMPTS_FIRST_STEPS = 2
+# Steps remembered as (step, decoding sequences, prompt tokens) in LlamaCppEngine.recent_steps.
+RECENT_STEPS = 64
 
 
 # --------------------------------------------------------------------------- prompt side
@@ -205,6 +209,9 @@ class _Sequence:
     reserved: int = 0  # KV cells held: prompt + max_tokens
     kv: list[int] = field(default_factory=list)  # the tokens in this sequence's KV cells, in order
     attached: bool = False  # prefix sharing decided (done once, before its first prefill)
+    # A sequence with the same whole prompt whose last prompt token this step computes: this
+    # one samples its first token from the same logits and copies that cell after the step.
+    twin: _Sequence | None = None
     cached_tokens: int = 0  # prompt tokens taken from another sequence's cells
     submitted_step: int = 0  # the engine's step count when the request was submitted
     first_token_steps: int | None = None  # steps from submission to the first token
@@ -365,6 +372,10 @@ class LlamaCppEngine:
         self.steps = 0  # decode steps run (tests count steps, not seconds)
         self._submitted_at: dict[int, int] = {}  # id(job) -> steps when it was submitted
         self.prompt_tokens_cached = 0  # prompt tokens served from cached cells, in total
+        # Steps in a row that left running sequences undecoded to start new prompts first.
+        self._skipped_steps = 0
+        # (step, decoding sequences, prompt tokens) of the last steps: how the scheduler chose.
+        self.recent_steps: deque[tuple[int, int, int]] = deque(maxlen=RECENT_STEPS)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"llamacpp-{name}", daemon=True)
@@ -458,6 +469,7 @@ class LlamaCppEngine:
             for sequence in list(self._running):
                 self._finish(sequence, None, error)
             return True
+        self._copy_twins()
         self._sample()
         return True
 
@@ -569,7 +581,8 @@ class LlamaCppEngine:
         return True
 
     def _fill_batch(self) -> int:
-        """Every decoding sequence's last token, then prompt chunks (oldest prompt first)."""
+        """The step's tokens: every decoding sequence's last token, then prompt chunks (oldest
+        prompt first), except when new prompts go first (`_prompts_first`)."""
         batch = self._batch
         count = 0
 
@@ -593,30 +606,84 @@ class LlamaCppEngine:
                 if not sequence.attached and not self._attach(sequence, prefilling):
                     waits.add(sequence.seq_id)
                 prefilling.append(sequence)
-        for sequence in self._running:
-            if sequence.last is not None:
-                sequence.logits_at = count
-                add(sequence, sequence.last, True)
+        ready = [s for s in prefilling if s.seq_id not in waits]
+        decoding = [s for s in self._running if s.last is not None]
+        skip_decoders = bool(decoding) and self._prompts_first(ready)
+        if not skip_decoders:
+            for sequence in decoding:
+                if sequence.last is not None:
+                    sequence.logits_at = count
+                    add(sequence, sequence.last, True)
+        self._skipped_steps = self._skipped_steps + 1 if skip_decoders else 0
+        decoded = count
         budget = N_BATCH if count == 0 else min(PREFILL_CHUNK, N_BATCH - count)
-        for sequence in prefilling:
+        finishing: list[_Sequence] = []  # sequences whose last prompt token is in this step
+        for sequence in ready:
             take = min(len(sequence.prompt) - sequence.fed, budget)
-            if sequence.seq_id in waits:
-                continue
             if take <= 0:
                 break
+            twin = self._twin(sequence, finishing)
+            if twin is not None:
+                sequence.twin, sequence.logits_at = twin, twin.logits_at
+                continue
             echo = sequence.request.params.prompt_logprobs
             for offset in range(take):
                 at = sequence.fed + offset
                 last = at == len(sequence.prompt) - 1
                 if last:
                     sequence.logits_at = count
+                    finishing.append(sequence)
                 if echo and not last:
                     sequence.prompt_rows.append((count, at))
                 add(sequence, sequence.prompt[at], last or echo)
             sequence.fed += take
             budget -= take
         batch.n_tokens = count
+        if count:
+            self.recent_steps.append((self.steps, decoded, count - decoded))
         return count
+
+    def _prompts_first(self, ready: list[_Sequence]) -> bool:
+        """Whether this step carries only new prompts, leaving decoding sequences for the next.
+
+        A step costs about the same per token on a CPU, so a request arriving while eight
+        streams decode would otherwise wait for a step of eight tokens plus its own. Prompts go
+        first (as vLLM's scheduler puts prefills first) when all of them end in this step, so
+        it is a short step, and at most PROMPTS_FIRST_STEPS times in a row: a running stream
+        waits at most that many such steps between two of its tokens. A longer prompt goes in
+        chunks beside the decoding.
+        """
+        if self._skipped_steps >= PROMPTS_FIRST_STEPS or not ready:
+            return False
+        return sum(len(s.prompt) - s.fed for s in ready) <= PREFILL_CHUNK
+
+    @staticmethod
+    def _twin(sequence: _Sequence, finishing: list[_Sequence]) -> _Sequence | None:
+        """A sequence in this step computing the last token of the same whole prompt, when this
+        one lacks only that token: both sample from its logits (as `n` choices of one prompt
+        share its prefill in vLLM), so identical prompts arriving together cost one token."""
+        if sequence.fed != len(sequence.prompt) - 1 or sequence.request.params.prompt_logprobs:
+            return None
+        for other in finishing:
+            if other.prompt == sequence.prompt and not other.request.params.prompt_logprobs:
+                return other
+        return None
+
+    def _copy_twins(self) -> None:
+        """After the step: each twin takes the cell of the last prompt token it shared."""
+        import llama_cpp
+
+        for sequence in self._running:
+            twin = sequence.twin
+            if twin is None:
+                continue
+            sequence.twin = None
+            at = len(sequence.prompt) - 1
+            llama_cpp.llama_memory_seq_cp(self._memory, twin.seq_id, sequence.seq_id, at, at + 1)
+            sequence.kv.append(sequence.prompt[at])
+            sequence.fed = sequence.position = at + 1
+            sequence.cached_tokens += 1
+            self.prompt_tokens_cached += 1
 
     def _logprobs_at(self, index: int) -> Any:
         """The log-probabilities of the next token from row `index` of the last decode."""

@@ -264,12 +264,17 @@ async def generate_stream(
             raise InferenceError(
                 response.status_code, _detail(response), response.headers.get("Retry-After")
             )
+        done = False
         async for line in response.aiter_lines():
-            if not line.startswith("data:"):
+            # After [DONE] the body is read to its end: a response read to its end gives its
+            # connection back to the pool; one left half-read is closed, and the next request
+            # would pay for a new connection on both sides (~1 ms of CPU in each process).
+            if done or not line.startswith("data:"):
                 continue
             data = line[len("data:") :].strip()
             if data == "[DONE]":
-                return
+                done = True
+                continue
             event = json.loads(data)
             if "error" in event:
                 error = event["error"]
