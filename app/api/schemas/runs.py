@@ -97,6 +97,9 @@ class RunRead(ORM):
     total_steps: int | None
     attempts: int = 0
     stop_requested: bool = False
+    # Paused (OpenAI's job pause): `status` stays the lifecycle's (`cancelled` once stopped);
+    # this says the stop is meant to be resumed, as the pages and /v1 show it.
+    paused: bool = False
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None

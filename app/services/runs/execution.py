@@ -500,10 +500,12 @@ def finish(
                 run_id=run_id,
                 message=f"registered as {version.serving_name} (version {version.version})",
             )
+    # A paused run ends cancelled, but its log says what a person asked for.
+    ended = "paused" if run.paused and status == RunStatus.cancelled else str(status)
     add_event(
         session=session,
         run_id=run_id,
-        message=f"run {status}" + (f": {error}" if error else ""),
+        message=f"run {ended}" + (f": {error}" if error else ""),
         level="error" if status == RunStatus.failed else "info",
     )
     session.commit()

@@ -337,6 +337,18 @@ def is_stopped(run: Run) -> bool:
     )
 
 
+def pause_state(run: Run) -> str | None:
+    """A paused run's state: "paused" once it has stopped (its status is then `cancelled`),
+    "pausing" while its worker is still stopping it; None for any other run, and for one
+    that succeeded or failed before its worker saw the pause (that end is what it is)."""
+    if not run.paused:
+        return None
+    status = RunStatus(run.status)
+    if status == RunStatus.cancelled:
+        return PAUSED
+    return None if status.is_terminal else PAUSING
+
+
 def can_resume(run: Run) -> bool:
     return RunStatus(run.status) in RESUMABLE or is_stopped(run)
 
@@ -556,14 +568,18 @@ def progress(run: Run) -> dict[str, float | int | str | None]:
     """Status, step and an ETA from the pace so far (what the run page's progress bar shows).
 
     `state` is what a person should read: the status, except "stopped" for a run stopped and
-    kept before its end, and "worker lost" for a running run whose worker went silent (the
-    sweeper re-queues it only after settings.run_stale_after_s; the page says so at once).
+    kept before its end, "worker lost" for a running run whose worker went silent (the
+    sweeper re-queues it only after settings.run_stale_after_s; the page says so at once),
+    and "paused" / "pausing" for a paused run (it ends `cancelled` with `paused` set, but it
+    is meant to be resumed, so it must not read as a final cancel).
     `percent` is the real share of steps done (100 only for a run that trained to its end).
     """
     status = RunStatus(run.status)
     state = str(status)
     eta_s: float | None = None
-    if status == RunStatus.running and worker_lost(run):
+    if paused := pause_state(run):
+        state = paused
+    elif status == RunStatus.running and worker_lost(run):
         state = WORKER_LOST
     elif status == RunStatus.running and run.started_at and run.total_steps and run.step > 0:
         elapsed = (utcnow() - run.started_at).total_seconds()
@@ -591,10 +607,16 @@ def progress(run: Run) -> dict[str, float | int | str | None]:
 
 STOPPED = "stopped"
 WORKER_LOST = "worker-lost"
+PAUSED = "paused"
+PAUSING = "pausing"
 LABELS = {WORKER_LOST: "worker lost, resuming"}
 NOTES = {
     STOPPED: "Stopped and kept before its last step; its model is registered. Resume continues "
     "from the last checkpoint.",
+    PAUSED: "Paused: Resume continues from where it stopped (its last checkpoint); Cancel "
+    "makes the stop final.",
+    PAUSING: "Pausing: the worker stops at the end of its step and saves a checkpoint; it can "
+    "be resumed once it has stopped.",
     WORKER_LOST: "The worker stopped answering: the run resumes from its last checkpoint on a "
     "worker as soon as it is found orphaned.",
 }
