@@ -24,7 +24,7 @@ ALLOWED_COMMITS: dict[str, tuple[int, str]] = {
     "app/services/runs/service.py": (5, "before dispatch sends the run; undo after a refusal"),
     "app/services/runs/queue.py": (7, "the dispatcher's lock row lives one short transaction"),
     "app/services/sweeps/service.py": (5, "before a trial is dispatched; the periodic tick"),
-    "app/services/datasets/prep.py": (5, "before the prep task is sent; worker progress"),
+    "app/services/datasets/prep.py": (4, "before the prep task is sent; worker progress"),
     "app/services/batches.py": (2, "before the batch task is sent; failed if it is refused"),
     # Worker-side progress other processes must see at once, each in its own short session.
     "app/services/runs/execution.py": (4, "claim, progress, checkpoints, finish (workers)"),

@@ -701,7 +701,8 @@ class Batch(Base):
     route code and inference server as live requests, answered in output and error files.
 
     Status: validating → in_progress → finalizing → completed, or failed (the input is
-    invalid), cancelling → cancelled. `errors` holds the input's problems (OpenAI's list).
+    invalid), cancelling → cancelled, or expired (not completed by `expires_at`: the requests
+    not run by then are not run). `errors` holds the input's problems (OpenAI's list).
     """
 
     __tablename__ = "batches"
@@ -746,3 +747,4 @@ class Batch(Base):
     cancelling_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -3,15 +3,15 @@
 
 The Celery task (workers/batch_tasks.py) is a thin adapter around `run`. Requests run a few at
 a time so the inference server batches them; each has its own database session, because the
-route code gives its connection back while the model works.
+route code gives its connection back while the model works. Before each request the worker
+checks the batch is neither cancelled nor past its expires_at; if it is, the requests not
+started are not run, and are listed in the error file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -71,24 +71,6 @@ async def execute(
     return 200, result.model_dump(mode="json")
 
 
-def _line(
-    custom_id: str,
-    status: int | None,
-    body: dict[str, Any] | None,
-    error: dict[str, str] | None = None,
-) -> str:
-    response = None
-    if status is not None:
-        response = {"status_code": status, "request_id": secrets.token_hex(12), "body": body}
-    payload = {
-        "id": f"batch_req_{secrets.token_hex(12)}",
-        "custom_id": custom_id,
-        "response": response,
-        "error": error,
-    }
-    return json.dumps(payload, ensure_ascii=False) + "\n"
-
-
 def _context(batch: Batch) -> WorkspaceContext:
     with session_scope() as session:
         user = session.get(User, batch.created_by_id) if batch.created_by_id else None
@@ -104,6 +86,9 @@ def _context(batch: Batch) -> WorkspaceContext:
 async def run(batch_id: int) -> str:
     """Claim the batch, run its requests, file the answers; returns its final status."""
     with session_scope() as session:
+        waiting = session.get(Batch, batch_id)
+        if waiting is not None and batches.expire_if_overdue(session=session, batch=waiting):
+            return "expired"  # picked up after its window: nothing runs
         if not batches.begin(session=session, batch_id=batch_id):
             return "skipped"
     with session_scope() as session:
@@ -121,18 +106,21 @@ async def run(batch_id: int) -> str:
     lines, _ = batches.parse_input(data, batch.endpoint)
     answers: list[tuple[int, dict[str, Any]] | None] = [None] * len(lines)
     counts = {"completed": 0, "failed": 0}
-    stopping = asyncio.Event()
+    # Why the requests not started yet are not run: "cancelled" or "expired" (a redelivered
+    # batch may already be past its window).
+    stop: str | None = "expired" if batches.past_expiry(batch.expires_at) else None
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(index: int) -> None:
+        nonlocal stop
         async with gate:
-            if stopping.is_set():
+            if stop is not None:
                 return
             status, body = await execute(ctx=ctx, endpoint=batch.endpoint, body=lines[index].body)
             answers[index] = (status, body)
             counts["completed" if status == 200 else "failed"] += 1
             with session_scope() as session:
-                now = batches.progress(session=session, batch_id=batch_id, **counts)
+                halt = batches.progress(session=session, batch_id=batch_id, **counts)
                 if batch.result_version_id is not None:  # the dataset page's progress bar
                     done = counts["completed"] + counts["failed"]
                     dataset_prep.progress(
@@ -140,28 +128,18 @@ async def run(batch_id: int) -> str:
                         version_id=batch.result_version_id,
                         fraction=0.99 * done / len(lines),
                     )
-            if now == "cancelling":
-                stopping.set()
+            stop = stop or halt  # read by the next request before it starts
 
     await asyncio.gather(*(one(i) for i in range(len(lines))))
     output, errors = [], []
+    unrun = batches.UNRUN_ERRORS[stop or "cancelled"]
     for line, answer in zip(lines, answers, strict=True):
         if answer is None:
-            errors.append(
-                _line(
-                    line.custom_id,
-                    None,
-                    None,
-                    {
-                        "code": "batch_cancelled",
-                        "message": "the batch was cancelled before this request ran",
-                    },
-                )
-            )
+            errors.append(batches.result_line(line.custom_id, None, None, unrun))
         elif answer[0] == 200:
-            output.append(_line(line.custom_id, *answer))
+            output.append(batches.result_line(line.custom_id, *answer))
         else:
-            errors.append(_line(line.custom_id, *answer))
+            errors.append(batches.result_line(line.custom_id, *answer))
     if batch.result_version_id is not None:
         with session_scope() as session:
             batches.file_generated_version(
@@ -175,9 +153,9 @@ async def run(batch_id: int) -> str:
         ended = batches.finish(
             session=session,
             batch_id=batch_id,
-            ctx=ctx,
             output="".join(output).encode(),
             errors="".join(errors).encode(),
+            expired=stop == "expired" and None in answers,
             **counts,
         )
         return str(ended.status)

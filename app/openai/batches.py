@@ -47,6 +47,7 @@ def to_batch(batch: Batch) -> BatchObject:
         finalizing_at=unix_or_none(batch.finalizing_at),
         completed_at=unix_or_none(batch.completed_at),
         failed_at=unix_or_none(batch.failed_at),
+        expired_at=unix_or_none(batch.expired_at),
         cancelling_at=unix_or_none(batch.cancelling_at),
         cancelled_at=unix_or_none(batch.cancelled_at),
         request_counts=BatchRequestCounts(

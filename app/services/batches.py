@@ -1,6 +1,6 @@
 """The OpenAI Batch API's records: stored files (batch input, output and error files) and
-batches: create (with the input checked line by line), read, list, cancel, and what the worker
-records while it runs one (workers/batch_tasks.py)."""
+batches: create (with the input checked line by line), read, list, cancel, expiry, and what the
+worker records while it runs one (workers/batch_tasks.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 from sqlalchemy import select, update
@@ -64,38 +64,66 @@ def store_upload(
                         param="file",
                     )
                 sink.write(chunk)
-        return _record(session=session, ctx=ctx, tmp=tmp, filename=name, purpose=purpose, size=size)
+        return _record(
+            session=session,
+            workspace_id=ctx.workspace.id,
+            created_by_id=ctx.user.id,
+            tmp=tmp,
+            filename=name,
+            purpose=purpose,
+            size=size,
+        )
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def store_bytes(
-    *, session: Session, ctx: WorkspaceContext, data: bytes, filename: str, purpose: str
+    *,
+    session: Session,
+    workspace_id: int,
+    created_by_id: int | None,
+    data: bytes,
+    filename: str,
+    purpose: str,
 ) -> StoredFile:
-    """Keep bytes the server wrote (a batch's output or error file)."""
+    """Keep bytes the server wrote (a batch's prompts, output or error file), owned like the
+    batch they belong to."""
     fd, tmp = artifacts.temp_file()
     try:
         with os.fdopen(fd, "wb") as sink:
             sink.write(data)
         return _record(
-            session=session, ctx=ctx, tmp=tmp, filename=filename, purpose=purpose, size=len(data)
+            session=session,
+            workspace_id=workspace_id,
+            created_by_id=created_by_id,
+            tmp=tmp,
+            filename=filename,
+            purpose=purpose,
+            size=len(data),
         )
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _record(
-    *, session: Session, ctx: WorkspaceContext, tmp: Any, filename: str, purpose: str, size: int
+    *,
+    session: Session,
+    workspace_id: int,
+    created_by_id: int | None,
+    tmp: Any,
+    filename: str,
+    purpose: str,
+    size: int,
 ) -> StoredFile:
-    key = f"openai_files/{ctx.workspace.id}/{secrets.token_hex(16)}"
+    key = f"openai_files/{workspace_id}/{secrets.token_hex(16)}"
     artifacts.commit_file(tmp, key)
     row = StoredFile(
-        workspace_id=ctx.workspace.id,
+        workspace_id=workspace_id,
         purpose=purpose,
         filename=filename,
         size_bytes=size,
         storage_key=key,
-        created_by_id=ctx.user.id,
+        created_by_id=created_by_id,
     )
     session.add(row)
     session.flush()
@@ -317,7 +345,10 @@ def create(
 
 
 def get(*, session: Session, ctx: WorkspaceContext, batch_id: int) -> Batch:
-    return get_in_workspace(session=session, ctx=ctx, model=Batch, row_id=batch_id, what="batch")
+    """The batch, as of now: one no worker started by its expires_at reads `expired`."""
+    batch = get_in_workspace(session=session, ctx=ctx, model=Batch, row_id=batch_id, what="batch")
+    expire_if_overdue(session=session, batch=batch)
+    return batch
 
 
 def page(
@@ -326,7 +357,10 @@ def page(
     query = select(Batch).where(Batch.workspace_id == ctx.workspace.id)
     if before_id is not None:
         query = query.where(Batch.id < before_id)
-    return list(session.scalars(query.order_by(Batch.id.desc()).limit(limit)))
+    rows = list(session.scalars(query.order_by(Batch.id.desc()).limit(limit)))
+    for batch in rows:
+        expire_if_overdue(session=session, batch=batch)
+    return rows
 
 
 def cancel(*, session: Session, ctx: WorkspaceContext, batch_id: int) -> Batch:
@@ -354,6 +388,94 @@ def cancel(*, session: Session, ctx: WorkspaceContext, batch_id: int) -> Batch:
     return batch
 
 
+# --- expiry and result lines -------------------------------------------------------------
+# The error of a request a batch never ran, by why it stopped (OpenAI's codes).
+UNRUN_ERRORS: dict[str, dict[str, str]] = {
+    "cancelled": {
+        "code": "batch_cancelled",
+        "message": "the batch was cancelled before this request ran",
+    },
+    "expired": {
+        "code": "batch_expired",
+        "message": "the batch expired (its completion window ended) before this request ran",
+    },
+}
+
+
+def past_expiry(expires_at: datetime | None) -> bool:
+    return expires_at is not None and utcnow() >= expires_at
+
+
+def result_line(
+    custom_id: str,
+    status: int | None,
+    body: dict[str, Any] | None,
+    error: dict[str, str] | None = None,
+) -> str:
+    """One line of an output or error file: a request's answer, or why it has none."""
+    response = None
+    if status is not None:
+        response = {"status_code": status, "request_id": secrets.token_hex(12), "body": body}
+    payload = {
+        "id": f"batch_req_{secrets.token_hex(12)}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": error,
+    }
+    return json.dumps(payload, ensure_ascii=False) + "\n"
+
+
+def expire_if_overdue(*, session: Session, batch: Batch) -> bool:
+    """End a batch no worker has started (`validating`) once its expires_at has passed:
+    `expired`, every request listed in its error file as `batch_expired`. Done where the batch
+    is read or picked up, so one whose task never ran does not wait forever. A started batch
+    is its worker's to end: it stops before its next request and files the answers it has.
+    True if this call expired it."""
+    if batch.status != "validating" or not past_expiry(batch.expires_at):
+        return False
+    # Guarded like the worker's claim (begin): of an expiry and a claim, exactly one wins.
+    expired = rows_changed(
+        session,
+        update(Batch)
+        .where(Batch.id == batch.id, Batch.status == "validating")
+        .values(status="expired", expired_at=batch.expires_at),
+    )
+    session.refresh(batch)
+    if expired != 1:
+        return False
+    source = get_file_by_id(session=session, file_id=batch.input_file_id)
+    lines, _ = parse_input(file_bytes(source), batch.endpoint) if source else ([], [])
+    unrun = "".join(result_line(x.custom_id, None, None, UNRUN_ERRORS["expired"]) for x in lines)
+    _file_results(session=session, batch=batch, output=b"", errors=unrun.encode())
+    if batch.result_version_id is not None:
+        dataset_prep.fail(
+            session=session,
+            version_id=batch.result_version_id,
+            error=f"batch_{batch.id} expired before any prompt was answered",
+        )
+    session.flush()
+    return True
+
+
+def _file_results(*, session: Session, batch: Batch, output: bytes, errors: bytes) -> None:
+    """File a batch's output and error files (each only if it has lines)."""
+    for data, kind in ((output, "output"), (errors, "error")):
+        if not data:
+            continue
+        stored = store_bytes(
+            session=session,
+            workspace_id=batch.workspace_id,
+            created_by_id=batch.created_by_id,
+            data=data,
+            filename=f"batch_{batch.id}_{kind}.jsonl",
+            purpose=OUTPUT_PURPOSE,
+        )
+        if kind == "output":
+            batch.output_file_id = stored.id
+        else:
+            batch.error_file_id = stored.id
+
+
 # --- what the worker records --------------------------------------------------------------
 def begin(*, session: Session, batch_id: int) -> bool:
     """Claim a batch for a worker (one guarded UPDATE); False if it is not waiting. An
@@ -368,49 +490,43 @@ def begin(*, session: Session, batch_id: int) -> bool:
     return claimed == 1
 
 
-def progress(*, session: Session, batch_id: int, completed: int, failed: int) -> str:
-    """Record the counts; returns the batch's status (`cancelling` tells the worker to stop)."""
+def progress(*, session: Session, batch_id: int, completed: int, failed: int) -> str | None:
+    """Record the counts; returns why the worker must stop before its next request
+    (`cancelled`: a cancel arrived; `expired`: expires_at has passed), or None."""
     session.execute(
         update(Batch).where(Batch.id == batch_id).values(completed=completed, failed=failed)
     )
-    return str(session.scalar(select(Batch.status).where(Batch.id == batch_id)))
+    status, expires_at = session.execute(
+        select(Batch.status, Batch.expires_at).where(Batch.id == batch_id)
+    ).one()
+    if status == "cancelling":
+        return "cancelled"
+    return "expired" if past_expiry(expires_at) else None
 
 
 def finish(
     *,
     session: Session,
     batch_id: int,
-    ctx: WorkspaceContext,
     output: bytes,
     errors: bytes,
     completed: int,
     failed: int,
+    expired: bool = False,
 ) -> Batch:
     """File the output and error files (each only if it has lines) and end the batch:
-    `completed`, or `cancelled` when a cancel arrived while it ran."""
+    `completed`; `cancelled` when a cancel arrived while it ran; `expired` when it stopped at
+    expires_at with requests it did not run (the answers it has are in the output file)."""
     batch = session.get(Batch, batch_id)
     assert batch is not None
     now = utcnow()
     batch.finalizing_at = now
-    if output:
-        batch.output_file_id = store_bytes(
-            session=session,
-            ctx=ctx,
-            data=output,
-            filename=f"batch_{batch_id}_output.jsonl",
-            purpose=OUTPUT_PURPOSE,
-        ).id
-    if errors:
-        batch.error_file_id = store_bytes(
-            session=session,
-            ctx=ctx,
-            data=errors,
-            filename=f"batch_{batch_id}_error.jsonl",
-            purpose=OUTPUT_PURPOSE,
-        ).id
+    _file_results(session=session, batch=batch, output=output, errors=errors)
     batch.completed, batch.failed = completed, failed
     if batch.status == "cancelling":
         batch.status, batch.cancelled_at = "cancelled", now
+    elif expired:
+        batch.status, batch.expired_at = "expired", now
     else:
         batch.status, batch.completed_at = "completed", now
     session.flush()
@@ -505,7 +621,8 @@ def create_for_dataset(
         raise ValidationFailed("the version has no rows", param="version_id")
     source = store_bytes(
         session=session,
-        ctx=ctx,
+        workspace_id=ctx.workspace.id,
+        created_by_id=ctx.user.id,
         data=("\n".join(lines) + "\n").encode(),
         filename=f"dataset-{dataset_id}-v{parent.version}-prompts.jsonl",
         purpose=BATCH_PURPOSE,

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import update
 
 from app.services.serving import inference_client
 from tests.conftest import Team
@@ -258,6 +260,95 @@ def test_cancel_ends_a_waiting_batch_at_once_and_stops_a_running_one_between_req
     skipped = _jsonl(oa, ended.error_file_id or "")
     assert set(skipped) == {"r1", "r2", "r3", "r4"}
     assert skipped["r1"]["error"]["code"] == "batch_cancelled"
+
+
+def _set_expires_at(batch_id: str, when: datetime) -> None:
+    """Move a batch's end of window (24 h after creation) to `when`, as if the time had come."""
+    from app.db.models import Batch
+    from app.db.session import session_scope
+
+    with session_scope() as session:
+        number = int(batch_id.removeprefix("batch_"))
+        session.execute(update(Batch).where(Batch.id == number).values(expires_at=when))
+
+
+def _an_hour_ago() -> datetime:
+    from app.db.base import utcnow
+
+    return utcnow() - timedelta(hours=1)
+
+
+def test_a_batch_past_its_expiry_reads_expired_and_keeps_its_finished_results(
+    team: Team,
+    openai_for: OpenAIFor,
+    fine_tuned_model: str,
+    fake_inference: FakeInference,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.openai import batch_runner
+
+    oa = openai_for(team.editor)
+    hello = [{"role": "user", "content": "hello"}]
+    input_id = _upload(
+        oa, [_line(f"r{i}", {"model": fine_tuned_model, "messages": hello}) for i in range(5)]
+    )
+    batch = oa.batches.create(input_file_id=input_id, endpoint=CHAT, completion_window="24h")
+    assert batch.expires_at == batch.created_at + 24 * 3600
+    monkeypatch.setattr(batch_runner, "CONCURRENCY", 1)
+    # The window ends while the second request is with the model: it finishes, no more start.
+    fake_inference.on_call = lambda: (
+        _set_expires_at(batch.id, _an_hour_ago()) if fake_inference.calls == 2 else None
+    )
+
+    assert _run_worker(batch.id) == "expired"
+    assert fake_inference.calls == 2
+    ended = oa.batches.retrieve(batch.id)
+    assert ended.status == "expired" and ended.expired_at and ended.in_progress_at
+    assert ended.completed_at is None and ended.cancelled_at is None
+    assert (ended.request_counts.total, ended.request_counts.completed) == (5, 2)
+    output = _jsonl(oa, ended.output_file_id or "")
+    assert set(output) == {"r0", "r1"}
+    assert output["r1"]["response"]["body"]["choices"][0]["message"]["content"] == "an answer"
+    unrun = _jsonl(oa, ended.error_file_id or "")
+    assert set(unrun) == {"r2", "r3", "r4"}
+    assert {row["error"]["code"] for row in unrun.values()} == {"batch_expired"}
+    assert all(row["response"] is None for row in unrun.values())
+    with pytest.raises(openai.ConflictError):
+        oa.batches.cancel(batch.id)
+
+
+def test_a_queued_batch_past_its_expiry_reads_expired_and_never_runs(
+    team: Team, openai_for: OpenAIFor, fine_tuned_model: str, fake_inference: FakeInference
+) -> None:
+    oa = openai_for(team.owner)
+    hello = [{"role": "user", "content": "hello"}]
+    input_id = _upload(
+        oa, [_line(f"r{i}", {"model": fine_tuned_model, "messages": hello}) for i in range(3)]
+    )
+    read = oa.batches.create(input_file_id=input_id, endpoint=CHAT, completion_window="24h")
+    late = oa.batches.create(input_file_id=input_id, endpoint=CHAT, completion_window="24h")
+    assert oa.batches.retrieve(read.id).status == "validating"
+    deadline = _an_hour_ago()
+    _set_expires_at(read.id, deadline)
+    _set_expires_at(late.id, deadline)
+
+    # Read (by a viewer, even) before any worker took it: expired as of its expires_at.
+    expired = openai_for(team.viewer).batches.retrieve(read.id)
+    assert expired.status == "expired" and expired.expired_at == expired.expires_at
+    assert expired.in_progress_at is None and expired.output_file_id is None
+    unrun = _jsonl(oa, expired.error_file_id or "")
+    assert set(unrun) == {"r0", "r1", "r2"}
+    assert {row["error"]["code"] for row in unrun.values()} == {"batch_expired"}
+    assert _run_worker(read.id) == "skipped"
+
+    # Picked up by the worker after its window, before anyone read it: nothing runs either.
+    assert _run_worker(late.id) == "expired"
+    listed = {b.id: b for b in oa.batches.list()}
+    assert listed[late.id].status == "expired" and listed[late.id].error_file_id
+    assert set(_jsonl(oa, listed[late.id].error_file_id or "")) == {"r0", "r1", "r2"}
+    assert fake_inference.calls == 0
+    # Ended, its input is no longer held.
+    assert oa.files.delete(input_id).deleted is True
 
 
 def test_batches_and_their_files_belong_to_their_workspace(

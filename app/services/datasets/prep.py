@@ -180,6 +180,8 @@ def complete(
 
 
 def fail(*, session: Session, version_id: int, error: str) -> None:
+    """Mark the version failed with its reason, in the caller's unit of work (a worker's
+    session_scope, or a request that ends a batch whose answers it was waiting for)."""
     session.execute(
         update(DatasetVersion)
         .where(
@@ -187,7 +189,6 @@ def fail(*, session: Session, version_id: int, error: str) -> None:
         )
         .values(status=FAILED, error=error[:4000])
     )
-    session.commit()
 
 
 def version_key(sha256: str) -> str:
