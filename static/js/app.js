@@ -5,7 +5,8 @@
 //   form[data-reset-on-success]  clears an htmx form once its request succeeded
 //   input[type=file][data-max-bytes]  refuses a file over the upload limit before sending it
 // A JSON error answering an htmx request (e.g. from the API's error handler) becomes an alert
-// in #flash instead of raw JSON swapped into the page.
+// in #flash with the server's message (read by static/js/errors.js) instead of raw JSON
+// swapped into the page; a request that never reached the server says so there too.
 // Elements with class js-hide are no-JS fallbacks (e.g. the switcher's button).
 (function () {
   "use strict";
@@ -40,12 +41,11 @@
     var xhr = event.detail.xhr;
     if (xhr.status < 400 || (xhr.getResponseHeader("content-type") || "").indexOf("json") === -1) return;
     event.detail.shouldSwap = false;
-    var message = "The request failed (HTTP " + xhr.status + ").";
-    try {
-      var body = JSON.parse(xhr.responseText);
-      if (body && body.detail) message = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-    } catch (err) { /* keep the generic message */ }
-    flash(message);
+    flash(window.LLMIDE.errors.fromText(xhr.status, xhr.responseText, xhr.getResponseHeader("content-type")));
+  });
+
+  document.addEventListener("htmx:sendError", function () {
+    flash("The server could not be reached; check the connection and try again.");
   });
 
   document.addEventListener("submit", function (event) {

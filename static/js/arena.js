@@ -6,6 +6,7 @@
   var root = document.getElementById("arena");
   if (!root) return;
   var csrf = document.querySelector('meta[name="csrf-token"]').content;
+  var errors = window.LLMIDE.errors;  // static/js/errors.js
   var form = document.getElementById("arena-form");
   var input = document.getElementById("arena-input");
   var send = document.getElementById("arena-send");
@@ -31,11 +32,6 @@
     return div;
   }
 
-  async function detail(res) {
-    try { var body = await res.json(); return body.detail || JSON.stringify(body); }
-    catch (err) { return "HTTP " + res.status; }
-  }
-
   async function newBattle() {
     battle = null; messages = []; answers = { a: "", b: "" };
     voteBox.hidden = true; result.textContent = "";
@@ -44,7 +40,7 @@
       sides[s].querySelector(".arena-side").textContent = "Model " + s.toUpperCase();
     });
     var res = await post(root.dataset.battleUrl, {});
-    if (!res.ok) { result.textContent = await detail(res); return; }
+    if (!res.ok) { result.textContent = await errors.fromResponse(res); return; }
     battle = (await res.json()).battle;
   }
 
@@ -53,7 +49,7 @@
     var text = "";
     try {
       var res = await post(root.dataset.streamUrl, { battle: battle, side: side, messages: messages });
-      if (!(res.headers.get("content-type") || "").startsWith("text/event-stream")) throw new Error(await detail(res));
+      if (!(res.headers.get("content-type") || "").startsWith("text/event-stream")) throw new Error(await errors.fromResponse(res));
       var reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       var buffer = "";
       for (;;) {
@@ -66,7 +62,7 @@
           buffer = buffer.slice(cut + 2);
           if (line === "[DONE]") continue;
           var event = JSON.parse(line);
-          if (event.error) throw new Error(event.error);
+          if (event.error) throw new Error(errors.fromEvent(event));
           if (event.delta) { text += event.delta; answer.textContent = text; }
         }
       }
@@ -104,7 +100,7 @@
     var res = await post(root.dataset.voteUrl, {
       battle: battle, messages: messages, answer_a: answers.a, answer_b: answers.b, winner: winner,
     });
-    if (!res.ok) { result.textContent = await detail(res); return; }
+    if (!res.ok) { result.textContent = await errors.fromResponse(res); return; }
     var body = await res.json();
     sides.a.querySelector(".arena-side").textContent = "A was " + body.model_a;
     sides.b.querySelector(".arena-side").textContent = "B was " + body.model_b;

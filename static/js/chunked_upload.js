@@ -11,7 +11,7 @@
   }
 
   // A same-origin JSON call with the page's CSRF token. A refusal throws an Error with the
-  // server's detail (validation errors joined, never raw JSON) and the HTTP status.
+  // server's message (static/js/errors.js: never raw JSON) and the HTTP status.
   async function api(method, url, body, headers) {
     var response = await fetch(url, {
       method: method,
@@ -19,16 +19,12 @@
       credentials: "same-origin",
       headers: Object.assign({ "X-CSRF-Token": csrf(), Accept: "application/json" }, headers || {}),
     });
-    var data = null;
-    try { data = await response.json(); } catch (e) { data = null; }
     if (!response.ok) {
-      var detail = data && data.detail;
-      if (Array.isArray(detail)) detail = detail.map(function (d) { return d.msg; }).join("; ");
-      var err = new Error(detail || ("the server answered HTTP " + response.status));
+      var err = new Error(await window.LLMIDE.errors.fromResponse(response));
       err.status = response.status;
       throw err;
     }
-    return data;
+    try { return await response.json(); } catch (e) { return null; }
   }
 
   // Open an upload at `base` (filename and total_size, plus `fields`), send `file` in pieces

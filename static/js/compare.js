@@ -134,7 +134,7 @@
     el.empty.textContent = "Loading…";
     fetch(seriesUrl + "&metric=" + encodeURIComponent(metric), { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
-        if (!response.ok) throw new Error("the server answered " + response.status);
+        if (!response.ok) return window.LLMIDE.errors.fromResponse(response).then(function (m) { throw new Error(m); });
         return response.json();
       })
       .then(function (answer) {

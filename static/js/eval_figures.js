@@ -92,9 +92,12 @@
     if (details.dataset.drawn || details.dataset.loading || typeof uPlot === "undefined") return;
     details.dataset.loading = "true";
     fetch(details.dataset.figuresUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+      .then(function (r) {
+        if (!r.ok) return window.LLMIDE.errors.fromResponse(r).then(function (m) { throw new Error(m); });
+        return r.json();
+      })
       .then(function (answer) { draw(details, answer.figures); })
-      .catch(function (err) { details.querySelector(".figure-grid").textContent = "Could not load the figures (" + err + ")."; })
+      .catch(function (err) { details.querySelector(".figure-grid").textContent = "Could not load the figures: " + (err.message || String(err)); })
       .finally(function () { delete details.dataset.loading; });
   }
 

@@ -8,6 +8,7 @@
 
   var url = root.dataset.streamUrl;
   var csrf = document.querySelector('meta[name="csrf-token"]').content;
+  var errors = window.LLMIDE.errors;  // static/js/errors.js
   var logs = document.getElementById("chat-logs");
   var form = document.getElementById("chat-form");
   var input = document.getElementById("chat-input");
@@ -56,17 +57,6 @@
   function numberOr(el, fallback) {
     var v = Number(el.value);
     return el.value !== "" && Number.isFinite(v) ? v : fallback;
-  }
-
-  async function errorFrom(res) {
-    if (res.redirected && res.url.indexOf("/login") !== -1) {
-      return "Your session has ended; reload the page and sign in again.";
-    }
-    try {
-      var body = await res.json();
-      if (body && body.detail) return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-    } catch (err) { /* not JSON */ }
-    return "The request failed (HTTP " + res.status + ").";
   }
 
   // Reads "data: ..." events; calls onEvent with each parsed payload until [DONE].
@@ -119,11 +109,11 @@
         signal: controller.signal,
       });
       if (!(res.headers.get("content-type") || "").startsWith("text/event-stream")) {
-        throw new Error(await errorFrom(res));
+        throw new Error(await errors.fromResponse(res));
       }
       var finish = null;
       await readEvents(res, function (event) {
-        if (event.error) throw new Error(event.error);
+        if (event.error) throw new Error(errors.fromEvent(event));
         if (event.delta) {
           if (firstAt === null) firstAt = performance.now();
           content += event.delta;

@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.browser import served_models
 from tests.browser import test_browser_flows as flows
-from tests.browser.test_browser_flows import Server, _shot
+from tests.browser.test_browser_flows import Server, _expect_http_error, _shot
 from tests.inference.test_inference_server import build_tiny_model
 
 pytestmark = pytest.mark.browser
@@ -62,3 +62,16 @@ def test_a_blind_battle_streams_both_answers_and_the_vote_reveals_the_models(
     rows = page.get_by_test_id("leaderboard").locator("tbody tr")
     expect(rows).to_have_count(2)
     expect(rows.first.locator("td").nth(5)).to_have_text("1")  # the winner's one win
+
+
+def test_a_prompt_the_server_refuses_shows_its_reason_on_both_sides(
+    page: Page, two_models: list[str]
+) -> None:
+    page.goto("/arena")
+    _expect_http_error("/arena/stream", 422)
+    page.get_by_label("Prompt").fill("x" * 32_001)  # over the server's limit of a message
+    page.get_by_role("button", name="Send to both").click()
+    for side in ("#arena-a", "#arena-b"):
+        expect(page.locator(f"{side} .bubble.error")).to_have_text(
+            "messages.0.content: String should have at most 32000 characters"
+        )

@@ -18,6 +18,7 @@ from tests.browser.test_browser_flows import (
     ADMIN_EMAIL,
     CONSOLE_ERRORS,
     Server,
+    _expect_http_error,
     _shot,
     _sign_in,
     _watch,
@@ -95,4 +96,27 @@ def test_ticking_two_runs_and_comparing_overlays_their_curves_and_lists_what_dif
     page.locator("#compare-smoothing").fill("0")
     expect(page.locator("#compare-smoothing-value")).to_have_text("0.00")
     expect(page.locator("#compare-chart")).to_have_attribute("data-series", "2")
+    assert CONSOLE_ERRORS == []
+
+
+def test_curves_the_server_refuses_say_what_the_server_said(
+    browser: Browser, server: Server, two_runs: tuple[int, int]
+) -> None:
+    from app.db.session import session_scope
+    from app.services.runs import execution as run_execution
+
+    first, second = two_runs
+    with session_scope() as session:  # a second metric: choosing it fetches its curves
+        points = [(s, "val_loss", 3.0 / s) for s in range(1, 11)]
+        run_execution.write_metrics(session=session, run_id=first, points=points)
+    with flows.signed_in_page(browser, server.base_url) as page:
+        page.goto(f"/compare?run={first}&run={second}")
+        expect(page.locator("#compare-chart")).to_have_attribute("data-series", "2")
+        page.context.clear_cookies()  # the session ends while the page is open
+        _expect_http_error("/api/v1/compare/series", 401)
+        page.get_by_test_id("compare-metric").select_option("val_loss")
+        expect(page.locator("#compare-empty")).to_have_text(
+            "Could not load the curves: authentication required: "
+            "sign in or send 'Authorization: Bearer <token>'"
+        )
     assert CONSOLE_ERRORS == []
