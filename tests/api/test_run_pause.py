@@ -111,6 +111,7 @@ def test_a_run_being_paused_says_pausing_and_cancelling_a_paused_run_shows_it_ca
     with session_scope() as session:  # its worker stops at the end of the step
         run_execution.finish(session=session, run_id=run_id, status=RunStatus.cancelled)
     assert badge("paused") in _page(team, f"/runs/{run_id}")
+    assert badge("paused") in _page(team, f"/compare?run={run_id}")
 
     cancelled = team.editor.post(f"/api/v1/runs/{run_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
