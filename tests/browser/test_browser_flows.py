@@ -26,13 +26,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.browser import screenshots
 from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM
 from tests.conftest import text_jsonl
 
 pytestmark = pytest.mark.browser
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SHOTS = Path("/tmp/shots")
 ADMIN_EMAIL = "admin@example.com"
 VIEWER_EMAIL = "viewer@example.com"
 PASSWORD = "correct-horse-42"
@@ -215,8 +215,7 @@ def no_console_errors() -> Iterator[None]:
 
 
 def _shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    screenshots.shoot(page, name)
 
 
 def _wait_until(page: Page, condition: Callable[[], bool], timeout_s: float = 10) -> None:
