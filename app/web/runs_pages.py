@@ -1,4 +1,4 @@
-"""Run pages: the list, the launch form, one run's live view, cancel."""
+"""Run pages: the list, the launch form, one run's live view, cancel, pause, resume."""
 
 from __future__ import annotations
 
@@ -332,6 +332,13 @@ def cancel_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Re
 def stop_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
     """Stop and keep: the run ends early as succeeded, its model registered."""
     runs.stop_and_keep(session=session, ctx=pc.ctx, run_id=run_id)
+    return redirect(request, f"/runs/{run_id}")
+
+
+@router.post("/{run_id}/pause", dependencies=[CSRF])
+def pause_run(run_id: int, request: Request, session: DbDep, pc: PageDep) -> Response:
+    """Pause: the run stops with a checkpoint and waits for Resume (cancel discards)."""
+    runs.pause(session=session, ctx=pc.ctx, run_id=run_id)
     return redirect(request, f"/runs/{run_id}")
 
 

@@ -196,6 +196,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/runs/{run_id}/stop"): R(
         A.EDITOR, "id", url="/api/v1/runs/{running_run}/stop", consumes="running_run"
     ),
+    ("POST", "/api/v1/runs/{run_id}/pause"): R(
+        A.EDITOR, "id", url="/api/v1/runs/{run}/pause", consumes="run"
+    ),
     ("POST", "/api/v1/runs/{run_id}/resume"): R(
         A.EDITOR, "id", url="/api/v1/runs/{failed_run}/resume", consumes="failed_run"
     ),
@@ -552,6 +555,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("POST", "/runs/{run_id}/stop"): R(
         A.EDITOR, "id", 303, url="/runs/{running_run}/stop", consumes="running_run"
+    ),
+    ("POST", "/runs/{run_id}/pause"): R(
+        A.EDITOR, "id", 303, url="/runs/{run}/pause", consumes="run"
     ),
     ("POST", "/runs/{run_id}/resume"): R(
         A.EDITOR, "id", 303, url="/runs/{failed_run}/resume", consumes="failed_run"

@@ -1,4 +1,4 @@
-"""Runs: launch, list, inspect (metrics, log, checkpoints) and cancel."""
+"""Runs: launch, list, inspect (metrics, log, checkpoints), cancel, pause and resume."""
 
 from __future__ import annotations
 
@@ -89,6 +89,14 @@ def cancel_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
 def stop_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
     """Stop and keep: end early, save the model, finish as succeeded (unlike cancel)."""
     return RunRead.model_validate(runs.stop_and_keep(session=session, ctx=ctx, run_id=run_id))
+
+
+@router.post("/{run_id}/pause", response_model=RunRead)
+def pause_run(run_id: int, session: SessionDep, ctx: Workspace) -> RunRead:
+    """Pause a queued or running run to resume it later: the worker stops at the end of its
+    step with a checkpoint, and the run ends `cancelled` with `paused: true` (a queued one at
+    once). Pausing a paused run changes nothing; a finished or cancelling one is a 409."""
+    return RunRead.model_validate(runs.pause(session=session, ctx=ctx, run_id=run_id))
 
 
 @router.post("/{run_id}/resume", response_model=RunRead)

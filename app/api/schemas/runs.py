@@ -97,8 +97,8 @@ class RunRead(ORM):
     total_steps: int | None
     attempts: int = 0
     stop_requested: bool = False
-    # Paused (OpenAI's job pause): `status` stays the lifecycle's (`cancelled` once stopped);
-    # this says the stop is meant to be resumed, as the pages and /v1 show it.
+    # Paused (`POST /api/v1/runs/{id}/pause`, the run page's Pause, OpenAI's job pause): `status`
+    # stays the lifecycle's (`cancelled` once stopped); this says the stop is meant to be resumed.
     paused: bool = False
     created_at: UtcDateTime
     started_at: UtcDateTime | None

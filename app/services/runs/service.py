@@ -228,11 +228,13 @@ def cancel(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
 
 
 def pause(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
-    """Stop a queued or running run so that it can be resumed later (OpenAI's job pause).
+    """Stop a queued or running run so that it can be resumed later: the one pause behind
+    `POST /api/v1/runs/{id}/pause`, the run page's Pause button and OpenAI's job pause.
 
     A pause is a cancel that remembers it was meant to be taken up again: the worker stops at
     the end of the step and saves a checkpoint, the run ends `cancelled` with `paused` set, and
-    `resume` continues it from that checkpoint. Pausing a paused run changes nothing.
+    `resume` continues it from that checkpoint. Pausing a paused run changes nothing (as at
+    OpenAI); a finished run, or one being cancelled, is an InvalidTransition (409).
     """
     run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
     status = RunStatus(run.status)
