@@ -154,16 +154,19 @@ def test_upload_train_watch_register_deploy_and_chat(
         model=version["serving_name"], prompt="the cat sat", max_tokens=6, temperature=0
     )
     assert completion.choices[0].text
+    # Greedy, so the stream must add up to the whole answer above (sampled at the deployment's
+    # temperature, a 40-step model's first token may be its end token: an empty stream).
     streamed = client.chat.completions.create(
         model=version["serving_name"],
-        messages=[{"role": "user", "content": "a small dog"}],
+        messages=[{"role": "user", "content": "the cat"}],
         max_tokens=8,
+        temperature=0,
         stream=True,
     )
     deltas = [
         c.choices[0].delta.content for c in streamed if c.choices and c.choices[0].delta.content
     ]
-    assert deltas
+    assert deltas and "".join(deltas) == chat.choices[0].message.content
 
     # Two web processes served those three requests; every scrape, whichever process answers
     # it (a fresh connection each), counts all three.
