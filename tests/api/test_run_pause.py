@@ -252,6 +252,14 @@ def test_pausing_a_run_being_cancelled_is_a_conflict(team: Team, run_id: int) ->
     assert refused.status_code == 409 and "being cancelled" in refused.json()["detail"]
 
 
+def test_pausing_a_run_being_stopped_and_kept_is_a_conflict(team: Team, run_id: int) -> None:
+    claim(run_id)
+    assert team.editor.post(f"/api/v1/runs/{run_id}/stop").status_code == 200
+    refused = team.editor.post(f"/api/v1/runs/{run_id}/pause")
+    assert refused.status_code == 409 and "being stopped and kept" in refused.json()["detail"]
+    assert team.viewer.get(f"/api/v1/runs/{run_id}").json()["paused"] is False
+
+
 def test_the_run_page_offers_pause_to_an_editor_of_a_running_run_and_not_to_a_viewer(
     team: Team, run_id: int
 ) -> None:

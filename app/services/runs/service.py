@@ -234,7 +234,8 @@ def pause(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
     A pause is a cancel that remembers it was meant to be taken up again: the worker stops at
     the end of the step and saves a checkpoint, the run ends `cancelled` with `paused` set, and
     `resume` continues it from that checkpoint. Pausing a paused run changes nothing (as at
-    OpenAI); a finished run, or one being cancelled, is an InvalidTransition (409).
+    OpenAI); a finished run, or one being cancelled or stopped and kept, is an
+    InvalidTransition (409).
     """
     run = get_for_editor(session=session, ctx=ctx, run_id=run_id)
     status = RunStatus(run.status)
@@ -244,6 +245,13 @@ def pause(*, session: Session, ctx: WorkspaceContext, run_id: int) -> Run:
         raise InvalidTransition(
             f"run {run.id} is {'being cancelled' if run.cancel_requested else status}; "
             "only a queued or running run can be paused"
+        )
+    if run.stop_requested:
+        # Its worker is already saving the final model: the run ends succeeded and registered,
+        # and resumes from there like any stopped run.
+        raise InvalidTransition(
+            f"run {run.id} is being stopped and kept; it ends succeeded with its model and can "
+            "be resumed from there"
         )
     return _request_stop(
         session=session,
