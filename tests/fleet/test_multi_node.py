@@ -103,4 +103,13 @@ def test_a_two_node_run_trains_on_two_workers_joined_by_a_rendezvous(
     # Each machine fetched the dataset into its own folder; the node task really trained.
     for node in ("node-a", "node-b"):
         assert list((tmp_path / node / "artifacts" / "datasets" / "versions").glob("*.jsonl"))
-    assert "llmide.train_node" in logs and "node done" in logs
+    # The other node's task logs its end after rank 0 has already finished the run: wait for it
+    # (whole logs, not tails: a chatty worker pushes the task's "received" line out of a tail).
+    deadline = time.monotonic() + 60
+    while not all(s in whole_logs(workers) for s in ("llmide.train_node", "node done")):
+        assert time.monotonic() < deadline, whole_logs(workers)[-8000:]
+        time.sleep(0.5)
+
+
+def whole_logs(workers: list[LoggedProcess]) -> str:
+    return "\n".join(w.log_tail(10**9) for w in workers)
