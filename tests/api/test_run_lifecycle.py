@@ -17,21 +17,9 @@ from tests.conftest import (
     Team,
     record_unloadable_checkpoint,
     resume_then_stop_and_keep,
-    text_jsonl,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def run_id(team: Team) -> int:
-    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
-    launched = team.editor.post(
-        "/api/v1/runs",
-        json={"dataset_id": dataset_id, "config": {"max_steps": 40, "block_size": 16}},
-    )
-    assert launched.status_code == 201, launched.text
-    return int(launched.json()["id"])
 
 
 def claim(run_id: int) -> None:

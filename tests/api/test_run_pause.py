@@ -18,18 +18,7 @@ from fastapi.testclient import TestClient
 
 from tests.api.test_run_lifecycle import _page, claim
 from tests.browser.test_page_routes import HTML, _sign_in
-from tests.conftest import Persona, Team, text_jsonl
-
-
-@pytest.fixture
-def run_id(team: Team) -> int:
-    dataset_id = team.editor.upload("corpus.jsonl", text_jsonl(60)).json()["id"]
-    launched = team.editor.post(
-        "/api/v1/runs",
-        json={"dataset_id": dataset_id, "config": {"max_steps": 40, "block_size": 16}},
-    )
-    assert launched.status_code == 201, launched.text
-    return int(launched.json()["id"])
+from tests.conftest import Persona, Team
 
 
 def pause(team: Team, run_id: int) -> None:

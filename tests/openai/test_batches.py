@@ -225,6 +225,12 @@ def test_bad_batch_requests_are_refused_naming_the_parameter(
     assert team.owner.get("/v1/batches").json()["data"] == []
 
 
+def _five_hellos(oa: openai.OpenAI, model: str) -> str:
+    """An uploaded batch input of five chat requests, custom ids r0 to r4."""
+    hello = [{"role": "user", "content": "hello"}]
+    return _upload(oa, [_line(f"r{i}", {"model": model, "messages": hello}) for i in range(5)])
+
+
 def test_cancel_ends_a_waiting_batch_at_once_and_stops_a_running_one_between_requests(
     team: Team,
     openai_for: OpenAIFor,
@@ -235,10 +241,7 @@ def test_cancel_ends_a_waiting_batch_at_once_and_stops_a_running_one_between_req
     from app.openai import batch_runner
 
     oa = openai_for(team.editor)
-    hello = [{"role": "user", "content": "hello"}]
-    input_id = _upload(
-        oa, [_line(f"r{i}", {"model": fine_tuned_model, "messages": hello}) for i in range(5)]
-    )
+    input_id = _five_hellos(oa, fine_tuned_model)
     waiting = oa.batches.create(input_file_id=input_id, endpoint=CHAT, completion_window="24h")
     cancelled = oa.batches.cancel(waiting.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at
@@ -288,10 +291,7 @@ def test_a_batch_past_its_expiry_reads_expired_and_keeps_its_finished_results(
     from app.openai import batch_runner
 
     oa = openai_for(team.editor)
-    hello = [{"role": "user", "content": "hello"}]
-    input_id = _upload(
-        oa, [_line(f"r{i}", {"model": fine_tuned_model, "messages": hello}) for i in range(5)]
-    )
+    input_id = _five_hellos(oa, fine_tuned_model)
     batch = oa.batches.create(input_file_id=input_id, endpoint=CHAT, completion_window="24h")
     assert batch.expires_at == batch.created_at + 24 * 3600
     monkeypatch.setattr(batch_runner, "CONCURRENCY", 1)
